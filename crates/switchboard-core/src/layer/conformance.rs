@@ -1,0 +1,571 @@
+//! The layer conformance suite: the semantics of [`crate::layer`], as test cases generic over
+//! any layer.
+//!
+//! Every case takes a `make` function that builds a **fresh, empty** backend from a
+//! [`LayerConfig`] (for Redis: a new key prefix per call) and returns two handles onto it, as two
+//! server processes would hold them. For a one-process layer both handles are the same layer;
+//! for Redis they are two layer instances (two client prefixes, so two process queues). Cases
+//! that depend on a channel's own capacity put the channels involved on different instances,
+//! because channels_redis stores all process-local channels of one process under one key.
+//!
+//! Run them all for a layer with [`layer_conformance_tests!`](crate::layer_conformance_tests):
+//!
+//! ```ignore
+//! async fn make(cfg: LayerConfig) -> (Layer, Layer) {
+//!     let layer = Layer::new(InMemoryLayer::new(cfg));
+//!     (layer.clone(), layer)
+//! }
+//! switchboard_core::layer_conformance_tests!(make);
+//! ```
+//!
+//! A case panics (fails the test) with a message saying which rule was broken.
+
+use std::future::Future;
+use std::time::Duration;
+
+use crate::error::Error;
+use crate::layer::{Layer, LayerConfig};
+use crate::message::Message;
+use crate::name::ChannelName;
+use crate::value::{Map, Value};
+
+/// How long a case waits for a message that should arrive.
+const ARRIVES: Duration = Duration::from_secs(5);
+/// How long a case waits to be sure a message does not arrive.
+const ABSENT: Duration = Duration::from_millis(300);
+
+fn ok<T>(r: crate::Result<T>, what: &str) -> T {
+    match r {
+        Ok(v) => v,
+        Err(e) => panic!("{what} failed: {e}"),
+    }
+}
+
+fn msg(ty: &str, n: i64) -> Message {
+    ok(
+        Message::builder(ty)
+            .field("n", n)
+            .build()
+            .map_err(Error::from),
+        "building a message",
+    )
+}
+
+async fn recv(layer: &Layer, ch: &ChannelName, what: &str) -> Message {
+    match tokio::time::timeout(ARRIVES, layer.receive(ch)).await {
+        Ok(r) => ok(r, what),
+        Err(_) => panic!("{what}: no message within {ARRIVES:?}"),
+    }
+}
+
+async fn nothing(layer: &Layer, ch: &ChannelName, what: &str) {
+    if let Ok(r) = tokio::time::timeout(ABSENT, layer.receive(ch)).await {
+        panic!("{what}: expected nothing, received {r:?}");
+    }
+}
+
+async fn channel(layer: &Layer) -> ChannelName {
+    ok(layer.new_channel().await, "new_channel")
+}
+
+/// A message sent to a channel is received, equal to what was sent, and messages from one
+/// sender arrive in order.
+pub async fn send_then_receive<F, Fut>(make: F)
+where
+    F: Fn(LayerConfig) -> Fut,
+    Fut: Future<Output = (Layer, Layer)>,
+{
+    let (layer, _) = make(LayerConfig::default()).await;
+    let ch = channel(&layer).await;
+    for i in 0..10 {
+        ok(layer.send(&ch, msg("test.message", i)).await, "send");
+    }
+    for i in 0..10 {
+        let m = recv(&layer, &ch, "receive").await;
+        assert_eq!(
+            m,
+            msg("test.message", i),
+            "messages must arrive in send order"
+        );
+    }
+    nothing(&layer, &ch, "after draining").await;
+}
+
+/// A receive that starts before the send completes when the message arrives.
+pub async fn receive_waits_for_send<F, Fut>(make: F)
+where
+    F: Fn(LayerConfig) -> Fut,
+    Fut: Future<Output = (Layer, Layer)>,
+{
+    let (layer, _) = make(LayerConfig::default()).await;
+    let ch = channel(&layer).await;
+    let waiter = {
+        let (layer, ch) = (layer.clone(), ch.clone());
+        tokio::spawn(async move { layer.receive(&ch).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    ok(layer.send(&ch, msg("late.message", 1)).await, "send");
+    match tokio::time::timeout(ARRIVES, waiter).await {
+        Ok(Ok(r)) => assert_eq!(ok(r, "receive"), msg("late.message", 1)),
+        other => panic!("a waiting receive did not get the message: {other:?}"),
+    }
+}
+
+/// Dropping a pending receive loses nothing: the next receive gets the message.
+pub async fn receive_is_cancel_safe<F, Fut>(make: F)
+where
+    F: Fn(LayerConfig) -> Fut,
+    Fut: Future<Output = (Layer, Layer)>,
+{
+    let (layer, _) = make(LayerConfig::default()).await;
+    let ch = channel(&layer).await;
+    for _ in 0..3 {
+        let _ = tokio::time::timeout(Duration::from_millis(50), layer.receive(&ch)).await;
+    }
+    ok(layer.send(&ch, msg("after.cancel", 7)).await, "send");
+    assert_eq!(
+        recv(&layer, &ch, "receive after cancelled receives").await,
+        msg("after.cancel", 7)
+    );
+}
+
+/// `new_channel` names are valid, process-local, start with the prefix and never repeat.
+pub async fn new_channel_names_are_unique<F, Fut>(make: F)
+where
+    F: Fn(LayerConfig) -> Fut,
+    Fut: Future<Output = (Layer, Layer)>,
+{
+    let (layer, _) = make(LayerConfig::default()).await;
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..200 {
+        let ch = channel(&layer).await;
+        assert!(
+            ch.as_str().starts_with("specific."),
+            "{ch} lacks the prefix"
+        );
+        assert!(ch.as_str().len() < 100);
+        assert!(seen.insert(ch.clone()), "{ch} was handed out twice");
+    }
+    let custom = ok(
+        layer.backend().new_channel("custom.").await,
+        "new_channel(custom.)",
+    );
+    assert!(custom.as_str().starts_with("custom."), "{custom}");
+}
+
+/// `send` to a full channel fails with `ChannelFull` and queues nothing; receiving makes room.
+pub async fn send_to_full_channel_fails<F, Fut>(make: F)
+where
+    F: Fn(LayerConfig) -> Fut,
+    Fut: Future<Output = (Layer, Layer)>,
+{
+    let (layer, _) = make(LayerConfig::default().capacity(3)).await;
+    let ch = channel(&layer).await;
+    for i in 0..3 {
+        ok(layer.send(&ch, msg("fill", i)).await, "send under capacity");
+    }
+    match layer.send(&ch, msg("fill", 3)).await {
+        Err(Error::ChannelFull { capacity, .. }) => assert_eq!(capacity, 3),
+        other => panic!("send to a full channel must fail with ChannelFull, got {other:?}"),
+    }
+    assert_eq!(recv(&layer, &ch, "receive").await, msg("fill", 0));
+    ok(
+        layer.send(&ch, msg("fill", 4)).await,
+        "send after making room",
+    );
+    for i in [1, 2, 4] {
+        assert_eq!(
+            recv(&layer, &ch, "receive").await,
+            msg("fill", i),
+            "the refused message must not be queued"
+        );
+    }
+}
+
+/// `channel_capacity` patterns override the default capacity, first match first.
+pub async fn channel_capacity_patterns<F, Fut>(make: F)
+where
+    F: Fn(LayerConfig) -> Fut,
+    Fut: Future<Output = (Layer, Layer)>,
+{
+    let cfg = LayerConfig::default()
+        .capacity(50)
+        .channel_capacity("small.*", 2)
+        .and_then(|c| c.channel_capacity("small.*", 40));
+    let (layer, _) = make(ok(cfg, "channel_capacity")).await;
+    let small = ok(
+        layer.backend().new_channel("small.").await,
+        "new_channel(small.)",
+    );
+    for i in 0..2 {
+        ok(layer.send(&small, msg("x", i)).await, "send");
+    }
+    assert!(
+        matches!(
+            layer.send(&small, msg("x", 2)).await,
+            Err(Error::ChannelFull { capacity: 2, .. })
+        ),
+        "the first matching pattern sets the capacity"
+    );
+    let other = channel(&layer).await;
+    for i in 0..10 {
+        ok(
+            layer.send(&other, msg("x", i)).await,
+            "send to a channel with the default capacity",
+        );
+    }
+}
+
+/// `group_send` reaches every member and nobody else; a channel in two groups gets both.
+pub async fn group_send_reaches_members<F, Fut>(make: F)
+where
+    F: Fn(LayerConfig) -> Fut,
+    Fut: Future<Output = (Layer, Layer)>,
+{
+    let (layer, _) = make(LayerConfig::default()).await;
+    let (a, b, c) = (
+        channel(&layer).await,
+        channel(&layer).await,
+        channel(&layer).await,
+    );
+    ok(layer.group_add("room", &a).await, "group_add");
+    ok(layer.group_add("room", &b).await, "group_add");
+    ok(layer.group_add("other", &b).await, "group_add");
+    ok(
+        layer.group_send("room", msg("room.message", 1)).await,
+        "group_send",
+    );
+    ok(
+        layer.group_send("other", msg("other.message", 2)).await,
+        "group_send",
+    );
+    assert_eq!(recv(&layer, &a, "member a").await, msg("room.message", 1));
+    assert_eq!(recv(&layer, &b, "member b").await, msg("room.message", 1));
+    assert_eq!(
+        recv(&layer, &b, "member b of other").await,
+        msg("other.message", 2)
+    );
+    nothing(&layer, &c, "non-member").await;
+    nothing(&layer, &a, "member a after one message").await;
+    let mut members = ok(layer.group_channels("room").await, "group_channels");
+    members.sort();
+    let mut expected = vec![a, b];
+    expected.sort();
+    assert_eq!(members, expected);
+    ok(
+        layer.group_send("nobody-here", msg("void", 0)).await,
+        "group_send to an empty group",
+    );
+}
+
+/// Groups and channels are shared by every instance (process) on the same backend.
+pub async fn instances_share_channels_and_groups<F, Fut>(make: F)
+where
+    F: Fn(LayerConfig) -> Fut,
+    Fut: Future<Output = (Layer, Layer)>,
+{
+    let (one, two) = make(LayerConfig::default()).await;
+    let (a, b) = (channel(&one).await, channel(&two).await);
+    ok(
+        one.group_add("shared", &a).await,
+        "group_add on instance one",
+    );
+    ok(
+        two.group_add("shared", &b).await,
+        "group_add on instance two",
+    );
+    ok(
+        one.group_send("shared", msg("fan.out", 1)).await,
+        "group_send from instance one",
+    );
+    assert_eq!(
+        recv(&one, &a, "member on instance one").await,
+        msg("fan.out", 1)
+    );
+    assert_eq!(
+        recv(&two, &b, "member on instance two").await,
+        msg("fan.out", 1)
+    );
+    ok(
+        two.send(&a, msg("direct", 2)).await,
+        "send across instances",
+    );
+    assert_eq!(
+        recv(&one, &a, "direct across instances").await,
+        msg("direct", 2)
+    );
+    ok(two.group_discard("shared", &b).await, "group_discard");
+    ok(
+        one.group_send("shared", msg("fan.out", 3)).await,
+        "group_send",
+    );
+    assert_eq!(recv(&one, &a, "remaining member").await, msg("fan.out", 3));
+    nothing(&two, &b, "discarded member on instance two").await;
+}
+
+/// After `group_discard` a channel gets no more group messages; discarding a non-member is fine.
+pub async fn group_discard_stops_delivery<F, Fut>(make: F)
+where
+    F: Fn(LayerConfig) -> Fut,
+    Fut: Future<Output = (Layer, Layer)>,
+{
+    let (layer, _) = make(LayerConfig::default()).await;
+    let (a, b) = (channel(&layer).await, channel(&layer).await);
+    ok(layer.group_add("room", &a).await, "group_add");
+    ok(layer.group_add("room", &b).await, "group_add");
+    ok(layer.group_discard("room", &a).await, "group_discard");
+    ok(layer.group_discard("room", &a).await, "group_discard twice");
+    ok(
+        layer.group_discard("never-joined", &a).await,
+        "group_discard of a non-member",
+    );
+    ok(layer.group_send("room", msg("m", 1)).await, "group_send");
+    assert_eq!(recv(&layer, &b, "remaining member").await, msg("m", 1));
+    nothing(&layer, &a, "discarded member").await;
+    assert_eq!(
+        ok(layer.group_channels("room").await, "group_channels"),
+        vec![b]
+    );
+}
+
+/// `group_send` skips a full member without failing; the others get the message.
+pub async fn group_send_skips_full_member<F, Fut>(make: F)
+where
+    F: Fn(LayerConfig) -> Fut,
+    Fut: Future<Output = (Layer, Layer)>,
+{
+    let (layer, peer) = make(LayerConfig::default().capacity(2)).await;
+    let (full, free) = (channel(&peer).await, channel(&layer).await);
+    ok(layer.group_add("room", &full).await, "group_add");
+    ok(layer.group_add("room", &free).await, "group_add");
+    ok(layer.send(&full, msg("direct", 0)).await, "send");
+    ok(layer.send(&full, msg("direct", 1)).await, "send");
+    ok(
+        layer.group_send("room", msg("group", 2)).await,
+        "group_send with a full member must not fail",
+    );
+    assert_eq!(recv(&layer, &free, "free member").await, msg("group", 2));
+    assert_eq!(recv(&peer, &full, "full member").await, msg("direct", 0));
+    assert_eq!(recv(&peer, &full, "full member").await, msg("direct", 1));
+    nothing(&peer, &full, "the full member skipped the group message").await;
+}
+
+/// A message not received within `expiry` is dropped, and its channel leaves its groups.
+pub async fn messages_expire_and_channel_leaves_groups<F, Fut>(make: F)
+where
+    F: Fn(LayerConfig) -> Fut,
+    Fut: Future<Output = (Layer, Layer)>,
+{
+    let (layer, peer) = make(LayerConfig::default().expiry(Duration::from_secs(1))).await;
+    let (stale, live) = (channel(&peer).await, channel(&layer).await);
+    ok(layer.group_add("room", &stale).await, "group_add");
+    ok(layer.send(&stale, msg("old", 0)).await, "send");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    ok(layer.group_add("room", &live).await, "group_add");
+    ok(layer.send(&live, msg("fresh", 1)).await, "send");
+    ok(
+        layer.group_send("room", msg("group", 2)).await,
+        "group_send",
+    );
+    assert_eq!(recv(&layer, &live, "live").await, msg("fresh", 1));
+    assert_eq!(recv(&layer, &live, "live").await, msg("group", 2));
+    nothing(&peer, &stale, "an expired message must not be received").await;
+    let members = ok(layer.group_channels("room").await, "group_channels");
+    assert_eq!(
+        members,
+        vec![live],
+        "a channel whose message expired leaves its groups"
+    );
+}
+
+/// Group membership expires `group_expiry` after `group_add`; adding again refreshes it.
+pub async fn group_membership_expires<F, Fut>(make: F)
+where
+    F: Fn(LayerConfig) -> Fut,
+    Fut: Future<Output = (Layer, Layer)>,
+{
+    let (layer, _) = make(LayerConfig::default().group_expiry(Duration::from_secs(2))).await;
+    let (old, refreshed) = (channel(&layer).await, channel(&layer).await);
+    ok(layer.group_add("room", &old).await, "group_add");
+    ok(layer.group_add("room", &refreshed).await, "group_add");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    ok(
+        layer.group_add("room", &refreshed).await,
+        "group_add refresh",
+    );
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    ok(layer.group_send("room", msg("late", 1)).await, "group_send");
+    assert_eq!(
+        ok(layer.group_channels("room").await, "group_channels"),
+        vec![refreshed.clone()]
+    );
+    assert_eq!(
+        recv(&layer, &refreshed, "refreshed member").await,
+        msg("late", 1)
+    );
+    nothing(&layer, &old, "an expired membership receives nothing").await;
+}
+
+/// `flush` deletes queued messages and groups.
+pub async fn flush_empties_everything<F, Fut>(make: F)
+where
+    F: Fn(LayerConfig) -> Fut,
+    Fut: Future<Output = (Layer, Layer)>,
+{
+    let (layer, _) = make(LayerConfig::default()).await;
+    let ch = channel(&layer).await;
+    ok(layer.group_add("room", &ch).await, "group_add");
+    ok(layer.send(&ch, msg("m", 0)).await, "send");
+    ok(layer.flush().await, "flush");
+    nothing(&layer, &ch, "after flush").await;
+    assert!(ok(layer.group_channels("room").await, "group_channels").is_empty());
+    ok(layer.group_send("room", msg("m", 1)).await, "group_send");
+    nothing(&layer, &ch, "flushed groups have no members").await;
+    ok(layer.send(&ch, msg("m", 2)).await, "send after flush");
+    assert_eq!(recv(&layer, &ch, "receive after flush").await, msg("m", 2));
+}
+
+/// `discard_channel` drops pending messages and takes the channel out of its groups.
+pub async fn discard_channel_forgets_it<F, Fut>(make: F)
+where
+    F: Fn(LayerConfig) -> Fut,
+    Fut: Future<Output = (Layer, Layer)>,
+{
+    let (layer, _) = make(LayerConfig::default()).await;
+    let (gone, stays) = (channel(&layer).await, channel(&layer).await);
+    ok(layer.group_add("room", &gone).await, "group_add");
+    ok(layer.group_add("room", &stays).await, "group_add");
+    ok(layer.send(&gone, msg("pending", 0)).await, "send");
+    ok(
+        layer.backend().discard_channel(&gone).await,
+        "discard_channel",
+    );
+    assert_eq!(
+        ok(layer.group_channels("room").await, "group_channels"),
+        vec![stays]
+    );
+    nothing(
+        &layer,
+        &gone,
+        "a discarded channel's pending messages are dropped",
+    )
+    .await;
+}
+
+/// Many concurrent senders to one channel: nothing lost, each sender's order kept.
+pub async fn concurrent_senders_lose_nothing<F, Fut>(make: F)
+where
+    F: Fn(LayerConfig) -> Fut,
+    Fut: Future<Output = (Layer, Layer)>,
+{
+    const SENDERS: i64 = 8;
+    const EACH: i64 = 150;
+    let (layer, _) = make(LayerConfig::default().capacity(10_000)).await;
+    let ch = channel(&layer).await;
+    let mut tasks = Vec::new();
+    for s in 0..SENDERS {
+        let (layer, ch) = (layer.clone(), ch.clone());
+        tasks.push(tokio::spawn(async move {
+            for i in 0..EACH {
+                layer.send(&ch, msg(&format!("sender.s{s}"), i)).await?;
+            }
+            Ok::<_, Error>(())
+        }));
+    }
+    let mut last = vec![-1i64; SENDERS as usize];
+    for _ in 0..SENDERS * EACH {
+        let m = recv(&layer, &ch, "concurrent receive").await;
+        let s: usize = m.message_type()[8..].parse().unwrap_or(usize::MAX);
+        let n = m.get("n").and_then(Value::as_i64).unwrap_or(-1);
+        assert!(s < last.len(), "unexpected sender in {m:?}");
+        assert_eq!(n, last[s] + 1, "sender {s}'s messages out of order");
+        last[s] = n;
+    }
+    for t in tasks {
+        match t.await {
+            Ok(r) => ok(r, "sender task"),
+            Err(e) => panic!("sender task panicked: {e}"),
+        }
+    }
+    nothing(&layer, &ch, "after all senders").await;
+}
+
+/// Every kind of value Channels carries survives the layer unchanged.
+pub async fn all_value_types_survive<F, Fut>(make: F)
+where
+    F: Fn(LayerConfig) -> Fut,
+    Fut: Future<Output = (Layer, Layer)>,
+{
+    let (layer, _) = make(LayerConfig::default()).await;
+    let ch = channel(&layer).await;
+    let mut nested = Map::new();
+    nested.insert(
+        "k".into(),
+        Value::List(vec![Value::Int(1), Value::String("two".into())]),
+    );
+    let mut m = Map::new();
+    m.insert("type".into(), Value::String("all.types".into()));
+    m.insert("text".into(), Value::String("héllo ✓".into()));
+    m.insert("bytes".into(), Value::Bytes(vec![0, 1, 254, 255]));
+    m.insert("int".into(), Value::Int(-42));
+    m.insert("big".into(), Value::UInt(u64::MAX));
+    m.insert("float".into(), Value::Float(1.5));
+    m.insert("yes".into(), Value::Bool(true));
+    m.insert("none".into(), Value::Null);
+    m.insert(
+        "list".into(),
+        Value::List(vec![Value::Float(-0.25), Value::Null]),
+    );
+    m.insert("map".into(), Value::Map(nested));
+    let sent = ok(Message::from_map(m).map_err(Error::from), "building");
+    ok(layer.send(&ch, sent.clone()).await, "send");
+    ok(layer.group_add("typed", &ch).await, "group_add");
+    ok(layer.group_send("typed", sent.clone()).await, "group_send");
+    assert_eq!(recv(&layer, &ch, "send").await, sent);
+    assert_eq!(recv(&layer, &ch, "group_send").await, sent);
+}
+
+/// Bad names are refused at the edge with an error naming the rule.
+pub async fn bad_names_are_refused<F, Fut>(make: F)
+where
+    F: Fn(LayerConfig) -> Fut,
+    Fut: Future<Output = (Layer, Layer)>,
+{
+    let (layer, _) = make(LayerConfig::default()).await;
+    let ch = channel(&layer).await;
+    match layer.group_add("bad group", &ch).await {
+        Err(Error::Name(e)) => assert!(e.to_string().contains("bad group"), "{e}"),
+        other => panic!("a bad group name must be refused, got {other:?}"),
+    }
+    assert!(matches!(
+        layer.send("no spaces!", msg("m", 0)).await,
+        Err(Error::Name(_))
+    ));
+    assert!(matches!(
+        layer.group_send("x".repeat(100), msg("m", 0)).await,
+        Err(Error::Name(_))
+    ));
+}
+
+/// Expands to one `#[tokio::test]` per conformance case, for the layer built by `$make`
+/// (an `async fn(LayerConfig) -> Layer` returning a fresh, empty layer on every call).
+#[macro_export]
+macro_rules! layer_conformance_tests {
+    ($make:path) => {
+        $crate::layer_conformance_tests!(@cases $make;
+            send_then_receive, receive_waits_for_send, receive_is_cancel_safe,
+            new_channel_names_are_unique, send_to_full_channel_fails, channel_capacity_patterns,
+            group_send_reaches_members, instances_share_channels_and_groups, group_discard_stops_delivery, group_send_skips_full_member,
+            messages_expire_and_channel_leaves_groups, group_membership_expires,
+            flush_empties_everything, discard_channel_forgets_it, concurrent_senders_lose_nothing,
+            all_value_types_survive, bad_names_are_refused);
+    };
+    (@cases $make:path; $($case:ident),*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                $crate::layer::conformance::$case($make).await
+            }
+        )*
+    };
+}

@@ -1,0 +1,351 @@
+//! Messages: maps with a string `"type"`.
+//!
+//! A [`Message`] is what layers carry and consumers react to. Its `"type"` (`"chat.message"`)
+//! picks the consumer's handler. A message is checked once, when it is built: it must be a map,
+//! have a non-empty string `"type"`, and must not use the key `__asgi_channel__`, which the Redis
+//! layers reserve for routing (as Channels does).
+//!
+//! A message is immutable and cheap to clone: clones share one allocation. A `group_send` to a
+//! thousand members hands each member the same allocation, and the JSON text of the message is
+//! rendered at most once, however many sockets it is written to ([`Message::to_json_text`]).
+
+use std::fmt;
+use std::sync::{Arc, OnceLock};
+
+use serde::de::DeserializeOwned;
+use serde::{Serialize, Serializer};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use crate::value::{DecodeError, Map, Value};
+
+/// The key the Redis layers use to route process-local messages; user messages may not carry it.
+pub const RESERVED_KEY: &str = "__asgi_channel__";
+
+/// Why a value could not become a [`Message`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum MessageError {
+    /// The value was not a map / JSON object.
+    #[error("a message must be a map (JSON object), got {0}")]
+    NotAMap(&'static str),
+    /// The map had no `"type"` key.
+    #[error("a message must have a \"type\" key naming its type, e.g. \"chat.message\"")]
+    MissingType,
+    /// `"type"` was there but not a non-empty string.
+    #[error("a message's \"type\" must be a non-empty string, got {0}")]
+    BadType(String),
+    /// The message used the reserved key `__asgi_channel__`.
+    #[error("the key \"__asgi_channel__\" is reserved for the channel layer's routing")]
+    ReservedKey,
+    /// Serializing a Rust value into a message failed.
+    #[error("could not serialize the message: {0}")]
+    Serialize(String),
+    /// The bytes were not valid JSON.
+    #[error("invalid JSON: {0}")]
+    Json(String),
+}
+
+struct Inner {
+    fields: Map,
+    /// The JSON text of `fields`, rendered on first use and shared by every clone.
+    json: OnceLock<Utf8Bytes>,
+}
+
+/// A validated message: a map of [`Value`]s with a non-empty string `"type"`.
+///
+/// ```
+/// use switchboard_core::Message;
+/// let m = Message::from_json(serde_json::json!({"type": "chat.message", "text": "hi"}))?;
+/// assert_eq!(m.message_type(), "chat.message");
+/// assert_eq!(m.get("text").and_then(|v| v.as_str()), Some("hi"));
+/// # Ok::<(), switchboard_core::MessageError>(())
+/// ```
+#[derive(Clone)]
+pub struct Message(Arc<Inner>);
+
+impl Message {
+    /// Builds a message from a map, checking its `"type"` and reserved keys.
+    pub fn from_map(fields: Map) -> Result<Message, MessageError> {
+        match fields.get("type") {
+            None => return Err(MessageError::MissingType),
+            Some(Value::String(s)) if !s.is_empty() => {}
+            Some(other) => return Err(MessageError::BadType(describe(other).to_owned())),
+        }
+        if fields.contains_key(RESERVED_KEY) {
+            return Err(MessageError::ReservedKey);
+        }
+        Ok(Message(Arc::new(Inner {
+            fields,
+            json: OnceLock::new(),
+        })))
+    }
+
+    /// Builds a message from a [`Value`], which must be a map.
+    pub fn from_value(value: Value) -> Result<Message, MessageError> {
+        match value {
+            Value::Map(m) => Message::from_map(m),
+            other => Err(MessageError::NotAMap(describe(&other))),
+        }
+    }
+
+    /// Builds a message from a JSON value, which must be an object with a string `"type"`.
+    pub fn from_json(value: serde_json::Value) -> Result<Message, MessageError> {
+        Message::from_value(Value::from(value))
+    }
+
+    /// Parses JSON text into a message.
+    pub fn from_json_str(text: &str) -> Result<Message, MessageError> {
+        let value: Value =
+            serde_json::from_str(text).map_err(|e| MessageError::Json(e.to_string()))?;
+        Message::from_value(value)
+    }
+
+    /// Serializes any `Serialize` type (a struct or a `#[serde(tag = "type")]` enum) into a message.
+    pub fn from_serialize<T: Serialize + ?Sized>(value: &T) -> Result<Message, MessageError> {
+        let json =
+            serde_json::to_value(value).map_err(|e| MessageError::Serialize(e.to_string()))?;
+        Message::from_json(json)
+    }
+
+    /// Starts a message of the given type; add fields with [`MessageBuilder::field`].
+    pub fn builder(message_type: impl Into<String>) -> MessageBuilder {
+        let mut fields = Map::new();
+        fields.insert("type".into(), Value::String(message_type.into()));
+        MessageBuilder { fields }
+    }
+
+    /// The message's `"type"`.
+    pub fn message_type(&self) -> &str {
+        // Checked at construction; the fallback is unreachable.
+        self.0
+            .fields
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+    }
+
+    /// One field.
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.0.fields.get(key)
+    }
+
+    /// All fields, `"type"` included, in insertion order.
+    pub fn fields(&self) -> &Map {
+        &self.0.fields
+    }
+
+    /// Decodes the message into a type of yours (usually a `#[serde(tag = "type")]` enum).
+    /// Decoding borrows from the message; only the fields you keep are copied.
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, DecodeError> {
+        T::deserialize(crate::value::MapDe(&self.0.fields))
+    }
+
+    /// The message as JSON text. Rendered once and shared by every clone of this message, so a
+    /// group message written to a thousand sockets is serialized once.
+    pub fn to_json_text(&self) -> Utf8Bytes {
+        self.0
+            .json
+            .get_or_init(|| {
+                // Serializing a Value map into a Vec cannot fail: keys are strings, no I/O.
+                let bytes = serde_json::to_vec(&self.0.fields).unwrap_or_default(); // ok: infallible
+                Utf8Bytes::try_from(bytes).unwrap_or_default() // ok: serde_json writes UTF-8
+            })
+            .clone()
+    }
+
+    /// The message as a JSON value.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::Value::Object(
+            self.0
+                .fields
+                .iter()
+                .map(|(k, v)| (k.clone(), v.to_json()))
+                .collect(),
+        )
+    }
+
+    /// Takes the fields out (copying only if the message is shared).
+    pub fn into_map(self) -> Map {
+        match Arc::try_unwrap(self.0) {
+            Ok(inner) => inner.fields,
+            Err(shared) => shared.fields.clone(),
+        }
+    }
+
+    /// Whether two handles share one allocation (a fan-out delivers the same allocation).
+    pub fn ptr_eq(a: &Message, b: &Message) -> bool {
+        Arc::ptr_eq(&a.0, &b.0)
+    }
+}
+
+impl PartialEq for Message {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || self.0.fields == other.0.fields
+    }
+}
+
+impl fmt::Debug for Message {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Message").field(&self.0.fields).finish()
+    }
+}
+
+impl Serialize for Message {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.fields.serialize(s)
+    }
+}
+
+impl TryFrom<serde_json::Value> for Message {
+    type Error = MessageError;
+    fn try_from(v: serde_json::Value) -> Result<Self, MessageError> {
+        Message::from_json(v)
+    }
+}
+
+impl TryFrom<Map> for Message {
+    type Error = MessageError;
+    fn try_from(m: Map) -> Result<Self, MessageError> {
+        Message::from_map(m)
+    }
+}
+
+impl TryFrom<Value> for Message {
+    type Error = MessageError;
+    fn try_from(v: Value) -> Result<Self, MessageError> {
+        Message::from_value(v)
+    }
+}
+
+/// Builds a [`Message`] field by field; see [`Message::builder`].
+#[derive(Debug, Clone)]
+pub struct MessageBuilder {
+    fields: Map,
+}
+
+impl MessageBuilder {
+    /// Adds (or replaces) a field.
+    pub fn field(mut self, key: impl Into<String>, value: impl Into<Value>) -> Self {
+        self.fields.insert(key.into(), value.into());
+        self
+    }
+
+    /// Checks the fields and builds the message.
+    pub fn build(self) -> Result<Message, MessageError> {
+        Message::from_map(self.fields)
+    }
+}
+
+/// Anything that can become a [`Message`]: a `Message`, a JSON value, a [`Map`] or a [`Value`].
+pub trait IntoMessage {
+    /// Converts, checking the `"type"`.
+    fn into_message(self) -> Result<Message, MessageError>;
+}
+
+impl IntoMessage for Message {
+    fn into_message(self) -> Result<Message, MessageError> {
+        Ok(self)
+    }
+}
+impl IntoMessage for &Message {
+    fn into_message(self) -> Result<Message, MessageError> {
+        Ok(self.clone())
+    }
+}
+impl IntoMessage for serde_json::Value {
+    fn into_message(self) -> Result<Message, MessageError> {
+        Message::from_json(self)
+    }
+}
+impl IntoMessage for Map {
+    fn into_message(self) -> Result<Message, MessageError> {
+        Message::from_map(self)
+    }
+}
+impl IntoMessage for Value {
+    fn into_message(self) -> Result<Message, MessageError> {
+        Message::from_value(self)
+    }
+}
+impl IntoMessage for MessageBuilder {
+    fn into_message(self) -> Result<Message, MessageError> {
+        self.build()
+    }
+}
+impl IntoMessage for Result<Message, MessageError> {
+    fn into_message(self) -> Result<Message, MessageError> {
+        self
+    }
+}
+
+pub(crate) fn describe(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Int(_) | Value::UInt(_) => "an integer",
+        Value::Float(_) => "a float",
+        Value::String(_) => "an empty string",
+        Value::Bytes(_) => "bytes",
+        Value::List(_) => "a list",
+        Value::Map(_) => "a map",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn needs_a_map_with_a_string_type() {
+        assert_eq!(
+            Message::from_json(json!([1])).err(),
+            Some(MessageError::NotAMap("a list"))
+        );
+        assert_eq!(
+            Message::from_json(json!({"a": 1})).err(),
+            Some(MessageError::MissingType)
+        );
+        assert_eq!(
+            Message::from_json(json!({"type": 3})).err(),
+            Some(MessageError::BadType("an integer".into()))
+        );
+        assert_eq!(
+            Message::from_json(json!({"type": ""})).err(),
+            Some(MessageError::BadType("an empty string".into()))
+        );
+        assert_eq!(
+            Message::from_json(json!({"type": "x", "__asgi_channel__": "c"})).err(),
+            Some(MessageError::ReservedKey)
+        );
+        assert!(Message::from_json_str("{nope").is_err());
+    }
+
+    #[test]
+    fn clones_share_one_allocation_and_one_json_rendering() {
+        let m = Message::builder("chat.message")
+            .field("text", "hi")
+            .build()
+            .unwrap();
+        let c = m.clone();
+        assert!(Message::ptr_eq(&m, &c));
+        let a = m.to_json_text();
+        let b = c.to_json_text();
+        assert_eq!(a.as_str(), r#"{"type":"chat.message","text":"hi"}"#);
+        assert_eq!(a.as_str().as_ptr(), b.as_str().as_ptr());
+    }
+
+    #[test]
+    fn decodes_into_typed_enum() {
+        #[derive(serde::Deserialize, Debug, PartialEq)]
+        #[serde(tag = "type")]
+        enum E {
+            #[serde(rename = "a.b")]
+            Ab { n: i32 },
+        }
+        let m = Message::from_json(json!({"type": "a.b", "n": 4})).unwrap();
+        assert_eq!(m.decode::<E>(), Ok(E::Ab { n: 4 }));
+        let m = Message::from_json(json!({"type": "c.d"})).unwrap();
+        assert!(m.decode::<E>().is_err());
+    }
+}

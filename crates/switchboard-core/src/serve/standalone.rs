@@ -1,0 +1,182 @@
+//! A standalone WebSocket server for apps without axum: hyper for the HTTP upgrade,
+//! tokio-tungstenite for the WebSocket, and a small path router (`/ws/chat/{room}/`).
+//!
+//! ```no_run
+//! use switchboard_core::standalone::Server;
+//! use switchboard_core::{Consumer, Context, Endpoint, Frame, InMemoryLayer, Message, Result, Scope, async_trait};
+//!
+//! struct Echo;
+//! #[async_trait]
+//! impl Consumer for Echo {
+//!     type Incoming = Frame;
+//!     type Event = Message;
+//!     async fn receive(&mut self, cx: &mut Context, frame: Frame) -> Result<()> {
+//!         cx.send_text(frame.text()?.to_owned()).await
+//!     }
+//! }
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let layer = InMemoryLayer::default();
+//! let server = Server::new()
+//!     .route("/ws/echo/{room}/", Endpoint::new(layer, |_: &Scope| Echo).allow_missing_origin(true))?;
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8000").await?;
+//! server.serve(listener).await?;
+//! # Ok(()) }
+//! ```
+
+use std::convert::Infallible;
+use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+use crate::consumer::Consumer;
+use crate::scope::Scope;
+use crate::serve::{Endpoint, plain};
+
+type Handler = Arc<
+    dyn Fn(
+            Request<Incoming>,
+            Vec<(String, String)>,
+            Option<SocketAddr>,
+        ) -> BoxFuture<'static, Response<Full<Bytes>>>
+        + Send
+        + Sync,
+>;
+
+/// A route pattern that could not be added.
+#[derive(Debug, thiserror::Error)]
+#[error("bad route {path:?}: {reason}")]
+pub struct RouteError {
+    /// The pattern.
+    pub path: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// The standalone server: routes WebSocket upgrades to endpoints by path.
+#[derive(Default)]
+pub struct Server {
+    router: matchit::Router<Handler>,
+}
+
+impl fmt::Debug for Server {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Server").finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// A server with no routes.
+    pub fn new() -> Server {
+        Server::default()
+    }
+
+    /// Serves `endpoint` at `path`; `{name}` segments become route parameters
+    /// ([`Scope::param`]), `{*rest}` matches the rest of the path.
+    pub fn route<F, C>(mut self, path: &str, endpoint: Endpoint<F>) -> Result<Server, RouteError>
+    where
+        F: Fn(&Scope) -> C + Send + Sync + 'static,
+        C: Consumer,
+    {
+        let endpoint = Arc::new(endpoint);
+        let handler: Handler = Arc::new(move |req, params, peer| {
+            let endpoint = endpoint.clone();
+            Box::pin(async move { endpoint.upgrade(req, params, peer).await })
+        });
+        self.router.insert(path, handler).map_err(|e| RouteError {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+        Ok(self)
+    }
+
+    /// Accepts connections until the listener fails.
+    pub async fn serve(self, listener: TcpListener) -> std::io::Result<()> {
+        self.serve_with_shutdown(listener, std::future::pending())
+            .await
+    }
+
+    /// Accepts connections until `shutdown` completes. Connections already upgraded keep
+    /// running until they end.
+    pub async fn serve_with_shutdown(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> std::io::Result<()> {
+        let router = Arc::new(self.router);
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            let (stream, peer) = tokio::select! {
+                r = listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) if is_transient(&e) => {
+                        tracing::warn!(error = %e, "accept failed; retrying");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                },
+                () = &mut shutdown => return Ok(()),
+            };
+            let _ = stream.set_nodelay(true);
+            let router = router.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req: Request<Incoming>| {
+                    let router = router.clone();
+                    async move { Ok::<_, Infallible>(dispatch(&router, req, peer).await) }
+                });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .with_upgrades();
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, %peer, "http connection error");
+                }
+            });
+        }
+    }
+}
+
+fn is_transient(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    // EMFILE/ENFILE (too many open files) and aborted handshakes must not stop the server.
+    matches!(
+        e.kind(),
+        ConnectionAborted | ConnectionReset | Interrupted | WouldBlock
+    ) || e.raw_os_error().is_some_and(|c| c == 23 || c == 24)
+}
+
+async fn dispatch(
+    router: &matchit::Router<Handler>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<Full<Bytes>> {
+    let path = req.uri().path().to_owned();
+    match router.at(&path) {
+        Ok(m) => {
+            let params = m
+                .params
+                .iter()
+                .map(|(k, v)| (k.to_owned(), percent_decode(v)))
+                .collect();
+            let handler = m.value.clone();
+            handler(req, params, Some(peer)).await
+        }
+        Err(_) => plain(StatusCode::NOT_FOUND, "not found"),
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
+}

@@ -1,0 +1,3 @@
+#![doc = include_str!("../docs/guide.md")]
+
+pub use switchboard_core::*;
