@@ -381,7 +381,7 @@ impl Context {
 
     /// Sends a value as a JSON text frame.
     pub async fn send_json<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<()> {
-        let text = serde_json::to_string(value).map_err(|e| Error::other(e))?;
+        let text = serde_json::to_string(value).map_err(Error::other)?;
         self.push(Frame::Text(text.into()))
     }
 
