@@ -1,1 +1,64 @@
-fn main() {}
+//! A chat with rooms, nicknames and private messages — the Django Channels tutorial chat and
+//! the Tornado rooms chat, rebuilt on switchboard.
+//!
+//! Shows: a consumer with the JSON flavour, groups for rooms and for users, publishing from an
+//! HTTP handler outside any consumer, and an axum app serving a page and a WebSocket.
+//!
+//! Run it (in-memory layer, no Redis needed), then open <http://127.0.0.1:8000/>:
+//!
+//! ```text
+//! cargo run --release --example chat
+//! ```
+//!
+//! Publish into a room from anywhere:
+//!
+//! ```text
+//! curl -X POST -d '{"message":"hello from curl"}' http://127.0.0.1:8000/chat/rooms/lobby/user/curl/
+//! ```
+
+use std::net::SocketAddr;
+
+use clap::Parser;
+
+#[path = "../common/layer_args.rs"]
+mod layer_args;
+
+mod app;
+
+/// Flags.
+#[derive(Parser, Debug)]
+#[command(about = "switchboard chat example")]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8000")]
+    addr: SocketAddr,
+    #[command(flatten)]
+    layer: layer_args::LayerArgs,
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let args = Args::parse();
+    let layer = args.layer.build().await?;
+    let app = app::router(layer, app::Settings::default());
+    let listener = tokio::net::TcpListener::bind(args.addr).await?;
+    tracing::info!(
+        "chat on http://{} ({})",
+        listener.local_addr()?,
+        args.layer.describe()
+    );
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await?;
+    Ok(())
+}

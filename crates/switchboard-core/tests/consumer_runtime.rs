@@ -9,8 +9,8 @@ use serde::Deserialize;
 use serde_json::json;
 use switchboard_core::testing::{Communicator, Connection, Received};
 use switchboard_core::{
-    BadInput, CloseCode, ConnectionConfig, Consumer, Context, Frame, InMemoryLayer, Layer, Message, Result, Scope,
-    async_trait,
+    BadInput, CloseCode, ConnectionConfig, Consumer, Context, Frame, InMemoryLayer, Layer, Message,
+    Result, Scope, async_trait,
 };
 
 #[derive(Deserialize, Debug)]
@@ -55,7 +55,11 @@ impl Consumer for Room {
     async fn receive(&mut self, cx: &mut Context, msg: ClientMsg) -> Result<()> {
         match msg {
             ClientMsg::Say { text } => {
-                cx.group_send(&self.room, json!({"type": "chat.message", "user": "ann", "text": text})).await
+                cx.group_send(
+                    &self.room,
+                    json!({"type": "chat.message", "user": "ann", "text": text}),
+                )
+                .await
             }
             ClientMsg::Fail => Err(switchboard_core::Error::protocol("that did not work")),
             ClientMsg::Panic => panic!("consumer bug"),
@@ -70,7 +74,9 @@ impl Consumer for Room {
 
     async fn event(&mut self, cx: &mut Context, ev: RoomEvent) -> Result<()> {
         match ev {
-            RoomEvent::ChatMessage { user, text } => cx.send_json(&json!({"user": user, "text": text})).await,
+            RoomEvent::ChatMessage { user, text } => {
+                cx.send_json(&json!({"user": user, "text": text})).await
+            }
             RoomEvent::Kick => cx.close(CloseCode(4001), "kicked").await,
         }
     }
@@ -83,8 +89,15 @@ impl Consumer for Room {
 
 fn room(layer: &Layer, name: &str) -> (Communicator<Room>, Arc<AtomicUsize>) {
     let disconnects = Arc::new(AtomicUsize::new(0));
-    let c = Room { room: name.into(), accept: true, disconnects: disconnects.clone() };
-    (Communicator::new(layer.clone(), Scope::new(&format!("/ws/chat/{name}/")), c), disconnects)
+    let c = Room {
+        room: name.into(),
+        accept: true,
+        disconnects: disconnects.clone(),
+    };
+    (
+        Communicator::new(layer.clone(), Scope::new(&format!("/ws/chat/{name}/")), c),
+        disconnects,
+    )
 }
 
 #[tokio::test]
@@ -94,9 +107,17 @@ async fn group_messages_reach_every_member_through_typed_handlers() {
     let (mut b, _) = room(&layer, "lobby");
     assert!(a.connect().await.is_accepted());
     assert!(b.connect().await.is_accepted());
-    a.send_json(&json!({"type": "say", "text": "hello"})).await.unwrap();
-    assert_eq!(a.receive_json().await.unwrap(), json!({"user": "ann", "text": "hello"}));
-    assert_eq!(b.receive_json().await.unwrap(), json!({"user": "ann", "text": "hello"}));
+    a.send_json(&json!({"type": "say", "text": "hello"}))
+        .await
+        .unwrap();
+    assert_eq!(
+        a.receive_json().await.unwrap(),
+        json!({"user": "ann", "text": "hello"})
+    );
+    assert_eq!(
+        b.receive_json().await.unwrap(),
+        json!({"user": "ann", "text": "hello"})
+    );
     assert!(a.receive_nothing().await);
 }
 
@@ -104,10 +125,17 @@ async fn group_messages_reach_every_member_through_typed_handlers() {
 async fn refusing_in_connect_leaves_groups_and_reports_403() {
     let layer = Layer::new(InMemoryLayer::default());
     let disconnects = Arc::new(AtomicUsize::new(0));
-    let c = Room { room: "vip".into(), accept: false, disconnects };
+    let c = Room {
+        room: "vip".into(),
+        accept: false,
+        disconnects,
+    };
     let mut comm = Communicator::new(layer.clone(), Scope::new("/ws/chat/vip/"), c);
     assert_eq!(comm.connect().await, Connection::Refused { status: 403 });
-    assert!(layer.group_channels("vip").await.unwrap().is_empty(), "a refused consumer must leave its groups");
+    assert!(
+        layer.group_channels("vip").await.unwrap().is_empty(),
+        "a refused consumer must leave its groups"
+    );
 }
 
 #[tokio::test]
@@ -119,7 +147,11 @@ async fn disconnect_runs_once_and_groups_are_left() {
     a.disconnect(1000).await;
     assert_eq!(disconnects.load(Ordering::SeqCst), 1);
     assert!(layer.group_channels("lobby").await.unwrap().is_empty());
-    assert_eq!(layer.stats().channels, 0, "the consumer's channel is released");
+    assert_eq!(
+        layer.stats().channels,
+        0,
+        "the consumer's channel is released"
+    );
 }
 
 #[tokio::test]
@@ -130,11 +162,16 @@ async fn undecodable_frame_gets_an_error_frame_and_the_connection_stays() {
     a.send_text("{not json").await.unwrap();
     let err = a.receive_json().await.unwrap();
     assert_eq!(err["type"], "error");
-    assert!(err["error"].as_str().unwrap().contains("client message"), "{err}");
+    assert!(
+        err["error"].as_str().unwrap().contains("client message"),
+        "{err}"
+    );
     a.send_json(&json!({"type": "dance"})).await.unwrap();
     let err = a.receive_json().await.unwrap();
     assert!(err["error"].as_str().unwrap().contains("dance"), "{err}");
-    a.send_json(&json!({"type": "say", "text": "still here"})).await.unwrap();
+    a.send_json(&json!({"type": "say", "text": "still here"}))
+        .await
+        .unwrap();
     assert_eq!(a.receive_json().await.unwrap()["text"], "still here");
 }
 
@@ -143,12 +180,27 @@ async fn unknown_event_type_gets_an_error_frame_and_the_connection_stays() {
     let layer = Layer::new(InMemoryLayer::default());
     let (mut a, _) = room(&layer, "lobby");
     assert!(a.connect().await.is_accepted());
-    layer.group_send("lobby", json!({"type": "mystery.event", "x": 1})).await.unwrap();
+    layer
+        .group_send("lobby", json!({"type": "mystery.event", "x": 1}))
+        .await
+        .unwrap();
     let err = a.receive_json().await.unwrap();
     assert_eq!(err["type"], "error");
-    assert!(err["error"].as_str().unwrap().contains("mystery.event"), "{err}");
-    layer.group_send("lobby", json!({"type": "chat.message", "user": "bo", "text": "ok"})).await.unwrap();
-    assert_eq!(a.receive_json().await.unwrap(), json!({"user": "bo", "text": "ok"}));
+    assert!(
+        err["error"].as_str().unwrap().contains("mystery.event"),
+        "{err}"
+    );
+    layer
+        .group_send(
+            "lobby",
+            json!({"type": "chat.message", "user": "bo", "text": "ok"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        a.receive_json().await.unwrap(),
+        json!({"user": "bo", "text": "ok"})
+    );
 }
 
 #[tokio::test]
@@ -172,8 +224,13 @@ async fn handler_error_is_reported_and_connection_stays() {
     let (mut a, _) = room(&layer, "lobby");
     assert!(a.connect().await.is_accepted());
     a.send_json(&json!({"type": "fail"})).await.unwrap();
-    assert_eq!(a.receive_json().await.unwrap(), json!({"type": "error", "error": "that did not work"}));
-    a.send_json(&json!({"type": "say", "text": "x"})).await.unwrap();
+    assert_eq!(
+        a.receive_json().await.unwrap(),
+        json!({"type": "error", "error": "that did not work"})
+    );
+    a.send_json(&json!({"type": "say", "text": "x"}))
+        .await
+        .unwrap();
     assert_eq!(a.receive_json().await.unwrap()["text"], "x");
 }
 
@@ -195,8 +252,14 @@ async fn frames_queued_by_a_running_handler_are_written_before_it_finishes() {
     let (mut a, _) = room(&layer, "lobby");
     assert!(a.connect().await.is_accepted());
     a.send_json(&json!({"type": "slow"})).await.unwrap();
-    assert_eq!(a.receive_within(Duration::from_millis(150)).await.unwrap(), Received::Text("working".into()));
-    assert!(a.receive_nothing_within(Duration::from_millis(50)).await, "the handler is still running");
+    assert_eq!(
+        a.receive_within(Duration::from_millis(150)).await.unwrap(),
+        Received::Text("working".into())
+    );
+    assert!(
+        a.receive_nothing_within(Duration::from_millis(50)).await,
+        "the handler is still running"
+    );
     assert_eq!(a.receive().await.unwrap(), Received::Text("done".into()));
 }
 
@@ -207,7 +270,9 @@ async fn handlers_run_one_at_a_time_in_arrival_order() {
     assert!(a.connect().await.is_accepted());
     // A slow handler, then a frame and a group message that arrive while it runs.
     a.send_json(&json!({"type": "slow"})).await.unwrap();
-    a.send_json(&json!({"type": "say", "text": "after"})).await.unwrap();
+    a.send_json(&json!({"type": "say", "text": "after"}))
+        .await
+        .unwrap();
     assert_eq!(a.receive_text().await.unwrap(), "working");
     assert_eq!(a.receive_text().await.unwrap(), "done");
     assert_eq!(a.receive_json().await.unwrap()["text"], "after");
@@ -218,8 +283,14 @@ async fn close_from_an_event_handler() {
     let layer = Layer::new(InMemoryLayer::default());
     let (mut a, disconnects) = room(&layer, "lobby");
     assert!(a.connect().await.is_accepted());
-    layer.group_send("lobby", json!({"type": "room.kick"})).await.unwrap();
-    assert_eq!(a.receive_close().await.unwrap(), (CloseCode(4001), "kicked".into()));
+    layer
+        .group_send("lobby", json!({"type": "room.kick"}))
+        .await
+        .unwrap();
+    assert_eq!(
+        a.receive_close().await.unwrap(),
+        (CloseCode(4001), "kicked".into())
+    );
     a.wait().await;
     assert_eq!(disconnects.load(Ordering::SeqCst), 1);
 }
@@ -273,7 +344,10 @@ impl Consumer for Proto {
     async fn receive(&mut self, cx: &mut Context, f: Frame) -> Result<()> {
         match f {
             Frame::Binary(b) => cx.send_bytes(b).await,
-            Frame::Text(_) => cx.send_message(&Message::builder("echo.text").build()?).await,
+            Frame::Text(_) => {
+                cx.send_message(&Message::builder("echo.text").build()?)
+                    .await
+            }
         }
     }
 }
@@ -283,11 +357,19 @@ async fn subprotocols_binary_frames_and_raw_messages() {
     let layer = Layer::new(InMemoryLayer::default());
     let scope = Scope::new("/p").with_subprotocols(["chat.v1", "chat.v2"]);
     let mut c = Communicator::new(layer, scope, Proto);
-    assert_eq!(c.connect().await, Connection::Accepted { subprotocol: Some("chat.v2".into()) });
+    assert_eq!(
+        c.connect().await,
+        Connection::Accepted {
+            subprotocol: Some("chat.v2".into())
+        }
+    );
     c.send_bytes(vec![1, 2, 3]).await.unwrap();
     assert_eq!(c.receive().await.unwrap(), Received::Binary(vec![1, 2, 3]));
     c.send_text("x").await.unwrap();
-    assert_eq!(c.receive_json().await.unwrap(), json!({"type": "echo.text"}));
+    assert_eq!(
+        c.receive_json().await.unwrap(),
+        json!({"type": "echo.text"})
+    );
 }
 
 #[tokio::test]
@@ -301,7 +383,9 @@ async fn sending_to_a_full_channel_reports_channel_full_to_the_client() {
             cx.send_to(f.text()?, json!({"type": "ping"})).await
         }
     }
-    let layer = Layer::new(InMemoryLayer::new(switchboard_core::LayerConfig::default().capacity(1)));
+    let layer = Layer::new(InMemoryLayer::new(
+        switchboard_core::LayerConfig::default().capacity(1),
+    ));
     let mut c = Communicator::new(layer.clone(), Scope::new("/s"), Sender);
     assert!(c.connect().await.is_accepted());
     c.send_text("worker.jobs").await.unwrap();
@@ -311,5 +395,8 @@ async fn sending_to_a_full_channel_reports_channel_full_to_the_client() {
     assert!(err["error"].as_str().unwrap().contains("is full"), "{err}");
     c.send_text("bad name!!").await.unwrap();
     let err = c.receive_json().await.unwrap();
-    assert!(err["error"].as_str().unwrap().contains("is invalid"), "{err}");
+    assert!(
+        err["error"].as_str().unwrap().contains("is invalid"),
+        "{err}"
+    );
 }

@@ -8,8 +8,8 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use switchboard_core::standalone::Server;
 use switchboard_core::{
-    CloseCode, ConnectionConfig, Consumer, Context, Endpoint, Frame, InMemoryLayer, Layer, Message, Refusal, Result,
-    Scope, async_trait,
+    CloseCode, ConnectionConfig, Consumer, Context, Endpoint, Frame, InMemoryLayer, Layer, Message,
+    Refusal, Result, Scope, async_trait,
 };
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -56,7 +56,9 @@ impl Consumer for Probe {
 }
 
 fn probe(scope: &Scope) -> Probe {
-    Probe { room: scope.param("room").unwrap_or("none").to_owned() }
+    Probe {
+        room: scope.param("room").unwrap_or("none").to_owned(),
+    }
 }
 
 async fn serve_axum(endpoint: Endpoint<fn(&Scope) -> Probe>) -> SocketAddr {
@@ -64,7 +66,12 @@ async fn serve_axum(endpoint: Endpoint<fn(&Scope) -> Probe>) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
-        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await.unwrap();
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .unwrap();
     });
     addr
 }
@@ -81,15 +88,24 @@ fn endpoint(layer: &Layer) -> Endpoint<fn(&Scope) -> Probe> {
     Endpoint::new(layer.clone(), probe as fn(&Scope) -> Probe)
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-async fn connect(addr: SocketAddr, path: &str, origin: Option<&str>, extra: &[(&str, &str)]) -> std::result::Result<Ws, u16> {
+async fn connect(
+    addr: SocketAddr,
+    path: &str,
+    origin: Option<&str>,
+    extra: &[(&str, &str)],
+) -> std::result::Result<Ws, u16> {
     let mut req = format!("ws://{addr}{path}").into_client_request().unwrap();
     if let Some(o) = origin {
         req.headers_mut().insert("origin", o.parse().unwrap());
     }
     for (k, v) in extra {
-        req.headers_mut().insert(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+        req.headers_mut().insert(
+            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
     }
     match tokio_tungstenite::connect_async(req).await {
         Ok((ws, _)) => Ok(ws),
@@ -100,7 +116,10 @@ async fn connect(addr: SocketAddr, path: &str, origin: Option<&str>, extra: &[(&
 
 async fn next_text(ws: &mut Ws) -> String {
     loop {
-        match tokio::time::timeout(Duration::from_secs(5), ws.next()).await.unwrap() {
+        match tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .unwrap()
+        {
             Some(Ok(WsMessage::Text(t))) => return t.as_str().to_owned(),
             Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
             other => panic!("expected text, got {other:?}"),
@@ -110,7 +129,10 @@ async fn next_text(ws: &mut Ws) -> String {
 
 async fn next_close(ws: &mut Ws) -> Option<u16> {
     loop {
-        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await.unwrap() {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .unwrap()
+        {
             Some(Ok(WsMessage::Close(f))) => return f.map(|f| u16::from(f.code)),
             Some(Ok(_)) => continue,
             Some(Err(_)) | None => return None,
@@ -118,8 +140,14 @@ async fn next_close(ws: &mut Ws) -> Option<u16> {
     }
 }
 
-async fn both(layer: &Layer, f: impl Fn(Endpoint<fn(&Scope) -> Probe>) -> Endpoint<fn(&Scope) -> Probe>) -> [SocketAddr; 2] {
-    [serve_axum(f(endpoint(layer))).await, serve_standalone(f(endpoint(layer))).await]
+async fn both(
+    layer: &Layer,
+    f: impl Fn(Endpoint<fn(&Scope) -> Probe>) -> Endpoint<fn(&Scope) -> Probe>,
+) -> [SocketAddr; 2] {
+    [
+        serve_axum(f(endpoint(layer))).await,
+        serve_standalone(f(endpoint(layer))).await,
+    ]
 }
 
 #[tokio::test]
@@ -127,7 +155,14 @@ async fn both_servers_run_consumers_with_scope_and_groups() {
     let layer = Layer::new(InMemoryLayer::default());
     for addr in both(&layer, |e| e).await {
         let origin = format!("http://{addr}");
-        let mut ws = connect(addr, "/ws/lobby/?nickname=ann%20b", Some(&origin), &[("cookie", "sid=s3cr3t")]).await.unwrap();
+        let mut ws = connect(
+            addr,
+            "/ws/lobby/?nickname=ann%20b",
+            Some(&origin),
+            &[("cookie", "sid=s3cr3t")],
+        )
+        .await
+        .unwrap();
         ws.send(WsMessage::text("hi")).await.unwrap();
         assert_eq!(next_text(&mut ws).await, "echo hi");
         ws.send(WsMessage::text("whoami")).await.unwrap();
@@ -136,7 +171,13 @@ async fn both_servers_run_consumers_with_scope_and_groups() {
             info,
             json!({"room": "lobby", "nick": "ann b", "user": null, "cookie": "s3cr3t", "peer_is_loopback": true})
         );
-        layer.group_send("lobby", json!({"type": "chat.message", "text": "from outside"})).await.unwrap();
+        layer
+            .group_send(
+                "lobby",
+                json!({"type": "chat.message", "text": "from outside"}),
+            )
+            .await
+            .unwrap();
         let got: serde_json::Value = serde_json::from_str(&next_text(&mut ws).await).unwrap();
         assert_eq!(got, json!({"type": "chat.message", "text": "from outside"}));
         ws.close(None).await.unwrap();
@@ -159,13 +200,35 @@ async fn wait_until_empty(layer: &Layer, group: &str) {
 async fn origins_are_checked() {
     let layer = Layer::new(InMemoryLayer::default());
     for addr in both(&layer, |e| e).await {
-        assert_eq!(connect(addr, "/ws/a/", Some("http://evil.example"), &[]).await.err(), Some(403));
-        assert_eq!(connect(addr, "/ws/a/", None, &[]).await.err(), Some(403), "missing origin refused by default");
+        assert_eq!(
+            connect(addr, "/ws/a/", Some("http://evil.example"), &[])
+                .await
+                .err(),
+            Some(403)
+        );
+        assert_eq!(
+            connect(addr, "/ws/a/", None, &[]).await.err(),
+            Some(403),
+            "missing origin refused by default"
+        );
     }
     for addr in both(&layer, |e| e.allowed_origins([".example.com"])).await {
-        assert!(connect(addr, "/ws/a/", Some("https://chat.example.com"), &[]).await.is_ok());
-        assert!(connect(addr, "/ws/a/", Some("https://example.com"), &[]).await.is_ok());
-        assert_eq!(connect(addr, "/ws/a/", Some("https://example.com.evil.org"), &[]).await.err(), Some(403));
+        assert!(
+            connect(addr, "/ws/a/", Some("https://chat.example.com"), &[])
+                .await
+                .is_ok()
+        );
+        assert!(
+            connect(addr, "/ws/a/", Some("https://example.com"), &[])
+                .await
+                .is_ok()
+        );
+        assert_eq!(
+            connect(addr, "/ws/a/", Some("https://example.com.evil.org"), &[])
+                .await
+                .err(),
+            Some(403)
+        );
     }
     for addr in both(&layer, |e| e.allow_missing_origin(true)).await {
         assert!(connect(addr, "/ws/a/", None, &[]).await.is_ok());
@@ -176,9 +239,16 @@ async fn origins_are_checked() {
 async fn closing_before_accept_answers_403() {
     let layer = Layer::new(InMemoryLayer::default());
     for addr in both(&layer, |e| e.allow_missing_origin(true)).await {
-        assert_eq!(connect(addr, "/ws/closed/", None, &[]).await.err(), Some(403));
+        assert_eq!(
+            connect(addr, "/ws/closed/", None, &[]).await.err(),
+            Some(403)
+        );
     }
-    assert_eq!(layer.stats().channels, 0, "refused consumers leave nothing behind");
+    assert_eq!(
+        layer.stats().channels,
+        0,
+        "refused consumers leave nothing behind"
+    );
 }
 
 #[tokio::test]
@@ -196,8 +266,15 @@ async fn authentication_hook_sets_the_user_or_refuses() {
     };
     for addr in both(&layer, |e| e.allow_missing_origin(true).authenticate(auth)).await {
         assert_eq!(connect(addr, "/ws/a/", None, &[]).await.err(), Some(401));
-        assert_eq!(connect(addr, "/ws/a/", None, &[("authorization", "Bearer bad")]).await.err(), Some(403));
-        let mut ws = connect(addr, "/ws/a/", None, &[("authorization", "Bearer good")]).await.unwrap();
+        assert_eq!(
+            connect(addr, "/ws/a/", None, &[("authorization", "Bearer bad")])
+                .await
+                .err(),
+            Some(403)
+        );
+        let mut ws = connect(addr, "/ws/a/", None, &[("authorization", "Bearer good")])
+            .await
+            .unwrap();
         ws.send(WsMessage::text("whoami")).await.unwrap();
         let info: serde_json::Value = serde_json::from_str(&next_text(&mut ws).await).unwrap();
         assert_eq!(info["user"], "ann");
@@ -211,13 +288,18 @@ async fn plain_http_and_unknown_paths_get_clear_errors() {
     for addr in [axum_addr, standalone_addr] {
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        s.write_all(b"GET /ws/a/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+        s.write_all(b"GET /ws/a/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
         let mut buf = Vec::new();
         s.read_to_end(&mut buf).await.unwrap();
         let text = String::from_utf8_lossy(&buf);
         assert!(text.starts_with("HTTP/1.1 400"), "{text}");
     }
-    assert_eq!(connect(standalone_addr, "/nope/", None, &[]).await.err(), Some(404));
+    assert_eq!(
+        connect(standalone_addr, "/nope/", None, &[]).await.err(),
+        Some(404)
+    );
 }
 
 #[tokio::test]
@@ -248,7 +330,9 @@ async fn silent_clients_time_out_and_reading_clients_stay() {
             let start = tokio::time::Instant::now();
             while start.elapsed() < Duration::from_millis(1000) {
                 match tokio::time::timeout(Duration::from_millis(50), alive.next()).await {
-                    Ok(Some(Ok(WsMessage::Close(_)))) | Ok(None) | Ok(Some(Err(_))) => return false,
+                    Ok(Some(Ok(WsMessage::Close(_)))) | Ok(None) | Ok(Some(Err(_))) => {
+                        return false;
+                    }
                     _ => {}
                 }
             }
@@ -258,13 +342,18 @@ async fn silent_clients_time_out_and_reading_clients_stay() {
         let mut silent = connect(addr, "/ws/ka/", None, &[]).await.unwrap();
         tokio::time::sleep(Duration::from_millis(800)).await;
         assert_eq!(next_close(&mut silent).await, Some(1001));
-        assert!(reader.await.unwrap(), "a client that answers pings must stay connected");
+        assert!(
+            reader.await.unwrap(),
+            "a client that answers pings must stay connected"
+        );
     }
 }
 
 #[tokio::test]
 async fn a_client_that_does_not_read_is_dropped_and_leaves_its_group() {
-    let layer = Layer::new(switchboard_core::InMemoryLayer::new(switchboard_core::LayerConfig::default().capacity(100_000)));
+    let layer = Layer::new(switchboard_core::InMemoryLayer::new(
+        switchboard_core::LayerConfig::default().capacity(100_000),
+    ));
     let mut cfg = ConnectionConfig::default();
     cfg.outbound_bytes = 256 * 1024;
     cfg.close_timeout = Duration::from_millis(300);
