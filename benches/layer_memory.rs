@@ -1,1 +1,284 @@
-fn main() {}
+//! The in-memory layer: point-to-point send/receive and `group_send` fan-out.
+//!
+//! Run: `cargo bench --bench layer_memory`
+//!
+//! Both cases mirror `../shared/peer/layer_bench.py` so the numbers compare with Django
+//! Channels' `InMemoryChannelLayer` (`../shared/peer/run.sh layers --layers memory`):
+//! - p2p: one sender task and one receiver task on one channel, 20,000 messages.
+//! - fan-out: N members in one group, each drained by its own task; the sender keeps at most 50
+//!   group messages outstanding for any member (the peer's `--window 50`), with the default
+//!   capacity of 100, so nothing may be dropped.
+//!
+//! Variants:
+//! - `current_thread/receive`: one event loop (as the peer's asyncio), receivers call
+//!   `Layer::receive` per message — the API Channels has, like for like;
+//! - `current_thread/receiver`: the same, receivers hold a `Layer::receiver` — what switchboard's
+//!   consumers use (no lookup or allocation per message);
+//! - `multi_thread/receiver`: two worker threads, so sender and receivers run on different cores
+//!   and a delivery may cost a cross-thread wake-up.
+//!
+//! Messages are built before the clock starts; the clock covers the layer calls and the tasks'
+//! scheduling. Every round checks what was received: counts, order, and no full drops.
+//! Throughput is reported per delivered message.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use switchboard::{ChannelName, InMemoryLayer, Layer, LayerConfig, Message, Value};
+use tokio::runtime::Runtime;
+use tokio::sync::Notify;
+
+const WINDOW: u64 = 50;
+
+/// (name, runtime, whether receivers hold a `Layer::receiver`).
+fn variants() -> Vec<(&'static str, Runtime, bool)> {
+    let current = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+    };
+    let multi = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    vec![
+        ("current_thread/receive", current(), false),
+        ("current_thread/receiver", current(), true),
+        ("multi_thread/receiver", multi, true),
+    ]
+}
+
+fn message(seq: i64) -> Message {
+    Message::builder("chat.message")
+        .field("text", "x".repeat(100))
+        .field("seq", seq)
+        .build()
+        .expect("valid message")
+}
+
+fn seq_of(m: &Message) -> i64 {
+    m.get("seq").and_then(Value::as_i64).unwrap_or(-1)
+}
+
+/// Receives with `receive` per message, or through one long-lived receiver, until `each`
+/// returns false or the layer closes.
+async fn receive_loop(
+    layer: Layer,
+    channel: ChannelName,
+    use_receiver: bool,
+    mut each: impl FnMut(Message) -> bool,
+) {
+    let mut rx = layer.receiver(&channel);
+    loop {
+        let got = if use_receiver {
+            rx.recv().await
+        } else {
+            layer.receive(&channel).await
+        };
+        match got {
+            Ok(m) => {
+                if !each(m) {
+                    return;
+                }
+            }
+            Err(_) => return,
+        }
+    }
+}
+
+/// Sends `messages` from this task and receives them in another; returns the elapsed time.
+async fn p2p_round(
+    layer: &Layer,
+    channel: &ChannelName,
+    messages: &[Message],
+    use_receiver: bool,
+) -> Duration {
+    let n = messages.len() as i64;
+    let start = Instant::now();
+    let receiver = {
+        let (layer, channel) = (layer.clone(), channel.clone());
+        tokio::spawn(async move {
+            let mut next = 0;
+            receive_loop(layer, channel, use_receiver, |m| {
+                assert_eq!(seq_of(&m), next, "point-to-point order");
+                next += 1;
+                next < n
+            })
+            .await;
+            assert_eq!(next, n, "every message received");
+        })
+    };
+    for m in messages {
+        layer.send(channel, m).await.expect("send under capacity");
+    }
+    receiver.await.expect("receiver task");
+    start.elapsed()
+}
+
+fn p2p(c: &mut Criterion) {
+    const N: i64 = 20_000;
+    let messages: Vec<Message> = (0..N).map(message).collect();
+    let mut group = c.benchmark_group("memory_p2p");
+    group.throughput(Throughput::Elements(N as u64));
+    for (variant, rt, use_receiver) in variants() {
+        let layer = Layer::new(InMemoryLayer::new(
+            LayerConfig::default().capacity(N as usize),
+        ));
+        let channel = rt.block_on(layer.new_channel()).expect("channel");
+        group.bench_function(BenchmarkId::new(variant, N), |b| {
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        total += p2p_round(&layer, &channel, &messages, use_receiver).await;
+                    }
+                    total
+                })
+            })
+        });
+    }
+    group.finish();
+}
+
+/// A group of members, each drained by a task that checks order and counts deliveries.
+struct Room {
+    layer: Layer,
+    /// Messages received so far, per member.
+    received: Vec<Arc<AtomicU64>>,
+    progress: Arc<Notify>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Room {
+    async fn new(members: u64, use_receiver: bool) -> Room {
+        let layer = Layer::new(InMemoryLayer::new(LayerConfig::default()));
+        let progress = Arc::new(Notify::new());
+        let mut tasks = Vec::new();
+        let mut received = Vec::new();
+        for _ in 0..members {
+            let ch = layer.new_channel().await.expect("channel");
+            layer.group_add("room", &ch).await.expect("group_add");
+            let count = Arc::new(AtomicU64::new(0));
+            received.push(count.clone());
+            let (layer, progress) = (layer.clone(), progress.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut last = -1;
+                // Runs until the layer is closed at the end of the benchmark.
+                receive_loop(layer, ch, use_receiver, |m| {
+                    let seq = seq_of(&m);
+                    assert_eq!(
+                        seq,
+                        last + 1,
+                        "group messages arrive in order, none missing"
+                    );
+                    last = seq;
+                    count.fetch_add(1, Ordering::Release);
+                    progress.notify_one();
+                    true
+                })
+                .await;
+            }));
+        }
+        Room {
+            layer,
+            received,
+            progress,
+            tasks,
+        }
+    }
+
+    /// The fewest messages any member has received.
+    fn slowest(&self) -> u64 {
+        self.received
+            .iter()
+            .map(|c| c.load(Ordering::Acquire))
+            .min()
+            .unwrap_or(0)
+    }
+
+    /// Sends `messages` to the group with at most `WINDOW` outstanding for any member; returns
+    /// when every member has received all of them.
+    async fn round(&self, messages: &[Message]) -> Duration {
+        let base = self.slowest();
+        let start = Instant::now();
+        let mut slowest = base;
+        for (i, m) in messages.iter().enumerate() {
+            let sent = base + i as u64;
+            while sent - slowest >= WINDOW {
+                self.progress.notified().await;
+                slowest = self.slowest();
+            }
+            self.layer.group_send("room", m).await.expect("group_send");
+        }
+        let target = base + messages.len() as u64;
+        while self.slowest() < target {
+            tokio::time::timeout(Duration::from_millis(10), self.progress.notified())
+                .await
+                .ok();
+        }
+        let elapsed = start.elapsed();
+        assert_eq!(
+            self.layer.stats().group_full_drops,
+            0,
+            "nothing dropped under the window"
+        );
+        elapsed
+    }
+}
+
+fn fan_out(c: &mut Criterion) {
+    let mut group = c.benchmark_group("memory_group_send");
+    for (variant, rt, use_receiver) in variants() {
+        for members in [1u64, 10, 100, 1000] {
+            // ~100,000 deliveries per round.
+            let m = (100_000 / members).max(100) as i64;
+            let room = rt.block_on(Room::new(members, use_receiver));
+            let seq = std::cell::Cell::new(0i64);
+            group.throughput(Throughput::Elements(members * m as u64));
+            group.bench_with_input(BenchmarkId::new(variant, members), &members, |b, _| {
+                b.iter_custom(|iters| {
+                    let rounds: Vec<Vec<Message>> = (0..iters)
+                        .map(|_| {
+                            let first = seq.get();
+                            seq.set(first + m);
+                            (first..first + m).map(message).collect()
+                        })
+                        .collect();
+                    rt.block_on(async {
+                        let mut total = Duration::ZERO;
+                        for messages in &rounds {
+                            total += room.round(messages).await;
+                        }
+                        total
+                    })
+                })
+            });
+            rt.block_on(async {
+                room.layer.close().await.expect("close");
+                for t in room.tasks {
+                    t.await.expect("member task");
+                }
+            });
+        }
+    }
+    group.finish();
+}
+
+// criterion_group! generates an undocumented function.
+#[allow(missing_docs)]
+mod group {
+    use super::*;
+    criterion_group! {
+        name = benches;
+        config = Criterion::default()
+            .sample_size(20)
+            .measurement_time(Duration::from_secs(4))
+            .warm_up_time(Duration::from_secs(1));
+        targets = p2p, fan_out
+    }
+}
+criterion_main!(group::benches);

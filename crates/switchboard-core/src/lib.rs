@@ -25,7 +25,7 @@ pub use async_trait::async_trait;
 pub use consumer::{CloseCode, Consumer, Context, Event, Frame, Incoming};
 pub use error::{Error, Result};
 pub use layer::memory::InMemoryLayer;
-pub use layer::{ChannelLayer, Layer, LayerConfig, LayerStats};
+pub use layer::{ChannelLayer, ChannelReceiver, Layer, LayerConfig, LayerStats};
 pub use message::{IntoMessage, Message, MessageBuilder, MessageError};
 pub use name::{ChannelName, GroupName, IntoChannelName, IntoGroupName, NameError};
 pub use runtime::{BadInput, ConnectionConfig};

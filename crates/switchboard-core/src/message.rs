@@ -47,6 +47,8 @@ pub enum MessageError {
 
 struct Inner {
     fields: Map,
+    /// Where `"type"` is in `fields` (checked at construction), for a lookup without hashing.
+    type_index: usize,
     /// The JSON text of `fields`, rendered on first use and shared by every clone.
     json: OnceLock<Utf8Bytes>,
 }
@@ -66,16 +68,17 @@ pub struct Message(Arc<Inner>);
 impl Message {
     /// Builds a message from a map, checking its `"type"` and reserved keys.
     pub fn from_map(fields: Map) -> Result<Message, MessageError> {
-        match fields.get("type") {
+        let type_index = match fields.get_full("type") {
             None => return Err(MessageError::MissingType),
-            Some(Value::String(s)) if !s.is_empty() => {}
-            Some(other) => return Err(MessageError::BadType(describe(other).to_owned())),
-        }
+            Some((i, _, Value::String(s))) if !s.is_empty() => i,
+            Some((_, _, other)) => return Err(MessageError::BadType(describe(other).to_owned())),
+        };
         if fields.contains_key(RESERVED_KEY) {
             return Err(MessageError::ReservedKey);
         }
         Ok(Message(Arc::new(Inner {
             fields,
+            type_index,
             json: OnceLock::new(),
         })))
     }
@@ -109,7 +112,7 @@ impl Message {
 
     /// Starts a message of the given type; add fields with [`MessageBuilder::field`].
     pub fn builder(message_type: impl Into<String>) -> MessageBuilder {
-        let mut fields = Map::new();
+        let mut fields = Map::default();
         fields.insert("type".into(), Value::String(message_type.into()));
         MessageBuilder { fields }
     }
@@ -119,8 +122,8 @@ impl Message {
         // Checked at construction; the fallback is unreachable.
         self.0
             .fields
-            .get("type")
-            .and_then(Value::as_str)
+            .get_index(self.0.type_index)
+            .and_then(|(_, v)| v.as_str())
             .unwrap_or("")
     }
 

@@ -17,7 +17,6 @@ use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll, ready};
 use std::time::Duration;
 
-use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
 use parking_lot::Mutex;
 use tokio::time::Instant;
@@ -26,9 +25,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 
 use crate::consumer::{CloseCode, Consumer, Context, Event, Frame, Incoming, Out, Outbound, Phase};
 use crate::error::Error;
-use crate::layer::Layer;
 use crate::message::Message;
-use crate::name::ChannelName;
 
 /// What to do with a client frame that does not decode, or a layer message whose type the
 /// consumer does not know.
@@ -255,20 +252,6 @@ where
     .await
 }
 
-fn receive_next(
-    layer: &Layer,
-    channel: &ChannelName,
-    delay: Option<Duration>,
-) -> BoxFuture<'static, crate::Result<Message>> {
-    let (layer, channel) = (layer.clone(), channel.clone());
-    Box::pin(async move {
-        if let Some(d) = delay {
-            tokio::time::sleep(d).await;
-        }
-        layer.backend().receive(&channel).await
-    })
-}
-
 /// Why the connection loop ended, and the code `disconnect` is given.
 struct Ending {
     code: CloseCode,
@@ -291,7 +274,9 @@ pub(crate) async fn run<C, T>(
     let channel = cx.channel_name().clone();
     let mut writer = Writer { need_flush: false };
     let mut broken = false;
-    let mut recv = Some(receive_next(&layer, &channel, None));
+    let mut receiver = layer.receiver(&channel);
+    // After a failed receive (the backend is down), wait before the next attempt.
+    let mut recv_backoff: Option<Pin<Box<tokio::time::Sleep>>> = None;
     let mut last_heard = Instant::now();
     let mut last_ping = last_heard;
     let mut last_refresh = last_heard;
@@ -344,10 +329,14 @@ pub(crate) async fn run<C, T>(
             if socket_first && let Some(i) = poll_socket(tcx) {
                 return Poll::Ready(i);
             }
-            if let Some(f) = recv.as_mut()
-                && let Poll::Ready(r) = f.as_mut().poll(tcx)
+            if let Some(b) = recv_backoff.as_mut()
+                && b.as_mut().poll(tcx).is_ready()
             {
-                recv = None;
+                recv_backoff = None;
+            }
+            if recv_backoff.is_none()
+                && let Poll::Ready(r) = receiver.poll_recv(tcx)
+            {
                 return Poll::Ready(Input::Event(r));
             }
             if !socket_first && let Some(i) = poll_socket(tcx) {
@@ -404,31 +393,27 @@ pub(crate) async fn run<C, T>(
                     break end;
                 }
             }
-            Input::Event(Ok(message)) => {
-                recv = Some(receive_next(&layer, &channel, None));
-                let ty = message.message_type().to_owned();
-                match C::Event::from_message(message) {
-                    Ok(ev) => {
-                        let result = drive(
-                            consumer.event(&mut cx, ev),
-                            &mut ws,
-                            &out,
-                            &mut writer,
-                            &mut broken,
-                        )
-                        .await;
-                        if let Some(end) = after_handler(&mut cx, result, "event").await {
-                            break end;
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(%channel, event_type = %ty, error = %e, "layer message not understood by the consumer");
-                        if let Some(end) = bad_input(&mut cx, &config, "event", e).await {
-                            break end;
-                        }
+            Input::Event(Ok(message)) => match C::Event::from_message(message) {
+                Ok(ev) => {
+                    let result = drive(
+                        consumer.event(&mut cx, ev),
+                        &mut ws,
+                        &out,
+                        &mut writer,
+                        &mut broken,
+                    )
+                    .await;
+                    if let Some(end) = after_handler(&mut cx, result, "event").await {
+                        break end;
                     }
                 }
-            }
+                Err(e) => {
+                    tracing::warn!(%channel, error = %e, "layer message not understood by the consumer");
+                    if let Some(end) = bad_input(&mut cx, &config, "event", e).await {
+                        break end;
+                    }
+                }
+            },
             Input::Event(Err(Error::LayerClosed)) => {
                 break Ending {
                     code: CloseCode::GOING_AWAY,
@@ -438,7 +423,7 @@ pub(crate) async fn run<C, T>(
             Input::Event(Err(e)) => {
                 // The backend is unavailable (Redis restarting): keep the socket, retry later.
                 tracing::warn!(%channel, error = %e, "receive from the channel layer failed; retrying in 1 s");
-                recv = Some(receive_next(&layer, &channel, Some(Duration::from_secs(1))));
+                recv_backoff = Some(Box::pin(tokio::time::sleep(Duration::from_secs(1))));
             }
             Input::SocketError(e) => {
                 use tokio_tungstenite::tungstenite::error::{CapacityError, ProtocolError};
@@ -543,7 +528,7 @@ pub(crate) async fn run<C, T>(
         Err(_) => tracing::error!(%channel, "consumer disconnect panicked"),
     }
     cleanup(&mut cx).await;
-    drop(recv);
+    drop(receiver);
 
     if ending.code != CloseCode::ABNORMAL && !broken {
         // Finish the close handshake: write our close frame (or the reply tungstenite queued)

@@ -15,8 +15,10 @@ use serde::de::{self, DeserializeSeed, IntoDeserializer, MapAccess, SeqAccess, V
 use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Deserialize, Deserializer, Serialize, Serializer, forward_to_deserialize_any};
 
-/// A map with string keys that keeps insertion order (as Python dicts do).
-pub type Map = IndexMap<String, Value>;
+/// A map with string keys that keeps insertion order (as Python dicts do). Build one with
+/// `Map::default()`. Keys hash with a fast, randomly seeded hasher (ahash), not SipHash: field
+/// lookups run once per delivery in many consumers.
+pub type Map = IndexMap<String, Value, ahash::RandomState>;
 
 /// One value inside a [`Message`](crate::Message).
 #[derive(Clone, Debug, PartialEq, Default)]
@@ -304,7 +306,10 @@ impl<'de> Visitor<'de> for ValueVisitor {
         Ok(Value::List(out))
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-        let mut out = Map::with_capacity(map.size_hint().unwrap_or(0).min(1024));
+        let mut out = Map::with_capacity_and_hasher(
+            map.size_hint().unwrap_or(0).min(1024),
+            Default::default(),
+        );
         while let Some(key) = map.next_key::<MapKey>()? {
             let value = map.next_value()?;
             out.insert(key.0, value);
@@ -613,7 +618,7 @@ mod tests {
 
     #[test]
     fn decodes_bytes_fields() {
-        let mut m = Map::new();
+        let mut m = Map::default();
         m.insert("type".into(), "blob".into());
         m.insert("data".into(), Value::Bytes(vec![0, 255, 7]));
         let ev = Ev::deserialize(&Value::Map(m)).map_err(|e| e.to_string());

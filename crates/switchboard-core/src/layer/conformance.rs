@@ -129,6 +129,36 @@ where
     );
 }
 
+/// A long-lived receiver gets what `receive` would, in order, and waits like it.
+pub async fn receiver_gets_what_receive_gets<F, Fut>(make: F)
+where
+    F: Fn(LayerConfig) -> Fut,
+    Fut: Future<Output = (Layer, Layer)>,
+{
+    let (layer, _) = make(LayerConfig::default()).await;
+    let ch = channel(&layer).await;
+    let mut rx = layer.receiver(&ch);
+    ok(layer.group_add("room", &ch).await, "group_add");
+    ok(layer.send(&ch, msg("direct", 0)).await, "send");
+    ok(
+        layer.group_send("room", msg("group", 1)).await,
+        "group_send",
+    );
+    for expected in [msg("direct", 0), msg("group", 1)] {
+        match tokio::time::timeout(ARRIVES, rx.recv()).await {
+            Ok(r) => assert_eq!(ok(r, "receiver"), expected),
+            Err(_) => panic!("the receiver got nothing within {ARRIVES:?}"),
+        }
+    }
+    let waiting = tokio::spawn(async move { rx.recv().await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    ok(layer.send(&ch, msg("late", 2)).await, "send");
+    match tokio::time::timeout(ARRIVES, waiting).await {
+        Ok(Ok(r)) => assert_eq!(ok(r, "receiver"), msg("late", 2)),
+        other => panic!("a waiting receiver did not get the message: {other:?}"),
+    }
+}
+
 /// `new_channel` names are valid, process-local, start with the prefix and never repeat.
 pub async fn new_channel_names_are_unique<F, Fut>(make: F)
 where
@@ -498,12 +528,12 @@ where
 {
     let (layer, _) = make(LayerConfig::default()).await;
     let ch = channel(&layer).await;
-    let mut nested = Map::new();
+    let mut nested = Map::default();
     nested.insert(
         "k".into(),
         Value::List(vec![Value::Int(1), Value::String("two".into())]),
     );
-    let mut m = Map::new();
+    let mut m = Map::default();
     m.insert("type".into(), Value::String("all.types".into()));
     m.insert("text".into(), Value::String("héllo ✓".into()));
     m.insert("bytes".into(), Value::Bytes(vec![0, 1, 254, 255]));
@@ -553,7 +583,7 @@ where
 macro_rules! layer_conformance_tests {
     ($make:path) => {
         $crate::layer_conformance_tests!(@cases $make;
-            send_then_receive, receive_waits_for_send, receive_is_cancel_safe,
+            send_then_receive, receive_waits_for_send, receive_is_cancel_safe, receiver_gets_what_receive_gets,
             new_channel_names_are_unique, send_to_full_channel_fails, channel_capacity_patterns,
             group_send_reaches_members, instances_share_channels_and_groups, group_discard_stops_delivery, group_send_skips_full_member,
             messages_expire_and_channel_leaves_groups, group_membership_expires,

@@ -35,7 +35,10 @@
 //! returns fresh process-local names (`specific.…!…`) that no other consumer will be given.
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -156,6 +159,15 @@ pub trait ChannelLayer: Send + Sync + 'static {
     /// Waits for the next message on `channel`. Cancel-safe: dropping the future loses nothing.
     async fn receive(&self, channel: &ChannelName) -> Result<Message>;
 
+    /// A long-lived receiver for `channel`, for a consumer that receives on it for its whole life.
+    /// Receiving through it is what [`receive`](ChannelLayer::receive) does without the per-call
+    /// lookup and allocation. `None` (the default) makes [`Layer::receiver`] fall back to calling
+    /// `receive` in a loop.
+    fn receiver(&self, channel: &ChannelName) -> Option<Box<dyn ChannelReceiver>> {
+        let _ = channel;
+        None
+    }
+
     /// Adds `channel` to `group` (or refreshes its membership).
     async fn group_add(&self, group: &GroupName, channel: &ChannelName) -> Result<()>;
 
@@ -186,6 +198,45 @@ pub trait ChannelLayer: Send + Sync + 'static {
     /// What the layer has not delivered, and how much it holds.
     fn stats(&self) -> LayerStats {
         LayerStats::default()
+    }
+}
+
+/// Receives the messages of one channel, polled directly (no future allocated per message).
+/// Obtained from [`Layer::receiver`].
+pub trait ChannelReceiver: Send + 'static {
+    /// Polls for the next message. Cancel-safe: a message is taken only when `Ready` is returned.
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Message>>;
+}
+
+impl dyn ChannelReceiver {
+    /// Waits for the next message.
+    pub async fn recv(&mut self) -> Result<Message> {
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    }
+}
+
+impl fmt::Debug for dyn ChannelReceiver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ChannelReceiver")
+    }
+}
+
+/// The fallback receiver: `receive` called in a loop.
+struct ReceiveLoop {
+    layer: Layer,
+    channel: ChannelName,
+    pending: Option<Pin<Box<dyn Future<Output = Result<Message>> + Send>>>,
+}
+
+impl ChannelReceiver for ReceiveLoop {
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Message>> {
+        let fut = self.pending.get_or_insert_with(|| {
+            let (layer, channel) = (self.layer.clone(), self.channel.clone());
+            Box::pin(async move { layer.backend().receive(&channel).await })
+        });
+        let r = std::task::ready!(fut.as_mut().poll(cx));
+        self.pending = None;
+        Poll::Ready(r)
     }
 }
 
@@ -248,6 +299,17 @@ impl Layer {
     pub async fn receive(&self, channel: impl IntoChannelName) -> Result<Message> {
         let channel = channel.into_channel_name()?;
         self.0.receive(&channel).await
+    }
+
+    /// A long-lived receiver for a channel; see [`ChannelLayer::receiver`].
+    pub fn receiver(&self, channel: &ChannelName) -> Box<dyn ChannelReceiver> {
+        self.0.receiver(channel).unwrap_or_else(|| {
+            Box::new(ReceiveLoop {
+                layer: self.clone(),
+                channel: channel.clone(),
+                pending: None,
+            })
+        })
     }
 
     /// Adds a channel to a group; see [`ChannelLayer::group_add`].
