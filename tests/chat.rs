@@ -190,6 +190,13 @@ async fn closing_connections_leaves_no_memberships() {
         clients.push(ws(addr, &format!("/ws/chat/lobby/?nickname=u{i}")).await);
     }
     assert_eq!(layer.group_channels("chat_lobby").await.unwrap().len(), 20);
+    let info: serde_json::Value = reqwest::get(format!("http://{addr}/chat/rooms/lobby/"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(info, json!({"room": "lobby", "members": 20}));
     for c in clients {
         c.close().await;
     }

@@ -236,6 +236,22 @@ async fn publish(
     }
 }
 
+/// `GET /chat/rooms/{room}/`: how many connections are in the room (across every process
+/// sharing the layer).
+async fn room_info(
+    State(layer): State<Layer>,
+    Path(room): Path<String>,
+) -> axum::response::Response {
+    match layer.group_channels(room_group(&room)).await {
+        Ok(members) => Json(json!({"room": room, "members": members.len()})).into_response(),
+        Err(Error::Name(e)) => json_error(
+            StatusCode::BAD_REQUEST,
+            format_args!("invalid room {room:?}: {e}"),
+        ),
+        Err(e) => json_error(StatusCode::SERVICE_UNAVAILABLE, e),
+    }
+}
+
 /// The whole app on one layer.
 pub(crate) fn router(layer: Layer, settings: Settings) -> Router {
     let ws = Endpoint::new(layer.clone(), ChatConsumer::new)
@@ -245,6 +261,7 @@ pub(crate) fn router(layer: Layer, settings: Settings) -> Router {
     Router::new()
         .route("/", get(|| async { Html(INDEX_HTML) }))
         .route("/ws/chat/{room}/", ws.into_route())
+        .route("/chat/rooms/{room}/", get(room_info))
         .route("/chat/rooms/{room}/user/{username}/", post(publish))
         .with_state(layer)
 }

@@ -46,7 +46,8 @@ pub struct ConnectionConfig {
     /// Largest message a client may send; bigger ones close the connection with 1009.
     /// Default 64 KiB.
     pub max_message_size: usize,
-    /// Read buffer per connection (allocated up front). Default 4 KiB.
+    /// Read buffer per connection, allocated (and touched) up front; a longer frame grows it.
+    /// Default 1 KiB: chat-sized frames fit, and idle connections stay cheap.
     pub read_buffer_size: usize,
     /// Frames are batched up to this size before a write. Default 4 KiB.
     pub write_buffer_size: usize,
@@ -72,7 +73,7 @@ impl Default for ConnectionConfig {
     fn default() -> Self {
         ConnectionConfig {
             max_message_size: 64 * 1024,
-            read_buffer_size: 4 * 1024,
+            read_buffer_size: 1024,
             write_buffer_size: 4 * 1024,
             outbound_frames: 1024,
             outbound_bytes: 1024 * 1024,
