@@ -37,9 +37,24 @@ pub struct WsClient {
 
 /// Opens a WebSocket (with the server's own origin); `Err(status)` if the upgrade is refused.
 pub async fn try_ws(addr: SocketAddr, path: &str) -> Result<WsClient, u16> {
+    try_ws_with(addr, path, &[]).await
+}
+
+/// As [`try_ws`], with extra request headers (a `cookie`, say).
+pub async fn try_ws_with(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<WsClient, u16> {
     let mut req = format!("ws://{addr}{path}").into_client_request().unwrap();
     req.headers_mut()
         .insert("origin", format!("http://{addr}").parse().unwrap());
+    for (name, value) in headers {
+        req.headers_mut().insert(
+            tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            value.parse().unwrap(),
+        );
+    }
     match tokio_tungstenite::connect_async(req).await {
         Ok((ws, _)) => Ok(WsClient { ws }),
         Err(WsError::Http(resp)) => Err(resp.status().as_u16()),
@@ -77,6 +92,21 @@ impl WsClient {
         }
     }
 
+    /// The next text frame as JSON if one arrives within `ms`; `None` if none does.
+    pub async fn recv_json_within(&mut self, ms: u64) -> Option<serde_json::Value> {
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(ms);
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Err(_) => return None,
+                Ok(Some(Ok(WsMessage::Text(t)))) => {
+                    return Some(serde_json::from_str(t.as_str()).unwrap());
+                }
+                Ok(Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_)))) => continue,
+                other => panic!("expected a text frame, got {other:?}"),
+            }
+        }
+    }
+
     /// Whether no text frame arrives within `ms`.
     pub async fn recv_nothing(&mut self, ms: u64) -> bool {
         let deadline = tokio::time::Instant::now() + Duration::from_millis(ms);
@@ -97,6 +127,18 @@ impl WsClient {
         while let Ok(Some(Ok(_))) =
             tokio::time::timeout(Duration::from_secs(2), self.ws.next()).await
         {}
+    }
+}
+
+/// Waits until `check` holds, polling every 20 ms; panics naming `what` after `within`.
+pub async fn eventually(what: &str, within: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + within;
+    while !check() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not within {within:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
