@@ -35,6 +35,9 @@ fn chromium() -> String {
 impl Browser {
     /// Starts chromedriver on a free port and opens a headless session.
     pub async fn start() -> Browser {
+        // Two rustls crypto providers are compiled in (fantoccini's and reqwest's): choose one
+        // for the process, or rustls refuses to guess. Failing means one is already installed.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let port = free_port();
         let driver = spawn(
             &chromedriver(),
@@ -135,6 +138,63 @@ impl Browser {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         e.click().await.unwrap();
+    }
+
+    /// The value of attribute `name` of the first element matching `css`.
+    pub async fn attr(&self, css: &str, name: &str) -> Option<String> {
+        let e = self.client.find(Locator::Css(css)).await.ok()?;
+        e.attr(name).await.ok().flatten()
+    }
+
+    /// Sets the value of the form field matching `css` by script (date pickers and selects
+    /// differ between locales when typed into) and fires `input` and `change`.
+    pub async fn set_value(&self, css: &str, value: &str) {
+        self.client
+            .wait()
+            .for_element(Locator::Css(css))
+            .await
+            .unwrap();
+        let script = "const e = document.querySelector(arguments[0]); e.value = arguments[1]; \
+                      e.dispatchEvent(new Event('input', {bubbles: true})); \
+                      e.dispatchEvent(new Event('change', {bubbles: true}));";
+        self.client
+            .execute(script, vec![css.into(), value.into()])
+            .await
+            .unwrap();
+    }
+
+    /// Whether an element matching `css` is displayed.
+    pub async fn is_displayed(&self, css: &str) -> bool {
+        match self.client.find(Locator::Css(css)).await {
+            Ok(e) => e.is_displayed().await.unwrap_or(false),
+            Err(_) => false,
+        }
+    }
+
+    /// Waits until an element matching `css` is displayed.
+    pub async fn wait_for_visible(&self, css: &str) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !self.is_displayed(css).await {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{css} is not displayed"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Saves a PNG of the page when `SWITCHBOARD_SCREENSHOTS` names a directory (for a person
+    /// to look at; the tests never depend on it, and without the variable it does nothing).
+    pub async fn screenshot(&self, name: &str) {
+        let Some(dir) = std::env::var_os("SWITCHBOARD_SCREENSHOTS") else {
+            return;
+        };
+        // Let CSS transitions finish.
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        if let Ok(png) = self.client.screenshot().await {
+            let _ = std::fs::create_dir_all(&dir);
+            let _ = std::fs::write(std::path::Path::new(&dir).join(format!("{name}.png")), png);
+        }
     }
 
     pub async fn close(self) {

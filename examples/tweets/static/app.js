@@ -162,5 +162,12 @@ fetch("/config.json").then((r) => r.json()).then((c) => {
   $("source").textContent = `Source: ${c.source} · at most one post every ${every}`;
 }).catch(() => {});
 
+// Leaving the page ends this page's search at once, even if the browser keeps the page in its
+// back/forward cache; coming back reconnects (and resumes the search).
+window.addEventListener("pagehide", () => {
+  if (socket) { socket.onclose = null; socket.close(1000, "page hidden"); socket = null; }
+});
+window.addEventListener("pageshow", (e) => { if (e.persisted && !socket) connect(); });
+
 setConn("", "connecting…");
 connect();
