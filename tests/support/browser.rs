@@ -5,23 +5,13 @@ use std::time::Duration;
 
 use fantoccini::{Client, ClientBuilder, Locator};
 
-use super::{ChildGuard, free_port, spawn, wait_for_port};
+use super::{ChildGuard, TempDir, free_port, spawn, wait_for_port};
 
 /// One chromedriver with one headless browser session.
 pub struct Browser {
     pub client: Client,
     _driver: ChildGuard,
-    _profile: tempdir::Dir,
-}
-
-mod tempdir {
-    /// A directory removed on drop.
-    pub struct Dir(pub std::path::PathBuf);
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+    _profile: TempDir,
 }
 
 fn chromedriver() -> String {
@@ -48,11 +38,7 @@ impl Browser {
             Duration::from_secs(20),
         )
         .await;
-        let profile = std::env::temp_dir().join(format!(
-            "switchboard-chromium-{}-{port}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&profile).unwrap();
+        let profile = TempDir::new(&format!("chromium-{port}"));
         let mut caps = serde_json::Map::new();
         caps.insert(
             "goog:chromeOptions".into(),
@@ -62,7 +48,7 @@ impl Browser {
                     "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                     "--disable-quic", "--no-first-run", "--disable-background-networking",
                     "--disable-component-update", "--disable-sync", "--window-size=1200,900",
-                    format!("--user-data-dir={}", profile.display()),
+                    format!("--user-data-dir={}", profile.path().display()),
                 ]
             }),
         );
@@ -75,7 +61,7 @@ impl Browser {
         Browser {
             client,
             _driver: driver,
-            _profile: tempdir::Dir(profile),
+            _profile: profile,
         }
     }
 
