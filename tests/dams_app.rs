@@ -97,13 +97,20 @@ async fn login(app: &App, user: &str) -> Login {
     let resp = app
         .http
         .post(format!("http://{}/accounts/login/", app.addr))
-        .form(&[("username", user), ("password", &format!("{user}-pw")), ("next", "/dams/")])
+        .form(&[
+            ("username", user),
+            ("password", &format!("{user}-pw")),
+            ("next", "/dams/"),
+        ])
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::SEE_OTHER, "login as {user}");
     let set = resp.headers()["set-cookie"].to_str().unwrap().to_owned();
-    assert!(set.contains("HttpOnly") && set.contains("SameSite=Lax"), "{set}");
+    assert!(
+        set.contains("HttpOnly") && set.contains("SameSite=Lax"),
+        "{set}"
+    );
     let cookie = set.split(';').next().unwrap().to_owned();
     let home = app
         .http
@@ -190,13 +197,25 @@ async fn each_field_is_validated_beside_it_and_nothing_is_stored() {
         ("built", "", "This field is required."),
         ("built", "1936-02-30", "Enter a real date as YYYY-MM-DD"),
         ("built", "March 1936", "Enter a real date as YYYY-MM-DD"),
-        ("built", "2999-01-01", "The date built cannot be in the future."),
+        (
+            "built",
+            "2999-01-01",
+            "The date built cannot be in the future.",
+        ),
         ("latitude", "", "This field is required."),
         ("latitude", "north", "Enter a number"),
         ("latitude", "90.5", "Latitude must be between -90 and 90."),
         ("latitude", "NaN", "Latitude must be between -90 and 90."),
-        ("longitude", "-180.01", "Longitude must be between -180 and 180."),
-        ("longitude", "1e400", "Longitude must be between -180 and 180."),
+        (
+            "longitude",
+            "-180.01",
+            "Longitude must be between -180 and 180.",
+        ),
+        (
+            "longitude",
+            "1e400",
+            "Longitude must be between -180 and 180.",
+        ),
     ];
     for (field, value, message) in cases {
         let mut form = hoover();
@@ -235,7 +254,10 @@ async fn each_field_is_validated_beside_it_and_nothing_is_stored() {
     assert!(html.contains("&lt;script&gt;"));
 
     assert!(names(&app).await.is_empty(), "a bad form stored a dam");
-    assert!(page.recv_nothing(200).await, "a bad form sent a notification");
+    assert!(
+        page.recv_nothing(200).await,
+        "a bad form sent a notification"
+    );
 }
 
 #[tokio::test]
@@ -257,8 +279,24 @@ async fn a_valid_dam_is_stored_shown_and_announced_to_every_page() {
     assert_eq!(dams.len(), 1);
     let d = &dams[0];
     assert_eq!(
-        (&d.name[..], &d.owner[..], &d.river[..], &d.built[..], d.latitude, d.longitude, &d.added_by[..]),
-        ("Hoover Dam", "Bureau of Reclamation", "Colorado River", "1936-03-01", 36.016, -114.738, "editor")
+        (
+            &d.name[..],
+            &d.owner[..],
+            &d.river[..],
+            &d.built[..],
+            d.latitude,
+            d.longitude,
+            &d.added_by[..]
+        ),
+        (
+            "Hoover Dam",
+            "Bureau of Reclamation",
+            "Colorado River",
+            "1936-03-01",
+            36.016,
+            -114.738,
+            "editor"
+        )
     );
     let home = app
         .http
@@ -291,7 +329,10 @@ async fn past_max_dams_nothing_is_stored() {
     for name in ["One Dam", "Two Dam"] {
         let mut form = hoover();
         form[0].1 = name.into();
-        assert_eq!(add(&app, Some(&editor), &form).await.0, StatusCode::SEE_OTHER);
+        assert_eq!(
+            add(&app, Some(&editor), &form).await.0,
+            StatusCode::SEE_OTHER
+        );
         assert_eq!(page.recv_json().await["name"], name);
     }
     let mut form = hoover();
@@ -347,17 +388,30 @@ async fn anonymous_and_unpermitted_users_cannot_add_nor_listen() {
     let base = format!("http://{}", app.addr);
 
     // Anonymous: the form and the post send to the login page; the socket is refused.
-    let r = app.http.get(format!("{base}/dams/add/")).send().await.unwrap();
+    let r = app
+        .http
+        .get(format!("{base}/dams/add/"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
-    assert_eq!(r.headers()["location"], "/accounts/login/?next=%2Fdams%2Fadd%2F");
+    assert_eq!(
+        r.headers()["location"],
+        "/accounts/login/?next=%2Fdams%2Fadd%2F"
+    );
     let (status, _, location) = add(&app, None, &hoover()).await;
     assert_eq!(status, StatusCode::SEE_OTHER);
     assert!(location.unwrap().starts_with("/accounts/login/"));
-    assert_eq!(try_ws_with(app.addr, NOTIFICATIONS, &[]).await.err(), Some(403));
+    assert_eq!(
+        try_ws_with(app.addr, NOTIFICATIONS, &[]).await.err(),
+        Some(403)
+    );
     let forged = format!("sessionid={}", "a".repeat(64));
     for cookie in ["sessionid=garbage", forged.as_str()] {
         assert_eq!(
-            try_ws_with(app.addr, NOTIFICATIONS, &[("cookie", cookie)]).await.err(),
+            try_ws_with(app.addr, NOTIFICATIONS, &[("cookie", cookie)])
+                .await
+                .err(),
             Some(403),
             "{cookie}"
         );
@@ -376,10 +430,15 @@ async fn anonymous_and_unpermitted_users_cannot_add_nor_listen() {
             .unwrap();
         assert_eq!(r.status(), StatusCode::FORBIDDEN);
         assert!(r.text().await.unwrap().contains("not add dams"));
-        assert_eq!(add(&app, Some(who), &hoover()).await.0, StatusCode::FORBIDDEN);
+        assert_eq!(
+            add(&app, Some(who), &hoover()).await.0,
+            StatusCode::FORBIDDEN
+        );
     }
     assert_eq!(
-        try_ws_with(app.addr, NOTIFICATIONS, &[("cookie", &guest.cookie)]).await.err(),
+        try_ws_with(app.addr, NOTIFICATIONS, &[("cookie", &guest.cookie)])
+            .await
+            .err(),
         Some(403),
         "guest may not listen"
     );
@@ -391,7 +450,10 @@ async fn anonymous_and_unpermitted_users_cannot_add_nor_listen() {
         cookie: editor.cookie.clone(),
         csrf: "0".repeat(64),
     };
-    assert_eq!(add(&app, Some(&forged), &hoover()).await.0, StatusCode::FORBIDDEN);
+    assert_eq!(
+        add(&app, Some(&forged), &hoover()).await.0,
+        StatusCode::FORBIDDEN
+    );
     assert!(names(&app).await.is_empty(), "a refused add stored a dam");
     assert!(viewer_page.recv_nothing(200).await);
 
@@ -405,9 +467,16 @@ async fn anonymous_and_unpermitted_users_cannot_add_nor_listen() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
-    assert!(r.headers()["set-cookie"].to_str().unwrap().contains("Max-Age=0"));
+    assert!(
+        r.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .contains("Max-Age=0")
+    );
     assert_eq!(
-        try_ws_with(app.addr, NOTIFICATIONS, &[("cookie", &viewer.cookie)]).await.err(),
+        try_ws_with(app.addr, NOTIFICATIONS, &[("cookie", &viewer.cookie)])
+            .await
+            .err(),
         Some(403)
     );
 }
@@ -426,7 +495,12 @@ async fn login_refuses_wrong_passwords_and_foreign_redirects() {
             .unwrap();
         assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{user}");
         assert!(r.headers().get("set-cookie").is_none());
-        assert!(r.text().await.unwrap().contains("Incorrect user name or password."));
+        assert!(
+            r.text()
+                .await
+                .unwrap()
+                .contains("Incorrect user name or password.")
+        );
     }
     for (next, to) in [
         ("/dams/add/", "/dams/add/"),
@@ -437,7 +511,11 @@ async fn login_refuses_wrong_passwords_and_foreign_redirects() {
         let r = app
             .http
             .post(&url)
-            .form(&[("username", "editor"), ("password", "editor-pw"), ("next", next)])
+            .form(&[
+                ("username", "editor"),
+                ("password", "editor-pw"),
+                ("next", next),
+            ])
             .send()
             .await
             .unwrap();
@@ -473,8 +551,18 @@ async fn the_schema_is_created_on_first_run_and_the_data_stays() {
     ));
     drop(db);
     let db = Db::open(&path, true).unwrap();
-    let names: Vec<String> = db.dams().await.unwrap().into_iter().map(|d| d.name).collect();
-    assert_eq!(names.len(), 9, "reopening adds no demo dams and loses nothing");
+    let names: Vec<String> = db
+        .dams()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.name)
+        .collect();
+    assert_eq!(
+        names.len(),
+        9,
+        "reopening adds no demo dams and loses nothing"
+    );
     assert!(names.contains(&"Test Dam".to_owned()));
 }
 
@@ -502,7 +590,10 @@ async fn two_app_instances_on_one_layer_notify_each_others_pages() {
     let editor_on_a = login(&a, "editor").await;
     let viewer_on_b = login(&b, "viewer").await;
     let mut page_on_b = notifications(&b, &viewer_on_b).await;
-    assert_eq!(add(&a, Some(&editor_on_a), &hoover()).await.0, StatusCode::SEE_OTHER);
+    assert_eq!(
+        add(&a, Some(&editor_on_a), &hoover()).await.0,
+        StatusCode::SEE_OTHER
+    );
     assert_eq!(page_on_b.recv_json().await["name"], "Hoover Dam");
     assert_eq!(names(&b).await, ["Hoover Dam"]);
 }

@@ -45,8 +45,16 @@ async fn a_dam_added_in_one_page_pops_the_dialog_in_the_other() {
     let dir = TempDir::new("dams-browser");
     let db = Db::open(&dir.path().join("dams.sqlite"), true).unwrap();
     let users = Users::new(vec![
-        Users::parse_flag(&format!("editor:view,add:{}", hash_password("editor-pw").unwrap())).unwrap(),
-        Users::parse_flag(&format!("viewer:view:{}", hash_password("viewer-pw").unwrap())).unwrap(),
+        Users::parse_flag(&format!(
+            "editor:view,add:{}",
+            hash_password("editor-pw").unwrap()
+        ))
+        .unwrap(),
+        Users::parse_flag(&format!(
+            "viewer:view:{}",
+            hash_password("viewer-pw").unwrap()
+        ))
+        .unwrap(),
     ])
     .unwrap();
     let layer = Layer::new(InMemoryLayer::default());
@@ -56,7 +64,11 @@ async fn a_dam_added_in_one_page_pops_the_dialog_in_the_other() {
     log_in(&editor, &base, "editor", "editor-pw").await;
     log_in(&viewer, &base, "viewer", "viewer-pw").await;
     viewer.wait_for_text("#dams td.name", "Hoover Dam").await;
-    assert_eq!(viewer.texts(".dam-point").await.len(), 8, "eight dots on the plot");
+    assert_eq!(
+        viewer.texts(".dam-point").await.len(),
+        8,
+        "eight dots on the plot"
+    );
     assert!(!viewer.is_displayed("#add-dam").await, "viewer may not add");
     viewer.screenshot("dams-home").await;
 
@@ -77,8 +89,16 @@ async fn a_dam_added_in_one_page_pops_the_dialog_in_the_other() {
         )
         .await;
     viewer.wait_for_text("#new-dam-names", "Test Dam").await;
-    assert!(viewer.is_displayed("#modal-refresh").await && viewer.is_displayed("#modal-dismiss").await);
-    assert!(!viewer.texts("#dams td.name").await.iter().any(|t| t == "Test Dam"));
+    assert!(
+        viewer.is_displayed("#modal-refresh").await && viewer.is_displayed("#modal-dismiss").await
+    );
+    assert!(
+        !viewer
+            .texts("#dams td.name")
+            .await
+            .iter()
+            .any(|t| t == "Test Dam")
+    );
     viewer.screenshot("dams-modal").await;
     // The editor's page (loaded after the add) shows no dialog.
     assert!(!editor.is_displayed("#new-dam-modal").await);
@@ -100,13 +120,21 @@ async fn a_dam_added_in_one_page_pops_the_dialog_in_the_other() {
     viewer.click("#modal-dismiss").await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(!viewer.is_displayed("#new-dam-modal").await);
-    assert!(!viewer.texts("#dams td.name").await.iter().any(|t| t == "Second Dam"));
+    assert!(
+        !viewer
+            .texts("#dams td.name")
+            .await
+            .iter()
+            .any(|t| t == "Second Dam")
+    );
 
     // A bad form: errors beside the fields, nothing stored, nobody notified.
     editor.click("#add-dam").await;
     fill_dam(&editor, "", "95", "-110.2").await;
     editor.click("#save").await;
-    editor.wait_for_text("#error-name", "This field is required.").await;
+    editor
+        .wait_for_text("#error-name", "This field is required.")
+        .await;
     editor
         .wait_for_text("#error-latitude", "Latitude must be between -90 and 90.")
         .await;
@@ -114,7 +142,10 @@ async fn a_dam_added_in_one_page_pops_the_dialog_in_the_other() {
     assert!(editor.texts("#error-owner").await.is_empty());
     editor.screenshot("dams-form-errors").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(!viewer.is_displayed("#new-dam-modal").await, "a bad form notified");
+    assert!(
+        !viewer.is_displayed("#new-dam-modal").await,
+        "a bad form notified"
+    );
 
     editor.close().await;
     viewer.close().await;

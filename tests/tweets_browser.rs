@@ -58,7 +58,10 @@ async fn search_shows_cards_stop_stops_them_and_two_pages_share_an_upstream() {
     // More keep coming, one per interval.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while count(&ann).await < 3 {
-        assert!(tokio::time::Instant::now() < deadline, "cards stopped coming");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "cards stopped coming"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 

@@ -89,12 +89,15 @@ impl Feed {
         self.open.fetch_add(1, Ordering::SeqCst);
         let guard = OpenBody(self.open.clone());
         let tick = tokio::time::interval(Duration::from_millis(50));
-        let stream = futures_util::stream::unfold((rx, tick, guard), move |(mut rx, mut tick, guard)| async move {
-            tokio::select! {
-                chunk = rx.recv() => chunk.map(|c| (Ok::<_, std::io::Error>(c), (rx, tick, guard))),
-                _ = tick.tick() => Some((Ok(keepalive.to_owned()), (rx, tick, guard))),
-            }
-        });
+        let stream = futures_util::stream::unfold(
+            (rx, tick, guard),
+            move |(mut rx, mut tick, guard)| async move {
+                tokio::select! {
+                    chunk = rx.recv() => chunk.map(|c| (Ok::<_, std::io::Error>(c), (rx, tick, guard))),
+                    _ = tick.tick() => Some((Ok(keepalive.to_owned()), (rx, tick, guard))),
+                }
+            },
+        );
         Body::from_stream(stream)
     }
 }
@@ -143,7 +146,11 @@ async fn x_rules(State(x): State<Arc<FakeX>>, headers: HeaderMap, body: String) 
         return unauthorized();
     }
     let body: Value = serde_json::from_str(&body).unwrap();
-    x.feed.requests.lock().unwrap().push(format!("POST rules {body}"));
+    x.feed
+        .requests
+        .lock()
+        .unwrap()
+        .push(format!("POST rules {body}"));
     if let Some(add) = body["add"].as_array() {
         let mut data = Vec::new();
         let mut errors = Vec::new();
@@ -155,7 +162,10 @@ async fn x_rules(State(x): State<Arc<FakeX>>, headers: HeaderMap, body: String) 
                 continue;
             }
             let id = (1_000 + x.next_rule.fetch_add(1, Ordering::SeqCst)).to_string();
-            x.rules.lock().unwrap().insert(id.clone(), (value.clone(), tag.clone()));
+            x.rules
+                .lock()
+                .unwrap()
+                .insert(id.clone(), (value.clone(), tag.clone()));
             data.push(json!({"id": id, "value": value, "tag": tag}));
         }
         let created = data.len();
@@ -206,12 +216,21 @@ impl FakeX {
     }
 
     /// One line of the stream: a post by `user` matching the rules `matching` (id, tag).
-    fn tweet(id: &str, user: &str, text: &str, matching: &[(String, String)], retweet: bool) -> String {
+    fn tweet(
+        id: &str,
+        user: &str,
+        text: &str,
+        matching: &[(String, String)],
+        retweet: bool,
+    ) -> String {
         let mut data = json!({"id": id, "text": text, "created_at": "2026-03-14T09:00:00.000Z", "author_id": format!("u-{user}"), "edit_history_tweet_ids": [id]});
         if retweet {
             data["referenced_tweets"] = json!([{"type": "retweeted", "id": "42"}]);
         }
-        let rules: Vec<Value> = matching.iter().map(|(id, tag)| json!({"id": id, "tag": tag})).collect();
+        let rules: Vec<Value> = matching
+            .iter()
+            .map(|(id, tag)| json!({"id": id, "tag": tag}))
+            .collect();
         let line = json!({
             "data": data,
             "includes": {"users": [{"id": format!("u-{user}"), "name": user.to_uppercase(), "username": user}]},
@@ -281,11 +300,20 @@ async fn x_one_connection_carries_every_term_routed_by_rule_tag() {
     );
 
     let mut coffee = source.open(&term("#coffee")).unwrap();
-    eventually("second rule", Duration::from_secs(5), || x.rule_count() == 2).await;
+    eventually("second rule", Duration::from_secs(5), || {
+        x.rule_count() == 2
+    })
+    .await;
     let coffee_rule = x.tag_of("#coffee").unwrap();
     assert_eq!(x.feed.connections(), 1, "one connection for both terms");
 
-    x.feed.push(&FakeX::tweet("1", "ann", "hello #RustLang", &[rust_rule.clone()], false));
+    x.feed.push(&FakeX::tweet(
+        "1",
+        "ann",
+        "hello #RustLang",
+        std::slice::from_ref(&rust_rule),
+        false,
+    ));
     let p = next_post(&mut rust).await;
     assert_eq!(p.id, "1");
     assert_eq!(p.author, "@ann");
@@ -293,26 +321,59 @@ async fn x_one_connection_carries_every_term_routed_by_rule_tag() {
     assert_eq!(p.url, "https://x.com/ann/status/1");
     assert_eq!(p.created_at, "2026-03-14T09:00:00.000Z");
     assert!(!p.repost);
-    assert!(nothing_within(&mut coffee, 150).await, "coffee got a rust post");
+    assert!(
+        nothing_within(&mut coffee, 150).await,
+        "coffee got a rust post"
+    );
 
     // A post matching both rules reaches both terms; a retweet is marked as a repost.
-    x.feed.push(&FakeX::tweet("2", "bob", "#RustLang and #coffee", &[rust_rule.clone(), coffee_rule.clone()], false));
+    x.feed.push(&FakeX::tweet(
+        "2",
+        "bob",
+        "#RustLang and #coffee",
+        &[rust_rule.clone(), coffee_rule.clone()],
+        false,
+    ));
     assert_eq!(next_post(&mut rust).await.id, "2");
     assert_eq!(next_post(&mut coffee).await.id, "2");
-    x.feed.push(&FakeX::tweet("3", "cat", "RT @bob: #coffee", &[coffee_rule.clone()], true));
+    x.feed.push(&FakeX::tweet(
+        "3",
+        "cat",
+        "RT @bob: #coffee",
+        std::slice::from_ref(&coffee_rule),
+        true,
+    ));
     assert!(next_post(&mut coffee).await.repost);
 
     // Keep-alives, other apps' rules and garbage lines are skipped.
     x.feed.push("\r\n");
-    x.feed.push(&FakeX::tweet("4", "dan", "#coffee", &[("9".into(), "someone-else:#coffee".into())], false));
+    x.feed.push(&FakeX::tweet(
+        "4",
+        "dan",
+        "#coffee",
+        &[("9".into(), "someone-else:#coffee".into())],
+        false,
+    ));
     x.feed.push("{not json\r\n");
-    x.feed.push(&FakeX::tweet("5", "eve", "#coffee again", &[coffee_rule.clone()], false));
+    x.feed.push(&FakeX::tweet(
+        "5",
+        "eve",
+        "#coffee again",
+        std::slice::from_ref(&coffee_rule),
+        false,
+    ));
     assert_eq!(next_post(&mut coffee).await.id, "5");
 
     // Leaving a term deletes its rule; the connection stays for the other.
     drop(coffee);
-    eventually("coffee rule deleted", Duration::from_secs(5), || x.rule_count() == 1).await;
-    assert_eq!(x.deleted.lock().unwrap().as_slice(), [coffee_rule.0.clone()]);
+    eventually("coffee rule deleted", Duration::from_secs(5), || {
+        x.rule_count() == 1
+    })
+    .await;
+    assert_eq!(
+        x.deleted.lock().unwrap().as_slice(),
+        std::slice::from_ref(&coffee_rule.0)
+    );
     assert_eq!(x.feed.open(), 1);
     assert!(source.is_running());
 
@@ -328,7 +389,8 @@ async fn x_one_connection_carries_every_term_routed_by_rule_tag() {
     let mut again = source.open(&term("#RustLang")).unwrap();
     eventually("reconnected", Duration::from_secs(5), || x.feed.open() == 1).await;
     let rule = x.tag_of("#RustLang").unwrap();
-    x.feed.push(&FakeX::tweet("6", "fay", "#RustLang", &[rule], false));
+    x.feed
+        .push(&FakeX::tweet("6", "fay", "#RustLang", &[rule], false));
     assert_eq!(next_post(&mut again).await.id, "6");
 }
 
@@ -339,7 +401,13 @@ async fn x_reconnects_with_backoff_when_the_stream_ends() {
     let mut s = source.open(&term("#Bitcoin")).unwrap();
     eventually("connected", Duration::from_secs(5), || x.feed.open() == 1).await;
     let rule = x.tag_of("#Bitcoin").unwrap();
-    x.feed.push(&FakeX::tweet("1", "ann", "#Bitcoin up", &[rule.clone()], false));
+    x.feed.push(&FakeX::tweet(
+        "1",
+        "ann",
+        "#Bitcoin up",
+        std::slice::from_ref(&rule),
+        false,
+    ));
     assert_eq!(next_post(&mut s).await.id, "1");
 
     x.feed.cut();
@@ -351,7 +419,8 @@ async fn x_reconnects_with_backoff_when_the_stream_ends() {
         x.feed.connections() == 2 && x.feed.open() == 1
     })
     .await;
-    x.feed.push(&FakeX::tweet("2", "bob", "#Bitcoin down", &[rule], false));
+    x.feed
+        .push(&FakeX::tweet("2", "bob", "#Bitcoin down", &[rule], false));
     assert_eq!(next_post(&mut s).await.id, "2");
     assert_eq!(x.rule_count(), 1, "the rule was not added twice");
 }
@@ -367,7 +436,10 @@ async fn x_a_bad_token_and_a_refused_rule_are_reported() {
     }
     assert_eq!(x.rule_count(), 0);
     drop(s);
-    eventually("task ended", Duration::from_secs(5), || !source.is_running()).await;
+    eventually("task ended", Duration::from_secs(5), || {
+        !source.is_running()
+    })
+    .await;
 
     let source = x_source(addr, TOKEN);
     let mut s = source.open(&term("INVALID")).unwrap();
@@ -387,27 +459,54 @@ async fn x_through_the_app_first_post_at_once_reposts_skipped_and_leaving_cleans
     let app_addr = support::serve(app::router(hub.clone(), layer, app::Settings::default())).await;
 
     let mut c = ws(app_addr, "/ws/map/").await;
-    c.send_json(json!({"type": "listen", "message": "#RustLang"})).await;
+    c.send_json(json!({"type": "listen", "message": "#RustLang"}))
+        .await;
     assert_eq!(c.recv_json().await["type"], "listening");
     eventually("connected", Duration::from_secs(5), || x.feed.open() == 1).await;
     let rule = x.tag_of("#RustLang").unwrap();
-    x.feed.push(&FakeX::tweet("7", "ann", "RT @bob: #RustLang", &[rule.clone()], true));
-    x.feed.push(&FakeX::tweet("8", "ann", "#RustLang is fun", &[rule.clone()], false));
+    x.feed.push(&FakeX::tweet(
+        "7",
+        "ann",
+        "RT @bob: #RustLang",
+        std::slice::from_ref(&rule),
+        true,
+    ));
+    x.feed.push(&FakeX::tweet(
+        "8",
+        "ann",
+        "#RustLang is fun",
+        std::slice::from_ref(&rule),
+        false,
+    ));
     let t = c.recv_json().await;
     assert_eq!(
         t,
         json!({"type": "tweet", "url": "https://x.com/ann/status/8", "id": "8", "author": "@ann", "text": "#RustLang is fun", "created_at": "2026-03-14T09:00:00.000Z"})
     );
     // Two more arrive at once: only the newest is sent, one interval later.
-    x.feed.push(&FakeX::tweet("9", "bob", "#RustLang one", &[rule.clone()], false));
-    x.feed.push(&FakeX::tweet("10", "cat", "#RustLang two", &[rule.clone()], false));
+    x.feed.push(&FakeX::tweet(
+        "9",
+        "bob",
+        "#RustLang one",
+        std::slice::from_ref(&rule),
+        false,
+    ));
+    x.feed.push(&FakeX::tweet(
+        "10",
+        "cat",
+        "#RustLang two",
+        std::slice::from_ref(&rule),
+        false,
+    ));
     assert_eq!(c.recv_json().await["id"], "10");
     assert!(c.recv_nothing(400).await);
 
     c.close().await;
-    eventually("rule deleted, connection closed, tasks ended", Duration::from_secs(5), || {
-        x.rule_count() == 0 && x.feed.open() == 0 && !source.is_running() && hub.running() == 0
-    })
+    eventually(
+        "rule deleted, connection closed, tasks ended",
+        Duration::from_secs(5),
+        || x.rule_count() == 0 && x.feed.open() == 0 && !source.is_running() && hub.running() == 0,
+    )
     .await;
 }
 
@@ -436,10 +535,18 @@ async fn mastodon_hashtag(
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v == format!("Bearer {token}"));
         if !ok {
-            return (StatusCode::UNAUTHORIZED, axum::Json(json!({"error": "This method requires an authenticated user"}))).into_response();
+            return (
+                StatusCode::UNAUTHORIZED,
+                axum::Json(json!({"error": "This method requires an authenticated user"})),
+            )
+                .into_response();
         }
     }
-    ([("content-type", "text/event-stream")], m.feed.body(":thump\n\n")).into_response()
+    (
+        [("content-type", "text/event-stream")],
+        m.feed.body(":thump\n\n"),
+    )
+        .into_response()
 }
 
 impl FakeMastodon {
@@ -504,10 +611,16 @@ async fn mastodon_updates_become_posts_and_the_rest_is_skipped() {
     assert_eq!(p.created_at, "2026-03-14T10:00:00.000Z");
     assert!(!p.repost);
 
-    m.feed.push(&FakeMastodon::update("102", "bob", "<p>boost</p>", true));
+    m.feed
+        .push(&FakeMastodon::update("102", "bob", "<p>boost</p>", true));
     assert!(next_post(&mut s).await.repost);
     m.feed.push("event: update\ndata: {\"broken\": true}\n\n");
-    m.feed.push(&FakeMastodon::update("103", "cat", "<p>#RustLang 3</p>", false));
+    m.feed.push(&FakeMastodon::update(
+        "103",
+        "cat",
+        "<p>#RustLang 3</p>",
+        false,
+    ));
     assert_eq!(next_post(&mut s).await.id, "103");
 
     // A cut connection is re-opened with backoff.
@@ -524,7 +637,12 @@ async fn mastodon_updates_become_posts_and_the_rest_is_skipped() {
         m.feed.connections() == 2 && m.feed.open() == 1
     })
     .await;
-    m.feed.push(&FakeMastodon::update("104", "dan", "<p>#RustLang 4</p>", false));
+    m.feed.push(&FakeMastodon::update(
+        "104",
+        "dan",
+        "<p>#RustLang 4</p>",
+        false,
+    ));
     let (p, s) = pending.await.unwrap();
     assert_eq!(p.id, "104");
 
@@ -558,14 +676,24 @@ async fn mastodon_through_the_app() {
     );
     let app_addr = support::serve(app::router(hub.clone(), layer, app::Settings::default())).await;
     let mut c = ws(app_addr, "/ws/map/").await;
-    c.send_json(json!({"type": "listen", "message": "two words"})).await;
+    c.send_json(json!({"type": "listen", "message": "two words"}))
+        .await;
     let err = c.recv_json().await;
-    assert!(err["error"].as_str().unwrap().contains("one hashtag"), "{err}");
+    assert!(
+        err["error"].as_str().unwrap().contains("one hashtag"),
+        "{err}"
+    );
     assert_eq!(hub.upstreams(), 0);
-    c.send_json(json!({"type": "listen", "message": "#RustLang"})).await;
+    c.send_json(json!({"type": "listen", "message": "#RustLang"}))
+        .await;
     assert_eq!(c.recv_json().await["type"], "listening");
     eventually("connected", Duration::from_secs(5), || m.feed.open() == 1).await;
-    m.feed.push(&FakeMastodon::update("201", "ann", "<p>#RustLang!</p>", false));
+    m.feed.push(&FakeMastodon::update(
+        "201",
+        "ann",
+        "<p>#RustLang!</p>",
+        false,
+    ));
     let t = c.recv_json().await;
     assert_eq!(t["type"], "tweet");
     assert_eq!(t["text"], "#RustLang!");

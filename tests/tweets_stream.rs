@@ -94,7 +94,8 @@ async fn start_with(corpus: Corpus, interval_ms: u64) -> App {
 }
 
 async fn listen(c: &mut WsClient, term: &str) {
-    c.send_json(json!({"type": "listen", "message": term})).await;
+    c.send_json(json!({"type": "listen", "message": term}))
+        .await;
     let ack = c.recv_json().await;
     assert_eq!(ack, json!({"type": "listening", "message": term}));
 }
@@ -210,7 +211,11 @@ async fn listeners_of_a_term_share_one_upstream_and_the_last_to_leave_ends_it() 
     let bobs_first = tweet(&mut bob, "#Bitcoin").await;
     assert!(joined.elapsed() < Duration::from_millis(500));
     assert_eq!(bobs_first["id"], first["id"], "bob gets the latest post");
-    assert_eq!(app.opened.load(Ordering::SeqCst), 1, "one upstream for both");
+    assert_eq!(
+        app.opened.load(Ordering::SeqCst),
+        1,
+        "one upstream for both"
+    );
     assert_eq!(app.hub.upstreams(), 1);
 
     // Both get the next post, through the group.
@@ -330,7 +335,12 @@ async fn the_page_and_its_assets_are_served() {
     let html = reqwest::get(format!("{base}/")).await.unwrap();
     assert_eq!(html.status(), 200);
     let html = html.text().await.unwrap();
-    for id in ["id=\"term\"", "id=\"search\"", "id=\"stop\"", "id=\"carousel\""] {
+    for id in [
+        "id=\"term\"",
+        "id=\"search\"",
+        "id=\"stop\"",
+        "id=\"carousel\"",
+    ] {
         assert!(html.contains(id), "{id}");
     }
     for (path, ty) in [
@@ -339,7 +349,12 @@ async fn the_page_and_its_assets_are_served() {
     ] {
         let r = reqwest::get(format!("{base}{path}")).await.unwrap();
         assert_eq!(r.status(), 200);
-        assert!(r.headers()["content-type"].to_str().unwrap().starts_with(ty));
+        assert!(
+            r.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with(ty)
+        );
     }
     let cfg: serde_json::Value = reqwest::get(format!("{base}/config.json"))
         .await

@@ -22,11 +22,11 @@ pub(crate) mod users;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Router;
 use axum::extract::{Form, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::get;
-use axum::Router;
 use minijinja::{Environment, context};
 use serde::Deserialize;
 use serde_json::json;
@@ -123,7 +123,11 @@ impl Visitor {
 
 /// A session id as we issue them: 64 lowercase hex digits. Anything else is not looked up.
 fn session_id(raw: Option<String>) -> Option<String> {
-    raw.filter(|s| s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+    raw.filter(|s| {
+        s.len() == 64
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
 }
 
 fn cookie_from(headers: &HeaderMap) -> Option<String> {
@@ -159,7 +163,11 @@ fn render(st: &AppState, status: StatusCode, name: &str, ctx: minijinja::Value) 
         Ok(html) => (status, Html(html)).into_response(),
         Err(e) => {
             tracing::error!(template = name, error = %e, "rendering failed");
-            (StatusCode::INTERNAL_SERVER_ERROR, "could not render the page").into_response()
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "could not render the page",
+            )
+                .into_response()
         }
     }
 }
@@ -195,7 +203,11 @@ struct HomeQuery {
     added: Option<String>,
 }
 
-async fn home(State(st): State<AppState>, headers: HeaderMap, Query(q): Query<HomeQuery>) -> Response {
+async fn home(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<HomeQuery>,
+) -> Response {
     let v = match visitor(&st, &headers).await {
         Ok(v) => v,
         Err(e) => return server_error(&st, e),
@@ -228,7 +240,14 @@ fn today() -> time::Date {
     now.next_day().unwrap_or(now)
 }
 
-fn add_page(st: &AppState, v: &Visitor, status: StatusCode, form: &DamForm, errors: &dam::FieldErrors, form_error: Option<String>) -> Response {
+fn add_page(
+    st: &AppState,
+    v: &Visitor,
+    status: StatusCode,
+    form: &DamForm,
+    errors: &dam::FieldErrors,
+    form_error: Option<String>,
+) -> Response {
     render(
         st,
         status,
@@ -247,7 +266,9 @@ fn add_page(st: &AppState, v: &Visitor, status: StatusCode, form: &DamForm, erro
 
 /// Who may use the add form: `Ok` for a user with `add`, else the response to give.
 async fn adder(st: &AppState, headers: &HeaderMap) -> std::result::Result<Visitor, Response> {
-    let v = visitor(st, headers).await.map_err(|e| server_error(st, e))?;
+    let v = visitor(st, headers)
+        .await
+        .map_err(|e| server_error(st, e))?;
     if v.user.is_none() {
         return Err(login_redirect("/dams/add/"));
     }
@@ -266,13 +287,24 @@ async fn adder(st: &AppState, headers: &HeaderMap) -> std::result::Result<Visito
 /// `GET /dams/add/`.
 async fn add_form(State(st): State<AppState>, headers: HeaderMap) -> Response {
     match adder(&st, &headers).await {
-        Ok(v) => add_page(&st, &v, StatusCode::OK, &DamForm::default(), &dam::FieldErrors::new(), None),
+        Ok(v) => add_page(
+            &st,
+            &v,
+            StatusCode::OK,
+            &DamForm::default(),
+            &dam::FieldErrors::new(),
+            None,
+        ),
         Err(resp) => resp,
     }
 }
 
 /// `POST /dams/add/`.
-async fn add_submit(State(st): State<AppState>, headers: HeaderMap, Form(form): Form<DamForm>) -> Response {
+async fn add_submit(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Form(form): Form<DamForm>,
+) -> Response {
     let v = match adder(&st, &headers).await {
         Ok(v) => v,
         Err(resp) => return resp,
@@ -300,11 +332,16 @@ async fn add_submit(State(st): State<AppState>, headers: HeaderMap, Form(form): 
             StatusCode::BAD_REQUEST,
             &form,
             &dam::FieldErrors::new(),
-            Some(format!("Unable to add dam {name}, because the inventory is full.")),
+            Some(format!(
+                "Unable to add dam {name}, because the inventory is full."
+            )),
         ),
         Ok(Added::NameTaken) => {
             let mut errors = dam::FieldErrors::new();
-            errors.insert("name", format!("A dam named {name} is already in the inventory."));
+            errors.insert(
+                "name",
+                format!("A dam named {name} is already in the inventory."),
+            );
             add_page(&st, &v, StatusCode::BAD_REQUEST, &form, &errors, None)
         }
         Ok(Added::Stored(id)) => {
@@ -334,7 +371,11 @@ fn safe_next(next: Option<&str>) -> &str {
 }
 
 /// `GET /accounts/login/`.
-async fn login_form(State(st): State<AppState>, headers: HeaderMap, Query(q): Query<NextQuery>) -> Response {
+async fn login_form(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<NextQuery>,
+) -> Response {
     let v = visitor(&st, &headers).await.unwrap_or_default();
     render(
         &st,
@@ -386,7 +427,11 @@ async fn login_submit(State(st): State<AppState>, Form(form): Form<LoginForm>) -
             context! {user => None::<String>, csrf => "", next, username => name, error => "Incorrect user name or password."},
         );
     };
-    let session = match st.db.create_session(user.name.clone(), st.settings.session_ttl).await {
+    let session = match st
+        .db
+        .create_session(user.name.clone(), st.settings.session_ttl)
+        .await
+    {
         Ok(s) => s,
         Err(e) => return server_error(&st, e),
     };
@@ -405,14 +450,24 @@ struct LogoutForm {
 }
 
 /// `POST /accounts/logout/`.
-async fn logout(State(st): State<AppState>, headers: HeaderMap, Form(form): Form<LogoutForm>) -> Response {
+async fn logout(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Form(form): Form<LogoutForm>,
+) -> Response {
     let v = match visitor(&st, &headers).await {
         Ok(v) => v,
         Err(e) => return server_error(&st, e),
     };
     if let Some(s) = &v.session {
         if form.csrf_token != s.csrf_token {
-            return message(&st, &v, StatusCode::FORBIDDEN, "Form expired", "Reload the page and try again.");
+            return message(
+                &st,
+                &v,
+                StatusCode::FORBIDDEN,
+                "Form expired",
+                "Reload the page and try again.",
+            );
         }
         if let Err(e) = st.db.delete_session(s.id.clone()).await {
             return server_error(&st, e);
@@ -434,7 +489,8 @@ struct SessionAuth {
 #[async_trait]
 impl Authenticate for SessionAuth {
     async fn authenticate(&self, scope: &mut Scope) -> std::result::Result<(), Refusal> {
-        let id = session_id(scope.cookie(SESSION_COOKIE)).ok_or_else(|| Refusal::forbidden("not logged in"))?;
+        let id = session_id(scope.cookie(SESSION_COOKIE))
+            .ok_or_else(|| Refusal::forbidden("not logged in"))?;
         let session = self
             .db
             .session(id)
@@ -449,7 +505,10 @@ impl Authenticate for SessionAuth {
             .get(&session.username)
             .ok_or_else(|| Refusal::forbidden("unknown user"))?;
         if !user.can(Permission::View) {
-            return Err(Refusal::forbidden(format!("{} may not view notifications", user.name)));
+            return Err(Refusal::forbidden(format!(
+                "{} may not view notifications",
+                user.name
+            )));
         }
         scope.set_user(user.name.clone());
         Ok(())
@@ -527,7 +586,12 @@ pub(crate) fn router(db: Db, users: Users, layer: Layer, settings: Settings) -> 
         )
         .route(
             "/static/dams.js",
-            get(|| async { asset("text/javascript; charset=utf-8", include_str!("static/dams.js")) }),
+            get(|| async {
+                asset(
+                    "text/javascript; charset=utf-8",
+                    include_str!("static/dams.js"),
+                )
+            }),
         )
         .with_state(state)
 }

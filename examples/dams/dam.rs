@@ -211,10 +211,12 @@ pub(crate) fn plot(dams: &[Dam]) -> Option<Plot> {
     if dams.is_empty() {
         return None;
     }
-    let fold = |f: fn(&Dam) -> f64, pick: fn(f64, f64) -> f64| {
-        dams.iter().map(f).fold(f(&dams[0]), pick)
-    };
-    let (mut lat0, mut lat1) = (fold(|d| d.latitude, f64::min), fold(|d| d.latitude, f64::max));
+    let fold =
+        |f: fn(&Dam) -> f64, pick: fn(f64, f64) -> f64| dams.iter().map(f).fold(f(&dams[0]), pick);
+    let (mut lat0, mut lat1) = (
+        fold(|d| d.latitude, f64::min),
+        fold(|d| d.latitude, f64::max),
+    );
     let (mut lon0, mut lon1) = (
         fold(|d| d.longitude, f64::min),
         fold(|d| d.longitude, f64::max),
@@ -318,7 +320,14 @@ mod tests {
 
     #[test]
     fn dates_are_real_and_not_in_the_future() {
-        for bad in ["1936-02-30", "1936-3-1", "36-03-01", "1936/03/01", "2026-11-23", "x"] {
+        for bad in [
+            "1936-02-30",
+            "1936-3-1",
+            "36-03-01",
+            "1936/03/01",
+            "2026-11-23",
+            "x",
+        ] {
             let mut f = good();
             f.built = bad.into();
             let e = f.validate(today()).unwrap_err();
@@ -348,7 +357,10 @@ mod tests {
             .collect();
         let p = plot(&dams).unwrap();
         for pt in &p.points {
-            assert!((0.0..=W).contains(&pt.x) && (0.0..=H).contains(&pt.y), "{pt:?}");
+            assert!(
+                (0.0..=W).contains(&pt.x) && (0.0..=H).contains(&pt.y),
+                "{pt:?}"
+            );
         }
         // North is up, east is right.
         assert!(p.points[1].y < p.points[0].y);

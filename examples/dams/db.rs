@@ -21,14 +21,70 @@ const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_initial.sql")];
 
 /// A few real dams (public facts, rounded) so a fresh inventory is not empty.
 const DEMO_DAMS: &[(&str, &str, &str, &str, f64, f64)] = &[
-    ("Hoover Dam", "Bureau of Reclamation", "Colorado River", "1936-03-01", 36.016, -114.738),
-    ("Grand Coulee Dam", "Bureau of Reclamation", "Columbia River", "1942-06-01", 47.956, -118.982),
-    ("Glen Canyon Dam", "Bureau of Reclamation", "Colorado River", "1966-09-13", 36.937, -111.485),
-    ("Bonneville Dam", "U.S. Army Corps of Engineers", "Columbia River", "1938-06-06", 45.644, -121.941),
-    ("Fort Peck Dam", "U.S. Army Corps of Engineers", "Missouri River", "1940-07-01", 48.000, -106.417),
-    ("Norris Dam", "Tennessee Valley Authority", "Clinch River", "1936-07-28", 36.224, -84.092),
-    ("Shasta Dam", "Bureau of Reclamation", "Sacramento River", "1945-06-01", 40.719, -122.419),
-    ("Oroville Dam", "State agency", "Feather River", "1968-05-04", 39.539, -121.485),
+    (
+        "Hoover Dam",
+        "Bureau of Reclamation",
+        "Colorado River",
+        "1936-03-01",
+        36.016,
+        -114.738,
+    ),
+    (
+        "Grand Coulee Dam",
+        "Bureau of Reclamation",
+        "Columbia River",
+        "1942-06-01",
+        47.956,
+        -118.982,
+    ),
+    (
+        "Glen Canyon Dam",
+        "Bureau of Reclamation",
+        "Colorado River",
+        "1966-09-13",
+        36.937,
+        -111.485,
+    ),
+    (
+        "Bonneville Dam",
+        "U.S. Army Corps of Engineers",
+        "Columbia River",
+        "1938-06-06",
+        45.644,
+        -121.941,
+    ),
+    (
+        "Fort Peck Dam",
+        "U.S. Army Corps of Engineers",
+        "Missouri River",
+        "1940-07-01",
+        48.000,
+        -106.417,
+    ),
+    (
+        "Norris Dam",
+        "Tennessee Valley Authority",
+        "Clinch River",
+        "1936-07-28",
+        36.224,
+        -84.092,
+    ),
+    (
+        "Shasta Dam",
+        "Bureau of Reclamation",
+        "Sacramento River",
+        "1945-06-01",
+        40.719,
+        -122.419,
+    ),
+    (
+        "Oroville Dam",
+        "State agency",
+        "Feather River",
+        "1968-05-04",
+        39.539,
+        -121.485,
+    ),
 ];
 
 /// What can go wrong with the database.
@@ -133,7 +189,9 @@ impl Db {
     {
         let conn = self.conn.clone();
         tokio::task::spawn_blocking(move || {
-            let mut conn = conn.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut conn = conn
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             f(&mut conn)
         })
         .await

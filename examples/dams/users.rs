@@ -12,9 +12,9 @@
 
 use std::collections::HashMap;
 
+use argon2::Argon2;
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::Argon2;
 use serde::Deserialize;
 
 /// What a user may do.
@@ -33,7 +33,9 @@ impl std::str::FromStr for Permission {
         match s {
             "view" => Ok(Permission::View),
             "add" => Ok(Permission::Add),
-            other => Err(format!("unknown permission {other:?}: use \"view\" or \"add\"")),
+            other => Err(format!(
+                "unknown permission {other:?}: use \"view\" or \"add\""
+            )),
         }
     }
 }
@@ -182,7 +184,10 @@ mod tests {
         assert!(Users::parse_flag("ann:view").is_err());
         assert!(Users::parse_flag(&format!("ann:fly:{hash}")).is_err());
         let users = Users::new(vec![u, nobody]).unwrap();
-        assert_eq!(users.verify("ann", "s3cret").map(|u| &u.name[..]), Some("ann"));
+        assert_eq!(
+            users.verify("ann", "s3cret").map(|u| &u.name[..]),
+            Some("ann")
+        );
         assert!(users.verify("ann", "wrong").is_none());
         assert!(users.verify("nobody", "s3cret").is_none());
         let toml = format!(
@@ -192,6 +197,9 @@ mod tests {
         assert!(users.get("cat").unwrap().can(Permission::View));
         assert!(!users.get("cat").unwrap().can(Permission::Add));
         assert!(Users::from_toml("[[user]]\nname = \"x\"\npassword_hash = \"plain\"\n").is_err());
-        assert!(Users::from_toml(&format!("{toml}{toml}")).is_err(), "duplicate");
+        assert!(
+            Users::from_toml(&format!("{toml}{toml}")).is_err(),
+            "duplicate"
+        );
     }
 }

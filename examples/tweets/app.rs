@@ -104,7 +104,9 @@ impl TweetsConsumer {
     }
 
     fn current(&self, upstream: u64) -> bool {
-        self.sub.as_ref().is_some_and(|s| s.upstream_id() == upstream)
+        self.sub
+            .as_ref()
+            .is_some_and(|s| s.upstream_id() == upstream)
     }
 }
 

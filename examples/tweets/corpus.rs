@@ -85,7 +85,6 @@ impl Corpus {
     pub(crate) fn get(&self, id: &str) -> Option<&Post> {
         self.posts.iter().find(|p| p.id == id)
     }
-
 }
 
 // Keep ids usable in a path: the bundled ids are digits; anything else is dropped.
@@ -109,10 +108,7 @@ impl Source for Corpus {
             .map(|(i, _)| i)
             .collect();
         // Start at the first original post that matches: the listener gets it at once.
-        let Some(start) = matching
-            .iter()
-            .position(|&i| !self.posts[i].repost)
-        else {
+        let Some(start) = matching.iter().position(|&i| !self.posts[i].repost) else {
             let msg = format!(
                 "no post in the {} matches {:?}; try a hashtag such as #RustLang or #coffee",
                 self.label,
@@ -134,8 +130,10 @@ impl Source for Corpus {
                     let prev = matching[(k + matching.len() - 1) % matching.len()];
                     let distance = (here + n - prev) % n;
                     let steps = if distance == 0 { n } else { distance };
-                    tokio::time::sleep(gap.saturating_mul(u32::try_from(steps).unwrap_or(u32::MAX)))
-                        .await;
+                    tokio::time::sleep(
+                        gap.saturating_mul(u32::try_from(steps).unwrap_or(u32::MAX)),
+                    )
+                    .await;
                 }
                 let post = posts[here].clone();
                 let next = (k + 1) % matching.len();

@@ -77,11 +77,15 @@ struct Args {
 }
 
 fn positive_secs(s: &str) -> Result<f64, String> {
-    let v: f64 = s.parse().map_err(|e| format!("{s:?} is not a number: {e}"))?;
+    let v: f64 = s
+        .parse()
+        .map_err(|e| format!("{s:?} is not a number: {e}"))?;
     if v.is_finite() && v > 0.0 && v <= 86_400.0 {
         Ok(v)
     } else {
-        Err(format!("{v} is out of range: use a number above 0 and at most 86400"))
+        Err(format!(
+            "{v} is out of range: use a number above 0 and at most 86400"
+        ))
     }
 }
 

@@ -51,7 +51,10 @@ impl MastodonSource {
     pub(crate) fn new(config: MastodonConfig) -> Result<MastodonSource, String> {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
-            .user_agent(concat!("switchboard-tweets-example/", env!("CARGO_PKG_VERSION")))
+            .user_agent(concat!(
+                "switchboard-tweets-example/",
+                env!("CARGO_PKG_VERSION")
+            ))
             .build()
             .map_err(|e| format!("could not build the HTTP client: {e}"))?;
         Ok(MastodonSource { http, config })
@@ -145,7 +148,10 @@ async fn step(
                 let wait = config.backoff.delay(1);
                 let msg = format!("Mastodon stream {why}; reconnecting in {}", secs(wait));
                 tracing::info!("{msg}");
-                (Some(SourceEvent::Status(msg)), State::Connect { attempt: 1 })
+                (
+                    Some(SourceEvent::Status(msg)),
+                    State::Connect { attempt: 1 },
+                )
             };
             match tokio::time::timeout(config.stall_timeout, events.next()).await {
                 Err(_) => lost(format!("was silent for {}", secs(config.stall_timeout))),
@@ -209,7 +215,11 @@ pub(crate) fn html_to_text(html: &str) -> String {
             break;
         };
         let tag = rest[open + 1..open + close].to_ascii_lowercase();
-        let name = tag.trim_start_matches('/').split([' ', '/']).next().unwrap_or("");
+        let name = tag
+            .trim_start_matches('/')
+            .split([' ', '/'])
+            .next()
+            .unwrap_or("");
         if (name == "br" || (name == "p" && tag.starts_with('/'))) && !out.ends_with('\n') {
             out.push('\n');
         }

@@ -101,14 +101,20 @@ impl XSource {
     pub(crate) fn new(config: XConfig) -> Result<XSource, String> {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
-            .user_agent(concat!("switchboard-tweets-example/", env!("CARGO_PKG_VERSION")))
+            .user_agent(concat!(
+                "switchboard-tweets-example/",
+                env!("CARGO_PKG_VERSION")
+            ))
             .build()
             .map_err(|e| format!("could not build the HTTP client: {e}"))?;
         Ok(XSource {
             shared: Arc::new(Shared {
                 http,
                 config,
-                instance: format!("switchboard-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
+                instance: format!(
+                    "switchboard-{}",
+                    &uuid::Uuid::new_v4().simple().to_string()[..8]
+                ),
                 state: Mutex::new(State::default()),
             }),
         })
@@ -447,7 +453,10 @@ async fn connect(shared: &Shared) -> Result<Lines, (String, bool)> {
             ""
         };
         return Err((
-            format!("X stream answered HTTP {status}{hint} {}", short_body(resp).await),
+            format!(
+                "X stream answered HTTP {status}{hint} {}",
+                short_body(resp).await
+            ),
             status == reqwest::StatusCode::TOO_MANY_REQUESTS,
         ));
     }
@@ -546,7 +555,10 @@ fn route(
             .map(|u| format!("@{u}"))
             .or(tweet.author_id)
             .unwrap_or_else(|| "unknown".into()),
-        repost: tweet.referenced_tweets.iter().any(|r| r.kind == "retweeted"),
+        repost: tweet
+            .referenced_tweets
+            .iter()
+            .any(|r| r.kind == "retweeted"),
         created_at: tweet.created_at.unwrap_or_default(),
         id: tweet.id,
         text: tweet.text,
@@ -556,9 +568,7 @@ fn route(
     for m in &parsed.matching_rules {
         let rule = match m.tag.as_deref().and_then(|t| t.strip_prefix(&prefix)) {
             Some(key) => rules.get(key),
-            None => rules
-                .values()
-                .find(|r| r.x_id.is_some() && r.x_id == m.id),
+            None => rules.values().find(|r| r.x_id.is_some() && r.x_id == m.id),
         };
         if let Some(rule) = rule {
             tell(subs, rule, &event);
