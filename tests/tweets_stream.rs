@@ -126,35 +126,51 @@ async fn ended(app: &App) {
 }
 
 #[tokio::test]
-async fn first_match_at_once_then_at_most_one_per_interval() {
-    let app = start(300).await;
+async fn the_first_match_comes_at_once() {
+    // A long interval: "at once" is well under it even on a loaded machine.
+    let app = start(5_000).await;
     let mut c = ws(app.addr, "/ws/map/").await;
     let asked = Instant::now();
     listen(&mut c, "#RustLang").await;
     tweet(&mut c, "#RustLang").await;
     let first = asked.elapsed();
     assert!(
-        first < Duration::from_millis(250),
-        "first post after {first:?}"
+        first < Duration::from_millis(1_000),
+        "first post after {first:?}, interval 5 s"
     );
+    assert!(
+        c.recv_nothing(500).await,
+        "a second post within the interval"
+    );
+}
+
+#[tokio::test]
+async fn later_posts_come_at_most_one_per_interval() {
+    // The corpus replays about five loops a second: unpaced, posts would be milliseconds apart.
+    let app = start(300).await;
+    let mut c = ws(app.addr, "/ws/map/").await;
+    listen(&mut c, "#RustLang").await;
     tweet(&mut c, "#RustLang").await;
-    // Gaps between later posts, which all travel the same way (the first one's delivery races
-    // the start of the upstream task, so its arrival time is noisier).
-    let mut last = Instant::now();
+    tweet(&mut c, "#RustLang").await;
+    let start = Instant::now();
+    let mut last = start;
     for _ in 0..3 {
         tweet(&mut c, "#RustLang").await;
         let gap = last.elapsed();
         last = Instant::now();
-        // The server waits the full interval between sends; allow for delivery jitter.
+        // Delivery jitter can shift one arrival, not the pace: each gap is near the interval...
         assert!(
-            gap >= Duration::from_millis(270),
+            gap >= Duration::from_millis(150),
             "two posts {gap:?} apart, interval 300 ms"
         );
-        assert!(
-            gap < Duration::from_millis(2000),
-            "posts stalled: {gap:?} apart"
-        );
+        assert!(gap < Duration::from_secs(3), "posts stalled: {gap:?} apart");
     }
+    // ...and three gaps add up to three intervals, less one arrival's jitter at most.
+    let total = start.elapsed();
+    assert!(
+        total >= Duration::from_millis(800),
+        "three posts in {total:?}, interval 300 ms"
+    );
 }
 
 #[tokio::test]
