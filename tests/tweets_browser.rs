@@ -87,7 +87,14 @@ async fn search_shows_cards_stop_stops_them_and_two_pages_share_an_upstream() {
     assert_eq!(count(&ann).await, stopped_at, "a card arrived after Stop");
     assert_eq!(ann.texts(".card").await.len(), cards_at);
     // The other page still gets posts: the upstream lives on for it.
-    assert!(count(&bob).await > before, "bob's stream stopped too");
+    let after = count(&bob).await;
+    assert!(
+        after > before,
+        "bob's stream stopped too: {before} → {after}, state {:?}, conn {:?}, hub {hub:?}, running {}",
+        bob.texts("#state").await,
+        bob.texts("#conn").await,
+        hub.running()
+    );
     assert_eq!(hub.upstreams(), 1);
 
     // Bob leaves the page: nobody listens, the upstream ends.

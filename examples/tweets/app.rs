@@ -88,11 +88,18 @@ pub(crate) enum HubEvent {
 pub(crate) struct TweetsConsumer {
     hub: Hub,
     sub: Option<Subscription>,
+    /// The post sent directly on joining a running upstream: if the upstream was publishing it
+    /// at that moment, it also comes through the group, and that copy is skipped.
+    sent_on_join: Option<String>,
 }
 
 impl TweetsConsumer {
     pub(crate) fn new(hub: Hub) -> TweetsConsumer {
-        TweetsConsumer { hub, sub: None }
+        TweetsConsumer {
+            hub,
+            sub: None,
+            sent_on_join: None,
+        }
     }
 
     async fn stop(&mut self, cx: &mut Context) -> Result<()> {
@@ -145,8 +152,10 @@ impl Consumer for TweetsConsumer {
                         cx.send_json(&json!({"type": "listening", "message": term.text()}))
                             .await?;
                         // A running upstream sent its latest post before this page joined.
+                        self.sent_on_join = None;
                         if let Some(post) = last {
                             cx.send_json(&tweet(&post)).await?;
+                            self.sent_on_join = Some(post.id);
                         }
                         Ok(())
                     }
@@ -163,6 +172,9 @@ impl Consumer for TweetsConsumer {
         match event {
             // Messages of an earlier search may still be queued: drop them.
             HubEvent::Post { upstream, post } if self.current(upstream) => {
+                if self.sent_on_join.take().is_some_and(|id| id == post.id) {
+                    return Ok(());
+                }
                 cx.send_json(&tweet(&post)).await
             }
             HubEvent::Status { upstream, message } if self.current(upstream) => {

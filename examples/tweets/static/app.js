@@ -5,7 +5,6 @@ const $ = (id) => document.getElementById(id);
 const MAX_CARDS = 20;
 let socket = null;
 let listening = null;      // the term of the current search, or null
-let seen = new Set();      // post ids of the current search
 let cards = [];            // card elements, oldest first
 let shown = -1;            // index in cards of the card in front
 let received = 0;
@@ -53,7 +52,6 @@ function connect() {
 
 function listen(term) {
   if (!socket || socket.readyState !== WebSocket.OPEN) return;
-  if (term !== listening) seen = new Set();
   listening = term;
   setState(`Searching for ${term}…`);
   socket.send(JSON.stringify({ type: "listen", message: term }));
@@ -96,8 +94,9 @@ function textWithTags(text) {
 }
 
 function addPost(m) {
-  if (seen.has(m.id)) return;
-  seen.add(m.id);
+  // Resuming a search after a reconnect re-sends its latest post. (The corpus source replays in
+  // a loop, so a post may come again later: that is a new card.)
+  if (cards.length && cards[cards.length - 1].dataset.id === m.id) return;
   const card = document.createElement("article");
   card.className = "card";
   card.dataset.id = m.id;
