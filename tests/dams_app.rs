@@ -310,6 +310,19 @@ async fn a_valid_dam_is_stored_shown_and_announced_to_every_page() {
     assert!(home.contains("<td class=\"name\">Hoover Dam</td>"));
     assert!(home.contains("Hoover Dam was added to the inventory."));
     assert_eq!(home.matches("<circle ").count(), 1, "one dot on the plot");
+    let forged = app
+        .http
+        .get(format!("http://{}/dams/?added=Nothing+Here", app.addr))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !forged.contains("was added"),
+        "a flash for a dam that is not there"
+    );
 
     // The same name again, in another case, is refused beside the name.
     let mut again = hoover();

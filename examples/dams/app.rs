@@ -217,6 +217,8 @@ async fn home(
         Err(e) => return server_error(&st, e),
     };
     let plot = dam::plot(&dams);
+    // Only announce a dam the inventory really has (the parameter is anyone's to type).
+    let added = q.added.filter(|a| dams.iter().any(|d| &d.name == a));
     render(
         &st,
         StatusCode::OK,
@@ -229,7 +231,7 @@ async fn home(
             max_dams => st.settings.max_dams,
             dams,
             plot,
-            added => q.added,
+            added,
         },
     )
 }
