@@ -5,23 +5,13 @@ use std::time::Duration;
 
 use fantoccini::{Client, ClientBuilder, Locator};
 
-use super::{ChildGuard, free_port, spawn, wait_for_port};
+use super::{ChildGuard, TempDir, free_port, spawn_group};
 
 /// One chromedriver with one headless browser session.
 pub struct Browser {
     pub client: Client,
     _driver: ChildGuard,
-    _profile: tempdir::Dir,
-}
-
-mod tempdir {
-    /// A directory removed on drop.
-    pub struct Dir(pub std::path::PathBuf);
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+    _profile: TempDir,
 }
 
 fn chromedriver() -> String {
@@ -32,24 +22,41 @@ fn chromium() -> String {
     std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into())
 }
 
-impl Browser {
-    /// Starts chromedriver on a free port and opens a headless session.
-    pub async fn start() -> Browser {
+/// Starts chromedriver on a free port; retries on another port if it exits or does not listen
+/// (the port can be taken between choosing it and chromedriver binding it).
+async fn start_driver() -> (u16, ChildGuard) {
+    for _attempt in 0..3 {
         let port = free_port();
-        let driver = spawn(
+        let mut driver = spawn_group(
             &chromedriver(),
             &[&format!("--port={port}"), "--allowed-ips=127.0.0.1"],
         );
-        wait_for_port(
-            SocketAddr::from(([127, 0, 0, 1], port)),
-            Duration::from_secs(20),
-        )
-        .await;
-        let profile = std::env::temp_dir().join(format!(
-            "switchboard-chromium-{}-{port}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&profile).unwrap();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while tokio::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = driver.0.try_wait() {
+                eprintln!("chromedriver on port {port} exited ({status}); retrying");
+                break;
+            }
+            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                return (port, driver);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    panic!(
+        "chromedriver did not start after 3 attempts (run with SWITCHBOARD_TEST_LOG=1 to see its output)"
+    );
+}
+
+impl Browser {
+    /// Starts chromedriver on a free port and opens a headless session.
+    pub async fn start() -> Browser {
+        // Two rustls crypto providers are compiled in (fantoccini's and reqwest's): choose one
+        // for the process, or rustls refuses to guess. Failing means one is already installed.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let (port, driver) = start_driver().await;
+        let profile = TempDir::new(&format!("chromium-{port}"));
         let mut caps = serde_json::Map::new();
         caps.insert(
             "goog:chromeOptions".into(),
@@ -59,7 +66,7 @@ impl Browser {
                     "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                     "--disable-quic", "--no-first-run", "--disable-background-networking",
                     "--disable-component-update", "--disable-sync", "--window-size=1200,900",
-                    format!("--user-data-dir={}", profile.display()),
+                    format!("--user-data-dir={}", profile.path().display()),
                 ]
             }),
         );
@@ -72,7 +79,7 @@ impl Browser {
         Browser {
             client,
             _driver: driver,
-            _profile: tempdir::Dir(profile),
+            _profile: profile,
         }
     }
 
@@ -135,6 +142,63 @@ impl Browser {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         e.click().await.unwrap();
+    }
+
+    /// The value of attribute `name` of the first element matching `css`.
+    pub async fn attr(&self, css: &str, name: &str) -> Option<String> {
+        let e = self.client.find(Locator::Css(css)).await.ok()?;
+        e.attr(name).await.ok().flatten()
+    }
+
+    /// Sets the value of the form field matching `css` by script (date pickers and selects
+    /// differ between locales when typed into) and fires `input` and `change`.
+    pub async fn set_value(&self, css: &str, value: &str) {
+        self.client
+            .wait()
+            .for_element(Locator::Css(css))
+            .await
+            .unwrap();
+        let script = "const e = document.querySelector(arguments[0]); e.value = arguments[1]; \
+                      e.dispatchEvent(new Event('input', {bubbles: true})); \
+                      e.dispatchEvent(new Event('change', {bubbles: true}));";
+        self.client
+            .execute(script, vec![css.into(), value.into()])
+            .await
+            .unwrap();
+    }
+
+    /// Whether an element matching `css` is displayed.
+    pub async fn is_displayed(&self, css: &str) -> bool {
+        match self.client.find(Locator::Css(css)).await {
+            Ok(e) => e.is_displayed().await.unwrap_or(false),
+            Err(_) => false,
+        }
+    }
+
+    /// Waits until an element matching `css` is displayed.
+    pub async fn wait_for_visible(&self, css: &str) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !self.is_displayed(css).await {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{css} is not displayed"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Saves a PNG of the page when `SWITCHBOARD_SCREENSHOTS` names a directory (for a person
+    /// to look at; the tests never depend on it, and without the variable it does nothing).
+    pub async fn screenshot(&self, name: &str) {
+        let Some(dir) = std::env::var_os("SWITCHBOARD_SCREENSHOTS") else {
+            return;
+        };
+        // Let CSS transitions finish.
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        if let Ok(png) = self.client.screenshot().await {
+            let _ = std::fs::create_dir_all(&dir);
+            let _ = std::fs::write(std::path::Path::new(&dir).join(format!("{name}.png")), png);
+        }
     }
 
     pub async fn close(self) {

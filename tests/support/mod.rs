@@ -37,9 +37,24 @@ pub struct WsClient {
 
 /// Opens a WebSocket (with the server's own origin); `Err(status)` if the upgrade is refused.
 pub async fn try_ws(addr: SocketAddr, path: &str) -> Result<WsClient, u16> {
+    try_ws_with(addr, path, &[]).await
+}
+
+/// As [`try_ws`], with extra request headers (a `cookie`, say).
+pub async fn try_ws_with(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<WsClient, u16> {
     let mut req = format!("ws://{addr}{path}").into_client_request().unwrap();
     req.headers_mut()
         .insert("origin", format!("http://{addr}").parse().unwrap());
+    for (name, value) in headers {
+        req.headers_mut().insert(
+            tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            value.parse().unwrap(),
+        );
+    }
     match tokio_tungstenite::connect_async(req).await {
         Ok((ws, _)) => Ok(WsClient { ws }),
         Err(WsError::Http(resp)) => Err(resp.status().as_u16()),
@@ -77,6 +92,21 @@ impl WsClient {
         }
     }
 
+    /// The next text frame as JSON if one arrives within `ms`; `None` if none does.
+    pub async fn recv_json_within(&mut self, ms: u64) -> Option<serde_json::Value> {
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(ms);
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Err(_) => return None,
+                Ok(Some(Ok(WsMessage::Text(t)))) => {
+                    return Some(serde_json::from_str(t.as_str()).unwrap());
+                }
+                Ok(Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_)))) => continue,
+                other => panic!("expected a text frame, got {other:?}"),
+            }
+        }
+    }
+
     /// Whether no text frame arrives within `ms`.
     pub async fn recv_nothing(&mut self, ms: u64) -> bool {
         let deadline = tokio::time::Instant::now() + Duration::from_millis(ms);
@@ -97,6 +127,43 @@ impl WsClient {
         while let Ok(Some(Ok(_))) =
             tokio::time::timeout(Duration::from_secs(2), self.ws.next()).await
         {}
+    }
+}
+
+/// Waits until `check` holds, polling every 20 ms; panics naming `what` after `within`.
+pub async fn eventually(what: &str, within: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + within;
+    while !check() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not within {within:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A fresh directory under the system temp dir, removed (with its contents) on drop.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(label: &str) -> TempDir {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("switchboard-{label}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -121,11 +188,38 @@ pub async fn wait_for_port(addr: SocketAddr, within: Duration) {
     panic!("nothing listens on {addr} after {within:?}");
 }
 
-/// A child process killed on drop.
+/// A child process killed on drop (with its whole process group, when it leads one).
 pub struct ChildGuard(pub std::process::Child);
+
+/// Starts a program as the leader of a new process group, so that dropping the guard also
+/// kills what it started (chromedriver's browsers), even when a test panics.
+pub fn spawn_group(program: &str, args: &[&str]) -> ChildGuard {
+    use std::os::unix::process::CommandExt;
+    let verbose = std::env::var_os("SWITCHBOARD_TEST_LOG").is_some();
+    let out = || {
+        if verbose {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        }
+    };
+    let child = std::process::Command::new(program)
+        .args(args)
+        .stdout(out())
+        .stderr(out())
+        .process_group(0)
+        .spawn()
+        .unwrap_or_else(|e| panic!("could not start {program}: {e}"));
+    ChildGuard(child)
+}
 
 impl Drop for ChildGuard {
     fn drop(&mut self) {
+        // A group leader's pid is its group id; killing a group we do not lead fails harmlessly.
+        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        if nix::unistd::getpgid(Some(pid)) == Ok(pid) {
+            let _ = nix::sys::signal::killpg(pid, nix::sys::signal::Signal::SIGKILL);
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }

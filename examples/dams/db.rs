@@ -1,0 +1,321 @@
+//! Storage: the dams and the login sessions in one SQLite file.
+//!
+//! The schema lives in `migrations/` and is applied on open (rusqlite_migration keeps the
+//! version in `PRAGMA user_version`), so a new file gets it on first run. The file is opened in
+//! WAL mode with a busy timeout: several app processes may share it.
+//!
+//! rusqlite is synchronous; every call runs on tokio's blocking pool, one at a time per process.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use argon2::password_hash::rand_core::{OsRng, RngCore};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite_migration::{M, Migrations};
+
+use super::dam::{Dam, NewDam};
+
+/// The schema, in order. Never edit a shipped migration: add the next one.
+const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_initial.sql")];
+
+/// A few real dams (public facts, rounded) so a fresh inventory is not empty.
+const DEMO_DAMS: &[(&str, &str, &str, &str, f64, f64)] = &[
+    (
+        "Hoover Dam",
+        "Bureau of Reclamation",
+        "Colorado River",
+        "1936-03-01",
+        36.016,
+        -114.738,
+    ),
+    (
+        "Grand Coulee Dam",
+        "Bureau of Reclamation",
+        "Columbia River",
+        "1942-06-01",
+        47.956,
+        -118.982,
+    ),
+    (
+        "Glen Canyon Dam",
+        "Bureau of Reclamation",
+        "Colorado River",
+        "1966-09-13",
+        36.937,
+        -111.485,
+    ),
+    (
+        "Bonneville Dam",
+        "U.S. Army Corps of Engineers",
+        "Columbia River",
+        "1938-06-06",
+        45.644,
+        -121.941,
+    ),
+    (
+        "Fort Peck Dam",
+        "U.S. Army Corps of Engineers",
+        "Missouri River",
+        "1940-07-01",
+        48.000,
+        -106.417,
+    ),
+    (
+        "Norris Dam",
+        "Tennessee Valley Authority",
+        "Clinch River",
+        "1936-07-28",
+        36.224,
+        -84.092,
+    ),
+    (
+        "Shasta Dam",
+        "Bureau of Reclamation",
+        "Sacramento River",
+        "1945-06-01",
+        40.719,
+        -122.419,
+    ),
+    (
+        "Oroville Dam",
+        "State agency",
+        "Feather River",
+        "1968-05-04",
+        39.539,
+        -121.485,
+    ),
+];
+
+/// What can go wrong with the database.
+#[derive(Debug)]
+pub(crate) struct DbError(pub(crate) String);
+
+impl std::fmt::Display for DbError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "database error: {}", self.0)
+    }
+}
+
+impl std::error::Error for DbError {}
+
+impl From<rusqlite::Error> for DbError {
+    fn from(e: rusqlite::Error) -> Self {
+        DbError(e.to_string())
+    }
+}
+
+/// The result of adding a dam.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Added {
+    /// Stored, with this id.
+    Stored(i64),
+    /// The inventory holds `max` dams already; nothing was stored.
+    Full,
+    /// A dam with this name (in any case) exists; nothing was stored.
+    NameTaken,
+}
+
+/// A login session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Session {
+    /// The cookie value.
+    pub(crate) id: String,
+    /// Who logged in.
+    pub(crate) username: String,
+    /// The token forms must carry (against cross-site request forgery).
+    pub(crate) csrf_token: String,
+}
+
+/// The database handle. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Db {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Db")
+    }
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+fn random_hex() -> String {
+    let mut bytes = [0u8; 32];
+    OsRng.fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Db {
+    /// Opens (creating if needed) the database at `path` and brings its schema up to date. A new
+    /// database gets the demo dams if `demo_dams`.
+    pub(crate) fn open(path: &Path, demo_dams: bool) -> Result<Db, DbError> {
+        let mut conn = Connection::open(path)
+            .map_err(|e| DbError(format!("cannot open {}: {e}", path.display())))?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        let fresh: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        let migrations = Migrations::new(MIGRATIONS.iter().map(|sql| M::up(sql)).collect());
+        migrations
+            .to_latest(&mut conn)
+            .map_err(|e| DbError(format!("migrating {}: {e}", path.display())))?;
+        if fresh == 0 && demo_dams {
+            let tx = conn.transaction()?;
+            for (name, owner, river, built, lat, lon) in DEMO_DAMS {
+                tx.execute(
+                    "INSERT INTO dams (name, owner, river, built_on, latitude, longitude, added_by, added_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'demo data', ?7)",
+                    params![name, owner, river, built, lat, lon, now()],
+                )?;
+            }
+            tx.commit()?;
+        }
+        Ok(Db {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// Runs `f` on the connection, on the blocking pool.
+    async fn call<T, F>(&self, f: F) -> Result<T, DbError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, DbError> + Send + 'static,
+    {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = conn
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            f(&mut conn)
+        })
+        .await
+        .map_err(|e| DbError(format!("database task failed: {e}")))?
+    }
+
+    /// Every dam, by name.
+    pub(crate) async fn dams(&self) -> Result<Vec<Dam>, DbError> {
+        self.call(|c| {
+            let mut stmt = c.prepare(
+                "SELECT id, name, owner, river, built_on, latitude, longitude, added_by
+                 FROM dams ORDER BY name COLLATE NOCASE",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok(Dam {
+                    id: r.get(0)?,
+                    name: r.get(1)?,
+                    owner: r.get(2)?,
+                    river: r.get(3)?,
+                    built: r.get(4)?,
+                    latitude: r.get(5)?,
+                    longitude: r.get(6)?,
+                    added_by: r.get(7)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    /// Adds a dam unless the inventory holds `max` dams or the name is taken. The check and the
+    /// insert are one write transaction, so concurrent adds (in this process or another) cannot
+    /// both squeeze past the limit.
+    pub(crate) async fn add_dam(
+        &self,
+        dam: NewDam,
+        added_by: String,
+        max: usize,
+    ) -> Result<Added, DbError> {
+        self.call(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let n: i64 = tx.query_row("SELECT count(*) FROM dams", [], |r| r.get(0))?;
+            if usize::try_from(n).unwrap_or(usize::MAX) >= max {
+                return Ok(Added::Full);
+            }
+            let taken: Option<i64> = tx
+                .query_row(
+                    "SELECT id FROM dams WHERE name = ?1 COLLATE NOCASE",
+                    [&dam.name],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if taken.is_some() {
+                return Ok(Added::NameTaken);
+            }
+            tx.execute(
+                "INSERT INTO dams (name, owner, river, built_on, latitude, longitude, added_by, added_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    dam.name,
+                    dam.owner,
+                    dam.river,
+                    dam.built,
+                    dam.latitude,
+                    dam.longitude,
+                    added_by,
+                    now()
+                ],
+            )?;
+            let id = tx.last_insert_rowid();
+            tx.commit()?;
+            Ok(Added::Stored(id))
+        })
+        .await
+    }
+
+    /// Starts a session for `username`, valid for `ttl`. Expired sessions are swept on the way.
+    pub(crate) async fn create_session(
+        &self,
+        username: String,
+        ttl: Duration,
+    ) -> Result<Session, DbError> {
+        let ttl = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX / 2);
+        self.call(move |c| {
+            let session = Session {
+                id: random_hex(),
+                username,
+                csrf_token: random_hex(),
+            };
+            c.execute("DELETE FROM sessions WHERE expires_at <= ?1", [now()])?;
+            c.execute(
+                "INSERT INTO sessions (id, username, csrf_token, expires_at) VALUES (?1, ?2, ?3, ?4)",
+                params![session.id, session.username, session.csrf_token, now().saturating_add(ttl)],
+            )?;
+            Ok(session)
+        })
+        .await
+    }
+
+    /// The live session with this id.
+    pub(crate) async fn session(&self, id: String) -> Result<Option<Session>, DbError> {
+        self.call(move |c| {
+            Ok(c.query_row(
+                "SELECT id, username, csrf_token FROM sessions WHERE id = ?1 AND expires_at > ?2",
+                params![id, now()],
+                |r| {
+                    Ok(Session {
+                        id: r.get(0)?,
+                        username: r.get(1)?,
+                        csrf_token: r.get(2)?,
+                    })
+                },
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    /// Ends a session.
+    pub(crate) async fn delete_session(&self, id: String) -> Result<(), DbError> {
+        self.call(move |c| {
+            c.execute("DELETE FROM sessions WHERE id = ?1", [id])?;
+            Ok(())
+        })
+        .await
+    }
+}

@@ -1,0 +1,138 @@
+//! A dam inventory that tells every open page when a dam is added — the Django Channels
+//! "new dam" notifier, rebuilt on switchboard.
+//!
+//! Shows: an ordinary server-rendered web app (SQLite, login, a validated form) that publishes to
+//! a group from an HTTP handler — `layer.group_send("notifications", …)` — and a WebSocket
+//! endpoint whose authentication hook admits only logged-in users, relaying those messages to
+//! the pages, which offer to refresh.
+//!
+//! Run it (SQLite file `dams.sqlite` created on first run, in-memory layer, demo users), then
+//! open <http://127.0.0.1:8000/> and log in as `editor` / `dams-editor`:
+//!
+//! ```text
+//! cargo run --release --example dams
+//! ```
+//!
+//! Your own users: `cargo run --release --example dams -- hash-password` reads a password and
+//! prints its hash; put it in a users file (see `examples/dams/demo-users.toml`) and pass
+//! `--users FILE`, or pass `--user NAME:view,add:HASH`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[path = "../common/layer_args.rs"]
+mod layer_args;
+
+mod app;
+
+use app::users::{Users, hash_password};
+
+/// The demo users: editor (view, add) / dams-editor, viewer (view) / dams-viewer,
+/// guest (no permissions) / dams-guest.
+const DEMO_USERS: &str = include_str!("demo-users.toml");
+
+/// Flags.
+#[derive(Parser, Debug)]
+#[command(about = "switchboard dams example: a dam inventory with new-dam notifications")]
+struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8000")]
+    addr: SocketAddr,
+    /// The SQLite database file; created, with its schema, on first run.
+    #[arg(long, default_value = "dams.sqlite", value_name = "PATH")]
+    db: PathBuf,
+    /// Adding a dam past this many is refused.
+    #[arg(long, default_value_t = 50)]
+    max_dams: usize,
+    /// A TOML file of users (names, Argon2 password hashes, permissions).
+    #[arg(long, value_name = "FILE")]
+    users: Option<PathBuf>,
+    /// A user as NAME:PERMISSIONS:HASH (permissions "view", "add", comma-separated). Repeatable.
+    #[arg(long = "user", value_name = "SPEC")]
+    user: Vec<String>,
+    /// Do not put the demo dams into a new database.
+    #[arg(long)]
+    no_demo_dams: bool,
+    /// Mark the session cookie Secure (when served over HTTPS).
+    #[arg(long)]
+    secure_cookies: bool,
+    #[command(flatten)]
+    layer: layer_args::LayerArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Read a password from standard input and print its Argon2id hash for a users file.
+    HashPassword,
+}
+
+fn load_users(args: &Args) -> Result<Users, String> {
+    let mut list = Vec::new();
+    if let Some(path) = &args.users {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        list = Users::list_from_toml(&text)
+            .map_err(|e| format!("users file {}: {e}", path.display()))?;
+    }
+    for spec in &args.user {
+        list.push(Users::parse_flag(spec).map_err(|e| format!("--user {spec:?}: {e}"))?);
+    }
+    if list.is_empty() {
+        tracing::warn!(
+            "no --users or --user given: using the demo users editor/dams-editor, \
+             viewer/dams-viewer and guest/dams-guest (examples/dams/demo-users.toml)"
+        );
+        list = Users::list_from_toml(DEMO_USERS)?;
+    }
+    Users::new(list)
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let args = Args::parse();
+    if let Some(Command::HashPassword) = args.command {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
+        let password = line.trim_end_matches(['\r', '\n']);
+        if password.is_empty() {
+            return Err("type a password (it is read from standard input)".into());
+        }
+        println!("{}", hash_password(password)?);
+        return Ok(());
+    }
+    let users = load_users(&args)?;
+    let db = app::db::Db::open(&args.db, !args.no_demo_dams)?;
+    let layer = args.layer.build().await?;
+    let settings = app::Settings {
+        max_dams: args.max_dams,
+        secure_cookies: args.secure_cookies,
+        ..app::Settings::default()
+    };
+    let router = app::router(db, users, layer, settings);
+    let listener = tokio::net::TcpListener::bind(args.addr).await?;
+    tracing::info!(
+        "dams on http://{} (database {}, at most {} dams, {})",
+        listener.local_addr()?,
+        args.db.display(),
+        args.max_dams,
+        args.layer.describe()
+    );
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,259 @@
+//! The tweets application: the consumer, the HTTP routes and the page. `main.rs` parses flags
+//! and serves it; the tests mount it in-process.
+//!
+//! Protocol (also in `docs/tweets.md`), WebSocket `/ws/map/`:
+//! - client → `{"type":"listen","message":TEXT}`: stream posts containing TEXT (replaces any
+//!   earlier listen); server → `{"type":"listening","message":TEXT}`, then
+//!   `{"type":"tweet","url","id","author","text","created_at"}` — the first match at once, then
+//!   at most one per interval.
+//! - client → `{"type":"stop"}`: no more posts; server → `{"type":"stopped"}`.
+//! - server → `{"type":"status","message":…}` when the upstream has trouble (reconnecting…),
+//!   `{"type":"error","error":…}` for a bad request.
+
+#[path = "corpus.rs"]
+pub(crate) mod corpus;
+#[path = "hub.rs"]
+pub(crate) mod hub;
+#[path = "mastodon.rs"]
+pub(crate) mod mastodon;
+#[path = "source.rs"]
+pub(crate) mod source;
+#[path = "x.rs"]
+pub(crate) mod x;
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{Html, IntoResponse, Json, Response};
+use axum::routing::get;
+use serde::Deserialize;
+use serde_json::json;
+use switchboard::{
+    ConnectionConfig, Consumer, Context, Endpoint, Error, Layer, Origins, Result, async_trait,
+};
+
+use self::corpus::Corpus;
+use self::hub::{Hub, Subscription};
+use self::source::{Post, Term};
+
+const INDEX_HTML: &str = include_str!("static/index.html");
+const APP_JS: &str = include_str!("static/app.js");
+const STYLE_CSS: &str = include_str!("static/style.css");
+
+/// How the app is set up.
+#[derive(Clone, Debug)]
+pub(crate) struct Settings {
+    /// Which browser origins may open the WebSocket.
+    pub(crate) origins: Origins,
+    /// Whether clients that send no `Origin` (scripts) may connect.
+    pub(crate) allow_missing_origin: bool,
+    /// Per-connection limits.
+    pub(crate) connection: ConnectionConfig,
+    /// The corpus whose posts `/posts/{id}` shows (the corpus source's links point there).
+    pub(crate) corpus: Option<Corpus>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            origins: Origins::SameHost,
+            allow_missing_origin: true,
+            connection: ConnectionConfig::default(),
+            corpus: None,
+        }
+    }
+}
+
+/// What a client sends.
+#[derive(Deserialize, Debug)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub(crate) enum ClientMessage {
+    /// Stream posts containing `message`.
+    Listen { message: String },
+    /// Stop streaming.
+    Stop,
+}
+
+/// What the hub's upstream tasks send through the layer.
+#[derive(Deserialize, Debug)]
+#[serde(tag = "type")]
+pub(crate) enum HubEvent {
+    #[serde(rename = "tweets.post")]
+    Post { upstream: u64, post: Post },
+    #[serde(rename = "tweets.status")]
+    Status { upstream: u64, message: String },
+}
+
+/// One page's connection: at most one search at a time.
+pub(crate) struct TweetsConsumer {
+    hub: Hub,
+    sub: Option<Subscription>,
+    /// The post sent directly on joining a running upstream: if the upstream was publishing it
+    /// at that moment, it also comes through the group, and that copy is skipped.
+    sent_on_join: Option<String>,
+}
+
+impl TweetsConsumer {
+    pub(crate) fn new(hub: Hub) -> TweetsConsumer {
+        TweetsConsumer {
+            hub,
+            sub: None,
+            sent_on_join: None,
+        }
+    }
+
+    async fn stop(&mut self, cx: &mut Context) -> Result<()> {
+        if let Some(sub) = self.sub.take() {
+            cx.group_discard(sub.group()).await?;
+            // Dropping the subscription ends the upstream if this was its last listener.
+        }
+        Ok(())
+    }
+
+    fn current(&self, upstream: u64) -> bool {
+        self.sub
+            .as_ref()
+            .is_some_and(|s| s.upstream_id() == upstream)
+    }
+}
+
+fn tweet(post: &Post) -> serde_json::Value {
+    json!({
+        "type": "tweet",
+        "url": post.url,
+        "id": post.id,
+        "author": post.author,
+        "text": post.text,
+        "created_at": post.created_at,
+    })
+}
+
+#[async_trait]
+impl Consumer for TweetsConsumer {
+    type Incoming = ClientMessage;
+    type Event = HubEvent;
+
+    async fn receive(&mut self, cx: &mut Context, msg: ClientMessage) -> Result<()> {
+        match msg {
+            ClientMessage::Listen { message } => {
+                let term = Term::parse(&message).map_err(Error::protocol)?;
+                self.stop(cx).await?;
+                let sub = self.hub.subscribe(&term);
+                // Join before the upstream starts, so its first post reaches this page.
+                cx.group_add(sub.group()).await?;
+                let started = self.hub.start(&sub);
+                self.sub = Some(sub);
+                match started {
+                    Err(e) => {
+                        self.stop(cx).await?;
+                        Err(Error::protocol(e))
+                    }
+                    Ok(last) => {
+                        cx.send_json(&json!({"type": "listening", "message": term.text()}))
+                            .await?;
+                        // A running upstream sent its latest post before this page joined.
+                        self.sent_on_join = None;
+                        if let Some(post) = last {
+                            cx.send_json(&tweet(&post)).await?;
+                            self.sent_on_join = Some(post.id);
+                        }
+                        Ok(())
+                    }
+                }
+            }
+            ClientMessage::Stop => {
+                self.stop(cx).await?;
+                cx.send_json(&json!({"type": "stopped"})).await
+            }
+        }
+    }
+
+    async fn event(&mut self, cx: &mut Context, event: HubEvent) -> Result<()> {
+        match event {
+            // Messages of an earlier search may still be queued: drop them.
+            HubEvent::Post { upstream, post } if self.current(upstream) => {
+                if self.sent_on_join.take().is_some_and(|id| id == post.id) {
+                    return Ok(());
+                }
+                cx.send_json(&tweet(&post)).await
+            }
+            HubEvent::Status { upstream, message } if self.current(upstream) => {
+                cx.send_json(&json!({"type": "status", "message": message}))
+                    .await
+            }
+            _ => Ok(()),
+        }
+    }
+
+    async fn disconnect(&mut self, _cx: &mut Context, _code: switchboard::CloseCode) -> Result<()> {
+        // The runtime leaves the group; dropping the subscription ends a now unused upstream.
+        self.sub = None;
+        Ok(())
+    }
+}
+
+#[derive(Clone)]
+struct AppState {
+    hub: Hub,
+    corpus: Option<Corpus>,
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    ([(header::CONTENT_TYPE, content_type)], body).into_response()
+}
+
+/// `GET /config.json`: what the page shows under the search box.
+async fn config(State(st): State<AppState>) -> Json<serde_json::Value> {
+    Json(json!({
+        "source": st.hub.describe(),
+        "interval_ms": st.hub.interval().as_millis() as u64,
+    }))
+}
+
+/// `GET /posts/{id}`: a corpus post on its own page (the corpus source's links).
+async fn permalink(State(st): State<AppState>, Path(id): Path<String>) -> Response {
+    let Some(post) = st.corpus.as_ref().and_then(|c| c.get(&id)) else {
+        return (StatusCode::NOT_FOUND, Html("<h1>No such post</h1>")).into_response();
+    };
+    let esc = |s: &str| html_escape::encode_text(s).into_owned();
+    Html(format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Post by {a}</title>\
+         <link rel=\"stylesheet\" href=\"/static/style.css\"></head><body class=\"permalink\">\
+         <main><article class=\"card\"><header><span class=\"author\">{a}</span>\
+         <time>{t}</time></header><p class=\"text\">{x}</p>\
+         <footer>From the bundled synthetic corpus — not a real post. <a href=\"/\">Back to the stream</a></footer>\
+         </article></main></body></html>",
+        a = esc(&post.author),
+        t = esc(&post.created_at),
+        x = esc(&post.text),
+    ))
+    .into_response()
+}
+
+/// The whole app.
+pub(crate) fn router(hub: Hub, layer: Layer, settings: Settings) -> Router {
+    let ws_hub = hub.clone();
+    let ws = Endpoint::new(layer, move |_: &switchboard::Scope| {
+        TweetsConsumer::new(ws_hub.clone())
+    })
+    .origins(settings.origins)
+    .allow_missing_origin(settings.allow_missing_origin)
+    .config(settings.connection);
+    Router::new()
+        .route("/", get(|| async { Html(INDEX_HTML) }))
+        .route(
+            "/static/app.js",
+            get(|| async { asset("text/javascript; charset=utf-8", APP_JS) }),
+        )
+        .route(
+            "/static/style.css",
+            get(|| async { asset("text/css; charset=utf-8", STYLE_CSS) }),
+        )
+        .route("/config.json", get(config))
+        .route("/posts/{id}", get(permalink))
+        .route("/ws/map/", ws.into_route())
+        .with_state(AppState {
+            hub,
+            corpus: settings.corpus,
+        })
+}

@@ -1,0 +1,273 @@
+//! Upstreams: one per distinct search term, shared by its listeners through a group.
+//!
+//! The first listener of a term creates its upstream: a task that reads the source's stream and
+//! `group_send`s each post to the term's group — the first at once, then at most one per
+//! interval (posts arriving meanwhile replace each other, so the one sent is the newest).
+//! Listeners join the group; the [`Subscription`] each holds counts them. When the last
+//! subscription is dropped — the listener stopped, searched for something else, or disconnected —
+//! the task is aborted, which drops the source's stream and closes the upstream connection.
+//!
+//! Group names carry an instance id, so several processes on one Redis layer each serve their
+//! own listeners and never deliver a post twice.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde_json::json;
+use switchboard::Layer;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::source::{Post, PostStream, Source, SourceEvent, Term};
+
+/// The upstreams of one process.
+#[derive(Clone)]
+pub(crate) struct Hub {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("source", &self.inner.source.describe())
+            .field("interval", &self.inner.interval)
+            .field("upstreams", &self.upstreams())
+            .finish()
+    }
+}
+
+struct Inner {
+    layer: Layer,
+    source: Arc<dyn Source>,
+    interval: Duration,
+    instance: String,
+    next_id: AtomicU64,
+    upstreams: Mutex<HashMap<String, Upstream>>,
+    running: Arc<AtomicUsize>,
+}
+
+struct Upstream {
+    id: u64,
+    group: String,
+    term: Term,
+    listeners: usize,
+    task: Option<JoinHandle<()>>,
+    last: Arc<Mutex<Option<Post>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// One listener's share of an upstream. Dropping the last one ends the upstream.
+pub(crate) struct Subscription {
+    inner: Arc<Inner>,
+    key: String,
+    id: u64,
+    group: String,
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("term", &self.key)
+            .field("group", &self.group)
+            .finish()
+    }
+}
+
+impl Subscription {
+    /// The group the upstream sends to: join it to get the posts.
+    pub(crate) fn group(&self) -> &str {
+        &self.group
+    }
+
+    /// The upstream's id, carried by each of its messages.
+    pub(crate) fn upstream_id(&self) -> u64 {
+        self.id
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let mut map = lock(&self.inner.upstreams);
+        let Some(up) = map.get_mut(&self.key).filter(|u| u.id == self.id) else {
+            return;
+        };
+        up.listeners -= 1;
+        if up.listeners == 0
+            && let Some(up) = map.remove(&self.key)
+            && let Some(task) = up.task
+        {
+            tracing::debug!(term = %self.key, "last listener left; ending the upstream");
+            task.abort();
+        }
+    }
+}
+
+/// Counts running upstream tasks; decremented when a task's future is dropped, however it ends.
+struct Running(Arc<AtomicUsize>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Hub {
+    /// Upstreams from `source`, sending on `layer`, at most one post per `interval`.
+    pub(crate) fn new(layer: Layer, source: Arc<dyn Source>, interval: Duration) -> Hub {
+        Hub {
+            inner: Arc::new(Inner {
+                layer,
+                source,
+                interval,
+                instance: uuid::Uuid::new_v4().simple().to_string()[..8].to_owned(),
+                next_id: AtomicU64::new(1),
+                upstreams: Mutex::new(HashMap::new()),
+                running: Arc::new(AtomicUsize::new(0)),
+            }),
+        }
+    }
+
+    /// The source's description.
+    pub(crate) fn describe(&self) -> String {
+        self.inner.source.describe()
+    }
+
+    /// The pacing interval.
+    pub(crate) fn interval(&self) -> Duration {
+        self.inner.interval
+    }
+
+    /// Counts a new listener of `term`. Join [`Subscription::group`], then call
+    /// [`start`](Hub::start): joining first means the first post cannot be missed.
+    pub(crate) fn subscribe(&self, term: &Term) -> Subscription {
+        let mut map = lock(&self.inner.upstreams);
+        let up = map.entry(term.key().to_owned()).or_insert_with(|| {
+            let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+            Upstream {
+                id,
+                group: format!("tweets.{}.{id}", self.inner.instance),
+                term: term.clone(),
+                listeners: 0,
+                task: None,
+                last: Arc::new(Mutex::new(None)),
+            }
+        });
+        up.listeners += 1;
+        Subscription {
+            inner: self.inner.clone(),
+            key: term.key().to_owned(),
+            id: up.id,
+            group: up.group.clone(),
+        }
+    }
+
+    /// Starts the subscription's upstream if it is not running. Returns the post it sent last,
+    /// if any, so a listener joining a running upstream gets one at once; `Err` if the source
+    /// cannot search for the term.
+    pub(crate) fn start(&self, sub: &Subscription) -> Result<Option<Post>, String> {
+        let mut map = lock(&self.inner.upstreams);
+        let up = map
+            .get_mut(&sub.key)
+            .filter(|u| u.id == sub.id)
+            .ok_or("this search has ended")?;
+        if up.task.as_ref().is_some_and(|t| !t.is_finished()) {
+            return Ok(lock(&up.last).clone());
+        }
+        let stream = self.inner.source.open(&up.term)?;
+        self.inner.running.fetch_add(1, Ordering::SeqCst);
+        let running = Running(self.inner.running.clone());
+        let task = Upstreaming {
+            layer: self.inner.layer.clone(),
+            group: up.group.clone(),
+            id: up.id,
+            interval: self.inner.interval,
+            last: up.last.clone(),
+        };
+        up.task = Some(tokio::spawn(task.run(stream, running)));
+        Ok(lock(&up.last).clone())
+    }
+
+    /// Terms with at least one listener.
+    pub(crate) fn upstreams(&self) -> usize {
+        lock(&self.inner.upstreams).len()
+    }
+
+    /// Upstream tasks alive. Equals [`upstreams`](Hub::upstreams) once tasks have settled:
+    /// no task outlives its listeners.
+    #[allow(dead_code)] // for the tests
+    pub(crate) fn running(&self) -> usize {
+        self.inner.running.load(Ordering::SeqCst)
+    }
+}
+
+/// What one upstream task needs.
+struct Upstreaming {
+    layer: Layer,
+    group: String,
+    id: u64,
+    interval: Duration,
+    last: Arc<Mutex<Option<Post>>>,
+}
+
+impl Upstreaming {
+    async fn run(self, mut stream: PostStream, _running: Running) {
+        'idle: loop {
+            // Nothing sent within the last interval: the next post goes out at once.
+            let post = loop {
+                match stream.next().await {
+                    None => return self.ended().await,
+                    Some(SourceEvent::Status(s)) => self.status(s).await,
+                    Some(SourceEvent::Post(p)) if p.repost => {}
+                    Some(SourceEvent::Post(p)) => break p,
+                }
+            };
+            self.publish(post).await;
+            let mut deadline = Instant::now() + self.interval;
+            let mut pending: Option<Post> = None;
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep_until(deadline) => match pending.take() {
+                        Some(p) => {
+                            self.publish(p).await;
+                            deadline = Instant::now() + self.interval;
+                        }
+                        None => continue 'idle,
+                    },
+                    ev = stream.next() => match ev {
+                        None => return self.ended().await,
+                        Some(SourceEvent::Status(s)) => self.status(s).await,
+                        Some(SourceEvent::Post(p)) if p.repost => {}
+                        // Keep the newest: that is the one sent when the interval is up.
+                        Some(SourceEvent::Post(p)) => pending = Some(p),
+                    },
+                }
+            }
+        }
+    }
+
+    async fn publish(&self, post: Post) {
+        let msg = json!({"type": "tweets.post", "upstream": self.id, "post": post});
+        *lock(&self.last) = Some(post);
+        if let Err(e) = self.layer.group_send(&self.group, msg).await {
+            tracing::warn!(group = %self.group, error = %e, "could not send a post to its listeners");
+        }
+    }
+
+    async fn status(&self, message: String) {
+        let msg = json!({"type": "tweets.status", "upstream": self.id, "message": message});
+        if let Err(e) = self.layer.group_send(&self.group, msg).await {
+            tracing::warn!(group = %self.group, error = %e, "could not send a status to listeners");
+        }
+    }
+
+    async fn ended(&self) {
+        self.status("the upstream stream ended; search again to restart it".into())
+            .await;
+    }
+}

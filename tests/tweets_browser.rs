@@ -1,0 +1,131 @@
+//! The tweets page in a real headless Chromium: type a term, press Search, cards appear; press
+//! Stop, no new card. Two pages searching one term share one upstream.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+#[path = "../examples/tweets/app.rs"]
+#[allow(dead_code)]
+mod app;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use app::corpus::Corpus;
+use app::hub::Hub;
+use support::browser::Browser;
+use support::eventually;
+use switchboard::{InMemoryLayer, Layer};
+
+async fn count(b: &Browser) -> u64 {
+    b.attr("#count", "data-count")
+        .await
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_shows_cards_stop_stops_them_and_two_pages_share_an_upstream() {
+    let layer = Layer::new(InMemoryLayer::default());
+    let corpus = Corpus::bundled(2000.0).unwrap();
+    let interval = Duration::from_millis(300);
+    let hub = Hub::new(layer.clone(), Arc::new(corpus.clone()), interval);
+    let settings = app::Settings {
+        corpus: Some(corpus),
+        ..app::Settings::default()
+    };
+    let addr = support::serve(app::router(hub.clone(), layer, settings)).await;
+    let base = format!("http://{addr}/");
+    let (ann, bob) = tokio::join!(Browser::start(), Browser::start());
+
+    ann.client.goto(&base).await.unwrap();
+    // Search and Stop are enabled once the WebSocket is open.
+    ann.wait_for_text("#conn", "live").await;
+    ann.wait_for_text("#source", "synthetic corpus").await;
+    ann.type_into("#term", "#RustLang").await;
+    ann.click("#search").await;
+    ann.wait_for_text("#state", "Listening for #RustLang").await;
+
+    // A card appears, with author, time, text and link. The carousel replaces the current card
+    // every interval, so read one card's fields in a single script call.
+    ann.wait_for_text(".card.current .author", "@").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let card = loop {
+        let snapshot = ann
+            .client
+            .execute(
+                "const c = document.querySelector('.card.current');
+                 if (!c) return null;
+                 const q = (s) => c.querySelector(s);
+                 return { author: q('.author')?.textContent ?? '', text: q('.text')?.textContent ?? '',
+                          time: q('time')?.textContent ?? '', href: q('a.link')?.href ?? '',
+                          tags: c.querySelectorAll('.tag').length };",
+                vec![],
+            )
+            .await
+            .unwrap();
+        if snapshot.is_object() {
+            break snapshot;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no current card");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(card["author"].as_str().unwrap().contains('@'), "{card}");
+    let text = card["text"].as_str().unwrap().to_lowercase();
+    assert!(text.contains("#rustlang"), "{card}");
+    assert!(!card["time"].as_str().unwrap().is_empty(), "{card}");
+    assert!(card["href"].as_str().unwrap().contains("/posts/"), "{card}");
+    assert!(card["tags"].as_u64().unwrap() > 0, "{card}");
+    // More keep coming, one per interval.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while count(&ann).await < 3 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "cards stopped coming"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A second page searching the same term joins the same upstream.
+    bob.client.goto(&base).await.unwrap();
+    bob.wait_for_text("#conn", "live").await;
+    bob.type_into("#term", "#rustlang").await;
+    bob.click("#search").await;
+    bob.wait_for_text(".card.current .author", "@").await;
+    assert_eq!(hub.upstreams(), 1, "two pages, one upstream");
+    assert_eq!(hub.running(), 1);
+
+    // Stop: no new card on this page.
+    ann.click("#stop").await;
+    ann.wait_for_text("#state", "Stopped").await;
+    ann.screenshot("tweets-stopped").await;
+    // Let a post that was already on its way land, then count.
+    tokio::time::sleep(interval).await;
+    let stopped_at = count(&ann).await;
+    let cards_at = ann.texts(".card").await.len();
+    let before = count(&bob).await;
+    tokio::time::sleep(interval * 4).await;
+    assert_eq!(count(&ann).await, stopped_at, "a card arrived after Stop");
+    assert_eq!(ann.texts(".card").await.len(), cards_at);
+    // The other page still gets posts: the upstream lives on for it.
+    let after = count(&bob).await;
+    assert!(
+        after > before,
+        "bob's stream stopped too: {before} → {after}, state {:?}, conn {:?}, hub {hub:?}, running {}",
+        bob.texts("#state").await,
+        bob.texts("#conn").await,
+        hub.running()
+    );
+    assert_eq!(hub.upstreams(), 1);
+
+    // Bob leaves the page: nobody listens, the upstream ends.
+    bob.client.goto("about:blank").await.unwrap();
+    eventually("the upstream ended", Duration::from_secs(5), || {
+        hub.upstreams() == 0 && hub.running() == 0
+    })
+    .await;
+
+    ann.close().await;
+    bob.close().await;
+}
