@@ -393,6 +393,10 @@ pub(crate) async fn run<C, T>(
                 if let Some(end) = after_handler(&mut cx, result, "receive").await {
                     break end;
                 }
+                // Let the consumers this frame woke (a group send) run before this connection
+                // takes its next frame: a fast sender then waits in its own TCP buffer instead
+                // of overflowing its listeners' channels.
+                tokio::task::yield_now().await;
             }
             Input::Event(Ok(message)) => match C::Event::from_message(message) {
                 Ok(ev) => {
