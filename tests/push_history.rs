@@ -102,7 +102,10 @@ async fn backtrack_delivers_the_last_n_stored_messages_first_on_every_transport(
     assert_eq!(st_ids, (3..=12).collect::<Vec<_>>());
 
     let (status, etag, messages) = long_poll(&gw, "/lp/news.b2", None).await;
-    assert_eq!((status, etag.as_str(), ids(&messages)), (200, "12", vec![11, 12]));
+    assert_eq!(
+        (status, etag.as_str(), ids(&messages)),
+        (200, "12", vec![11, 12])
+    );
 
     // Then live messages follow, once each.
     publish_ok(&gw, "news", "live").await;
@@ -169,7 +172,10 @@ async fn a_multi_channel_cursor_resumes_each_channel_where_it_was() {
         .unwrap();
     assert_eq!(r.status(), 400);
     let err: Value = r.json().await.unwrap();
-    assert!(err["error"].as_str().unwrap().contains("CHANNEL:ID"), "{err}");
+    assert!(
+        err["error"].as_str().unwrap().contains("CHANNEL:ID"),
+        "{err}"
+    );
 }
 
 /// The issue's acceptance test: a client that long-polls in a loop, passing back the Etag it
@@ -198,7 +204,11 @@ async fn a_long_poll_loop_misses_nothing_while_publishers_race() {
                     .await
                     .unwrap();
                 let status = r.status().as_u16();
-                etag = r.headers()["etag"].to_str().unwrap().trim_matches('"').to_owned();
+                etag = r.headers()["etag"]
+                    .to_str()
+                    .unwrap()
+                    .trim_matches('"')
+                    .to_owned();
                 if status == 200 {
                     got.extend(r.json::<Vec<Value>>().await.unwrap());
                 }
@@ -227,7 +237,11 @@ async fn a_long_poll_loop_misses_nothing_while_publishers_race() {
     }
     let got = poller.await.unwrap();
     let total = (PUBLISHERS * EACH) as u64;
-    assert_eq!(ids(&got), (1..=total).collect::<Vec<_>>(), "ids in order, none lost or doubled");
+    assert_eq!(
+        ids(&got),
+        (1..=total).collect::<Vec<_>>(),
+        "ids in order, none lost or doubled"
+    );
     // Each publisher's messages arrive in the order it sent them.
     let mut next: HashMap<String, usize> = HashMap::new();
     for m in &got {
@@ -256,7 +270,12 @@ async fn live_subscribers_get_every_message_once_in_id_order_while_publishers_ra
         publishers.push(tokio::spawn(async move {
             let client = push_support::client();
             for i in 0..EACH {
-                client.post(&url).body(format!("{p}:{i}")).send().await.unwrap();
+                client
+                    .post(&url)
+                    .body(format!("{p}:{i}"))
+                    .send()
+                    .await
+                    .unwrap();
             }
         }));
     }
@@ -288,7 +307,10 @@ async fn only_the_last_n_messages_are_kept_and_a_resume_skips_the_rest() {
     .await;
     publish_n(&gw, "news", 5).await;
     let (status, etag, messages) = long_poll(&gw, "/lp/news", Some("0")).await;
-    assert_eq!((status, etag.as_str(), ids(&messages)), (200, "5", vec![3, 4, 5]));
+    assert_eq!(
+        (status, etag.as_str(), ids(&messages)),
+        (200, "5", vec![3, 4, 5])
+    );
     let (_, stats) = push_support::get_json(&gw, "/stats?id=news").await;
     assert_eq!(stats["published_messages"], 5);
     assert_eq!(stats["stored_messages"], 3);
@@ -307,7 +329,11 @@ async fn stored_messages_expire_after_the_message_ttl() {
     assert_eq!(ids(&messages), [1, 2]);
     tokio::time::sleep(Duration::from_millis(400)).await;
     let (status, etag, _) = long_poll(&gw, "/lp/news", Some("0")).await;
-    assert_eq!((status, etag.as_str()), (304, "2"), "expired: nothing to resend");
+    assert_eq!(
+        (status, etag.as_str()),
+        (304, "2"),
+        "expired: nothing to resend"
+    );
     let (_, stats) = push_support::get_json(&gw, "/stats?id=news").await;
     assert_eq!(stats["stored_messages"], 0);
     assert_eq!(stats["published_messages"], 2);
@@ -342,7 +368,10 @@ async fn without_history_there_is_no_backlog_but_ids_go_on() {
     let (status, etag, _) = long_poll(&gw, "/lp/news", Some("0")).await;
     assert_eq!((status, etag.as_str()), (304, "3"));
     let answer = publish_ok(&gw, "news", "live").await;
-    assert_eq!((answer["id"].as_u64(), answer["stored_messages"].as_u64()), (Some(4), Some(0)));
+    assert_eq!(
+        (answer["id"].as_u64(), answer["stored_messages"].as_u64()),
+        (Some(4), Some(0))
+    );
     let e = ev.next_event().await;
     assert_eq!(e.id.as_deref(), Some("4"));
 }
@@ -355,13 +384,14 @@ fn draft(text: &str) -> Draft<'_> {
     }
 }
 
-fn message(id: u64, channel: &str) -> switchboard::Message {
+fn message(id: u64, channel: &str, epoch: u64) -> switchboard::Message {
     layer_message(&PushMessage {
         id,
         channel: channel.into(),
         text: format!("m{id}"),
         time_ms: 0,
         event_type: None,
+        epoch,
     })
 }
 
@@ -389,23 +419,33 @@ async fn the_tracker_drops_duplicates_and_fills_gaps_from_the_store() {
     let spec = push_support::app::channel::parse_channels("c", 64, 4, true).unwrap();
     let (mut tracker, backlog) = Tracker::start(&store, &spec, &[Some(1)]).await.unwrap();
     assert_eq!(item_ids(&backlog), [2, 3, 4, 5]);
+    let e = store.read("c", Read::Nothing).await.unwrap().epoch;
+    assert!(e > 0);
     assert_eq!(tracker.cursor(), "5");
     // Live copies of what the backlog delivered are dropped.
-    assert!(tracker.live(&store, message(3, "c")).await.is_empty());
-    assert!(tracker.live(&store, message(5, "c")).await.is_empty());
+    assert!(tracker.live(&store, message(3, "c", e)).await.is_empty());
+    assert!(tracker.live(&store, message(5, "c", e)).await.is_empty());
     // 8 arrives first: 6 and 7 are on their way; the tracker takes them from the store.
     for i in 5..8 {
         store.publish("c", draft(&format!("m{i}"))).await.unwrap();
     }
-    let items = tracker.live(&store, message(8, "c")).await;
+    let items = tracker.live(&store, message(8, "c", e)).await;
     assert_eq!(item_ids(&items), [6, 7, 8]);
     assert_eq!(items[0].cursor, "6");
-    assert!(tracker.live(&store, message(7, "c")).await.is_empty());
-    assert!(tracker.live(&store, message(6, "c")).await.is_empty());
+    assert!(tracker.live(&store, message(7, "c", e)).await.is_empty());
+    assert!(tracker.live(&store, message(6, "c", e)).await.is_empty());
     // The next in line passes straight through; other channels and id-less messages do not.
     store.publish("c", draft("m8")).await.unwrap();
-    assert_eq!(item_ids(&tracker.live(&store, message(9, "c")).await), [9]);
-    assert!(tracker.live(&store, message(10, "other")).await.is_empty());
+    assert_eq!(
+        item_ids(&tracker.live(&store, message(9, "c", e)).await),
+        [9]
+    );
+    assert!(
+        tracker
+            .live(&store, message(10, "other", e))
+            .await
+            .is_empty()
+    );
     let no_id = switchboard::Message::builder("push.message")
         .field("channel", "c")
         .build()
@@ -419,7 +459,42 @@ async fn without_history_the_tracker_passes_everything_on() {
     let spec = push_support::app::channel::parse_channels("c", 64, 4, true).unwrap();
     let (mut tracker, backlog) = Tracker::start(&store, &spec, &[None]).await.unwrap();
     assert!(backlog.is_empty());
-    assert_eq!(item_ids(&tracker.live(&store, message(2, "c")).await), [2]);
-    assert_eq!(item_ids(&tracker.live(&store, message(1, "c")).await), [1]);
+    assert_eq!(
+        item_ids(&tracker.live(&store, message(2, "c", 7)).await),
+        [2]
+    );
+    assert_eq!(
+        item_ids(&tracker.live(&store, message(1, "c", 7)).await),
+        [1]
+    );
     assert_eq!(tracker.cursor(), "2");
+}
+
+#[tokio::test]
+async fn a_channel_that_starts_again_is_followed_from_id_1() {
+    let store = MemoryStore::new(config(100));
+    for i in 0..3 {
+        store.publish("c", draft(&format!("m{i}"))).await.unwrap();
+    }
+    let spec = push_support::app::channel::parse_channels("c", 64, 4, true).unwrap();
+    let (mut tracker, _) = Tracker::start(&store, &spec, &[None]).await.unwrap();
+    let old = store.read("c", Read::Nothing).await.unwrap().epoch;
+    assert_eq!(tracker.cursor(), "3");
+    // The history is lost (a Redis without persistence restarted): ids start again.
+    assert!(store.delete("c").await.unwrap());
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    store.publish("c", draft("new 1")).await.unwrap();
+    let new = store.read("c", Read::Nothing).await.unwrap().epoch;
+    assert_ne!(old, new);
+    // A late copy from the old epoch is still a duplicate…
+    assert!(tracker.live(&store, message(3, "c", old)).await.is_empty());
+    // …but id 1 of the new epoch is new.
+    assert_eq!(
+        item_ids(&tracker.live(&store, message(1, "c", new)).await),
+        [1]
+    );
+    assert_eq!(tracker.cursor(), "1");
+    // A copy from the old epoch arriving even later is dropped, not taken for a restart.
+    assert!(tracker.live(&store, message(4, "c", old)).await.is_empty());
+    assert_eq!(tracker.cursor(), "1");
 }

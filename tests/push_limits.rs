@@ -25,11 +25,19 @@ async fn a_channel_takes_at_most_max_subscribers() {
     let ev = sse(&gw, "/ev/news", None).await;
     // A third, by any transport, is refused with the reason.
     assert_eq!(support::try_ws(gw.addr, "/ws/news").await.err(), Some(403));
-    let r = push_support::client().get(gw.url("/ev/news")).send().await.unwrap();
+    let r = push_support::client()
+        .get(gw.url("/ev/news"))
+        .send()
+        .await
+        .unwrap();
     let (status, error) = error_of(r).await;
     assert_eq!(status, 403);
     assert!(error.contains("the limit is 2"), "{error}");
-    let r = push_support::client().get(gw.url("/lp/news")).send().await.unwrap();
+    let r = push_support::client()
+        .get(gw.url("/lp/news"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 403);
     // A refused multi-channel subscription takes no slot on its other channels.
     let r = push_support::client()
@@ -62,8 +70,15 @@ async fn no_channel_is_made_past_max_channels() {
     let _b = sse(&gw, "/ev/b", None).await; // a subscriber makes a channel too
     let (status, err) = publish(&gw, "c", "x").await;
     assert_eq!(status, 403);
-    assert!(err["error"].as_str().unwrap().contains("the limit is 2"), "{err}");
-    let r = push_support::client().get(gw.url("/ev/d")).send().await.unwrap();
+    assert!(
+        err["error"].as_str().unwrap().contains("the limit is 2"),
+        "{err}"
+    );
+    let r = push_support::client()
+        .get(gw.url("/ev/d"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 403);
     assert_eq!(support::try_ws(gw.addr, "/ws/d").await.err(), Some(403));
     // Existing channels stay usable.
@@ -71,7 +86,11 @@ async fn no_channel_is_made_past_max_channels() {
     publish_ok(&gw, "b", "y").await;
     let _a = sse(&gw, "/ev/a", None).await;
     // Once one is deleted, there is room again.
-    let r = push_support::client().delete(gw.url("/pub/a")).send().await.unwrap();
+    let r = push_support::client()
+        .delete(gw.url("/pub/a"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     publish_ok(&gw, "c", "x").await;
 }
@@ -84,17 +103,28 @@ async fn channel_ids_and_channels_per_request_are_bounded() {
         ..settings()
     })
     .await;
-    let r = push_support::client().get(gw.url("/ev/abcdefghi")).send().await.unwrap();
+    let r = push_support::client()
+        .get(gw.url("/ev/abcdefghi"))
+        .send()
+        .await
+        .unwrap();
     let (status, err) = error_of(r).await;
     assert_eq!(status, 400);
     assert!(err.contains("the limit is 8"), "{err}");
     let _ok = sse(&gw, "/ev/abcdefgh", None).await;
-    let r = push_support::client().get(gw.url("/ev/a/b/c/d")).send().await.unwrap();
+    let r = push_support::client()
+        .get(gw.url("/ev/a/b/c/d"))
+        .send()
+        .await
+        .unwrap();
     let (status, err) = error_of(r).await;
     assert_eq!(status, 400);
     assert!(err.contains("too many channels"), "{err}");
     let _three = sse(&gw, "/ev/a/b/c", None).await;
-    assert_eq!(support::try_ws(gw.addr, "/ws/a/b/c/d").await.err(), Some(400));
+    assert_eq!(
+        support::try_ws(gw.addr, "/ws/a/b/c/d").await.err(),
+        Some(400)
+    );
     // Whatever the setting, an id stays within what layer group names allow.
     let gw = start(Settings {
         max_channel_id_length: 1000,
@@ -126,7 +156,9 @@ async fn cors_lets_the_allowed_origins_subscribe_and_read_the_etag() {
         r.headers()["access-control-allow-origin"],
         "https://app.example.com"
     );
-    let exposed = r.headers()["access-control-expose-headers"].to_str().unwrap();
+    let exposed = r.headers()["access-control-expose-headers"]
+        .to_str()
+        .unwrap();
     assert!(exposed.contains("etag"), "{exposed}");
 
     // The preflight of a long-poll that sends If-None-Match.
@@ -143,7 +175,9 @@ async fn cors_lets_the_allowed_origins_subscribe_and_read_the_etag() {
         r.headers()["access-control-allow-origin"],
         "https://app.example.com"
     );
-    let allowed = r.headers()["access-control-allow-headers"].to_str().unwrap();
+    let allowed = r.headers()["access-control-allow-headers"]
+        .to_str()
+        .unwrap();
     assert!(allowed.contains("if-none-match"), "{allowed}");
 
     // Another origin gets no CORS headers, and may not subscribe.
@@ -163,9 +197,10 @@ async fn cors_lets_the_allowed_origins_subscribe_and_read_the_etag() {
         .insert("origin", "https://evil.com".parse().unwrap());
     let refused = tokio_tungstenite::connect_async(req).await.err().unwrap();
     assert!(refused.to_string().contains("403"), "{refused}");
-    req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
-        format!("ws://{}/ws/news", gw.addr),
-    )
+    req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(format!(
+        "ws://{}/ws/news",
+        gw.addr
+    ))
     .unwrap();
     req.headers_mut()
         .insert("origin", "https://www.example.com".parse().unwrap());

@@ -42,7 +42,11 @@ async fn one_post_reaches_several_channels_each_with_its_own_id() {
         .collect();
     assert_eq!(
         figures,
-        [("user-7", 2, 2, 2), ("project-3", 1, 1, 2), ("global", 1, 1, 2)]
+        [
+            ("user-7", 2, 2, 2),
+            ("project-3", 1, 1, 2),
+            ("global", 1, 1, 2)
+        ]
     );
 
     let m = user.recv_json().await;
@@ -53,7 +57,12 @@ async fn one_post_reaches_several_channels_each_with_its_own_id() {
     // A subscriber of all three gets it once per channel.
     let mut channels = Vec::new();
     for _ in 0..3 {
-        channels.push(all.recv_json().await["channel"].as_str().unwrap().to_owned());
+        channels.push(
+            all.recv_json().await["channel"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
     }
     channels.sort();
     assert_eq!(channels, ["global", "project-3", "user-7"]);
@@ -91,11 +100,17 @@ async fn delete_ends_the_channels_subscribers_and_restarts_its_ids() {
         .unwrap();
     assert_eq!(r.status(), 200);
     let answer: Value = r.json().await.unwrap();
-    assert_eq!(answer, json!({"channel": "news", "deleted": true, "subscribers": 5}));
+    assert_eq!(
+        answer,
+        json!({"channel": "news", "deleted": true, "subscribers": 5})
+    );
 
     // WebSocket: the notice, then a normal close.
     let notice = ws.recv_json().await;
-    assert_eq!((&notice["type"], &notice["channel"]), (&json!("push.deleted"), &json!("news")));
+    assert_eq!(
+        (&notice["type"], &notice["channel"]),
+        (&json!("push.deleted"), &json!("news"))
+    );
     let close = loop {
         match ws.ws.next().await {
             Some(Ok(WsMessage::Close(f))) => break f.unwrap(),
@@ -103,7 +118,10 @@ async fn delete_ends_the_channels_subscribers_and_restarts_its_ids() {
             other => panic!("expected a close, got {other:?}"),
         }
     };
-    assert_eq!((u16::from(close.code), close.reason.as_str()), (1000, "channel deleted"));
+    assert_eq!(
+        (u16::from(close.code), close.reason.as_str()),
+        (1000, "channel deleted")
+    );
     // Following another channel too: the notice, and the socket stays for the other channel.
     assert_eq!(both.recv_json().await["type"], "push.deleted");
     publish_ok(&gw, "sport", "still on").await;
@@ -142,12 +160,36 @@ async fn bad_publishes_get_clear_errors_and_change_nothing() {
     .await;
     let client = push_support::client();
     let cases: Vec<(reqwest::RequestBuilder, u16, &str)> = vec![
-        (client.post(gw.url("/pub/ok")).body(vec![0xff, 0xfe]), 400, "UTF-8"),
-        (client.post(gw.url("/pub/ok")).body("x".repeat(1001)), 413, "1000-byte limit"),
-        (client.post(gw.url("/pub/bad%20id")).body("x"), 400, "use ASCII letters"),
-        (client.post(gw.url("/pub/elevenchars")).body("x"), 400, "the limit is 10"),
-        (client.post(gw.url("/pub/a/b/c")).body("x"), 400, "too many channels"),
-        (client.post(gw.url("/pub/news.b5")).body("x"), 400, "backtrack"),
+        (
+            client.post(gw.url("/pub/ok")).body(vec![0xff, 0xfe]),
+            400,
+            "UTF-8",
+        ),
+        (
+            client.post(gw.url("/pub/ok")).body("x".repeat(1001)),
+            413,
+            "1000-byte limit",
+        ),
+        (
+            client.post(gw.url("/pub/bad%20id")).body("x"),
+            400,
+            "use ASCII letters",
+        ),
+        (
+            client.post(gw.url("/pub/elevenchars")).body("x"),
+            400,
+            "the limit is 10",
+        ),
+        (
+            client.post(gw.url("/pub/a/b/c")).body("x"),
+            400,
+            "too many channels",
+        ),
+        (
+            client.post(gw.url("/pub/news.b5")).body("x"),
+            400,
+            "backtrack",
+        ),
         (
             client
                 .post(gw.url("/pub/ok"))
@@ -156,11 +198,19 @@ async fn bad_publishes_get_clear_errors_and_change_nothing() {
             400,
             "Event-Type",
         ),
-        (client.post(gw.url("/pub//")).body("x"), 400, "no channel given"),
+        (
+            client.post(gw.url("/pub//")).body("x"),
+            400,
+            "no channel given",
+        ),
     ];
     for (req, status, needle) in cases {
         let r = req.send().await.unwrap();
-        assert_eq!(r.status().as_u16(), status, "expected {status} for {needle}");
+        assert_eq!(
+            r.status().as_u16(),
+            status,
+            "expected {status} for {needle}"
+        );
         let err: Value = r.json().await.unwrap();
         let text = err["error"].as_str().unwrap();
         assert!(text.contains(needle), "{text:?} should mention {needle:?}");
@@ -181,12 +231,19 @@ async fn bad_subscriptions_get_clear_errors() {
         ("/lp/a/b?last_id=3", "names no channel"),
         ("/ev//", "no channel given"),
     ] {
-        let r = push_support::client().get(gw.url(path)).send().await.unwrap();
+        let r = push_support::client()
+            .get(gw.url(path))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 400, "{path}");
         let err: Value = r.json().await.unwrap();
         assert!(err["error"].as_str().unwrap().contains(needle), "{err}");
     }
-    assert_eq!(support::try_ws(gw.addr, "/ws/bad%20id").await.err(), Some(400));
+    assert_eq!(
+        support::try_ws(gw.addr, "/ws/bad%20id").await.err(),
+        Some(400)
+    );
 }
 
 async fn post_from(gw: &push_support::Gw, from: IpAddr, token: Option<&str>) -> (u16, Value) {
@@ -221,9 +278,17 @@ async fn only_allowed_addresses_publish_unless_they_hold_the_token() {
     );
     assert_eq!(post_from(&gw, allowed, None).await.0, 200);
     // Stats and DELETE are guarded the same way.
-    let r = push_support::client().get(gw.url("/stats")).send().await.unwrap();
+    let r = push_support::client()
+        .get(gw.url("/stats"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 403);
-    let r = push_support::client().delete(gw.url("/pub/news")).send().await.unwrap();
+    let r = push_support::client()
+        .delete(gw.url("/pub/news"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 403);
 
     let gw = start(Settings {

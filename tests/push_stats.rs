@@ -18,7 +18,12 @@ async fn the_summary_counts_what_was_done() {
     let (status, s) = get_json(&gw, "/stats").await;
     assert_eq!(status, 200);
     assert_eq!(
-        (&s["channels"], &s["published_messages"], &s["stored_messages"], &s["subscribers"]),
+        (
+            &s["channels"],
+            &s["published_messages"],
+            &s["stored_messages"],
+            &s["subscribers"]
+        ),
         (&json!(0), &json!(0), &json!(0), &json!(0))
     );
     assert!(!s["hostname"].as_str().unwrap().is_empty());

@@ -110,7 +110,10 @@ async fn streams_deliver_one_json_message_per_line() {
     let a = sub.next_message().await;
     let b = sub.next_message().await;
     assert_eq!((&a["channel"], &a["text"]), (&json!("news"), &json!("one")));
-    assert_eq!((&b["channel"], &b["text"]), (&json!("sport"), &json!("two")));
+    assert_eq!(
+        (&b["channel"], &b["text"]),
+        (&json!("sport"), &json!("two"))
+    );
 }
 
 #[tokio::test]
@@ -234,8 +237,14 @@ async fn subscriber_ttl_ends_streaming_subscriptions() {
     let mut ev = sse(&gw, "/ev/news", None).await;
     let mut st = stream(&gw, "/sub/news").await;
     push_support::wait_subscribers(&gw, "news", 3).await;
-    assert!(ev.ends_within(Duration::from_secs(2)).await, "sse still open");
-    assert!(st.ends_within(Duration::from_secs(2)).await, "stream still open");
+    assert!(
+        ev.ends_within(Duration::from_secs(2)).await,
+        "sse still open"
+    );
+    assert!(
+        st.ends_within(Duration::from_secs(2)).await,
+        "stream still open"
+    );
     let close = tokio::time::timeout(Duration::from_secs(2), async {
         loop {
             match ws.ws.next().await {

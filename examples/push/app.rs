@@ -82,7 +82,10 @@ pub(crate) struct Settings {
 /// The loopback networks: who may publish when nothing else is configured.
 pub(crate) fn loopback_nets() -> Vec<IpNet> {
     vec![
-        IpNet::V4(ipnet::Ipv4Net::new_assert(std::net::Ipv4Addr::new(127, 0, 0, 0), 8)),
+        IpNet::V4(ipnet::Ipv4Net::new_assert(
+            std::net::Ipv4Addr::new(127, 0, 0, 0),
+            8,
+        )),
         IpNet::from(IpAddr::from(std::net::Ipv6Addr::LOCALHOST)),
     ]
 }
@@ -225,7 +228,10 @@ impl Gateway {
             *n += 1;
         }
         drop(map);
-        Ok((subscribe::Slots::new(self.clone(), channels.to_vec()), fresh))
+        Ok((
+            subscribe::Slots::new(self.clone(), channels.to_vec()),
+            fresh,
+        ))
     }
 
     /// Gives the slots back.
@@ -406,7 +412,11 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
 
 /// Publishing, deleting and stats: from `--publish-allow` addresses (loopback by default), or
 /// from anywhere with `Authorization: Bearer <--publisher-token>`.
-fn check_publisher(gw: &Gateway, peer: Option<SocketAddr>, headers: &HeaderMap) -> Result<(), ApiError> {
+fn check_publisher(
+    gw: &Gateway,
+    peer: Option<SocketAddr>,
+    headers: &HeaderMap,
+) -> Result<(), ApiError> {
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -478,9 +488,9 @@ fn event_type(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(v) = headers.get("event-type") else {
         return Ok(None);
     };
-    let v = v.to_str().map_err(|_| {
-        ApiError::new(StatusCode::BAD_REQUEST, "Event-Type must be visible ASCII")
-    })?;
+    let v = v
+        .to_str()
+        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "Event-Type must be visible ASCII"))?;
     let v = v.trim();
     if v.is_empty() {
         return Ok(None);
@@ -495,7 +505,11 @@ fn event_type(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 }
 
 /// `POST /pub/CH[/CH2…]`: the body is the message, for every channel named.
-async fn publish(State(gw): State<Arc<Gateway>>, Path(tail): Path<String>, req: Request) -> Response {
+async fn publish(
+    State(gw): State<Arc<Gateway>>,
+    Path(tail): Path<String>,
+    req: Request,
+) -> Response {
     publish_inner(&gw, &tail, req)
         .await
         .unwrap_or_else(IntoResponse::into_response)
@@ -504,7 +518,12 @@ async fn publish(State(gw): State<Arc<Gateway>>, Path(tail): Path<String>, req: 
 async fn publish_inner(gw: &Arc<Gateway>, tail: &str, req: Request) -> Result<Response, ApiError> {
     check_publisher(gw, peer_of(&req), req.headers())?;
     let s = &gw.settings;
-    let channels = parse_channels(tail, s.max_channel_id_length, s.max_channels_per_request, false)?;
+    let channels = parse_channels(
+        tail,
+        s.max_channel_id_length,
+        s.max_channels_per_request,
+        false,
+    )?;
     let event_type = event_type(req.headers())?;
     let text = read_text(req.into_body(), s.max_message_size).await?;
     let ids: Vec<String> = channels.into_iter().map(|c| c.id).collect();
@@ -529,11 +548,15 @@ async fn publish_inner(gw: &Arc<Gateway>, tail: &str, req: Request) -> Result<Re
             text: text.clone(),
             time_ms,
             event_type: event_type.clone(),
+            epoch: published.epoch,
         });
         if let Err(e) = gw.layer.group_send(group_of(ch), message).await {
             // Stored, so subscribers that resume will still get it.
             return Err(ApiError::unavailable(
-                &format!("fan-out of message {} on {ch:?} (it is stored)", published.id),
+                &format!(
+                    "fan-out of message {} on {ch:?} (it is stored)",
+                    published.id
+                ),
                 e,
             ));
         }
@@ -562,7 +585,11 @@ fn many_or_one(gw: &Gateway, mut infos: Vec<Json>) -> axum::Json<Json> {
 }
 
 /// `DELETE /pub/CH[/CH2…]`: forgets the channels and ends their subscribers.
-async fn delete(State(gw): State<Arc<Gateway>>, Path(tail): Path<String>, req: Request) -> Response {
+async fn delete(
+    State(gw): State<Arc<Gateway>>,
+    Path(tail): Path<String>,
+    req: Request,
+) -> Response {
     let peer = peer_of(&req);
     let (parts, _) = req.into_parts();
     delete_inner(&gw, &tail, peer, &parts.headers)
@@ -578,7 +605,12 @@ async fn delete_inner(
 ) -> Result<Response, ApiError> {
     check_publisher(gw, peer, headers)?;
     let s = &gw.settings;
-    let channels = parse_channels(tail, s.max_channel_id_length, s.max_channels_per_request, false)?;
+    let channels = parse_channels(
+        tail,
+        s.max_channel_id_length,
+        s.max_channels_per_request,
+        false,
+    )?;
     let mut infos = Vec::new();
     for spec in &channels {
         let ch = &spec.id;
@@ -602,7 +634,9 @@ async fn delete_inner(
                 format!("no channel {ch:?}"),
             ));
         }
-        infos.push(json!({"channel": ch, "deleted": known || subscribers > 0, "subscribers": subscribers}));
+        infos.push(
+            json!({"channel": ch, "deleted": known || subscribers > 0, "subscribers": subscribers}),
+        );
     }
     Ok(many_or_one(gw, infos).into_response())
 }
@@ -618,8 +652,12 @@ async fn channel_info(
     let result = async {
         check_publisher(&gw, peer, &parts.headers)?;
         let s = &gw.settings;
-        let channels =
-            parse_channels(&tail, s.max_channel_id_length, s.max_channels_per_request, false)?;
+        let channels = parse_channels(
+            &tail,
+            s.max_channel_id_length,
+            s.max_channels_per_request,
+            false,
+        )?;
         let mut infos = Vec::new();
         for spec in channels {
             infos.push(one_channel(&gw, &spec.id).await?);
@@ -755,7 +793,11 @@ fn plain_text(body: &Json) -> String {
                 for item in items {
                     let line: Vec<String> = item
                         .as_object()
-                        .map(|o| o.iter().map(|(k, v)| format!("{k}={}", scalar(v))).collect())
+                        .map(|o| {
+                            o.iter()
+                                .map(|(k, v)| format!("{k}={}", scalar(v)))
+                                .collect()
+                        })
                         .unwrap_or_default();
                     out.push_str(&format!("{k}: {}\n", line.join(" ")));
                 }

@@ -1,8 +1,9 @@
 //! What subscribers receive: each message as JSON, or through a template.
 //!
 //! A published message travels through the layer as
-//! `{"type":"push.message","id":7,"channel":"news","text":"…","time":"2026-11-22T07:09:00.123Z","event_type":"…"}`
-//! (`event_type` only when the publisher sent an `Event-Type` header). By default subscribers
+//! `{"type":"push.message","id":7,"channel":"news","text":"…","time":"2026-11-22T07:09:00.123Z","event_type":"…","epoch":1795331340000}`
+//! (`event_type` only when the publisher sent an `Event-Type` header; `epoch` names the
+//! channel's incarnation, see `store.rs`). By default subscribers
 //! receive exactly that JSON — rendered once per message and shared by every WebSocket that
 //! gets it. With `--message-template`, they receive the template with `~id~`, `~channel~`,
 //! `~text~`, `~time~` and `~event-type~` replaced.
@@ -50,12 +51,22 @@ pub(crate) fn layer_message(m: &PushMessage) -> Message {
     if let Some(e) = &m.event_type {
         b = b.field("event_type", e.as_str());
     }
+    b = b.field("epoch", m.epoch);
     b.build().expect("valid message") // ok: a fixed non-empty type and no reserved key
 }
 
 /// A message's id, if it carries a valid one.
 pub(crate) fn message_id(m: &Message) -> Option<u64> {
-    match m.get("id")? {
+    uint(m, "id")
+}
+
+/// A message's channel epoch (0 if it carries none).
+pub(crate) fn message_epoch(m: &Message) -> u64 {
+    uint(m, "epoch").unwrap_or(0)
+}
+
+fn uint(m: &Message, key: &str) -> Option<u64> {
+    match m.get(key)? {
         Value::UInt(n) => Some(*n),
         Value::Int(n) => u64::try_from(*n).ok(),
         _ => None,

@@ -41,7 +41,9 @@ mod app;
 
 /// Flags.
 #[derive(Parser, Debug)]
-#[command(about = "switchboard push gateway: publish by HTTP, subscribe by WebSocket, EventSource, long-polling or stream")]
+#[command(
+    about = "switchboard push gateway: publish by HTTP, subscribe by WebSocket, EventSource, long-polling or stream"
+)]
 struct Args {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8000")]
@@ -90,7 +92,12 @@ struct Args {
     #[arg(long = "allow-origin", value_name = "ORIGIN")]
     allowed_origins: Vec<String>,
     /// Lets any address publish, delete and read /stats with `Authorization: Bearer TOKEN`.
-    #[arg(long, env = "SWITCHBOARD_PUSH_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "SWITCHBOARD_PUSH_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
     publisher_token: Option<String>,
     /// A network allowed to publish without a token (CIDR); repeat for several. Default: loopback.
     #[arg(long, value_name = "CIDR")]
@@ -148,13 +155,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let layer = args.layer.build().await?;
     let store: Arc<dyn app::store::HistoryStore> = match &args.layer.redis {
         Some(url) => Arc::new(
-            app::redis_store::RedisStore::connect(url, &args.history_prefix, settings.store_config())
-                .await?,
+            app::redis_store::RedisStore::connect(
+                url,
+                &args.history_prefix,
+                settings.store_config(),
+            )
+            .await?,
         ),
         None => app::memory_store(&settings),
     };
     let history = match &args.layer.redis {
-        Some(url) => format!("history in redis at {url} (prefix {:?})", args.history_prefix),
+        Some(url) => format!(
+            "history in redis at {url} (prefix {:?})",
+            args.history_prefix
+        ),
         None => "history in memory".to_owned(),
     };
     let app = app::router(layer, store, settings);

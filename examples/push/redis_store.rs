@@ -4,12 +4,12 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `{prefix}id:{channel}` | string | the channel's last id (`INCR`); expires with the channel |
+//! | `{prefix}ch:{channel}` | hash | `id`: the channel's last id (`HINCRBY`); `epoch`: when id 1 was given; expires with the channel |
 //! | `{prefix}msgs:{channel}` | sorted set | stored messages, score = id, member = `id:time_ms:json`; expires `message_ttl` after the last publish |
 //! | `{prefix}channels` | sorted set | the registry: member = channel, score = when it is forgotten (ms) |
 //! | `{prefix}published` | string | messages published through this Redis, ever |
 //!
-//! A publish is one Lua script (`INCR` the id, store, trim to N and drop expired messages,
+//! A publish is one Lua script (take the next id, store, trim to N and drop expired messages,
 //! extend the registry entry), so two gateways publishing to one channel never hand out one id
 //! twice nor store out of order. Reads filter expired messages on the way out; the scripts drop
 //! them from the head of the set as they pass.
@@ -26,7 +26,7 @@ use redis::{AsyncCommands, Script};
 use switchboard::{Error, Result, async_trait};
 
 use super::store::{
-    ChannelInfo, Draft, History, HistoryStore, PushMessage, Published, Read, StoreConfig, ms,
+    ChannelInfo, Draft, History, HistoryStore, Published, PushMessage, Read, StoreConfig, ms,
     now_ms,
 };
 
@@ -71,14 +71,16 @@ local function trim_expired(key, cutoff)
 end
 "#;
 
-/// KEYS: id, msgs, registry, total. ARGV: channel, now_ms, keep, message_ttl_ms,
-/// lifetime_ms, json. Returns {id, stored}.
+/// KEYS: channel hash, msgs, registry, total. ARGV: channel, now_ms, keep, message_ttl_ms,
+/// lifetime_ms, json. Returns {id, stored, epoch}.
 const PUBLISH: &str = r#"
 local now = tonumber(ARGV[2])
 local keep = tonumber(ARGV[3])
 local ttl = tonumber(ARGV[4])
 local lifetime = tonumber(ARGV[5])
-local id = redis.call('INCR', KEYS[1])
+local id = redis.call('HINCRBY', KEYS[1], 'id', 1)
+if id == 1 then redis.call('HSET', KEYS[1], 'epoch', ARGV[2]) end
+local epoch = tonumber(redis.call('HGET', KEYS[1], 'epoch') or '0')
 if redis.call('PTTL', KEYS[1]) < lifetime then redis.call('PEXPIRE', KEYS[1], lifetime) end
 redis.call('INCR', KEYS[4])
 local stored = 0
@@ -92,10 +94,10 @@ end
 local until_ms = now + lifetime
 local cur = tonumber(redis.call('ZSCORE', KEYS[3], ARGV[1]) or '0')
 if cur < until_ms then redis.call('ZADD', KEYS[3], until_ms, ARGV[1]) end
-return {id, stored}
+return {id, stored, epoch}
 "#;
 
-/// KEYS: registry, then one id key per channel. ARGV: now_ms, channel_ttl_ms, channels…
+/// KEYS: registry, then one channel hash per channel. ARGV: now_ms, channel_ttl_ms, channels…
 const TOUCH: &str = r#"
 local ttl = tonumber(ARGV[2])
 local until_ms = tonumber(ARGV[1]) + ttl
@@ -108,7 +110,7 @@ end
 return 0
 "#;
 
-/// KEYS: id, msgs, registry. ARGV: channel, now_ms. Returns 1 if the channel was known.
+/// KEYS: channel hash, msgs, registry. ARGV: channel, now_ms. Returns 1 if the channel was known.
 const DELETE: &str = r#"
 local score = redis.call('ZSCORE', KEYS[3], ARGV[1])
 local n = redis.call('DEL', KEYS[1], KEYS[2])
@@ -117,12 +119,12 @@ if (score and tonumber(score) > tonumber(ARGV[2])) or n > 0 then return 1 end
 return 0
 "#;
 
-/// KEYS: (id, msgs) pairs. ARGV: cutoff_ms. Returns {last_id, stored, …} per pair.
+/// KEYS: (channel hash, msgs) pairs. ARGV: cutoff_ms. Returns {last_id, stored, …} per pair.
 const INFO: &str = r#"
 local cutoff = tonumber(ARGV[1])
 local out = {}
 for i = 1, #KEYS, 2 do
-  out[#out + 1] = tonumber(redis.call('GET', KEYS[i]) or '0')
+  out[#out + 1] = tonumber(redis.call('HGET', KEYS[i], 'id') or '0')
   trim_expired(KEYS[i + 1], cutoff)
   out[#out + 1] = redis.call('ZCARD', KEYS[i + 1])
 end
@@ -147,7 +149,8 @@ impl RedisStore {
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
             .set_response_timeout(Some(Duration::from_secs(2)))
-            .set_max_delay(Duration::from_secs(2));
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(1));
         let conn = client
             .get_connection_manager_with_config(manager_config)
             .await
@@ -163,8 +166,8 @@ impl RedisStore {
         })
     }
 
-    fn id_key(&self, channel: &str) -> String {
-        format!("{}id:{channel}", self.prefix)
+    fn channel_key(&self, channel: &str) -> String {
+        format!("{}ch:{channel}", self.prefix)
     }
 
     fn msgs_key(&self, channel: &str) -> String {
@@ -205,7 +208,7 @@ impl RedisStore {
         Ok(())
     }
 
-    fn decode(&self, channel: &str, member: &str, cutoff: u64) -> Option<PushMessage> {
+    fn decode(&self, channel: &str, epoch: u64, member: &str, cutoff: u64) -> Option<PushMessage> {
         let mut parts = member.splitn(3, ':');
         let id = parts.next()?.parse().ok()?;
         let time_ms: u64 = parts.next()?.parse().ok()?;
@@ -225,6 +228,7 @@ impl RedisStore {
             text: body.text.into_owned(),
             time_ms,
             event_type: body.event_type.map(|e| e.into_owned()),
+            epoch,
         })
     }
 
@@ -235,7 +239,7 @@ impl RedisStore {
         for batch in channels.chunks(INFO_BATCH) {
             let mut call = self.info.prepare_invoke();
             for ch in batch {
-                call.key(self.id_key(ch)).key(self.msgs_key(ch));
+                call.key(self.channel_key(ch)).key(self.msgs_key(ch));
             }
             call.arg(cutoff);
             let figures: Vec<u64> = call.invoke_async(&mut conn).await.map_err(redis_err)?;
@@ -266,9 +270,9 @@ impl HistoryStore for RedisStore {
         })
         .map_err(Error::other)?;
         let mut conn = self.conn.clone();
-        let (id, stored): (u64, u64) = self
+        let (id, stored, epoch): (u64, u64, u64) = self
             .publish
-            .key(self.id_key(channel))
+            .key(self.channel_key(channel))
             .key(self.msgs_key(channel))
             .key(self.registry_key())
             .key(self.total_key())
@@ -281,13 +285,16 @@ impl HistoryStore for RedisStore {
             .invoke_async(&mut conn)
             .await
             .map_err(redis_err)?;
-        Ok(Published { id, stored })
+        Ok(Published { id, stored, epoch })
     }
 
     async fn read(&self, channel: &str, read: Read) -> Result<History> {
         let mut conn = self.conn.clone();
         let mut pipe = redis::pipe();
-        pipe.get(self.id_key(channel));
+        pipe.cmd("HMGET")
+            .arg(self.channel_key(channel))
+            .arg("id")
+            .arg("epoch");
         let msgs = self.msgs_key(channel);
         match read {
             Read::Since(after) => {
@@ -300,14 +307,16 @@ impl HistoryStore for RedisStore {
                 pipe.zrange(&msgs, 1, 0); // always empty: keeps the reply's shape
             }
         }
-        let (last_id, members): (Option<u64>, Vec<String>) =
+        let ((last_id, epoch), members): ((Option<u64>, Option<u64>), Vec<String>) =
             pipe.query_async(&mut conn).await.map_err(redis_err)?;
         let cutoff = self.cutoff(now_ms());
+        let epoch = epoch.unwrap_or(0);
         Ok(History {
             last_id: last_id.unwrap_or(0),
+            epoch,
             messages: members
                 .iter()
-                .filter_map(|m| self.decode(channel, m, cutoff))
+                .filter_map(|m| self.decode(channel, epoch, m, cutoff))
                 .collect(),
         })
     }
@@ -320,7 +329,7 @@ impl HistoryStore for RedisStore {
         let mut call = self.touch.prepare_invoke();
         call.key(self.registry_key());
         for ch in channels {
-            call.key(self.id_key(ch));
+            call.key(self.channel_key(ch));
         }
         call.arg(now_ms()).arg(ms(self.config.channel_ttl).max(1));
         for ch in channels {
@@ -334,7 +343,7 @@ impl HistoryStore for RedisStore {
         let mut conn = self.conn.clone();
         let known: i64 = self
             .delete
-            .key(self.id_key(channel))
+            .key(self.channel_key(channel))
             .key(self.msgs_key(channel))
             .key(self.registry_key())
             .arg(channel)

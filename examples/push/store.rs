@@ -15,6 +15,11 @@
 //! newer than a channel's last id is therefore read as "this channel was reset" (see
 //! `subscribe.rs`).
 //!
+//! Each incarnation of a channel has an *epoch*: the time its first message was published, in
+//! ms. Messages carry it, so a subscriber still connected when its channel starts again at id 1
+//! (Redis lost its data, say) sees a new epoch and does not mistake the new messages for ones
+//! it already has.
+//!
 //! Ids are assigned and the message stored in one atomic step, before the message is fanned
 //! out. So when a subscriber sees message 7 live while it holds 5, message 6 is already in the
 //! store, and the subscriber fetches it from there (it may still be on its way through the
@@ -64,6 +69,8 @@ pub(crate) struct PushMessage {
     /// The `Event-Type` header of the POST, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) event_type: Option<String>,
+    /// The channel's epoch when it was published.
+    pub(crate) epoch: u64,
 }
 
 /// What a publisher hands the store: the message before it has an id.
@@ -79,6 +86,8 @@ pub(crate) struct Draft<'a> {
 pub(crate) struct Published {
     /// The id the message got.
     pub(crate) id: u64,
+    /// The channel's epoch.
+    pub(crate) epoch: u64,
     /// Messages the channel now stores.
     pub(crate) stored: u64,
 }
@@ -100,6 +109,8 @@ pub(crate) enum Read {
 pub(crate) struct History {
     /// The channel's last id (0 if nothing was published since it became known).
     pub(crate) last_id: u64,
+    /// The channel's epoch (0 if nothing was published since it became known).
+    pub(crate) epoch: u64,
     pub(crate) messages: Vec<PushMessage>,
 }
 
@@ -172,6 +183,7 @@ pub(crate) struct MemoryStore {
 #[derive(Debug)]
 struct Entry {
     last_id: u64,
+    epoch: u64,
     /// When the channel is forgotten, ms since the epoch.
     expires_ms: u64,
     messages: VecDeque<PushMessage>,
@@ -181,6 +193,7 @@ impl Entry {
     fn new() -> Entry {
         Entry {
             last_id: 0,
+            epoch: 0,
             expires_ms: 0,
             messages: VecDeque::new(),
         }
@@ -257,6 +270,9 @@ impl HistoryStore for MemoryStore {
         let keep = self.config.keep;
         let mut map = self.channels.lock();
         let entry = Self::fresh(&mut map, channel, now);
+        if entry.last_id == 0 {
+            entry.epoch = draft.time_ms.max(1);
+        }
         entry.last_id += 1;
         if keep > 0 {
             entry.messages.push_back(PushMessage {
@@ -265,6 +281,7 @@ impl HistoryStore for MemoryStore {
                 text: draft.text.to_owned(),
                 time_ms: draft.time_ms,
                 event_type: draft.event_type.map(str::to_owned),
+                epoch: entry.epoch,
             });
             while entry.messages.len() > keep {
                 entry.messages.pop_front();
@@ -277,6 +294,7 @@ impl HistoryStore for MemoryStore {
         self.published.fetch_add(1, Ordering::Relaxed);
         Ok(Published {
             id: entry.last_id,
+            epoch: entry.epoch,
             stored: entry.messages.len() as u64,
         })
     }
@@ -304,6 +322,7 @@ impl HistoryStore for MemoryStore {
         };
         Ok(History {
             last_id: entry.last_id,
+            epoch: entry.epoch,
             messages,
         })
     }

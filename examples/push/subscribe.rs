@@ -26,13 +26,13 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use switchboard::{
-    Authenticate, ChannelName, CloseCode, Consumer, Context, Error, Frame, Layer, Message,
-    Refusal, Scope, async_trait,
+    Authenticate, ChannelName, CloseCode, Consumer, Context, Error, Frame, Layer, Message, Refusal,
+    Scope, async_trait,
 };
 use tokio::time::Instant;
 
 use super::channel::{ChannelSpec, format_cursor, group_of, parse_channels, parse_cursor};
-use super::format::{self, field, message_id};
+use super::format::{self, field, message_epoch, message_id};
 use super::store::{HistoryStore, PushMessage, Read, now_ms};
 use super::{ApiError, Gateway, origin_allowed};
 
@@ -143,6 +143,8 @@ struct Tracked {
     id: String,
     /// The last id the client has (or has skipped because the store no longer holds it).
     pos: u64,
+    /// The channel's epoch (0 while unknown: nothing was published yet).
+    epoch: u64,
 }
 
 /// Where a subscriber stands on each of its channels; see the module docs.
@@ -192,6 +194,7 @@ impl Tracker {
             tracker.chans.push(Tracked {
                 id: spec.id.clone(),
                 pos,
+                epoch: history.epoch,
             });
             backlog.extend(history.messages.into_iter().map(|m| (i, m)));
         }
@@ -236,7 +239,20 @@ impl Tracker {
             .get("event_type")
             .and_then(|v| v.as_str())
             .map(str::to_owned);
-        let pos = self.chans[i].pos;
+        let epoch = message_epoch(&msg);
+        let t = &mut self.chans[i];
+        if epoch != 0 && epoch < t.epoch {
+            return Vec::new(); // late, from an incarnation of the channel that has ended
+        }
+        if epoch > t.epoch {
+            if t.epoch != 0 {
+                // The channel started again at id 1 (its history was lost, or it was deleted).
+                tracing::info!(%channel, old = t.epoch, new = epoch, "channel restarted; following it from id 1");
+                t.pos = 0;
+            }
+            t.epoch = epoch;
+        }
+        let pos = t.pos;
         if !self.history {
             self.chans[i].pos = pos.max(id);
             return vec![self.item(msg, event_type)];
@@ -398,9 +414,10 @@ impl Feed {
                 Some(Err(Error::LayerClosed)) => return Next::Closed,
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "receive from the channel layer failed; retrying in 1 s");
-                    tokio::time::sleep(Duration::from_secs(1).min(
-                        deadline.saturating_duration_since(Instant::now()),
-                    ))
+                    tokio::time::sleep(
+                        Duration::from_secs(1)
+                            .min(deadline.saturating_duration_since(Instant::now())),
+                    )
                     .await;
                     continue;
                 }
@@ -421,7 +438,12 @@ impl Feed {
                     self.slots.release_one(&channel);
                     let group = group_of(&channel);
                     self.sub.groups.retain(|g| g != &group);
-                    if let Err(e) = self.gw.layer.group_discard(group.as_str(), &self.sub.channel).await {
+                    if let Err(e) = self
+                        .gw
+                        .layer
+                        .group_discard(group.as_str(), &self.sub.channel)
+                        .await
+                    {
                         tracing::debug!(%group, error = %e, "group_discard failed");
                     }
                     let notice = Item {
@@ -515,7 +537,12 @@ impl Streaming {
         match self.kind {
             Kind::EventSource => Bytes::from_static(b": ping\n\n"),
             Kind::Stream => {
-                let mut s = self.feed.gw.format.render(&format::ping(now_ms())).to_string();
+                let mut s = self
+                    .feed
+                    .gw
+                    .format
+                    .render(&format::ping(now_ms()))
+                    .to_string();
                 s.push('\n');
                 Bytes::from(s)
             }
@@ -683,10 +710,7 @@ async fn long_poll_inner(
             .map(|i| gw.format.render(&i.message).to_string())
             .collect();
         let (body, content_type) = match gw.format {
-            format::Format::Json => (
-                format!("[{}]", rendered.join(",")),
-                "application/json",
-            ),
+            format::Format::Json => (format!("[{}]", rendered.join(",")), "application/json"),
             format::Format::Template(_) => (rendered.join("\n"), "text/plain; charset=utf-8"),
         };
         let mut r = Response::new(Body::from(body));
@@ -829,7 +853,10 @@ impl Consumer for WsSubscriber {
                     cx.close(CloseCode::NORMAL, "channel deleted").await?;
                 }
             }
-            format::TTL => cx.close(CloseCode::NORMAL, "subscriber TTL reached").await?,
+            format::TTL => {
+                cx.close(CloseCode::NORMAL, "subscriber TTL reached")
+                    .await?
+            }
             other => tracing::debug!(message_type = other, "unexpected layer message ignored"),
         }
         Ok(())

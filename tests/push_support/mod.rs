@@ -226,7 +226,9 @@ impl Body {
 
 /// Opens an EventSource-style subscription; panics unless 200 text/event-stream.
 pub async fn sse(gw: &Gw, path: &str, last_event_id: Option<&str>) -> Body {
-    let mut req = client().get(gw.url(path)).header("accept", "text/event-stream");
+    let mut req = client()
+        .get(gw.url(path))
+        .header("accept", "text/event-stream");
     if let Some(id) = last_event_id {
         req = req.header("last-event-id", id);
     }
