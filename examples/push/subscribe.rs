@@ -686,18 +686,10 @@ async fn long_poll_inner(
     let (mut feed, mut items) = Feed::open(&gw, admitted).await?;
     if items.is_empty() {
         let deadline = Instant::now() + gw.settings.longpoll_timeout;
-        loop {
-            match feed.next(deadline).await {
-                Next::Items(got) => {
-                    items = got;
-                    break;
-                }
-                Next::Deleted(notice, _) => {
-                    items.push(notice);
-                    break;
-                }
-                Next::Tick | Next::Closed => break,
-            }
+        match feed.next(deadline).await {
+            Next::Items(got) => items = got,
+            Next::Deleted(notice, _) => items.push(notice),
+            Next::Tick | Next::Closed => {}
         }
     }
     let etag = HeaderValue::from_str(&format!("\"{}\"", feed.cursor()))
