@@ -333,7 +333,7 @@ where
             req.uri().path().to_owned(),
             req.uri().query().unwrap_or("").to_owned(),
             params,
-            req.headers().clone(),
+            detached_headers(req.headers()),
             peer,
         );
         if let Some(auth) = &self.auth
@@ -393,6 +393,21 @@ where
         }
         resp
     }
+}
+
+/// A copy of `headers` that owns its bytes. hyper parses header values as slices of the
+/// connection's read buffer (8 KiB or more), so a scope holding the request's own `HeaderMap`
+/// would keep that whole buffer alive for as long as the WebSocket lives.
+fn detached_headers(headers: &http::HeaderMap) -> http::HeaderMap {
+    let mut out = http::HeaderMap::with_capacity(headers.len());
+    for (name, value) in headers {
+        let name = header::HeaderName::from_bytes(name.as_str().as_bytes())
+            .unwrap_or_else(|_| name.clone());
+        let mut copy = HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
+        copy.set_sensitive(value.is_sensitive());
+        out.append(name, copy);
+    }
+    out
 }
 
 fn header_has_token(headers: &http::HeaderMap, name: header::HeaderName, token: &str) -> bool {
