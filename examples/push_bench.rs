@@ -58,6 +58,13 @@ struct Args {
     /// The gateway binary (default: `push` next to this program).
     #[arg(long)]
     gateway: Option<PathBuf>,
+    /// Use a gateway that is already running at this address instead of starting one (it
+    /// should run with `--ping-interval 0`).
+    #[arg(long, value_name = "ADDR")]
+    gateway_addr: Option<SocketAddr>,
+    /// The pid of that gateway, to read its memory and CPU time from /proc.
+    #[arg(long, value_name = "PID", requires = "gateway_addr")]
+    gateway_pid: Option<u32>,
     /// Seconds any one phase may take before the benchmark gives up.
     #[arg(long, default_value_t = 120)]
     timeout: u64,
@@ -314,12 +321,21 @@ async fn main() -> Result<(), Error> {
             .ok_or("no directory")?
             .join("push"),
     };
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let server: SocketAddr = ([127, 0, 0, 1], port).into();
-    let gateway = start_gateway(&bin, server)?;
-    let pid = gateway.0.id();
+    let (server, gateway, pid) = match args.gateway_addr {
+        Some(addr) => (addr, None, args.gateway_pid.unwrap_or(0)),
+        None => {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port();
+            let server: SocketAddr = ([127, 0, 0, 1], port).into();
+            let gateway = start_gateway(&bin, server)?;
+            let pid = gateway.0.id();
+            (server, Some(gateway), pid)
+        }
+    };
+    if !server.ip().is_loopback() {
+        return Err("the benchmark only talks to loopback addresses".into());
+    }
     let base = format!("http://{server}");
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))

@@ -342,7 +342,7 @@ pub(crate) fn router(layer: Layer, store: Arc<dyn HistoryStore>, settings: Setti
         .map_or(Duration::from_secs(365 * 86_400), |p| p * 3);
     // Subscribers only listen: small frames in, small buffers.
     connection.max_message_size = 4 * 1024;
-    connection.read_buffer_size = 1024;
+    connection.read_buffer_size = 256; // grows for a bigger frame, up to max_message_size
     connection.write_buffer_size = 4 * 1024;
     let ws = Endpoint::new(layer, subscribe::ws_factory(gw.clone()))
         .origins(Origins::Any) // checked in `admit`: same host or --allow-origin

@@ -788,6 +788,10 @@ impl Consumer for WsSubscriber {
         let Some(admitted) = self.admitted.take() else {
             return cx.close(CloseCode(4400), "not admitted").await;
         };
+        // Admission read what it needed from the request: an idle subscriber keeps none of it.
+        let scope = cx.scope_mut();
+        *scope.headers_mut() = HeaderMap::new();
+        *scope.extensions_mut() = axum::http::Extensions::new();
         for spec in &admitted.channels {
             cx.group_add(group_of(&spec.id)).await?;
         }
