@@ -200,19 +200,19 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// User + system CPU seconds of a process.
-fn cpu_secs(pid: u32) -> f64 {
+/// User and system CPU seconds of a process.
+fn cpu_secs(pid: u32) -> (f64, f64) {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
+        return (0.0, 0.0);
     };
     // Fields after the command (which is in parentheses and may hold spaces).
     let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
-        return 0.0;
+        return (0.0, 0.0);
     };
     let f: Vec<&str> = rest.split_whitespace().collect();
     let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     // utime and stime are fields 14 and 15 of the full line: 11 and 12 after ')'.
-    (ticks(11) + ticks(12)) / 100.0
+    (ticks(11) / 100.0, ticks(12) / 100.0)
 }
 
 struct Gateway(Child);
@@ -458,7 +458,9 @@ async fn main() -> Result<(), Error> {
         latencies.push(last.duration_since(t0));
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let cpu_rounds = cpu_secs(pid) - cpu_before;
+    let cpu_after = cpu_secs(pid);
+    let (user_rounds, sys_rounds) = (cpu_after.0 - cpu_before.0, cpu_after.1 - cpu_before.1);
+    let cpu_rounds = user_rounds + sys_rounds;
 
     // A burst of POSTs back to back.
     let before = nn * u64::from(args.rounds);
@@ -511,8 +513,10 @@ async fn main() -> Result<(), Error> {
         nn as f64 / p50.as_secs_f64()
     );
     println!(
-        "  gateway CPU during the rounds: {:.2} s for {} deliveries ({:.1} µs per delivery)",
+        "  gateway CPU during the rounds: {:.2} s ({:.2} user, {:.2} system) for {} deliveries ({:.1} µs per delivery)",
         cpu_rounds,
+        user_rounds,
+        sys_rounds,
         nn * u64::from(args.rounds),
         cpu_rounds * 1e6 / (nn * u64::from(args.rounds)) as f64
     );
