@@ -360,7 +360,10 @@ impl Context {
             Phase::Closed => return Err(Error::ConnectionClosed),
         }
         let len = frame.len();
-        if out.frames.len() >= self.limits.frames || out.bytes + len > self.limits.bytes {
+        if out.overflow
+            || out.frames.len() >= self.limits.frames
+            || out.bytes + len > self.limits.bytes
+        {
             out.overflow = true;
             return Err(Error::ConnectionClosed);
         }

@@ -253,6 +253,10 @@ where
     .await
 }
 
+/// Queued frames past which the runtime writes before taking more input (see also the byte
+/// threshold in `run`).
+const WRITE_BATCH: usize = 32;
+
 /// Why the connection loop ended, and the code `disconnect` is given.
 struct Ending {
     code: CloseCode,
@@ -291,6 +295,8 @@ pub(crate) async fn run<C, T>(
     ));
     let mut timer = std::pin::pin!(timer);
     let mut socket_first = true;
+    // Write once this much is queued even if more input is ready (well under the queue's limit).
+    let batch_bytes = (config.outbound_bytes / 4).clamp(1, 64 * 1024);
 
     let ending = loop {
         {
@@ -318,7 +324,15 @@ pub(crate) async fn run<C, T>(
         }
         socket_first = !socket_first;
         let input = std::future::poll_fn(|tcx| {
-            if !broken && let Poll::Ready(Err(e)) = writer.poll_write(tcx, &mut ws, &out) {
+            // Inputs first, writes when nothing more is ready (or a backlog has built up): the
+            // frames a burst of events produces go out in one write, not one syscall each.
+            if !broken
+                && {
+                    let o = out.lock();
+                    o.frames.len() >= WRITE_BATCH || o.bytes >= batch_bytes
+                }
+                && let Poll::Ready(Err(e)) = writer.poll_write(tcx, &mut ws, &out)
+            {
                 return Poll::Ready(Input::WriteError(e));
             }
             let mut poll_socket = |tcx: &mut TaskContext<'_>| match ws.poll_next_unpin(tcx) {
@@ -345,6 +359,9 @@ pub(crate) async fn run<C, T>(
             }
             if timer.as_mut().poll(tcx).is_ready() {
                 return Poll::Ready(Input::Tick);
+            }
+            if !broken && let Poll::Ready(Err(e)) = writer.poll_write(tcx, &mut ws, &out) {
+                return Poll::Ready(Input::WriteError(e));
             }
             Poll::Pending
         })

@@ -142,6 +142,13 @@ impl Scope {
         &self.headers
     }
 
+    /// The request headers, mutably. A consumer that no longer needs them after `connect` may
+    /// drop them (`*cx.scope_mut().headers_mut() = HeaderMap::new()`) to keep an idle
+    /// connection small.
+    pub fn headers_mut(&mut self) -> &mut HeaderMap {
+        &mut self.headers
+    }
+
     /// One header as text, if present and valid text.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
@@ -206,6 +213,9 @@ mod tests {
         assert_eq!(s.query("none"), None);
         assert_eq!(s.cookie("theme").as_deref(), Some("dark"));
         assert_eq!(s.cookie("sessionid").as_deref(), Some("abc"));
+        let mut s = s;
+        s.headers_mut().remove("cookie");
+        assert_eq!(s.cookie("theme"), None);
         let s2 = Scope::from_parts("/".into(), String::new(), vec![], s.headers().clone(), None);
         assert_eq!(s2.subprotocols(), ["chat", "json"]);
     }

@@ -177,3 +177,46 @@ async fn concurrent_fan_out_from_many_tasks_loses_nothing() {
     }
     assert_eq!(layer.stats().group_full_drops, 0);
 }
+
+/// Slow members and a fast sender: with back-pressure nothing is dropped; without, some are.
+async fn fast_sender_slow_members(backpressure: Duration) -> u64 {
+    let layer = Layer::new(InMemoryLayer::new(
+        LayerConfig::default()
+            .capacity(10)
+            .group_backpressure(backpressure),
+    ));
+    let mut members = Vec::new();
+    for _ in 0..20 {
+        let ch = layer.new_channel().await.unwrap();
+        layer.group_add("room", &ch).await.unwrap();
+        let layer = layer.clone();
+        members.push(tokio::spawn(async move {
+            let mut rx = layer.receiver(&ch);
+            let mut got = 0u64;
+            while let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(500), rx.recv()).await
+            {
+                got += 1;
+                tokio::time::sleep(Duration::from_micros(500)).await;
+            }
+            got
+        }));
+    }
+    for i in 0..100 {
+        layer.group_send("room", msg(i)).await.unwrap();
+    }
+    let mut received = 0;
+    for m in members {
+        received += m.await.unwrap();
+    }
+    assert_eq!(received + layer.stats().group_full_drops, 20 * 100);
+    layer.stats().group_full_drops
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_send_pushes_back_on_a_fast_sender_instead_of_dropping() {
+    assert_eq!(fast_sender_slow_members(Duration::from_secs(1)).await, 0);
+    assert!(
+        fast_sender_slow_members(Duration::ZERO).await > 0,
+        "without back-pressure a fast sender overflows slow members"
+    );
+}

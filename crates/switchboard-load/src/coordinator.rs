@@ -41,6 +41,8 @@ pub(crate) struct Report {
     lat_ms_p90: f64,
     lat_ms_p99: f64,
     lat_ms_max: f64,
+    /// (quantile, latency in ms) pairs for a CDF plot.
+    lat_ms_cdf: Vec<(f64, f64)>,
     rss_before_kb: Option<u64>,
     rss_after_connect_kb: Option<u64>,
     rss_after_hold_kb: Option<u64>,
@@ -357,6 +359,11 @@ pub(crate) async fn run(args: Args) -> Result<(), Error> {
         report.lat_ms_p90 = ms(hist.value_at_quantile(0.90));
         report.lat_ms_p99 = ms(hist.value_at_quantile(0.99));
         report.lat_ms_max = ms(hist.max());
+        let mut q = 0.0;
+        while q <= 1.0 {
+            report.lat_ms_cdf.push((q, ms(hist.value_at_quantile(q))));
+            q += if q < 0.9 { 0.02 } else { 0.002 };
+        }
     }
 
     // Phase 3: close everything, then check the room is empty.

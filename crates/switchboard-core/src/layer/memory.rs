@@ -95,6 +95,8 @@ struct QueueState {
     /// consumer); with several (workers on one channel) the losers simply wait again, and a
     /// receiver that was woken and dropped cannot strand a message.
     waiters: Vec<Waker>,
+    /// Group senders waiting for this queue to drain below half its capacity (back-pressure).
+    drain_waiters: Vec<Waker>,
 }
 
 struct Entry {
@@ -103,7 +105,8 @@ struct Entry {
 }
 
 enum Push {
-    Queued,
+    /// Queued; the queue now holds this many messages.
+    Queued(usize),
     Full,
     /// A group delivery to a channel whose messages just expired: it left the group first.
     Left,
@@ -141,12 +144,13 @@ impl Queue {
             expires: now + expiry,
             message,
         });
+        let len = st.messages.len();
         let waiters = std::mem::take(&mut st.waiters);
         drop(st);
         for w in waiters {
             w.wake();
         }
-        (Push::Queued, expired, leave)
+        (Push::Queued(len), expired, leave)
     }
 
     /// Takes the next unexpired message, or registers `cx` to be woken by the next push.
@@ -159,7 +163,14 @@ impl Queue {
             st.drop_expired(Instant::now())
         };
         match st.messages.pop_front() {
-            Some(e) => (Poll::Ready(e.message), expired, leave),
+            Some(e) => {
+                if !st.drain_waiters.is_empty() && st.messages.len() < self.high_water() {
+                    for w in std::mem::take(&mut st.drain_waiters) {
+                        w.wake();
+                    }
+                }
+                (Poll::Ready(e.message), expired, leave)
+            }
             None => {
                 if !st.waiters.iter().any(|w| w.will_wake(cx.waker())) {
                     st.waiters.push(cx.waker().clone());
@@ -167,6 +178,24 @@ impl Queue {
                 (Poll::Pending, expired, leave)
             }
         }
+    }
+
+    /// Half the capacity: above it a member is lagging and a group sender waits for it.
+    fn high_water(&self) -> usize {
+        (self.capacity / 2).max(1)
+    }
+
+    /// Ready once the queue is below its high-water mark (or full: then waiting is pointless).
+    fn poll_drained(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut st = self.state.lock();
+        let len = st.messages.len();
+        if len < self.high_water() || len >= self.capacity {
+            return Poll::Ready(());
+        }
+        if !st.drain_waiters.iter().any(|w| w.will_wake(cx.waker())) {
+            st.drain_waiters.push(cx.waker().clone());
+        }
+        Poll::Pending
     }
 
     fn wake_all(&self) {
@@ -364,7 +393,7 @@ impl ChannelLayer for InMemoryLayer {
             queue.push(message, Instant::now(), self.inner.config.expiry, false);
         self.inner.after_expiry(&queue, expired, leave);
         match pushed {
-            Push::Queued | Push::Left => Ok(()),
+            Push::Queued(_) | Push::Left => Ok(()),
             Push::Full => Err(Error::ChannelFull {
                 channel: channel.to_string(),
                 capacity: queue.capacity,
@@ -437,6 +466,8 @@ impl ChannelLayer for InMemoryLayer {
         let mut full = 0u64;
         let mut evictions = Vec::new();
         let mut stale = Vec::new();
+        let wait = !self.inner.config.group_backpressure.is_zero();
+        let mut lagging = Vec::new();
         if let Some(members) = self.inner.groups.get(group) {
             for (name, m) in members.iter() {
                 if now.duration_since(m.joined) >= group_expiry {
@@ -444,8 +475,14 @@ impl ChannelLayer for InMemoryLayer {
                     continue;
                 }
                 let (pushed, expired, leave) = m.queue.push(message.clone(), now, expiry, true);
-                if matches!(pushed, Push::Full) {
-                    full += 1;
+                match pushed {
+                    Push::Full => full += 1,
+                    Push::Queued(len)
+                        if wait && len >= m.queue.high_water() && len < m.queue.capacity =>
+                    {
+                        lagging.push(m.queue.clone());
+                    }
+                    _ => {}
                 }
                 if expired > 0 {
                     evictions.push((m.queue.clone(), expired, leave));
@@ -463,6 +500,15 @@ impl ChannelLayer for InMemoryLayer {
         for (name, q) in stale {
             self.inner.remove_member(group, &name, Some(&q));
             q.state.lock().groups.retain(|g| g != group);
+        }
+        if !lagging.is_empty() {
+            // Back-pressure: give lagging members a moment to drain before the sender goes on.
+            let drained = async {
+                for q in &lagging {
+                    std::future::poll_fn(|cx| q.poll_drained(cx)).await;
+                }
+            };
+            let _ = tokio::time::timeout(self.inner.config.group_backpressure, drained).await;
         }
         Ok(())
     }

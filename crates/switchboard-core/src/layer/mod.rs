@@ -14,7 +14,9 @@
 //!   nothing: the sender learns the receiver is not keeping up.
 //! - [`group_send`](ChannelLayer::group_send) never fails because one member is full: that member
 //!   misses the message and the drop is counted ([`LayerStats::group_full_drops`]), while every
-//!   other member gets it. One slow consumer cannot stall a room.
+//!   other member gets it. One slow consumer cannot stall a room. Before it comes to that, the
+//!   in-memory layer pushes back on a fast sender: a `group_send` that leaves members more than
+//!   half full waits (at most [`LayerConfig::group_backpressure`], 10 ms) for them to drain.
 //!
 //! # Expiry
 //!
@@ -62,6 +64,11 @@ pub struct LayerConfig {
     pub expiry: Duration,
     /// How long a group membership lives after `group_add`. Default 86,400 s (one day).
     pub group_expiry: Duration,
+    /// How long `group_send` may wait, after delivering, for members more than half full to
+    /// drain below half (back-pressure on a fast sender instead of drops). Members already full
+    /// are skipped without waiting. Zero disables it. Default 10 ms. Honoured by layers that
+    /// can see their members' queues (the in-memory layer); Redis layers ignore it.
+    pub group_backpressure: Duration,
     /// Per-pattern capacities; the first matching glob wins.
     channel_capacity: Vec<(glob::Pattern, usize)>,
 }
@@ -72,6 +79,7 @@ impl Default for LayerConfig {
             capacity: 100,
             expiry: Duration::from_secs(60),
             group_expiry: Duration::from_secs(86_400),
+            group_backpressure: Duration::from_millis(10),
             channel_capacity: Vec::new(),
         }
     }
@@ -93,6 +101,12 @@ impl LayerConfig {
     /// Sets the group membership expiry.
     pub fn group_expiry(mut self, group_expiry: Duration) -> Self {
         self.group_expiry = group_expiry;
+        self
+    }
+
+    /// Sets how long `group_send` may wait for lagging members (zero disables).
+    pub fn group_backpressure(mut self, wait: Duration) -> Self {
+        self.group_backpressure = wait;
         self
     }
 

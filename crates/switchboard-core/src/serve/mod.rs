@@ -104,16 +104,24 @@ pub(crate) struct OriginCheck {
     pub(crate) allow_missing: bool,
 }
 
-impl OriginCheck {
-    pub(crate) fn allows(&self, origin: Option<&str>, host: Option<&str>) -> bool {
-        let Some(origin) = origin else {
-            return self.allow_missing;
-        };
+impl Origins {
+    /// Whether this policy allows the `Origin` header value `origin` on a request for `host`
+    /// (the request's `Host` header, used by [`Origins::SameHost`]). The same rules the
+    /// WebSocket handshake applies; HTTP endpoints use it for CORS.
+    ///
+    /// ```
+    /// use switchboard_core::Origins;
+    /// let o = Origins::List(vec![".example.com".into()]);
+    /// assert!(o.allows("https://app.example.com", None));
+    /// assert!(!o.allows("https://evil.com", None));
+    /// assert!(Origins::SameHost.allows("http://127.0.0.1:8000", Some("127.0.0.1:8000")));
+    /// ```
+    pub fn allows(&self, origin: &str, host: Option<&str>) -> bool {
         let Some((scheme, o_host, o_port)) = parse_origin(origin) else {
-            return self.origins == Origins::Any
-                || matches!(&self.origins, Origins::List(l) if l.iter().any(|p| p == "*"));
+            return *self == Origins::Any
+                || matches!(self, Origins::List(l) if l.iter().any(|p| p == "*"));
         };
-        match &self.origins {
+        match self {
             Origins::Any => true,
             Origins::SameHost => host.is_some_and(|h| {
                 let (h_host, h_port) = split_host_port(h);
@@ -123,6 +131,15 @@ impl OriginCheck {
             Origins::List(patterns) => patterns
                 .iter()
                 .any(|p| origin_matches(p, &scheme, &o_host, o_port)),
+        }
+    }
+}
+
+impl OriginCheck {
+    pub(crate) fn allows(&self, origin: Option<&str>, host: Option<&str>) -> bool {
+        match origin {
+            None => self.allow_missing,
+            Some(origin) => self.origins.allows(origin, host),
         }
     }
 }
@@ -384,12 +401,13 @@ where
 fn detach_headers(headers: &http::HeaderMap) -> http::HeaderMap {
     let mut out = http::HeaderMap::with_capacity(headers.len());
     for (name, value) in headers {
-        let name = header::HeaderName::from_bytes(name.as_str().as_bytes());
-        let value = HeaderValue::from_bytes(value.as_bytes());
-        if let (Ok(name), Ok(mut value)) = (name, value) {
-            value.set_sensitive(matches!(name, header::AUTHORIZATION | header::COOKIE));
-            out.append(name, value);
-        }
+        let name = header::HeaderName::from_bytes(name.as_str().as_bytes())
+            .unwrap_or_else(|_| name.clone());
+        let mut copy = HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
+        copy.set_sensitive(
+            value.is_sensitive() || matches!(name, header::AUTHORIZATION | header::COOKIE),
+        );
+        out.append(name, copy);
     }
     out
 }

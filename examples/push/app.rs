@@ -1,0 +1,816 @@
+//! The push gateway: publish by HTTP POST, subscribe by WebSocket, EventSource, long-polling or
+//! HTTP streaming — nginx-push-stream-module's model on switchboard's channel layer. `main.rs`
+//! parses flags and serves it; the tests mount it in-process.
+//!
+//! Every push channel `CH` is the layer group `push.CH`. A POST takes the channel's next id from
+//! the history store (which also keeps the last N messages), then `group_send`s the message;
+//! every subscriber — whatever its transport — owns a layer channel that joined the groups of its
+//! push channels, and writes what arrives to its client. So with a Redis layer a POST to one
+//! gateway reaches the subscribers of all of them, and with the Redis history store they share
+//! ids and history. The whole protocol is in `docs/push.md`.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use ipnet::IpNet;
+use parking_lot::Mutex;
+use serde_json::{Value as Json, json};
+use switchboard::{ConnectionConfig, Endpoint, Layer, Origins};
+
+#[path = "channel.rs"]
+pub(crate) mod channel;
+#[path = "format.rs"]
+pub(crate) mod format;
+#[path = "redis_store.rs"]
+pub(crate) mod redis_store;
+#[path = "store.rs"]
+pub(crate) mod store;
+#[path = "subscribe.rs"]
+pub(crate) mod subscribe;
+
+use channel::{BadRequest, group_of, parse_channels};
+use format::Format;
+use store::{ChannelInfo, Draft, HistoryStore, MemoryStore, StoreConfig, now_ms};
+
+/// The demo page: plain HTML and JavaScript, no build step.
+const INDEX_HTML: &str = include_str!("static/index.html");
+
+/// How the gateway is set up (every field has a command-line flag; see `main.rs`).
+#[derive(Clone, Debug)]
+pub(crate) struct Settings {
+    /// Messages kept per channel for backtrack and resume (0: none).
+    pub(crate) store_messages: usize,
+    /// How long a stored message is kept.
+    pub(crate) message_ttl: Duration,
+    /// How long a channel without publishes or subscribers stays known.
+    pub(crate) channel_ttl: Duration,
+    /// Subscribers get this instead of JSON (`~id~ ~channel~ ~text~ ~time~ ~event-type~`).
+    pub(crate) message_template: Option<String>,
+    /// Keep-alive: WebSocket pings, SSE comments, ping messages on streams. `None`: off.
+    pub(crate) ping_interval: Option<Duration>,
+    /// Streaming subscriptions (WebSocket, EventSource, stream) end after this long.
+    pub(crate) subscriber_ttl: Option<Duration>,
+    /// A long-poll with nothing to deliver answers 304 after this long.
+    pub(crate) longpoll_timeout: Duration,
+    /// Subscribers one channel may have on this gateway.
+    pub(crate) max_subscribers_per_channel: Option<usize>,
+    /// Channels the store may know at once.
+    pub(crate) max_channels: Option<u64>,
+    /// Longest channel id (at most 94, what layer group names allow).
+    pub(crate) max_channel_id_length: usize,
+    /// Channels one request may name.
+    pub(crate) max_channels_per_request: usize,
+    /// Largest message body a publisher may POST, in bytes.
+    pub(crate) max_message_size: usize,
+    /// Browser origins allowed cross-origin (CORS, and WebSocket `Origin`); same-host pages are
+    /// always allowed. Patterns as `switchboard::Origins::List`.
+    pub(crate) allowed_origins: Vec<String>,
+    /// A bearer token that lets any address publish, delete and read stats.
+    pub(crate) publisher_token: Option<String>,
+    /// Addresses that may publish without a token (default: loopback).
+    pub(crate) publish_allow: Vec<IpNet>,
+}
+
+/// The loopback networks: who may publish when nothing else is configured.
+pub(crate) fn loopback_nets() -> Vec<IpNet> {
+    vec![
+        IpNet::V4(ipnet::Ipv4Net::new_assert(
+            std::net::Ipv4Addr::new(127, 0, 0, 0),
+            8,
+        )),
+        IpNet::from(IpAddr::from(std::net::Ipv6Addr::LOCALHOST)),
+    ]
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            store_messages: 10,
+            message_ttl: Duration::from_secs(1800),
+            channel_ttl: Duration::from_secs(300),
+            message_template: None,
+            ping_interval: Some(Duration::from_secs(30)),
+            subscriber_ttl: None,
+            longpoll_timeout: Duration::from_secs(30),
+            max_subscribers_per_channel: None,
+            max_channels: None,
+            max_channel_id_length: 64,
+            max_channels_per_request: 16,
+            max_message_size: 64 * 1024,
+            allowed_origins: Vec::new(),
+            publisher_token: None,
+            publish_allow: loopback_nets(),
+        }
+    }
+}
+
+impl Settings {
+    /// The history store's part of the settings.
+    pub(crate) fn store_config(&self) -> StoreConfig {
+        StoreConfig {
+            keep: self.store_messages,
+            message_ttl: self.message_ttl,
+            channel_ttl: self.channel_ttl,
+        }
+    }
+}
+
+/// An in-memory history store for these settings.
+pub(crate) fn memory_store(settings: &Settings) -> Arc<dyn HistoryStore> {
+    Arc::new(MemoryStore::new(settings.store_config()))
+}
+
+/// An HTTP error with a message for the client: `{"error": "…"}`.
+#[derive(Debug, Clone)]
+pub(crate) struct ApiError {
+    pub(crate) status: StatusCode,
+    pub(crate) message: String,
+}
+
+impl ApiError {
+    pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+
+    /// The history store or the layer failed.
+    pub(crate) fn unavailable(what: &str, e: impl std::fmt::Display) -> ApiError {
+        tracing::warn!(error = %e, "{what} failed");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{what} failed: {e}"),
+        )
+    }
+}
+
+impl From<BadRequest> for ApiError {
+    fn from(e: BadRequest) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, e.0)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut r = (self.status, axum::Json(json!({"error": self.message}))).into_response();
+        r.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        r
+    }
+}
+
+/// The gateway's shared state.
+pub(crate) struct Gateway {
+    pub(crate) layer: Layer,
+    pub(crate) store: Arc<dyn HistoryStore>,
+    pub(crate) settings: Settings,
+    pub(crate) format: Format,
+    /// Subscribers on this gateway, per channel.
+    subscribers: Mutex<HashMap<String, usize>>,
+    started: Instant,
+    hostname: String,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Gateway {
+    /// Subscribers of `channel` on this gateway.
+    pub(crate) fn subscribers(&self, channel: &str) -> usize {
+        self.subscribers.lock().get(channel).copied().unwrap_or(0)
+    }
+
+    fn all_subscribers(&self) -> usize {
+        self.subscribers.lock().values().sum()
+    }
+
+    fn subscribed_channels(&self) -> Vec<String> {
+        self.subscribers.lock().keys().cloned().collect()
+    }
+
+    /// Takes one subscriber slot on each channel, or none if one is full.
+    pub(crate) fn reserve(
+        self: &Arc<Self>,
+        channels: &[String],
+    ) -> Result<(subscribe::Slots, Vec<bool>), ApiError> {
+        let mut map = self.subscribers.lock();
+        if let Some(max) = self.settings.max_subscribers_per_channel {
+            for ch in channels {
+                let n = map.get(ch).copied().unwrap_or(0);
+                if n >= max {
+                    return Err(ApiError::new(
+                        StatusCode::FORBIDDEN,
+                        format!(
+                            "channel {ch:?} has {n} subscribers on this gateway; the limit is {max}"
+                        ),
+                    ));
+                }
+            }
+        }
+        let mut fresh = Vec::with_capacity(channels.len());
+        for ch in channels {
+            let n = map.entry(ch.clone()).or_insert(0);
+            fresh.push(*n == 0);
+            *n += 1;
+        }
+        drop(map);
+        Ok((
+            subscribe::Slots::new(self.clone(), channels.to_vec()),
+            fresh,
+        ))
+    }
+
+    /// Gives the slots back.
+    pub(crate) fn release(&self, channels: &[String]) {
+        let mut map = self.subscribers.lock();
+        for ch in channels {
+            if let Some(n) = map.get_mut(ch) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    map.remove(ch);
+                }
+            }
+        }
+    }
+
+    /// Refuses when creating these channels (those not known yet) would pass `--max-channels`.
+    /// `maybe_new` says which channels could be new (for subscribers: those nobody here
+    /// subscribed to before).
+    pub(crate) async fn check_channel_limit(
+        &self,
+        channels: &[String],
+        maybe_new: &[bool],
+    ) -> Result<(), ApiError> {
+        let Some(max) = self.settings.max_channels else {
+            return Ok(());
+        };
+        let mut new = 0u64;
+        for (ch, maybe) in channels.iter().zip(maybe_new) {
+            if *maybe
+                && !self
+                    .store
+                    .exists(ch)
+                    .await
+                    .map_err(|e| ApiError::unavailable("the history store", e))?
+            {
+                new += 1;
+            }
+        }
+        if new == 0 {
+            return Ok(());
+        }
+        let known = self
+            .store
+            .channel_count()
+            .await
+            .map_err(|e| ApiError::unavailable("the history store", e))?;
+        if known + new > max {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!("{known} channels exist; the limit is {max}: no new channel can be made"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A channel's figures: from the store, plus this gateway's subscribers.
+    fn channel_json(&self, info: &ChannelInfo) -> Json {
+        json!({
+            "channel": info.channel,
+            "published_messages": info.published_messages,
+            "stored_messages": info.stored_messages,
+            "subscribers": self.subscribers(&info.channel),
+        })
+    }
+
+    /// Keeps the channels subscribed here registered in the store, so a quiet channel with
+    /// subscribers is neither counted out nor restarted at id 1.
+    fn spawn_keeper(self: &Arc<Self>) {
+        let every = (self.settings.channel_ttl / 3).max(Duration::from_millis(100));
+        let weak: Weak<Gateway> = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(gw) = weak.upgrade() else { return };
+                let channels = gw.subscribed_channels();
+                for batch in channels.chunks(256) {
+                    if let Err(e) = gw.store.touch(batch).await {
+                        tracing::warn!(error = %e, "refreshing subscribed channels failed");
+                        break;
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Builds the gateway on a layer and a history store. Must run inside a tokio runtime (it
+/// starts the task that keeps subscribed channels registered).
+pub(crate) fn router(layer: Layer, store: Arc<dyn HistoryStore>, settings: Settings) -> Router {
+    let gw = Arc::new(Gateway {
+        format: Format::new(settings.message_template.as_deref()),
+        layer: layer.clone(),
+        store,
+        subscribers: Mutex::new(HashMap::new()),
+        started: Instant::now(),
+        hostname: gethostname::gethostname().to_string_lossy().into_owned(),
+        settings,
+    });
+    gw.spawn_keeper();
+    let mut connection = ConnectionConfig::default();
+    connection.ping_interval = gw.settings.ping_interval;
+    connection.idle_timeout = gw
+        .settings
+        .ping_interval
+        .map_or(Duration::from_secs(365 * 86_400), |p| p * 3);
+    // Subscribers only listen: small frames in, small buffers.
+    connection.max_message_size = 4 * 1024;
+    connection.read_buffer_size = 256; // grows for a bigger frame, up to max_message_size
+    connection.write_buffer_size = 4 * 1024;
+    let ws = Endpoint::new(layer, subscribe::ws_factory(gw.clone()))
+        .origins(Origins::Any) // checked in `admit`: same host or --allow-origin
+        .allow_missing_origin(true)
+        .authenticate(subscribe::WsAdmission(gw.clone()))
+        .config(connection);
+    let app = Router::new()
+        .route("/", get(|| async { Html(INDEX_HTML) }))
+        .route("/ws/{*channels}", ws.into_route())
+        .route("/ev/{*channels}", get(subscribe::eventsource))
+        .route("/sub/{*channels}", get(subscribe::stream))
+        .route("/lp/{*channels}", get(subscribe::long_poll))
+        .route(
+            "/pub/{*channels}",
+            get(channel_info).post(publish).delete(delete),
+        )
+        .route("/stats", get(stats))
+        .with_state(gw.clone());
+    match cors(&gw.settings) {
+        Some(layer) => app.layer(layer),
+        None => app,
+    }
+}
+
+/// CORS for `--allow-origin`: subscribers' `Last-Event-ID`/`If-None-Match` and the `Etag` of
+/// long-poll answers must cross origins too.
+fn cors(settings: &Settings) -> Option<tower_http::cors::CorsLayer> {
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    if settings.allowed_origins.is_empty() {
+        return None;
+    }
+    let origins = Origins::List(settings.allowed_origins.clone());
+    Some(
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::predicate(move |origin, _| {
+                origin.to_str().is_ok_and(|o| origins.allows(o, None))
+            }))
+            .allow_methods([Method::GET, Method::POST, Method::DELETE])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                header::IF_NONE_MATCH,
+                header::IF_MODIFIED_SINCE,
+                header::HeaderName::from_static("last-event-id"),
+                header::HeaderName::from_static("event-type"),
+            ])
+            .expose_headers([header::ETAG])
+            .max_age(Duration::from_secs(3600)),
+    )
+}
+
+/// Whether a browser `Origin` may subscribe: same host, or one of `--allow-origin`.
+pub(crate) fn origin_allowed(settings: &Settings, headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+        return true; // not a browser
+    };
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    Origins::SameHost.allows(origin, host)
+        || (!settings.allowed_origins.is_empty()
+            && Origins::List(settings.allowed_origins.clone()).allows(origin, host))
+}
+
+/// Compares without leaking the position of the first difference through timing.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Publishing, deleting and stats: from `--publish-allow` addresses (loopback by default), or
+/// from anywhere with `Authorization: Bearer <--publisher-token>`.
+fn check_publisher(
+    gw: &Gateway,
+    peer: Option<SocketAddr>,
+    headers: &HeaderMap,
+) -> Result<(), ApiError> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    if let Some(token) = &gw.settings.publisher_token
+        && let Some(given) = bearer
+    {
+        return if same_secret(given.as_bytes(), token.as_bytes()) {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "the bearer token is wrong",
+            ))
+        };
+    }
+    let ip = peer.map(|p| p.ip().to_canonical());
+    if ip.is_some_and(|ip| gw.settings.publish_allow.iter().any(|n| n.contains(&ip))) {
+        return Ok(());
+    }
+    let how = if gw.settings.publisher_token.is_some() {
+        "send Authorization: Bearer <token>"
+    } else {
+        "start the gateway with --publisher-token and send Authorization: Bearer <token>, or \
+         allow the address with --publish-allow"
+    };
+    Err(ApiError::new(
+        StatusCode::FORBIDDEN,
+        format!(
+            "{} may not publish: publishing is allowed from {} only; {how}",
+            ip.map_or_else(|| "an unknown address".to_owned(), |ip| ip.to_string()),
+            gw.settings
+                .publish_allow
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    ))
+}
+
+fn peer_of(req: &Request) -> Option<SocketAddr> {
+    req.extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0)
+}
+
+/// Reads the body, refusing one over the limit or not UTF-8.
+async fn read_text(body: Body, limit: usize) -> Result<String, ApiError> {
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the message is over the {limit}-byte limit (--max-message-size)"),
+        )
+    })?;
+    String::from_utf8(bytes.to_vec()).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "the message must be UTF-8 text; byte {} is not",
+                e.utf8_error().valid_up_to()
+            ),
+        )
+    })
+}
+
+fn event_type(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get("event-type") else {
+        return Ok(None);
+    };
+    let v = v
+        .to_str()
+        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "Event-Type must be visible ASCII"))?;
+    let v = v.trim();
+    if v.is_empty() {
+        return Ok(None);
+    }
+    if v.len() > 64 || v.chars().any(|c| c.is_ascii_control()) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "Event-Type must be at most 64 visible characters",
+        ));
+    }
+    Ok(Some(v.to_owned()))
+}
+
+/// `POST /pub/CH[/CH2…]`: the body is the message, for every channel named.
+async fn publish(
+    State(gw): State<Arc<Gateway>>,
+    Path(tail): Path<String>,
+    req: Request,
+) -> Response {
+    publish_inner(&gw, &tail, req)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn publish_inner(gw: &Arc<Gateway>, tail: &str, req: Request) -> Result<Response, ApiError> {
+    check_publisher(gw, peer_of(&req), req.headers())?;
+    let s = &gw.settings;
+    let channels = parse_channels(
+        tail,
+        s.max_channel_id_length,
+        s.max_channels_per_request,
+        false,
+    )?;
+    let event_type = event_type(req.headers())?;
+    let text = read_text(req.into_body(), s.max_message_size).await?;
+    let ids: Vec<String> = channels.into_iter().map(|c| c.id).collect();
+    let maybe_new: Vec<bool> = ids.iter().map(|c| gw.subscribers(c) == 0).collect();
+    gw.check_channel_limit(&ids, &maybe_new).await?;
+    let time_ms = now_ms();
+    let draft = Draft {
+        text: &text,
+        event_type: event_type.as_deref(),
+        time_ms,
+    };
+    let mut infos = Vec::with_capacity(ids.len());
+    for ch in &ids {
+        let published = gw
+            .store
+            .publish(ch, draft)
+            .await
+            .map_err(|e| ApiError::unavailable("storing the message", e))?;
+        let message = format::layer_message(&store::PushMessage {
+            id: published.id,
+            channel: ch.clone(),
+            text: text.clone(),
+            time_ms,
+            event_type: event_type.clone(),
+            epoch: published.epoch,
+        });
+        if let Err(e) = gw.layer.group_send(group_of(ch), message).await {
+            // Stored, so subscribers that resume will still get it.
+            return Err(ApiError::unavailable(
+                &format!(
+                    "fan-out of message {} on {ch:?} (it is stored)",
+                    published.id
+                ),
+                e,
+            ));
+        }
+        infos.push(json!({
+            "channel": ch,
+            "id": published.id,
+            "published_messages": published.id,
+            "stored_messages": published.stored,
+            "subscribers": gw.subscribers(ch),
+        }));
+    }
+    Ok(many_or_one(gw, infos).into_response())
+}
+
+/// One channel: its object. Several: `{"hostname", "time", "channels": n, "infos": [...]}`.
+fn many_or_one(gw: &Gateway, mut infos: Vec<Json>) -> axum::Json<Json> {
+    if infos.len() == 1 {
+        return axum::Json(infos.remove(0));
+    }
+    axum::Json(json!({
+        "hostname": gw.hostname,
+        "time": format::rfc3339(now_ms()),
+        "channels": infos.len(),
+        "infos": infos,
+    }))
+}
+
+/// `DELETE /pub/CH[/CH2…]`: forgets the channels and ends their subscribers.
+async fn delete(
+    State(gw): State<Arc<Gateway>>,
+    Path(tail): Path<String>,
+    req: Request,
+) -> Response {
+    let peer = peer_of(&req);
+    let (parts, _) = req.into_parts();
+    delete_inner(&gw, &tail, peer, &parts.headers)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn delete_inner(
+    gw: &Arc<Gateway>,
+    tail: &str,
+    peer: Option<SocketAddr>,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    check_publisher(gw, peer, headers)?;
+    let s = &gw.settings;
+    let channels = parse_channels(
+        tail,
+        s.max_channel_id_length,
+        s.max_channels_per_request,
+        false,
+    )?;
+    let mut infos = Vec::new();
+    for spec in &channels {
+        let ch = &spec.id;
+        let subscribers = gw.subscribers(ch);
+        let known = gw
+            .store
+            .delete(ch)
+            .await
+            .map_err(|e| ApiError::unavailable("the history store", e))?;
+        let notice = switchboard::Message::builder(format::DELETE)
+            .field("channel", ch.as_str())
+            .build()
+            .map_err(|e| ApiError::unavailable("building the notice", e))?;
+        gw.layer
+            .group_send(group_of(ch), notice)
+            .await
+            .map_err(|e| ApiError::unavailable("telling the subscribers", e))?;
+        if channels.len() == 1 && !known && subscribers == 0 {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no channel {ch:?}"),
+            ));
+        }
+        infos.push(
+            json!({"channel": ch, "deleted": known || subscribers > 0, "subscribers": subscribers}),
+        );
+    }
+    Ok(many_or_one(gw, infos).into_response())
+}
+
+/// `GET /pub/CH`: the channel's figures, as `/stats?id=CH`.
+async fn channel_info(
+    State(gw): State<Arc<Gateway>>,
+    Path(tail): Path<String>,
+    req: Request,
+) -> Response {
+    let peer = peer_of(&req);
+    let (parts, _) = req.into_parts();
+    let result = async {
+        check_publisher(&gw, peer, &parts.headers)?;
+        let s = &gw.settings;
+        let channels = parse_channels(
+            &tail,
+            s.max_channel_id_length,
+            s.max_channels_per_request,
+            false,
+        )?;
+        let mut infos = Vec::new();
+        for spec in channels {
+            infos.push(one_channel(&gw, &spec.id).await?);
+        }
+        Ok::<_, ApiError>(many_or_one(&gw, infos).into_response())
+    }
+    .await;
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn one_channel(gw: &Gateway, ch: &str) -> Result<Json, ApiError> {
+    let info = gw
+        .store
+        .info(ch)
+        .await
+        .map_err(|e| ApiError::unavailable("the history store", e))?;
+    match info {
+        Some(info) => Ok(gw.channel_json(&info)),
+        None if gw.subscribers(ch) > 0 => Ok(gw.channel_json(&ChannelInfo {
+            channel: ch.to_owned(),
+            published_messages: 0,
+            stored_messages: 0,
+        })),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no channel {ch:?}"),
+        )),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct StatsQuery {
+    id: Option<String>,
+}
+
+/// `GET /stats[?id=CH|ALL|prefix*]`: JSON, or plain text when `Accept` prefers `text/plain`.
+async fn stats(
+    State(gw): State<Arc<Gateway>>,
+    Query(q): Query<StatsQuery>,
+    req: Request,
+) -> Response {
+    let peer = peer_of(&req);
+    let (parts, _) = req.into_parts();
+    let headers = parts.headers;
+    let result = async {
+        check_publisher(&gw, peer, &headers)?;
+        let body = match q.id.as_deref() {
+            None => summary(&gw).await?,
+            Some(id) => {
+                let prefix = match id {
+                    "ALL" => Some(""),
+                    _ => id.strip_suffix('*'),
+                };
+                match prefix {
+                    Some(prefix) => {
+                        let infos = gw
+                            .store
+                            .channels(prefix)
+                            .await
+                            .map_err(|e| ApiError::unavailable("the history store", e))?;
+                        json!({
+                            "hostname": gw.hostname,
+                            "time": format::rfc3339(now_ms()),
+                            "channels": infos.len(),
+                            "infos": infos.iter().map(|i| gw.channel_json(i)).collect::<Vec<_>>(),
+                        })
+                    }
+                    None => one_channel(&gw, id).await?,
+                }
+            }
+        };
+        Ok::<_, ApiError>(if wants_text(&headers) {
+            let mut r = plain_text(&body).into_response();
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
+            r
+        } else {
+            axum::Json(body).into_response()
+        })
+    }
+    .await;
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn summary(gw: &Gateway) -> Result<Json, ApiError> {
+    let unavailable = |e| ApiError::unavailable("the history store", e);
+    let channels = gw.store.channel_count().await.map_err(unavailable)?;
+    let published = gw.store.published_total().await.map_err(unavailable)?;
+    let stored: u64 = gw
+        .store
+        .channels("")
+        .await
+        .map_err(unavailable)?
+        .iter()
+        .map(|c| c.stored_messages)
+        .sum();
+    Ok(json!({
+        "hostname": gw.hostname,
+        "time": format::rfc3339(now_ms()),
+        "channels": channels,
+        "published_messages": published,
+        "stored_messages": stored,
+        "subscribers": gw.all_subscribers(),
+        "uptime": gw.started.elapsed().as_secs(),
+    }))
+}
+
+/// Whether `Accept` asks for text/plain rather than JSON.
+fn wants_text(headers: &HeaderMap) -> bool {
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let pos = |t: &str| accept.find(t);
+    match (pos("text/plain"), pos("application/json")) {
+        (Some(_), None) => true,
+        (Some(t), Some(j)) => t < j,
+        _ => false,
+    }
+}
+
+/// `key: value` lines; channel lists as one line per channel.
+fn plain_text(body: &Json) -> String {
+    let mut out = String::new();
+    let Some(map) = body.as_object() else {
+        return out;
+    };
+    for (k, v) in map {
+        match v {
+            Json::Array(items) => {
+                for item in items {
+                    let line: Vec<String> = item
+                        .as_object()
+                        .map(|o| {
+                            o.iter()
+                                .map(|(k, v)| format!("{k}={}", scalar(v)))
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    out.push_str(&format!("{k}: {}\n", line.join(" ")));
+                }
+            }
+            v => out.push_str(&format!("{k}: {}\n", scalar(v))),
+        }
+    }
+    out
+}
+
+fn scalar(v: &Json) -> String {
+    match v {
+        Json::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}

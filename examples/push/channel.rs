@@ -1,0 +1,169 @@
+//! Channel ids in paths, backtrack suffixes and resume cursors.
+//!
+//! - A channel id is 1 to `max_channel_id_length` ASCII letters, digits, `-`, `_` or `.`; its
+//!   layer group is `push.<id>`. An id may not end in `.b<digits>`, which is the backtrack
+//!   suffix: `/ev/news.b5` subscribes to `news` and first delivers its last 5 stored messages.
+//! - Paths carry several channels separated by `/`: `/ws/user-7/project-3/global`.
+//! - A cursor says how far a subscriber got. For one channel it is that channel's last seen id
+//!   (`42`); for several it names each (`user-7:42,global:1093`). It is what SSE events carry in
+//!   `id:`, what long-poll answers carry in `Etag`, and what `Last-Event-ID`, `If-None-Match`
+//!   and `?last_id=` give back.
+
+use std::fmt::Write as _;
+
+/// The layer group of a push channel.
+pub(crate) fn group_of(channel: &str) -> String {
+    format!("push.{channel}")
+}
+
+/// Longest channel id the layer's group names allow (`push.` + id must stay under 100).
+pub(crate) const LONGEST_CHANNEL_ID: usize = 94;
+
+/// Why a path or cursor was refused; becomes a 400 (or 403 for limits) with this text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct BadRequest(pub(crate) String);
+
+fn backtrack_suffix(segment: &str) -> Option<(&str, usize)> {
+    let (name, n) = segment.rsplit_once(".b")?;
+    if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((name, n.parse().unwrap_or(usize::MAX)))
+}
+
+/// Checks one channel id.
+pub(crate) fn check_channel_id(id: &str, max_len: usize) -> Result<(), BadRequest> {
+    if id.is_empty() {
+        return Err(BadRequest("empty channel id".into()));
+    }
+    let max_len = max_len.min(LONGEST_CHANNEL_ID);
+    if id.len() > max_len {
+        return Err(BadRequest(format!(
+            "channel id {:?}… is {} characters long; the limit is {max_len}",
+            id.chars().take(20).collect::<String>(),
+            id.len()
+        )));
+    }
+    if let Some(bad) = id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
+        return Err(BadRequest(format!(
+            "channel id {id:?} has {bad:?}: use ASCII letters, digits, '-', '_' and '.'"
+        )));
+    }
+    if backtrack_suffix(id).is_some() {
+        return Err(BadRequest(format!(
+            "channel id {id:?} ends like a backtrack suffix (.b<N>); pick another id"
+        )));
+    }
+    Ok(())
+}
+
+/// One channel of a subscription.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ChannelSpec {
+    pub(crate) id: String,
+    /// `CH.b5`: deliver the last 5 stored messages first.
+    pub(crate) backtrack: Option<usize>,
+}
+
+/// Splits a path tail (`a/b.b5/c`) into channel ids, checking each and their number.
+/// `allow_backtrack` is false for publishing.
+pub(crate) fn parse_channels(
+    tail: &str,
+    max_len: usize,
+    max_count: usize,
+    allow_backtrack: bool,
+) -> Result<Vec<ChannelSpec>, BadRequest> {
+    let mut out: Vec<ChannelSpec> = Vec::new();
+    for segment in tail.split('/').filter(|s| !s.is_empty()) {
+        let (id, backtrack) = match backtrack_suffix(segment) {
+            Some((id, n)) if allow_backtrack => (id, Some(n)),
+            Some(_) => {
+                return Err(BadRequest(format!(
+                    "{segment:?}: a backtrack suffix (.b<N>) only makes sense when subscribing"
+                )));
+            }
+            None => (segment, None),
+        };
+        check_channel_id(id, max_len)?;
+        if let Some(prev) = out.iter_mut().find(|c| c.id == id) {
+            // The same channel twice: once is enough; keep the larger backtrack.
+            prev.backtrack = prev.backtrack.max(backtrack);
+            continue;
+        }
+        out.push(ChannelSpec {
+            id: id.to_owned(),
+            backtrack,
+        });
+        if out.len() > max_count {
+            return Err(BadRequest(format!(
+                "too many channels in one request; the limit is {max_count}"
+            )));
+        }
+    }
+    if out.is_empty() {
+        return Err(BadRequest(
+            "no channel given: put channel ids in the path, e.g. /ev/news or /pub/a/b".into(),
+        ));
+    }
+    Ok(out)
+}
+
+/// Reads a cursor against the subscription's channels: for each, the last id the client saw,
+/// if the cursor names it. Quotes and a weak `W/` prefix (from `Etag`) are ignored.
+pub(crate) fn parse_cursor(
+    text: &str,
+    channels: &[ChannelSpec],
+) -> Result<Vec<Option<u64>>, BadRequest> {
+    let text = text.trim();
+    let text = text.strip_prefix("W/").unwrap_or(text).trim_matches('"');
+    let mut out = vec![None; channels.len()];
+    if text.is_empty() {
+        return Ok(out);
+    }
+    let bad = || {
+        BadRequest(format!(
+            "bad event id {text:?}: expected a message id (42) or, for several channels, \
+             CHANNEL:ID pairs separated by commas (a:42,b:7)"
+        ))
+    };
+    if !text.contains(':') {
+        let id: u64 = text.parse().map_err(|_| bad())?;
+        if channels.len() != 1 {
+            return Err(BadRequest(format!(
+                "event id {text:?} names no channel, but this subscription has {}: use \
+                 CHANNEL:ID pairs (a:42,b:7)",
+                channels.len()
+            )));
+        }
+        out[0] = Some(id);
+        return Ok(out);
+    }
+    for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (name, id) = pair.rsplit_once(':').ok_or_else(bad)?;
+        let id: u64 = id.parse().map_err(|_| bad())?;
+        // Channels the subscription does not have are ignored (the client may have dropped one).
+        if let Some(i) = channels.iter().position(|c| c.id == name) {
+            out[i] = Some(id);
+        }
+    }
+    Ok(out)
+}
+
+/// Writes a cursor: the bare id for one channel, `a:1,b:2` for several.
+pub(crate) fn format_cursor<'a>(positions: impl Iterator<Item = (&'a str, u64)>) -> String {
+    let positions: Vec<(&str, u64)> = positions.collect();
+    if let [(_, id)] = positions[..] {
+        return id.to_string();
+    }
+    let mut s = String::new();
+    for (i, (name, id)) in positions.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        let _ = write!(s, "{name}:{id}");
+    }
+    s
+}

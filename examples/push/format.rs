@@ -1,0 +1,211 @@
+//! What subscribers receive: each message as JSON, or through a template.
+//!
+//! A published message travels through the layer as
+//! `{"type":"push.message","id":7,"channel":"news","text":"…","time":"2026-11-22T07:09:00.123Z","event_type":"…","epoch":1795331340000}`
+//! (`event_type` only when the publisher sent an `Event-Type` header; `epoch` names the
+//! channel's incarnation, see `store.rs`). By default subscribers
+//! receive exactly that JSON — rendered once per message and shared by every WebSocket that
+//! gets it. With `--message-template`, they receive the template with `~id~`, `~channel~`,
+//! `~text~`, `~time~` and `~event-type~` replaced.
+//!
+//! Two notices share the format: a keep-alive ping on `/sub/` streams
+//! (`{"type":"push.ping","time":…}`; through a template: id `-1`, event type `ping`) and the
+//! notice that a channel was deleted (`{"type":"push.deleted","channel":…,"time":…}`; through a
+//! template: id `-2`, text `channel deleted`, event type `deleted`).
+
+use switchboard::{Message, Utf8Bytes, Value};
+use time::OffsetDateTime;
+
+use super::store::PushMessage;
+
+/// The layer message type of a published message.
+pub(crate) const MESSAGE: &str = "push.message";
+/// The layer message type that tells subscribers a channel was deleted.
+pub(crate) const DELETE: &str = "push.delete";
+/// The layer message type a WebSocket subscriber sends itself when its TTL is up.
+pub(crate) const TTL: &str = "push.ttl";
+
+/// `time_ms` as RFC 3339 in UTC with milliseconds: `2026-11-22T07:09:00.120Z`.
+pub(crate) fn rfc3339(time_ms: u64) -> String {
+    let nanos = i128::from(time_ms) * 1_000_000;
+    let t = OffsetDateTime::from_unix_timestamp_nanos(nanos).unwrap_or(OffsetDateTime::UNIX_EPOCH);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond()
+    )
+}
+
+/// The layer message carrying a published message.
+pub(crate) fn layer_message(m: &PushMessage) -> Message {
+    let mut b = Message::builder(MESSAGE)
+        .field("id", m.id)
+        .field("channel", m.channel.as_str())
+        .field("text", m.text.as_str())
+        .field("time", rfc3339(m.time_ms));
+    if let Some(e) = &m.event_type {
+        b = b.field("event_type", e.as_str());
+    }
+    b = b.field("epoch", m.epoch);
+    b.build().expect("valid message") // ok: a fixed non-empty type and no reserved key
+}
+
+/// A message's id, if it carries a valid one.
+pub(crate) fn message_id(m: &Message) -> Option<u64> {
+    uint(m, "id")
+}
+
+/// A message's channel epoch (0 if it carries none).
+pub(crate) fn message_epoch(m: &Message) -> u64 {
+    uint(m, "epoch").unwrap_or(0)
+}
+
+fn uint(m: &Message, key: &str) -> Option<u64> {
+    match m.get(key)? {
+        Value::UInt(n) => Some(*n),
+        Value::Int(n) => u64::try_from(*n).ok(),
+        _ => None,
+    }
+}
+
+/// A string field of a message ("" when absent).
+pub(crate) fn field<'a>(m: &'a Message, key: &str) -> &'a str {
+    m.get(key).and_then(Value::as_str).unwrap_or("")
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Part {
+    Lit(String),
+    Id,
+    Channel,
+    Text,
+    Time,
+    EventType,
+}
+
+/// A parsed `--message-template`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Template(Vec<Part>);
+
+impl Template {
+    /// Parses a template. Unknown `~words~` stay as they are.
+    pub(crate) fn parse(text: &str) -> Template {
+        let mut parts = Vec::new();
+        let mut lit = String::new();
+        let mut rest = text;
+        while let Some(start) = rest.find('~') {
+            let after = &rest[start + 1..];
+            let token = after.find('~').map(|end| (&after[..end], end));
+            let part = match token {
+                Some(("id", _)) => Some(Part::Id),
+                Some(("channel", _)) => Some(Part::Channel),
+                Some(("text", _)) => Some(Part::Text),
+                Some(("time", _)) => Some(Part::Time),
+                Some(("event-type", _)) => Some(Part::EventType),
+                _ => None,
+            };
+            match (part, token) {
+                (Some(p), Some((_, end))) => {
+                    lit.push_str(&rest[..start]);
+                    if !lit.is_empty() {
+                        parts.push(Part::Lit(std::mem::take(&mut lit)));
+                    }
+                    parts.push(p);
+                    rest = &after[end + 1..];
+                }
+                _ => {
+                    lit.push_str(&rest[..=start]);
+                    rest = after;
+                }
+            }
+        }
+        lit.push_str(rest);
+        if !lit.is_empty() {
+            parts.push(Part::Lit(lit));
+        }
+        Template(parts)
+    }
+
+    fn render(&self, id: &str, channel: &str, text: &str, time: &str, event_type: &str) -> String {
+        let mut out = String::with_capacity(text.len() + 64);
+        for p in &self.0 {
+            out.push_str(match p {
+                Part::Lit(s) => s,
+                Part::Id => id,
+                Part::Channel => channel,
+                Part::Text => text,
+                Part::Time => time,
+                Part::EventType => event_type,
+            });
+        }
+        out
+    }
+}
+
+/// How messages are written for subscribers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Format {
+    /// The layer message's JSON.
+    Json,
+    /// A template.
+    Template(Template),
+}
+
+impl Format {
+    /// From the `--message-template` flag.
+    pub(crate) fn new(template: Option<&str>) -> Format {
+        match template {
+            Some(t) => Format::Template(Template::parse(t)),
+            None => Format::Json,
+        }
+    }
+
+    /// A published message (`push.message`) or a notice, as the subscriber gets it.
+    pub(crate) fn render(&self, m: &Message) -> Utf8Bytes {
+        match self {
+            Format::Json => m.to_json_text(),
+            Format::Template(t) => {
+                let id = message_id(m).map(|i| i.to_string());
+                let id = id.as_deref().unwrap_or(match m.message_type() {
+                    PING => "-1",
+                    DELETED => "-2",
+                    _ => "0",
+                });
+                let (text, event_type) = match m.message_type() {
+                    PING => ("", "ping"),
+                    DELETED => ("channel deleted", "deleted"),
+                    _ => (field(m, "text"), field(m, "event_type")),
+                };
+                t.render(id, field(m, "channel"), text, field(m, "time"), event_type)
+                    .into()
+            }
+        }
+    }
+}
+
+/// The type of the ping notice on streams.
+pub(crate) const PING: &str = "push.ping";
+/// The type of the notice a subscriber gets when a channel it follows is deleted.
+pub(crate) const DELETED: &str = "push.deleted";
+
+/// A ping notice, now.
+pub(crate) fn ping(time_ms: u64) -> Message {
+    Message::builder(PING)
+        .field("time", rfc3339(time_ms))
+        .build()
+        .expect("valid message") // ok: a fixed non-empty type and no reserved key
+}
+
+/// The notice that `channel` was deleted.
+pub(crate) fn deleted(channel: &str, time_ms: u64) -> Message {
+    Message::builder(DELETED)
+        .field("channel", channel)
+        .field("time", rfc3339(time_ms))
+        .build()
+        .expect("valid message") // ok: a fixed non-empty type and no reserved key
+}

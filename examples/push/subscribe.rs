@@ -1,0 +1,868 @@
+//! Subscribers: admission, lossless delivery, and the four transports.
+//!
+//! Every subscriber, whatever its transport, goes through the same steps:
+//!
+//! 1. **Admission** ([`Gateway::admit`]): the path's channels are checked (ids, how many), the
+//!    resume cursor is read (`Last-Event-ID`, `If-None-Match`, `?last_id=`, `?last_event_id=`),
+//!    a subscriber slot is taken on every channel (`--max-subscribers-per-channel`), new channels
+//!    are counted against `--max-channels`, and the channels are registered in the store.
+//! 2. **Subscription**: a fresh layer channel joins the group of every push channel — *before*
+//!    the store is read, so nothing published in between can slip past.
+//! 3. **Start** ([`Tracker::start`]): per channel, the stored messages the subscriber asked for —
+//!    newer than its cursor, or the last N (`CH.bN`) — and the channel's last id.
+//! 4. **Live**: each message from the layer goes through [`Tracker::live`]: ids the subscriber
+//!    already has are dropped; a message that skips ids (another publisher's message is still on
+//!    its way, or this subscriber's layer queue overflowed) makes the tracker fetch the missing
+//!    ones from the store first. Every channel's messages therefore reach the client once each,
+//!    in id order — as long as the store still holds them (`--store-messages`, `--message-ttl`).
+//!    Without history (`--store-messages 0`) messages are passed on as they come.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use switchboard::{
+    Authenticate, ChannelName, CloseCode, Consumer, Context, Error, Frame, Layer, Message, Refusal,
+    Scope, async_trait,
+};
+use tokio::time::Instant;
+
+use super::channel::{ChannelSpec, format_cursor, group_of, parse_channels, parse_cursor};
+use super::format::{self, field, message_epoch, message_id};
+use super::store::{HistoryStore, PushMessage, Read, now_ms};
+use super::{ApiError, Gateway, origin_allowed};
+
+/// Subscriber slots held on this gateway; given back when dropped.
+pub(crate) struct Slots {
+    gw: Arc<Gateway>,
+    channels: Vec<String>,
+}
+
+impl std::fmt::Debug for Slots {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Slots").field(&self.channels).finish()
+    }
+}
+
+impl Slots {
+    pub(crate) fn new(gw: Arc<Gateway>, channels: Vec<String>) -> Slots {
+        Slots { gw, channels }
+    }
+
+    /// Gives back the slot of one channel (it was deleted).
+    fn release_one(&mut self, channel: &str) {
+        if let Some(i) = self.channels.iter().position(|c| c == channel) {
+            self.channels.swap_remove(i);
+            self.gw.release(&[channel.to_owned()]);
+        }
+    }
+}
+
+impl Drop for Slots {
+    fn drop(&mut self) {
+        self.gw.release(&self.channels);
+    }
+}
+
+/// A subscriber let in: its channels, its cursor, its slots.
+#[derive(Debug)]
+pub(crate) struct Admitted {
+    pub(crate) channels: Vec<ChannelSpec>,
+    /// Per channel: the last id the client has, if it said.
+    pub(crate) cursor: Vec<Option<u64>>,
+    pub(crate) slots: Slots,
+}
+
+/// The resume cursor a request carries, if any.
+fn cursor_text<'a>(headers: &'a HeaderMap, query: Option<&'a str>) -> Option<String> {
+    for name in ["last-event-id", "if-none-match"] {
+        if let Some(v) = headers.get(name).and_then(|v| v.to_str().ok()) {
+            return Some(v.to_owned());
+        }
+    }
+    form_urlencoded::parse(query.unwrap_or("").as_bytes())
+        .find(|(k, _)| k == "last_id" || k == "last_event_id")
+        .map(|(_, v)| v.into_owned())
+}
+
+impl Gateway {
+    /// Admission: see the module docs.
+    pub(crate) async fn admit(
+        self: &Arc<Self>,
+        tail: &str,
+        headers: &HeaderMap,
+        query: Option<&str>,
+    ) -> Result<Admitted, ApiError> {
+        if !origin_allowed(&self.settings, headers) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "this origin may not subscribe (see --allow-origin)",
+            ));
+        }
+        let s = &self.settings;
+        let channels = parse_channels(
+            tail,
+            s.max_channel_id_length,
+            s.max_channels_per_request,
+            true,
+        )?;
+        let cursor = match cursor_text(headers, query) {
+            Some(text) => parse_cursor(&text, &channels)?,
+            None => vec![None; channels.len()],
+        };
+        let ids: Vec<String> = channels.iter().map(|c| c.id.clone()).collect();
+        let (slots, fresh) = self.reserve(&ids)?;
+        self.check_channel_limit(&ids, &fresh).await?;
+        self.store
+            .touch(&ids)
+            .await
+            .map_err(|e| ApiError::unavailable("the history store", e))?;
+        Ok(Admitted {
+            channels,
+            cursor,
+            slots,
+        })
+    }
+}
+
+/// A message (or notice) for the client, and the cursor after it.
+#[derive(Debug, Clone)]
+pub(crate) struct Item {
+    pub(crate) message: Message,
+    pub(crate) cursor: String,
+    /// The `Event-Type` of a published message (SSE writes it as `event:`).
+    pub(crate) event_type: Option<String>,
+}
+
+#[derive(Debug)]
+struct Tracked {
+    id: String,
+    /// The last id the client has (or has skipped because the store no longer holds it).
+    pos: u64,
+    /// The channel's epoch (0 while unknown: nothing was published yet).
+    epoch: u64,
+}
+
+/// Where a subscriber stands on each of its channels; see the module docs.
+#[derive(Debug)]
+pub(crate) struct Tracker {
+    chans: Vec<Tracked>,
+    history: bool,
+}
+
+impl Tracker {
+    /// Reads what the subscriber asked for from the store. Call after joining the groups.
+    pub(crate) async fn start(
+        store: &dyn HistoryStore,
+        channels: &[ChannelSpec],
+        cursor: &[Option<u64>],
+    ) -> switchboard::Result<(Tracker, Vec<Item>)> {
+        let mut tracker = Tracker {
+            chans: Vec::with_capacity(channels.len()),
+            history: store.config().keep > 0,
+        };
+        let mut backlog: Vec<(usize, PushMessage)> = Vec::new();
+        let mut last_ids = Vec::with_capacity(channels.len());
+        for (i, spec) in channels.iter().enumerate() {
+            let given = cursor.get(i).copied().flatten();
+            let read = match (given, spec.backtrack) {
+                (Some(c), _) => Read::Since(c),
+                (None, Some(n)) => Read::Last(n),
+                (None, None) => Read::Nothing,
+            };
+            let mut history = store.read(&spec.id, read).await?;
+            let mut pos = match read {
+                Read::Since(c) if c > history.last_id => {
+                    // Newer than anything the channel has: it was deleted or forgotten since.
+                    // Its ids started again; everything it stores now is new to the client.
+                    history = store.read(&spec.id, Read::Since(0)).await?;
+                    0
+                }
+                Read::Since(c) => c,
+                Read::Last(_) => history
+                    .messages
+                    .first()
+                    .map_or(history.last_id, |m| m.id - 1),
+                Read::Nothing => history.last_id,
+            };
+            pos = pos.min(history.last_id);
+            last_ids.push(history.last_id);
+            tracker.chans.push(Tracked {
+                id: spec.id.clone(),
+                pos,
+                epoch: history.epoch,
+            });
+            backlog.extend(history.messages.into_iter().map(|m| (i, m)));
+        }
+        let mut items = Vec::with_capacity(backlog.len());
+        for (i, m) in backlog {
+            if m.id > tracker.chans[i].pos {
+                tracker.chans[i].pos = m.id;
+                items.push(tracker.item(format::layer_message(&m), m.event_type));
+            }
+        }
+        // Messages the store no longer holds are behind the client now.
+        for (t, last) in tracker.chans.iter_mut().zip(last_ids) {
+            t.pos = t.pos.max(last);
+        }
+        Ok((tracker, items))
+    }
+
+    fn item(&self, message: Message, event_type: Option<String>) -> Item {
+        Item {
+            message,
+            cursor: self.cursor(),
+            event_type,
+        }
+    }
+
+    /// The cursor: how far the client got on each channel.
+    pub(crate) fn cursor(&self) -> String {
+        format_cursor(self.chans.iter().map(|t| (t.id.as_str(), t.pos)))
+    }
+
+    /// A published message from the layer: what to deliver for it (nothing, it, or the
+    /// messages it skipped and it).
+    pub(crate) async fn live(&mut self, store: &dyn HistoryStore, msg: Message) -> Vec<Item> {
+        let (Some(id), channel) = (message_id(&msg), field(&msg, "channel")) else {
+            tracing::warn!(?msg, "push.message without an id: dropped");
+            return Vec::new();
+        };
+        let Some(i) = self.chans.iter().position(|t| t.id == channel) else {
+            return Vec::new(); // a channel this subscriber has left
+        };
+        let event_type = msg
+            .get("event_type")
+            .and_then(|v| v.as_str())
+            .map(str::to_owned);
+        let epoch = message_epoch(&msg);
+        let t = &mut self.chans[i];
+        if epoch != 0 && epoch < t.epoch {
+            return Vec::new(); // late, from an incarnation of the channel that has ended
+        }
+        if epoch > t.epoch {
+            if t.epoch != 0 {
+                // The channel started again at id 1 (its history was lost, or it was deleted).
+                tracing::info!(%channel, old = t.epoch, new = epoch, "channel restarted; following it from id 1");
+                t.pos = 0;
+            }
+            t.epoch = epoch;
+        }
+        let pos = t.pos;
+        if !self.history {
+            self.chans[i].pos = pos.max(id);
+            return vec![self.item(msg, event_type)];
+        }
+        if id <= pos {
+            return Vec::new(); // already delivered (from the store, or a duplicate)
+        }
+        if id == pos + 1 {
+            self.chans[i].pos = id;
+            return vec![self.item(msg, event_type)];
+        }
+        // Ids pos+1 … id-1 are missing: they are in the store (stored before being sent).
+        let mut items = Vec::new();
+        match store.read(channel, Read::Since(pos)).await {
+            Ok(history) => {
+                for m in history.messages {
+                    if m.id > self.chans[i].pos {
+                        self.chans[i].pos = m.id;
+                        items.push(self.item(format::layer_message(&m), m.event_type));
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(%channel, from = pos, error = %e, "could not fetch skipped messages")
+            }
+        }
+        if self.chans[i].pos < id {
+            self.chans[i].pos = id;
+            items.push(self.item(msg, event_type));
+        }
+        items
+    }
+
+    /// Stops following a deleted channel; whether no channel is left.
+    pub(crate) fn remove(&mut self, channel: &str) -> bool {
+        self.chans.retain(|t| t.id != channel);
+        self.chans.is_empty()
+    }
+
+    /// Whether the subscriber follows `channel`.
+    pub(crate) fn follows(&self, channel: &str) -> bool {
+        self.chans.iter().any(|t| t.id == channel)
+    }
+}
+
+/// A layer channel subscribed to groups; leaves them and frees the channel when dropped.
+struct LayerSub {
+    layer: Layer,
+    channel: ChannelName,
+    groups: Vec<String>,
+}
+
+impl Drop for LayerSub {
+    fn drop(&mut self) {
+        let layer = self.layer.clone();
+        let channel = self.channel.clone();
+        let groups = std::mem::take(&mut self.groups);
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                for g in groups {
+                    if let Err(e) = layer.group_discard(g.as_str(), &channel).await {
+                        tracing::debug!(group = %g, error = %e, "group_discard failed");
+                    }
+                }
+                if let Err(e) = layer.backend().discard_channel(&channel).await {
+                    tracing::debug!(%channel, error = %e, "discard_channel failed");
+                }
+            });
+        }
+    }
+}
+
+/// What [`Feed::next`] got.
+pub(crate) enum Next {
+    /// Messages for the client.
+    Items(Vec<Item>),
+    /// A followed channel was deleted: the notice, and whether no channel is left.
+    Deleted(Item, bool),
+    /// The deadline passed first.
+    Tick,
+    /// The layer closed (the gateway is shutting down).
+    Closed,
+}
+
+/// A subscription of the HTTP transports (EventSource, stream, long-poll).
+pub(crate) struct Feed {
+    gw: Arc<Gateway>,
+    sub: LayerSub,
+    tracker: Tracker,
+    slots: Slots,
+    next_refresh: Instant,
+}
+
+impl Feed {
+    /// Subscribes (steps 2 and 3 of the module docs); returns the backlog to deliver first.
+    pub(crate) async fn open(
+        gw: &Arc<Gateway>,
+        admitted: Admitted,
+    ) -> Result<(Feed, Vec<Item>), ApiError> {
+        let layer = gw.layer.clone();
+        let channel = layer
+            .new_channel()
+            .await
+            .map_err(|e| ApiError::unavailable("the channel layer", e))?;
+        let mut sub = LayerSub {
+            layer: layer.clone(),
+            channel,
+            groups: Vec::with_capacity(admitted.channels.len()),
+        };
+        for spec in &admitted.channels {
+            let group = group_of(&spec.id);
+            layer
+                .group_add(group.as_str(), &sub.channel)
+                .await
+                .map_err(|e| ApiError::unavailable("the channel layer", e))?;
+            sub.groups.push(group);
+        }
+        let (tracker, items) =
+            Tracker::start(gw.store.as_ref(), &admitted.channels, &admitted.cursor)
+                .await
+                .map_err(|e| ApiError::unavailable("the history store", e))?;
+        Ok((
+            Feed {
+                gw: gw.clone(),
+                sub,
+                tracker,
+                slots: admitted.slots,
+                next_refresh: Instant::now() + group_refresh(&layer),
+            },
+            items,
+        ))
+    }
+
+    /// The cursor after everything delivered so far.
+    pub(crate) fn cursor(&self) -> String {
+        self.tracker.cursor()
+    }
+
+    /// Waits for what to deliver next, or `deadline`. Cancel-safe only while waiting on the
+    /// layer, so callers pass the deadline instead of racing this future.
+    pub(crate) async fn next(&mut self, deadline: Instant) -> Next {
+        loop {
+            let wake = deadline.min(self.next_refresh);
+            let received = tokio::select! {
+                r = self.gw.layer.backend().receive(&self.sub.channel) => Some(r),
+                () = tokio::time::sleep_until(wake) => None,
+            };
+            let msg = match received {
+                None => {
+                    if Instant::now() >= self.next_refresh {
+                        self.refresh_groups().await;
+                    }
+                    if Instant::now() >= deadline {
+                        return Next::Tick;
+                    }
+                    continue;
+                }
+                Some(Ok(msg)) => msg,
+                Some(Err(Error::LayerClosed)) => return Next::Closed,
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "receive from the channel layer failed; retrying in 1 s");
+                    tokio::time::sleep(
+                        Duration::from_secs(1)
+                            .min(deadline.saturating_duration_since(Instant::now())),
+                    )
+                    .await;
+                    continue;
+                }
+            };
+            match msg.message_type() {
+                format::MESSAGE => {
+                    let items = self.tracker.live(self.gw.store.as_ref(), msg).await;
+                    if !items.is_empty() {
+                        return Next::Items(items);
+                    }
+                }
+                format::DELETE => {
+                    let channel = field(&msg, "channel").to_owned();
+                    if !self.tracker.follows(&channel) {
+                        continue;
+                    }
+                    let last = self.tracker.remove(&channel);
+                    self.slots.release_one(&channel);
+                    let group = group_of(&channel);
+                    self.sub.groups.retain(|g| g != &group);
+                    if let Err(e) = self
+                        .gw
+                        .layer
+                        .group_discard(group.as_str(), &self.sub.channel)
+                        .await
+                    {
+                        tracing::debug!(%group, error = %e, "group_discard failed");
+                    }
+                    let notice = Item {
+                        message: format::deleted(&channel, now_ms()),
+                        cursor: self.tracker.cursor(),
+                        event_type: None,
+                    };
+                    return Next::Deleted(notice, last);
+                }
+                other => tracing::debug!(message_type = other, "unexpected layer message ignored"),
+            }
+        }
+    }
+
+    /// Re-joins the groups so memberships outlive `group_expiry` on long connections.
+    async fn refresh_groups(&mut self) {
+        for g in &self.sub.groups {
+            if let Err(e) = self.gw.layer.group_add(g.as_str(), &self.sub.channel).await {
+                tracing::warn!(group = %g, error = %e, "refreshing group membership failed");
+            }
+        }
+        self.next_refresh = Instant::now() + group_refresh(&self.gw.layer);
+    }
+}
+
+fn group_refresh(layer: &Layer) -> Duration {
+    (layer.config().group_expiry / 2).max(Duration::from_secs(1))
+}
+
+/// A long time from now, for "no deadline".
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(365 * 86_400)
+}
+
+// ---------------------------------------------------------------------------------------------
+// EventSource and streams
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    EventSource,
+    Stream,
+}
+
+/// The state of one streaming body.
+struct Streaming {
+    feed: Feed,
+    kind: Kind,
+    pending: VecDeque<Bytes>,
+    next_ping: Option<Instant>,
+    ping_every: Option<Duration>,
+    ends_at: Option<Instant>,
+    ended: bool,
+}
+
+fn sse_event(gw: &Gateway, item: &Item, out: &mut String) {
+    out.push_str("id: ");
+    out.push_str(&item.cursor);
+    out.push('\n');
+    if let Some(e) = &item.event_type {
+        out.push_str("event: ");
+        out.push_str(e);
+        out.push('\n');
+    }
+    let text = gw.format.render(&item.message);
+    for line in text.as_str().split('\n') {
+        out.push_str("data: ");
+        out.push_str(line.strip_suffix('\r').unwrap_or(line));
+        out.push('\n');
+    }
+    out.push('\n');
+}
+
+impl Streaming {
+    fn write(&self, items: &[Item]) -> Bytes {
+        let gw = &self.feed.gw;
+        let mut out = String::new();
+        for item in items {
+            match self.kind {
+                Kind::EventSource => sse_event(gw, item, &mut out),
+                Kind::Stream => {
+                    out.push_str(gw.format.render(&item.message).as_str());
+                    out.push('\n');
+                }
+            }
+        }
+        Bytes::from(out)
+    }
+
+    fn ping(&self) -> Bytes {
+        match self.kind {
+            Kind::EventSource => Bytes::from_static(b": ping\n\n"),
+            Kind::Stream => {
+                let mut s = self
+                    .feed
+                    .gw
+                    .format
+                    .render(&format::ping(now_ms()))
+                    .to_string();
+                s.push('\n');
+                Bytes::from(s)
+            }
+        }
+    }
+
+    /// The next chunk of the body, or `None` when the subscription ends.
+    async fn step(&mut self) -> Option<Bytes> {
+        loop {
+            if let Some(chunk) = self.pending.pop_front() {
+                return Some(chunk);
+            }
+            if self.ended {
+                return None;
+            }
+            let deadline = [self.next_ping, self.ends_at]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap_or_else(far_future);
+            match self.feed.next(deadline).await {
+                Next::Items(items) => return Some(self.write(&items)),
+                Next::Deleted(notice, last) => {
+                    self.ended = last;
+                    return Some(self.write(&[notice]));
+                }
+                Next::Closed => return None,
+                Next::Tick => {
+                    let now = Instant::now();
+                    if self.ends_at.is_some_and(|t| now >= t) {
+                        return None; // subscriber TTL: the client reconnects and resumes
+                    }
+                    if let (Some(at), Some(every)) = (self.next_ping, self.ping_every)
+                        && now >= at
+                    {
+                        self.next_ping = Some(now + every);
+                        return Some(self.ping());
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn open_stream(
+    gw: Arc<Gateway>,
+    tail: &str,
+    headers: &HeaderMap,
+    query: Option<&str>,
+    kind: Kind,
+) -> Result<Response, ApiError> {
+    let admitted = gw.admit(tail, headers, query).await?;
+    let (feed, backlog) = Feed::open(&gw, admitted).await?;
+    let now = Instant::now();
+    let ping_every = gw.settings.ping_interval;
+    let mut state = Streaming {
+        feed,
+        kind,
+        pending: VecDeque::new(),
+        next_ping: ping_every.map(|p| now + p),
+        ping_every,
+        ends_at: gw.settings.subscriber_ttl.map(|t| now + t),
+        ended: false,
+    };
+    // hyper sends the response head with the first chunk of the body: send one at once, so
+    // the client knows it is subscribed before the first message.
+    state.pending.push_back(match kind {
+        Kind::EventSource => Bytes::from_static(b": subscribed\n\n"),
+        Kind::Stream => Bytes::from_static(b"\n"),
+    });
+    if !backlog.is_empty() {
+        let chunk = state.write(&backlog);
+        state.pending.push_back(chunk);
+    }
+    let body = Body::from_stream(futures_util::stream::unfold(state, |mut st| async move {
+        st.step()
+            .await
+            .map(|chunk| (Ok::<_, std::convert::Infallible>(chunk), st))
+    }));
+    let content_type = match kind {
+        Kind::EventSource => "text/event-stream; charset=utf-8",
+        Kind::Stream => "text/plain; charset=utf-8",
+    };
+    let mut response = Response::new(body);
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(response)
+}
+
+/// `GET /ev/CH[/CH2…]`: EventSource (`text/event-stream`), `id:` on every event.
+pub(crate) async fn eventsource(
+    State(gw): State<Arc<Gateway>>,
+    Path(tail): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    open_stream(gw, &tail, &headers, query.as_deref(), Kind::EventSource)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+/// `GET /sub/CH[/CH2…]`: plain HTTP streaming (chunked), one message per line.
+pub(crate) async fn stream(
+    State(gw): State<Arc<Gateway>>,
+    Path(tail): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    open_stream(gw, &tail, &headers, query.as_deref(), Kind::Stream)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Long-polling
+// ---------------------------------------------------------------------------------------------
+
+/// `GET /lp/CH[/CH2…]`: answers at once with every message newer than the cursor
+/// (`If-None-Match` or `?last_id=`), or waits for the next one up to `--longpoll-timeout`
+/// (then 304). The answer's `Etag` is the cursor to send next time.
+pub(crate) async fn long_poll(
+    State(gw): State<Arc<Gateway>>,
+    Path(tail): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    long_poll_inner(gw, &tail, &headers, query.as_deref())
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn long_poll_inner(
+    gw: Arc<Gateway>,
+    tail: &str,
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Result<Response, ApiError> {
+    let admitted = gw.admit(tail, headers, query).await?;
+    let (mut feed, mut items) = Feed::open(&gw, admitted).await?;
+    if items.is_empty() {
+        let deadline = Instant::now() + gw.settings.longpoll_timeout;
+        match feed.next(deadline).await {
+            Next::Items(got) => items = got,
+            Next::Deleted(notice, _) => items.push(notice),
+            Next::Tick | Next::Closed => {}
+        }
+    }
+    let etag = HeaderValue::from_str(&format!("\"{}\"", feed.cursor()))
+        .unwrap_or_else(|_| HeaderValue::from_static("\"0\""));
+    let mut response = if items.is_empty() {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        let rendered: Vec<String> = items
+            .iter()
+            .map(|i| gw.format.render(&i.message).to_string())
+            .collect();
+        let (body, content_type) = match gw.format {
+            format::Format::Json => (format!("[{}]", rendered.join(",")), "application/json"),
+            format::Format::Template(_) => (rendered.join("\n"), "text/plain; charset=utf-8"),
+        };
+        let mut r = Response::new(Body::from(body));
+        r.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        r
+    };
+    let h = response.headers_mut();
+    h.insert(header::ETAG, etag);
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    Ok(response)
+}
+
+// ---------------------------------------------------------------------------------------------
+// WebSocket
+// ---------------------------------------------------------------------------------------------
+
+/// The admission of a WebSocket, run by the endpoint during the handshake: refusals get their
+/// status and reason; the admitted subscription travels to the consumer in the scope.
+pub(crate) struct WsAdmission(pub(crate) Arc<Gateway>);
+
+/// An admitted subscription on its way from the handshake to the consumer.
+#[derive(Clone)]
+struct Ticket(Arc<parking_lot::Mutex<Option<Admitted>>>);
+
+#[async_trait]
+impl Authenticate for WsAdmission {
+    async fn authenticate(&self, scope: &mut Scope) -> Result<(), Refusal> {
+        let tail = scope.param("channels").unwrap_or("").to_owned();
+        let query = scope.query_string().to_owned();
+        let query = (!query.is_empty()).then_some(query);
+        match self.0.admit(&tail, scope.headers(), query.as_deref()).await {
+            Ok(admitted) => {
+                scope
+                    .extensions_mut()
+                    .insert(Ticket(Arc::new(parking_lot::Mutex::new(Some(admitted)))));
+                Ok(())
+            }
+            Err(e) => Err(Refusal {
+                status: e.status.as_u16(),
+                reason: e.message,
+            }),
+        }
+    }
+}
+
+/// The consumer factory of `/ws/…`.
+pub(crate) fn ws_factory(gw: Arc<Gateway>) -> impl Fn(&Scope) -> WsSubscriber + Send + Sync {
+    move |scope: &Scope| WsSubscriber {
+        gw: gw.clone(),
+        admitted: scope
+            .extensions()
+            .get::<Ticket>()
+            .and_then(|t| t.0.lock().take()),
+        tracker: None,
+        slots: None,
+        ttl: None,
+    }
+}
+
+/// One WebSocket subscriber, on switchboard's consumer runtime (which does the pings, the
+/// bounded outbound queue and the group clean-up).
+pub(crate) struct WsSubscriber {
+    gw: Arc<Gateway>,
+    admitted: Option<Admitted>,
+    tracker: Option<Tracker>,
+    slots: Option<Slots>,
+    ttl: Option<tokio::task::AbortHandle>,
+}
+
+impl WsSubscriber {
+    async fn send(&self, cx: &mut Context, item: &Item) -> switchboard::Result<()> {
+        cx.send_text(self.gw.format.render(&item.message)).await
+    }
+}
+
+#[async_trait]
+impl Consumer for WsSubscriber {
+    type Incoming = Frame;
+    type Event = Message;
+
+    async fn connect(&mut self, cx: &mut Context) -> switchboard::Result<()> {
+        let Some(admitted) = self.admitted.take() else {
+            return cx.close(CloseCode(4400), "not admitted").await;
+        };
+        // Admission read what it needed from the request: an idle subscriber keeps none of it.
+        let scope = cx.scope_mut();
+        *scope.headers_mut() = HeaderMap::new();
+        *scope.extensions_mut() = axum::http::Extensions::new();
+        for spec in &admitted.channels {
+            cx.group_add(group_of(&spec.id)).await?;
+        }
+        let (tracker, backlog) =
+            Tracker::start(self.gw.store.as_ref(), &admitted.channels, &admitted.cursor).await?;
+        self.slots = Some(admitted.slots);
+        cx.accept().await?;
+        for item in &backlog {
+            self.send(cx, item).await?;
+        }
+        self.tracker = Some(tracker);
+        if let Some(ttl) = self.gw.settings.subscriber_ttl {
+            let (layer, me) = (cx.layer().clone(), cx.channel_name().clone());
+            let task = tokio::spawn(async move {
+                tokio::time::sleep(ttl).await;
+                let ttl_msg = serde_json::json!({"type": format::TTL});
+                if let Err(e) = layer.send(&me, ttl_msg).await {
+                    tracing::debug!(error = %e, "subscriber TTL notice not sent");
+                }
+            });
+            self.ttl = Some(task.abort_handle());
+        }
+        Ok(())
+    }
+
+    /// Subscribers only listen; what they send is ignored.
+    async fn receive(&mut self, _cx: &mut Context, _frame: Frame) -> switchboard::Result<()> {
+        Ok(())
+    }
+
+    async fn event(&mut self, cx: &mut Context, msg: Message) -> switchboard::Result<()> {
+        let Some(tracker) = self.tracker.as_mut() else {
+            return Ok(());
+        };
+        match msg.message_type() {
+            format::MESSAGE => {
+                let items = tracker.live(self.gw.store.as_ref(), msg).await;
+                for item in &items {
+                    self.send(cx, item).await?;
+                }
+            }
+            format::DELETE => {
+                let channel = field(&msg, "channel").to_owned();
+                if !tracker.follows(&channel) {
+                    return Ok(());
+                }
+                let last = tracker.remove(&channel);
+                if let Some(slots) = self.slots.as_mut() {
+                    slots.release_one(&channel);
+                }
+                cx.group_discard(group_of(&channel)).await?;
+                let notice = format::deleted(&channel, now_ms());
+                cx.send_text(self.gw.format.render(&notice)).await?;
+                if last {
+                    cx.close(CloseCode::NORMAL, "channel deleted").await?;
+                }
+            }
+            format::TTL => {
+                cx.close(CloseCode::NORMAL, "subscriber TTL reached")
+                    .await?
+            }
+            other => tracing::debug!(message_type = other, "unexpected layer message ignored"),
+        }
+        Ok(())
+    }
+
+    async fn disconnect(&mut self, _cx: &mut Context, _code: CloseCode) -> switchboard::Result<()> {
+        if let Some(task) = self.ttl.take() {
+            task.abort();
+        }
+        self.slots = None;
+        Ok(())
+    }
+}

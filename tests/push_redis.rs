@@ -1,0 +1,193 @@
+//! Two push gateways sharing history through one Redis (the real redis-server at
+//! `SWITCHBOARD_REDIS_URL`): ids continue across gateways, backtrack and resume work on either,
+//! and stats agree. Also: what a publisher and a subscriber see while Redis is away.
+//!
+//! Each gateway here runs on its own in-memory layer, so live fan-out stays within a gateway;
+//! `push_program.rs` has the test of fan-out across gateways over the Redis channel layer.
+#![allow(clippy::unwrap_used)]
+
+mod push_support;
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use push_support::app::redis_store::RedisStore;
+use push_support::app::store::HistoryStore;
+use push_support::{Gw, Settings, ids, long_poll, publish, publish_ok, settings, sse, start_on};
+use switchboard::{InMemoryLayer, Layer};
+
+fn redis_url() -> String {
+    std::env::var("SWITCHBOARD_REDIS_URL").unwrap_or_else(|_| {
+        panic!(
+            "SWITCHBOARD_REDIS_URL is not set: run the tests with scripts/test, which starts a \
+             private redis-server, or point it at one (redis://127.0.0.1:6379)"
+        )
+    })
+}
+
+fn fresh_prefix() -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "test-push-gw-{}-{}-{}:",
+        std::process::id(),
+        push_support::app::store::now_ms(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+async fn gateway(url: &str, prefix: &str, settings: Settings) -> (Gw, Arc<RedisStore>) {
+    let store = Arc::new(
+        RedisStore::connect(url, prefix, settings.store_config())
+            .await
+            .unwrap(),
+    );
+    let layer = Layer::new(InMemoryLayer::default());
+    let gw = start_on(layer, store.clone() as Arc<dyn HistoryStore>, settings).await;
+    (gw, store)
+}
+
+#[tokio::test]
+async fn two_gateways_on_one_redis_share_ids_history_and_stats() {
+    let url = redis_url();
+    let prefix = fresh_prefix();
+    let (a, store) = gateway(&url, &prefix, settings()).await;
+    let (b, _) = gateway(&url, &prefix, settings()).await;
+
+    for i in 1..=3 {
+        assert_eq!(publish_ok(&a, "news", &format!("a{i}")).await["id"], i);
+    }
+    // Ids go on from the other gateway.
+    let answer = publish_ok(&b, "news", "b4").await;
+    assert_eq!(
+        (answer["id"].as_u64(), answer["stored_messages"].as_u64()),
+        (Some(4), Some(4))
+    );
+
+    // Backtrack on either gateway sees what both published.
+    let mut ev = sse(&b, "/ev/news.b10", None).await;
+    let mut texts = Vec::new();
+    for _ in 0..4 {
+        texts.push(
+            ev.next_event().await.json()["text"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    assert_eq!(texts, ["a1", "a2", "a3", "b4"]);
+    let mut ws = support::ws(a.addr, "/ws/news.b2").await;
+    assert_eq!(ws.recv_json().await["text"], "a3");
+    assert_eq!(ws.recv_json().await["text"], "b4");
+
+    // A client resumes on gateway A after messages were published on B while it was away.
+    let mut resumed = sse(&a, "/ev/news", Some("4")).await;
+    publish_ok(&b, "news", "b5").await;
+    // (Live fan-out between gateways needs a shared layer; here the resume finds it stored.)
+    let (status, etag, messages) = long_poll(&a, "/lp/news", Some("4")).await;
+    assert_eq!((status, etag.as_str(), ids(&messages)), (200, "5", vec![5]));
+    publish_ok(&a, "news", "a6").await;
+    // The live copy of 6 on A reveals that 5 was skipped: it is fetched from Redis first.
+    assert_eq!(resumed.next_event().await.id.as_deref(), Some("5"));
+    assert_eq!(resumed.next_event().await.id.as_deref(), Some("6"));
+
+    // Stats agree on the shared figures; subscribers are each gateway's own.
+    let (_, sa) = push_support::get_json(&a, "/stats?id=news").await;
+    let (_, sb) = push_support::get_json(&b, "/stats?id=news").await;
+    assert_eq!(
+        (&sa["published_messages"], &sb["published_messages"]),
+        (&6.into(), &6.into())
+    );
+    assert_eq!(
+        (&sa["stored_messages"], &sb["stored_messages"]),
+        (&6.into(), &6.into())
+    );
+    assert_eq!(
+        (&sa["subscribers"], &sb["subscribers"]),
+        (&2.into(), &1.into())
+    );
+    let (_, total) = push_support::get_json(&b, "/stats").await;
+    assert_eq!(
+        (&total["channels"], &total["published_messages"]),
+        (&1.into(), &6.into())
+    );
+
+    // Deleting on one gateway deletes the shared history.
+    let r = push_support::client()
+        .delete(b.url("/pub/news"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(publish_ok(&a, "news", "fresh").await["id"], 1);
+    store.flush().await.unwrap();
+}
+
+/// Starts a private redis-server on a free port; killed on drop.
+fn private_redis(port: u16) -> support::ChildGuard {
+    let bin = std::env::var("SWITCHBOARD_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
+    support::spawn(
+        &bin,
+        &[
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+    )
+}
+
+#[tokio::test]
+async fn while_redis_is_away_publishing_answers_503_and_then_recovers() {
+    let port = support::free_port();
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let url = format!("redis://127.0.0.1:{port}");
+    let redis = private_redis(port);
+    support::wait_for_port(addr, Duration::from_secs(10)).await;
+    let (gw, _) = gateway(&url, "push:", settings()).await;
+    publish_ok(&gw, "news", "before").await;
+    let mut ev = sse(&gw, "/ev/news", None).await;
+
+    drop(redis);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (status, err) = publish(&gw, "news", "during").await;
+    assert_eq!(status, 503);
+    assert!(
+        err["error"]
+            .as_str()
+            .unwrap()
+            .contains("history store (redis)"),
+        "{err}"
+    );
+    let r = push_support::client()
+        .get(gw.url("/ev/news"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503, "a new subscriber cannot be set up");
+
+    // Back again (empty: no persistence): the gateway reconnects by itself.
+    let _redis = private_redis(port);
+    support::wait_for_port(addr, Duration::from_secs(10)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let answer = loop {
+        let (status, answer) = publish(&gw, "news", "after").await;
+        if status == 200 {
+            break answer;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no recovery: {answer}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // The new Redis starts the channel afresh; the connected subscriber still gets it.
+    assert_eq!(answer["id"], 1);
+    let e = ev.next_event().await;
+    assert_eq!(e.json()["text"], "after");
+}

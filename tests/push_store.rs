@@ -1,0 +1,356 @@
+//! The push gateway's history stores, held to one set of checks: the in-memory store and the
+//! Redis store (against the real redis-server at `SWITCHBOARD_REDIS_URL`, which `scripts/test`
+//! starts). Also the parsing of channel paths and cursors.
+#![allow(clippy::unwrap_used)]
+
+mod push_support;
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use push_support::app::channel::{format_cursor, parse_channels, parse_cursor};
+use push_support::app::redis_store::RedisStore;
+use push_support::app::store::{Draft, HistoryStore, MemoryStore, Read, StoreConfig, now_ms};
+
+/// The Redis URL of the test server; a clear failure when it is not set.
+pub fn redis_url() -> String {
+    std::env::var("SWITCHBOARD_REDIS_URL").unwrap_or_else(|_| {
+        panic!(
+            "SWITCHBOARD_REDIS_URL is not set: run the tests with scripts/test, which starts a \
+             private redis-server, or point it at one (redis://127.0.0.1:6379)"
+        )
+    })
+}
+
+/// A key prefix no other test uses.
+fn fresh_prefix() -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "test-push-{}-{}-{}:",
+        std::process::id(),
+        now_ms(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+#[derive(Clone)]
+enum Backend {
+    Memory,
+    Redis { prefix: String },
+}
+
+impl Backend {
+    fn redis() -> Backend {
+        Backend::Redis {
+            prefix: fresh_prefix(),
+        }
+    }
+
+    async fn store(&self, config: StoreConfig) -> Arc<dyn HistoryStore> {
+        match self {
+            Backend::Memory => Arc::new(MemoryStore::new(config)),
+            Backend::Redis { prefix } => Arc::new(
+                RedisStore::connect(&redis_url(), prefix, config)
+                    .await
+                    .unwrap(),
+            ),
+        }
+    }
+
+    async fn cleanup(&self) {
+        if let Backend::Redis { prefix } = self {
+            let store = RedisStore::connect(&redis_url(), prefix, config(1))
+                .await
+                .unwrap();
+            store.flush().await.unwrap();
+        }
+    }
+}
+
+fn config(keep: usize) -> StoreConfig {
+    StoreConfig {
+        keep,
+        message_ttl: Duration::from_secs(60),
+        channel_ttl: Duration::from_secs(60),
+    }
+}
+
+fn draft(text: &str) -> Draft<'_> {
+    Draft {
+        text,
+        event_type: None,
+        time_ms: now_ms(),
+    }
+}
+
+fn ids(h: &push_support::app::store::History) -> Vec<u64> {
+    h.messages.iter().map(|m| m.id).collect()
+}
+
+async fn ids_count_up_per_channel_and_the_last_n_are_kept(b: Backend) {
+    let s = b.store(config(3)).await;
+    for i in 1..=5u64 {
+        let p = s.publish("a", draft(&format!("a{i}"))).await.unwrap();
+        assert_eq!((p.id, p.stored), (i, i.min(3)));
+    }
+    assert_eq!(s.publish("b", draft("b1")).await.unwrap().id, 1);
+    assert_eq!(ids(&s.read("a", Read::Since(0)).await.unwrap()), [3, 4, 5]);
+    assert_eq!(ids(&s.read("a", Read::Since(3)).await.unwrap()), [4, 5]);
+    assert_eq!(
+        ids(&s.read("a", Read::Since(5)).await.unwrap()),
+        [] as [u64; 0]
+    );
+    assert_eq!(ids(&s.read("a", Read::Last(2)).await.unwrap()), [4, 5]);
+    assert_eq!(ids(&s.read("a", Read::Last(10)).await.unwrap()), [3, 4, 5]);
+    assert_eq!(
+        ids(&s.read("a", Read::Last(0)).await.unwrap()),
+        [] as [u64; 0]
+    );
+    let h = s.read("a", Read::Nothing).await.unwrap();
+    assert_eq!((h.last_id, h.messages.len()), (5, 0));
+    let h = s.read("nothing", Read::Since(0)).await.unwrap();
+    assert_eq!((h.last_id, h.messages.len()), (0, 0));
+    let m = &s.read("a", Read::Last(1)).await.unwrap().messages[0];
+    assert_eq!((m.channel.as_str(), m.text.as_str()), ("a", "a5"));
+    b.cleanup().await;
+}
+
+async fn messages_round_trip_exactly(b: Backend) {
+    let s = b.store(config(10)).await;
+    let text = "a:b:c\n\"quoted\" ✓ \\ {\"json\":1}\r\n\u{0}";
+    let now = now_ms();
+    s.publish(
+        "c",
+        Draft {
+            text,
+            event_type: Some("update"),
+            time_ms: now,
+        },
+    )
+    .await
+    .unwrap();
+    s.publish("c", draft("")).await.unwrap();
+    let h = s.read("c", Read::Since(0)).await.unwrap();
+    assert_eq!(h.messages[0].text, text);
+    assert_eq!(h.messages[0].event_type.as_deref(), Some("update"));
+    assert_eq!(h.messages[0].time_ms, now);
+    assert_eq!(h.messages[1].text, "");
+    assert_eq!(h.messages[1].event_type, None);
+    b.cleanup().await;
+}
+
+async fn concurrent_publishes_get_distinct_consecutive_ids(b: Backend) {
+    let s = b.store(config(100)).await;
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            s.publish("race", draft(&i.to_string())).await.unwrap().id
+        }));
+    }
+    let mut got = Vec::new();
+    for t in tasks {
+        got.push(t.await.unwrap());
+    }
+    got.sort_unstable();
+    assert_eq!(got, (1..=50).collect::<Vec<_>>());
+    assert_eq!(
+        ids(&s.read("race", Read::Since(0)).await.unwrap()),
+        (1..=50).collect::<Vec<_>>(),
+        "stored in id order"
+    );
+    assert_eq!(s.published_total().await.unwrap(), 50);
+    b.cleanup().await;
+}
+
+async fn stored_messages_expire(b: Backend) {
+    let s = b
+        .store(StoreConfig {
+            keep: 10,
+            message_ttl: Duration::from_millis(300),
+            channel_ttl: Duration::from_millis(100),
+        })
+        .await;
+    s.publish("t", draft("old")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    s.publish("t", draft("newer")).await.unwrap();
+    assert_eq!(ids(&s.read("t", Read::Since(0)).await.unwrap()), [1, 2]);
+    tokio::time::sleep(Duration::from_millis(200)).await; // the first is 350 ms old
+    let h = s.read("t", Read::Last(5)).await.unwrap();
+    assert_eq!((h.last_id, ids(&h)), (2, vec![2]));
+    assert_eq!(s.info("t").await.unwrap().unwrap().stored_messages, 1);
+    tokio::time::sleep(Duration::from_millis(200)).await; // both expired
+    // The channel lives as long as its messages (max of the two TTLs), then is forgotten…
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!s.exists("t").await.unwrap());
+    assert_eq!(s.read("t", Read::Since(0)).await.unwrap().messages.len(), 0);
+    // …and its ids start again.
+    assert_eq!(s.publish("t", draft("again")).await.unwrap().id, 1);
+    b.cleanup().await;
+}
+
+async fn the_registry_knows_published_and_subscribed_channels(b: Backend) {
+    let s = b
+        .store(StoreConfig {
+            keep: 5,
+            message_ttl: Duration::from_secs(60),
+            channel_ttl: Duration::from_millis(300),
+        })
+        .await;
+    assert_eq!(s.channel_count().await.unwrap(), 0);
+    s.publish("user-1", draft("x")).await.unwrap();
+    s.publish("user-1", draft("y")).await.unwrap();
+    s.touch(&["user-2".into(), "global".into()]).await.unwrap();
+    assert!(s.exists("user-2").await.unwrap());
+    assert!(!s.exists("nobody").await.unwrap());
+    assert_eq!(s.channel_count().await.unwrap(), 3);
+    let all = s.channels("").await.unwrap();
+    let names: Vec<&str> = all.iter().map(|c| c.channel.as_str()).collect();
+    assert_eq!(names, ["global", "user-1", "user-2"]);
+    assert_eq!((all[1].published_messages, all[1].stored_messages), (2, 2));
+    assert_eq!(s.channels("user-").await.unwrap().len(), 2);
+    let info = s.info("user-2").await.unwrap().unwrap();
+    assert_eq!((info.published_messages, info.stored_messages), (0, 0));
+    assert!(s.info("nobody").await.unwrap().is_none());
+
+    // Subscribed-only channels are forgotten after channel_ttl unless touched again.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    s.touch(&["global".into()]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(s.exists("global").await.unwrap());
+    assert!(!s.exists("user-2").await.unwrap());
+    assert!(s.exists("user-1").await.unwrap(), "it stores messages");
+    assert_eq!(s.channel_count().await.unwrap(), 2);
+
+    // Deleting forgets everything, ids included.
+    assert!(s.delete("user-1").await.unwrap());
+    assert!(!s.delete("user-1").await.unwrap());
+    assert!(!s.exists("user-1").await.unwrap());
+    assert_eq!(s.read("user-1", Read::Since(0)).await.unwrap().last_id, 0);
+    assert_eq!(s.publish("user-1", draft("z")).await.unwrap().id, 1);
+    assert_eq!(
+        s.published_total().await.unwrap(),
+        3,
+        "deleting does not undo publishing"
+    );
+    b.cleanup().await;
+}
+
+async fn touching_keeps_a_quiet_channels_ids(b: Backend) {
+    let s = b
+        .store(StoreConfig {
+            keep: 0,
+            message_ttl: Duration::from_millis(100),
+            channel_ttl: Duration::from_millis(300),
+        })
+        .await;
+    assert_eq!(s.publish("q", draft("x")).await.unwrap().id, 1);
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        s.touch(&["q".into()]).await.unwrap(); // a subscriber is still there
+    }
+    assert_eq!(
+        s.publish("q", draft("y")).await.unwrap().id,
+        2,
+        "ids went on"
+    );
+    b.cleanup().await;
+}
+
+macro_rules! store_checks {
+    ($($check:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test]
+                async fn $check() {
+                    super::$check(super::Backend::Memory).await;
+                }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test]
+                async fn $check() {
+                    super::$check(super::Backend::redis()).await;
+                }
+            )*
+        }
+    };
+}
+
+store_checks!(
+    ids_count_up_per_channel_and_the_last_n_are_kept,
+    messages_round_trip_exactly,
+    concurrent_publishes_get_distinct_consecutive_ids,
+    stored_messages_expire,
+    the_registry_knows_published_and_subscribed_channels,
+    touching_keeps_a_quiet_channels_ids,
+);
+
+#[tokio::test]
+async fn two_redis_stores_on_one_prefix_share_ids_and_history() {
+    let b = Backend::redis();
+    let one = b.store(config(10)).await;
+    let two = b.store(config(10)).await;
+    assert_eq!(one.publish("x", draft("from one")).await.unwrap().id, 1);
+    assert_eq!(two.publish("x", draft("from two")).await.unwrap().id, 2);
+    let h = one.read("x", Read::Since(0)).await.unwrap();
+    let texts: Vec<&str> = h.messages.iter().map(|m| m.text.as_str()).collect();
+    assert_eq!(texts, ["from one", "from two"]);
+    assert_eq!(two.published_total().await.unwrap(), 2);
+    b.cleanup().await;
+    // A store under another prefix sees none of it.
+    let other = Backend::redis().store(config(10)).await;
+    assert!(!other.exists("x").await.unwrap());
+}
+
+#[tokio::test]
+async fn a_redis_store_that_cannot_connect_says_so() {
+    let port = support::free_port();
+    let err = RedisStore::connect(&format!("redis://127.0.0.1:{port}"), "x:", config(1))
+        .await
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("history store (redis)"), "{err}");
+}
+
+#[test]
+fn channel_paths_backtracks_and_limits() {
+    let got = parse_channels("a/b.b5//c.d", 64, 8, true).unwrap();
+    assert_eq!(got.len(), 3);
+    assert_eq!((got[1].id.as_str(), got[1].backtrack), ("b", Some(5)));
+    assert_eq!((got[2].id.as_str(), got[2].backtrack), ("c.d", None));
+    assert!(
+        parse_channels("a.b5", 64, 8, false).is_err(),
+        "no backtrack when publishing"
+    );
+    assert!(parse_channels("a b", 64, 8, true).is_err());
+    assert!(parse_channels("", 64, 8, true).is_err());
+    assert!(parse_channels("abcdef", 5, 8, true).is_err());
+    assert!(parse_channels("a/b/c", 64, 2, true).is_err());
+    // The same channel twice is one channel, with the larger backtrack.
+    let dup = parse_channels("a/a.b3", 64, 1, true).unwrap();
+    assert_eq!((dup.len(), dup[0].backtrack), (1, Some(3)));
+}
+
+#[test]
+fn cursors_parse_and_format() {
+    let one = parse_channels("a", 64, 8, true).unwrap();
+    assert_eq!(parse_cursor("42", &one).unwrap(), [Some(42)]);
+    assert_eq!(parse_cursor("W/\"42\"", &one).unwrap(), [Some(42)]);
+    assert_eq!(parse_cursor("a:7", &one).unwrap(), [Some(7)]);
+    assert_eq!(parse_cursor("", &one).unwrap(), [None]);
+    let two = parse_channels("a/b", 64, 8, true).unwrap();
+    assert!(parse_cursor("42", &two).is_err());
+    assert_eq!(
+        parse_cursor("b:3,zz:9,a:1", &two).unwrap(),
+        [Some(1), Some(3)]
+    );
+    assert_eq!(parse_cursor("b:3", &two).unwrap(), [None, Some(3)]);
+    assert!(parse_cursor("a:x", &two).is_err());
+    assert!(parse_cursor("-1", &one).is_err());
+    assert_eq!(format_cursor([("a", 4)].into_iter()), "4");
+    assert_eq!(format_cursor([("a", 4), ("b", 0)].into_iter()), "a:4,b:0");
+}
