@@ -325,30 +325,31 @@ mod tests {
     }
 
     #[test]
-    fn clones_share_one_allocation_and_one_json_rendering() {
+    fn clones_share_one_allocation_and_one_json_rendering() -> Result<(), MessageError> {
         let m = Message::builder("chat.message")
             .field("text", "hi")
-            .build()
-            .unwrap();
+            .build()?;
         let c = m.clone();
         assert!(Message::ptr_eq(&m, &c));
         let a = m.to_json_text();
         let b = c.to_json_text();
         assert_eq!(a.as_str(), r#"{"type":"chat.message","text":"hi"}"#);
         assert_eq!(a.as_str().as_ptr(), b.as_str().as_ptr());
+        Ok(())
     }
 
     #[test]
-    fn decodes_into_typed_enum() {
+    fn decodes_into_typed_enum() -> Result<(), MessageError> {
         #[derive(serde::Deserialize, Debug, PartialEq)]
         #[serde(tag = "type")]
         enum E {
             #[serde(rename = "a.b")]
             Ab { n: i32 },
         }
-        let m = Message::from_json(json!({"type": "a.b", "n": 4})).unwrap();
+        let m = Message::from_json(json!({"type": "a.b", "n": 4}))?;
         assert_eq!(m.decode::<E>(), Ok(E::Ab { n: 4 }));
-        let m = Message::from_json(json!({"type": "c.d"})).unwrap();
+        let m = Message::from_json(json!({"type": "c.d"}))?;
         assert!(m.decode::<E>().is_err());
+        Ok(())
     }
 }

@@ -304,11 +304,12 @@ mod tests {
     }
 
     #[test]
-    fn non_local_part() {
-        let c = ChannelName::new("specific.abc!def").unwrap();
+    fn non_local_part() -> Result<(), NameError> {
+        let c = ChannelName::new("specific.abc!def")?;
         assert!(c.is_process_local());
         assert_eq!(c.non_local_part(), "specific.abc!");
-        let c = ChannelName::new("worker").unwrap();
+        let c = ChannelName::new("worker")?;
         assert_eq!(c.non_local_part(), "worker");
+        Ok(())
     }
 }

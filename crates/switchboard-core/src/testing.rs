@@ -17,14 +17,16 @@
 //!     }
 //! }
 //!
-//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), switchboard_core::testing::TestError> {
 //! let mut comm = Communicator::new(InMemoryLayer::default(), Scope::new("/ws/echo/"), Echo);
 //! assert!(comm.connect().await.is_accepted());
-//! comm.send_text("hi").await.unwrap();
-//! assert_eq!(comm.receive_text().await.unwrap(), "echo: hi");
+//! comm.send_text("hi").await?;
+//! assert_eq!(comm.receive_text().await?, "echo: hi");
 //! assert!(comm.receive_nothing().await);
 //! comm.disconnect(1000).await;
-//! # });
+//! # Ok(())
+//! # }
 //! ```
 
 use std::sync::Arc;

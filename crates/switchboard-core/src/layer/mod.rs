@@ -260,14 +260,14 @@ impl ChannelReceiver for ReceiveLoop {
 ///
 /// ```
 /// use switchboard_core::{InMemoryLayer, Layer, LayerConfig};
-/// # async fn demo() -> switchboard_core::Result<()> {
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> switchboard_core::Result<()> {
 /// let layer = Layer::new(InMemoryLayer::new(LayerConfig::default()));
 /// let me = layer.new_channel().await?;
 /// layer.group_add("room", &me).await?;
 /// layer.group_send("room", serde_json::json!({"type": "chat.message", "text": "hi"})).await?;
 /// assert_eq!(layer.receive(&me).await?.message_type(), "chat.message");
 /// # Ok(()) }
-/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(demo()).unwrap();
 /// ```
 #[derive(Clone)]
 pub struct Layer(Arc<dyn ChannelLayer>);

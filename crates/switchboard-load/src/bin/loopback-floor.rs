@@ -32,7 +32,10 @@ type Error = Box<dyn std::error::Error + Send + Sync>;
 
 fn main() -> Result<(), Error> {
     let args = Args::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     rt.block_on(run(args))
 }
 
@@ -67,7 +70,9 @@ async fn run(args: Args) -> Result<(), Error> {
         let mut writers = Vec::new();
         for mut s in servers.drain(..) {
             let msg = msg.clone();
-            writers.push(tokio::spawn(async move { s.write_all(&msg).await.map(|_| s) }));
+            writers.push(tokio::spawn(
+                async move { s.write_all(&msg).await.map(|_| s) },
+            ));
         }
         for w in writers {
             servers.push(w.await??);
