@@ -126,6 +126,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         args.max_dams,
         args.layer.describe()
     );
+    // WebSocket frames are small and latency-sensitive: no Nagle delay.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(
         listener,
         router.into_make_service_with_connect_info::<SocketAddr>(),

@@ -178,6 +178,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         listener.local_addr()?,
         args.layer.describe()
     );
+    // WebSocket frames are small and latency-sensitive: no Nagle delay.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),

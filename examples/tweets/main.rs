@@ -155,6 +155,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         args.layer.describe(),
         args.interval
     );
+    // WebSocket frames are small and latency-sensitive: no Nagle delay.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(
         listener,
         router.into_make_service_with_connect_info::<SocketAddr>(),
