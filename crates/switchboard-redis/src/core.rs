@@ -41,7 +41,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
@@ -54,13 +54,13 @@ use switchboard_core::message::MessageError;
 use switchboard_core::{
     ChannelLayer, ChannelName, Error, GroupName, LayerConfig, LayerStats, Message, Result,
 };
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 
 use crate::codec::{Codec, Route, RouteRef};
 use crate::config::RedisConfig;
 use crate::conn::{self, Backoff, Host, timed, unix_now};
 use crate::hash::consistent_hash;
-use crate::local::{Leave, Local, Pushed, Queue};
+use crate::local::{Demand, Leave, Local, Pushed, Queue, Waiting};
 
 /// `send`: drop expired messages, refuse when full, add, refresh the key's TTL.
 /// KEYS: queue. ARGV: score, message, capacity, expiry cutoff, TTL. Returns 1 if queued.
@@ -167,14 +167,6 @@ struct Inner {
     normal: DashMap<ChannelName, Arc<Demand>>,
     shutdown: watch::Receiver<bool>,
     closed: AtomicBool,
-}
-
-/// How many receives wait, so a loop pops only while someone wants messages (as channels_redis
-/// pops only inside `receive`): a process that stopped receiving leaves its messages in Redis,
-/// where senders see its queue fill up and its messages expire.
-struct Demand {
-    waiters: AtomicUsize,
-    wake: Notify,
 }
 
 /// Strictly increasing send times (Unix seconds) for this process, so one sender's messages
@@ -292,10 +284,10 @@ impl Inner {
         if let Some(d) = loops.get(non_local) {
             return d.clone();
         }
-        let demand = Arc::new(Demand {
-            waiters: AtomicUsize::new(0),
-            wake: Notify::new(),
-        });
+        // A loop pops only while receives wait (as channels_redis pops only inside `receive`): a
+        // process that stopped receiving leaves its messages in Redis, where senders see its
+        // queue fill up and its messages expire.
+        let demand = Arc::new(Demand::default());
         loops.insert(non_local.to_owned(), demand.clone());
         tokio::spawn(process_loop(
             self.clone(),
@@ -335,9 +327,10 @@ impl Inner {
             );
             return;
         }
-        let deadline = self.local.deadline(Instant::now(), age);
+        let now = Instant::now();
+        let deadline = self.local.deadline(now, age);
         if let Some(queue) = normal {
-            if self.local.push(queue, message, deadline, false) == Pushed::Full {
+            if self.local.push(queue, message, now, deadline, false) == Pushed::Full {
                 self.local
                     .counters
                     .direct_full_drops
@@ -348,7 +341,7 @@ impl Inner {
         match route {
             Route::One(channel) => match self.local.get(&channel) {
                 Some(q) => {
-                    if self.local.push(&q, message, deadline, false) == Pushed::Full {
+                    if self.local.push(&q, message, now, deadline, false) == Pushed::Full {
                         self.local
                             .counters
                             .direct_full_drops
@@ -363,7 +356,7 @@ impl Inner {
             Route::Many(channels) => {
                 for channel in channels {
                     if let Some(q) = self.local.get(&channel) {
-                        self.local.push(&q, message.clone(), deadline, true);
+                        self.local.push(&q, message.clone(), now, deadline, true);
                     }
                 }
             }
@@ -475,15 +468,12 @@ impl Inner {
     }
 
     async fn receive_normal(self: &Arc<Self>, channel: &ChannelName) -> Result<Message> {
-        let queue = self.local.register(channel);
+        let queue = self.local.register(channel, None);
         let demand = self
             .normal
             .entry(channel.clone())
             .or_insert_with(|| {
-                let d = Arc::new(Demand {
-                    waiters: AtomicUsize::new(0),
-                    wake: Notify::new(),
-                });
+                let d = Arc::new(Demand::default());
                 for h in 0..self.hosts.len() {
                     tokio::spawn(normal_loop(self.clone(), channel.clone(), h, d.clone()));
                 }
@@ -491,6 +481,8 @@ impl Inner {
             })
             .clone();
         let _waiting = Waiting::new(&demand);
+        // This loop pops one message per waiting receive, so every new receive must wake it.
+        demand.wake.notify_waiters();
         self.local.receive(&queue).await
     }
 }
@@ -545,23 +537,6 @@ async fn process_loop(inner: Arc<Inner>, non_local: String, demand: Arc<Demand>)
                 }
             }
         }
-    }
-}
-
-/// One waiting receive, counted while it lives.
-struct Waiting<'a>(&'a Demand);
-
-impl<'a> Waiting<'a> {
-    fn new(demand: &'a Demand) -> Waiting<'a> {
-        demand.waiters.fetch_add(1, Ordering::Relaxed);
-        demand.wake.notify_waiters();
-        Waiting(demand)
-    }
-}
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0.waiters.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -676,7 +651,7 @@ async fn normal_loop(
     let key = format!("{}{channel}", inner.cfg.prefix);
     let backup = format!("{key}$inflight");
     let host = &inner.hosts[host_index];
-    let queue = inner.local.register(&channel);
+    let queue = inner.local.register(&channel, None);
     let mut shutdown = inner.shutdown.clone();
     let mut backoff = Backoff::new();
     loop {
@@ -799,8 +774,8 @@ impl ChannelLayer for RedisLayer {
             self.inner.client_id,
             uuid::Uuid::new_v4().simple()
         ))?;
-        self.inner.local.register(&name);
-        self.inner.ensure_loop(name.non_local_part());
+        let demand = self.inner.ensure_loop(name.non_local_part());
+        self.inner.local.register(&name, Some(&demand));
         Ok(name)
     }
 
@@ -812,8 +787,9 @@ impl ChannelLayer for RedisLayer {
                 tracing::debug!(%channel, "send to a channel this process discarded; dropped");
                 return Ok(());
             };
-            let deadline = inner.local.deadline(Instant::now(), Duration::ZERO);
-            return match inner.local.push(&queue, message, deadline, false) {
+            let now = Instant::now();
+            let deadline = inner.local.deadline(now, Duration::ZERO);
+            return match inner.local.push(&queue, message, now, deadline, false) {
                 Pushed::Full => Err(Error::ChannelFull {
                     channel: channel.to_string(),
                     capacity: queue.capacity(),
@@ -828,9 +804,14 @@ impl ChannelLayer for RedisLayer {
         let inner = &self.inner;
         inner.check_open()?;
         if inner.is_own(channel.as_str()) {
-            let queue = inner.local.register(channel);
-            let demand = inner.ensure_loop(channel.non_local_part());
-            let _waiting = Waiting::new(&demand);
+            let queue = match inner.local.get(channel.as_str()) {
+                Some(q) if q.demand.is_some() => q,
+                _ => {
+                    let demand = inner.ensure_loop(channel.non_local_part());
+                    inner.local.register(channel, Some(&demand))
+                }
+            };
+            let _waiting = queue.demand.as_deref().map(Waiting::new);
             return inner.local.receive(&queue).await;
         }
         if channel.is_process_local() {
@@ -1012,7 +993,8 @@ async fn group_send(inner: &Inner, group: &GroupName, message: Message) -> Resul
 
     // Members in this process get the message directly; the others are grouped by the process
     // queue they share, and each queue gets one copy naming its channels.
-    let deadline = inner.local.deadline(Instant::now(), Duration::ZERO);
+    let now = Instant::now();
+    let deadline = inner.local.deadline(now, Duration::ZERO);
     let mut gone: Vec<&str> = Vec::new();
     let mut queues: Vec<(String, usize, usize, Vec<&str>)> = Vec::new(); // key, host, capacity, channels
     let mut index: HashMap<&str, usize> = HashMap::new();
@@ -1023,7 +1005,7 @@ async fn group_send(inner: &Inner, group: &GroupName, message: Message) -> Resul
         if inner.is_own(name) {
             match inner.local.get(name) {
                 Some(q) => {
-                    inner.local.push(&q, message.clone(), deadline, true);
+                    inner.local.push(&q, message.clone(), now, deadline, true);
                 }
                 None => gone.push(name),
             }

@@ -14,13 +14,42 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use parking_lot::Mutex;
 use switchboard_core::{ChannelName, Error, GroupName, LayerConfig, Message, Result};
 use tokio::sync::{Notify, mpsc};
+
+/// A fast hasher for the maps looked up on every delivery (names are long; SipHash shows).
+pub(crate) type Hasher = foldhash::fast::RandomState;
+
+/// How many receives wait on a Redis queue, so its receive loop pops only while someone wants
+/// messages (as channels_redis pops only inside `receive`).
+#[derive(Debug, Default)]
+pub(crate) struct Demand {
+    pub(crate) waiters: AtomicUsize,
+    pub(crate) wake: Notify,
+}
+
+/// One waiting receive, counted while it lives.
+pub(crate) struct Waiting<'a>(&'a Demand);
+
+impl<'a> Waiting<'a> {
+    pub(crate) fn new(demand: &'a Demand) -> Waiting<'a> {
+        if demand.waiters.fetch_add(1, Ordering::Relaxed) == 0 {
+            demand.wake.notify_waiters();
+        }
+        Waiting(demand)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.waiters.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// A channel's membership in a group, as this process added it.
 #[derive(Clone, Debug, PartialEq)]
@@ -83,6 +112,8 @@ impl State {
 /// One local channel's queue.
 pub(crate) struct Queue {
     pub(crate) name: ChannelName,
+    /// The receive loop this channel's messages come through (core layer).
+    pub(crate) demand: Option<Arc<Demand>>,
     capacity: usize,
     state: Mutex<State>,
     notify: Notify,
@@ -102,7 +133,7 @@ impl Queue {
 /// The local channels of one layer instance.
 pub(crate) struct Local {
     config: LayerConfig,
-    channels: DashMap<ChannelName, Arc<Queue>>,
+    channels: DashMap<ChannelName, Arc<Queue>, Hasher>,
     pub(crate) counters: Counters,
     closed: AtomicBool,
     leave: mpsc::UnboundedSender<Leave>,
@@ -114,7 +145,7 @@ impl Local {
         (
             Local {
                 config,
-                channels: DashMap::new(),
+                channels: DashMap::with_hasher(Hasher::default()),
                 counters: Counters::default(),
                 closed: AtomicBool::new(false),
                 leave,
@@ -135,8 +166,8 @@ impl Local {
         self.channels.len()
     }
 
-    /// The queue of `name`, created if needed.
-    pub(crate) fn register(&self, name: &ChannelName) -> Arc<Queue> {
+    /// The queue of `name`, created if needed, fed through `demand`'s receive loop.
+    pub(crate) fn register(&self, name: &ChannelName, demand: Option<&Arc<Demand>>) -> Arc<Queue> {
         if let Some(q) = self.channels.get(name) {
             return q.clone();
         }
@@ -145,6 +176,7 @@ impl Local {
             .or_insert_with(|| {
                 Arc::new(Queue {
                     name: name.clone(),
+                    demand: demand.cloned(),
                     capacity: self.config.capacity_for(name.as_str()),
                     state: Mutex::new(State::default()),
                     notify: Notify::new(),
@@ -227,10 +259,11 @@ impl Local {
         &self,
         queue: &Queue,
         message: Message,
+        now: Instant,
         deadline: Instant,
         via_group: bool,
     ) -> Pushed {
-        self.push_inner(queue, message, deadline, via_group, None)
+        self.push_inner(queue, message, now, deadline, via_group, None)
     }
 
     /// Queues a message sent to `group`, if this process holds the channel's membership in it
@@ -239,22 +272,23 @@ impl Local {
         &self,
         queue: &Queue,
         message: Message,
+        now: Instant,
         deadline: Instant,
         group: &GroupName,
         now_unix: f64,
     ) -> Pushed {
-        self.push_inner(queue, message, deadline, true, Some((group, now_unix)))
+        self.push_inner(queue, message, now, deadline, true, Some((group, now_unix)))
     }
 
     fn push_inner(
         &self,
         queue: &Queue,
         message: Message,
+        now: Instant,
         deadline: Instant,
         via_group: bool,
         member_of: Option<(&GroupName, f64)>,
     ) -> Pushed {
-        let now = Instant::now();
         let mut st = queue.state.lock();
         if let Some((group, now_unix)) = member_of {
             let Some(i) = st.groups.iter().position(|m| &m.group == group) else {

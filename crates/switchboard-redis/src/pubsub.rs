@@ -51,7 +51,7 @@ use crate::codec::{Codec, RouteRef};
 use crate::config::RedisConfig;
 use crate::conn::{self, Backoff, Host, timed, unix_now};
 use crate::hash::consistent_hash;
-use crate::local::{Leave, Local, Pushed};
+use crate::local::{Hasher, Leave, Local, Pushed, Queue};
 
 /// A channel layer on Redis pub/sub that Django processes running channels_redis's
 /// `RedisPubSubChannelLayer` share: one `PUBLISH` per group send, fan-out in each process.
@@ -90,6 +90,12 @@ struct Sub {
     channels: Mutex<HashSet<String>>,
 }
 
+/// A local member of a group.
+struct Member {
+    joined: f64,
+    queue: Arc<Queue>,
+}
+
 struct Inner {
     cfg: RedisConfig,
     hosts: Vec<Host>,
@@ -98,7 +104,9 @@ struct Inner {
     client_id: String,
     local: Local,
     /// Local members of each group (an index; each queue's tracked memberships are the truth).
-    groups: DashMap<GroupName, HashMap<ChannelName, f64>>,
+    groups: DashMap<GroupName, HashMap<ChannelName, Member, Hasher>, Hasher>,
+    /// `PREFIX__group__`: the start of every group's Redis channel.
+    group_prefix: String,
     shutdown: watch::Receiver<bool>,
     closed: AtomicBool,
 }
@@ -129,6 +137,7 @@ impl RedisPubSubLayer {
                 channels: Mutex::new(HashSet::new()),
             })
             .collect();
+        let group_prefix = format!("{}__group__", cfg.prefix);
         let inner = Arc::new(Inner {
             cfg,
             hosts,
@@ -136,7 +145,8 @@ impl RedisPubSubLayer {
             codec,
             client_id: uuid::Uuid::new_v4().simple().to_string(),
             local,
-            groups: DashMap::new(),
+            groups: DashMap::with_hasher(Hasher::default()),
+            group_prefix,
             shutdown: rx,
             closed: AtomicBool::new(false),
         });
@@ -186,7 +196,7 @@ impl Inner {
     }
 
     fn group_channel(&self, group: &str) -> String {
-        format!("{}__group__{group}", self.cfg.prefix)
+        format!("{}{group}", self.group_prefix)
     }
 
     fn registry_key(&self, group: &str) -> String {
@@ -285,11 +295,11 @@ impl Inner {
                 continue;
             }
             let key = self.registry_key(entry.key().as_str());
-            for (channel, joined) in entry.value() {
+            for (channel, member) in entry.value() {
                 pipe.cmd("ZADD")
                     .arg(&key)
                     .arg("NX")
-                    .arg(*joined)
+                    .arg(member.joined)
                     .arg(channel.as_str())
                     .ignore();
                 any = true;
@@ -306,7 +316,6 @@ impl Inner {
 
     /// Fans a received message out to the local channel(s) it is for.
     fn dispatch(&self, channel: &str, payload: &[u8]) {
-        let group_prefix = self.group_channel("");
         let decode = || match self.codec.decode(payload) {
             Ok((m, _)) => Some(m),
             Err(e) => {
@@ -318,21 +327,23 @@ impl Inner {
                 None
             }
         };
-        let deadline = self.local.deadline(Instant::now(), Duration::ZERO);
-        if let Some(group) = channel.strip_prefix(&group_prefix) {
+        let now = Instant::now();
+        let deadline = self.local.deadline(now, Duration::ZERO);
+        if let Some(group) = channel.strip_prefix(&self.group_prefix) {
             let Some(members) = self.groups.get(group) else {
                 return;
             };
             let Some(message) = decode() else { return };
-            let Ok(group) = GroupName::new(group) else {
-                return;
-            };
-            let now = unix_now();
-            for name in members.keys() {
-                if let Some(q) = self.local.get(name.as_str()) {
-                    self.local
-                        .push_to_member(&q, message.clone(), deadline, &group, now);
-                }
+            let (group, now_unix) = (members.key(), unix_now());
+            for member in members.values() {
+                self.local.push_to_member(
+                    &member.queue,
+                    message.clone(),
+                    now,
+                    deadline,
+                    group,
+                    now_unix,
+                );
             }
             return;
         }
@@ -340,7 +351,7 @@ impl Inner {
             return;
         };
         let Some(message) = decode() else { return };
-        if self.local.push(&q, message, deadline, false) == Pushed::Full {
+        if self.local.push(&q, message, now, deadline, false) == Pushed::Full {
             self.local
                 .counters
                 .direct_full_drops
@@ -497,7 +508,7 @@ impl ChannelLayer for RedisPubSubLayer {
             self.inner.client_id,
             uuid::Uuid::new_v4().simple()
         ))?;
-        self.inner.local.register(&name);
+        self.inner.local.register(&name, None);
         Ok(name)
     }
 
@@ -508,8 +519,9 @@ impl ChannelLayer for RedisPubSubLayer {
             let Some(queue) = inner.local.get(channel.as_str()) else {
                 return Ok(());
             };
-            let deadline = inner.local.deadline(Instant::now(), Duration::ZERO);
-            return match inner.local.push(&queue, message, deadline, false) {
+            let now = Instant::now();
+            let deadline = inner.local.deadline(now, Duration::ZERO);
+            return match inner.local.push(&queue, message, now, deadline, false) {
                 Pushed::Full => Err(Error::ChannelFull {
                     channel: channel.to_string(),
                     capacity: queue.capacity(),
@@ -524,7 +536,7 @@ impl ChannelLayer for RedisPubSubLayer {
         let inner = &self.inner;
         inner.check_open()?;
         if inner.is_own(channel.as_str()) {
-            let queue = inner.local.register(channel);
+            let queue = inner.local.register(channel, None);
             return inner.local.receive(&queue).await;
         }
         if channel.is_process_local() {
@@ -533,7 +545,7 @@ impl ChannelLayer for RedisPubSubLayer {
             )));
         }
         // A channel by name (`worker.jobs`): subscribe to it, once.
-        let queue = inner.local.register(channel);
+        let queue = inner.local.register(channel, None);
         let h = inner.host_index(channel.as_str());
         let added = inner.subs[h]
             .channels
@@ -567,13 +579,19 @@ impl ChannelLayer for RedisPubSubLayer {
         let joined = unix_now();
         let gchan = inner.group_channel(group.as_str());
         let h = inner.host_index(&gchan);
-        {
+        let indexed = {
             let _l = inner.subs[h].lock.lock().await;
-            let first = {
+            let (first, key) = {
                 let mut members = inner.groups.entry(group.clone()).or_default();
                 let first = members.is_empty();
-                members.insert(channel.clone(), joined);
-                first
+                members.insert(
+                    channel.clone(),
+                    Member {
+                        joined,
+                        queue: queue.clone(),
+                    },
+                );
+                (first, members.key().clone())
             };
             if first && let Err(e) = inner.timed(inner.subscription(h, &gchan, true)).await {
                 let mut now_empty = false;
@@ -586,8 +604,10 @@ impl ChannelLayer for RedisPubSubLayer {
                 }
                 return Err(e);
             }
-        }
-        inner.local.track(&queue, group, joined);
+            key
+        };
+        // The index's own name, so the fan-out compares pointers, not strings.
+        inner.local.track(&queue, &indexed, joined);
         let host = &inner.hosts[h];
         let key = inner.registry_key(group.as_str());
         let mut c = host.conn();
