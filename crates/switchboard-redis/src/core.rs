@@ -698,6 +698,8 @@ async fn janitor(inner: Arc<Inner>, mut leave_rx: mpsc::UnboundedReceiver<Leave>
         (inner.cfg.layer.expiry / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
     let mut sweep = tokio::time::interval(sweep_every);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut clock = tokio::time::interval(Duration::from_millis(10));
+    clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut health = tokio::time::interval(Duration::from_secs(1));
     health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut client_ids: Vec<Option<i64>> = vec![None; inner.hosts.len()];
@@ -706,6 +708,7 @@ async fn janitor(inner: Arc<Inner>, mut leave_rx: mpsc::UnboundedReceiver<Leave>
             _ = shutdown.changed() => return,
             Some(leave) = leave_rx.recv() => inner.leave_groups(leave).await,
             _ = sweep.tick() => inner.local.sweep(),
+            t = clock.tick() => inner.local.tick(t.into_std()),
             _ = health.tick() => {
                 for (i, host) in inner.hosts.iter().enumerate() {
                     let mut c = host.conn();

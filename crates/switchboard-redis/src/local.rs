@@ -137,6 +137,10 @@ pub(crate) struct Local {
     pub(crate) counters: Counters,
     closed: AtomicBool,
     leave: mpsc::UnboundedSender<Leave>,
+    /// A clock read on every receive would cost more than the receive itself; receives read
+    /// this one, which pushes and a 10 ms tick keep current (expiry may be that much late).
+    epoch: Instant,
+    coarse_ms: AtomicU64,
 }
 
 impl Local {
@@ -149,9 +153,23 @@ impl Local {
                 counters: Counters::default(),
                 closed: AtomicBool::new(false),
                 leave,
+                epoch: Instant::now(),
+                coarse_ms: AtomicU64::new(0),
             },
             rx,
         )
+    }
+
+    /// Advances the coarse clock to `now`.
+    pub(crate) fn tick(&self, now: Instant) {
+        let ms = now.saturating_duration_since(self.epoch).as_millis() as u64;
+        if ms > self.coarse_ms.load(Ordering::Relaxed) {
+            self.coarse_ms.fetch_max(ms, Ordering::Relaxed);
+        }
+    }
+
+    fn coarse_now(&self) -> Instant {
+        self.epoch + Duration::from_millis(self.coarse_ms.load(Ordering::Relaxed))
     }
 
     pub(crate) fn check_open(&self) -> Result<()> {
@@ -289,6 +307,7 @@ impl Local {
         via_group: bool,
         member_of: Option<(&GroupName, f64)>,
     ) -> Pushed {
+        self.tick(now);
         let mut st = queue.state.lock();
         if let Some((group, now_unix)) = member_of {
             let Some(i) = st.groups.iter().position(|m| &m.group == group) else {
@@ -331,7 +350,7 @@ impl Local {
             let notified = queue.notify.notified();
             {
                 let mut st = queue.state.lock();
-                let n = st.drop_expired(Instant::now());
+                let n = st.drop_expired(self.coarse_now());
                 self.expired(queue, &mut st, n);
                 if let Some(e) = st.messages.pop_front() {
                     let more = !st.messages.is_empty();
@@ -350,6 +369,7 @@ impl Local {
     /// Drops expired messages everywhere (channels nobody touches expire too).
     pub(crate) fn sweep(&self) {
         let now = Instant::now();
+        self.tick(now);
         for q in self.channels.iter() {
             let mut st = q.state.lock();
             let n = st.drop_expired(now);

@@ -207,6 +207,16 @@ impl Inner {
         format!("*{}!*", self.client_id)
     }
 
+    /// Whether messages for `queue` arrive without a subscription of its own: one of this
+    /// process's channels (the pattern covers it), or a named channel already subscribed.
+    fn subscribed_for(&self, queue: &Queue) -> bool {
+        queue.name.is_process_local()
+            || self.subs[self.host_index(queue.name.as_str())]
+                .channels
+                .lock()
+                .contains(queue.name.as_str())
+    }
+
     fn is_own(&self, name: &str) -> bool {
         name.find('!')
             .is_some_and(|i| name[..i].ends_with(self.client_id.as_str()))
@@ -465,6 +475,8 @@ async fn janitor(inner: Arc<Inner>, mut leave_rx: mpsc::UnboundedReceiver<Leave>
         (inner.cfg.layer.expiry / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
     let mut sweep = tokio::time::interval(sweep_every);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut clock = tokio::time::interval(Duration::from_millis(10));
+    clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         tokio::select! {
             _ = shutdown.changed() => return,
@@ -476,6 +488,7 @@ async fn janitor(inner: Arc<Inner>, mut leave_rx: mpsc::UnboundedReceiver<Leave>
                 }
             }
             _ = sweep.tick() => inner.local.sweep(),
+            t = clock.tick() => inner.local.tick(t.into_std()),
         }
     }
 }
@@ -535,6 +548,11 @@ impl ChannelLayer for RedisPubSubLayer {
     async fn receive(&self, channel: &ChannelName) -> Result<Message> {
         let inner = &self.inner;
         inner.check_open()?;
+        if let Some(queue) = inner.local.get(channel.as_str())
+            && inner.subscribed_for(&queue)
+        {
+            return inner.local.receive(&queue).await;
+        }
         if inner.is_own(channel.as_str()) {
             let queue = inner.local.register(channel, None);
             return inner.local.receive(&queue).await;
