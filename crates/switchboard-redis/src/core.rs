@@ -556,6 +556,7 @@ async fn pop_forever(
     demand: &Demand,
     normal: Option<&Queue>,
 ) -> std::result::Result<(), PopEnd> {
+    let bzmpop = server_major_version(conn).await >= 7;
     let block = inner.cfg.blocking_timeout.as_secs().max(1);
     // Our own limit on a blocking pop: a little longer than the pop's own timeout, so a dead
     // TCP peer is noticed.
@@ -574,11 +575,32 @@ async fn pop_forever(
                 () = wake => {}
             }
         }
-        let mut bzpopmin = redis::cmd("BZPOPMIN");
-        bzpopmin.arg(key).arg(block);
+        // Redis 7 pops a burst in one blocking call; older servers pop one, then drain.
+        let pop = if bzmpop {
+            let count = match normal {
+                Some(q) => demand
+                    .waiters
+                    .load(Ordering::Relaxed)
+                    .saturating_sub(q.len())
+                    .max(1),
+                None => DRAIN_BATCH,
+            };
+            let mut c = redis::cmd("BZMPOP");
+            c.arg(block)
+                .arg(1)
+                .arg(key)
+                .arg("MIN")
+                .arg("COUNT")
+                .arg(count);
+            c
+        } else {
+            let mut c = redis::cmd("BZPOPMIN");
+            c.arg(key).arg(block);
+            c
+        };
         let popped = tokio::select! {
             _ = shutdown.changed() => return Err(PopEnd::Shutdown),
-            r = tokio::time::timeout(limit, bzpopmin.query_async::<RValue>(conn)) => r,
+            r = tokio::time::timeout(limit, pop.query_async::<RValue>(conn)) => r,
         };
         let value = match popped {
             Ok(Ok(v)) => v,
@@ -592,6 +614,19 @@ async fn pop_forever(
         let RValue::Array(items) = value else {
             continue; // timed out: nothing arrived
         };
+        if bzmpop {
+            // [key, [[member, score], ...]]
+            if let Some(RValue::Array(popped)) = items.get(1) {
+                for pair in popped {
+                    if let RValue::Array(pair) = pair
+                        && let [member, score] = &pair[..]
+                    {
+                        deliver_value(inner, key, member, score, normal);
+                    }
+                }
+            }
+            continue;
+        }
         if let [_, member, score] = &items[..] {
             deliver_value(inner, key, member, score, normal);
         }
@@ -616,6 +651,20 @@ async fn pop_forever(
             }
         }
     }
+}
+
+/// The server's major version (0 if unknown).
+async fn server_major_version(conn: &mut MultiplexedConnection) -> u32 {
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .query_async(conn)
+        .await
+        .unwrap_or_default();
+    info.lines()
+        .find_map(|l| l.strip_prefix("redis_version:"))
+        .and_then(|v| v.split('.').next())
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 fn deliver_value(
