@@ -159,7 +159,8 @@ pub async fn fan_out(room: &Room, max: u64, for_at_most: Option<Duration>) -> Fa
     let progress = Arc::new(Notify::new());
     let drops_before = room.members[0].0.stats().group_full_drops;
     let mut tasks = Vec::with_capacity(room.members.len());
-    for (layer, ch) in room.members.iter().cloned() {
+    for (layer, ch) in room.members.iter() {
+        let (layer, ch) = (layer.clone(), ch.clone());
         let (delivered, progress) = (delivered.clone(), progress.clone());
         tasks.push(tokio::spawn(async move {
             let mut next = 0;
