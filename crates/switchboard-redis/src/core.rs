@@ -863,7 +863,6 @@ impl ChannelLayer for RedisLayer {
                     inner.local.register(channel, Some(&demand))
                 }
             };
-            let _waiting = queue.demand.as_deref().map(Waiting::new);
             return inner.local.receive(&queue).await;
         }
         if channel.is_process_local() {

@@ -343,8 +343,10 @@ impl Local {
         Pushed::Queued
     }
 
-    /// Waits for the next message on `queue`. Cancel-safe.
+    /// Waits for the next message on `queue`. Cancel-safe. While it has to wait, it counts in
+    /// the queue's receive demand (so the receive loop pops from Redis).
     pub(crate) async fn receive(&self, queue: &Queue) -> Result<Message> {
+        let mut waiting = None;
         loop {
             self.check_open()?;
             let notified = queue.notify.notified();
@@ -361,6 +363,9 @@ impl Local {
                     }
                     return Ok(e.message);
                 }
+            }
+            if waiting.is_none() {
+                waiting = queue.demand.as_deref().map(Waiting::new);
             }
             notified.await;
         }
