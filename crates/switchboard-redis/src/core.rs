@@ -105,18 +105,6 @@ return {full, stalled}
     )
 });
 
-/// The members of a group after trimming expired memberships, as one newline-separated string
-/// (channel names cannot hold a newline): one allocation to parse instead of one per member.
-/// KEYS: group. ARGV: membership cutoff.
-static GROUP_MEMBERS: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-return table.concat(redis.call('ZRANGE', KEYS[1], 0, -1), '\n')
-",
-    )
-});
-
 /// channels_redis's in-flight backup: put messages a crashed receiver had popped back in the
 /// queue. KEYS: queue, backup.
 static RESTORE_INFLIGHT: LazyLock<Script> = LazyLock::new(|| {
@@ -1036,12 +1024,20 @@ async fn group_send(inner: &Inner, group: &GroupName, message: Message) -> Resul
     let score = inner.clock.next();
     let group_cutoff = score - inner.cfg.layer.group_expiry.as_secs_f64();
     let mut c = ghost.conn();
-    let members: Vec<u8> = GROUP_MEMBERS
-        .key(&gkey)
+    let (members,): (RValue,) = redis::pipe()
+        .cmd("ZREMRANGEBYSCORE")
+        .arg(&gkey)
+        .arg("-inf")
         .arg(group_cutoff)
-        .invoke_async(&mut c)
+        .ignore()
+        .cmd("ZRANGE")
+        .arg(&gkey)
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut c)
         .await
         .map_err(|e| ghost.error(e))?;
+    let members = members_of(members);
     if members.is_empty() {
         return Ok(());
     }
@@ -1053,7 +1049,7 @@ async fn group_send(inner: &Inner, group: &GroupName, message: Message) -> Resul
     let mut gone: Vec<&str> = Vec::new();
     let mut queues: Vec<(String, usize, usize, Vec<&str>)> = Vec::new(); // key, host, capacity, channels
     let mut index: HashMap<&str, usize> = HashMap::new();
-    for m in members.split(|&b| b == b'\n') {
+    for m in &members {
         let Ok(name) = std::str::from_utf8(m) else {
             continue;
         };
