@@ -10,6 +10,14 @@
 //! cargo run --release --example chat
 //! ```
 //!
+//! Several processes (and a Django tutorial chat on the same prefix) share rooms and private
+//! messages through Redis (`--layer pubsub` for the pub/sub layer):
+//!
+//! ```text
+//! cargo run --release --features redis --example chat -- --redis redis://127.0.0.1:6379 --addr 127.0.0.1:8000
+//! cargo run --release --features redis --example chat -- --redis redis://127.0.0.1:6379 --addr 127.0.0.1:8001
+//! ```
+//!
 //! Publish into a room from anywhere:
 //!
 //! ```text

@@ -1,0 +1,740 @@
+//! [`RedisPubSubLayer`]: channels_redis's `RedisPubSubChannelLayer`, on the same Redis channels
+//! and bytes.
+//!
+//! # What goes over Redis (exactly as channels_redis does it)
+//!
+//! - `send(channel, m)` is `PUBLISH <channel> <msgpack(m)>`; `group_send(g, m)` is one
+//!   `PUBLISH PREFIX__group__<g> <msgpack(m)>`, however many members the group has. No random
+//!   prefix, no routing key; Fernet tokens instead of msgpack with encryption keys.
+//! - A process subscribes to each group it has members in, once; membership lives in the
+//!   process. Nothing is stored: a message published while nobody listens is gone.
+//! - With several hosts, a channel or group channel is published and subscribed on the host
+//!   its full name hashes to.
+//!
+//! # How this process uses it
+//!
+//! - Its channels are named `specific.<client>!<id>` (Django's are `asgispecific.<id>`; either
+//!   kind of name works as a destination). One `PSUBSCRIBE *<client>!*` per host covers all of
+//!   them, so making a channel costs no round trip.
+//! - One subscription connection per host decodes each message once and fans it out into the
+//!   local members' bounded queues; the multiplexed command connection publishes.
+//! - After a reconnect the subscription task subscribes again to the pattern and to every group
+//!   and channel the process listens on, from its own state.
+//!
+//! # Beyond channels_redis, same wire
+//!
+//! channels_redis's pub/sub layer has no capacity, no expiry and unbounded queues. Here local
+//! queues have the layer's capacity (a `send` to a full local channel fails with `ChannelFull`; a
+//! group message for a full member is dropped and counted), messages expire after `expiry`,
+//! memberships after `group_expiry`, and [`group_channels`](ChannelLayer::group_channels)
+//! answers across processes from a registry of Rust members (`PREFIX:pubsub:group:<g>`, a
+//! sorted set Django neither reads nor writes; Django members are not in it).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use dashmap::DashMap;
+use futures_util::StreamExt;
+use parking_lot::Mutex;
+use redis::Value as RValue;
+use redis::aio::PubSubSink;
+use switchboard_core::message::MessageError;
+use switchboard_core::{
+    ChannelLayer, ChannelName, Error, GroupName, LayerConfig, LayerStats, Message, Result,
+};
+use tokio::sync::{mpsc, watch};
+
+use crate::codec::{Codec, RouteRef};
+use crate::config::RedisConfig;
+use crate::conn::{self, Backoff, Host, timed, unix_now};
+use crate::hash::consistent_hash;
+use crate::local::{Hasher, Leave, Local, Pushed, Queue};
+
+/// A channel layer on Redis pub/sub that Django processes running channels_redis's
+/// `RedisPubSubChannelLayer` share: one `PUBLISH` per group send, fan-out in each process.
+///
+/// ```no_run
+/// use switchboard_core::Layer;
+/// use switchboard_redis::{RedisConfig, RedisPubSubLayer};
+/// # async fn demo() -> switchboard_core::Result<()> {
+/// let layer = Layer::new(RedisPubSubLayer::connect(RedisConfig::new("redis://127.0.0.1:6379")).await?);
+/// # Ok(()) }
+/// ```
+///
+/// Channel names from this layer can only be received on and added to groups by the process
+/// that made them (membership lives in the process, as in channels_redis).
+#[derive(Clone)]
+pub struct RedisPubSubLayer {
+    inner: Arc<Inner>,
+    guard: Arc<Guard>,
+}
+
+struct Guard(watch::Sender<bool>);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.send(true);
+    }
+}
+
+/// One host's subscription connection.
+struct Sub {
+    /// Set while connected.
+    sink: Mutex<Option<PubSubSink>>,
+    /// Serializes subscription changes on this host (subscribe vs. unsubscribe races).
+    lock: tokio::sync::Mutex<()>,
+    /// Non-local channels this process receives on (subscribed by name).
+    channels: Mutex<HashSet<String>>,
+}
+
+/// A local member of a group.
+struct Member {
+    joined: f64,
+    queue: Arc<Queue>,
+}
+
+struct Inner {
+    cfg: RedisConfig,
+    hosts: Vec<Host>,
+    subs: Vec<Sub>,
+    codec: Codec,
+    client_id: String,
+    local: Local,
+    /// Local members of each group (an index; each queue's tracked memberships are the truth).
+    groups: DashMap<GroupName, HashMap<ChannelName, Member, Hasher>, Hasher>,
+    /// `PREFIX__group__`: the start of every group's Redis channel.
+    group_prefix: String,
+    shutdown: watch::Receiver<bool>,
+    closed: AtomicBool,
+}
+
+impl std::fmt::Debug for RedisPubSubLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisPubSubLayer")
+            .field("config", &self.inner.cfg)
+            .field("client_id", &self.inner.client_id)
+            .field("local_channels", &self.inner.local.len())
+            .finish()
+    }
+}
+
+impl RedisPubSubLayer {
+    /// Connects to every host, subscribes this process's channel pattern and starts the
+    /// background tasks on the current tokio runtime.
+    pub async fn connect(cfg: RedisConfig) -> Result<RedisPubSubLayer> {
+        let hosts = conn::connect_hosts(&cfg).await?;
+        let codec = Codec::pubsub(&cfg.symmetric_encryption_keys);
+        let (local, leave_rx) = Local::new(cfg.layer.clone());
+        let (tx, rx) = watch::channel(false);
+        let subs = hosts
+            .iter()
+            .map(|_| Sub {
+                sink: Mutex::new(None),
+                lock: tokio::sync::Mutex::new(()),
+                channels: Mutex::new(HashSet::new()),
+            })
+            .collect();
+        let group_prefix = format!("{}__group__", cfg.prefix);
+        let inner = Arc::new(Inner {
+            cfg,
+            hosts,
+            subs,
+            codec,
+            client_id: uuid::Uuid::new_v4().simple().to_string(),
+            local,
+            groups: DashMap::with_hasher(Hasher::default()),
+            group_prefix,
+            shutdown: rx,
+            closed: AtomicBool::new(false),
+        });
+        let mut ready = Vec::new();
+        for h in 0..inner.hosts.len() {
+            let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+            tokio::spawn(subscription_loop(inner.clone(), h, ready_tx));
+            ready.push(ready_rx);
+        }
+        let limit = inner.cfg.connect_timeout + inner.cfg.command_timeout;
+        for (h, r) in ready.into_iter().enumerate() {
+            match timed(limit, r).await {
+                Ok(Ok(())) => {}
+                _ => {
+                    let _ = tx.send(true);
+                    return Err(Error::Backend(format!(
+                        "could not subscribe at redis {}",
+                        inner.hosts[h].name
+                    )));
+                }
+            }
+        }
+        tokio::spawn(janitor(inner.clone(), leave_rx));
+        Ok(RedisPubSubLayer {
+            inner,
+            guard: Arc::new(Guard(tx)),
+        })
+    }
+
+    /// This process's client prefix: the 32 hex digits in every channel name it hands out.
+    pub fn client_id(&self) -> &str {
+        &self.inner.client_id
+    }
+}
+
+impl Inner {
+    fn check_open(&self) -> Result<()> {
+        if self.closed.load(Ordering::Relaxed) {
+            Err(Error::LayerClosed)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn host_index(&self, name: &str) -> usize {
+        consistent_hash(name, self.hosts.len())
+    }
+
+    fn group_channel(&self, group: &str) -> String {
+        format!("{}{group}", self.group_prefix)
+    }
+
+    fn registry_key(&self, group: &str) -> String {
+        format!("{}:pubsub:group:{group}", self.cfg.prefix)
+    }
+
+    fn pattern(&self) -> String {
+        format!("*{}!*", self.client_id)
+    }
+
+    /// Whether messages for `queue` arrive without a subscription of its own: one of this
+    /// process's channels (the pattern covers it), or a named channel already subscribed.
+    fn subscribed_for(&self, queue: &Queue) -> bool {
+        queue.name.is_process_local()
+            || self.subs[self.host_index(queue.name.as_str())]
+                .channels
+                .lock()
+                .contains(queue.name.as_str())
+    }
+
+    fn is_own(&self, name: &str) -> bool {
+        name.find('!')
+            .is_some_and(|i| name[..i].ends_with(self.client_id.as_str()))
+    }
+
+    async fn timed<T>(&self, fut: impl Future<Output = Result<T>>) -> Result<T> {
+        timed(self.cfg.command_timeout, fut).await?
+    }
+
+    async fn publish(&self, channel: &str, message: &Message) -> Result<()> {
+        let fields = Codec::fields(message).map_err(|e| MessageError::Serialize(e.0))?;
+        let payload = self
+            .codec
+            .encode(&fields, &RouteRef::Unrouted)
+            .map_err(|e| MessageError::Serialize(e.0))?;
+        let host = &self.hosts[self.host_index(channel)];
+        let mut c = host.conn();
+        self.timed(async {
+            redis::cmd("PUBLISH")
+                .arg(channel)
+                .arg(payload)
+                .query_async::<()>(&mut c)
+                .await
+                .map_err(|e| host.error(e))
+        })
+        .await
+    }
+
+    /// Subscribes (or unsubscribes) one Redis channel on its host.
+    async fn subscription(&self, h: usize, channel: &str, on: bool) -> Result<()> {
+        let sink = self.subs[h].sink.lock().clone();
+        let Some(mut sink) = sink else {
+            return Err(Error::Backend(format!(
+                "not connected to redis at {}; reconnecting",
+                self.hosts[h].name
+            )));
+        };
+        let r = if on {
+            sink.subscribe(channel).await
+        } else {
+            sink.unsubscribe(channel).await
+        };
+        r.map_err(|e| self.hosts[h].error(e))
+    }
+
+    /// Takes `channel` out of `group` here: index, subscription (when it was the last member),
+    /// registry.
+    async fn remove_member(&self, group: &GroupName, channel: &ChannelName) -> Result<()> {
+        let gchan = self.group_channel(group.as_str());
+        let h = self.host_index(&gchan);
+        {
+            let _l = self.subs[h].lock.lock().await;
+            let mut now_empty = false;
+            if let Some(mut members) = self.groups.get_mut(group) {
+                members.remove(channel);
+                now_empty = members.is_empty();
+            }
+            if now_empty {
+                self.groups.remove_if(group, |_, m| m.is_empty());
+                if let Err(e) = self.timed(self.subscription(h, &gchan, false)).await {
+                    tracing::debug!(%group, error = %e, "unsubscribe failed (a reconnect drops it anyway)");
+                }
+            }
+        }
+        let host = &self.hosts[h];
+        let mut c = host.conn();
+        self.timed(async {
+            redis::cmd("ZREM")
+                .arg(self.registry_key(group.as_str()))
+                .arg(channel.as_str())
+                .query_async::<()>(&mut c)
+                .await
+                .map_err(|e| host.error(e))
+        })
+        .await
+    }
+
+    /// Writes the registry entries of this process's members again (after Redis lost them).
+    async fn reassert_registry(&self, host: usize) {
+        let ttl = RedisConfig::ttl_secs(self.cfg.layer.group_expiry);
+        let mut pipe = redis::pipe();
+        let mut any = false;
+        for entry in self.groups.iter() {
+            let gchan = self.group_channel(entry.key().as_str());
+            if self.host_index(&gchan) != host {
+                continue;
+            }
+            let key = self.registry_key(entry.key().as_str());
+            for (channel, member) in entry.value() {
+                pipe.cmd("ZADD")
+                    .arg(&key)
+                    .arg("NX")
+                    .arg(member.joined)
+                    .arg(channel.as_str())
+                    .ignore();
+                any = true;
+            }
+            pipe.cmd("EXPIRE").arg(&key).arg(ttl).ignore();
+        }
+        if any {
+            let mut c = self.hosts[host].conn();
+            if let Err(e) = pipe.query_async::<()>(&mut c).await {
+                tracing::warn!(host = %self.hosts[host].name, error = %e, "could not write group registry again");
+            }
+        }
+    }
+
+    /// Fans a received message out to the local channel(s) it is for.
+    fn dispatch(&self, channel: &str, payload: &[u8]) {
+        let decode = || match self.codec.decode(payload) {
+            Ok((m, _)) => Some(m),
+            Err(e) => {
+                self.local
+                    .counters
+                    .undecodable
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(channel, error = %e, "skipping a message that does not decode");
+                None
+            }
+        };
+        let now = Instant::now();
+        let deadline = self.local.deadline(now, Duration::ZERO);
+        if let Some(group) = channel.strip_prefix(&self.group_prefix) {
+            let Some(members) = self.groups.get(group) else {
+                return;
+            };
+            let Some(message) = decode() else { return };
+            let (group, now_unix) = (members.key(), unix_now());
+            for member in members.values() {
+                self.local.push_to_member(
+                    &member.queue,
+                    message.clone(),
+                    now,
+                    deadline,
+                    group,
+                    now_unix,
+                );
+            }
+            return;
+        }
+        let Some(q) = self.local.get(channel) else {
+            return;
+        };
+        let Some(message) = decode() else { return };
+        if self.local.push(&q, message, now, deadline, false) == Pushed::Full {
+            self.local
+                .counters
+                .direct_full_drops
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+use std::future::Future;
+
+/// One host's subscription: connects, subscribes to everything this process listens to,
+/// dispatches messages, and starts over after a disconnect.
+async fn subscription_loop(inner: Arc<Inner>, h: usize, ready: tokio::sync::oneshot::Sender<()>) {
+    let mut ready = Some(ready);
+    let host = &inner.hosts[h];
+    let sub = &inner.subs[h];
+    let mut shutdown = inner.shutdown.clone();
+    let mut backoff = Backoff::new();
+    let mut was_down = false;
+    loop {
+        let connected = tokio::select! {
+            _ = shutdown.changed() => return,
+            c = timed(inner.cfg.connect_timeout, host.client.get_async_pubsub()) => c,
+        };
+        let pubsub = match connected {
+            Ok(Ok(p)) => p,
+            other => {
+                if !was_down {
+                    let e = match other {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => "connect timed out".into(),
+                    };
+                    tracing::warn!(host = %host.name, error = %e, "pub/sub connection lost; retrying");
+                    was_down = true;
+                }
+                tokio::select! {
+                    _ = shutdown.changed() => return,
+                    () = tokio::time::sleep(backoff.next()) => continue,
+                }
+            }
+        };
+        let (mut sink, mut stream) = pubsub.split();
+        let subscribed = {
+            let _l = sub.lock.lock().await;
+            let mut names: Vec<String> = inner
+                .groups
+                .iter()
+                .map(|g| inner.group_channel(g.key().as_str()))
+                .filter(|c| inner.host_index(c) == h)
+                .collect();
+            names.extend(sub.channels.lock().iter().cloned());
+            let r = async {
+                sink.psubscribe(inner.pattern()).await?;
+                if !names.is_empty() {
+                    sink.subscribe(&names).await?;
+                }
+                Ok::<_, redis::RedisError>(())
+            };
+            match timed(inner.cfg.command_timeout, r).await {
+                Ok(Ok(())) => {
+                    *sub.sink.lock() = Some(sink.clone());
+                    true
+                }
+                _ => false,
+            }
+        };
+        if !subscribed {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                () = tokio::time::sleep(backoff.next()) => continue,
+            }
+        }
+        backoff.reset();
+        if let Some(r) = ready.take() {
+            let _ = r.send(());
+        }
+        if was_down {
+            tracing::info!(host = %host.name, "pub/sub reconnected and resubscribed");
+            inner.reassert_registry(h).await;
+        }
+        let mut ping = tokio::time::interval(Duration::from_secs(5));
+        ping.tick().await;
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => {
+                    *sub.sink.lock() = None;
+                    return;
+                }
+                msg = stream.next() => match msg {
+                    Some(msg) => inner.dispatch(msg.get_channel_name(), msg.get_payload_bytes()),
+                    None => break,
+                },
+                _ = ping.tick() => {
+                    let alive = timed(inner.cfg.command_timeout, sink.ping::<RValue>()).await;
+                    if !matches!(alive, Ok(Ok(_))) {
+                        break;
+                    }
+                }
+            }
+        }
+        *sub.sink.lock() = None;
+        tracing::warn!(host = %host.name, "pub/sub connection lost; reconnecting");
+        was_down = true;
+    }
+}
+
+/// Expired messages and memberships end memberships; untouched channels are swept.
+async fn janitor(inner: Arc<Inner>, mut leave_rx: mpsc::UnboundedReceiver<Leave>) {
+    let mut shutdown = inner.shutdown.clone();
+    let sweep_every =
+        (inner.cfg.layer.expiry / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
+    let mut sweep = tokio::time::interval(sweep_every);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut clock = tokio::time::interval(Duration::from_millis(10));
+    clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            Some(leave) = leave_rx.recv() => {
+                for m in leave.groups {
+                    if let Err(e) = inner.remove_member(&m.group, &leave.channel).await {
+                        tracing::warn!(channel = %leave.channel, group = %m.group, error = %e, "could not end a membership");
+                    }
+                }
+            }
+            _ = sweep.tick() => inner.local.sweep(),
+            t = clock.tick() => inner.local.tick(t.into_std()),
+        }
+    }
+}
+
+fn members_of(value: RValue) -> Vec<ChannelName> {
+    match value {
+        RValue::Array(items) => items
+            .into_iter()
+            .filter_map(|v| match v {
+                RValue::BulkString(b) => String::from_utf8(b)
+                    .ok()
+                    .and_then(|s| ChannelName::new(s).ok()),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+#[async_trait]
+impl ChannelLayer for RedisPubSubLayer {
+    fn config(&self) -> &LayerConfig {
+        &self.inner.cfg.layer
+    }
+
+    async fn new_channel(&self, prefix: &str) -> Result<ChannelName> {
+        self.inner.check_open()?;
+        let name = ChannelName::new(format!(
+            "{prefix}{}!{}",
+            self.inner.client_id,
+            uuid::Uuid::new_v4().simple()
+        ))?;
+        self.inner.local.register(&name, None);
+        Ok(name)
+    }
+
+    async fn send(&self, channel: &ChannelName, message: Message) -> Result<()> {
+        let inner = &self.inner;
+        inner.check_open()?;
+        if inner.is_own(channel.as_str()) {
+            let Some(queue) = inner.local.get(channel.as_str()) else {
+                return Ok(());
+            };
+            let now = Instant::now();
+            let deadline = inner.local.deadline(now, Duration::ZERO);
+            return match inner.local.push(&queue, message, now, deadline, false) {
+                Pushed::Full => Err(Error::ChannelFull {
+                    channel: channel.to_string(),
+                    capacity: queue.capacity(),
+                }),
+                _ => Ok(()),
+            };
+        }
+        inner.publish(channel.as_str(), &message).await
+    }
+
+    async fn receive(&self, channel: &ChannelName) -> Result<Message> {
+        let inner = &self.inner;
+        inner.check_open()?;
+        if let Some(queue) = inner.local.get(channel.as_str())
+            && inner.subscribed_for(&queue)
+        {
+            return inner.local.receive(&queue).await;
+        }
+        if inner.is_own(channel.as_str()) {
+            let queue = inner.local.register(channel, None);
+            return inner.local.receive(&queue).await;
+        }
+        if channel.is_process_local() {
+            return Err(Error::Protocol(format!(
+                "channel {channel} belongs to another process; only the process that made it can receive on it"
+            )));
+        }
+        // A channel by name (`worker.jobs`): subscribe to it, once.
+        let queue = inner.local.register(channel, None);
+        let h = inner.host_index(channel.as_str());
+        let added = inner.subs[h]
+            .channels
+            .lock()
+            .insert(channel.as_str().to_owned());
+        if added {
+            let _l = inner.subs[h].lock.lock().await;
+            if let Err(e) = inner
+                .timed(inner.subscription(h, channel.as_str(), true))
+                .await
+            {
+                inner.subs[h].channels.lock().remove(channel.as_str());
+                return Err(e);
+            }
+        }
+        inner.local.receive(&queue).await
+    }
+
+    async fn group_add(&self, group: &GroupName, channel: &ChannelName) -> Result<()> {
+        let inner = &self.inner;
+        inner.check_open()?;
+        let queue = match inner.local.get(channel.as_str()) {
+            Some(q) if inner.is_own(channel.as_str()) => q,
+            _ => {
+                return Err(Error::Protocol(format!(
+                    "the pub/sub layer keeps group membership in the process that owns the channel: \
+                     call group_add({group}, {channel}) in the process whose new_channel made it"
+                )));
+            }
+        };
+        let joined = unix_now();
+        let gchan = inner.group_channel(group.as_str());
+        let h = inner.host_index(&gchan);
+        let indexed = {
+            let _l = inner.subs[h].lock.lock().await;
+            let (first, key) = {
+                let mut members = inner.groups.entry(group.clone()).or_default();
+                let first = members.is_empty();
+                members.insert(
+                    channel.clone(),
+                    Member {
+                        joined,
+                        queue: queue.clone(),
+                    },
+                );
+                (first, members.key().clone())
+            };
+            if first && let Err(e) = inner.timed(inner.subscription(h, &gchan, true)).await {
+                let mut now_empty = false;
+                if let Some(mut members) = inner.groups.get_mut(group) {
+                    members.remove(channel);
+                    now_empty = members.is_empty();
+                }
+                if now_empty {
+                    inner.groups.remove_if(group, |_, m| m.is_empty());
+                }
+                return Err(e);
+            }
+            key
+        };
+        // The index's own name, so the fan-out compares pointers, not strings.
+        inner.local.track(&queue, &indexed, joined);
+        let host = &inner.hosts[h];
+        let key = inner.registry_key(group.as_str());
+        let mut c = host.conn();
+        inner
+            .timed(async {
+                redis::pipe()
+                    .cmd("ZADD")
+                    .arg(&key)
+                    .arg(joined)
+                    .arg(channel.as_str())
+                    .ignore()
+                    .cmd("EXPIRE")
+                    .arg(&key)
+                    .arg(RedisConfig::ttl_secs(inner.cfg.layer.group_expiry))
+                    .ignore()
+                    .query_async::<()>(&mut c)
+                    .await
+                    .map_err(|e| host.error(e))
+            })
+            .await
+    }
+
+    async fn group_discard(&self, group: &GroupName, channel: &ChannelName) -> Result<()> {
+        let inner = &self.inner;
+        inner.check_open()?;
+        if let Some(q) = inner.local.get(channel.as_str()) {
+            inner.local.untrack(&q, group);
+        }
+        inner.remove_member(group, channel).await
+    }
+
+    async fn group_send(&self, group: &GroupName, message: Message) -> Result<()> {
+        let inner = &self.inner;
+        inner.check_open()?;
+        inner
+            .publish(&inner.group_channel(group.as_str()), &message)
+            .await
+    }
+
+    async fn group_channels(&self, group: &GroupName) -> Result<Vec<ChannelName>> {
+        let inner = &self.inner;
+        inner.check_open()?;
+        let h = inner.host_index(&inner.group_channel(group.as_str()));
+        let host = &inner.hosts[h];
+        let cutoff = unix_now() - inner.cfg.layer.group_expiry.as_secs_f64();
+        let mut c = host.conn();
+        let members = inner
+            .timed(async {
+                redis::cmd("ZRANGEBYSCORE")
+                    .arg(inner.registry_key(group.as_str()))
+                    .arg(format!("({cutoff}"))
+                    .arg("+inf")
+                    .query_async::<RValue>(&mut c)
+                    .await
+                    .map_err(|e| host.error(e))
+            })
+            .await?;
+        Ok(members_of(members))
+    }
+
+    async fn discard_channel(&self, channel: &ChannelName) -> Result<()> {
+        let inner = &self.inner;
+        if !inner.is_own(channel.as_str()) {
+            return Ok(());
+        }
+        let mut first_error = None;
+        for m in inner.local.remove(channel) {
+            if let Err(e) = inner.remove_member(&m.group, channel).await {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    async fn flush(&self) -> Result<()> {
+        let inner = &self.inner;
+        inner.check_open()?;
+        inner.local.clear();
+        let groups: Vec<GroupName> = inner.groups.iter().map(|g| g.key().clone()).collect();
+        for group in groups {
+            let gchan = inner.group_channel(group.as_str());
+            let h = inner.host_index(&gchan);
+            let _l = inner.subs[h].lock.lock().await;
+            inner.groups.remove(&group);
+            if let Err(e) = inner.timed(inner.subscription(h, &gchan, false)).await {
+                tracing::debug!(%group, error = %e, "unsubscribe on flush failed");
+            }
+        }
+        let pattern = format!("{}:pubsub:group:*", conn::glob_escape(&inner.cfg.prefix));
+        for host in &inner.hosts {
+            inner.timed(conn::delete_matching(host, &pattern)).await?;
+        }
+        Ok(())
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.inner.closed.store(true, Ordering::Relaxed);
+        self.inner.local.close();
+        let _ = self.guard.0.send(true);
+        Ok(())
+    }
+
+    fn stats(&self) -> LayerStats {
+        let c = &self.inner.local.counters;
+        let mut s = LayerStats::default();
+        s.group_full_drops = c.group_full_drops.load(Ordering::Relaxed);
+        s.expired_messages = c.expired.load(Ordering::Relaxed);
+        s.channels = self.inner.local.len() as u64;
+        s.groups = self.inner.groups.len() as u64;
+        s
+    }
+}

@@ -1,0 +1,217 @@
+//! `RedisLayer` against a real redis-server: the layer conformance suite (two instances on one
+//! fresh key prefix stand for two processes), then what is particular to the Redis core layer.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+switchboard_core::layer_conformance_tests!(common::make_core);
+
+use std::time::Duration;
+
+use common::{all_types, config, core, raw, recv};
+use redis::AsyncCommands;
+use switchboard_core::{Layer, LayerConfig, Message};
+
+fn msg(ty: &str, n: i64) -> Message {
+    Message::builder(ty).field("n", n).build().unwrap()
+}
+
+#[tokio::test]
+async fn stores_what_channels_redis_stores() {
+    let cfg = config(LayerConfig::default());
+    let (a, b) = (Layer::new(core(&cfg).await), core(&cfg).await);
+    let client = b.client_id().to_owned();
+    let b = Layer::new(b);
+    let ch = b.new_channel().await.unwrap();
+    assert!(ch.as_str().starts_with(&format!("specific.{client}!")));
+    assert_eq!(ch.as_str().len(), 74);
+    b.group_add("room", &ch).await.unwrap();
+    // Nobody receives on b yet, so what a sends stays in Redis to look at.
+    a.send(&ch, msg("direct", 1)).await.unwrap();
+    a.group_send("room", msg("grouped", 2)).await.unwrap();
+
+    let mut r = raw().await;
+    let key = format!("{}specific.{client}!", cfg.prefix);
+    let stored: Vec<(Vec<u8>, f64)> = r.zrange_withscores(&key, 0, -1).await.unwrap();
+    assert_eq!(stored.len(), 2);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    for (member, score) in &stored {
+        assert!(
+            (now - score).abs() < 5.0,
+            "scores are send times in Unix seconds"
+        );
+        let decoded: serde_json::Value = rmp_serde_value(&member[12..]);
+        assert!(decoded.get("type").is_some(), "{decoded}");
+    }
+    let direct = rmp_serde_value(&stored[0].0[12..]);
+    assert_eq!(direct["__asgi_channel__"], serde_json::json!(ch.as_str()));
+    let grouped = rmp_serde_value(&stored[1].0[12..]);
+    assert_eq!(
+        grouped["__asgi_channel__"],
+        serde_json::json!([ch.as_str()])
+    );
+    let ttl: i64 = r.ttl(&key).await.unwrap();
+    assert!(ttl > 60 && ttl <= 120, "queue TTL {ttl}");
+    let group_key = format!("{}:group:room", cfg.prefix);
+    let score: Option<f64> = r.zscore(&group_key, ch.as_str()).await.unwrap();
+    assert!(score.is_some_and(|s| (now - s).abs() < 5.0));
+    let ttl: i64 = r.ttl(&group_key).await.unwrap();
+    assert!(ttl > 86_000, "group TTL {ttl}");
+
+    assert_eq!(recv(&b, &ch).await, msg("direct", 1));
+    assert_eq!(recv(&b, &ch).await, msg("grouped", 2));
+}
+
+/// Decodes msgpack for assertions (bytes become lists of numbers).
+fn rmp_serde_value(bytes: &[u8]) -> serde_json::Value {
+    let v: switchboard_core::Value = rmp_serde_from_slice(bytes);
+    v.to_json()
+}
+
+fn rmp_serde_from_slice(bytes: &[u8]) -> switchboard_core::Value {
+    // The layer's own decoder is private; go through a message-less path: msgpack -> Value.
+    let mut de = rmp_serde::Deserializer::new(bytes);
+    serde::Deserialize::deserialize(&mut de).unwrap()
+}
+
+#[tokio::test]
+async fn every_value_type_crosses_redis_between_processes() {
+    let cfg = config(LayerConfig::default());
+    let (a, b) = (Layer::new(core(&cfg).await), Layer::new(core(&cfg).await));
+    let ch = b.new_channel().await.unwrap();
+    b.group_add("typed", &ch).await.unwrap();
+    a.send(&ch, all_types()).await.unwrap();
+    a.group_send("typed", all_types()).await.unwrap();
+    assert_eq!(recv(&b, &ch).await, all_types());
+    assert_eq!(recv(&b, &ch).await, all_types());
+}
+
+#[tokio::test]
+async fn a_message_that_does_not_decode_is_skipped() {
+    let cfg = config(LayerConfig::default());
+    let (a, b) = (Layer::new(core(&cfg).await), core(&cfg).await);
+    let client = b.client_id().to_owned();
+    let b = Layer::new(b);
+    let ch = b.new_channel().await.unwrap();
+    let mut r = raw().await;
+    let key = format!("{}specific.{client}!", cfg.prefix);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let _: () = r
+        .zadd(&key, b"123456789012 not msgpack at all".to_vec(), now)
+        .await
+        .unwrap();
+    a.send(&ch, msg("after.garbage", 1)).await.unwrap();
+    assert_eq!(recv(&b, &ch).await, msg("after.garbage", 1));
+}
+
+#[tokio::test]
+async fn a_process_that_stopped_reading_leaves_its_groups() {
+    let cfg = config(LayerConfig::default().expiry(Duration::from_secs(1)));
+    let (a, b) = (Layer::new(core(&cfg).await), Layer::new(core(&cfg).await));
+    let live = a.new_channel().await.unwrap();
+    let dead = b.new_channel().await.unwrap();
+    a.group_add("room", &live).await.unwrap();
+    b.group_add("room", &dead).await.unwrap();
+    b.close().await.unwrap(); // the process is gone; its membership is not
+    a.group_send("room", msg("first", 1)).await.unwrap();
+    assert_eq!(a.group_channels("room").await.unwrap().len(), 2);
+    assert_eq!(recv(&a, &live).await, msg("first", 1));
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    a.group_send("room", msg("second", 2)).await.unwrap();
+    assert_eq!(a.group_channels("room").await.unwrap(), vec![live.clone()]);
+    assert_eq!(recv(&a, &live).await, msg("second", 2));
+}
+
+#[tokio::test]
+async fn stalled_members_stay_when_asked_to() {
+    let cfg =
+        config(LayerConfig::default().expiry(Duration::from_secs(1))).drop_stalled_members(false);
+    let (a, b) = (Layer::new(core(&cfg).await), Layer::new(core(&cfg).await));
+    let dead = b.new_channel().await.unwrap();
+    b.group_add("room", &dead).await.unwrap();
+    b.close().await.unwrap();
+    a.group_send("room", msg("first", 1)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    a.group_send("room", msg("second", 2)).await.unwrap();
+    assert_eq!(a.group_channels("room").await.unwrap(), vec![dead]);
+}
+
+#[tokio::test]
+async fn normal_channels_share_work_between_processes() {
+    let cfg = config(LayerConfig::default());
+    let (a, b, c) = (
+        Layer::new(core(&cfg).await),
+        Layer::new(core(&cfg).await),
+        Layer::new(core(&cfg).await),
+    );
+    for i in 0..20 {
+        a.send("worker.jobs", msg("job", i)).await.unwrap();
+    }
+    let mut got = Vec::new();
+    for _ in 0..10 {
+        got.push(recv(&b, &"worker.jobs".parse().unwrap()).await);
+        got.push(recv(&c, &"worker.jobs".parse().unwrap()).await);
+    }
+    let mut ns: Vec<i64> = got
+        .iter()
+        .map(|m| m.get("n").and_then(|v| v.as_i64()).unwrap())
+        .collect();
+    ns.sort();
+    assert_eq!(ns, (0..20).collect::<Vec<_>>(), "each job exactly once");
+}
+
+#[tokio::test]
+async fn encrypted_messages_need_the_key() {
+    let base = config(LayerConfig::default());
+    let keyed = base.clone().symmetric_encryption_keys(["k1"]);
+    let rotated = base.clone().symmetric_encryption_keys(["k2", "k1"]);
+    let wrong = base.clone().symmetric_encryption_keys(["nope"]);
+    let sender = Layer::new(core(&keyed).await);
+    let reader = Layer::new(core(&rotated).await);
+    let stranger = Layer::new(core(&wrong).await);
+    let ch = reader.new_channel().await.unwrap();
+    let other = stranger.new_channel().await.unwrap();
+    sender.send(&ch, all_types()).await.unwrap();
+    assert_eq!(recv(&reader, &ch).await, all_types());
+    sender.send(&other, msg("secret", 1)).await.unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), stranger.receive(&other))
+            .await
+            .is_err(),
+        "a message under another key must not be delivered"
+    );
+}
+
+#[tokio::test]
+async fn a_channel_whose_messages_expire_here_leaves_its_groups() {
+    let cfg = config(LayerConfig::default().expiry(Duration::from_secs(1)));
+    let (a, b) = (Layer::new(core(&cfg).await), Layer::new(core(&cfg).await));
+    let (idle, busy) = (
+        a.new_channel().await.unwrap(),
+        a.new_channel().await.unwrap(),
+    );
+    a.group_add("room", &idle).await.unwrap();
+    // A receive waits on `busy`, so the process drains its queue: `idle`'s message sits in the
+    // local queue, unread.
+    let waiting = {
+        let (a, busy) = (a.clone(), busy.clone());
+        tokio::spawn(async move { a.receive(&busy).await })
+    };
+    b.group_send("room", msg("unread", 1)).await.unwrap();
+    let left = async {
+        while !a.group_channels("room").await.unwrap().is_empty() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(4), left)
+        .await
+        .expect("the channel must leave its group once its message expired");
+    assert!(a.stats().expired_messages >= 1);
+    waiting.abort();
+}

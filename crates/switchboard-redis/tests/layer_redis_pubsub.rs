@@ -1,0 +1,136 @@
+//! `RedisPubSubLayer` against a real redis-server: the layer conformance suite (two instances
+//! on one fresh key prefix stand for two processes), then what is particular to pub/sub.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+switchboard_core::layer_conformance_tests!(common::make_pubsub);
+
+use std::time::Duration;
+
+use common::{all_types, config, pubsub, raw, recv};
+use futures_util::StreamExt;
+use switchboard_core::{Error, Layer, LayerConfig, Message};
+
+fn msg(ty: &str, n: i64) -> Message {
+    Message::builder(ty).field("n", n).build().unwrap()
+}
+
+#[tokio::test]
+async fn publishes_bare_msgpack_on_channels_redis_names() {
+    let cfg = config(LayerConfig::default());
+    let layer = Layer::new(pubsub(&cfg).await);
+    let client = redis::Client::open(common::redis_url()).unwrap();
+    let mut sub = client.get_async_pubsub().await.unwrap();
+    let group_channel = format!("{}__group__room", cfg.prefix);
+    sub.subscribe(&group_channel).await.unwrap();
+    sub.subscribe("asgispecific.abc").await.unwrap();
+    layer.group_send("room", msg("grouped", 1)).await.unwrap();
+    layer
+        .send("asgispecific.abc", msg("direct", 2))
+        .await
+        .unwrap();
+    let mut stream = sub.on_message();
+    for (channel, ty, n) in [
+        (group_channel.as_str(), "grouped", 1),
+        ("asgispecific.abc", "direct", 2),
+    ] {
+        let m = tokio::time::timeout(Duration::from_secs(5), stream.next())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(m.get_channel_name(), channel);
+        let mut de = rmp_serde::Deserializer::new(m.get_payload_bytes());
+        let v: switchboard_core::Value = serde::Deserialize::deserialize(&mut de).unwrap();
+        assert_eq!(v.to_json(), serde_json::json!({"type": ty, "n": n}));
+    }
+}
+
+#[tokio::test]
+async fn every_value_type_crosses_redis_between_processes() {
+    let cfg = config(LayerConfig::default());
+    let (a, b) = (
+        Layer::new(pubsub(&cfg).await),
+        Layer::new(pubsub(&cfg).await),
+    );
+    let ch = b.new_channel().await.unwrap();
+    b.group_add("typed", &ch).await.unwrap();
+    a.send(&ch, all_types()).await.unwrap();
+    a.group_send("typed", all_types()).await.unwrap();
+    assert_eq!(recv(&b, &ch).await, all_types());
+    assert_eq!(recv(&b, &ch).await, all_types());
+}
+
+#[tokio::test]
+async fn group_channels_sees_members_of_every_process() {
+    let cfg = config(LayerConfig::default());
+    let (a, b) = (
+        Layer::new(pubsub(&cfg).await),
+        Layer::new(pubsub(&cfg).await),
+    );
+    let (x, y) = (
+        a.new_channel().await.unwrap(),
+        b.new_channel().await.unwrap(),
+    );
+    a.group_add("room", &x).await.unwrap();
+    b.group_add("room", &y).await.unwrap();
+    let mut members = a.group_channels("room").await.unwrap();
+    members.sort();
+    let mut expected = vec![x, y.clone()];
+    expected.sort();
+    assert_eq!(members, expected);
+    b.backend().discard_channel(&y).await.unwrap();
+    assert_eq!(a.group_channels("room").await.unwrap().len(), 1);
+    let mut r = raw().await;
+    let subscribers: Vec<(String, usize)> = redis::cmd("PUBSUB")
+        .arg("NUMSUB")
+        .arg(format!("{}__group__room", cfg.prefix))
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    assert_eq!(
+        subscribers[0].1, 1,
+        "b unsubscribed when its last member left"
+    );
+}
+
+#[tokio::test]
+async fn group_add_of_another_process_channel_is_refused() {
+    let cfg = config(LayerConfig::default());
+    let (a, b) = (
+        Layer::new(pubsub(&cfg).await),
+        Layer::new(pubsub(&cfg).await),
+    );
+    let theirs = b.new_channel().await.unwrap();
+    match a.group_add("room", &theirs).await {
+        Err(Error::Protocol(e)) => assert!(e.contains("owns the channel"), "{e}"),
+        other => panic!("expected a clear refusal, got {other:?}"),
+    }
+    match a.receive(&theirs).await {
+        Err(Error::Protocol(e)) => assert!(e.contains("another process"), "{e}"),
+        other => panic!("expected a clear refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn named_channels_are_subscribed_on_receive() {
+    let cfg = config(LayerConfig::default());
+    let (a, b) = (
+        Layer::new(pubsub(&cfg).await),
+        Layer::new(pubsub(&cfg).await),
+    );
+    let waiting = {
+        let b = b.clone();
+        tokio::spawn(async move { b.receive("broadcast.news").await })
+    };
+    // Subscriptions are asynchronous: publish until the receiver has subscribed.
+    for i in 0.. {
+        a.send("broadcast.news", msg("news", i)).await.unwrap();
+        if waiting.is_finished() || i > 50 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let got = waiting.await.unwrap().unwrap();
+    assert_eq!(got.message_type(), "news");
+}

@@ -1,0 +1,121 @@
+//! Two chat processes (the built `chat` example binary) on one Redis share rooms and private
+//! messages, with the core layer and with the pub/sub layer.
+#![cfg(feature = "redis")]
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::json;
+use support::{ChildGuard, free_port, wait_for_port, ws};
+
+/// `target/<profile>/examples/chat`, next to this test's `deps/` directory.
+fn chat_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
+    let bin = profile_dir
+        .join("examples")
+        .join(format!("chat{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.exists(),
+        "{} is missing: build it with `cargo build --example chat --features redis` \
+         (`cargo test --all-features`, as scripts/test runs it, builds it)",
+        bin.display()
+    );
+    bin
+}
+
+struct Chat {
+    addr: SocketAddr,
+    _process: ChildGuard,
+}
+
+async fn start_chat(redis: &str, prefix: &str, layer: &str) -> Chat {
+    let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let verbose = std::env::var_os("SWITCHBOARD_TEST_LOG").is_some();
+    let out = || {
+        if verbose {
+            std::process::Stdio::inherit()
+        } else {
+            std::process::Stdio::null()
+        }
+    };
+    let child = std::process::Command::new(chat_binary())
+        .args(["--addr", &addr.to_string(), "--redis", redis])
+        .args(["--redis-prefix", prefix, "--layer", layer])
+        .stdout(out())
+        .stderr(out())
+        .spawn()
+        .unwrap();
+    let process = ChildGuard(child);
+    wait_for_port(addr, Duration::from_secs(10)).await;
+    Chat {
+        addr,
+        _process: process,
+    }
+}
+
+async fn rooms_and_private_messages_cross_processes(layer: &str) {
+    let redis = support::redis::url();
+    let prefix = support::redis::fresh_prefix();
+    let (one, two) = tokio::join!(
+        start_chat(&redis, &prefix, layer),
+        start_chat(&redis, &prefix, layer)
+    );
+    let mut ann = ws(one.addr, "/ws/chat/lobby/?nickname=ann").await;
+    let mut bob = ws(two.addr, "/ws/chat/lobby/?nickname=bob").await;
+    let mut eve = ws(two.addr, "/ws/chat/other/?nickname=eve").await;
+
+    ann.send_json(json!({"message": "hello from process one"}))
+        .await;
+    let expected = json!({"type": "chat.message", "room": "lobby", "user": "ann", "message": "hello from process one"});
+    assert_eq!(ann.recv_json().await, expected);
+    assert_eq!(
+        bob.recv_json().await,
+        expected,
+        "a room spans both processes"
+    );
+
+    bob.send_json(json!({"message": "and back from two"})).await;
+    let expected = json!({"type": "chat.message", "room": "lobby", "user": "bob", "message": "and back from two"});
+    assert_eq!(ann.recv_json().await, expected);
+    assert_eq!(bob.recv_json().await, expected);
+
+    eve.send_json(json!({"type": "private", "to": "ann", "message": "psst"}))
+        .await;
+    assert_eq!(
+        ann.recv_json().await,
+        json!({"type": "chat.private", "from": "eve", "to": "ann", "message": "psst"}),
+        "a private message finds its target in the other process"
+    );
+
+    let resp = reqwest::Client::new()
+        .post(format!(
+            "http://{}/chat/rooms/lobby/user/webhook/",
+            two.addr
+        ))
+        .body(r#"{"message": "posted to two"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let expected = json!({"type": "chat.message", "room": "lobby", "user": "webhook", "message": "posted to two"});
+    assert_eq!(ann.recv_json().await, expected);
+    assert_eq!(bob.recv_json().await, expected);
+
+    assert!(eve.recv_nothing(200).await, "another room hears nothing");
+    assert!(bob.recv_nothing(50).await, "nothing twice");
+}
+
+#[tokio::test]
+async fn two_processes_share_rooms_on_the_core_layer() {
+    rooms_and_private_messages_cross_processes("core").await;
+}
+
+#[tokio::test]
+async fn two_processes_share_rooms_on_the_pubsub_layer() {
+    rooms_and_private_messages_cross_processes("pubsub").await;
+}

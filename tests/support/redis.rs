@@ -1,0 +1,88 @@
+//! Redis for the tests: the shared test server, and redis-servers of a test's own that it can
+//! kill and restart.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::{ChildGuard, free_port, wait_for_port};
+
+/// The Redis the tests share (`scripts/test` starts one and sets `SWITCHBOARD_REDIS_URL`).
+pub fn url() -> String {
+    std::env::var("SWITCHBOARD_REDIS_URL").unwrap_or_else(|_| {
+        panic!(
+            "SWITCHBOARD_REDIS_URL is not set: these tests need a real redis-server. \
+             Run them with scripts/test, or start one and export \
+             SWITCHBOARD_REDIS_URL=redis://127.0.0.1:6379"
+        )
+    })
+}
+
+/// A key prefix no other test uses.
+pub fn fresh_prefix() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!("sbtest{nanos:x}{}", std::process::id())
+}
+
+/// A redis-server of the test's own, on a free loopback port, without persistence.
+pub struct OwnRedis {
+    pub port: u16,
+    child: Option<ChildGuard>,
+}
+
+fn binary() -> String {
+    std::env::var("SWITCHBOARD_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into())
+}
+
+impl OwnRedis {
+    pub async fn start() -> OwnRedis {
+        let mut r = OwnRedis {
+            port: free_port(),
+            child: None,
+        };
+        r.restart().await;
+        r
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (SIGKILL: no goodbye to its clients).
+    pub fn kill(&mut self) {
+        self.child = None;
+    }
+
+    /// Starts it (again) on the same port, empty.
+    pub async fn restart(&mut self) {
+        let port = self.port.to_string();
+        let dir = std::env::temp_dir();
+        let child = std::process::Command::new(binary())
+            .args([
+                "--port",
+                &port,
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+            ])
+            .arg(&dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "could not start {} (set SWITCHBOARD_REDIS_SERVER to its path): {e}",
+                    binary()
+                )
+            });
+        self.child = Some(ChildGuard(child));
+        let addr: SocketAddr = ([127, 0, 0, 1], self.port).into();
+        wait_for_port(addr, Duration::from_secs(5)).await;
+    }
+}
