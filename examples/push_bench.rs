@@ -413,10 +413,10 @@ async fn main() -> Result<(), Error> {
                 Transport::Ws => ws_client(i, server, shared, permit).await,
                 Transport::Sse => sse_client(i, server, shared, permit).await,
             };
-            if let Err(e) = result {
-                if failures.fetch_add(1, Ordering::Relaxed) < 3 {
-                    eprintln!("client {i}: {e}");
-                }
+            if let Err(e) = result
+                && failures.fetch_add(1, Ordering::Relaxed) < 3
+            {
+                eprintln!("client {i}: {e}");
             }
         }));
     }
