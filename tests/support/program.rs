@@ -8,20 +8,47 @@ use std::time::Duration;
 
 use super::{ChildGuard, TempDir, free_port};
 
-/// `target/<profile>/examples/<name>`, next to this test's `deps/` directory; built (with this
-/// test's features) when missing, as `cargo test --test x` does not build the examples.
+/// `target/<profile>/examples/<name>`, next to this test's `deps/` directory. Built — as
+/// `scripts/test` builds it, `--workspace --all-features` — when it is missing or older than
+/// the sources it is made of: `cargo test --test x` builds no examples.
 pub fn example_binary(name: &str) -> PathBuf {
+    static CHECKED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
     let exe = std::env::current_exe().unwrap();
     let profile_dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
     let bin = profile_dir
         .join("examples")
         .join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
-    if !bin.exists() {
+    let mut checked = CHECKED.lock().unwrap_or_else(|e| e.into_inner());
+    if checked.iter().any(|n| n == name) {
+        return bin;
+    }
+    let built = std::fs::metadata(&bin).and_then(|m| m.modified()).ok();
+    if built.is_none_or(|built| newest_source(name) > built) {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = std::process::Command::new(cargo);
-        cmd.args(["build", "--example", name]);
-        if cfg!(feature = "redis") {
-            cmd.args(["--features", "redis"]);
+        cmd.current_dir(env!("CARGO_MANIFEST_DIR")).args([
+            "build",
+            "--workspace",
+            "--all-features",
+            "--example",
+            name,
+        ]);
+        // What cargo set for this test (CARGO_PKG_NAME, CARGO_MANIFEST_DIR, …) is not the
+        // environment of a build: build scripts that watch such variables would rebuild.
+        for (key, _) in std::env::vars_os() {
+            let key = key.to_string_lossy();
+            let config = ["CARGO_HOME", "CARGO_TARGET_DIR"].contains(&key.as_ref())
+                || [
+                    "CARGO_BUILD_",
+                    "CARGO_PROFILE_",
+                    "CARGO_NET_",
+                    "CARGO_TERM_",
+                ]
+                .iter()
+                .any(|p| key.starts_with(p));
+            if (key.starts_with("CARGO_") && !config) || key == "OUT_DIR" {
+                cmd.env_remove(key.as_ref());
+            }
         }
         if profile_dir.ends_with("release") {
             cmd.arg("--release");
@@ -31,10 +58,45 @@ pub fn example_binary(name: &str) -> PathBuf {
     }
     assert!(
         bin.exists(),
-        "{} is missing: build it with `cargo build --example {name} --features redis`",
+        "{} is missing: build it with `cargo build --all-features --example {name}`",
         bin.display()
     );
+    checked.push(name.to_owned());
     bin
+}
+
+/// When the newest file the example is built from was modified.
+fn newest_source(name: &str) -> std::time::SystemTime {
+    fn walk(dir: &std::path::Path, newest: &mut std::time::SystemTime) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(&path, newest);
+            } else if let Ok(t) = entry.metadata().and_then(|m| m.modified()) {
+                *newest = (*newest).max(t);
+            }
+        }
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut newest = std::time::SystemTime::UNIX_EPOCH;
+    for dir in [
+        format!("examples/{name}"),
+        "examples/common".to_owned(),
+        "src".to_owned(),
+        "crates/switchboard-core".to_owned(),
+        "crates/switchboard-redis".to_owned(),
+    ] {
+        walk(&root.join(dir), &mut newest);
+    }
+    for file in ["Cargo.toml", "Cargo.lock"] {
+        if let Ok(t) = std::fs::metadata(root.join(file)).and_then(|m| m.modified()) {
+            newest = newest.max(t);
+        }
+    }
+    newest
 }
 
 /// A running example program, killed on drop. When the test fails, its output is printed.
