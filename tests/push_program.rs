@@ -10,7 +10,7 @@ mod support;
 
 use std::time::Duration;
 
-use push_support::{Body, Gw, ids, long_poll, publish_ok, sse};
+use push_support::{Gw, ids, long_poll, publish_ok, sse};
 use serde_json::Value;
 use support::program::{Program, example_binary};
 
@@ -152,6 +152,9 @@ async fn two_gateway_processes_share_fan_out_ids_and_history(layer: &str) {
     let mut backtrack_on_b = support::ws(b.addr, "/ws/news.b1").await;
     assert_eq!(backtrack_on_b.recv_json().await["id"], 2);
 
+    let (keys, _) = support::redis::groups_left(&url, &prefix).await;
+    assert!(!keys.is_empty(), "the subscribers' groups are in Redis");
+
     // A DELETE on A ends the subscribers on B.
     let r = push_support::client()
         .delete(a.url("/pub/news"))
@@ -165,7 +168,12 @@ async fn two_gateway_processes_share_fan_out_ids_and_history(layer: &str) {
     assert_eq!(stream_on_b.next_message().await["type"], "push.deleted");
     assert!(stream_on_b.ends_within(Duration::from_secs(2)).await);
     push_support::wait_subscribers(&b, "news", 0).await;
-    drop::<Body>(sse_on_a);
+    // A's subscribers got the notice too; with them gone, no group is left in Redis.
+    assert_eq!(ws_on_a.recv_json().await["type"], "push.deleted");
+    assert_eq!(sse_on_a.next_event().await.json()["type"], "push.deleted");
+    assert!(sse_on_a.ends_within(Duration::from_secs(2)).await);
+    push_support::wait_subscribers(&a, "news", 0).await;
+    support::redis::wait_no_groups_left(&url, &prefix).await;
 }
 
 fn texts(messages: &[Value]) -> Vec<&str> {

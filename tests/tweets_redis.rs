@@ -87,27 +87,6 @@ fn once_in_order_and_paced(name: &str, got: &[(Instant, Value)]) {
     }
 }
 
-/// Redis keys and pub/sub channels of groups under `prefix`.
-async fn groups_in_redis(redis: &str, prefix: &str) -> (Vec<String>, Vec<String>) {
-    let mut c = redis::Client::open(redis)
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}*group*"))
-        .query_async(&mut c)
-        .await
-        .unwrap();
-    let channels: Vec<String> = redis::cmd("PUBSUB")
-        .arg("CHANNELS")
-        .arg(format!("{prefix}*group*"))
-        .query_async(&mut c)
-        .await
-        .unwrap();
-    (keys, channels)
-}
-
 async fn a_listener_on_each_process(layer: &str) {
     let redis = support::redis::url();
     let prefix = support::redis::fresh_prefix();
@@ -139,6 +118,8 @@ async fn a_listener_on_each_process(layer: &str) {
         );
     }
     assert_ne!(stats_a["instance"], stats_b["instance"]);
+    let (keys, _) = support::redis::groups_left(&redis, &prefix).await;
+    assert_eq!(keys.len(), 2, "one group per process in Redis: {keys:?}");
 
     // Both leave: A stops (posts may still come before the answer), B closes its socket.
     on_a.send_json(json!({"type": "stop"})).await;
@@ -153,17 +134,17 @@ async fn a_listener_on_each_process(layer: &str) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
         let (sa, sb) = (stats(a.addr).await, stats(b.addr).await);
-        let (keys, channels) = groups_in_redis(&redis, &prefix).await;
         let ended = |s: &Value| s["upstreams"] == 0 && s["running"] == 0 && s["listeners"] == 0;
-        if ended(&sa) && ended(&sb) && keys.is_empty() && channels.is_empty() {
+        if ended(&sa) && ended(&sb) {
             break;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "not ended after both left: A {sa}, B {sb}, group keys {keys:?}, pub/sub channels {channels:?}"
+            "the upstreams did not end after both listeners left: A {sa}, B {sb}"
         );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+    support::redis::wait_no_groups_left(&redis, &prefix).await;
     assert!(on_a.recv_nothing(2 * INTERVAL.as_millis() as u64).await);
 }
 
