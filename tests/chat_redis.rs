@@ -5,57 +5,16 @@
 
 mod support;
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::time::Duration;
-
 use serde_json::json;
-use support::{ChildGuard, free_port, wait_for_port, ws};
+use support::program::Program;
+use support::ws;
 
-/// `target/<profile>/examples/chat`, next to this test's `deps/` directory.
-fn chat_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
-    let bin = profile_dir
-        .join("examples")
-        .join(format!("chat{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        bin.exists(),
-        "{} is missing: build it with `cargo build --example chat --features redis` \
-         (`cargo test --all-features`, as scripts/test runs it, builds it)",
-        bin.display()
-    );
-    bin
-}
-
-struct Chat {
-    addr: SocketAddr,
-    _process: ChildGuard,
-}
-
-async fn start_chat(redis: &str, prefix: &str, layer: &str) -> Chat {
-    let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let verbose = std::env::var_os("SWITCHBOARD_TEST_LOG").is_some();
-    let out = || {
-        if verbose {
-            std::process::Stdio::inherit()
-        } else {
-            std::process::Stdio::null()
-        }
-    };
-    let child = std::process::Command::new(chat_binary())
-        .args(["--addr", &addr.to_string(), "--redis", redis])
-        .args(["--redis-prefix", prefix, "--layer", layer])
-        .stdout(out())
-        .stderr(out())
-        .spawn()
-        .unwrap();
-    let process = ChildGuard(child);
-    wait_for_port(addr, Duration::from_secs(10)).await;
-    Chat {
-        addr,
-        _process: process,
-    }
+async fn start_chat(redis: &str, prefix: &str, layer: &str) -> Program {
+    Program::start(
+        "chat",
+        &["--redis", redis, "--redis-prefix", prefix, "--layer", layer],
+    )
+    .await
 }
 
 async fn rooms_and_private_messages_cross_processes(layer: &str) {

@@ -1,7 +1,7 @@
 //! The dams example over real sockets and a real SQLite file: form validation (each field),
 //! the max-dams rule, permissions (anonymous and non-permitted users can neither add nor open
-//! the notifications socket), login, the notification an add sends, and two app instances
-//! on one layer notifying each other's pages.
+//! the notifications socket), login, the notification an add sends, two app instances
+//! on one layer notifying each other's pages, and replicas opening one new database at once.
 #![allow(clippy::unwrap_used)]
 
 mod support;
@@ -577,6 +577,32 @@ async fn the_schema_is_created_on_first_run_and_the_data_stays() {
         "reopening adds no demo dams and loses nothing"
     );
     assert!(names.contains(&"Test Dam".to_owned()));
+}
+
+#[tokio::test]
+async fn replicas_opening_one_new_database_at_once_all_start_and_add_the_demo_dams_once() {
+    // Replicas starting together open one new file at the same moment: each must come up, and
+    // the schema and the demo dams must be made once. Repeated, as it is a race.
+    for round in 0..5 {
+        let dir = TempDir::new("dams-race");
+        let path = dir.path().join("dams.sqlite");
+        let start = std::sync::Arc::new(std::sync::Barrier::new(6));
+        let openers: Vec<_> = (0..6)
+            .map(|_| {
+                let (path, start) = (path.clone(), start.clone());
+                std::thread::spawn(move || {
+                    start.wait();
+                    Db::open(&path, true).map(|_| ())
+                })
+            })
+            .collect();
+        for opener in openers {
+            let opened = opener.join().unwrap();
+            assert!(opened.is_ok(), "round {round}: {opened:?}");
+        }
+        let db = Db::open(&path, true).unwrap();
+        assert_eq!(db.dams().await.unwrap().len(), 8, "round {round}");
+    }
 }
 
 #[tokio::test]

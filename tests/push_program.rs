@@ -1,52 +1,29 @@
 //! The push gateway as a program (`examples/push`, built by `cargo test` or on demand): its
-//! flags, and two gateway processes on one Redis — a POST to one reaches the subscribers of the
-//! other, and both share history.
+//! flags, and two gateway processes on one Redis (the real redis-server at
+//! `SWITCHBOARD_REDIS_URL`), on the core layer and on the pub/sub layer — a POST to either
+//! reaches the subscribers of both over every transport, ids and history are shared, and a
+//! DELETE on one ends the subscribers of the other.
 #![allow(clippy::unwrap_used)]
 
 mod push_support;
 mod support;
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
-use push_support::{Body, Gw};
+use push_support::{Gw, ids, long_poll, publish_ok, sse};
 use serde_json::Value;
+use support::program::{Program, example_binary};
 
-/// The example's binary next to this test's (target/<profile>/examples/push), built if missing.
-fn push_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().unwrap().parent().unwrap(); // …/target/<profile>/deps/x
-    let bin = profile_dir.join("examples").join("push");
-    if !bin.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = std::process::Command::new(cargo);
-        cmd.args(["build", "--example", "push"]);
-        if profile_dir.ends_with("release") {
-            cmd.arg("--release");
-        }
-        let status = cmd.status().unwrap();
-        assert!(status.success(), "building the push example failed");
-    }
-    bin
-}
-
-async fn spawn_gateway(extra: &[&str]) -> (support::ChildGuard, Gw) {
-    let port = support::free_port();
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    let mut args = vec!["--addr".to_owned(), addr.to_string()];
-    args.extend(extra.iter().map(|s| (*s).to_owned()));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let child = support::spawn(push_binary().to_str().unwrap(), &args);
-    support::wait_for_port(addr, Duration::from_secs(30)).await;
+async fn spawn_gateway(extra: &[&str]) -> (Program, Gw) {
+    let program = Program::start("push", extra).await;
     // The handle's layer and store are not used: the gateway is another process.
     let settings = push_support::settings();
     let gw = Gw {
-        addr,
+        addr: program.addr,
         layer: switchboard::Layer::new(switchboard::InMemoryLayer::default()),
         store: push_support::app::memory_store(&settings),
     };
-    (child, gw)
+    (program, gw)
 }
 
 #[tokio::test]
@@ -88,7 +65,7 @@ async fn the_program_serves_the_page_and_honours_its_flags() {
 
 #[tokio::test]
 async fn the_program_says_what_is_wrong_with_a_bad_flag() {
-    let out = std::process::Command::new(push_binary())
+    let out = std::process::Command::new(example_binary("push"))
         .args(["--publish-allow", "not-a-network"])
         .output()
         .unwrap();
@@ -97,38 +74,121 @@ async fn the_program_says_what_is_wrong_with_a_bad_flag() {
     assert!(err.contains("--publish-allow"), "{err}");
 }
 
-/// The issue's scale-out check: two gateway processes with `--redis` on one Redis.
-#[tokio::test]
-#[ignore = "needs the Redis channel layer (issue 3)"]
-async fn two_gateway_processes_on_one_redis_fan_out_and_share_history() {
-    let url = std::env::var("SWITCHBOARD_REDIS_URL").unwrap_or_else(|_| {
-        panic!("SWITCHBOARD_REDIS_URL is not set: run the tests with scripts/test")
-    });
-    let prefix = format!("test-push-program-{}:", std::process::id());
-    let flags = ["--redis", url.as_str(), "--history-prefix", prefix.as_str()];
-    let (_a_child, a) = spawn_gateway(&flags).await;
-    let (_b_child, b) = spawn_gateway(&flags).await;
+/// The issue's scale-out check: two gateway processes with `--redis` on one Redis. Live fan-out
+/// goes through the channel layer (subscribers without a cursor get only what the layer brings
+/// them), ids and history through the Redis history store.
+async fn two_gateway_processes_share_fan_out_ids_and_history(layer: &str) {
+    let url = support::redis::url();
+    let prefix = support::redis::fresh_prefix();
+    let history = format!("{prefix}-history:");
+    let flags = [
+        "--redis",
+        url.as_str(),
+        "--layer",
+        layer,
+        "--redis-prefix",
+        prefix.as_str(),
+        "--history-prefix",
+        history.as_str(),
+        "--longpoll-timeout",
+        "5",
+    ];
+    let ((_a_process, a), (_b_process, b)) =
+        tokio::join!(spawn_gateway(&flags), spawn_gateway(&flags));
 
+    // Every transport on B, WebSocket and EventSource on A. A WebSocket is subscribed once its
+    // handshake is done, an EventSource or stream once its first chunk came.
     let mut ws_on_b = support::ws(b.addr, "/ws/news").await;
-    let mut sse_on_b = push_support::sse(&b, "/ev/news", None).await;
-    let mut sse_on_a = push_support::sse(&a, "/ev/news", None).await;
+    let mut sse_on_b = sse(&b, "/ev/news", None).await;
+    let mut stream_on_b = push_support::stream(&b, "/sub/news").await;
+    let mut ws_on_a = support::ws(a.addr, "/ws/news").await;
+    let mut sse_on_a = sse(&a, "/ev/news", None).await;
 
-    let answer = push_support::publish_ok(&a, "news", "from a").await;
+    // A long-poll on B from id 0: answered by the first message, whichever way it comes.
+    let (polled, answer) = tokio::join!(long_poll(&b, "/lp/news?last_id=0", None), async {
+        push_support::wait_subscribers(&b, "news", 4).await;
+        publish_ok(&a, "news", "from a").await
+    });
     assert_eq!(answer["id"], 1);
+    assert_eq!(polled.0, 200);
+    assert_eq!(texts(&polled.2), ["from a"]);
     assert_eq!(ws_on_b.recv_json().await["text"], "from a");
-    assert_eq!(sse_on_b.next_event().await.json()["text"], "from a");
+    let on_b = sse_on_b.next_event().await;
+    assert_eq!(on_b.json()["text"], "from a");
+    let cursor_after_one = on_b.id.unwrap();
+    assert_eq!(cursor_after_one, "1");
+    assert_eq!(stream_on_b.next_message().await["text"], "from a");
+    assert_eq!(ws_on_a.recv_json().await["text"], "from a");
     assert_eq!(sse_on_a.next_event().await.json()["text"], "from a");
 
-    let answer = push_support::publish_ok(&b, "news", "from b").await;
+    let answer = publish_ok(&b, "news", "from b").await;
     assert_eq!(answer["id"], 2, "one id counter for both");
-    let e: Value = sse_on_a.next_event().await.json();
-    assert_eq!(
-        (e["id"].as_u64(), e["text"].as_str()),
-        (Some(2), Some("from b"))
-    );
+    for (name, e) in [
+        ("WebSocket on A", ws_on_a.recv_json().await),
+        ("EventSource on A", sse_on_a.next_event().await.json()),
+        ("WebSocket on B", ws_on_b.recv_json().await),
+        ("EventSource on B", sse_on_b.next_event().await.json()),
+        ("stream on B", stream_on_b.next_message().await),
+    ] {
+        assert_eq!(
+            (e["id"].as_u64(), e["text"].as_str(), e["channel"].as_str()),
+            (Some(2), Some("from b"), Some("news")),
+            "{name}"
+        );
+    }
+    assert!(ws_on_a.recv_nothing(150).await, "nothing twice on A");
+    assert!(ws_on_b.recv_nothing(50).await, "nothing twice on B");
 
-    // History is shared: backtrack on A sees both.
-    let (_, _, messages) = push_support::long_poll(&a, "/lp/news.b5", None).await;
-    assert_eq!(push_support::ids(&messages), [1, 2]);
-    drop::<Body>(sse_on_b);
+    // History is shared: backtrack on either instance sees both messages, and a client resumes
+    // on A from the cursor B gave it.
+    for gw in [&a, &b] {
+        let (status, etag, messages) = long_poll(gw, "/lp/news.b5", None).await;
+        assert_eq!((status, etag.as_str()), (200, "2"));
+        assert_eq!(ids(&messages), [1, 2]);
+        assert_eq!(texts(&messages), ["from a", "from b"]);
+    }
+    let mut resumed_on_a = sse(&a, "/ev/news", Some(&cursor_after_one)).await;
+    assert_eq!(resumed_on_a.next_event().await.json()["id"], 2);
+    let mut backtrack_on_b = support::ws(b.addr, "/ws/news.b1").await;
+    assert_eq!(backtrack_on_b.recv_json().await["id"], 2);
+
+    let (keys, _) = support::redis::groups_left(&url, &prefix).await;
+    assert!(!keys.is_empty(), "the subscribers' groups are in Redis");
+
+    // A DELETE on A ends the subscribers on B.
+    let r = push_support::client()
+        .delete(a.url("/pub/news"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(ws_on_b.recv_json().await["type"], "push.deleted");
+    assert_eq!(sse_on_b.next_event().await.json()["type"], "push.deleted");
+    assert!(sse_on_b.ends_within(Duration::from_secs(2)).await);
+    assert_eq!(stream_on_b.next_message().await["type"], "push.deleted");
+    assert!(stream_on_b.ends_within(Duration::from_secs(2)).await);
+    push_support::wait_subscribers(&b, "news", 0).await;
+    // A's subscribers got the notice too; with them gone, no group is left in Redis.
+    assert_eq!(ws_on_a.recv_json().await["type"], "push.deleted");
+    assert_eq!(sse_on_a.next_event().await.json()["type"], "push.deleted");
+    assert!(sse_on_a.ends_within(Duration::from_secs(2)).await);
+    push_support::wait_subscribers(&a, "news", 0).await;
+    support::redis::wait_no_groups_left(&url, &prefix).await;
+}
+
+fn texts(messages: &[Value]) -> Vec<&str> {
+    messages
+        .iter()
+        .map(|m| m["text"].as_str().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn two_gateway_processes_on_the_core_layer() {
+    two_gateway_processes_share_fan_out_ids_and_history("core").await;
+}
+
+#[tokio::test]
+async fn two_gateway_processes_on_the_pubsub_layer() {
+    two_gateway_processes_share_fan_out_ids_and_history("pubsub").await;
 }

@@ -233,6 +233,17 @@ async fn listeners_of_a_term_share_one_upstream_and_the_last_to_leave_ends_it() 
         "one upstream for both"
     );
     assert_eq!(app.hub.upstreams(), 1);
+    let stats: serde_json::Value = reqwest::get(format!("http://{}/stats.json", app.addr))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (&stats["upstreams"], &stats["running"], &stats["listeners"]),
+        (&json!(1), &json!(1), &json!(2)),
+        "{stats}"
+    );
 
     // Both get the next post, through the group.
     let a = tweet(&mut ann, "#Bitcoin").await;

@@ -87,6 +87,39 @@ const DEMO_DAMS: &[(&str, &str, &str, &str, f64, f64)] = &[
     ),
 ];
 
+/// How long a statement waits for another connection's write lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Runs `f` again while SQLite answers "busy" or "locked", for up to [`BUSY_TIMEOUT`].
+fn retry_while_busy<T>(mut f: impl FnMut() -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+    let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+    loop {
+        match f() {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if matches!(
+                    e.code,
+                    rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                ) && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Puts the demo dams into a new database (inside the transaction that creates the schema).
+fn insert_demo_dams(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
+    for (name, owner, river, built, lat, lon) in DEMO_DAMS {
+        tx.execute(
+            "INSERT INTO dams (name, owner, river, built_on, latitude, longitude, added_by, added_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'demo data', ?7)",
+            params![name, owner, river, built, lat, lon, now()],
+        )?;
+    }
+    Ok(())
+}
+
 /// What can go wrong with the database.
 #[derive(Debug)]
 pub(crate) struct DbError(pub(crate) String);
@@ -154,28 +187,54 @@ fn random_hex() -> String {
 impl Db {
     /// Opens (creating if needed) the database at `path` and brings its schema up to date. A new
     /// database gets the demo dams if `demo_dams`.
+    ///
+    /// Several processes may open one new file at the same moment (replicas starting together):
+    /// exactly one of them creates the schema and the demo dams, in one transaction; the others
+    /// wait for it and find the schema made.
     pub(crate) fn open(path: &Path, demo_dams: bool) -> Result<Db, DbError> {
         let mut conn = Connection::open(path)
             .map_err(|e| DbError(format!("cannot open {}: {e}", path.display())))?;
-        conn.busy_timeout(Duration::from_secs(5))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        // SQLite answers "locked" at once, without the busy handler, while another connection
+        // switches a new file to WAL.
+        retry_while_busy(|| conn.pragma_update(None, "journal_mode", "WAL"))?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
-        let fresh: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-        let migrations = Migrations::new(MIGRATIONS.iter().map(|sql| M::up(sql)).collect());
-        migrations
-            .to_latest(&mut conn)
-            .map_err(|e| DbError(format!("migrating {}: {e}", path.display())))?;
-        if fresh == 0 && demo_dams {
-            let tx = conn.transaction()?;
-            for (name, owner, river, built, lat, lon) in DEMO_DAMS {
-                tx.execute(
-                    "INSERT INTO dams (name, owner, river, built_on, latitude, longitude, added_by, added_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'demo data', ?7)",
-                    params![name, owner, river, built, lat, lon, now()],
-                )?;
+        // Migrations take the write lock when they begin, so two processes run them one after
+        // the other, not interleaved.
+        conn.set_transaction_behavior(TransactionBehavior::Immediate);
+        // The demo dams go in with the schema: whoever creates the schema adds them, once.
+        let first = if demo_dams {
+            M::up_with_hook(MIGRATIONS[0], |tx: &rusqlite::Transaction<'_>| {
+                insert_demo_dams(tx)?;
+                Ok(())
+            })
+        } else {
+            M::up(MIGRATIONS[0])
+        };
+        let migrations = Migrations::new(
+            std::iter::once(first)
+                .chain(MIGRATIONS[1..].iter().map(|sql| M::up(sql)))
+                .collect(),
+        );
+        // rusqlite_migration reads the schema version before its transaction begins: a process
+        // that read it while another was migrating runs a migration already applied, which fails
+        // and is rolled back. It then finds the newer version and has nothing (or less) to do.
+        let pending = |conn: &Connection| migrations.pending_migrations(conn).ok();
+        let mut attempts = 0;
+        loop {
+            let before = pending(&conn);
+            match migrations.to_latest(&mut conn) {
+                Ok(()) => break,
+                Err(e) => {
+                    attempts += 1;
+                    let moved = matches!((before, pending(&conn)), (Some(b), Some(a)) if a < b);
+                    if attempts >= 3 || !moved {
+                        return Err(DbError(format!("migrating {}: {e}", path.display())));
+                    }
+                }
             }
-            tx.commit()?;
         }
+        conn.set_transaction_behavior(TransactionBehavior::Deferred);
         Ok(Db {
             conn: Arc::new(Mutex::new(conn)),
         })

@@ -9,6 +9,8 @@
 //! - client → `{"type":"stop"}`: no more posts; server → `{"type":"stopped"}`.
 //! - server → `{"type":"status","message":…}` when the upstream has trouble (reconnecting…),
 //!   `{"type":"error","error":…}` for a bad request.
+//!
+//! `GET /stats.json`: this process's upstreams, `{"instance","upstreams","running","listeners"}`.
 
 #[path = "corpus.rs"]
 pub(crate) mod corpus;
@@ -210,6 +212,17 @@ async fn config(State(st): State<AppState>) -> Json<serde_json::Value> {
     }))
 }
 
+/// `GET /stats.json`: this process's upstreams — terms with listeners, upstream tasks alive
+/// (equal once settled: no task outlives its listeners), and listeners.
+async fn stats(State(st): State<AppState>) -> Json<serde_json::Value> {
+    Json(json!({
+        "instance": st.hub.instance(),
+        "upstreams": st.hub.upstreams(),
+        "running": st.hub.running(),
+        "listeners": st.hub.listeners(),
+    }))
+}
+
 /// `GET /posts/{id}`: a corpus post on its own page (the corpus source's links).
 async fn permalink(State(st): State<AppState>, Path(id): Path<String>) -> Response {
     let Some(post) = st.corpus.as_ref().and_then(|c| c.get(&id)) else {
@@ -250,6 +263,7 @@ pub(crate) fn router(hub: Hub, layer: Layer, settings: Settings) -> Router {
             get(|| async { asset("text/css; charset=utf-8", STYLE_CSS) }),
         )
         .route("/config.json", get(config))
+        .route("/stats.json", get(stats))
         .route("/posts/{id}", get(permalink))
         .route("/ws/map/", ws.into_route())
         .with_state(AppState {

@@ -200,9 +200,21 @@ impl Hub {
 
     /// Upstream tasks alive. Equals [`upstreams`](Hub::upstreams) once tasks have settled:
     /// no task outlives its listeners.
-    #[allow(dead_code)] // for the tests
     pub(crate) fn running(&self) -> usize {
         self.inner.running.load(Ordering::SeqCst)
+    }
+
+    /// Listeners, over every term.
+    pub(crate) fn listeners(&self) -> usize {
+        lock(&self.inner.upstreams)
+            .values()
+            .map(|u| u.listeners)
+            .sum()
+    }
+
+    /// This process's instance id, part of every group name it sends to.
+    pub(crate) fn instance(&self) -> &str {
+        &self.inner.instance
     }
 }
 

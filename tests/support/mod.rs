@@ -11,6 +11,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 
 pub mod browser;
+pub mod program;
 pub mod redis;
 
 /// Serves an axum router on 127.0.0.1 on a free port.

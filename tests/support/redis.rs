@@ -86,3 +86,43 @@ impl OwnRedis {
         wait_for_port(addr, Duration::from_secs(5)).await;
     }
 }
+
+/// What Redis holds of the groups under `prefix`: keys (the core layer's group sets, the pub/sub
+/// layer's membership registry) and subscribed pub/sub channels (the pub/sub layer's groups).
+/// Both empty once every member has left.
+pub async fn groups_left(url: &str, prefix: &str) -> (Vec<String>, Vec<String>) {
+    let mut c = ::redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let pattern = format!("{prefix}*group*");
+    let keys: Vec<String> = ::redis::cmd("KEYS")
+        .arg(&pattern)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let channels: Vec<String> = ::redis::cmd("PUBSUB")
+        .arg("CHANNELS")
+        .arg(&pattern)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    (keys, channels)
+}
+
+/// Waits (up to 5 s) until no group under `prefix` is left in Redis.
+pub async fn wait_no_groups_left(url: &str, prefix: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (keys, channels) = groups_left(url, prefix).await;
+        if keys.is_empty() && channels.is_empty() {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "groups left in Redis after every member left: keys {keys:?}, pub/sub channels {channels:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
