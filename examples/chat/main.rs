@@ -30,6 +30,8 @@ use clap::Parser;
 
 #[path = "../common/layer_args.rs"]
 mod layer_args;
+#[path = "../common/serve.rs"]
+mod serve;
 
 mod app;
 
@@ -46,11 +48,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    serve::init_tracing();
     let args = Args::parse();
     let layer = args.layer.build().await?;
     let app = app::router(layer, app::Settings::default());
@@ -60,17 +58,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         listener.local_addr()?,
         args.layer.describe()
     );
-    // WebSocket frames are small and latency-sensitive: no Nagle delay.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async {
-        let _ = tokio::signal::ctrl_c().await;
-    })
-    .await?;
+    serve::serve(listener, app).await?;
     Ok(())
 }

@@ -24,6 +24,8 @@ use clap::{Parser, Subcommand};
 
 #[path = "../common/layer_args.rs"]
 mod layer_args;
+#[path = "../common/serve.rs"]
+mod serve;
 
 mod app;
 
@@ -93,11 +95,7 @@ fn load_users(args: &Args) -> Result<Users, String> {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    serve::init_tracing();
     let args = Args::parse();
     if let Some(Command::HashPassword) = args.command {
         let mut line = String::new();
@@ -126,17 +124,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         args.max_dams,
         args.layer.describe()
     );
-    // WebSocket frames are small and latency-sensitive: no Nagle delay.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async {
-        let _ = tokio::signal::ctrl_c().await;
-    })
-    .await?;
+    serve::serve(listener, router).await?;
     Ok(())
 }

@@ -28,6 +28,8 @@ use clap::{Parser, ValueEnum};
 
 #[path = "../common/layer_args.rs"]
 mod layer_args;
+#[path = "../common/serve.rs"]
+mod serve;
 
 mod app;
 
@@ -129,11 +131,7 @@ fn build_source(args: &Args) -> Result<(Arc<dyn Source>, Option<Corpus>), String
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    serve::init_tracing();
     let args = Args::parse();
     let (source, corpus) = build_source(&args)?;
     let layer = args.layer.build().await?;
@@ -155,17 +153,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         args.layer.describe(),
         args.interval
     );
-    // WebSocket frames are small and latency-sensitive: no Nagle delay.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async {
-        let _ = tokio::signal::ctrl_c().await;
-    })
-    .await?;
+    serve::serve(listener, router).await?;
     Ok(())
 }
