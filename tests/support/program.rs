@@ -8,9 +8,11 @@ use std::time::Duration;
 
 use super::{ChildGuard, TempDir, free_port};
 
-/// `target/<profile>/examples/<name>`, next to this test's `deps/` directory. Built — as
-/// `scripts/test` builds it, `--workspace --all-features` — when it is missing or older than
-/// the sources it is made of: `cargo test --test x` builds no examples.
+/// `target/<profile>/examples/<name>`, next to this test's `deps/` directory, built by cargo as
+/// `scripts/test` builds it (`--workspace --all-features`) before its first use in this test
+/// binary: `cargo test --test x` builds no examples, and a binary built earlier may lack a
+/// feature (`redis`) — cargo's fingerprints know, a file date would not. Up to date, the build
+/// is a no-op.
 pub fn example_binary(name: &str) -> PathBuf {
     static CHECKED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
     let exe = std::env::current_exe().unwrap();
@@ -22,8 +24,7 @@ pub fn example_binary(name: &str) -> PathBuf {
     if checked.iter().any(|n| n == name) {
         return bin;
     }
-    let built = std::fs::metadata(&bin).and_then(|m| m.modified()).ok();
-    if built.is_none_or(|built| newest_source(name) > built) {
+    {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = std::process::Command::new(cargo);
         cmd.current_dir(env!("CARGO_MANIFEST_DIR")).args([
@@ -63,40 +64,6 @@ pub fn example_binary(name: &str) -> PathBuf {
     );
     checked.push(name.to_owned());
     bin
-}
-
-/// When the newest file the example is built from was modified.
-fn newest_source(name: &str) -> std::time::SystemTime {
-    fn walk(dir: &std::path::Path, newest: &mut std::time::SystemTime) {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                walk(&path, newest);
-            } else if let Ok(t) = entry.metadata().and_then(|m| m.modified()) {
-                *newest = (*newest).max(t);
-            }
-        }
-    }
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut newest = std::time::SystemTime::UNIX_EPOCH;
-    for dir in [
-        format!("examples/{name}"),
-        "examples/common".to_owned(),
-        "src".to_owned(),
-        "crates/switchboard-core".to_owned(),
-        "crates/switchboard-redis".to_owned(),
-    ] {
-        walk(&root.join(dir), &mut newest);
-    }
-    for file in ["Cargo.toml", "Cargo.lock"] {
-        if let Ok(t) = std::fs::metadata(root.join(file)).and_then(|m| m.modified()) {
-            newest = newest.max(t);
-        }
-    }
-    newest
 }
 
 /// A running example program, killed on drop. When the test fails, its output is printed.
