@@ -122,7 +122,7 @@ async fn warm_up(args: &Args) {
         idle_timeout: 5.0,
         max_seconds: 10.0,
     };
-    if let Ok((mut child, mut stdin, mut lines)) = spawn(&spec) {
+    if let Ok((mut child, mut stdin, mut lines)) = spawn(&spec, 1) {
         let _ = tokio::time::timeout(Duration::from_secs(15), async {
             while let Ok(Some(line)) = lines.next_line().await {
                 match serde_json::from_str::<Event>(&line) {
@@ -145,10 +145,11 @@ async fn warm_up(args: &Args) {
 
 type Lines = tokio::io::Lines<BufReader<tokio::process::ChildStdout>>;
 
-fn spawn(spec: &Spec) -> Result<(Child, ChildStdin, Lines), Error> {
+fn spawn(spec: &Spec, threads: usize) -> Result<(Child, ChildStdin, Lines), Error> {
     let exe = std::env::current_exe()?;
     let mut child = Command::new(exe)
         .env(SPEC_ENV, serde_json::to_string(spec)?)
+        .env("SWITCHBOARD_LOAD_THREADS", threads.to_string())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -206,7 +207,7 @@ pub(crate) async fn run(args: Args) -> Result<(), Error> {
             idle_timeout: args.idle_timeout,
             max_seconds: args.max_seconds,
         };
-        let (child, stdin, mut lines) = spawn(&spec)?;
+        let (child, stdin, mut lines) = spawn(&spec, args.threads)?;
         let tx = tx.clone();
         tokio::spawn(async move {
             while let Ok(Some(line)) = lines.next_line().await {

@@ -82,6 +82,10 @@ pub(crate) struct Args {
     /// Seconds to let the server settle after connecting, before sampling RSS.
     #[arg(long, default_value_t = 1.0)]
     pub(crate) settle: f64,
+    /// Runtime worker threads per worker process (default 2). With several worker processes on
+    /// few cores, 1 avoids oversubscribing them.
+    #[arg(long, default_value_t = 2)]
+    pub(crate) threads: usize,
     /// A label for the result row.
     #[arg(long, default_value = "")]
     pub(crate) label: String,
@@ -91,8 +95,14 @@ pub(crate) struct Args {
 }
 
 fn main() -> std::process::ExitCode {
+    // Workers learn their thread count from their spec; the coordinator needs little.
+    let threads = std::env::var("SWITCHBOARD_LOAD_THREADS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(2usize)
+        .max(1);
     let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(threads)
         .enable_all()
         .build()
     {
