@@ -27,9 +27,11 @@ fn chromium() -> String {
 async fn start_driver() -> (u16, ChildGuard) {
     for _attempt in 0..3 {
         let port = free_port();
+        // Without --allowed-ips chromedriver listens on loopback only (with it, on every
+        // interface, filtering by address).
         let mut driver = spawn_group(
             &chromedriver(),
-            &[&format!("--port={port}"), "--allowed-ips=127.0.0.1"],
+            &[&format!("--port={port}")],
         );
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);

@@ -351,7 +351,15 @@ where
                 return plain(StatusCode::SERVICE_UNAVAILABLE, "channel layer unavailable");
             }
         };
-        let mut consumer = (self.factory)(&scope);
+        let factory = std::panic::AssertUnwindSafe(|| (self.factory)(&scope));
+        let mut consumer = match std::panic::catch_unwind(factory) {
+            Ok(c) => c,
+            Err(_) => {
+                tracing::error!(path = scope.path(), "consumer factory panicked");
+                let _ = self.layer.backend().discard_channel(&channel).await;
+                return plain(StatusCode::INTERNAL_SERVER_ERROR, "consumer factory failed");
+            }
+        };
         let mut cx = Context::new(self.layer.clone(), channel, scope, self.config.out_limits());
         let subprotocol = match runtime::handshake(&mut consumer, &mut cx).await {
             Handshake::Accepted(p) => p,
