@@ -390,3 +390,28 @@ async fn a_client_that_does_not_read_is_dropped_and_leaves_its_group() {
     }
     panic!("the non-reading client was not dropped");
 }
+
+fn panicky(scope: &Scope) -> Probe {
+    if scope.param("room") == Some("boom") {
+        panic!("consumer factory bug");
+    }
+    probe(scope)
+}
+
+#[tokio::test]
+async fn a_panicking_factory_answers_500_and_the_server_goes_on() {
+    let layer = Layer::new(InMemoryLayer::default());
+    let e =
+        || Endpoint::new(layer.clone(), panicky as fn(&Scope) -> Probe).allow_missing_origin(true);
+    for addr in [serve_axum(e()).await, serve_standalone(e()).await] {
+        assert_eq!(connect(addr, "/ws/boom/", None, &[]).await.err(), Some(500));
+        let mut ws = connect(addr, "/ws/fine/", None, &[]).await.unwrap();
+        ws.send(WsMessage::text("hi")).await.unwrap();
+        assert_eq!(next_text(&mut ws).await, "echo hi");
+    }
+    assert_eq!(
+        layer.stats().groups,
+        1,
+        "only the working connection's group"
+    );
+}

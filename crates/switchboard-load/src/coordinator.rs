@@ -172,6 +172,20 @@ pub(crate) async fn run(args: Args) -> Result<(), Error> {
     if args.urls.is_empty() {
         return Err("need at least one --url".into());
     }
+    for (name, v) in [
+        ("--settle", args.settle),
+        ("--hold", args.hold),
+        ("--idle-timeout", args.idle_timeout),
+        ("--max-seconds", args.max_seconds),
+        ("--rate", args.rate),
+    ] {
+        if !(v.is_finite() && v >= 0.0) {
+            return Err(format!(
+                "{name} must be a non-negative number of seconds (or msgs/s), got {v}"
+            )
+            .into());
+        }
+    }
     let per = args.per_process.clamp(1, 19_000);
     let n_workers = args.clients.div_ceil(per);
     let source_ips = args

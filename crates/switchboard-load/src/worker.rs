@@ -24,6 +24,9 @@ use tokio_tungstenite::{WebSocketStream, client_async_with_config};
 use crate::Error;
 use crate::clock::now_ns;
 
+/// How long one connection attempt (TCP connect and WebSocket handshake) may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The environment variable that carries a worker's [`Spec`].
 pub(crate) const SPEC_ENV: &str = "SWITCHBOARD_LOAD_WORKER";
 
@@ -238,7 +241,7 @@ async fn send_messages(
     let (mut first, mut last, mut errors) = (0, 0, 0);
     for seq in 0..spec.messages {
         if let Some(every) = interval {
-            tokio::time::sleep_until(start + every * seq as u32).await;
+            tokio::time::sleep_until(start + every.mul_f64(seq as f64)).await;
         }
         let t = now_ns();
         if seq == 0 {
@@ -286,7 +289,13 @@ pub(crate) async fn run(spec: &str) -> Result<(), Error> {
             let _permit = gate.acquire().await;
             let mut last_err = None;
             for attempt in 0..3u32 {
-                match connect(&spec, spec.first_client + i).await {
+                let attempt_result =
+                    tokio::time::timeout(CONNECT_TIMEOUT, connect(&spec, spec.first_client + i))
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(format!("no handshake within {CONNECT_TIMEOUT:?}").into())
+                        });
+                match attempt_result {
                     Ok(ws) => {
                         counters.connected.fetch_add(1, Ordering::Relaxed);
                         return Ok(ws);
@@ -355,14 +364,14 @@ pub(crate) async fn run(spec: &str) -> Result<(), Error> {
             let spec = spec.clone();
             send_tasks.push(tokio::spawn(async move {
                 let r = send_messages(&mut sink, spec.first_sender + s, &spec).await;
-                (sink, r)
+                (s, sink, r)
             }));
         }
     }
     let (mut first_send, mut last_send, mut send_errors) = (None::<u64>, None::<u64>, 0);
-    for (i, t) in send_tasks.into_iter().enumerate() {
-        if let Ok((sink, (first, last, errors))) = t.await {
-            sinks[i] = Some(sink);
+    for t in send_tasks {
+        if let Ok((s, sink, (first, last, errors))) = t.await {
+            sinks[s] = Some(sink);
             first_send = Some(first_send.map_or(first, |f| f.min(first)));
             last_send = Some(last_send.map_or(last, |l| l.max(last)));
             send_errors += errors;
@@ -374,7 +383,7 @@ pub(crate) async fn run(spec: &str) -> Result<(), Error> {
     let mut last_count = counters.received.load(Ordering::Relaxed);
     let mut last_change = tokio::time::Instant::now();
     let mut timed_out = false;
-    while counters.pending.load(Ordering::Acquire) > 0 {
+    while expected > 0 && counters.pending.load(Ordering::Acquire) > 0 {
         tokio::time::sleep(Duration::from_millis(20)).await;
         let now = tokio::time::Instant::now();
         let count = counters.received.load(Ordering::Relaxed);
