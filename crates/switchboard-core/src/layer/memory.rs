@@ -3,7 +3,7 @@
 //! This is switchboard's embedded default and, unlike Channels' `InMemoryChannelLayer`, it is
 //! meant for production use inside one process:
 //!
-//! - **No global lock.** Channels and groups live in sharded maps ([`DashMap`]); each channel's
+//! - **No global lock.** Channels and groups live in sharded maps (`dashmap`); each channel's
 //!   queue has its own short mutex. Senders to different channels never wait for each other.
 //! - **Fan-out shares one allocation.** `group_send` to N members pushes N clones of one
 //!   [`Message`] handle (a reference count each), never N deep copies.
