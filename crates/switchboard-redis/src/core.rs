@@ -338,8 +338,11 @@ impl Inner {
             }
             return;
         }
+        // A process queue's message names channels of this process; a name that is not one
+        // (a named channel this process also receives on) must not be fed from here.
+        let own = |channel: &str| self.is_own(channel).then(|| self.local.get(channel))?;
         match route {
-            Route::One(channel) => match self.local.get(&channel) {
+            Route::One(channel) => match own(&channel) {
                 Some(q) => {
                     if self.local.push(&q, message, now, deadline, false) == Pushed::Full {
                         self.local
@@ -355,7 +358,7 @@ impl Inner {
             },
             Route::Many(channels) => {
                 for channel in channels {
-                    if let Some(q) = self.local.get(&channel) {
+                    if let Some(q) = own(&channel) {
                         self.local.push(&q, message.clone(), now, deadline, true);
                     }
                 }
@@ -1053,12 +1056,16 @@ async fn group_send(inner: &Inner, group: &GroupName, message: Message) -> Resul
         let Ok(name) = std::str::from_utf8(m) else {
             continue;
         };
-        if let Some(q) = inner.local.get(name) {
-            inner.local.push(&q, message.clone(), now, deadline, true);
-            continue;
-        }
+        // Only this process's own channels skip Redis. A named channel (`worker.jobs`) this
+        // process received on is also in `local`, but other processes read it too: its
+        // message goes to its Redis queue.
         if inner.is_own(name) {
-            gone.push(name);
+            match inner.local.get(name) {
+                Some(q) => {
+                    inner.local.push(&q, message.clone(), now, deadline, true);
+                }
+                None => gone.push(name),
+            }
             continue;
         }
         let non_local = match name.find('!') {

@@ -215,3 +215,19 @@ async fn a_channel_whose_messages_expire_here_leaves_its_groups() {
     assert!(a.stats().expired_messages >= 1);
     waiting.abort();
 }
+
+/// A named channel this process received on is shared with every other process: a group
+/// message for it goes through Redis, where any of them (here: another one) can take it.
+#[tokio::test]
+async fn group_messages_for_a_named_channel_reach_other_processes() {
+    let cfg = config(LayerConfig::default());
+    let (a, b) = (Layer::new(core(&cfg).await), Layer::new(core(&cfg).await));
+    let jobs: switchboard_core::ChannelName = "worker.jobs".parse().unwrap();
+    a.send(&jobs, msg("job", 1)).await.unwrap();
+    assert_eq!(recv(&a, &jobs).await, msg("job", 1)); // a now knows the channel locally
+    a.group_add("workers", &jobs).await.unwrap();
+    a.group_send("workers", msg("job", 2)).await.unwrap();
+    a.send(&jobs, msg("job", 3)).await.unwrap();
+    assert_eq!(recv(&b, &jobs).await, msg("job", 2));
+    assert_eq!(recv(&b, &jobs).await, msg("job", 3));
+}
