@@ -29,10 +29,7 @@ async fn start_driver() -> (u16, ChildGuard) {
         let port = free_port();
         // Without --allowed-ips chromedriver listens on loopback only (with it, on every
         // interface, filtering by address).
-        let mut driver = spawn_group(
-            &chromedriver(),
-            &[&format!("--port={port}")],
-        );
+        let mut driver = spawn_group(&chromedriver(), &[&format!("--port={port}")]);
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         while tokio::time::Instant::now() < deadline {
