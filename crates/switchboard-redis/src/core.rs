@@ -18,10 +18,16 @@
 //!   and drains bursts with `ZPOPMIN … COUNT`, decodes each message once and hands it to the local
 //!   channel(s) named in `__asgi_channel__`. A thousand consumers share one loop and one
 //!   connection; every other command shares one multiplexed connection per host.
+//! - **A named channel** (`worker.jobs`) this process receives on gets one loop per host (on a
+//!   connection each, for the layer's life): channels_redis sends its messages to the hosts in
+//!   turn. It takes one message per waiting receive; what a pop brings beyond that goes back.
+//! - Every receive loop waits between tries (50 ms doubling to 1 s) while Redis is away or
+//!   refuses its commands, and is run again if it ever panics.
 //! - **Deliveries within the process skip Redis.** A `send` to one of this process's channels, and
-//!   the part of a group send whose members live here, go straight into the local queue (only the
-//!   group's member list is read from Redis). Nobody else could receive them, so nothing on the
-//!   wire changes; what a Django process sends still arrives through Redis.
+//!   the part of a group send whose members are this process's channels, go straight into the
+//!   local queue (only the group's member list is read from Redis). Nobody else could receive
+//!   them, so nothing on the wire changes; what a Django process sends still arrives through
+//!   Redis. Named channels always go through Redis: other processes read them too.
 //! - **One round trip per send** (a Lua script run by `EVALSHA`: expire, count, add, set the key's
 //!   TTL) and two per group send (read the members; one script per host writes one message per
 //!   process queue, skipping full queues, as channels_redis's script does).
@@ -58,9 +64,9 @@ use tokio::sync::{mpsc, watch};
 
 use crate::codec::{Codec, Route, RouteRef};
 use crate::config::RedisConfig;
-use crate::conn::{self, Backoff, Host, timed, unix_now};
+use crate::conn::{self, Host, Retry, supervised, timed, unix_now};
 use crate::hash::consistent_hash;
-use crate::local::{Demand, Leave, Local, Pushed, Queue, Waiting};
+use crate::local::{Demand, Leave, Local, Pushed, Queue, Running, Waiting};
 
 /// `send`: drop expired messages, refuse when full, add, refresh the key's TTL.
 /// KEYS: queue. ARGV: score, message, capacity, expiry cutoff, TTL. Returns 1 if queued.
@@ -122,6 +128,9 @@ redis.call('DEL', KEYS[2])
 /// Messages taken per `ZPOPMIN` when draining a burst.
 const DRAIN_BATCH: usize = 512;
 
+/// How long a receive loop that panicked (a bug) waits before it runs again.
+const RESTART_PAUSE: Duration = Duration::from_secs(1);
+
 /// A channel layer on Redis that Django processes running channels_redis's
 /// `RedisChannelLayer` share: same keys, same message bytes, same groups.
 ///
@@ -160,10 +169,10 @@ struct Inner {
     client_id: String,
     local: Local,
     clock: ScoreClock,
-    /// Process queues (by non-local name) whose receive loop runs, and how many receives wait
-    /// on their channels.
+    /// Process queues (by non-local name) whose receive loop was started, and how many
+    /// receives wait on their channels.
     loops: Mutex<HashMap<String, Arc<Demand>>>,
-    /// Receivers on channels that are not process-local (`worker.jobs`).
+    /// Receivers on channels that are not process-local (`worker.jobs`), and their loops.
     normal: DashMap<ChannelName, Arc<Demand>>,
     shutdown: watch::Receiver<bool>,
     closed: AtomicBool,
@@ -279,22 +288,60 @@ impl Inner {
         async move { timed(limit, fut).await? }
     }
 
+    /// The demand of the process queue `non_local`, with its receive loop running: started on
+    /// first use, and started again if its task ended for any reason (its runtime went away;
+    /// a panic is already caught and restarted by [`supervised`]).
     fn ensure_loop(self: &Arc<Self>, non_local: &str) -> Arc<Demand> {
         let mut loops = self.loops.lock();
-        if let Some(d) = loops.get(non_local) {
-            return d.clone();
-        }
-        // A loop pops only while receives wait (as channels_redis pops only inside `receive`): a
-        // process that stopped receiving leaves its messages in Redis, where senders see its
-        // queue fill up and its messages expire.
-        let demand = Arc::new(Demand::default());
-        loops.insert(non_local.to_owned(), demand.clone());
-        tokio::spawn(process_loop(
-            self.clone(),
-            non_local.to_owned(),
-            demand.clone(),
-        ));
+        let demand = match loops.get(non_local) {
+            Some(d) if d.is_running() => return d.clone(),
+            Some(d) => {
+                tracing::warn!(
+                    queue = non_local,
+                    "the receive loop had stopped; starting it again"
+                );
+                d.clone()
+            }
+            None => {
+                // A loop pops only while receives wait (as channels_redis pops only inside
+                // `receive`): a process that stopped receiving leaves its messages in Redis,
+                // where senders see its queue fill up and its messages expire.
+                let d = Arc::new(Demand::default());
+                loops.insert(non_local.to_owned(), d.clone());
+                d
+            }
+        };
+        let running = Running::new(&demand);
+        let (inner, non_local, d) = (self.clone(), non_local.to_owned(), demand.clone());
+        tokio::spawn(async move {
+            let _running = running;
+            let shutdown = inner.shutdown.clone();
+            supervised(&non_local, shutdown, RESTART_PAUSE, || {
+                process_loop(inner.clone(), non_local.clone(), d.clone())
+            })
+            .await;
+        });
         demand
+    }
+
+    /// Starts the receive loops of a named channel: one per host (channels_redis spreads a
+    /// named channel's messages over its hosts in turn), all in one task.
+    fn start_normal(self: &Arc<Self>, channel: &ChannelName, demand: &Arc<Demand>) {
+        let running = Running::new(demand);
+        let (inner, channel, demand) = (self.clone(), channel.clone(), demand.clone());
+        tokio::spawn(async move {
+            let _running = running;
+            let shutdown = inner.shutdown.clone();
+            supervised(channel.as_str(), shutdown, RESTART_PAUSE, || {
+                let loops: Vec<_> = (0..inner.hosts.len())
+                    .map(|h| normal_loop(inner.clone(), channel.clone(), h, demand.clone()))
+                    .collect();
+                async move {
+                    futures_util::future::join_all(loops).await;
+                }
+            })
+            .await;
+        });
     }
 
     /// TTL of a queue key: twice `expiry`. A message still lives only `expiry` (every write
@@ -304,8 +351,18 @@ impl Inner {
         2 * RedisConfig::ttl_secs(self.cfg.layer.expiry)
     }
 
-    /// Hands a popped message to the local channel(s) it names.
-    fn deliver(&self, queue_key: &str, member: &[u8], score: f64, normal: Option<&Queue>) {
+    /// Hands a popped message to the local channel(s) it names, or to `normal`, the named
+    /// channel it was popped from. With `wanted_by`, a named channel's message is queued only
+    /// while more receives wait than the channel holds: returns `false` if it was not (it
+    /// belongs back in Redis).
+    fn deliver(
+        &self,
+        queue_key: &str,
+        member: &[u8],
+        score: f64,
+        normal: Option<&Queue>,
+        wanted_by: Option<&Demand>,
+    ) -> bool {
         let (message, route) = match self.codec.decode(member) {
             Ok(d) => d,
             Err(e) => {
@@ -314,10 +371,10 @@ impl Inner {
                     .undecodable
                     .fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(key = queue_key, error = %e, "skipping a message that does not decode");
-                return;
+                return true;
             }
         };
-        let age = Duration::from_secs_f64((unix_now() - score).max(0.0));
+        let age = conn::age(score, unix_now());
         if age >= self.cfg.layer.expiry {
             self.local.counters.expired.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(
@@ -325,21 +382,34 @@ impl Inner {
                 ?age,
                 "dropping a message older than expiry"
             );
-            return;
+            return true;
         }
         let now = Instant::now();
         let deadline = self.local.deadline(now, age);
         if let Some(queue) = normal {
-            if self.local.push(queue, message, now, deadline, false) == Pushed::Full {
-                self.local
-                    .counters
-                    .direct_full_drops
-                    .fetch_add(1, Ordering::Relaxed);
+            let pushed = match wanted_by {
+                Some(demand) => self
+                    .local
+                    .push_wanted(queue, message, now, deadline, demand),
+                None => self.local.push(queue, message, now, deadline, false),
+            };
+            match pushed {
+                Pushed::Full => {
+                    self.local
+                        .counters
+                        .direct_full_drops
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                Pushed::Unwanted => return false,
+                Pushed::Queued | Pushed::Left | Pushed::NotMember => {}
             }
-            return;
+            return true;
         }
+        // A process queue's message names channels of this process; a name that is not one
+        // (a named channel this process also receives on) must not be fed from here.
+        let own = |channel: &str| self.is_own(channel).then(|| self.local.get(channel))?;
         match route {
-            Route::One(channel) => match self.local.get(&channel) {
+            Route::One(channel) => match own(&channel) {
                 Some(q) => {
                     if self.local.push(&q, message, now, deadline, false) == Pushed::Full {
                         self.local
@@ -355,7 +425,7 @@ impl Inner {
             },
             Route::Many(channels) => {
                 for channel in channels {
-                    if let Some(q) = self.local.get(&channel) {
+                    if let Some(q) = own(&channel) {
                         self.local.push(&q, message.clone(), now, deadline, true);
                     }
                 }
@@ -367,6 +437,7 @@ impl Inner {
                 );
             }
         }
+        true
     }
 
     /// Writes again, with their original join times, the memberships this process added that
@@ -469,17 +540,14 @@ impl Inner {
 
     async fn receive_normal(self: &Arc<Self>, channel: &ChannelName) -> Result<Message> {
         let queue = self.local.register(channel, None);
-        let demand = self
-            .normal
-            .entry(channel.clone())
-            .or_insert_with(|| {
-                let d = Arc::new(Demand::default());
-                for h in 0..self.hosts.len() {
-                    tokio::spawn(normal_loop(self.clone(), channel.clone(), h, d.clone()));
-                }
-                d
-            })
-            .clone();
+        let demand = {
+            // Held across the check, so concurrent receives start the loops once.
+            let entry = self.normal.entry(channel.clone()).or_default();
+            if !entry.is_running() {
+                self.start_normal(channel, &entry);
+            }
+            entry.clone()
+        };
         let _waiting = Waiting::new(&demand);
         // This loop pops one message per waiting receive, so every new receive must wake it.
         demand.wake.notify_waiters();
@@ -493,49 +561,55 @@ async fn process_loop(inner: Arc<Inner>, non_local: String, demand: Arc<Demand>)
     let backup = format!("{key}$inflight");
     let host = inner.host_for(&non_local);
     let mut shutdown = inner.shutdown.clone();
-    let mut backoff = Backoff::new();
+    let mut retry = Retry::new();
     let mut was_down = false;
     loop {
-        let conn = tokio::select! {
+        // Every way this attempt can fail ends here, and waits before the next one: a host
+        // that accepts connections but refuses the commands must not be retried in a loop.
+        let failure = 'attempt: {
+            let conn = tokio::select! {
+                _ = shutdown.changed() => return,
+                c = conn::blocking_connection(host, &inner.cfg) => c,
+            };
+            let mut conn = match conn {
+                Ok(c) => c,
+                Err(e) => break 'attempt format!("connecting: {e}"),
+            };
+            let r: redis::RedisResult<()> = RESTORE_INFLIGHT
+                .key(&key)
+                .key(&backup)
+                .invoke_async(&mut conn)
+                .await;
+            if let Err(e) = r {
+                break 'attempt format!("restoring the in-flight backup: {e}");
+            }
+            if was_down {
+                tracing::info!(host = %host.name, key, "receive loop reconnected to redis");
+                inner.reassert_memberships(None).await;
+            }
+            match pop_forever(
+                &inner,
+                &key,
+                &mut conn,
+                &mut shutdown,
+                &demand,
+                None,
+                &mut retry,
+            )
+            .await
+            {
+                Ok(()) | Err(PopEnd::Shutdown) => return,
+                Err(PopEnd::Redis(e)) => e,
+            }
+        };
+        was_down = true;
+        let failed = retry.failed(Instant::now());
+        if let Some(failures) = failed.warn {
+            tracing::warn!(host = %host.name, key, error = %failure, failures, retry_in = ?failed.wait, "receive loop: redis failed; retrying");
+        }
+        tokio::select! {
             _ = shutdown.changed() => return,
-            c = conn::blocking_connection(host, &inner.cfg) => c,
-        };
-        let mut conn = match conn {
-            Ok(c) => c,
-            Err(e) => {
-                if !was_down {
-                    tracing::warn!(host = %host.name, error = %e, "receive loop lost redis; retrying");
-                    was_down = true;
-                }
-                tokio::select! {
-                    _ = shutdown.changed() => return,
-                    () = tokio::time::sleep(backoff.next()) => continue,
-                }
-            }
-        };
-        backoff.reset();
-        let r: redis::RedisResult<()> = RESTORE_INFLIGHT
-            .key(&key)
-            .key(&backup)
-            .invoke_async(&mut conn)
-            .await;
-        if let Err(e) = r {
-            tracing::debug!(error = %e, "restoring the in-flight backup failed");
-            continue;
-        }
-        if was_down {
-            tracing::info!(host = %host.name, key, "receive loop reconnected to redis");
-            was_down = false;
-            inner.reassert_memberships(None).await;
-        }
-        if let Err(e) = pop_forever(&inner, &key, &mut conn, &mut shutdown, &demand, None).await {
-            match e {
-                PopEnd::Shutdown => return,
-                PopEnd::Redis(e) => {
-                    tracing::warn!(host = %host.name, error = %e, "receive loop lost redis; reconnecting");
-                    was_down = true;
-                }
-            }
+            () = tokio::time::sleep(failed.wait) => {}
         }
     }
 }
@@ -547,7 +621,8 @@ enum PopEnd {
 
 /// Pops from `key` while receives wait, until an error or shutdown. A process queue is drained
 /// in bursts; a `normal` channel (shared with other processes) gets one message per waiting
-/// receiver.
+/// receiver, and what it pops beyond that goes back to Redis. Each answered pop counts as a
+/// success for `retry`.
 async fn pop_forever(
     inner: &Inner,
     key: &str,
@@ -555,6 +630,7 @@ async fn pop_forever(
     shutdown: &mut watch::Receiver<bool>,
     demand: &Demand,
     normal: Option<&Queue>,
+    retry: &mut Retry,
 ) -> std::result::Result<(), PopEnd> {
     let bzmpop = server_major_version(conn).await >= 7;
     let block = inner.cfg.blocking_timeout.as_secs().max(1);
@@ -607,31 +683,59 @@ async fn pop_forever(
             Ok(Err(e)) => return Err(PopEnd::Redis(e.to_string())),
             Err(_) => {
                 return Err(PopEnd::Redis(format!(
-                    "no answer to BZPOPMIN within {limit:?}"
+                    "no answer to a blocking pop within {limit:?}"
                 )));
             }
         };
+        let failures = retry.succeeded();
+        if failures > 0 {
+            tracing::info!(key, failures, "receive loop pops again");
+        }
         let RValue::Array(items) = value else {
             continue; // timed out: nothing arrived
         };
+        if let Some(queue) = normal {
+            // [key, [[member, score], ...]] (BZMPOP) or [key, member, score] (BZPOPMIN)
+            let pairs: Vec<(&[u8], f64)> = match &items[..] {
+                [_, RValue::Array(popped)] => popped
+                    .iter()
+                    .filter_map(|pair| match pair {
+                        RValue::Array(pair) => match &pair[..] {
+                            [member, score] => popped_pair(member, score),
+                            _ => None,
+                        },
+                        _ => None,
+                    })
+                    .collect(),
+                [_, member, score] => popped_pair(member, score).into_iter().collect(),
+                _ => Vec::new(),
+            };
+            let unwanted: Vec<(&[u8], f64)> = pairs
+                .into_iter()
+                .filter(|&(member, score)| {
+                    !inner.deliver(key, member, score, Some(queue), Some(demand))
+                })
+                .collect();
+            give_back(inner, key, conn, queue, &unwanted).await?;
+            continue;
+        }
         if bzmpop {
-            // [key, [[member, score], ...]]
             if let Some(RValue::Array(popped)) = items.get(1) {
                 for pair in popped {
                     if let RValue::Array(pair) = pair
                         && let [member, score] = &pair[..]
+                        && let Some((member, score)) = popped_pair(member, score)
                     {
-                        deliver_value(inner, key, member, score, normal);
+                        inner.deliver(key, member, score, None, None);
                     }
                 }
             }
             continue;
         }
-        if let [_, member, score] = &items[..] {
-            deliver_value(inner, key, member, score, normal);
-        }
-        if normal.is_some() {
-            continue;
+        if let [_, member, score] = &items[..]
+            && let Some((member, score)) = popped_pair(member, score)
+        {
+            inner.deliver(key, member, score, None, None);
         }
         // Drain a burst without blocking.
         loop {
@@ -644,13 +748,58 @@ async fn pop_forever(
             let RValue::Array(items) = batch else { break };
             let n = items.len() / 2;
             for pair in items.chunks_exact(2) {
-                deliver_value(inner, key, &pair[0], &pair[1], None);
+                if let Some((member, score)) = popped_pair(&pair[0], &pair[1]) {
+                    inner.deliver(key, member, score, None, None);
+                }
             }
             if n < DRAIN_BATCH {
                 break;
             }
         }
     }
+}
+
+/// Puts messages a named channel's loop popped beyond its waiting receives back in Redis,
+/// with their scores, for the other processes reading the channel. If Redis does not take
+/// them, they are queued here after all (nothing is lost) and the loop reconnects.
+async fn give_back(
+    inner: &Inner,
+    key: &str,
+    conn: &mut MultiplexedConnection,
+    queue: &Queue,
+    unwanted: &[(&[u8], f64)],
+) -> std::result::Result<(), PopEnd> {
+    if unwanted.is_empty() {
+        return Ok(());
+    }
+    let mut zadd = redis::cmd("ZADD");
+    zadd.arg(key);
+    for &(member, score) in unwanted {
+        zadd.arg(score).arg(member);
+    }
+    let r: redis::RedisResult<()> = redis::pipe()
+        .add_command(zadd)
+        .ignore()
+        .cmd("EXPIRE")
+        .arg(key)
+        .arg(inner.queue_ttl())
+        .ignore()
+        .query_async(conn)
+        .await;
+    if let Err(e) = r {
+        for &(member, score) in unwanted {
+            inner.deliver(key, member, score, Some(queue), None);
+        }
+        return Err(PopEnd::Redis(format!(
+            "putting back messages nobody here waits for: {e}"
+        )));
+    }
+    tracing::trace!(
+        key,
+        n = unwanted.len(),
+        "put back messages nobody here waits for"
+    );
+    Ok(())
 }
 
 /// The server's major version (0 if unknown).
@@ -667,16 +816,11 @@ async fn server_major_version(conn: &mut MultiplexedConnection) -> u32 {
         .unwrap_or(0)
 }
 
-fn deliver_value(
-    inner: &Inner,
-    key: &str,
-    member: &RValue,
-    score: &RValue,
-    normal: Option<&Queue>,
-) {
+/// A popped member and its score (send time, Unix seconds; now if unreadable).
+fn popped_pair<'a>(member: &'a RValue, score: &RValue) -> Option<(&'a [u8], f64)> {
     let member = match member {
         RValue::BulkString(b) => &b[..],
-        _ => return,
+        _ => return None,
     };
     let score = match score {
         RValue::BulkString(s) => std::str::from_utf8(s)
@@ -687,7 +831,7 @@ fn deliver_value(
         RValue::Int(i) => *i as f64,
         _ => unix_now(),
     };
-    inner.deliver(key, member, score, normal);
+    Some((member, score))
 }
 
 /// Receives on a channel that is not process-local, from one host, while receivers wait.
@@ -702,38 +846,47 @@ async fn normal_loop(
     let host = &inner.hosts[host_index];
     let queue = inner.local.register(&channel, None);
     let mut shutdown = inner.shutdown.clone();
-    let mut backoff = Backoff::new();
+    let mut retry = Retry::new();
     loop {
-        let conn = tokio::select! {
-            _ = shutdown.changed() => return,
-            c = conn::blocking_connection(host, &inner.cfg) => c,
-        };
-        let Ok(mut conn) = conn else {
-            tokio::select! {
+        let failure = 'attempt: {
+            let conn = tokio::select! {
                 _ = shutdown.changed() => return,
-                () = tokio::time::sleep(backoff.next()) => continue,
+                c = conn::blocking_connection(host, &inner.cfg) => c,
+            };
+            let mut conn = match conn {
+                Ok(c) => c,
+                Err(e) => break 'attempt format!("connecting: {e}"),
+            };
+            let r: redis::RedisResult<()> = RESTORE_INFLIGHT
+                .key(&key)
+                .key(&backup)
+                .invoke_async(&mut conn)
+                .await;
+            if let Err(e) = r {
+                break 'attempt format!("restoring the in-flight backup: {e}");
+            }
+            match pop_forever(
+                &inner,
+                &key,
+                &mut conn,
+                &mut shutdown,
+                &demand,
+                Some(&queue),
+                &mut retry,
+            )
+            .await
+            {
+                Ok(()) | Err(PopEnd::Shutdown) => return,
+                Err(PopEnd::Redis(e)) => e,
             }
         };
-        backoff.reset();
-        let _: redis::RedisResult<()> = RESTORE_INFLIGHT
-            .key(&key)
-            .key(&backup)
-            .invoke_async(&mut conn)
-            .await;
-        match pop_forever(
-            &inner,
-            &key,
-            &mut conn,
-            &mut shutdown,
-            &demand,
-            Some(&queue),
-        )
-        .await
-        {
-            Err(PopEnd::Shutdown) | Ok(()) => return,
-            Err(PopEnd::Redis(e)) => {
-                tracing::warn!(%channel, host = %host.name, error = %e, "receive on a normal channel lost redis; reconnecting");
-            }
+        let failed = retry.failed(Instant::now());
+        if let Some(failures) = failed.warn {
+            tracing::warn!(%channel, host = %host.name, error = %failure, failures, retry_in = ?failed.wait, "receive on a named channel: redis failed; retrying");
+        }
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            () = tokio::time::sleep(failed.wait) => {}
         }
     }
 }
@@ -846,7 +999,7 @@ impl ChannelLayer for RedisLayer {
                     channel: channel.to_string(),
                     capacity: queue.capacity(),
                 }),
-                Pushed::Queued | Pushed::Left | Pushed::NotMember => Ok(()),
+                Pushed::Queued | Pushed::Left | Pushed::NotMember | Pushed::Unwanted => Ok(()),
             };
         }
         inner.timed(inner.send_remote(channel, message)).await
@@ -857,7 +1010,7 @@ impl ChannelLayer for RedisLayer {
         inner.check_open()?;
         if inner.is_own(channel.as_str()) {
             let queue = match inner.local.get(channel.as_str()) {
-                Some(q) if q.demand.is_some() => q,
+                Some(q) if q.demand.as_ref().is_some_and(|d| d.is_running()) => q,
                 _ => {
                     let demand = inner.ensure_loop(channel.non_local_part());
                     inner.local.register(channel, Some(&demand))
@@ -1053,12 +1206,16 @@ async fn group_send(inner: &Inner, group: &GroupName, message: Message) -> Resul
         let Ok(name) = std::str::from_utf8(m) else {
             continue;
         };
-        if let Some(q) = inner.local.get(name) {
-            inner.local.push(&q, message.clone(), now, deadline, true);
-            continue;
-        }
+        // Only this process's own channels skip Redis. A named channel (`worker.jobs`) this
+        // process received on is also in `local`, but other processes read it too: its
+        // message goes to its Redis queue.
         if inner.is_own(name) {
-            gone.push(name);
+            match inner.local.get(name) {
+                Some(q) => {
+                    inner.local.push(&q, message.clone(), now, deadline, true);
+                }
+                None => gone.push(name),
+            }
             continue;
         }
         let non_local = match name.find('!') {

@@ -31,6 +31,34 @@ pub(crate) type Hasher = foldhash::fast::RandomState;
 pub(crate) struct Demand {
     pub(crate) waiters: AtomicUsize,
     pub(crate) wake: Notify,
+    /// Whether the receive loop feeding this demand runs (cleared by [`Running`] when its task
+    /// ends, whatever the reason), so a receive can start it again.
+    running: AtomicBool,
+}
+
+impl Demand {
+    /// Whether the receive loop runs.
+    pub(crate) fn is_running(&self) -> bool {
+        self.running.load(Ordering::Acquire)
+    }
+}
+
+/// Marks a demand's receive loop as running while it lives: moved into the loop's task, it is
+/// dropped when the task ends, panics, is aborted or its runtime shuts down.
+#[derive(Debug)]
+pub(crate) struct Running(Arc<Demand>);
+
+impl Running {
+    pub(crate) fn new(demand: &Arc<Demand>) -> Running {
+        demand.running.store(true, Ordering::Release);
+        Running(demand.clone())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.running.store(false, Ordering::Release);
+    }
 }
 
 /// One waiting receive, counted while it lives.
@@ -75,6 +103,9 @@ pub(crate) enum Pushed {
     Left,
     /// A group message for a channel that is not (or no longer) a member here.
     NotMember,
+    /// Not queued: the channel holds as many messages as receives wait on it
+    /// ([`Local::push_wanted`]).
+    Unwanted,
 }
 
 #[derive(Default, Debug)]
@@ -107,6 +138,20 @@ impl State {
         }
         n
     }
+}
+
+/// What a push must check besides capacity and expiry.
+#[derive(Clone, Copy)]
+enum Rule<'a> {
+    /// A message sent to the channel.
+    Direct,
+    /// A group message (not queued on a channel that leaves its groups now).
+    Group,
+    /// A group message for a member of this group, as of this Unix time.
+    Member(&'a GroupName, f64),
+    /// A named channel's message, wanted only while more receives wait on this demand than
+    /// the channel holds messages.
+    Wanted(&'a Demand),
 }
 
 /// One local channel's queue.
@@ -281,7 +326,24 @@ impl Local {
         deadline: Instant,
         via_group: bool,
     ) -> Pushed {
-        self.push_inner(queue, message, now, deadline, via_group, None)
+        let rule = if via_group { Rule::Group } else { Rule::Direct };
+        self.push_inner(queue, message, now, deadline, rule)
+    }
+
+    /// Queues a message popped from a named channel's Redis queue only while more receives
+    /// wait on `demand` than the channel holds messages; otherwise it is [`Pushed::Unwanted`]
+    /// and belongs back in Redis, for the other processes reading the channel. Checked and
+    /// queued under the channel's lock, so loops popping the channel from several hosts never
+    /// queue more than the receives waiting.
+    pub(crate) fn push_wanted(
+        &self,
+        queue: &Queue,
+        message: Message,
+        now: Instant,
+        deadline: Instant,
+        demand: &Demand,
+    ) -> Pushed {
+        self.push_inner(queue, message, now, deadline, Rule::Wanted(demand))
     }
 
     /// Queues a message sent to `group`, if this process holds the channel's membership in it
@@ -295,7 +357,8 @@ impl Local {
         group: &GroupName,
         now_unix: f64,
     ) -> Pushed {
-        self.push_inner(queue, message, now, deadline, true, Some((group, now_unix)))
+        let rule = Rule::Member(group, now_unix);
+        self.push_inner(queue, message, now, deadline, rule)
     }
 
     fn push_inner(
@@ -304,12 +367,12 @@ impl Local {
         message: Message,
         now: Instant,
         deadline: Instant,
-        via_group: bool,
-        member_of: Option<(&GroupName, f64)>,
+        rule: Rule<'_>,
     ) -> Pushed {
         self.tick(now);
+        let via_group = matches!(rule, Rule::Group | Rule::Member(..));
         let mut st = queue.state.lock();
-        if let Some((group, now_unix)) = member_of {
+        if let Rule::Member(group, now_unix) = rule {
             let Some(i) = st.groups.iter().position(|m| &m.group == group) else {
                 return Pushed::NotMember;
             };
@@ -327,6 +390,11 @@ impl Local {
         self.expired(queue, &mut st, n);
         if via_group && n > 0 {
             return Pushed::Left;
+        }
+        if let Rule::Wanted(d) = rule
+            && d.waiters.load(Ordering::Relaxed) <= st.messages.len()
+        {
+            return Pushed::Unwanted;
         }
         if st.messages.len() >= queue.capacity {
             drop(st);
@@ -409,5 +477,68 @@ impl Local {
             }
         }
         groups.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use switchboard_core::{ChannelName, LayerConfig, Message};
+
+    use super::{Demand, Local, Pushed, Running, Waiting};
+
+    /// A loop's task that ends in any way marks its demand as not running, so the layer
+    /// starts it again.
+    #[tokio::test]
+    async fn a_loop_that_ends_in_any_way_is_not_running() {
+        let returns = Arc::new(Demand::default());
+        let running = Running::new(&returns);
+        assert!(returns.is_running());
+        tokio::spawn(async move {
+            let _running = running;
+        })
+        .await
+        .ok();
+        assert!(!returns.is_running());
+
+        let panics = Arc::new(Demand::default());
+        let running = Running::new(&panics);
+        let r = tokio::spawn(async move {
+            let _running = running;
+            panic!("a bug");
+        })
+        .await;
+        assert!(r.is_err_and(|e| e.is_panic()));
+        assert!(!panics.is_running());
+
+        let aborted = Arc::new(Demand::default());
+        let running = Running::new(&aborted);
+        let task = tokio::spawn(async move {
+            let _running = running;
+            std::future::pending::<()>().await;
+        });
+        task.abort();
+        assert!(task.await.is_err_and(|e| e.is_cancelled()));
+        assert!(!aborted.is_running());
+    }
+
+    #[test]
+    fn a_named_channel_queues_one_message_per_waiting_receive() {
+        let (local, _leave) = Local::new(LayerConfig::default());
+        let name: ChannelName = "worker.jobs".parse().unwrap();
+        let q = local.register(&name, None);
+        let demand = Demand::default();
+        let m = Message::builder("job").build().unwrap();
+        let now = Instant::now();
+        let deadline = now + Duration::from_secs(60);
+        let push = || local.push_wanted(&q, m.clone(), now, deadline, &demand);
+        assert_eq!(push(), Pushed::Unwanted, "nobody waits");
+        let (_a, _b) = (Waiting::new(&demand), Waiting::new(&demand));
+        assert_eq!(push(), Pushed::Queued);
+        assert_eq!(push(), Pushed::Queued);
+        assert_eq!(push(), Pushed::Unwanted, "two receives wait, two are queued");
+        assert_eq!(q.len(), 2);
     }
 }

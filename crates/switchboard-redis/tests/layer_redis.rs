@@ -215,3 +215,54 @@ async fn a_channel_whose_messages_expire_here_leaves_its_groups() {
     assert!(a.stats().expired_messages >= 1);
     waiting.abort();
 }
+
+/// A named channel this process received on is shared with every other process: a group
+/// message for it goes through Redis, where any of them (here: another one) can take it.
+#[tokio::test]
+async fn group_messages_for_a_named_channel_reach_other_processes() {
+    let cfg = config(LayerConfig::default());
+    let (a, b) = (Layer::new(core(&cfg).await), Layer::new(core(&cfg).await));
+    let jobs: switchboard_core::ChannelName = "worker.jobs".parse().unwrap();
+    a.send(&jobs, msg("job", 1)).await.unwrap();
+    assert_eq!(recv(&a, &jobs).await, msg("job", 1)); // a now knows the channel locally
+    a.group_add("workers", &jobs).await.unwrap();
+    a.group_send("workers", msg("job", 2)).await.unwrap();
+    a.send(&jobs, msg("job", 3)).await.unwrap();
+    assert_eq!(recv(&b, &jobs).await, msg("job", 2));
+    assert_eq!(recv(&b, &jobs).await, msg("job", 3));
+}
+
+/// A score of `-inf` or far in the past (Redis takes any float; Django or a script may write
+/// one) is an expired message: dropped, and the receive loop goes on.
+#[tokio::test]
+async fn a_message_scored_minus_infinity_is_dropped_as_expired() {
+    let cfg = config(LayerConfig::default());
+    let (a, b) = (Layer::new(core(&cfg).await), core(&cfg).await);
+    let client = b.client_id().to_owned();
+    let b = Layer::new(b);
+    let ch = b.new_channel().await.unwrap();
+    // Nobody receives on b yet: the messages stay in Redis, where their scores are rewritten.
+    a.send(&ch, msg("minus.inf", 1)).await.unwrap();
+    a.send(&ch, msg("ancient", 2)).await.unwrap();
+    a.send(&ch, msg("fine", 3)).await.unwrap();
+    // (After the last send: a send trims expired messages.)
+    let mut r = raw().await;
+    let key = format!("{}specific.{client}!", cfg.prefix);
+    let stored: Vec<Vec<u8>> = r.zrange(&key, 0, -1).await.unwrap();
+    assert_eq!(stored.len(), 3);
+    for (member, score) in stored.iter().zip(["-inf", "-1e300"]) {
+        let _: () = redis::cmd("ZADD")
+            .arg(&key)
+            .arg("XX")
+            .arg(score)
+            .arg(member)
+            .query_async(&mut r)
+            .await
+            .unwrap();
+    }
+    assert_eq!(recv(&b, &ch).await, msg("fine", 3));
+    assert_eq!(b.stats().expired_messages, 2);
+    // The loop still runs.
+    a.send(&ch, msg("later", 4)).await.unwrap();
+    assert_eq!(recv(&b, &ch).await, msg("later", 4));
+}

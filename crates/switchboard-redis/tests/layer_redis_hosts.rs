@@ -78,3 +78,86 @@ async fn keys_land_on_the_host_their_name_hashes_to() {
         "the receive loop reads where sends write"
     );
 }
+
+/// channels_redis sends a named channel's messages to its hosts in turn, so they sit on every
+/// host, and this process reads all of them; but it takes no more messages than it has
+/// receives waiting. What nobody here waits for stays in Redis for the other processes.
+#[tokio::test]
+async fn a_named_channel_takes_no_more_than_its_waiting_receives() {
+    use std::time::Duration;
+    let cfg = config(LayerConfig::default());
+    let (a, b) = (
+        Layer::new(RedisLayer::connect(cfg.clone()).await.unwrap()),
+        Layer::new(RedisLayer::connect(cfg.clone()).await.unwrap()),
+    );
+    let jobs: switchboard_core::ChannelName = "worker.jobs".parse().unwrap();
+    let key = format!("{}worker.jobs", cfg.prefix);
+    let mut dbs = Vec::new();
+    for url in hosts() {
+        dbs.push(
+            redis::Client::open(url)
+                .unwrap()
+                .get_multiplexed_async_connection()
+                .await
+                .unwrap(),
+        );
+    }
+    async fn stored(dbs: &mut [redis::aio::MultiplexedConnection], key: &str) -> usize {
+        let mut n = 0;
+        for db in dbs {
+            let c: usize = db.zcard(key).await.unwrap();
+            n += c;
+        }
+        n
+    }
+    // A stored job to copy: sent to a channel nobody reads (same bytes as for `worker.jobs`).
+    a.send("worker.spare", serde_json::json!({"type": "job"}))
+        .await
+        .unwrap();
+    let spare = format!("{}worker.spare", cfg.prefix);
+    let mut copies = Vec::new();
+    for db in &mut dbs {
+        let s: Vec<(Vec<u8>, f64)> = db.zrange_withscores(&spare, 0, -1).await.unwrap();
+        copies.extend(s);
+    }
+    assert_eq!(copies.len(), 1);
+    let (mut member, score) = copies.pop().unwrap();
+    // A receive that gives up: b's pops on both hosts were already under way.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), b.receive(&jobs))
+            .await
+            .is_err()
+    );
+    // Then jobs on both hosts, as channels_redis's round-robin sends leave them: two on one,
+    // one on the other (their 12 random bytes in front differ, as two sends' would).
+    for (i, db) in dbs.iter_mut().enumerate() {
+        member[0] = i as u8;
+        let _: () = db.zadd(&key, &member, score).await.unwrap();
+    }
+    member[0] = 9;
+    let _: () = dbs[0].zadd(&key, &member, score).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        stored(&mut dbs, &key).await,
+        3,
+        "no receive waits in b, so b takes nothing"
+    );
+    let got = tokio::time::timeout(Duration::from_secs(5), b.receive(&jobs))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.message_type(), "job");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        stored(&mut dbs, &key).await,
+        2,
+        "one receive in b takes one message"
+    );
+    for _ in 0..2 {
+        let got = tokio::time::timeout(Duration::from_secs(5), a.receive(&jobs))
+            .await
+            .expect("what b does not wait for stays in Redis for others")
+            .unwrap();
+        assert_eq!(got.message_type(), "job");
+    }
+}
