@@ -520,6 +520,15 @@ async fn login_refuses_wrong_passwords_and_foreign_redirects() {
         ("//evil.example/", "/dams/"),
         ("https://evil.example/", "/dams/"),
         ("/\\evil.example", "/dams/"),
+        // Browsers drop tabs and newlines from a Location: these would become //evil.example.
+        ("/\t/evil.example", "/dams/"),
+        ("/\n/evil.example", "/dams/"),
+        ("/\r\n/evil.example", "/dams/"),
+        ("/ /evil.example", "/dams/"),
+        ("/dams/\\..\\/evil", "/dams/"),
+        ("/dams/?q=a b", "/dams/"),
+        ("/dams/\u{85}x", "/dams/"),
+        ("/dams/?added=Hoover%20Dam", "/dams/?added=Hoover%20Dam"),
     ] {
         let r = app
             .http
@@ -533,7 +542,7 @@ async fn login_refuses_wrong_passwords_and_foreign_redirects() {
             .await
             .unwrap();
         assert_eq!(r.status(), StatusCode::SEE_OTHER);
-        assert_eq!(r.headers()["location"], to, "next={next}");
+        assert_eq!(r.headers()["location"], to, "next={next:?}");
     }
     let page = app.http.get(&url).send().await.unwrap();
     assert_eq!(page.status(), StatusCode::OK);
@@ -646,4 +655,57 @@ async fn the_notifications_socket_only_sends() {
     let err = page.recv_json().await;
     assert_eq!(err["type"], "error");
     assert!(err["error"].as_str().unwrap().contains("only sends"));
+}
+
+/// Every login runs Argon2 (19 MiB, tens of milliseconds), for unknown users too, and anyone
+/// may POST the form: past `password_checks` at once, a login is refused at once with 503.
+#[tokio::test]
+async fn logins_past_the_password_check_limit_are_refused_with_503() {
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(2));
+    let dir = TempDir::new("dams-logins");
+    let db = Db::open(&dir.path().join("dams.sqlite"), false).unwrap();
+    let settings = app::Settings {
+        password_checks: slots.clone(),
+        ..app::Settings::default()
+    };
+    let addr = support::serve(app::router(
+        db,
+        users(),
+        Layer::new(InMemoryLayer::default()),
+        settings,
+    ))
+    .await;
+    let http = client();
+    let url = format!("http://{addr}/accounts/login/");
+    let login = |user: &'static str, password: &'static str| {
+        http.post(&url)
+            .form(&[("username", user), ("password", password), ("next", "/dams/")])
+            .send()
+    };
+    // Both slots busy (as two slow checks would keep them): refused, whoever asks.
+    let busy = slots.clone().try_acquire_many_owned(2).unwrap();
+    for (user, password) in [("editor", "editor-pw"), ("nobody", "x")] {
+        let r = login(user, password).await.unwrap();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE, "{user}");
+        assert_eq!(r.headers()["retry-after"], "1");
+        assert!(r.headers().get("set-cookie").is_none());
+        let page = r.text().await.unwrap();
+        assert!(page.contains("Too many logins"), "{page}");
+        assert!(page.contains("id=\"id_password\""), "the form is shown again");
+    }
+    // One slot free: a login goes through, and gives its slot back.
+    drop(busy);
+    let _one = slots.clone().try_acquire_owned().unwrap();
+    assert_eq!(
+        login("editor", "editor-pw").await.unwrap().status(),
+        StatusCode::SEE_OTHER
+    );
+    assert_eq!(
+        login("editor", "wrong").await.unwrap().status(),
+        StatusCode::BAD_REQUEST
+    );
+    support::eventually("the slot is back", std::time::Duration::from_secs(5), || {
+        slots.available_permits() == 1
+    })
+    .await;
 }

@@ -1,12 +1,18 @@
 //! Limits on the push gateway — subscribers per channel, channels, channel id length, channels
-//! per request — and CORS. A request over a limit gets a clear HTTP error.
+//! per request — and CORS. A request over a limit gets a clear HTTP error. Idle channels are
+//! forgotten on their own.
 #![allow(clippy::unwrap_used)]
 
 mod push_support;
 mod support;
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use push_support::app::store::MemoryStore;
 use push_support::{Settings, publish, publish_ok, settings, sse, start};
 use serde_json::Value;
+use switchboard::{InMemoryLayer, Layer};
 
 async fn error_of(r: reqwest::Response) -> (u16, String) {
     let status = r.status().as_u16();
@@ -227,4 +233,34 @@ async fn without_allowed_origins_only_same_host_pages_subscribe() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+}
+
+/// Anyone may subscribe to names they make up (16 per request by default), and each one enters
+/// the channel registry. The gateway's keeper forgets them once `--channel-ttl` has passed —
+/// without anyone reading `/stats` (which purges too) and without `--max-channels`.
+#[tokio::test]
+async fn idle_channels_are_forgotten_without_anyone_asking_for_stats() {
+    let settings = Settings {
+        channel_ttl: Duration::from_secs(2),
+        longpoll_timeout: Duration::from_millis(100),
+        ..settings()
+    };
+    let store = Arc::new(MemoryStore::new(settings.store_config()));
+    let gw = push_support::start_on(
+        Layer::new(InMemoryLayer::default()),
+        store.clone(),
+        settings,
+    )
+    .await;
+    let names: Vec<String> = (0..16).map(|i| format!("made-up-{i}")).collect();
+    let (status, _, _) = push_support::long_poll(&gw, &format!("/lp/{}", names.join("/")), None).await;
+    assert_eq!(status, 304);
+    // Each name is in the registry now, for two seconds.
+    assert_eq!(store.entries(), 16);
+    support::eventually(
+        "the idle channels are forgotten",
+        Duration::from_secs(10),
+        || store.entries() == 0,
+    )
+    .await;
 }

@@ -192,3 +192,63 @@ async fn two_gateway_processes_on_the_core_layer() {
 async fn two_gateway_processes_on_the_pubsub_layer() {
     two_gateway_processes_share_fan_out_ids_and_history("pubsub").await;
 }
+
+/// The start-up log names the Redis it uses — with the password hidden, for the history store
+/// as for the channel layer.
+#[tokio::test]
+async fn the_start_up_log_hides_the_redis_password() {
+    let redis_bin =
+        std::env::var("SWITCHBOARD_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
+    let redis_port = support::free_port();
+    let _redis = support::spawn(
+        &redis_bin,
+        &[
+            "--port",
+            &redis_port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--requirepass",
+            "hunter2-secret",
+        ],
+    );
+    support::wait_for_port(([127, 0, 0, 1], redis_port).into(), Duration::from_secs(10)).await;
+    let dir = support::TempDir::new("push-redact");
+    let log_path = dir.path().join("output.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let url = format!("redis://:hunter2-secret@127.0.0.1:{redis_port}");
+    let addr = format!("127.0.0.1:{}", support::free_port());
+    let mut child = support::ChildGuard(
+        std::process::Command::new(example_binary("push"))
+            .args(["--addr", &addr, "--redis", &url])
+            .env("NO_COLOR", "1")
+            .env("RUST_LOG", "info")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let out = loop {
+        let out = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if out.contains("push gateway on") {
+            break out;
+        }
+        if let Ok(Some(status)) = child.0.try_wait() {
+            panic!("the gateway exited ({status}):\n{out}");
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no start-up line after 20 s:\n{out}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    assert!(!out.contains("hunter2"), "the password is in the log:\n{out}");
+    assert!(
+        out.contains(&format!("history in redis at redis://***@127.0.0.1:{redis_port}")),
+        "{out}"
+    );
+}

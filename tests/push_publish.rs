@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::ConnectInfo;
-use axum::http::Request;
+use axum::http::{HeaderValue, Request};
 use futures_util::StreamExt;
 use push_support::{Settings, publish, publish_ok, settings, sse, start, stream};
 use serde_json::{Value, json};
@@ -345,4 +345,65 @@ async fn get_on_a_publisher_path_shows_the_channels_figures() {
     assert_eq!(push_support::get_json(&gw, "/pub/nothing").await.0, 404);
     let (status, _) = publish(&gw, "news", "b").await;
     assert_eq!(status, 200);
+}
+
+/// A web page open in a browser on the gateway's host sends its requests from loopback too: a
+/// "simple" cross-origin POST (`fetch(url, {method: "POST", mode: "no-cors"})`) needs no CORS
+/// preflight. Its `Origin` header gives it away.
+#[tokio::test]
+async fn a_page_of_another_origin_cannot_publish_delete_or_read_stats_even_from_loopback() {
+    let gw = start(Settings {
+        allowed_origins: vec!["https://app.example".into()],
+        ..settings()
+    })
+    .await;
+    publish_ok(&gw, "news", "first").await;
+    let client = push_support::client();
+    let same_host = format!("http://{}", gw.addr);
+    let foreign = [
+        HeaderValue::from_static("http://evil.example"),
+        HeaderValue::from_static("null"),
+        HeaderValue::from_static("http://127.0.0.1:1"),
+        // Not readable as text: refused, not taken for "no Origin".
+        HeaderValue::from_bytes(b"http://\xe9vil.example").unwrap(),
+    ];
+    for origin in foreign {
+        let r = client
+            .post(gw.url("/pub/news"))
+            .header("origin", origin.clone())
+            .header("content-type", "text/plain")
+            .body("forged")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403, "POST with Origin {origin:?}");
+        let err: Value = r.json().await.unwrap();
+        assert!(
+            err["error"].as_str().unwrap().contains("may not publish"),
+            "{err}"
+        );
+        for req in [
+            client.delete(gw.url("/pub/news")),
+            client.get(gw.url("/stats")),
+            client.get(gw.url("/pub/news")),
+        ] {
+            let r = req.header("origin", origin.clone()).send().await.unwrap();
+            assert_eq!(r.status(), 403, "{origin:?}: {:?}", r.url());
+        }
+    }
+    // Nothing was published nor deleted.
+    let (_, info) = push_support::get_json(&gw, "/pub/news").await;
+    assert_eq!(info["published_messages"], 1, "{info}");
+    // Pages of the gateway itself (the demo page) and of --allow-origin origins may.
+    for origin in [same_host.as_str(), "https://app.example"] {
+        let r = client
+            .post(gw.url("/pub/news"))
+            .header("origin", origin)
+            .body("fine")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "POST with Origin {origin}");
+    }
+    assert_eq!(publish_ok(&gw, "news", "no origin: not a browser").await["id"], 4);
 }

@@ -191,3 +191,119 @@ async fn while_redis_is_away_publishing_answers_503_and_then_recovers() {
     let e = ev.next_event().await;
     assert_eq!(e.json()["text"], "after");
 }
+
+/// Raw access to the test Redis, for what a gateway would not write itself.
+async fn redis_conn() -> redis::aio::MultiplexedConnection {
+    redis::Client::open(redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+/// Names anonymous subscribers make up enter the registry in Redis (`{prefix}channels`); the
+/// gateway's keeper trims it once `--channel-ttl` has passed, with nobody reading `/stats`.
+#[tokio::test]
+async fn idle_channels_leave_the_redis_registry_without_anyone_asking_for_stats() {
+    let prefix = fresh_prefix();
+    let settings = Settings {
+        channel_ttl: Duration::from_secs(2),
+        longpoll_timeout: Duration::from_millis(100),
+        ..settings()
+    };
+    let (gw, store) = gateway(&redis_url(), &prefix, settings).await;
+    let names: Vec<String> = (0..16).map(|i| format!("made-up-{i}")).collect();
+    let (status, _, _) = long_poll(&gw, &format!("/lp/{}", names.join("/")), None).await;
+    assert_eq!(status, 304);
+    let mut conn = redis_conn().await;
+    let registry = format!("{prefix}channels");
+    let n: u64 = redis::cmd("ZCARD")
+        .arg(&registry)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(n, 16);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let n: u64 = redis::cmd("ZCARD")
+            .arg(&registry)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if n == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{n} idle channels still in {registry}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    store.flush().await.unwrap();
+}
+
+/// Ids in Redis are anyone's to write (another gateway, another version, an operator): a stored
+/// message with id 0, or a channel at the largest id, must not make arithmetic on them panic.
+#[tokio::test]
+async fn ids_at_the_ends_of_the_range_from_redis_do_not_break_subscribers() {
+    let prefix = fresh_prefix();
+    let (gw, store) = gateway(
+        &redis_url(),
+        &prefix,
+        Settings {
+            longpoll_timeout: Duration::from_millis(100),
+            ..settings()
+        },
+    )
+    .await;
+    let mut conn = redis_conn().await;
+    let now = push_support::app::store::now_ms();
+    let until = now + 60_000;
+    let _: () = redis::pipe()
+        .cmd("HSET")
+        .arg(format!("{prefix}ch:zero"))
+        .arg("id")
+        .arg(1)
+        .arg("epoch")
+        .arg(now)
+        .ignore()
+        .cmd("ZADD")
+        .arg(format!("{prefix}msgs:zero"))
+        .arg(0)
+        .arg(format!("0:{now}:{{\"text\":\"zero\"}}"))
+        .arg(1)
+        .arg(format!("1:{now}:{{\"text\":\"one\"}}"))
+        .ignore()
+        .cmd("HSET")
+        .arg(format!("{prefix}ch:max"))
+        .arg("id")
+        .arg(u64::MAX)
+        .arg("epoch")
+        .arg(now)
+        .ignore()
+        .cmd("ZADD")
+        .arg(format!("{prefix}channels"))
+        .arg(until)
+        .arg("zero")
+        .arg(until)
+        .arg("max")
+        .ignore()
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // Backtrack starts before the first stored id: 0 - 1 must not underflow.
+    let (status, _, messages) = long_poll(&gw, "/lp/zero.b5", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(ids(&messages), [1]);
+    let mut ws = support::ws(gw.addr, "/ws/zero.b5").await;
+    assert_eq!(ws.recv_json().await["text"], "one");
+    // A channel at the largest id: subscribers follow it, a resume finds nothing newer.
+    let (status, etag, _) = long_poll(&gw, "/lp/max.b5", None).await;
+    assert_eq!((status, etag), (304, u64::MAX.to_string()));
+    let (status, etag, _) = long_poll(&gw, "/lp/max", Some(&u64::MAX.to_string())).await;
+    assert_eq!((status, etag), (304, u64::MAX.to_string()));
+    // The gateway still serves.
+    assert_eq!(publish_ok(&gw, "zero", "two").await["id"], 2);
+    assert_eq!(ws.recv_json().await["text"], "two");
+    store.flush().await.unwrap();
+}

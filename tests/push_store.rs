@@ -165,29 +165,54 @@ async fn concurrent_publishes_get_distinct_consecutive_ids(b: Backend) {
     b.cleanup().await;
 }
 
+// Timed checks: everything that must still be there is checked with a second or more to
+// spare; everything that must be gone, after sleeping past its time (a sleep is never short).
+// A loaded machine can only make these tests slower, not wrong.
+
 async fn stored_messages_expire(b: Backend) {
     let s = b
         .store(StoreConfig {
             keep: 10,
-            message_ttl: Duration::from_millis(300),
+            message_ttl: Duration::from_millis(2500),
             channel_ttl: Duration::from_millis(100),
         })
         .await;
-    s.publish("t", draft("old")).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(150)).await;
-    s.publish("t", draft("newer")).await.unwrap();
-    assert_eq!(ids(&s.read("t", Read::Since(0)).await.unwrap()), [1, 2]);
-    tokio::time::sleep(Duration::from_millis(200)).await; // the first is 350 ms old
+    s.publish("t", draft("fresh")).await.unwrap();
+    let start = tokio::time::Instant::now(); // after the publish: the message is older
+    // Past channel_ttl, the channel stays known as long as it stores messages.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(s.exists("t").await.unwrap());
     let h = s.read("t", Read::Last(5)).await.unwrap();
-    assert_eq!((h.last_id, ids(&h)), (2, vec![2]));
+    assert_eq!((h.last_id, ids(&h)), (1, vec![1]));
     assert_eq!(s.info("t").await.unwrap().unwrap().stored_messages, 1);
-    tokio::time::sleep(Duration::from_millis(200)).await; // both expired
-    // The channel lives as long as its messages (max of the two TTLs), then is forgotten…
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    tokio::time::sleep_until(start + Duration::from_millis(2600)).await;
+    // Expired; the channel, which lived as long as its messages, is forgotten…
     assert!(!s.exists("t").await.unwrap());
     assert_eq!(s.read("t", Read::Since(0)).await.unwrap().messages.len(), 0);
     // …and its ids start again.
     assert_eq!(s.publish("t", draft("again")).await.unwrap().id, 1);
+    b.cleanup().await;
+}
+
+/// Each message expires on its own, by the time it was published.
+async fn each_message_expires_by_its_own_time(b: Backend) {
+    let s = b.store(config(10)).await; // messages live 60 s
+    let long_ago = now_ms() - 120_000;
+    s.publish(
+        "t",
+        Draft {
+            text: "old",
+            event_type: None,
+            time_ms: long_ago,
+        },
+    )
+    .await
+    .unwrap();
+    s.publish("t", draft("new")).await.unwrap();
+    let h = s.read("t", Read::Since(0)).await.unwrap();
+    assert_eq!((h.last_id, ids(&h)), (2, vec![2]));
+    assert_eq!(ids(&s.read("t", Read::Last(5)).await.unwrap()), [2]);
+    assert_eq!(s.info("t").await.unwrap().unwrap().stored_messages, 1);
     b.cleanup().await;
 }
 
@@ -196,7 +221,7 @@ async fn the_registry_knows_published_and_subscribed_channels(b: Backend) {
         .store(StoreConfig {
             keep: 5,
             message_ttl: Duration::from_secs(60),
-            channel_ttl: Duration::from_millis(300),
+            channel_ttl: Duration::from_millis(2000),
         })
         .await;
     assert_eq!(s.channel_count().await.unwrap(), 0);
@@ -215,14 +240,13 @@ async fn the_registry_knows_published_and_subscribed_channels(b: Backend) {
     assert_eq!((info.published_messages, info.stored_messages), (0, 0));
     assert!(s.info("nobody").await.unwrap().is_none());
 
-    // Subscribed-only channels are forgotten after channel_ttl unless touched again.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    s.touch(&["global".into()]).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(s.exists("global").await.unwrap());
+    // Subscribed-only channels are forgotten after channel_ttl unless touched again (that
+    // touching keeps them is `touching_keeps_a_quiet_channels_ids`).
+    tokio::time::sleep(Duration::from_millis(2100)).await;
     assert!(!s.exists("user-2").await.unwrap());
+    assert!(!s.exists("global").await.unwrap());
     assert!(s.exists("user-1").await.unwrap(), "it stores messages");
-    assert_eq!(s.channel_count().await.unwrap(), 2);
+    assert_eq!(s.channel_count().await.unwrap(), 1);
 
     // Deleting forgets everything, ids included.
     assert!(s.delete("user-1").await.unwrap());
@@ -243,19 +267,43 @@ async fn touching_keeps_a_quiet_channels_ids(b: Backend) {
         .store(StoreConfig {
             keep: 0,
             message_ttl: Duration::from_millis(100),
-            channel_ttl: Duration::from_millis(300),
+            channel_ttl: Duration::from_millis(2000),
         })
         .await;
     assert_eq!(s.publish("q", draft("x")).await.unwrap().id, 1);
-    for _ in 0..4 {
-        tokio::time::sleep(Duration::from_millis(150)).await;
-        s.touch(&["q".into()]).await.unwrap(); // a subscriber is still there
+    assert_eq!(s.publish("r", draft("x")).await.unwrap().id, 1);
+    let start = tokio::time::Instant::now(); // after the publishes
+    // Touched every 250 ms (a subscriber is still there), for longer than channel_ttl.
+    while start.elapsed() < Duration::from_millis(2100) {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        s.touch(&["q".into()]).await.unwrap();
     }
     assert_eq!(
         s.publish("q", draft("y")).await.unwrap().id,
         2,
         "ids went on"
     );
+    // The channel nobody touched was forgotten meanwhile: its ids start again.
+    assert_eq!(s.publish("r", draft("y")).await.unwrap().id, 1);
+    b.cleanup().await;
+}
+
+/// `purge` forgets what expired (the gateway calls it periodically) and nothing else.
+async fn purge_forgets_expired_channels_only(b: Backend) {
+    let s = b
+        .store(StoreConfig {
+            keep: 5,
+            message_ttl: Duration::from_secs(60),
+            channel_ttl: Duration::from_millis(200),
+        })
+        .await;
+    s.touch(&["a".into(), "b".into(), "c".into()]).await.unwrap();
+    s.publish("d", draft("kept for a minute")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(s.purge().await.unwrap(), 3);
+    assert_eq!(s.purge().await.unwrap(), 0);
+    assert!(s.exists("d").await.unwrap());
+    assert_eq!(s.channel_count().await.unwrap(), 1);
     b.cleanup().await;
 }
 
@@ -285,8 +333,10 @@ store_checks!(
     messages_round_trip_exactly,
     concurrent_publishes_get_distinct_consecutive_ids,
     stored_messages_expire,
+    each_message_expires_by_its_own_time,
     the_registry_knows_published_and_subscribed_channels,
     touching_keeps_a_quiet_channels_ids,
+    purge_forgets_expired_channels_only,
 );
 
 #[tokio::test]

@@ -96,6 +96,29 @@ async fn a_text_with_newlines_becomes_several_data_lines_of_one_event() {
     assert_eq!(ev.data.as_deref(), Some("a\nb\nc"));
 }
 
+/// EventSource parsers end a line at `\r\n`, `\r` or `\n`: a text with a bare `\r` must not
+/// smuggle fields of its own (`id:`, `event:`, an early end of the event) into the stream.
+#[tokio::test]
+async fn a_bare_carriage_return_in_a_text_cannot_inject_event_fields() {
+    let gw = start(Settings {
+        message_template: Some("~text~".into()),
+        ..settings()
+    })
+    .await;
+    let mut sub = sse(&gw, "/ev/news", None).await;
+    publish_ok(&gw, "news", "a\rid: 99\revent: evil\r\rdata: x\r\nb\nc").await;
+    let ev = sub.next_event().await;
+    assert_eq!(ev.id.as_deref(), Some("1"), "{ev:?}");
+    assert_eq!(ev.event, None, "{ev:?}");
+    assert_eq!(
+        ev.data.as_deref(),
+        Some("a\nid: 99\nevent: evil\n\ndata: x\nb\nc")
+    );
+    publish_ok(&gw, "news", "next").await;
+    let ev = sub.next_event().await;
+    assert_eq!((ev.id.as_deref(), ev.data.as_deref()), (Some("2"), Some("next")));
+}
+
 #[tokio::test]
 async fn streams_deliver_one_json_message_per_line() {
     let gw = start(settings()).await;

@@ -517,6 +517,8 @@ async fn x_through_the_app_first_post_at_once_reposts_skipped_and_leaving_cleans
 struct FakeMastodon {
     feed: Feed,
     token: Option<String>,
+    /// This many connections are accepted (200, event stream) and ended at once.
+    end_at_once: AtomicUsize,
 }
 
 async fn mastodon_hashtag(
@@ -542,9 +544,18 @@ async fn mastodon_hashtag(
                 .into_response();
         }
     }
+    if m
+        .end_at_once
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok()
+    {
+        m.feed.connections.fetch_add(1, Ordering::SeqCst);
+        return ([("content-type", "text/event-stream")], "").into_response();
+    }
+    // Heartbeats as Mastodon sends them: a comment line, no blank line after it.
     (
         [("content-type", "text/event-stream")],
-        m.feed.body(":thump\n\n"),
+        m.feed.body(":thump\n"),
     )
         .into_response()
 }
@@ -554,6 +565,7 @@ impl FakeMastodon {
         let m = Arc::new(FakeMastodon {
             feed: Feed::default(),
             token: token.map(str::to_owned),
+            end_at_once: AtomicUsize::new(0),
         });
         let router = Router::new()
             .route("/api/v1/streaming/hashtag", get(mastodon_hashtag))
@@ -704,4 +716,95 @@ async fn mastodon_through_the_app() {
         m.feed.open() == 0 && hub.running() == 0
     })
     .await;
+}
+
+fn status_of(e: SourceEvent) -> String {
+    match e {
+        SourceEvent::Status(m) => m,
+        other => panic!("expected a status, got {other:?}"),
+    }
+}
+
+/// A server that accepts the stream and ends it at once, again and again, is not hammered: the
+/// wait doubles each time (the status lines say how long). After a connection that delivered
+/// an event, it starts again from the first wait.
+#[tokio::test]
+async fn mastodon_backoff_grows_while_streams_end_at_once_and_restarts_after_an_event() {
+    let (m, addr) = FakeMastodon::start(None).await;
+    m.end_at_once.store(3, Ordering::SeqCst);
+    let mut cfg = MastodonConfig::new(format!("http://{addr}"), None);
+    cfg.backoff = Backoff {
+        initial: Duration::from_millis(100),
+        max: Duration::from_millis(1600),
+    };
+    let source = MastodonSource::new(cfg).unwrap();
+    let mut s = source.open(&term("#RustLang")).unwrap();
+    let mut waits = Vec::new();
+    for _ in 0..3 {
+        let msg = status_of(next_event(&mut s).await);
+        assert!(msg.contains("ended"), "{msg}");
+        waits.push(msg.rsplit("reconnecting in ").next().unwrap().to_owned());
+    }
+    assert_eq!(waits, ["0.1 s", "0.2 s", "0.4 s"]);
+    // The fourth connection stays up and delivers a post; when it ends, the first wait again.
+    let pending = tokio::spawn(async move {
+        let p = next_post(&mut s).await;
+        (p, s)
+    });
+    eventually("connected", Duration::from_secs(5), || m.feed.open() == 1).await;
+    assert_eq!(m.feed.connections(), 4);
+    m.feed
+        .push(&FakeMastodon::update("301", "ann", "<p>#RustLang</p>", false));
+    let (p, mut s) = pending.await.unwrap();
+    assert_eq!(p.id, "301");
+    m.feed.cut();
+    let msg = status_of(next_event(&mut s).await);
+    assert!(msg.ends_with("reconnecting in 0.1 s"), "{msg}");
+}
+
+/// Heartbeat comments (`:thump`) are all a quiet hashtag sends: the stall timeout counts them
+/// (the event parser swallows them), so they keep the connection open.
+#[tokio::test]
+async fn mastodon_heartbeats_keep_a_quiet_stream_open() {
+    let (m, addr) = FakeMastodon::start(None).await;
+    let mut cfg = MastodonConfig::new(format!("http://{addr}"), None);
+    cfg.backoff = fast_backoff();
+    // The fake server sends a heartbeat every 50 ms: twenty of them per stall timeout.
+    cfg.stall_timeout = Duration::from_secs(1);
+    let source = MastodonSource::new(cfg).unwrap();
+    let mut s = source.open(&term("#RustLang")).unwrap();
+    assert!(nothing_within(&mut s, 2500).await, "no event, no status");
+    assert_eq!(m.feed.connections(), 1, "never reconnected");
+    m.feed
+        .push(&FakeMastodon::update("401", "ann", "<p>#RustLang</p>", false));
+    assert_eq!(next_post(&mut s).await.id, "401");
+}
+
+/// Lines and events from the server are capped (as the X source caps its lines): an event that
+/// grows past `MAX_EVENT_BYTES` without ending ends the connection, which is re-opened.
+#[tokio::test]
+async fn mastodon_an_endless_event_is_cut_off() {
+    let (m, addr) = FakeMastodon::start(None).await;
+    let source = mastodon_source(addr, None);
+    let mut s = source.open(&term("#RustLang")).unwrap();
+    let pending = tokio::spawn(async move {
+        let e = next_event(&mut s).await;
+        (e, s)
+    });
+    eventually("connected", Duration::from_secs(5), || m.feed.open() == 1).await;
+    let huge = format!(
+        "event: update\ndata: {}",
+        "x".repeat(app::mastodon::MAX_EVENT_BYTES + 1)
+    );
+    m.feed.push(&huge);
+    let (e, mut s) = pending.await.unwrap();
+    let msg = status_of(e);
+    assert!(msg.contains("over 1024 KiB"), "{msg}");
+    eventually("reconnected", Duration::from_secs(5), || {
+        m.feed.connections() == 2 && m.feed.open() == 1
+    })
+    .await;
+    m.feed
+        .push(&FakeMastodon::update("501", "ann", "<p>#RustLang</p>", false));
+    assert_eq!(next_post(&mut s).await.id, "501");
 }

@@ -405,3 +405,102 @@ async fn the_page_and_its_assets_are_served() {
     let missing = reqwest::get(format!("{base}/posts/nope")).await.unwrap();
     assert_eq!(missing.status(), 404);
 }
+
+/// Each distinct term is an upstream (a connection, a rule, a task), and anyone may open sockets
+/// and search: past `max_terms`, a search for a new term gets an error frame, while searches
+/// for terms already followed still work, and a freed slot can be taken again.
+#[tokio::test]
+async fn new_terms_past_max_terms_are_refused_with_an_error_frame() {
+    let layer = Layer::new(InMemoryLayer::default());
+    let corpus = Corpus::bundled(2000.0).unwrap();
+    let hub = Hub::with_max_terms(
+        layer.clone(),
+        Arc::new(corpus.clone()),
+        Duration::from_millis(100),
+        2,
+    );
+    let settings = app::Settings {
+        corpus: Some(corpus),
+        ..app::Settings::default()
+    };
+    let addr = support::serve(app::router(hub.clone(), layer, settings)).await;
+    let mut a = ws(addr, "/ws/map/").await;
+    let mut b = ws(addr, "/ws/map/").await;
+    let mut c = ws(addr, "/ws/map/").await;
+    listen(&mut a, "#RustLang").await;
+    listen(&mut b, "#coffee").await;
+    c.send_json(json!({"type": "listen", "message": "#Jazz"}))
+        .await;
+    let err = c.recv_json().await;
+    assert_eq!(err["type"], "error", "{err}");
+    assert!(
+        err["error"].as_str().unwrap().contains("--max-terms"),
+        "{err}"
+    );
+    assert_eq!(hub.upstreams(), 2);
+    // The connection stays, and a term already followed is fine.
+    listen(&mut c, "#rustlang").await;
+    tweet(&mut c, "#RustLang").await;
+    assert_eq!(hub.upstreams(), 2);
+    // B stops: its term's slot is free again.
+    b.send_json(json!({"type": "stop"})).await;
+    loop {
+        if b.recv_json().await["type"] == "stopped" {
+            break;
+        }
+    }
+    listen(&mut c, "#Jazz").await;
+    tweet(&mut c, "#Jazz").await;
+    assert_eq!(hub.upstreams(), 2);
+    tweet(&mut a, "#RustLang").await;
+}
+
+/// A post's link goes into the page's `<a href>`: only web links get through (`http(s)://…`,
+/// or a path on this site as the corpus's `/posts/{id}`); `javascript:`, `data:` and the like
+/// become `""` (no link). Posts come from the network and from corpus files.
+#[tokio::test]
+async fn only_web_links_reach_the_page() {
+    let urls = [
+        ("1", "https://social.example/@ann/1"),
+        ("2", "javascript:alert(document.cookie)"),
+        ("3", "JavaScript:alert(1)"),
+        ("4", " javascript:alert(1)"),
+        ("5", "java\tscript:alert(1)"),
+        ("6", "data:text/html,<script>alert(1)</script>"),
+        ("7", "/posts/7"),
+        ("8", "//evil.example/x"),
+        ("9", "HTTP://social.example/9"),
+        ("10", "vbscript:msgbox(1)"),
+    ];
+    let jsonl: String = urls
+        .iter()
+        .map(|(id, url)| {
+            format!(
+                "{}\n",
+                json!({"id": id, "author": "ann", "text": format!("#Links {id}"),
+                       "created_at": "2026-03-14T10:00:00Z", "url": url})
+            )
+        })
+        .collect();
+    // Replayed slower than the pacing: every post is sent, in order.
+    let app = start_with(Corpus::parse(&jsonl, 100.0, "links").unwrap(), 1).await;
+    let mut c = ws(app.addr, "/ws/map/").await;
+    listen(&mut c, "#Links").await;
+    let mut got = std::collections::BTreeMap::new();
+    while got.len() < urls.len() {
+        let t = tweet(&mut c, "#Links").await;
+        got.insert(
+            t["id"].as_str().unwrap().to_owned(),
+            t["url"].as_str().unwrap().to_owned(),
+        );
+    }
+    for (id, url) in urls {
+        let expected = match id {
+            "1" | "7" | "9" => url,
+            _ => "",
+        };
+        assert_eq!(got[id], expected, "post {id} with url {url:?}");
+    }
+    assert_eq!(app::safe_url("https://x.example/a b"), "");
+    assert_eq!(app::safe_url("https://x.example/\u{0}"), "");
+}

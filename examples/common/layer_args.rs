@@ -81,8 +81,8 @@ impl LayerArgs {
     }
 }
 
-/// The URL with any password hidden.
-fn redact(url: &str) -> String {
+/// The URL with any password (and user name) hidden, for logs.
+pub(crate) fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(s), Some(at)) if at > s => format!("{}***{}", &url[..s + 3], &url[at..]),
         _ => url.to_owned(),

@@ -22,6 +22,8 @@ pub(crate) mod users;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::Semaphore;
+
 use axum::Router;
 use axum::extract::{Form, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -59,7 +61,15 @@ pub(crate) struct Settings {
     pub(crate) allow_missing_origin: bool,
     /// Per-connection limits.
     pub(crate) connection: ConnectionConfig,
+    /// Password checks that may run at once. Each is Argon2 — 19 MiB and tens of milliseconds
+    /// of CPU, run for unknown users too — and anyone may POST the login form, so a login
+    /// that finds no slot free is answered 503 at once rather than queued. Clones of these
+    /// settings share the slots.
+    pub(crate) password_checks: Arc<Semaphore>,
 }
+
+/// How many password checks may run at once by default.
+pub(crate) const DEFAULT_PASSWORD_CHECKS: usize = 4;
 
 impl Default for Settings {
     fn default() -> Self {
@@ -70,6 +80,7 @@ impl Default for Settings {
             origins: Origins::SameHost,
             allow_missing_origin: true,
             connection: ConnectionConfig::default(),
+            password_checks: Arc::new(Semaphore::new(DEFAULT_PASSWORD_CHECKS)),
         }
     }
 }
@@ -364,10 +375,20 @@ struct NextQuery {
     next: Option<String>,
 }
 
-/// Only paths on this site: `/x`, never `//host` or `/\host`.
-fn safe_next(next: Option<&str>) -> &str {
+/// Only paths on this site: `/x`, never `//host` or `/\host` — nor anything with a control
+/// character, whitespace or a backslash anywhere: browsers drop tabs and newlines from a
+/// `Location` and read `\` as `/`, so `/\t/evil.example` would become `//evil.example`.
+pub(crate) fn safe_next(next: Option<&str>) -> &str {
     match next {
-        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.starts_with("/\\") => n,
+        Some(n)
+            if n.starts_with('/')
+                && !n.starts_with("//")
+                && !n
+                    .chars()
+                    .any(|c| c.is_control() || c.is_whitespace() || c == '\\') =>
+        {
+            n
+        }
         _ => "/dams/",
     }
 }
@@ -414,12 +435,28 @@ async fn login_submit(State(st): State<AppState>, Form(form): Form<LoginForm>) -
     let next = safe_next(form.next.as_deref()).to_owned();
     let users = st.users.clone();
     let (name, password) = (form.username.trim().to_owned(), form.password);
+    let Ok(slot) = st.settings.password_checks.clone().try_acquire_owned() else {
+        tracing::warn!(user = %name, "login refused: every password-check slot is busy");
+        let mut resp = render(
+            &st,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "login.html",
+            context! {user => None::<String>, csrf => "", next, username => name, error => "Too many logins are being checked right now. Please try again in a moment."},
+        );
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return resp;
+    };
     let checked_name = name.clone();
-    // Argon2 is slow by design: keep it off the async threads.
-    let user = tokio::task::spawn_blocking(move || users.verify(&checked_name, &password).cloned())
-        .await
-        .ok()
-        .flatten();
+    // Argon2 is slow by design: keep it off the async threads. The slot goes with the check, so
+    // it stays taken until the check ends even if the client gives up first.
+    let user = tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        users.verify(&checked_name, &password).cloned()
+    })
+    .await
+    .ok()
+    .flatten();
     let Some(user) = user else {
         tracing::info!(user = %name, "failed login");
         return render(

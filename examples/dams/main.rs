@@ -62,6 +62,10 @@ struct Args {
     /// Mark the session cookie Secure (when served over HTTPS).
     #[arg(long)]
     secure_cookies: bool,
+    /// Password checks (Argon2, 19 MiB each) that may run at once; a login past them is
+    /// answered 503 "try again in a moment".
+    #[arg(long, default_value_t = app::DEFAULT_PASSWORD_CHECKS, value_parser = at_least_one)]
+    max_password_checks: usize,
     #[command(flatten)]
     layer: layer_args::LayerArgs,
 }
@@ -93,6 +97,15 @@ fn load_users(args: &Args) -> Result<Users, String> {
     Users::new(list)
 }
 
+/// A count of 1 or more.
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        Ok(_) => Err("use 1 or more".into()),
+        Err(e) => Err(format!("{s:?} is not a count: {e}")),
+    }
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     serve::init_tracing();
@@ -113,6 +126,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let settings = app::Settings {
         max_dams: args.max_dams,
         secure_cookies: args.secure_cookies,
+        password_checks: std::sync::Arc::new(tokio::sync::Semaphore::new(args.max_password_checks)),
         ..app::Settings::default()
     };
     let router = app::router(db, users, layer, settings);

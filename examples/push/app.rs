@@ -278,7 +278,7 @@ impl Gateway {
             .channel_count()
             .await
             .map_err(|e| ApiError::unavailable("the history store", e))?;
-        if known + new > max {
+        if known.saturating_add(new) > max {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 format!("{known} channels exist; the limit is {max}: no new channel can be made"),
@@ -298,7 +298,8 @@ impl Gateway {
     }
 
     /// Keeps the channels subscribed here registered in the store, so a quiet channel with
-    /// subscribers is neither counted out nor restarted at id 1.
+    /// subscribers is neither counted out nor restarted at id 1; and purges the channels whose
+    /// time is up, so names nobody uses any more do not pile up in the registry.
     fn spawn_keeper(self: &Arc<Self>) {
         let every = (self.settings.channel_ttl / 3).max(Duration::from_millis(100));
         let weak: Weak<Gateway> = Arc::downgrade(self);
@@ -315,6 +316,11 @@ impl Gateway {
                         tracing::warn!(error = %e, "refreshing subscribed channels failed");
                         break;
                     }
+                }
+                match gw.store.purge().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::debug!(channels = n, "forgot idle channels"),
+                    Err(e) => tracing::warn!(error = %e, "purging idle channels failed"),
                 }
             }
         });
@@ -411,12 +417,31 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Publishing, deleting and stats: from `--publish-allow` addresses (loopback by default), or
-/// from anywhere with `Authorization: Bearer <--publisher-token>`.
+/// from anywhere with `Authorization: Bearer <--publisher-token>` — and never for a browser page
+/// of a foreign origin.
+///
+/// Browsers send `Origin` with every cross-origin POST, even the "simple" ones a page may send
+/// without a CORS preflight (`fetch(url, {method: "POST", mode: "no-cors"})`). Without this check
+/// any web page open in a browser on the gateway's host could publish, since its requests come
+/// from loopback. Publishers that are not browsers (curl, application servers) send no `Origin`;
+/// one that is not even readable is refused too.
 fn check_publisher(
     gw: &Gateway,
     peer: Option<SocketAddr>,
     headers: &HeaderMap,
 ) -> Result<(), ApiError> {
+    if let Some(origin) = headers.get(header::ORIGIN)
+        && (origin.to_str().is_err() || !origin_allowed(&gw.settings, headers))
+    {
+        let origin = String::from_utf8_lossy(origin.as_bytes());
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "a page from origin {origin:?} may not publish, delete or read stats: only pages \
+                 on the gateway's own host and --allow-origin origins may"
+            ),
+        ));
+    }
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())

@@ -164,7 +164,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     };
     let history = match &args.layer.redis {
         Some(url) => format!(
-            "history in redis at {url} (prefix {:?})",
+            "history in redis at {} (prefix {:?})",
+            layer_args::redact(url),
             args.history_prefix
         ),
         None => "history in memory".to_owned(),

@@ -399,4 +399,12 @@ impl HistoryStore for RedisStore {
         let n: Option<u64> = conn.get(self.total_key()).await.map_err(redis_err)?;
         Ok(n.unwrap_or(0))
     }
+
+    /// Trims the registry; the channels' own keys expire by themselves in Redis.
+    async fn purge(&self) -> Result<u64> {
+        let mut conn = self.conn.clone();
+        conn.zrembyscore(self.registry_key(), "-inf", now_ms())
+            .await
+            .map_err(redis_err)
+    }
 }

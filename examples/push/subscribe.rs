@@ -186,7 +186,9 @@ impl Tracker {
                 Read::Last(_) => history
                     .messages
                     .first()
-                    .map_or(history.last_id, |m| m.id - 1),
+                    // Ids come from the store, written by any gateway: no arithmetic on
+                    // them may overflow.
+                    .map_or(history.last_id, |m| m.id.saturating_sub(1)),
                 Read::Nothing => history.last_id,
             };
             pos = pos.min(history.last_id);
@@ -260,7 +262,7 @@ impl Tracker {
         if id <= pos {
             return Vec::new(); // already delivered (from the store, or a duplicate)
         }
-        if id == pos + 1 {
+        if pos.checked_add(1) == Some(id) {
             self.chans[i].pos = id;
             return vec![self.item(msg, event_type)];
         }
@@ -509,12 +511,34 @@ fn sse_event(gw: &Gateway, item: &Item, out: &mut String) {
         out.push('\n');
     }
     let text = gw.format.render(&item.message);
-    for line in text.as_str().split('\n') {
+    for line in sse_lines(text.as_str()) {
         out.push_str("data: ");
-        out.push_str(line.strip_suffix('\r').unwrap_or(line));
+        out.push_str(line);
         out.push('\n');
     }
     out.push('\n');
+}
+
+/// The lines of `text` as an EventSource parser sees them: `\r\n`, `\r` and `\n` each end a
+/// line. (Splitting on `\n` alone would leave a bare `\r` in a `data:` line, and the browser
+/// would read what follows it as a field of its own — `id:`, `event:` — that the publisher
+/// chose.)
+pub(crate) fn sse_lines(text: &str) -> impl Iterator<Item = &str> {
+    let mut rest = Some(text);
+    std::iter::from_fn(move || {
+        let current = rest?;
+        match current.find(['\r', '\n']) {
+            Some(i) => {
+                let end = if current[i..].starts_with("\r\n") { i + 2 } else { i + 1 };
+                rest = Some(&current[end..]);
+                Some(&current[..i])
+            }
+            None => {
+                rest = None;
+                Some(current)
+            }
+        }
+    })
 }
 
 impl Streaming {

@@ -8,7 +8,8 @@
 //!   at most one per interval.
 //! - client → `{"type":"stop"}`: no more posts; server → `{"type":"stopped"}`.
 //! - server → `{"type":"status","message":…}` when the upstream has trouble (reconnecting…),
-//!   `{"type":"error","error":…}` for a bad request.
+//!   `{"type":"error","error":…}` for a bad request (or a new term past `--max-terms`).
+//! - A post's `url` is `http(s)://…` or a path on this site, or `""` (no link).
 //!
 //! `GET /stats.json`: this process's upstreams, `{"instance","upstreams","running","listeners"}`.
 
@@ -119,10 +120,25 @@ impl TweetsConsumer {
     }
 }
 
+/// The link of a post if the page may use it as one: `http(s)://…` or a path on this site
+/// (the corpus source's `/posts/{id}`); anything else — `javascript:`, `data:`, or a URL with
+/// control characters or whitespace, which browsers strip before they read the scheme — is
+/// dropped (`""`: the page shows no link). Posts come from the network and from corpus files.
+pub(crate) fn safe_url(url: &str) -> &str {
+    let lower = url.get(..8).unwrap_or(url).to_ascii_lowercase();
+    let web = lower.starts_with("https://") || lower.starts_with("http://");
+    let path = url.starts_with('/') && !url.starts_with("//");
+    if (web || path) && !url.chars().any(|c| c.is_control() || c.is_whitespace() || c == '\\') {
+        url
+    } else {
+        ""
+    }
+}
+
 fn tweet(post: &Post) -> serde_json::Value {
     json!({
         "type": "tweet",
-        "url": post.url,
+        "url": safe_url(&post.url),
         "id": post.id,
         "author": post.author,
         "text": post.text,
@@ -140,7 +156,7 @@ impl Consumer for TweetsConsumer {
             ClientMessage::Listen { message } => {
                 let term = Term::parse(&message).map_err(Error::protocol)?;
                 self.stop(cx).await?;
-                let sub = self.hub.subscribe(&term);
+                let sub = self.hub.subscribe(&term).map_err(Error::protocol)?;
                 // Join before the upstream starts, so its first post reaches this page.
                 cx.group_add(sub.group()).await?;
                 let started = self.hub.start(&sub);

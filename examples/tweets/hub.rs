@@ -34,6 +34,7 @@ impl std::fmt::Debug for Hub {
         f.debug_struct("Hub")
             .field("source", &self.inner.source.describe())
             .field("interval", &self.inner.interval)
+            .field("max_terms", &self.inner.max_terms)
             .field("upstreams", &self.upstreams())
             .finish()
     }
@@ -43,6 +44,7 @@ struct Inner {
     layer: Layer,
     source: Arc<dyn Source>,
     interval: Duration,
+    max_terms: usize,
     instance: String,
     next_id: AtomicU64,
     upstreams: Mutex<HashMap<String, Upstream>>,
@@ -117,14 +119,31 @@ impl Drop for Running {
     }
 }
 
+/// Distinct search terms one process follows at most, by default.
+pub(crate) const DEFAULT_MAX_TERMS: usize = 100;
+
 impl Hub {
-    /// Upstreams from `source`, sending on `layer`, at most one post per `interval`.
+    /// Upstreams from `source`, sending on `layer`, at most one post per `interval`, for at most
+    /// [`DEFAULT_MAX_TERMS`] terms at once.
+    #[allow(dead_code)] // `main` sets the limit; the tests use the default
     pub(crate) fn new(layer: Layer, source: Arc<dyn Source>, interval: Duration) -> Hub {
+        Hub::with_max_terms(layer, source, interval, DEFAULT_MAX_TERMS)
+    }
+
+    /// As [`new`](Hub::new), for at most `max_terms` distinct terms at once: each is an upstream
+    /// (a connection, a rule, a task), and anyone may open a socket and search.
+    pub(crate) fn with_max_terms(
+        layer: Layer,
+        source: Arc<dyn Source>,
+        interval: Duration,
+        max_terms: usize,
+    ) -> Hub {
         Hub {
             inner: Arc::new(Inner {
                 layer,
                 source,
                 interval,
+                max_terms,
                 instance: uuid::Uuid::new_v4().simple().to_string()[..8].to_owned(),
                 next_id: AtomicU64::new(1),
                 upstreams: Mutex::new(HashMap::new()),
@@ -144,9 +163,17 @@ impl Hub {
     }
 
     /// Counts a new listener of `term`. Join [`Subscription::group`], then call
-    /// [`start`](Hub::start): joining first means the first post cannot be missed.
-    pub(crate) fn subscribe(&self, term: &Term) -> Subscription {
+    /// [`start`](Hub::start): joining first means the first post cannot be missed. `Err` (a
+    /// message for the user) when the term is new and the hub already follows `max_terms`.
+    pub(crate) fn subscribe(&self, term: &Term) -> Result<Subscription, String> {
         let mut map = lock(&self.inner.upstreams);
+        let max = self.inner.max_terms;
+        if map.len() >= max && !map.contains_key(term.key()) {
+            return Err(format!(
+                "this server already follows {max} different searches, its limit \
+                 (--max-terms): search for one of those, or try again later"
+            ));
+        }
         let up = map.entry(term.key().to_owned()).or_insert_with(|| {
             let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
             Upstream {
@@ -159,12 +186,12 @@ impl Hub {
             }
         });
         up.listeners += 1;
-        Subscription {
+        Ok(Subscription {
             inner: self.inner.clone(),
             key: term.key().to_owned(),
             id: up.id,
             group: up.group.clone(),
-        }
+        })
     }
 
     /// Starts the subscription's upstream if it is not running. Returns the post it sent last,

@@ -74,6 +74,10 @@ struct Args {
     /// The Mastodon instance for `--source mastodon`.
     #[arg(long, value_name = "URL")]
     mastodon: Option<String>,
+    /// Distinct search terms followed at once (each is an upstream); a search for one more is
+    /// refused with an error frame.
+    #[arg(long, default_value_t = app::hub::DEFAULT_MAX_TERMS, value_parser = at_least_one)]
+    max_terms: usize,
     #[command(flatten)]
     layer: layer_args::LayerArgs,
 }
@@ -129,16 +133,26 @@ fn build_source(args: &Args) -> Result<(Arc<dyn Source>, Option<Corpus>), String
     })
 }
 
+/// A count of 1 or more.
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        Ok(_) => Err("use 1 or more".into()),
+        Err(e) => Err(format!("{s:?} is not a count: {e}")),
+    }
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     serve::init_tracing();
     let args = Args::parse();
     let (source, corpus) = build_source(&args)?;
     let layer = args.layer.build().await?;
-    let hub = app::hub::Hub::new(
+    let hub = app::hub::Hub::with_max_terms(
         layer.clone(),
         source,
         Duration::from_secs_f64(args.interval),
+        args.max_terms,
     );
     let settings = app::Settings {
         corpus,

@@ -151,7 +151,10 @@ impl Body {
     pub async fn next_block(&mut self) -> Option<Event> {
         let block = self.until("\n\n", Duration::from_secs(5)).await?;
         let mut ev = Event::default();
-        for line in block.lines() {
+        for line in sse_lines(&block) {
+            if line.is_empty() {
+                continue;
+            }
             if let Some(c) = line.strip_prefix(':') {
                 ev.comment = Some(c.trim().to_owned());
                 continue;
@@ -222,6 +225,20 @@ impl Body {
     pub fn buffered(&self) -> &str {
         &self.buf
     }
+}
+
+/// The lines of an SSE block as a browser's EventSource parser splits them: at `\r\n`, `\r`
+/// and `\n` alike.
+pub fn sse_lines(block: &str) -> Vec<&str> {
+    let mut lines = Vec::new();
+    let mut rest = block;
+    while let Some(i) = rest.find(['\r', '\n']) {
+        lines.push(&rest[..i]);
+        let end = if rest[i..].starts_with("\r\n") { i + 2 } else { i + 1 };
+        rest = &rest[end..];
+    }
+    lines.push(rest);
+    lines
 }
 
 /// Opens an EventSource-style subscription; panics unless 200 text/event-stream.

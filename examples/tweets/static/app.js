@@ -59,8 +59,12 @@ function listen(term) {
 
 function stop() {
   listening = null;
-  if (socket && socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify({ type: "stop" }));
-  setState("Stopped.");
+  if (socket && socket.readyState === WebSocket.OPEN) {
+    socket.send(JSON.stringify({ type: "stop" }));
+    setState("Stopping…"); // "Stopped." when the server says so: no post comes after that
+  } else {
+    setState("Stopped.");
+  }
 }
 
 function colorFor(name) {
@@ -93,6 +97,18 @@ function textWithTags(text) {
   return p;
 }
 
+// A post's link, if it is a web link (http or https, or a path on this site): posts come from
+// the network, and a javascript: or data: URL must never become a link.
+function webUrl(url) {
+  if (typeof url !== "string" || url === "") return null;
+  try {
+    const u = new URL(url, location.href);
+    return u.protocol === "http:" || u.protocol === "https:" ? u.href : null;
+  } catch {
+    return null;
+  }
+}
+
 function addPost(m) {
   // Resuming a search after a reconnect re-sends its latest post. (The corpus source replays in
   // a loop, so a post may come again later: that is a new card.)
@@ -115,13 +131,16 @@ function addPost(m) {
   who.append(author, time);
   head.append(avatar, who);
   const foot = document.createElement("footer");
-  const link = document.createElement("a");
-  link.className = "link";
-  link.href = m.url;
-  link.target = "_blank";
-  link.rel = "noopener noreferrer";
-  link.textContent = "Open post ↗";
-  foot.appendChild(link);
+  const href = webUrl(m.url);
+  if (href) {
+    const link = document.createElement("a");
+    link.className = "link";
+    link.href = href;
+    link.target = "_blank";
+    link.rel = "noopener noreferrer";
+    link.textContent = "Open post ↗";
+    foot.appendChild(link);
+  }
   card.append(head, textWithTags(m.text), foot);
   $("empty").hidden = true;
   $("carousel").appendChild(card);
