@@ -679,7 +679,11 @@ async fn logins_past_the_password_check_limit_are_refused_with_503() {
     let url = format!("http://{addr}/accounts/login/");
     let login = |user: &'static str, password: &'static str| {
         http.post(&url)
-            .form(&[("username", user), ("password", password), ("next", "/dams/")])
+            .form(&[
+                ("username", user),
+                ("password", password),
+                ("next", "/dams/"),
+            ])
             .send()
     };
     // Both slots busy (as two slow checks would keep them): refused, whoever asks.
@@ -691,7 +695,10 @@ async fn logins_past_the_password_check_limit_are_refused_with_503() {
         assert!(r.headers().get("set-cookie").is_none());
         let page = r.text().await.unwrap();
         assert!(page.contains("Too many logins"), "{page}");
-        assert!(page.contains("id=\"id_password\""), "the form is shown again");
+        assert!(
+            page.contains("id=\"id_password\""),
+            "the form is shown again"
+        );
     }
     // One slot free: a login goes through, and gives its slot back.
     drop(busy);
@@ -704,8 +711,10 @@ async fn logins_past_the_password_check_limit_are_refused_with_503() {
         login("editor", "wrong").await.unwrap().status(),
         StatusCode::BAD_REQUEST
     );
-    support::eventually("the slot is back", std::time::Duration::from_secs(5), || {
-        slots.available_permits() == 1
-    })
+    support::eventually(
+        "the slot is back",
+        std::time::Duration::from_secs(5),
+        || slots.available_permits() == 1,
+    )
     .await;
 }

@@ -253,7 +253,8 @@ async fn idle_channels_are_forgotten_without_anyone_asking_for_stats() {
     )
     .await;
     let names: Vec<String> = (0..16).map(|i| format!("made-up-{i}")).collect();
-    let (status, _, _) = push_support::long_poll(&gw, &format!("/lp/{}", names.join("/")), None).await;
+    let (status, _, _) =
+        push_support::long_poll(&gw, &format!("/lp/{}", names.join("/")), None).await;
     assert_eq!(status, 304);
     // Each name is in the registry now, for two seconds.
     assert_eq!(store.entries(), 16);

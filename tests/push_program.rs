@@ -246,9 +246,14 @@ async fn the_start_up_log_hides_the_redis_password() {
         );
         tokio::time::sleep(Duration::from_millis(25)).await;
     };
-    assert!(!out.contains("hunter2"), "the password is in the log:\n{out}");
     assert!(
-        out.contains(&format!("history in redis at redis://***@127.0.0.1:{redis_port}")),
+        !out.contains("hunter2"),
+        "the password is in the log:\n{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "history in redis at redis://***@127.0.0.1:{redis_port}"
+        )),
         "{out}"
     );
 }

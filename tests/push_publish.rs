@@ -405,5 +405,8 @@ async fn a_page_of_another_origin_cannot_publish_delete_or_read_stats_even_from_
             .unwrap();
         assert_eq!(r.status(), 200, "POST with Origin {origin}");
     }
-    assert_eq!(publish_ok(&gw, "news", "no origin: not a browser").await["id"], 4);
+    assert_eq!(
+        publish_ok(&gw, "news", "no origin: not a browser").await["id"],
+        4
+    );
 }

@@ -297,7 +297,9 @@ async fn purge_forgets_expired_channels_only(b: Backend) {
             channel_ttl: Duration::from_millis(200),
         })
         .await;
-    s.touch(&["a".into(), "b".into(), "c".into()]).await.unwrap();
+    s.touch(&["a".into(), "b".into(), "c".into()])
+        .await
+        .unwrap();
     s.publish("d", draft("kept for a minute")).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(s.purge().await.unwrap(), 3);

@@ -116,7 +116,10 @@ async fn a_bare_carriage_return_in_a_text_cannot_inject_event_fields() {
     );
     publish_ok(&gw, "news", "next").await;
     let ev = sub.next_event().await;
-    assert_eq!((ev.id.as_deref(), ev.data.as_deref()), (Some("2"), Some("next")));
+    assert_eq!(
+        (ev.id.as_deref(), ev.data.as_deref()),
+        (Some("2"), Some("next"))
+    );
 }
 
 #[tokio::test]

@@ -544,8 +544,7 @@ async fn mastodon_hashtag(
                 .into_response();
         }
     }
-    if m
-        .end_at_once
+    if m.end_at_once
         .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
         .is_ok()
     {
@@ -753,8 +752,12 @@ async fn mastodon_backoff_grows_while_streams_end_at_once_and_restarts_after_an_
     });
     eventually("connected", Duration::from_secs(5), || m.feed.open() == 1).await;
     assert_eq!(m.feed.connections(), 4);
-    m.feed
-        .push(&FakeMastodon::update("301", "ann", "<p>#RustLang</p>", false));
+    m.feed.push(&FakeMastodon::update(
+        "301",
+        "ann",
+        "<p>#RustLang</p>",
+        false,
+    ));
     let (p, mut s) = pending.await.unwrap();
     assert_eq!(p.id, "301");
     m.feed.cut();
@@ -775,8 +778,12 @@ async fn mastodon_heartbeats_keep_a_quiet_stream_open() {
     let mut s = source.open(&term("#RustLang")).unwrap();
     assert!(nothing_within(&mut s, 2500).await, "no event, no status");
     assert_eq!(m.feed.connections(), 1, "never reconnected");
-    m.feed
-        .push(&FakeMastodon::update("401", "ann", "<p>#RustLang</p>", false));
+    m.feed.push(&FakeMastodon::update(
+        "401",
+        "ann",
+        "<p>#RustLang</p>",
+        false,
+    ));
     assert_eq!(next_post(&mut s).await.id, "401");
 }
 
@@ -804,7 +811,11 @@ async fn mastodon_an_endless_event_is_cut_off() {
         m.feed.connections() == 2 && m.feed.open() == 1
     })
     .await;
-    m.feed
-        .push(&FakeMastodon::update("501", "ann", "<p>#RustLang</p>", false));
+    m.feed.push(&FakeMastodon::update(
+        "501",
+        "ann",
+        "<p>#RustLang</p>",
+        false,
+    ));
     assert_eq!(next_post(&mut s).await.id, "501");
 }

@@ -529,7 +529,11 @@ pub(crate) fn sse_lines(text: &str) -> impl Iterator<Item = &str> {
         let current = rest?;
         match current.find(['\r', '\n']) {
             Some(i) => {
-                let end = if current[i..].starts_with("\r\n") { i + 2 } else { i + 1 };
+                let end = if current[i..].starts_with("\r\n") {
+                    i + 2
+                } else {
+                    i + 1
+                };
                 rest = Some(&current[end..]);
                 Some(&current[..i])
             }

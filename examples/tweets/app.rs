@@ -128,7 +128,11 @@ pub(crate) fn safe_url(url: &str) -> &str {
     let lower = url.get(..8).unwrap_or(url).to_ascii_lowercase();
     let web = lower.starts_with("https://") || lower.starts_with("http://");
     let path = url.starts_with('/') && !url.starts_with("//");
-    if (web || path) && !url.chars().any(|c| c.is_control() || c.is_whitespace() || c == '\\') {
+    if (web || path)
+        && !url
+            .chars()
+            .any(|c| c.is_control() || c.is_whitespace() || c == '\\')
+    {
         url
     } else {
         ""

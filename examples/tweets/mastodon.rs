@@ -159,10 +159,7 @@ impl EventSize {
                         self.event + self.line
                     };
                     if held > MAX_EVENT_BYTES {
-                        return Err(format!(
-                            "sent an event over {} KiB",
-                            MAX_EVENT_BYTES / 1024
-                        ));
+                        return Err(format!("sent an event over {} KiB", MAX_EVENT_BYTES / 1024));
                     }
                 }
             }
@@ -397,7 +394,10 @@ mod tests {
         }
         assert!(got.is_err_and(|e| e.contains("over 1024 KiB")));
         let mut size = EventSize::default();
-        assert!(size.take(&vec![b':'; MAX_EVENT_BYTES + 1]).is_err(), "an endless comment");
+        assert!(
+            size.take(&vec![b':'; MAX_EVENT_BYTES + 1]).is_err(),
+            "an endless comment"
+        );
         let mut size = EventSize::default();
         // "\r\r" is a line end and a blank line: two events, not one.
         for _ in 0..3 {

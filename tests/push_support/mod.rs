@@ -234,7 +234,11 @@ pub fn sse_lines(block: &str) -> Vec<&str> {
     let mut rest = block;
     while let Some(i) = rest.find(['\r', '\n']) {
         lines.push(&rest[..i]);
-        let end = if rest[i..].starts_with("\r\n") { i + 2 } else { i + 1 };
+        let end = if rest[i..].starts_with("\r\n") {
+            i + 2
+        } else {
+            i + 1
+        };
         rest = &rest[end..];
     }
     lines.push(rest);

@@ -538,7 +538,11 @@ mod tests {
         let (_a, _b) = (Waiting::new(&demand), Waiting::new(&demand));
         assert_eq!(push(), Pushed::Queued);
         assert_eq!(push(), Pushed::Queued);
-        assert_eq!(push(), Pushed::Unwanted, "two receives wait, two are queued");
+        assert_eq!(
+            push(),
+            Pushed::Unwanted,
+            "two receives wait, two are queued"
+        );
         assert_eq!(q.len(), 2);
     }
 }
