@@ -264,10 +264,11 @@ fn write_map(buf: &mut Vec<u8>, m: &Map) -> Result<(), CodecError> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
 
-    fn all_types() -> Message {
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    fn all_types() -> Result<Message, Box<dyn std::error::Error>> {
         let mut inner = Map::default();
         inner.insert("k".into(), Value::String("v".into()));
         let mut m = Map::default();
@@ -280,65 +281,60 @@ mod tests {
         m.insert("t".into(), Value::Bool(true));
         m.insert("l".into(), Value::List(vec![Value::Int(1), "two".into()]));
         m.insert("m".into(), Value::Map(inner));
-        Message::from_map(m).unwrap()
+        Ok(Message::from_map(m)?)
     }
 
     /// `msgpack.packb(...)` of the same dict in Python 3 with msgpack 1.x.
     const PYTHON_PACKED: &str = "89a474797065a3616c6ca169d0d6a175cfffffffffffffffffa166cb3ff8000000000000a162c4020001a16ec0a174c3a16c9201a374776fa16d81a16ba176";
 
     #[test]
-    fn encodes_as_python_msgpack_does() {
+    fn encodes_as_python_msgpack_does() -> TestResult {
         let codec = Codec::pubsub(&[]);
-        let bytes = codec
-            .encode(&Codec::fields(&all_types()).unwrap(), &RouteRef::Unrouted)
-            .unwrap();
+        let bytes = codec.encode(&Codec::fields(&all_types()?)?, &RouteRef::Unrouted)?;
         let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(hex, PYTHON_PACKED);
+        Ok(())
     }
 
     #[test]
-    fn round_trips_with_prefix_and_routes() {
+    fn round_trips_with_prefix_and_routes() -> TestResult {
         let codec = Codec::core(&[], 60);
-        let fields = Codec::fields(&all_types()).unwrap();
-        let one = codec
-            .encode(&fields, &RouteRef::One("specific.a!b"))
-            .unwrap();
-        let again = codec
-            .encode(&fields, &RouteRef::One("specific.a!b"))
-            .unwrap();
+        let fields = Codec::fields(&all_types()?)?;
+        let one = codec.encode(&fields, &RouteRef::One("specific.a!b"))?;
+        let again = codec.encode(&fields, &RouteRef::One("specific.a!b"))?;
         assert_ne!(
             one[..12],
             again[..12],
             "the random prefix keeps members distinct"
         );
         assert_eq!(
-            codec.decode(&one).unwrap(),
-            (all_types(), Route::One("specific.a!b".into()))
+            codec.decode(&one)?,
+            (all_types()?, Route::One("specific.a!b".into()))
         );
-        let many = codec
-            .encode(&fields, &RouteRef::Many(&["specific.a!b", "specific.a!c"]))
-            .unwrap();
+        let many = codec.encode(&fields, &RouteRef::Many(&["specific.a!b", "specific.a!c"]))?;
         assert_eq!(
-            codec.decode(&many).unwrap().1,
+            codec.decode(&many)?.1,
             Route::Many(vec!["specific.a!b".into(), "specific.a!c".into()])
         );
+        Ok(())
     }
 
     #[test]
-    fn encryption_round_trips_and_rotates_keys() {
+    fn encryption_round_trips_and_rotates_keys() -> TestResult {
         let old = Codec::core(&[b"old-key".to_vec()], 60);
         let rotated = Codec::core(&[b"new-key".to_vec(), b"old-key".to_vec()], 60);
-        let fields = Codec::fields(&all_types()).unwrap();
-        let sealed = old.encode(&fields, &RouteRef::Unrouted).unwrap();
+        let fields = Codec::fields(&all_types()?)?;
+        let sealed = old.encode(&fields, &RouteRef::Unrouted)?;
         assert!(
             !sealed.windows(3).any(|w| w == b"all"),
             "the payload must be encrypted"
         );
-        assert_eq!(rotated.decode(&sealed).unwrap().0, all_types());
+        assert_eq!(rotated.decode(&sealed)?.0, all_types()?);
         let plain = Codec::core(&[], 60);
         assert!(plain.decode(&sealed).is_err());
         let other = Codec::core(&[b"other".to_vec()], 60);
         assert!(other.decode(&sealed).is_err());
+        Ok(())
     }
 
     #[test]
