@@ -558,14 +558,27 @@ impl Inner {
 /// The receive loop of one process queue: pops into the local channels while receives wait.
 async fn process_loop(inner: Arc<Inner>, non_local: String, demand: Arc<Demand>) {
     let key = format!("{}{non_local}", inner.cfg.prefix);
-    let backup = format!("{key}$inflight");
     let host = inner.host_for(&non_local);
+    receive_loop(&inner, &key, host, &demand, None).await;
+}
+
+/// Connects to `host` and pops from `key` (with [`pop_forever`]) until shutdown, reconnecting
+/// after every failure. Every way an attempt can fail ends in one place and waits before the
+/// next try: a host that accepts connections but refuses the commands must not be retried in a
+/// hot loop. `named` is the local queue of a named channel; without it, `key` is this process's
+/// queue, and after an outage the process writes its memberships again.
+async fn receive_loop(
+    inner: &Arc<Inner>,
+    key: &str,
+    host: &Host,
+    demand: &Demand,
+    named: Option<&Queue>,
+) {
+    let backup = format!("{key}$inflight");
     let mut shutdown = inner.shutdown.clone();
     let mut retry = Retry::new();
     let mut was_down = false;
     loop {
-        // Every way this attempt can fail ends here, and waits before the next one: a host
-        // that accepts connections but refuses the commands must not be retried in a loop.
         let failure = 'attempt: {
             let conn = tokio::select! {
                 _ = shutdown.changed() => return,
@@ -576,7 +589,7 @@ async fn process_loop(inner: Arc<Inner>, non_local: String, demand: Arc<Demand>)
                 Err(e) => break 'attempt format!("connecting: {e}"),
             };
             let r: redis::RedisResult<()> = RESTORE_INFLIGHT
-                .key(&key)
+                .key(key)
                 .key(&backup)
                 .invoke_async(&mut conn)
                 .await;
@@ -585,15 +598,17 @@ async fn process_loop(inner: Arc<Inner>, non_local: String, demand: Arc<Demand>)
             }
             if was_down {
                 tracing::info!(host = %host.name, key, "receive loop reconnected to redis");
-                inner.reassert_memberships(None).await;
+                if named.is_none() {
+                    inner.reassert_memberships(None).await;
+                }
             }
             match pop_forever(
-                &inner,
-                &key,
+                inner,
+                key,
                 &mut conn,
                 &mut shutdown,
-                &demand,
-                None,
+                demand,
+                named,
                 &mut retry,
             )
             .await
@@ -842,53 +857,15 @@ async fn normal_loop(
     demand: Arc<Demand>,
 ) {
     let key = format!("{}{channel}", inner.cfg.prefix);
-    let backup = format!("{key}$inflight");
-    let host = &inner.hosts[host_index];
     let queue = inner.local.register(&channel, None);
-    let mut shutdown = inner.shutdown.clone();
-    let mut retry = Retry::new();
-    loop {
-        let failure = 'attempt: {
-            let conn = tokio::select! {
-                _ = shutdown.changed() => return,
-                c = conn::blocking_connection(host, &inner.cfg) => c,
-            };
-            let mut conn = match conn {
-                Ok(c) => c,
-                Err(e) => break 'attempt format!("connecting: {e}"),
-            };
-            let r: redis::RedisResult<()> = RESTORE_INFLIGHT
-                .key(&key)
-                .key(&backup)
-                .invoke_async(&mut conn)
-                .await;
-            if let Err(e) = r {
-                break 'attempt format!("restoring the in-flight backup: {e}");
-            }
-            match pop_forever(
-                &inner,
-                &key,
-                &mut conn,
-                &mut shutdown,
-                &demand,
-                Some(&queue),
-                &mut retry,
-            )
-            .await
-            {
-                Ok(()) | Err(PopEnd::Shutdown) => return,
-                Err(PopEnd::Redis(e)) => e,
-            }
-        };
-        let failed = retry.failed(Instant::now());
-        if let Some(failures) = failed.warn {
-            tracing::warn!(%channel, host = %host.name, error = %failure, failures, retry_in = ?failed.wait, "receive on a named channel: redis failed; retrying");
-        }
-        tokio::select! {
-            _ = shutdown.changed() => return,
-            () = tokio::time::sleep(failed.wait) => {}
-        }
-    }
+    receive_loop(
+        &inner,
+        &key,
+        &inner.hosts[host_index],
+        &demand,
+        Some(&queue),
+    )
+    .await;
 }
 
 /// Background upkeep: channels whose messages expired leave their groups; expired messages

@@ -16,12 +16,16 @@
 //!
 //! Run them all for a layer with [`layer_conformance_tests!`](crate::layer_conformance_tests):
 //!
-//! ```ignore
+//! ```no_run
+//! // tests/layer_mine.rs
+//! use switchboard_core::{InMemoryLayer, Layer, LayerConfig};
+//!
 //! async fn make(cfg: LayerConfig) -> (Layer, Layer) {
 //!     let layer = Layer::new(InMemoryLayer::new(cfg));
 //!     (layer.clone(), layer)
 //! }
 //! switchboard_core::layer_conformance_tests!(make);
+//! # fn main() {}
 //! ```
 //!
 //! A case panics (fails the test) with a message saying which rule was broken.
