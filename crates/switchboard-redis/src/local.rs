@@ -525,12 +525,13 @@ mod tests {
     }
 
     #[test]
-    fn a_named_channel_queues_one_message_per_waiting_receive() {
+    fn a_named_channel_queues_one_message_per_waiting_receive()
+    -> Result<(), Box<dyn std::error::Error>> {
         let (local, _leave) = Local::new(LayerConfig::default());
-        let name: ChannelName = "worker.jobs".parse().unwrap();
+        let name: ChannelName = "worker.jobs".parse()?;
         let q = local.register(&name, None);
         let demand = Demand::default();
-        let m = Message::builder("job").build().unwrap();
+        let m = Message::builder("job").build()?;
         let now = Instant::now();
         let deadline = now + Duration::from_secs(60);
         let push = || local.push_wanted(&q, m.clone(), now, deadline, &demand);
@@ -544,5 +545,6 @@ mod tests {
             "two receives wait, two are queued"
         );
         assert_eq!(q.len(), 2);
+        Ok(())
     }
 }
