@@ -289,15 +289,12 @@ impl Tracker {
         items
     }
 
-    /// Stops following a deleted channel; whether no channel is left.
-    pub(crate) fn remove(&mut self, channel: &str) -> bool {
-        self.chans.retain(|t| t.id != channel);
-        self.chans.is_empty()
-    }
-
-    /// Whether the subscriber follows `channel`.
-    pub(crate) fn follows(&self, channel: &str) -> bool {
-        self.chans.iter().any(|t| t.id == channel)
+    /// Stops following a deleted channel: whether no channel is left, or `None` if the
+    /// subscriber did not follow it.
+    pub(crate) fn remove(&mut self, channel: &str) -> Option<bool> {
+        let i = self.chans.iter().position(|t| t.id == channel)?;
+        self.chans.remove(i);
+        Some(self.chans.is_empty())
     }
 }
 
@@ -438,13 +435,12 @@ impl Feed {
                     }
                 }
                 format::DELETE => {
-                    let channel = field(&msg, "channel").to_owned();
-                    if !self.tracker.follows(&channel) {
+                    let channel = field(&msg, "channel");
+                    let Some(last) = self.tracker.remove(channel) else {
                         continue;
-                    }
-                    let last = self.tracker.remove(&channel);
-                    self.slots.release_one(&channel);
-                    let group = group_of(&channel);
+                    };
+                    self.slots.release_one(channel);
+                    let group = group_of(channel);
                     self.sub.groups.retain(|g| g != &group);
                     if let Err(e) = self
                         .gw
@@ -454,7 +450,7 @@ impl Feed {
                     {
                         tracing::debug!(%group, error = %e, "group_discard failed");
                     }
-                    let notice = self.tracker.item(format::deleted(&channel, now_ms()));
+                    let notice = self.tracker.item(format::deleted(channel, now_ms()));
                     return Next::Deleted(notice, last);
                 }
                 other => tracing::debug!(message_type = other, "unexpected layer message ignored"),
@@ -869,16 +865,15 @@ impl Consumer for WsSubscriber {
                 }
             }
             format::DELETE => {
-                let channel = field(&msg, "channel").to_owned();
-                if !tracker.follows(&channel) {
+                let channel = field(&msg, "channel");
+                let Some(last) = tracker.remove(channel) else {
                     return Ok(());
-                }
-                let last = tracker.remove(&channel);
+                };
                 if let Some(slots) = self.slots.as_mut() {
-                    slots.release_one(&channel);
+                    slots.release_one(channel);
                 }
-                cx.group_discard(group_of(&channel)).await?;
-                let notice = format::deleted(&channel, now_ms());
+                cx.group_discard(group_of(channel)).await?;
+                let notice = format::deleted(channel, now_ms());
                 cx.send_text(self.gw.format.render(&notice)).await?;
                 if last {
                     cx.close(CloseCode::NORMAL, "channel deleted").await?;
