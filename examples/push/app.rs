@@ -36,7 +36,7 @@ pub(crate) mod store;
 #[path = "subscribe.rs"]
 pub(crate) mod subscribe;
 
-use channel::{BadRequest, group_of, parse_channels};
+use channel::{BadRequest, ChannelSpec, group_of, parse_channels};
 use format::Format;
 use store::{ChannelInfo, Draft, HistoryStore, MemoryStore, StoreConfig, now_ms};
 
@@ -113,6 +113,21 @@ impl Default for Settings {
 }
 
 impl Settings {
+    /// The channels a request's path names (`a/b.b5/c`), checked against the id and count
+    /// limits. `allow_backtrack` is false for publishing.
+    pub(crate) fn channels(
+        &self,
+        tail: &str,
+        allow_backtrack: bool,
+    ) -> Result<Vec<ChannelSpec>, BadRequest> {
+        parse_channels(
+            tail,
+            self.max_channel_id_length,
+            self.max_channels_per_request,
+            allow_backtrack,
+        )
+    }
+
     /// The history store's part of the settings.
     pub(crate) fn store_config(&self) -> StoreConfig {
         StoreConfig {
@@ -542,15 +557,9 @@ async fn publish(
 
 async fn publish_inner(gw: &Arc<Gateway>, tail: &str, req: Request) -> Result<Response, ApiError> {
     check_publisher(gw, peer_of(&req), req.headers())?;
-    let s = &gw.settings;
-    let channels = parse_channels(
-        tail,
-        s.max_channel_id_length,
-        s.max_channels_per_request,
-        false,
-    )?;
+    let channels = gw.settings.channels(tail, false)?;
     let event_type = event_type(req.headers())?;
-    let text = read_text(req.into_body(), s.max_message_size).await?;
+    let text = read_text(req.into_body(), gw.settings.max_message_size).await?;
     let ids: Vec<String> = channels.into_iter().map(|c| c.id).collect();
     let maybe_new: Vec<bool> = ids.iter().map(|c| gw.subscribers(c) == 0).collect();
     gw.check_channel_limit(&ids, &maybe_new).await?;
@@ -629,13 +638,7 @@ async fn delete_inner(
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
     check_publisher(gw, peer, headers)?;
-    let s = &gw.settings;
-    let channels = parse_channels(
-        tail,
-        s.max_channel_id_length,
-        s.max_channels_per_request,
-        false,
-    )?;
+    let channels = gw.settings.channels(tail, false)?;
     let mut infos = Vec::new();
     for spec in &channels {
         let ch = &spec.id;
@@ -676,13 +679,7 @@ async fn channel_info(
     let (parts, _) = req.into_parts();
     let result = async {
         check_publisher(&gw, peer, &parts.headers)?;
-        let s = &gw.settings;
-        let channels = parse_channels(
-            &tail,
-            s.max_channel_id_length,
-            s.max_channels_per_request,
-            false,
-        )?;
+        let channels = gw.settings.channels(&tail, false)?;
         let mut infos = Vec::new();
         for spec in channels {
             infos.push(one_channel(&gw, &spec.id).await?);

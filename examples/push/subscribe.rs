@@ -31,7 +31,7 @@ use switchboard::{
 };
 use tokio::time::Instant;
 
-use super::channel::{ChannelSpec, format_cursor, group_of, parse_channels, parse_cursor};
+use super::channel::{ChannelSpec, format_cursor, group_of, parse_cursor};
 use super::format::{self, field, message_epoch, message_id};
 use super::store::{HistoryStore, PushMessage, Read, now_ms};
 use super::{ApiError, Gateway, origin_allowed};
@@ -103,13 +103,7 @@ impl Gateway {
                 "this origin may not subscribe (see --allow-origin)",
             ));
         }
-        let s = &self.settings;
-        let channels = parse_channels(
-            tail,
-            s.max_channel_id_length,
-            s.max_channels_per_request,
-            true,
-        )?;
+        let channels = self.settings.channels(tail, true)?;
         let cursor = match cursor_text(headers, query) {
             Some(text) => parse_cursor(&text, &channels)?,
             None => vec![None; channels.len()],
