@@ -189,6 +189,8 @@ pub(crate) struct Gateway {
     pub(crate) store: Arc<dyn HistoryStore>,
     pub(crate) settings: Settings,
     pub(crate) format: Format,
+    /// `--allow-origin`, built once (`None` when no origin is listed).
+    allowed_origins: Option<Origins>,
     /// Subscribers on this gateway, per channel.
     subscribers: Mutex<HashMap<String, usize>>,
     started: Instant,
@@ -347,6 +349,8 @@ impl Gateway {
 pub(crate) fn router(layer: Layer, store: Arc<dyn HistoryStore>, settings: Settings) -> Router {
     let gw = Arc::new(Gateway {
         format: Format::new(settings.message_template.as_deref()),
+        allowed_origins: (!settings.allowed_origins.is_empty())
+            .then(|| Origins::List(settings.allowed_origins.clone())),
         layer: layer.clone(),
         store,
         subscribers: Mutex::new(HashMap::new()),
@@ -382,48 +386,46 @@ pub(crate) fn router(layer: Layer, store: Arc<dyn HistoryStore>, settings: Setti
         )
         .route("/stats", get(stats))
         .with_state(gw.clone());
-    match cors(&gw.settings) {
-        Some(layer) => app.layer(layer),
+    match gw.allowed_origins.clone() {
+        Some(origins) => app.layer(cors(origins)),
         None => app,
     }
 }
 
 /// CORS for `--allow-origin`: subscribers' `Last-Event-ID`/`If-None-Match` and the `Etag` of
 /// long-poll answers must cross origins too.
-fn cors(settings: &Settings) -> Option<tower_http::cors::CorsLayer> {
+fn cors(origins: Origins) -> tower_http::cors::CorsLayer {
     use tower_http::cors::{AllowOrigin, CorsLayer};
-    if settings.allowed_origins.is_empty() {
-        return None;
-    }
-    let origins = Origins::List(settings.allowed_origins.clone());
-    Some(
-        CorsLayer::new()
-            .allow_origin(AllowOrigin::predicate(move |origin, _| {
-                origin.to_str().is_ok_and(|o| origins.allows(o, None))
-            }))
-            .allow_methods([Method::GET, Method::POST, Method::DELETE])
-            .allow_headers([
-                header::AUTHORIZATION,
-                header::CONTENT_TYPE,
-                header::IF_NONE_MATCH,
-                header::IF_MODIFIED_SINCE,
-                header::HeaderName::from_static("last-event-id"),
-                header::HeaderName::from_static("event-type"),
-            ])
-            .expose_headers([header::ETAG])
-            .max_age(Duration::from_secs(3600)),
-    )
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::predicate(move |origin, _| {
+            origin.to_str().is_ok_and(|o| origins.allows(o, None))
+        }))
+        .allow_methods([Method::GET, Method::POST, Method::DELETE])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::IF_NONE_MATCH,
+            header::IF_MODIFIED_SINCE,
+            header::HeaderName::from_static("last-event-id"),
+            header::HeaderName::from_static("event-type"),
+        ])
+        .expose_headers([header::ETAG])
+        .max_age(Duration::from_secs(3600))
 }
 
-/// Whether a browser `Origin` may subscribe: same host, or one of `--allow-origin`.
-pub(crate) fn origin_allowed(settings: &Settings, headers: &HeaderMap) -> bool {
-    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
-        return true; // not a browser
-    };
-    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
-    Origins::SameHost.allows(origin, host)
-        || (!settings.allowed_origins.is_empty()
-            && Origins::List(settings.allowed_origins.clone()).allows(origin, host))
+impl Gateway {
+    /// Whether a browser `Origin` may subscribe: same host, or one of `--allow-origin`.
+    pub(crate) fn origin_allowed(&self, headers: &HeaderMap) -> bool {
+        let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+            return true; // not a browser
+        };
+        let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+        Origins::SameHost.allows(origin, host)
+            || self
+                .allowed_origins
+                .as_ref()
+                .is_some_and(|o| o.allows(origin, host))
+    }
 }
 
 /// Compares without leaking the position of the first difference through timing.
@@ -446,7 +448,7 @@ fn check_publisher(
     headers: &HeaderMap,
 ) -> Result<(), ApiError> {
     if let Some(origin) = headers.get(header::ORIGIN)
-        && (origin.to_str().is_err() || !origin_allowed(&gw.settings, headers))
+        && (origin.to_str().is_err() || !gw.origin_allowed(headers))
     {
         let origin = String::from_utf8_lossy(origin.as_bytes());
         return Err(ApiError::new(

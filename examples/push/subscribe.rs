@@ -34,7 +34,7 @@ use tokio::time::Instant;
 use super::channel::{ChannelSpec, format_cursor, group_of, parse_cursor};
 use super::format::{self, field, message_epoch, message_id};
 use super::store::{HistoryStore, PushMessage, Read, now_ms};
-use super::{ApiError, Gateway, origin_allowed};
+use super::{ApiError, Gateway};
 
 /// Subscriber slots held on this gateway; given back when dropped.
 pub(crate) struct Slots {
@@ -97,7 +97,7 @@ impl Gateway {
         headers: &HeaderMap,
         query: Option<&str>,
     ) -> Result<Admitted, ApiError> {
-        if !origin_allowed(&self.settings, headers) {
+        if !self.origin_allowed(headers) {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "this origin may not subscribe (see --allow-origin)",
