@@ -422,7 +422,9 @@ async fn the_tracker_drops_duplicates_and_fills_gaps_from_the_store() {
         store.publish("c", draft(&format!("m{i}"))).await.unwrap();
     }
     let spec = push_support::app::channel::parse_channels("c", 64, 4, true).unwrap();
-    let (mut tracker, backlog) = Tracker::start(&store, &spec, &[Some(1)]).await.unwrap();
+    let (mut tracker, backlog) = Tracker::start(&store, &spec, &[Some(1)], true)
+        .await
+        .unwrap();
     assert_eq!(item_ids(&backlog), [2, 3, 4, 5]);
     let e = store.read("c", Read::Nothing).await.unwrap().epoch;
     assert!(e > 0);
@@ -462,7 +464,7 @@ async fn the_tracker_drops_duplicates_and_fills_gaps_from_the_store() {
 async fn without_history_the_tracker_passes_everything_on() {
     let store = MemoryStore::new(config(0));
     let spec = push_support::app::channel::parse_channels("c", 64, 4, true).unwrap();
-    let (mut tracker, backlog) = Tracker::start(&store, &spec, &[None]).await.unwrap();
+    let (mut tracker, backlog) = Tracker::start(&store, &spec, &[None], true).await.unwrap();
     assert!(backlog.is_empty());
     assert_eq!(
         item_ids(&tracker.live(&store, message(2, "c", 7)).await),
@@ -482,7 +484,7 @@ async fn a_channel_that_starts_again_is_followed_from_id_1() {
         store.publish("c", draft(&format!("m{i}"))).await.unwrap();
     }
     let spec = push_support::app::channel::parse_channels("c", 64, 4, true).unwrap();
-    let (mut tracker, _) = Tracker::start(&store, &spec, &[None]).await.unwrap();
+    let (mut tracker, _) = Tracker::start(&store, &spec, &[None], true).await.unwrap();
     let old = store.read("c", Read::Nothing).await.unwrap().epoch;
     assert_eq!(tracker.cursor(), "3");
     // The history is lost (a Redis without persistence restarted): ids start again.

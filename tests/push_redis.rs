@@ -10,31 +10,17 @@ mod push_support;
 mod support;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use push_support::app::redis_store::RedisStore;
 use push_support::app::store::HistoryStore;
 use push_support::{Gw, Settings, ids, long_poll, publish, publish_ok, settings, sse, start_on};
+use support::redis::url as redis_url;
 use switchboard::{InMemoryLayer, Layer};
 
-fn redis_url() -> String {
-    std::env::var("SWITCHBOARD_REDIS_URL").unwrap_or_else(|_| {
-        panic!(
-            "SWITCHBOARD_REDIS_URL is not set: run the tests with scripts/test, which starts a \
-             private redis-server, or point it at one (redis://127.0.0.1:6379)"
-        )
-    })
-}
-
+/// A key prefix no other test uses (`…:` so the keys read `{prefix}channels`).
 fn fresh_prefix() -> String {
-    static N: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "test-push-gw-{}-{}-{}:",
-        std::process::id(),
-        push_support::app::store::now_ms(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
+    format!("{}:", support::redis::fresh_prefix())
 }
 
 async fn gateway(url: &str, prefix: &str, settings: Settings) -> (Gw, Arc<RedisStore>) {
@@ -124,36 +110,14 @@ async fn two_gateways_on_one_redis_share_ids_history_and_stats() {
     store.flush().await.unwrap();
 }
 
-/// Starts a private redis-server on a free port; killed on drop.
-fn private_redis(port: u16) -> support::ChildGuard {
-    let bin = std::env::var("SWITCHBOARD_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
-    support::spawn(
-        &bin,
-        &[
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ],
-    )
-}
-
 #[tokio::test]
 async fn while_redis_is_away_publishing_answers_503_and_then_recovers() {
-    let port = support::free_port();
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let url = format!("redis://127.0.0.1:{port}");
-    let redis = private_redis(port);
-    support::wait_for_port(addr, Duration::from_secs(10)).await;
-    let (gw, _) = gateway(&url, "push:", settings()).await;
+    let mut redis = support::redis::OwnRedis::start().await;
+    let (gw, _) = gateway(&redis.url(), "push:", settings()).await;
     publish_ok(&gw, "news", "before").await;
     let mut ev = sse(&gw, "/ev/news", None).await;
 
-    drop(redis);
+    redis.kill();
     tokio::time::sleep(Duration::from_millis(100)).await;
     let (status, err) = publish(&gw, "news", "during").await;
     assert_eq!(status, 503);
@@ -172,8 +136,7 @@ async fn while_redis_is_away_publishing_answers_503_and_then_recovers() {
     assert_eq!(r.status(), 503, "a new subscriber cannot be set up");
 
     // Back again (empty: no persistence): the gateway reconnects by itself.
-    let _redis = private_redis(port);
-    support::wait_for_port(addr, Duration::from_secs(10)).await;
+    redis.restart().await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let answer = loop {
         let (status, answer) = publish(&gw, "news", "after").await;

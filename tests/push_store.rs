@@ -7,32 +7,16 @@ mod push_support;
 mod support;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use push_support::app::channel::{format_cursor, parse_channels, parse_cursor};
 use push_support::app::redis_store::RedisStore;
 use push_support::app::store::{Draft, HistoryStore, MemoryStore, Read, StoreConfig, now_ms};
-
-/// The Redis URL of the test server; a clear failure when it is not set.
-pub fn redis_url() -> String {
-    std::env::var("SWITCHBOARD_REDIS_URL").unwrap_or_else(|_| {
-        panic!(
-            "SWITCHBOARD_REDIS_URL is not set: run the tests with scripts/test, which starts a \
-             private redis-server, or point it at one (redis://127.0.0.1:6379)"
-        )
-    })
-}
+use support::redis::url as redis_url;
 
 /// A key prefix no other test uses.
 fn fresh_prefix() -> String {
-    static N: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "test-push-{}-{}-{}:",
-        std::process::id(),
-        now_ms(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
+    format!("{}:", support::redis::fresh_prefix())
 }
 
 #[derive(Clone)]

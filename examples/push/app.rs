@@ -36,7 +36,7 @@ pub(crate) mod store;
 #[path = "subscribe.rs"]
 pub(crate) mod subscribe;
 
-use channel::{BadRequest, group_of, parse_channels};
+use channel::{BadRequest, ChannelSpec, group_of, parse_channels};
 use format::Format;
 use store::{ChannelInfo, Draft, HistoryStore, MemoryStore, StoreConfig, now_ms};
 
@@ -113,6 +113,21 @@ impl Default for Settings {
 }
 
 impl Settings {
+    /// The channels a request's path names (`a/b.b5/c`), checked against the id and count
+    /// limits. `allow_backtrack` is false for publishing.
+    pub(crate) fn channels(
+        &self,
+        tail: &str,
+        allow_backtrack: bool,
+    ) -> Result<Vec<ChannelSpec>, BadRequest> {
+        parse_channels(
+            tail,
+            self.max_channel_id_length,
+            self.max_channels_per_request,
+            allow_backtrack,
+        )
+    }
+
     /// The history store's part of the settings.
     pub(crate) fn store_config(&self) -> StoreConfig {
         StoreConfig {
@@ -174,6 +189,8 @@ pub(crate) struct Gateway {
     pub(crate) store: Arc<dyn HistoryStore>,
     pub(crate) settings: Settings,
     pub(crate) format: Format,
+    /// `--allow-origin`, built once (`None` when no origin is listed).
+    allowed_origins: Option<Origins>,
     /// Subscribers on this gateway, per channel.
     subscribers: Mutex<HashMap<String, usize>>,
     started: Instant,
@@ -332,6 +349,8 @@ impl Gateway {
 pub(crate) fn router(layer: Layer, store: Arc<dyn HistoryStore>, settings: Settings) -> Router {
     let gw = Arc::new(Gateway {
         format: Format::new(settings.message_template.as_deref()),
+        allowed_origins: (!settings.allowed_origins.is_empty())
+            .then(|| Origins::List(settings.allowed_origins.clone())),
         layer: layer.clone(),
         store,
         subscribers: Mutex::new(HashMap::new()),
@@ -367,48 +386,46 @@ pub(crate) fn router(layer: Layer, store: Arc<dyn HistoryStore>, settings: Setti
         )
         .route("/stats", get(stats))
         .with_state(gw.clone());
-    match cors(&gw.settings) {
-        Some(layer) => app.layer(layer),
+    match gw.allowed_origins.clone() {
+        Some(origins) => app.layer(cors(origins)),
         None => app,
     }
 }
 
 /// CORS for `--allow-origin`: subscribers' `Last-Event-ID`/`If-None-Match` and the `Etag` of
 /// long-poll answers must cross origins too.
-fn cors(settings: &Settings) -> Option<tower_http::cors::CorsLayer> {
+fn cors(origins: Origins) -> tower_http::cors::CorsLayer {
     use tower_http::cors::{AllowOrigin, CorsLayer};
-    if settings.allowed_origins.is_empty() {
-        return None;
-    }
-    let origins = Origins::List(settings.allowed_origins.clone());
-    Some(
-        CorsLayer::new()
-            .allow_origin(AllowOrigin::predicate(move |origin, _| {
-                origin.to_str().is_ok_and(|o| origins.allows(o, None))
-            }))
-            .allow_methods([Method::GET, Method::POST, Method::DELETE])
-            .allow_headers([
-                header::AUTHORIZATION,
-                header::CONTENT_TYPE,
-                header::IF_NONE_MATCH,
-                header::IF_MODIFIED_SINCE,
-                header::HeaderName::from_static("last-event-id"),
-                header::HeaderName::from_static("event-type"),
-            ])
-            .expose_headers([header::ETAG])
-            .max_age(Duration::from_secs(3600)),
-    )
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::predicate(move |origin, _| {
+            origin.to_str().is_ok_and(|o| origins.allows(o, None))
+        }))
+        .allow_methods([Method::GET, Method::POST, Method::DELETE])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::IF_NONE_MATCH,
+            header::IF_MODIFIED_SINCE,
+            header::HeaderName::from_static("last-event-id"),
+            header::HeaderName::from_static("event-type"),
+        ])
+        .expose_headers([header::ETAG])
+        .max_age(Duration::from_secs(3600))
 }
 
-/// Whether a browser `Origin` may subscribe: same host, or one of `--allow-origin`.
-pub(crate) fn origin_allowed(settings: &Settings, headers: &HeaderMap) -> bool {
-    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
-        return true; // not a browser
-    };
-    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
-    Origins::SameHost.allows(origin, host)
-        || (!settings.allowed_origins.is_empty()
-            && Origins::List(settings.allowed_origins.clone()).allows(origin, host))
+impl Gateway {
+    /// Whether a browser `Origin` may subscribe: same host, or one of `--allow-origin`.
+    pub(crate) fn origin_allowed(&self, headers: &HeaderMap) -> bool {
+        let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+            return true; // not a browser
+        };
+        let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+        Origins::SameHost.allows(origin, host)
+            || self
+                .allowed_origins
+                .as_ref()
+                .is_some_and(|o| o.allows(origin, host))
+    }
 }
 
 /// Compares without leaking the position of the first difference through timing.
@@ -431,7 +448,7 @@ fn check_publisher(
     headers: &HeaderMap,
 ) -> Result<(), ApiError> {
     if let Some(origin) = headers.get(header::ORIGIN)
-        && (origin.to_str().is_err() || !origin_allowed(&gw.settings, headers))
+        && (origin.to_str().is_err() || !gw.origin_allowed(headers))
     {
         let origin = String::from_utf8_lossy(origin.as_bytes());
         return Err(ApiError::new(
@@ -542,15 +559,9 @@ async fn publish(
 
 async fn publish_inner(gw: &Arc<Gateway>, tail: &str, req: Request) -> Result<Response, ApiError> {
     check_publisher(gw, peer_of(&req), req.headers())?;
-    let s = &gw.settings;
-    let channels = parse_channels(
-        tail,
-        s.max_channel_id_length,
-        s.max_channels_per_request,
-        false,
-    )?;
+    let channels = gw.settings.channels(tail, false)?;
     let event_type = event_type(req.headers())?;
-    let text = read_text(req.into_body(), s.max_message_size).await?;
+    let text = read_text(req.into_body(), gw.settings.max_message_size).await?;
     let ids: Vec<String> = channels.into_iter().map(|c| c.id).collect();
     let maybe_new: Vec<bool> = ids.iter().map(|c| gw.subscribers(c) == 0).collect();
     gw.check_channel_limit(&ids, &maybe_new).await?;
@@ -629,13 +640,7 @@ async fn delete_inner(
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
     check_publisher(gw, peer, headers)?;
-    let s = &gw.settings;
-    let channels = parse_channels(
-        tail,
-        s.max_channel_id_length,
-        s.max_channels_per_request,
-        false,
-    )?;
+    let channels = gw.settings.channels(tail, false)?;
     let mut infos = Vec::new();
     for spec in &channels {
         let ch = &spec.id;
@@ -676,13 +681,7 @@ async fn channel_info(
     let (parts, _) = req.into_parts();
     let result = async {
         check_publisher(&gw, peer, &parts.headers)?;
-        let s = &gw.settings;
-        let channels = parse_channels(
-            &tail,
-            s.max_channel_id_length,
-            s.max_channels_per_request,
-            false,
-        )?;
+        let channels = gw.settings.channels(&tail, false)?;
         let mut infos = Vec::new();
         for spec in channels {
             infos.push(one_channel(&gw, &spec.id).await?);
@@ -771,20 +770,14 @@ async fn stats(
 
 async fn summary(gw: &Gateway) -> Result<Json, ApiError> {
     let unavailable = |e| ApiError::unavailable("the history store", e);
-    let channels = gw.store.channel_count().await.map_err(unavailable)?;
     let published = gw.store.published_total().await.map_err(unavailable)?;
-    let stored: u64 = gw
-        .store
-        .channels("")
-        .await
-        .map_err(unavailable)?
-        .iter()
-        .map(|c| c.stored_messages)
-        .sum();
+    // Every known channel with its figures: the count is their number.
+    let channels = gw.store.channels("").await.map_err(unavailable)?;
+    let stored: u64 = channels.iter().map(|c| c.stored_messages).sum();
     Ok(json!({
         "hostname": gw.hostname,
         "time": format::rfc3339(now_ms()),
-        "channels": channels,
+        "channels": channels.len(),
         "published_messages": published,
         "stored_messages": stored,
         "subscribers": gw.all_subscribers(),

@@ -172,8 +172,8 @@ pub(crate) trait HistoryStore: Send + Sync + 'static {
     async fn published_total(&self) -> Result<u64>;
 
     /// Forgets every channel whose time is up; how many it forgot. The gateway calls it on each
-    /// keeper tick, so the names anonymous subscribers make up do not pile up between reads of
-    /// `/stats` (which purge too).
+    /// keeper tick, so the names anonymous subscribers make up do not pile up, whether or not
+    /// anyone reads `/stats`.
     async fn purge(&self) -> Result<u64>;
 }
 

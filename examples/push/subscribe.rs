@@ -27,14 +27,14 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use switchboard::{
     Authenticate, ChannelName, CloseCode, Consumer, Context, Error, Frame, Layer, Message, Refusal,
-    Scope, async_trait,
+    Scope, Value, async_trait,
 };
 use tokio::time::Instant;
 
-use super::channel::{ChannelSpec, format_cursor, group_of, parse_channels, parse_cursor};
+use super::channel::{ChannelSpec, format_cursor, group_of, parse_cursor};
 use super::format::{self, field, message_epoch, message_id};
 use super::store::{HistoryStore, PushMessage, Read, now_ms};
-use super::{ApiError, Gateway, origin_allowed};
+use super::{ApiError, Gateway};
 
 /// Subscriber slots held on this gateway; given back when dropped.
 pub(crate) struct Slots {
@@ -97,19 +97,13 @@ impl Gateway {
         headers: &HeaderMap,
         query: Option<&str>,
     ) -> Result<Admitted, ApiError> {
-        if !origin_allowed(&self.settings, headers) {
+        if !self.origin_allowed(headers) {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "this origin may not subscribe (see --allow-origin)",
             ));
         }
-        let s = &self.settings;
-        let channels = parse_channels(
-            tail,
-            s.max_channel_id_length,
-            s.max_channels_per_request,
-            true,
-        )?;
+        let channels = self.settings.channels(tail, true)?;
         let cursor = match cursor_text(headers, query) {
             Some(text) => parse_cursor(&text, &channels)?,
             None => vec![None; channels.len()],
@@ -133,9 +127,8 @@ impl Gateway {
 #[derive(Debug, Clone)]
 pub(crate) struct Item {
     pub(crate) message: Message,
+    /// Empty unless the tracker was started with `item_cursors` (EventSource writes it as `id:`).
     pub(crate) cursor: String,
-    /// The `Event-Type` of a published message (SSE writes it as `event:`).
-    pub(crate) event_type: Option<String>,
 }
 
 #[derive(Debug)]
@@ -152,18 +145,23 @@ struct Tracked {
 pub(crate) struct Tracker {
     chans: Vec<Tracked>,
     history: bool,
+    item_cursors: bool,
 }
 
 impl Tracker {
     /// Reads what the subscriber asked for from the store. Call after joining the groups.
+    /// `item_cursors`: whether each item carries the cursor after it — only EventSource sends
+    /// it, so the other transports skip writing one for every message delivered.
     pub(crate) async fn start(
         store: &dyn HistoryStore,
         channels: &[ChannelSpec],
         cursor: &[Option<u64>],
+        item_cursors: bool,
     ) -> switchboard::Result<(Tracker, Vec<Item>)> {
         let mut tracker = Tracker {
             chans: Vec::with_capacity(channels.len()),
             history: store.config().keep > 0,
+            item_cursors,
         };
         let mut backlog: Vec<(usize, PushMessage)> = Vec::new();
         let mut last_ids = Vec::with_capacity(channels.len());
@@ -204,7 +202,7 @@ impl Tracker {
         for (i, m) in backlog {
             if m.id > tracker.chans[i].pos {
                 tracker.chans[i].pos = m.id;
-                items.push(tracker.item(format::layer_message(&m), m.event_type));
+                items.push(tracker.item(format::layer_message(&m)));
             }
         }
         // Messages the store no longer holds are behind the client now.
@@ -214,12 +212,13 @@ impl Tracker {
         Ok((tracker, items))
     }
 
-    fn item(&self, message: Message, event_type: Option<String>) -> Item {
-        Item {
-            message,
-            cursor: self.cursor(),
-            event_type,
-        }
+    fn item(&self, message: Message) -> Item {
+        let cursor = if self.item_cursors {
+            self.cursor()
+        } else {
+            String::new()
+        };
+        Item { message, cursor }
     }
 
     /// The cursor: how far the client got on each channel.
@@ -237,10 +236,6 @@ impl Tracker {
         let Some(i) = self.chans.iter().position(|t| t.id == channel) else {
             return Vec::new(); // a channel this subscriber has left
         };
-        let event_type = msg
-            .get("event_type")
-            .and_then(|v| v.as_str())
-            .map(str::to_owned);
         let epoch = message_epoch(&msg);
         let t = &mut self.chans[i];
         if epoch != 0 && epoch < t.epoch {
@@ -257,14 +252,14 @@ impl Tracker {
         let pos = t.pos;
         if !self.history {
             self.chans[i].pos = pos.max(id);
-            return vec![self.item(msg, event_type)];
+            return vec![self.item(msg)];
         }
         if id <= pos {
             return Vec::new(); // already delivered (from the store, or a duplicate)
         }
         if pos.checked_add(1) == Some(id) {
             self.chans[i].pos = id;
-            return vec![self.item(msg, event_type)];
+            return vec![self.item(msg)];
         }
         // Ids pos+1 … id-1 are missing: they are in the store (stored before being sent).
         let mut items = Vec::new();
@@ -273,7 +268,7 @@ impl Tracker {
                 for m in history.messages {
                     if m.id > self.chans[i].pos {
                         self.chans[i].pos = m.id;
-                        items.push(self.item(format::layer_message(&m), m.event_type));
+                        items.push(self.item(format::layer_message(&m)));
                     }
                 }
             }
@@ -283,20 +278,17 @@ impl Tracker {
         }
         if self.chans[i].pos < id {
             self.chans[i].pos = id;
-            items.push(self.item(msg, event_type));
+            items.push(self.item(msg));
         }
         items
     }
 
-    /// Stops following a deleted channel; whether no channel is left.
-    pub(crate) fn remove(&mut self, channel: &str) -> bool {
-        self.chans.retain(|t| t.id != channel);
-        self.chans.is_empty()
-    }
-
-    /// Whether the subscriber follows `channel`.
-    pub(crate) fn follows(&self, channel: &str) -> bool {
-        self.chans.iter().any(|t| t.id == channel)
+    /// Stops following a deleted channel: whether no channel is left, or `None` if the
+    /// subscriber did not follow it.
+    pub(crate) fn remove(&mut self, channel: &str) -> Option<bool> {
+        let i = self.chans.iter().position(|t| t.id == channel)?;
+        self.chans.remove(i);
+        Some(self.chans.is_empty())
     }
 }
 
@@ -353,6 +345,7 @@ impl Feed {
     pub(crate) async fn open(
         gw: &Arc<Gateway>,
         admitted: Admitted,
+        item_cursors: bool,
     ) -> Result<(Feed, Vec<Item>), ApiError> {
         let layer = gw.layer.clone();
         let channel = layer
@@ -372,10 +365,14 @@ impl Feed {
                 .map_err(|e| ApiError::unavailable("the channel layer", e))?;
             sub.groups.push(group);
         }
-        let (tracker, items) =
-            Tracker::start(gw.store.as_ref(), &admitted.channels, &admitted.cursor)
-                .await
-                .map_err(|e| ApiError::unavailable("the history store", e))?;
+        let (tracker, items) = Tracker::start(
+            gw.store.as_ref(),
+            &admitted.channels,
+            &admitted.cursor,
+            item_cursors,
+        )
+        .await
+        .map_err(|e| ApiError::unavailable("the history store", e))?;
         Ok((
             Feed {
                 gw: gw.clone(),
@@ -432,13 +429,12 @@ impl Feed {
                     }
                 }
                 format::DELETE => {
-                    let channel = field(&msg, "channel").to_owned();
-                    if !self.tracker.follows(&channel) {
+                    let channel = field(&msg, "channel");
+                    let Some(last) = self.tracker.remove(channel) else {
                         continue;
-                    }
-                    let last = self.tracker.remove(&channel);
-                    self.slots.release_one(&channel);
-                    let group = group_of(&channel);
+                    };
+                    self.slots.release_one(channel);
+                    let group = group_of(channel);
                     self.sub.groups.retain(|g| g != &group);
                     if let Err(e) = self
                         .gw
@@ -448,11 +444,7 @@ impl Feed {
                     {
                         tracing::debug!(%group, error = %e, "group_discard failed");
                     }
-                    let notice = Item {
-                        message: format::deleted(&channel, now_ms()),
-                        cursor: self.tracker.cursor(),
-                        event_type: None,
-                    };
+                    let notice = self.tracker.item(format::deleted(channel, now_ms()));
                     return Next::Deleted(notice, last);
                 }
                 other => tracing::debug!(message_type = other, "unexpected layer message ignored"),
@@ -505,7 +497,7 @@ fn sse_event(gw: &Gateway, item: &Item, out: &mut String) {
     out.push_str("id: ");
     out.push_str(&item.cursor);
     out.push('\n');
-    if let Some(e) = &item.event_type {
+    if let Some(e) = item.message.get("event_type").and_then(Value::as_str) {
         out.push_str("event: ");
         out.push_str(e);
         out.push('\n');
@@ -623,7 +615,7 @@ async fn open_stream(
     kind: Kind,
 ) -> Result<Response, ApiError> {
     let admitted = gw.admit(tail, headers, query).await?;
-    let (feed, backlog) = Feed::open(&gw, admitted).await?;
+    let (feed, backlog) = Feed::open(&gw, admitted, kind == Kind::EventSource).await?;
     let now = Instant::now();
     let ping_every = gw.settings.ping_interval;
     let mut state = Streaming {
@@ -711,7 +703,7 @@ async fn long_poll_inner(
     query: Option<&str>,
 ) -> Result<Response, ApiError> {
     let admitted = gw.admit(tail, headers, query).await?;
-    let (mut feed, mut items) = Feed::open(&gw, admitted).await?;
+    let (mut feed, mut items) = Feed::open(&gw, admitted, false).await?;
     if items.is_empty() {
         let deadline = Instant::now() + gw.settings.longpoll_timeout;
         match feed.next(deadline).await {
@@ -823,8 +815,13 @@ impl Consumer for WsSubscriber {
         for spec in &admitted.channels {
             cx.group_add(group_of(&spec.id)).await?;
         }
-        let (tracker, backlog) =
-            Tracker::start(self.gw.store.as_ref(), &admitted.channels, &admitted.cursor).await?;
+        let (tracker, backlog) = Tracker::start(
+            self.gw.store.as_ref(),
+            &admitted.channels,
+            &admitted.cursor,
+            false,
+        )
+        .await?;
         self.slots = Some(admitted.slots);
         cx.accept().await?;
         for item in &backlog {
@@ -862,16 +859,15 @@ impl Consumer for WsSubscriber {
                 }
             }
             format::DELETE => {
-                let channel = field(&msg, "channel").to_owned();
-                if !tracker.follows(&channel) {
+                let channel = field(&msg, "channel");
+                let Some(last) = tracker.remove(channel) else {
                     return Ok(());
-                }
-                let last = tracker.remove(&channel);
+                };
                 if let Some(slots) = self.slots.as_mut() {
-                    slots.release_one(&channel);
+                    slots.release_one(channel);
                 }
-                cx.group_discard(group_of(&channel)).await?;
-                let notice = format::deleted(&channel, now_ms());
+                cx.group_discard(group_of(channel)).await?;
+                let notice = format::deleted(channel, now_ms());
                 cx.send_text(self.gw.format.render(&notice)).await?;
                 if last {
                     cx.close(CloseCode::NORMAL, "channel deleted").await?;
