@@ -19,11 +19,13 @@ pub fn url() -> String {
 
 /// A key prefix no other test uses.
 pub fn fresh_prefix() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or_default();
-    format!("sbtest{nanos:x}{}", std::process::id())
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("sbtest{nanos:x}{}n{n}", std::process::id())
 }
 
 /// A redis-server of the test's own, on a free loopback port, without persistence.
