@@ -237,6 +237,20 @@ impl Inner {
         r.map_err(|e| self.hosts[h].error(e))
     }
 
+    /// Takes `channel` out of the member index of `group`; returns whether that was the
+    /// group's last local member (the group is then out of the index too).
+    fn unindex(&self, group: &GroupName, channel: &ChannelName) -> bool {
+        let mut now_empty = false;
+        if let Some(mut members) = self.groups.get_mut(group) {
+            members.remove(channel);
+            now_empty = members.is_empty();
+        }
+        if now_empty {
+            self.groups.remove_if(group, |_, m| m.is_empty());
+        }
+        now_empty
+    }
+
     /// Takes `channel` out of `group` here: index, subscription (when it was the last member),
     /// registry.
     async fn remove_member(&self, group: &GroupName, channel: &ChannelName) -> Result<()> {
@@ -244,16 +258,10 @@ impl Inner {
         let h = self.host_index(&gchan);
         {
             let _l = self.subs[h].lock.lock().await;
-            let mut now_empty = false;
-            if let Some(mut members) = self.groups.get_mut(group) {
-                members.remove(channel);
-                now_empty = members.is_empty();
-            }
-            if now_empty {
-                self.groups.remove_if(group, |_, m| m.is_empty());
-                if let Err(e) = self.timed(self.subscription(h, &gchan, false)).await {
-                    tracing::debug!(%group, error = %e, "unsubscribe failed (a reconnect drops it anyway)");
-                }
+            if self.unindex(group, channel)
+                && let Err(e) = self.timed(self.subscription(h, &gchan, false)).await
+            {
+                tracing::debug!(%group, error = %e, "unsubscribe failed (a reconnect drops it anyway)");
             }
         }
         self.timed(conn::remove_member(
@@ -552,14 +560,7 @@ impl ChannelLayer for RedisPubSubLayer {
                 (first, members.key().clone())
             };
             if first && let Err(e) = inner.timed(inner.subscription(h, &gchan, true)).await {
-                let mut now_empty = false;
-                if let Some(mut members) = inner.groups.get_mut(group) {
-                    members.remove(channel);
-                    now_empty = members.is_empty();
-                }
-                if now_empty {
-                    inner.groups.remove_if(group, |_, m| m.is_empty());
-                }
+                inner.unindex(group, channel);
                 return Err(e);
             }
             key
