@@ -185,7 +185,8 @@ pub(crate) struct Local {
     closed: AtomicBool,
     leave: mpsc::UnboundedSender<Leave>,
     /// A clock read on every receive would cost more than the receive itself; receives read
-    /// this one, which pushes and a 10 ms tick keep current (expiry may be that much late).
+    /// this one, which every message's [`deadline`](Local::deadline) and a 10 ms tick keep
+    /// current (expiry may be that much late).
     epoch: Instant,
     coarse_ms: AtomicU64,
 }
@@ -346,8 +347,10 @@ impl Local {
         out
     }
 
-    /// The deadline of a message sent `age` ago.
+    /// The deadline of a message sent `age` ago, arriving at `now`. Called once per message
+    /// before its pushes (however many members it goes to), it also advances the coarse clock.
     pub(crate) fn deadline(&self, now: Instant, age: Duration) -> Instant {
+        self.tick(now);
         now + self.config.expiry.saturating_sub(age)
     }
 
@@ -425,7 +428,6 @@ impl Local {
         deadline: Instant,
         rule: Rule<'_>,
     ) -> Pushed {
-        self.tick(now);
         let via_group = matches!(rule, Rule::Group | Rule::Member(..));
         let mut st = queue.state.lock();
         if let Rule::Member(group, now_unix) = rule {
