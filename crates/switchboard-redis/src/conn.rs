@@ -15,7 +15,7 @@ use tokio::sync::watch;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, Client, RedisError};
-use switchboard_core::{Error, Result};
+use switchboard_core::{ChannelName, Error, Result};
 
 use crate::config::{RedisConfig, redact};
 
@@ -180,6 +180,15 @@ impl Retry {
     }
 }
 
+/// Held by every handle of a layer; stops the layer's background tasks when the last one goes.
+pub(crate) struct Guard(pub(crate) watch::Sender<bool>);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.send(true);
+    }
+}
+
 /// Runs a background loop, and runs it again if it panics (a bug: logged at `error`, then
 /// retried after `pause`), so one bad message cannot stop the process receiving. Returns when
 /// `run`'s future does, or on `shutdown`.
@@ -221,6 +230,61 @@ pub(crate) fn age(score: f64, now: f64) -> Duration {
         return Duration::MAX;
     }
     Duration::try_from_secs_f64(secs.max(0.0)).unwrap_or(Duration::MAX)
+}
+
+/// Adds `channel` (joined at `joined`, Unix seconds) to the sorted set of members `key` (a
+/// core-layer group, or the pub/sub layer's group registry) and sets the key's TTL.
+pub(crate) async fn add_member(
+    host: &Host,
+    key: &str,
+    channel: &str,
+    joined: f64,
+    ttl: u64,
+) -> Result<()> {
+    redis::pipe()
+        .cmd("ZADD")
+        .arg(key)
+        .arg(joined)
+        .arg(channel)
+        .ignore()
+        .cmd("EXPIRE")
+        .arg(key)
+        .arg(ttl)
+        .ignore()
+        .query_async::<()>(&mut host.conn())
+        .await
+        .map_err(|e| host.error(e))
+}
+
+/// Takes `channel` out of the sorted set of members `key`.
+pub(crate) async fn remove_member(host: &Host, key: &str, channel: &str) -> Result<()> {
+    redis::cmd("ZREM")
+        .arg(key)
+        .arg(channel)
+        .query_async::<()>(&mut host.conn())
+        .await
+        .map_err(|e| host.error(e))
+}
+
+/// The members of the sorted set `key` that joined after `cutoff` (Unix seconds); names that
+/// are not valid channel names are logged and skipped.
+pub(crate) async fn members_since(host: &Host, key: &str, cutoff: f64) -> Result<Vec<ChannelName>> {
+    let members: Vec<Vec<u8>> = redis::cmd("ZRANGEBYSCORE")
+        .arg(key)
+        .arg(format!("({cutoff}"))
+        .arg("+inf")
+        .query_async(&mut host.conn())
+        .await
+        .map_err(|e| host.error(e))?;
+    Ok(members
+        .into_iter()
+        .filter_map(|m| {
+            let name = String::from_utf8(m).ok()?;
+            ChannelName::new(&name)
+                .inspect_err(|e| tracing::warn!(key, error = %e, "invalid member name in group"))
+                .ok()
+        })
+        .collect())
 }
 
 /// Glob-escapes `s` for `SCAN … MATCH` and `PSUBSCRIBE`.

@@ -47,7 +47,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
@@ -64,7 +64,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::codec::{Codec, Route, RouteRef};
 use crate::config::RedisConfig;
-use crate::conn::{self, Host, Retry, supervised, timed, unix_now};
+use crate::conn::{self, Guard, Host, Retry, supervised, timed, unix_now};
 use crate::hash::consistent_hash;
 use crate::local::{Demand, Leave, Local, Pushed, Queue, Running, Waiting};
 
@@ -152,21 +152,10 @@ pub struct RedisLayer {
     guard: Arc<Guard>,
 }
 
-/// Stops the background tasks when the last handle goes.
-struct Guard(watch::Sender<bool>);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.send(true);
-    }
-}
-
 struct Inner {
     cfg: RedisConfig,
     hosts: Vec<Host>,
     codec: Codec,
-    /// This process's client prefix (32 hex digits), in every channel name it makes.
-    client_id: String,
     local: Local,
     clock: ScoreClock,
     /// Process queues (by non-local name) whose receive loop was started, and how many
@@ -175,7 +164,6 @@ struct Inner {
     /// Receivers on channels that are not process-local (`worker.jobs`), and their loops.
     normal: DashMap<ChannelName, Arc<Demand>>,
     shutdown: watch::Receiver<bool>,
-    closed: AtomicBool,
 }
 
 /// Strictly increasing send times (Unix seconds) for this process, so one sender's messages
@@ -205,7 +193,7 @@ impl std::fmt::Debug for RedisLayer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisLayer")
             .field("config", &self.inner.cfg)
-            .field("client_id", &self.inner.client_id)
+            .field("client_id", &self.inner.local.client_id())
             .field("local_channels", &self.inner.local.len())
             .finish()
     }
@@ -226,13 +214,11 @@ impl RedisLayer {
             cfg,
             hosts,
             codec,
-            client_id: uuid::Uuid::new_v4().simple().to_string(),
             local,
             clock: ScoreClock(AtomicU64::new(0)),
             loops: Mutex::new(Default::default()),
             normal: DashMap::new(),
             shutdown: rx,
-            closed: AtomicBool::new(false),
         });
         tokio::spawn(janitor(inner.clone(), leave_rx));
         Ok(RedisLayer {
@@ -248,19 +234,11 @@ impl RedisLayer {
 
     /// This process's client prefix: the 32 hex digits in every channel name it hands out.
     pub fn client_id(&self) -> &str {
-        &self.inner.client_id
+        self.inner.local.client_id()
     }
 }
 
 impl Inner {
-    fn check_open(&self) -> Result<()> {
-        if self.closed.load(Ordering::Relaxed) {
-            Err(Error::LayerClosed)
-        } else {
-            Ok(())
-        }
-    }
-
     fn host_for(&self, name: &str) -> &Host {
         &self.hosts[consistent_hash(name, self.hosts.len())]
     }
@@ -273,10 +251,10 @@ impl Inner {
         format!("{}:group:{group}", self.cfg.prefix)
     }
 
-    /// Whether `name` is a process-local channel of this process.
-    fn is_own(&self, name: &str) -> bool {
-        name.find('!')
-            .is_some_and(|i| name[..i].ends_with(self.client_id.as_str()))
+    /// Takes `channel` out of `group` in Redis.
+    async fn leave_group(&self, group: &GroupName, channel: &ChannelName) -> Result<()> {
+        let host = self.host_for(group.as_str());
+        conn::remove_member(host, &self.group_key(group.as_str()), channel.as_str()).await
     }
 
     fn expiry_secs(&self) -> f64 {
@@ -407,7 +385,11 @@ impl Inner {
         }
         // A process queue's message names channels of this process; a name that is not one
         // (a named channel this process also receives on) must not be fed from here.
-        let own = |channel: &str| self.is_own(channel).then(|| self.local.get(channel))?;
+        let own = |channel: &str| {
+            self.local
+                .is_own(channel)
+                .then(|| self.local.get(channel))?
+        };
         match route {
             Route::One(channel) => match own(&channel) {
                 Some(q) => {
@@ -482,14 +464,7 @@ impl Inner {
 
     async fn leave_groups(&self, leave: Leave) {
         for m in leave.groups {
-            let host = self.host_for(m.group.as_str());
-            let mut c = host.conn();
-            let r: redis::RedisResult<()> = redis::cmd("ZREM")
-                .arg(self.group_key(m.group.as_str()))
-                .arg(leave.channel.as_str())
-                .query_async(&mut c)
-                .await;
-            if let Err(e) = r {
+            if let Err(e) = self.leave_group(&m.group, &leave.channel).await {
                 tracing::warn!(channel = %leave.channel, group = %m.group, error = %e, "could not take an expired channel out of its group");
             }
         }
@@ -917,19 +892,6 @@ async fn janitor(inner: Arc<Inner>, mut leave_rx: mpsc::UnboundedReceiver<Leave>
     }
 }
 
-fn members_of(value: RValue) -> Vec<Vec<u8>> {
-    match value {
-        RValue::Array(items) => items
-            .into_iter()
-            .filter_map(|v| match v {
-                RValue::BulkString(b) => Some(b),
-                _ => None,
-            })
-            .collect(),
-        _ => Vec::new(),
-    }
-}
-
 fn indexes(value: Option<&RValue>) -> Vec<usize> {
     match value {
         Some(RValue::Array(items)) => items
@@ -950,12 +912,8 @@ impl ChannelLayer for RedisLayer {
     }
 
     async fn new_channel(&self, prefix: &str) -> Result<ChannelName> {
-        self.inner.check_open()?;
-        let name = ChannelName::new(format!(
-            "{prefix}{}!{}",
-            self.inner.client_id,
-            uuid::Uuid::new_v4().simple()
-        ))?;
+        self.inner.local.check_open()?;
+        let name = self.inner.local.new_name(prefix)?;
         let demand = self.inner.ensure_loop(name.non_local_part());
         self.inner.local.register(&name, Some(&demand));
         Ok(name)
@@ -963,29 +921,17 @@ impl ChannelLayer for RedisLayer {
 
     async fn send(&self, channel: &ChannelName, message: Message) -> Result<()> {
         let inner = &self.inner;
-        inner.check_open()?;
-        if inner.is_own(channel.as_str()) {
-            let Some(queue) = inner.local.get(channel.as_str()) else {
-                tracing::debug!(%channel, "send to a channel this process discarded; dropped");
-                return Ok(());
-            };
-            let now = Instant::now();
-            let deadline = inner.local.deadline(now, Duration::ZERO);
-            return match inner.local.push(&queue, message, now, deadline, false) {
-                Pushed::Full => Err(Error::ChannelFull {
-                    channel: channel.to_string(),
-                    capacity: queue.capacity(),
-                }),
-                Pushed::Queued | Pushed::Left | Pushed::NotMember | Pushed::Unwanted => Ok(()),
-            };
+        inner.local.check_open()?;
+        if inner.local.is_own(channel.as_str()) {
+            return inner.local.send_own(channel, message);
         }
         inner.timed(inner.send_remote(channel, message)).await
     }
 
     async fn receive(&self, channel: &ChannelName) -> Result<Message> {
         let inner = &self.inner;
-        inner.check_open()?;
-        if inner.is_own(channel.as_str()) {
+        inner.local.check_open()?;
+        if inner.local.is_own(channel.as_str()) {
             let queue = match inner.local.get(channel.as_str()) {
                 Some(q) if q.demand.as_ref().is_some_and(|d| d.is_running()) => q,
                 _ => {
@@ -1005,29 +951,19 @@ impl ChannelLayer for RedisLayer {
 
     async fn group_add(&self, group: &GroupName, channel: &ChannelName) -> Result<()> {
         let inner = &self.inner;
-        inner.check_open()?;
+        inner.local.check_open()?;
         let joined = unix_now();
-        let key = inner.group_key(group.as_str());
-        let host = inner.host_for(group.as_str());
-        let mut c = host.conn();
+        let ttl = RedisConfig::ttl_secs(inner.cfg.layer.group_expiry);
         inner
-            .timed(async {
-                redis::pipe()
-                    .cmd("ZADD")
-                    .arg(&key)
-                    .arg(joined)
-                    .arg(channel.as_str())
-                    .ignore()
-                    .cmd("EXPIRE")
-                    .arg(&key)
-                    .arg(RedisConfig::ttl_secs(inner.cfg.layer.group_expiry))
-                    .ignore()
-                    .query_async::<()>(&mut c)
-                    .await
-                    .map_err(|e| host.error(e))
-            })
+            .timed(conn::add_member(
+                inner.host_for(group.as_str()),
+                &inner.group_key(group.as_str()),
+                channel.as_str(),
+                joined,
+                ttl,
+            ))
             .await?;
-        if inner.is_own(channel.as_str())
+        if inner.local.is_own(channel.as_str())
             && let Some(q) = inner.local.get(channel.as_str())
         {
             inner.local.track(&q, group, joined);
@@ -1037,19 +973,8 @@ impl ChannelLayer for RedisLayer {
 
     async fn group_discard(&self, group: &GroupName, channel: &ChannelName) -> Result<()> {
         let inner = &self.inner;
-        inner.check_open()?;
-        let host = inner.host_for(group.as_str());
-        let mut c = host.conn();
-        inner
-            .timed(async {
-                redis::cmd("ZREM")
-                    .arg(inner.group_key(group.as_str()))
-                    .arg(channel.as_str())
-                    .query_async::<()>(&mut c)
-                    .await
-                    .map_err(|e| host.error(e))
-            })
-            .await?;
+        inner.local.check_open()?;
+        inner.timed(inner.leave_group(group, channel)).await?;
         if let Some(q) = inner.local.get(channel.as_str()) {
             inner.local.untrack(&q, group);
         }
@@ -1058,61 +983,32 @@ impl ChannelLayer for RedisLayer {
 
     async fn group_send(&self, group: &GroupName, message: Message) -> Result<()> {
         let inner = &self.inner;
-        inner.check_open()?;
+        inner.local.check_open()?;
         inner.timed(group_send(inner, group, message)).await
     }
 
     async fn group_channels(&self, group: &GroupName) -> Result<Vec<ChannelName>> {
         let inner = &self.inner;
-        inner.check_open()?;
-        let host = inner.host_for(group.as_str());
-        let mut c = host.conn();
+        inner.local.check_open()?;
         let cutoff = unix_now() - inner.cfg.layer.group_expiry.as_secs_f64();
-        let members = inner
-            .timed(async {
-                redis::cmd("ZRANGEBYSCORE")
-                    .arg(inner.group_key(group.as_str()))
-                    .arg(format!("({cutoff}"))
-                    .arg("+inf")
-                    .query_async::<RValue>(&mut c)
-                    .await
-                    .map_err(|e| host.error(e))
-            })
-            .await?;
-        Ok(members_of(members)
-            .into_iter()
-            .filter_map(|m| {
-                let name = String::from_utf8(m).ok()?;
-                ChannelName::new(&name)
-                    .inspect_err(
-                        |e| tracing::warn!(%group, error = %e, "invalid member name in group"),
-                    )
-                    .ok()
-            })
-            .collect())
+        inner
+            .timed(conn::members_since(
+                inner.host_for(group.as_str()),
+                &inner.group_key(group.as_str()),
+                cutoff,
+            ))
+            .await
     }
 
     async fn discard_channel(&self, channel: &ChannelName) -> Result<()> {
         let inner = &self.inner;
-        if !inner.is_own(channel.as_str()) {
+        if !inner.local.is_own(channel.as_str()) {
             return Ok(());
         }
         let groups = inner.local.remove(channel);
         let mut first_error = None;
         for m in groups {
-            let host = inner.host_for(m.group.as_str());
-            let mut c = host.conn();
-            let r = inner
-                .timed(async {
-                    redis::cmd("ZREM")
-                        .arg(inner.group_key(m.group.as_str()))
-                        .arg(channel.as_str())
-                        .query_async::<()>(&mut c)
-                        .await
-                        .map_err(|e| host.error(e))
-                })
-                .await;
-            if let Err(e) = r {
+            if let Err(e) = inner.timed(inner.leave_group(&m.group, channel)).await {
                 first_error.get_or_insert(e);
             }
         }
@@ -1121,7 +1017,7 @@ impl ChannelLayer for RedisLayer {
 
     async fn flush(&self) -> Result<()> {
         let inner = &self.inner;
-        inner.check_open()?;
+        inner.local.check_open()?;
         let pattern = format!("{}*", conn::glob_escape(&inner.cfg.prefix));
         for host in &inner.hosts {
             inner.timed(conn::delete_matching(host, &pattern)).await?;
@@ -1131,20 +1027,14 @@ impl ChannelLayer for RedisLayer {
     }
 
     async fn close(&self) -> Result<()> {
-        self.inner.closed.store(true, Ordering::Relaxed);
         self.inner.local.close();
         let _ = self.guard.0.send(true);
         Ok(())
     }
 
     fn stats(&self) -> LayerStats {
-        let c = &self.inner.local.counters;
-        let mut s = LayerStats::default();
-        s.group_full_drops = c.group_full_drops.load(Ordering::Relaxed);
-        s.expired_messages = c.expired.load(Ordering::Relaxed);
-        s.channels = self.inner.local.len() as u64;
-        s.groups = self.inner.local.group_count() as u64;
-        s
+        let local = &self.inner.local;
+        local.stats(local.group_count())
     }
 }
 
@@ -1154,7 +1044,7 @@ async fn group_send(inner: &Inner, group: &GroupName, message: Message) -> Resul
     let score = inner.clock.next();
     let group_cutoff = score - inner.cfg.layer.group_expiry.as_secs_f64();
     let mut c = ghost.conn();
-    let (members,): (RValue,) = redis::pipe()
+    let (members,): (Vec<Vec<u8>>,) = redis::pipe()
         .cmd("ZREMRANGEBYSCORE")
         .arg(&gkey)
         .arg("-inf")
@@ -1167,7 +1057,6 @@ async fn group_send(inner: &Inner, group: &GroupName, message: Message) -> Resul
         .query_async(&mut c)
         .await
         .map_err(|e| ghost.error(e))?;
-    let members = members_of(members);
     if members.is_empty() {
         return Ok(());
     }
@@ -1186,7 +1075,7 @@ async fn group_send(inner: &Inner, group: &GroupName, message: Message) -> Resul
         // Only this process's own channels skip Redis. A named channel (`worker.jobs`) this
         // process received on is also in `local`, but other processes read it too: its
         // message goes to its Redis queue.
-        if inner.is_own(name) {
+        if inner.local.is_own(name) {
             match inner.local.get(name) {
                 Some(q) => {
                     inner.local.push(&q, message.clone(), now, deadline, true);

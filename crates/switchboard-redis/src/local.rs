@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use parking_lot::Mutex;
-use switchboard_core::{ChannelName, Error, GroupName, LayerConfig, Message, Result};
+use switchboard_core::{ChannelName, Error, GroupName, LayerConfig, LayerStats, Message, Result};
 use tokio::sync::{Notify, mpsc};
 
 /// A fast hasher for the maps looked up on every delivery (names are long; SipHash shows).
@@ -178,12 +178,15 @@ impl Queue {
 /// The local channels of one layer instance.
 pub(crate) struct Local {
     config: LayerConfig,
+    /// This process's client prefix (32 hex digits), in every channel name it makes.
+    client_id: String,
     channels: DashMap<ChannelName, Arc<Queue>, Hasher>,
     pub(crate) counters: Counters,
     closed: AtomicBool,
     leave: mpsc::UnboundedSender<Leave>,
     /// A clock read on every receive would cost more than the receive itself; receives read
-    /// this one, which pushes and a 10 ms tick keep current (expiry may be that much late).
+    /// this one, which every message's [`deadline`](Local::deadline) and a 10 ms tick keep
+    /// current (expiry may be that much late).
     epoch: Instant,
     coarse_ms: AtomicU64,
 }
@@ -194,6 +197,7 @@ impl Local {
         (
             Local {
                 config,
+                client_id: uuid::Uuid::new_v4().simple().to_string(),
                 channels: DashMap::with_hasher(Hasher::default()),
                 counters: Counters::default(),
                 closed: AtomicBool::new(false),
@@ -215,6 +219,59 @@ impl Local {
 
     fn coarse_now(&self) -> Instant {
         self.epoch + Duration::from_millis(self.coarse_ms.load(Ordering::Relaxed))
+    }
+
+    /// This process's client prefix: the 32 hex digits in every channel name it hands out.
+    pub(crate) fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
+    /// Whether `name` is a process-local channel of this process.
+    pub(crate) fn is_own(&self, name: &str) -> bool {
+        name.find('!')
+            .is_some_and(|i| name[..i].ends_with(self.client_id.as_str()))
+    }
+
+    /// A fresh process-local channel name of this process: `<prefix><client>!<random>`.
+    pub(crate) fn new_name(&self, prefix: &str) -> Result<ChannelName> {
+        Ok(ChannelName::new(format!(
+            "{prefix}{}!{}",
+            self.client_id,
+            uuid::Uuid::new_v4().simple()
+        ))?)
+    }
+
+    /// `send` to one of this process's channels: straight into its queue (a channel this
+    /// process discarded takes nothing, silently, as Channels does).
+    pub(crate) fn send_own(&self, channel: &ChannelName, message: Message) -> Result<()> {
+        let Some(queue) = self.get(channel.as_str()) else {
+            tracing::debug!(%channel, "send to a channel this process discarded; dropped");
+            return Ok(());
+        };
+        let now = Instant::now();
+        match self.push(
+            &queue,
+            message,
+            now,
+            self.deadline(now, Duration::ZERO),
+            false,
+        ) {
+            Pushed::Full => Err(Error::ChannelFull {
+                channel: channel.to_string(),
+                capacity: queue.capacity(),
+            }),
+            Pushed::Queued | Pushed::Left | Pushed::NotMember | Pushed::Unwanted => Ok(()),
+        }
+    }
+
+    /// The layer's stats, with `groups` as the layer counts them.
+    pub(crate) fn stats(&self, groups: usize) -> LayerStats {
+        let mut s = LayerStats::default();
+        s.group_full_drops = self.counters.group_full_drops.load(Ordering::Relaxed);
+        s.expired_messages = self.counters.expired.load(Ordering::Relaxed);
+        s.channels = self.len() as u64;
+        s.groups = groups as u64;
+        s
     }
 
     pub(crate) fn check_open(&self) -> Result<()> {
@@ -290,8 +347,10 @@ impl Local {
         out
     }
 
-    /// The deadline of a message sent `age` ago.
+    /// The deadline of a message sent `age` ago, arriving at `now`. Called once per message
+    /// before its pushes (however many members it goes to), it also advances the coarse clock.
     pub(crate) fn deadline(&self, now: Instant, age: Duration) -> Instant {
+        self.tick(now);
         now + self.config.expiry.saturating_sub(age)
     }
 
@@ -369,7 +428,6 @@ impl Local {
         deadline: Instant,
         rule: Rule<'_>,
     ) -> Pushed {
-        self.tick(now);
         let via_group = matches!(rule, Rule::Group | Rule::Member(..));
         let mut st = queue.state.lock();
         if let Rule::Member(group, now_unix) = rule {

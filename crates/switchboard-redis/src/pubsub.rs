@@ -32,7 +32,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -49,7 +49,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::codec::{Codec, RouteRef};
 use crate::config::RedisConfig;
-use crate::conn::{self, Backoff, Host, timed, unix_now};
+use crate::conn::{self, Backoff, Guard, Host, timed, unix_now};
 use crate::hash::consistent_hash;
 use crate::local::{Hasher, Leave, Local, Pushed, Queue};
 
@@ -70,14 +70,6 @@ use crate::local::{Hasher, Leave, Local, Pushed, Queue};
 pub struct RedisPubSubLayer {
     inner: Arc<Inner>,
     guard: Arc<Guard>,
-}
-
-struct Guard(watch::Sender<bool>);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.send(true);
-    }
 }
 
 /// One host's subscription connection.
@@ -101,21 +93,19 @@ struct Inner {
     hosts: Vec<Host>,
     subs: Vec<Sub>,
     codec: Codec,
-    client_id: String,
     local: Local,
     /// Local members of each group (an index; each queue's tracked memberships are the truth).
     groups: DashMap<GroupName, HashMap<ChannelName, Member, Hasher>, Hasher>,
     /// `PREFIX__group__`: the start of every group's Redis channel.
     group_prefix: String,
     shutdown: watch::Receiver<bool>,
-    closed: AtomicBool,
 }
 
 impl std::fmt::Debug for RedisPubSubLayer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisPubSubLayer")
             .field("config", &self.inner.cfg)
-            .field("client_id", &self.inner.client_id)
+            .field("client_id", &self.inner.local.client_id())
             .field("local_channels", &self.inner.local.len())
             .finish()
     }
@@ -143,12 +133,10 @@ impl RedisPubSubLayer {
             hosts,
             subs,
             codec,
-            client_id: uuid::Uuid::new_v4().simple().to_string(),
             local,
             groups: DashMap::with_hasher(Hasher::default()),
             group_prefix,
             shutdown: rx,
-            closed: AtomicBool::new(false),
         });
         let mut ready = Vec::new();
         for h in 0..inner.hosts.len() {
@@ -178,19 +166,11 @@ impl RedisPubSubLayer {
 
     /// This process's client prefix: the 32 hex digits in every channel name it hands out.
     pub fn client_id(&self) -> &str {
-        &self.inner.client_id
+        self.inner.local.client_id()
     }
 }
 
 impl Inner {
-    fn check_open(&self) -> Result<()> {
-        if self.closed.load(Ordering::Relaxed) {
-            Err(Error::LayerClosed)
-        } else {
-            Ok(())
-        }
-    }
-
     fn host_index(&self, name: &str) -> usize {
         consistent_hash(name, self.hosts.len())
     }
@@ -204,7 +184,7 @@ impl Inner {
     }
 
     fn pattern(&self) -> String {
-        format!("*{}!*", self.client_id)
+        format!("*{}!*", self.local.client_id())
     }
 
     /// Whether messages for `queue` arrive without a subscription of its own: one of this
@@ -215,11 +195,6 @@ impl Inner {
                 .channels
                 .lock()
                 .contains(queue.name.as_str())
-    }
-
-    fn is_own(&self, name: &str) -> bool {
-        name.find('!')
-            .is_some_and(|i| name[..i].ends_with(self.client_id.as_str()))
     }
 
     async fn timed<T>(&self, fut: impl Future<Output = Result<T>>) -> Result<T> {
@@ -262,6 +237,20 @@ impl Inner {
         r.map_err(|e| self.hosts[h].error(e))
     }
 
+    /// Takes `channel` out of the member index of `group`; returns whether that was the
+    /// group's last local member (the group is then out of the index too).
+    fn unindex(&self, group: &GroupName, channel: &ChannelName) -> bool {
+        let mut now_empty = false;
+        if let Some(mut members) = self.groups.get_mut(group) {
+            members.remove(channel);
+            now_empty = members.is_empty();
+        }
+        if now_empty {
+            self.groups.remove_if(group, |_, m| m.is_empty());
+        }
+        now_empty
+    }
+
     /// Takes `channel` out of `group` here: index, subscription (when it was the last member),
     /// registry.
     async fn remove_member(&self, group: &GroupName, channel: &ChannelName) -> Result<()> {
@@ -269,28 +258,17 @@ impl Inner {
         let h = self.host_index(&gchan);
         {
             let _l = self.subs[h].lock.lock().await;
-            let mut now_empty = false;
-            if let Some(mut members) = self.groups.get_mut(group) {
-                members.remove(channel);
-                now_empty = members.is_empty();
-            }
-            if now_empty {
-                self.groups.remove_if(group, |_, m| m.is_empty());
-                if let Err(e) = self.timed(self.subscription(h, &gchan, false)).await {
-                    tracing::debug!(%group, error = %e, "unsubscribe failed (a reconnect drops it anyway)");
-                }
+            if self.unindex(group, channel)
+                && let Err(e) = self.timed(self.subscription(h, &gchan, false)).await
+            {
+                tracing::debug!(%group, error = %e, "unsubscribe failed (a reconnect drops it anyway)");
             }
         }
-        let host = &self.hosts[h];
-        let mut c = host.conn();
-        self.timed(async {
-            redis::cmd("ZREM")
-                .arg(self.registry_key(group.as_str()))
-                .arg(channel.as_str())
-                .query_async::<()>(&mut c)
-                .await
-                .map_err(|e| host.error(e))
-        })
+        self.timed(conn::remove_member(
+            &self.hosts[h],
+            &self.registry_key(group.as_str()),
+            channel.as_str(),
+        ))
         .await
     }
 
@@ -493,21 +471,6 @@ async fn janitor(inner: Arc<Inner>, mut leave_rx: mpsc::UnboundedReceiver<Leave>
     }
 }
 
-fn members_of(value: RValue) -> Vec<ChannelName> {
-    match value {
-        RValue::Array(items) => items
-            .into_iter()
-            .filter_map(|v| match v {
-                RValue::BulkString(b) => String::from_utf8(b)
-                    .ok()
-                    .and_then(|s| ChannelName::new(s).ok()),
-                _ => None,
-            })
-            .collect(),
-        _ => Vec::new(),
-    }
-}
-
 #[async_trait]
 impl ChannelLayer for RedisPubSubLayer {
     fn config(&self) -> &LayerConfig {
@@ -515,45 +478,30 @@ impl ChannelLayer for RedisPubSubLayer {
     }
 
     async fn new_channel(&self, prefix: &str) -> Result<ChannelName> {
-        self.inner.check_open()?;
-        let name = ChannelName::new(format!(
-            "{prefix}{}!{}",
-            self.inner.client_id,
-            uuid::Uuid::new_v4().simple()
-        ))?;
+        self.inner.local.check_open()?;
+        let name = self.inner.local.new_name(prefix)?;
         self.inner.local.register(&name, None);
         Ok(name)
     }
 
     async fn send(&self, channel: &ChannelName, message: Message) -> Result<()> {
         let inner = &self.inner;
-        inner.check_open()?;
-        if inner.is_own(channel.as_str()) {
-            let Some(queue) = inner.local.get(channel.as_str()) else {
-                return Ok(());
-            };
-            let now = Instant::now();
-            let deadline = inner.local.deadline(now, Duration::ZERO);
-            return match inner.local.push(&queue, message, now, deadline, false) {
-                Pushed::Full => Err(Error::ChannelFull {
-                    channel: channel.to_string(),
-                    capacity: queue.capacity(),
-                }),
-                _ => Ok(()),
-            };
+        inner.local.check_open()?;
+        if inner.local.is_own(channel.as_str()) {
+            return inner.local.send_own(channel, message);
         }
         inner.publish(channel.as_str(), &message).await
     }
 
     async fn receive(&self, channel: &ChannelName) -> Result<Message> {
         let inner = &self.inner;
-        inner.check_open()?;
+        inner.local.check_open()?;
         if let Some(queue) = inner.local.get(channel.as_str())
             && inner.subscribed_for(&queue)
         {
             return inner.local.receive(&queue).await;
         }
-        if inner.is_own(channel.as_str()) {
+        if inner.local.is_own(channel.as_str()) {
             let queue = inner.local.register(channel, None);
             return inner.local.receive(&queue).await;
         }
@@ -584,9 +532,9 @@ impl ChannelLayer for RedisPubSubLayer {
 
     async fn group_add(&self, group: &GroupName, channel: &ChannelName) -> Result<()> {
         let inner = &self.inner;
-        inner.check_open()?;
+        inner.local.check_open()?;
         let queue = match inner.local.get(channel.as_str()) {
-            Some(q) if inner.is_own(channel.as_str()) => q,
+            Some(q) if inner.local.is_own(channel.as_str()) => q,
             _ => {
                 return Err(Error::Protocol(format!(
                     "the pub/sub layer keeps group membership in the process that owns the channel: \
@@ -612,45 +560,28 @@ impl ChannelLayer for RedisPubSubLayer {
                 (first, members.key().clone())
             };
             if first && let Err(e) = inner.timed(inner.subscription(h, &gchan, true)).await {
-                let mut now_empty = false;
-                if let Some(mut members) = inner.groups.get_mut(group) {
-                    members.remove(channel);
-                    now_empty = members.is_empty();
-                }
-                if now_empty {
-                    inner.groups.remove_if(group, |_, m| m.is_empty());
-                }
+                inner.unindex(group, channel);
                 return Err(e);
             }
             key
         };
         // The index's own name, so the fan-out compares pointers, not strings.
         inner.local.track(&queue, &indexed, joined);
-        let host = &inner.hosts[h];
-        let key = inner.registry_key(group.as_str());
-        let mut c = host.conn();
+        let ttl = RedisConfig::ttl_secs(inner.cfg.layer.group_expiry);
         inner
-            .timed(async {
-                redis::pipe()
-                    .cmd("ZADD")
-                    .arg(&key)
-                    .arg(joined)
-                    .arg(channel.as_str())
-                    .ignore()
-                    .cmd("EXPIRE")
-                    .arg(&key)
-                    .arg(RedisConfig::ttl_secs(inner.cfg.layer.group_expiry))
-                    .ignore()
-                    .query_async::<()>(&mut c)
-                    .await
-                    .map_err(|e| host.error(e))
-            })
+            .timed(conn::add_member(
+                &inner.hosts[h],
+                &inner.registry_key(group.as_str()),
+                channel.as_str(),
+                joined,
+                ttl,
+            ))
             .await
     }
 
     async fn group_discard(&self, group: &GroupName, channel: &ChannelName) -> Result<()> {
         let inner = &self.inner;
-        inner.check_open()?;
+        inner.local.check_open()?;
         if let Some(q) = inner.local.get(channel.as_str()) {
             inner.local.untrack(&q, group);
         }
@@ -659,7 +590,7 @@ impl ChannelLayer for RedisPubSubLayer {
 
     async fn group_send(&self, group: &GroupName, message: Message) -> Result<()> {
         let inner = &self.inner;
-        inner.check_open()?;
+        inner.local.check_open()?;
         inner
             .publish(&inner.group_channel(group.as_str()), &message)
             .await
@@ -667,28 +598,21 @@ impl ChannelLayer for RedisPubSubLayer {
 
     async fn group_channels(&self, group: &GroupName) -> Result<Vec<ChannelName>> {
         let inner = &self.inner;
-        inner.check_open()?;
+        inner.local.check_open()?;
         let h = inner.host_index(&inner.group_channel(group.as_str()));
-        let host = &inner.hosts[h];
         let cutoff = unix_now() - inner.cfg.layer.group_expiry.as_secs_f64();
-        let mut c = host.conn();
-        let members = inner
-            .timed(async {
-                redis::cmd("ZRANGEBYSCORE")
-                    .arg(inner.registry_key(group.as_str()))
-                    .arg(format!("({cutoff}"))
-                    .arg("+inf")
-                    .query_async::<RValue>(&mut c)
-                    .await
-                    .map_err(|e| host.error(e))
-            })
-            .await?;
-        Ok(members_of(members))
+        inner
+            .timed(conn::members_since(
+                &inner.hosts[h],
+                &inner.registry_key(group.as_str()),
+                cutoff,
+            ))
+            .await
     }
 
     async fn discard_channel(&self, channel: &ChannelName) -> Result<()> {
         let inner = &self.inner;
-        if !inner.is_own(channel.as_str()) {
+        if !inner.local.is_own(channel.as_str()) {
             return Ok(());
         }
         let mut first_error = None;
@@ -702,7 +626,7 @@ impl ChannelLayer for RedisPubSubLayer {
 
     async fn flush(&self) -> Result<()> {
         let inner = &self.inner;
-        inner.check_open()?;
+        inner.local.check_open()?;
         inner.local.clear();
         let groups: Vec<GroupName> = inner.groups.iter().map(|g| g.key().clone()).collect();
         for group in groups {
@@ -722,19 +646,12 @@ impl ChannelLayer for RedisPubSubLayer {
     }
 
     async fn close(&self) -> Result<()> {
-        self.inner.closed.store(true, Ordering::Relaxed);
         self.inner.local.close();
         let _ = self.guard.0.send(true);
         Ok(())
     }
 
     fn stats(&self) -> LayerStats {
-        let c = &self.inner.local.counters;
-        let mut s = LayerStats::default();
-        s.group_full_drops = c.group_full_drops.load(Ordering::Relaxed);
-        s.expired_messages = c.expired.load(Ordering::Relaxed);
-        s.channels = self.inner.local.len() as u64;
-        s.groups = self.inner.groups.len() as u64;
-        s
+        self.inner.local.stats(self.inner.groups.len())
     }
 }

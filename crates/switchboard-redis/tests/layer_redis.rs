@@ -8,13 +8,9 @@ switchboard_core::layer_conformance_tests!(common::make_core);
 
 use std::time::Duration;
 
-use common::{all_types, config, core, raw, recv};
+use common::{all_types, config, core, msg, raw, recv};
 use redis::AsyncCommands;
-use switchboard_core::{Layer, LayerConfig, Message};
-
-fn msg(ty: &str, n: i64) -> Message {
-    Message::builder(ty).field("n", n).build().unwrap()
-}
+use switchboard_core::{Layer, LayerConfig};
 
 #[tokio::test]
 async fn stores_what_channels_redis_stores() {

@@ -8,13 +8,9 @@ switchboard_core::layer_conformance_tests!(common::make_pubsub);
 
 use std::time::Duration;
 
-use common::{all_types, config, pubsub, raw, recv};
+use common::{all_types, config, msg, pubsub, raw, recv};
 use futures_util::StreamExt;
-use switchboard_core::{Error, Layer, LayerConfig, Message};
-
-fn msg(ty: &str, n: i64) -> Message {
-    Message::builder(ty).field("n", n).build().unwrap()
-}
+use switchboard_core::{Error, Layer, LayerConfig};
 
 #[tokio::test]
 async fn publishes_bare_msgpack_on_channels_redis_names() {

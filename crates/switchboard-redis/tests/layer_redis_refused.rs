@@ -12,9 +12,9 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{raw, recv, redis_url};
+use common::{msg, raw, recv, redis_url};
 use redis::AsyncCommands;
-use switchboard_core::{Layer, LayerConfig, Message};
+use switchboard_core::{Layer, LayerConfig};
 use switchboard_redis::{RedisConfig, RedisLayer};
 
 /// How long each test lets a refused loop retry.
@@ -23,10 +23,6 @@ const WINDOW: Duration = Duration::from_millis(1500);
 /// Tries a backoff of 50 ms doubling to 1 s allows in `WINDOW` (t = 0, 0.05, 0.15, 0.35, 0.75,
 /// 1.55 s), with room for a slow machine. A loop that does not wait makes hundreds.
 const MAX_TRIES: u64 = 10;
-
-fn msg(ty: &str, n: i64) -> Message {
-    Message::builder(ty).field("n", n).build().unwrap()
-}
 
 /// An ACL user of its own, allowed everything but `denied`; removed on drop.
 struct AclUser {

@@ -121,15 +121,15 @@ impl Queue {
         }
     }
 
-    /// Queues a message. Returns whether it was queued, the number of expired messages dropped
-    /// on the way, and (if any expired) the groups the channel must now leave. A group message
-    /// (`via_group`) is not queued on a channel that leaves its groups now, as Channels cleans
-    /// expired members out before it fans out.
+    /// Queues a message that expires at `expires`. Returns whether it was queued, the number of
+    /// expired messages dropped on the way, and (if any expired) the groups the channel must
+    /// now leave. A group message (`via_group`) is not queued on a channel that leaves its
+    /// groups now, as Channels cleans expired members out before it fans out.
     fn push(
         &self,
         message: Message,
         now: Instant,
-        expiry: Duration,
+        expires: Instant,
         via_group: bool,
     ) -> (Push, usize, Vec<GroupName>) {
         let mut st = self.state.lock();
@@ -140,10 +140,7 @@ impl Queue {
         if st.messages.len() >= self.capacity {
             return (Push::Full, expired, leave);
         }
-        st.messages.push_back(Entry {
-            expires: now + expiry,
-            message,
-        });
+        st.messages.push_back(Entry { expires, message });
         let len = st.messages.len();
         let waiters = std::mem::take(&mut st.waiters);
         drop(st);
@@ -389,8 +386,9 @@ impl ChannelLayer for InMemoryLayer {
     async fn send(&self, channel: &ChannelName, message: Message) -> Result<()> {
         self.inner.check_open()?;
         let queue = self.inner.queue(channel);
+        let now = Instant::now();
         let (pushed, expired, leave) =
-            queue.push(message, Instant::now(), self.inner.config.expiry, false);
+            queue.push(message, now, now + self.inner.config.expiry, false);
         self.inner.after_expiry(&queue, expired, leave);
         match pushed {
             Push::Queued(_) | Push::Left => Ok(()),
@@ -461,7 +459,8 @@ impl ChannelLayer for InMemoryLayer {
     async fn group_send(&self, group: &GroupName, message: Message) -> Result<()> {
         self.inner.check_open()?;
         let now = Instant::now();
-        let expiry = self.inner.config.expiry;
+        // Every member's copy expires at the same time: computed once, not per member.
+        let expires = now + self.inner.config.expiry;
         let group_expiry = self.inner.config.group_expiry;
         let mut full = 0u64;
         let mut evictions = Vec::new();
@@ -474,7 +473,7 @@ impl ChannelLayer for InMemoryLayer {
                     stale.push((name.clone(), m.queue.clone()));
                     continue;
                 }
-                let (pushed, expired, leave) = m.queue.push(message.clone(), now, expiry, true);
+                let (pushed, expired, leave) = m.queue.push(message.clone(), now, expires, true);
                 match pushed {
                     Push::Full => full += 1,
                     Push::Queued(len)

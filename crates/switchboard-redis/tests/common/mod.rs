@@ -77,6 +77,14 @@ pub async fn recv(layer: &Layer, ch: &switchboard_core::ChannelName) -> switchbo
         .unwrap()
 }
 
+/// A message of type `ty` numbered `n`.
+pub fn msg(ty: &str, n: i64) -> switchboard_core::Message {
+    switchboard_core::Message::builder(ty)
+        .field("n", n)
+        .build()
+        .unwrap()
+}
+
 /// A message with every value type Channels carries.
 pub fn all_types() -> switchboard_core::Message {
     use switchboard_core::{Map, Value};
