@@ -16,7 +16,7 @@ use futures_util::stream::BoxStream;
 use futures_util::{StreamExt, stream};
 use serde::Deserialize;
 
-use super::source::{Backoff, Post, PostStream, Source, SourceEvent, Term, secs};
+use super::source::{Backoff, Post, PostStream, Source, SourceEvent, Term, http_client, secs};
 
 /// Where and how to reach a Mastodon instance.
 #[derive(Clone, Debug)]
@@ -62,14 +62,7 @@ pub(crate) struct MastodonSource {
 impl MastodonSource {
     /// A source for `config`. Fails only if no HTTP client can be built.
     pub(crate) fn new(config: MastodonConfig) -> Result<MastodonSource, String> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .user_agent(concat!(
-                "switchboard-tweets-example/",
-                env!("CARGO_PKG_VERSION")
-            ))
-            .build()
-            .map_err(|e| format!("could not build the HTTP client: {e}"))?;
+        let http = http_client()?;
         Ok(MastodonSource { http, config })
     }
 }

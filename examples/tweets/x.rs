@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use tokio_util::codec::{FramedRead, LinesCodec};
 use tokio_util::io::StreamReader;
 
-use super::source::{Backoff, Post, PostStream, Source, SourceEvent, Term, secs};
+use super::source::{Backoff, Post, PostStream, Source, SourceEvent, Term, http_client, secs};
 
 /// Longest line accepted from the stream; a longer one is an error and the connection is
 /// re-opened.
@@ -99,14 +99,7 @@ enum Command {
 impl XSource {
     /// A source for `config`. Fails only if no HTTP client can be built.
     pub(crate) fn new(config: XConfig) -> Result<XSource, String> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .user_agent(concat!(
-                "switchboard-tweets-example/",
-                env!("CARGO_PKG_VERSION")
-            ))
-            .build()
-            .map_err(|e| format!("could not build the HTTP client: {e}"))?;
+        let http = http_client()?;
         Ok(XSource {
             shared: Arc::new(Shared {
                 http,
