@@ -186,6 +186,18 @@ fn guarded_body(
     )
 }
 
+/// The connection is given up: a status saying why and when the next try comes, and the state
+/// that makes it (retry number `next`).
+fn reconnect(config: &MastodonConfig, why: &str, next: u32) -> (Option<SourceEvent>, State) {
+    let wait = config.backoff.delay(next);
+    let msg = format!("Mastodon stream {why}; reconnecting in {}", secs(wait));
+    tracing::info!("{msg}");
+    (
+        Some(SourceEvent::Status(msg)),
+        State::Connect { attempt: next },
+    )
+}
+
 /// One step of the connection's state machine: maybe an event, and the next state.
 async fn step(
     state: State,
@@ -202,16 +214,7 @@ async fn step(
             if let Some(token) = &config.token {
                 req = req.bearer_auth(token);
             }
-            let failed = |why: String| {
-                let next = attempt.saturating_add(1);
-                let wait = config.backoff.delay(next);
-                let msg = format!("Mastodon stream {why}; reconnecting in {}", secs(wait));
-                tracing::info!("{msg}");
-                (
-                    Some(SourceEvent::Status(msg)),
-                    State::Connect { attempt: next },
-                )
-            };
+            let failed = |why: String| reconnect(config, &why, attempt.saturating_add(1));
             match req.send().await {
                 Err(e) => failed(format!("unreachable: {e}")),
                 Ok(resp) if !resp.status().is_success() => {
@@ -256,13 +259,7 @@ async fn step(
                 // accepts and closes straight away; a connection that was good starts it again.
                 let good = delivered || since.elapsed() >= config.healthy_after;
                 let next = if good { 1 } else { attempt.saturating_add(1) };
-                let wait = config.backoff.delay(next);
-                let msg = format!("Mastodon stream {why}; reconnecting in {}", secs(wait));
-                tracing::info!("{msg}");
-                (
-                    Some(SourceEvent::Status(msg)),
-                    State::Connect { attempt: next },
-                )
+                reconnect(config, &why, next)
             };
             let reading = |events| State::Read {
                 events,
