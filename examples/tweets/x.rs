@@ -73,8 +73,9 @@ impl std::fmt::Debug for XSource {
 struct Shared {
     http: reqwest::Client,
     config: XConfig,
-    /// Tags of this process's rules start with this, so its rules are told apart.
-    instance: String,
+    /// Tags of this process's rules start with this (`switchboard-<id>:`), so its rules are
+    /// told apart.
+    tag_prefix: String,
     state: Mutex<State>,
 }
 
@@ -104,8 +105,8 @@ impl XSource {
             shared: Arc::new(Shared {
                 http,
                 config,
-                instance: format!(
-                    "switchboard-{}",
+                tag_prefix: format!(
+                    "switchboard-{}:",
                     &uuid::Uuid::new_v4().simple().to_string()[..8]
                 ),
                 state: Mutex::new(State::default()),
@@ -212,7 +213,6 @@ async fn run(shared: Arc<Shared>, mut commands: mpsc::UnboundedReceiver<Command>
     let mut attempt = 0u32;
     let mut retry_at = Instant::now();
     loop {
-        let want_connection = rules.values().any(|r| r.x_id.is_some());
         tokio::select! {
             cmd = commands.recv() => match cmd {
                 Some(Command::Add { id, term, tx }) => {
@@ -255,7 +255,7 @@ async fn run(shared: Arc<Shared>, mut commands: mpsc::UnboundedReceiver<Command>
                     tell_all(&subs, format!("X stream {why}; reconnecting in {}", secs(wait)));
                 }
             },
-            () = tokio::time::sleep_until(retry_at), if conn.is_none() && (want_connection || rules.values().any(|r| r.x_id.is_none())) => {
+            () = tokio::time::sleep_until(retry_at), if conn.is_none() && !rules.is_empty() => {
                 // Rules X has not accepted yet (a failed earlier try) go first.
                 for (key, rule) in rules.iter_mut().filter(|(_, r)| r.x_id.is_none()) {
                     add_rule(&shared, key, rule, &subs).await;
@@ -355,7 +355,7 @@ async fn add_rule(
     rule: &mut Rule,
     subs: &HashMap<u64, (String, mpsc::Sender<SourceEvent>)>,
 ) {
-    let tag = format!("{}:{key}", shared.instance);
+    let tag = format!("{}{key}", shared.tag_prefix);
     let body = json!({"add": [{"value": format!("{} -is:retweet", rule.term.text()), "tag": tag}]});
     let result = async {
         let resp = shared
@@ -557,9 +557,12 @@ fn route(
         text: tweet.text,
     };
     let event = SourceEvent::Post(post);
-    let prefix = format!("{}:", shared.instance);
     for m in &parsed.matching_rules {
-        let rule = match m.tag.as_deref().and_then(|t| t.strip_prefix(&prefix)) {
+        let rule = match m
+            .tag
+            .as_deref()
+            .and_then(|t| t.strip_prefix(&shared.tag_prefix))
+        {
             Some(key) => rules.get(key),
             None => rules.values().find(|r| r.x_id.is_some() && r.x_id == m.id),
         };
