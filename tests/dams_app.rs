@@ -81,6 +81,15 @@ fn client() -> reqwest::Client {
         .unwrap()
 }
 
+/// The HTML of the page at `path`, with the session `cookie` if given.
+async fn page(app: &App, path: &str, cookie: Option<&str>) -> String {
+    let mut req = app.http.get(format!("http://{}{path}", app.addr));
+    if let Some(c) = cookie {
+        req = req.header("cookie", c);
+    }
+    req.send().await.unwrap().text().await.unwrap()
+}
+
 /// A logged-in browser, reduced to its cookie and the form token.
 struct Login {
     cookie: String,
@@ -112,16 +121,7 @@ async fn login(app: &App, user: &str) -> Login {
         "{set}"
     );
     let cookie = set.split(';').next().unwrap().to_owned();
-    let home = app
-        .http
-        .get(format!("http://{}/dams/", app.addr))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let home = page(app, "/dams/", Some(&cookie)).await;
     assert!(home.contains(&format!("<strong id=\"whoami\">{user}</strong>")));
     Login {
         csrf: csrf_in(&home),
@@ -298,27 +298,11 @@ async fn a_valid_dam_is_stored_shown_and_announced_to_every_page() {
             "editor"
         )
     );
-    let home = app
-        .http
-        .get(format!("http://{}/dams/?added=Hoover+Dam", app.addr))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let home = page(&app, "/dams/?added=Hoover+Dam", None).await;
     assert!(home.contains("<td class=\"name\">Hoover Dam</td>"));
     assert!(home.contains("Hoover Dam was added to the inventory."));
     assert_eq!(home.matches("<circle ").count(), 1, "one dot on the plot");
-    let forged = app
-        .http
-        .get(format!("http://{}/dams/?added=Nothing+Here", app.addr))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let forged = page(&app, "/dams/?added=Nothing+Here", None).await;
     assert!(
         !forged.contains("was added"),
         "a flash for a dam that is not there"

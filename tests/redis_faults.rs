@@ -121,8 +121,7 @@ async fn survives_a_redis_restart(pubsub: bool) {
         ann.send_json(json!({"message": text})).await;
         let until = Instant::now() + Duration::from_millis(700);
         while Instant::now() < until {
-            let Ok(frame) =
-                tokio::time::timeout(Duration::from_millis(700), support_recv(&mut bob)).await
+            let Ok(frame) = tokio::time::timeout(Duration::from_millis(700), bob.recv_json()).await
             else {
                 break;
             };
@@ -143,11 +142,6 @@ async fn survives_a_redis_restart(pubsub: bool) {
         "the background sender works again"
     );
     flow.abort();
-}
-
-/// The next text frame as JSON (pings skipped); panics on a closed socket.
-async fn support_recv(c: &mut support::WsClient) -> serde_json::Value {
-    c.recv_json().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -102,10 +102,6 @@ impl Feed {
     }
 }
 
-async fn serve(router: Router) -> SocketAddr {
-    support::serve(router).await
-}
-
 // ---------------------------------------------------------------------------------------------
 // A fake X API v2: stream rules and the filtered stream.
 
@@ -118,11 +114,12 @@ struct FakeX {
     deleted: Mutex<Vec<String>>,
 }
 
-fn authorized(headers: &HeaderMap) -> bool {
+/// Whether `headers` carry `token` as a bearer token.
+fn authorized(headers: &HeaderMap, token: &str) -> bool {
     headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v == format!("Bearer {TOKEN}"))
+        .is_some_and(|v| v == format!("Bearer {token}"))
 }
 
 fn unauthorized() -> Response {
@@ -135,14 +132,14 @@ fn unauthorized() -> Response {
 
 async fn x_stream(State(x): State<Arc<FakeX>>, headers: HeaderMap) -> Response {
     x.feed.requests.lock().unwrap().push("GET stream".into());
-    if !authorized(&headers) {
+    if !authorized(&headers, TOKEN) {
         return unauthorized();
     }
     ([("content-type", "application/json")], x.feed.body("\r\n")).into_response()
 }
 
 async fn x_rules(State(x): State<Arc<FakeX>>, headers: HeaderMap, body: String) -> Response {
-    if !authorized(&headers) {
+    if !authorized(&headers, TOKEN) {
         return unauthorized();
     }
     let body: Value = serde_json::from_str(&body).unwrap();
@@ -199,7 +196,7 @@ impl FakeX {
                 axum::routing::post(x_rules),
             )
             .with_state(x.clone());
-        (x.clone(), serve(router).await)
+        (x.clone(), support::serve(router).await)
     }
 
     fn tag_of(&self, value_prefix: &str) -> Option<(String, String)> {
@@ -213,6 +210,11 @@ impl FakeX {
 
     fn rule_count(&self) -> usize {
         self.rules.lock().unwrap().len()
+    }
+
+    /// One line of the stream: an original post by `user` matching one rule (id, tag).
+    fn post(id: &str, user: &str, text: &str, rule: &(String, String)) -> String {
+        FakeX::tweet(id, user, text, std::slice::from_ref(rule), false)
     }
 
     /// One line of the stream: a post by `user` matching the rules `matching` (id, tag).
@@ -254,6 +256,13 @@ async fn next_event(s: &mut PostStream) -> SourceEvent {
         .await
         .expect("no event within 5 s")
         .expect("the stream ended")
+}
+
+fn status_of(e: SourceEvent) -> String {
+    match e {
+        SourceEvent::Status(m) => m,
+        other => panic!("expected a status, got {other:?}"),
+    }
 }
 
 async fn next_post(s: &mut PostStream) -> app::source::Post {
@@ -307,13 +316,8 @@ async fn x_one_connection_carries_every_term_routed_by_rule_tag() {
     let coffee_rule = x.tag_of("#coffee").unwrap();
     assert_eq!(x.feed.connections(), 1, "one connection for both terms");
 
-    x.feed.push(&FakeX::tweet(
-        "1",
-        "ann",
-        "hello #RustLang",
-        std::slice::from_ref(&rust_rule),
-        false,
-    ));
+    x.feed
+        .push(&FakeX::post("1", "ann", "hello #RustLang", &rust_rule));
     let p = next_post(&mut rust).await;
     assert_eq!(p.id, "1");
     assert_eq!(p.author, "@ann");
@@ -355,13 +359,8 @@ async fn x_one_connection_carries_every_term_routed_by_rule_tag() {
         false,
     ));
     x.feed.push("{not json\r\n");
-    x.feed.push(&FakeX::tweet(
-        "5",
-        "eve",
-        "#coffee again",
-        std::slice::from_ref(&coffee_rule),
-        false,
-    ));
+    x.feed
+        .push(&FakeX::post("5", "eve", "#coffee again", &coffee_rule));
     assert_eq!(next_post(&mut coffee).await.id, "5");
 
     // Leaving a term deletes its rule; the connection stays for the other.
@@ -389,8 +388,7 @@ async fn x_one_connection_carries_every_term_routed_by_rule_tag() {
     let mut again = source.open(&term("#RustLang")).unwrap();
     eventually("reconnected", Duration::from_secs(5), || x.feed.open() == 1).await;
     let rule = x.tag_of("#RustLang").unwrap();
-    x.feed
-        .push(&FakeX::tweet("6", "fay", "#RustLang", &[rule], false));
+    x.feed.push(&FakeX::post("6", "fay", "#RustLang", &rule));
     assert_eq!(next_post(&mut again).await.id, "6");
 }
 
@@ -401,26 +399,18 @@ async fn x_reconnects_with_backoff_when_the_stream_ends() {
     let mut s = source.open(&term("#Bitcoin")).unwrap();
     eventually("connected", Duration::from_secs(5), || x.feed.open() == 1).await;
     let rule = x.tag_of("#Bitcoin").unwrap();
-    x.feed.push(&FakeX::tweet(
-        "1",
-        "ann",
-        "#Bitcoin up",
-        std::slice::from_ref(&rule),
-        false,
-    ));
+    x.feed.push(&FakeX::post("1", "ann", "#Bitcoin up", &rule));
     assert_eq!(next_post(&mut s).await.id, "1");
 
     x.feed.cut();
-    match next_event(&mut s).await {
-        SourceEvent::Status(m) => assert!(m.contains("reconnecting"), "{m}"),
-        other => panic!("expected a status, got {other:?}"),
-    }
+    let m = status_of(next_event(&mut s).await);
+    assert!(m.contains("reconnecting"), "{m}");
     eventually("reconnected", Duration::from_secs(5), || {
         x.feed.connections() == 2 && x.feed.open() == 1
     })
     .await;
     x.feed
-        .push(&FakeX::tweet("2", "bob", "#Bitcoin down", &[rule], false));
+        .push(&FakeX::post("2", "bob", "#Bitcoin down", &rule));
     assert_eq!(next_post(&mut s).await.id, "2");
     assert_eq!(x.rule_count(), 1, "the rule was not added twice");
 }
@@ -430,10 +420,8 @@ async fn x_a_bad_token_and_a_refused_rule_are_reported() {
     let (x, addr) = FakeX::start().await;
     let source = x_source(addr, "wrong-token");
     let mut s = source.open(&term("#Bitcoin")).unwrap();
-    match next_event(&mut s).await {
-        SourceEvent::Status(m) => assert!(m.contains("401"), "{m}"),
-        other => panic!("expected a status, got {other:?}"),
-    }
+    let m = status_of(next_event(&mut s).await);
+    assert!(m.contains("401"), "{m}");
     assert_eq!(x.rule_count(), 0);
     drop(s);
     eventually("task ended", Duration::from_secs(5), || {
@@ -443,10 +431,8 @@ async fn x_a_bad_token_and_a_refused_rule_are_reported() {
 
     let source = x_source(addr, TOKEN);
     let mut s = source.open(&term("INVALID")).unwrap();
-    match next_event(&mut s).await {
-        SourceEvent::Status(m) => assert!(m.contains("did not accept"), "{m}"),
-        other => panic!("expected a status, got {other:?}"),
-    }
+    let m = status_of(next_event(&mut s).await);
+    assert!(m.contains("did not accept"), "{m}");
     assert_eq!(x.feed.connections(), 0, "no rule, no connection");
 }
 
@@ -471,33 +457,18 @@ async fn x_through_the_app_first_post_at_once_reposts_skipped_and_leaving_cleans
         std::slice::from_ref(&rule),
         true,
     ));
-    x.feed.push(&FakeX::tweet(
-        "8",
-        "ann",
-        "#RustLang is fun",
-        std::slice::from_ref(&rule),
-        false,
-    ));
+    x.feed
+        .push(&FakeX::post("8", "ann", "#RustLang is fun", &rule));
     let t = c.recv_json().await;
     assert_eq!(
         t,
         json!({"type": "tweet", "url": "https://x.com/ann/status/8", "id": "8", "author": "@ann", "text": "#RustLang is fun", "created_at": "2026-03-14T09:00:00.000Z"})
     );
     // Two more arrive at once: only the newest is sent, one interval later.
-    x.feed.push(&FakeX::tweet(
-        "9",
-        "bob",
-        "#RustLang one",
-        std::slice::from_ref(&rule),
-        false,
-    ));
-    x.feed.push(&FakeX::tweet(
-        "10",
-        "cat",
-        "#RustLang two",
-        std::slice::from_ref(&rule),
-        false,
-    ));
+    x.feed
+        .push(&FakeX::post("9", "bob", "#RustLang one", &rule));
+    x.feed
+        .push(&FakeX::post("10", "cat", "#RustLang two", &rule));
     assert_eq!(c.recv_json().await["id"], "10");
     assert!(c.recv_nothing(400).await);
 
@@ -531,18 +502,14 @@ async fn mastodon_hashtag(
         .lock()
         .unwrap()
         .push(format!("tag={}", q.get("tag").cloned().unwrap_or_default()));
-    if let Some(token) = &m.token {
-        let ok = headers
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v == format!("Bearer {token}"));
-        if !ok {
-            return (
-                StatusCode::UNAUTHORIZED,
-                axum::Json(json!({"error": "This method requires an authenticated user"})),
-            )
-                .into_response();
-        }
+    if let Some(token) = &m.token
+        && !authorized(&headers, token)
+    {
+        return (
+            StatusCode::UNAUTHORIZED,
+            axum::Json(json!({"error": "This method requires an authenticated user"})),
+        )
+            .into_response();
     }
     if m.end_at_once
         .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
@@ -569,7 +536,7 @@ impl FakeMastodon {
         let router = Router::new()
             .route("/api/v1/streaming/hashtag", get(mastodon_hashtag))
             .with_state(m.clone());
-        (m.clone(), serve(router).await)
+        (m.clone(), support::serve(router).await)
     }
 
     fn update(id: &str, acct: &str, html: &str, reblog: bool) -> String {
@@ -636,10 +603,8 @@ async fn mastodon_updates_become_posts_and_the_rest_is_skipped() {
 
     // A cut connection is re-opened with backoff.
     m.feed.cut();
-    match next_event(&mut s).await {
-        SourceEvent::Status(msg) => assert!(msg.contains("reconnecting"), "{msg}"),
-        other => panic!("expected a status, got {other:?}"),
-    }
+    let msg = status_of(next_event(&mut s).await);
+    assert!(msg.contains("reconnecting"), "{msg}");
     let pending = tokio::spawn(async move {
         let p = next_post(&mut s).await;
         (p, s)
@@ -669,10 +634,8 @@ async fn mastodon_needs_one_hashtag_and_reports_a_missing_token() {
     let err = source.open(&term("rust and coffee")).err().unwrap();
     assert!(err.contains("one hashtag"), "{err}");
     let mut s = source.open(&term("rustlang")).unwrap();
-    match next_event(&mut s).await {
-        SourceEvent::Status(msg) => assert!(msg.contains("401"), "{msg}"),
-        other => panic!("expected a status, got {other:?}"),
-    }
+    let msg = status_of(next_event(&mut s).await);
+    assert!(msg.contains("401"), "{msg}");
     assert_eq!(m.feed.connections(), 0);
 }
 
@@ -715,13 +678,6 @@ async fn mastodon_through_the_app() {
         m.feed.open() == 0 && hub.running() == 0
     })
     .await;
-}
-
-fn status_of(e: SourceEvent) -> String {
-    match e {
-        SourceEvent::Status(m) => m,
-        other => panic!("expected a status, got {other:?}"),
-    }
 }
 
 /// A server that accepts the stream and ends it at once, again and again, is not hammered: the

@@ -108,14 +108,37 @@ fn retry_while_busy<T>(mut f: impl FnMut() -> rusqlite::Result<T>) -> rusqlite::
     }
 }
 
+/// Stores `dam`, added by `added_by` now; its id.
+fn insert_dam(c: &Connection, dam: &NewDam, added_by: &str) -> rusqlite::Result<i64> {
+    c.execute(
+        "INSERT INTO dams (name, owner, river, built_on, latitude, longitude, added_by, added_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![
+            dam.name,
+            dam.owner,
+            dam.river,
+            dam.built,
+            dam.latitude,
+            dam.longitude,
+            added_by,
+            now()
+        ],
+    )?;
+    Ok(c.last_insert_rowid())
+}
+
 /// Puts the demo dams into a new database (inside the transaction that creates the schema).
 fn insert_demo_dams(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
-    for (name, owner, river, built, lat, lon) in DEMO_DAMS {
-        tx.execute(
-            "INSERT INTO dams (name, owner, river, built_on, latitude, longitude, added_by, added_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'demo data', ?7)",
-            params![name, owner, river, built, lat, lon, now()],
-        )?;
+    for &(name, owner, river, built, latitude, longitude) in DEMO_DAMS {
+        let dam = NewDam {
+            name: name.into(),
+            owner: owner.into(),
+            river: river.into(),
+            built: built.into(),
+            latitude,
+            longitude,
+        };
+        insert_dam(tx, &dam, "demo data")?;
     }
     Ok(())
 }
@@ -306,21 +329,7 @@ impl Db {
             if taken.is_some() {
                 return Ok(Added::NameTaken);
             }
-            tx.execute(
-                "INSERT INTO dams (name, owner, river, built_on, latitude, longitude, added_by, added_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                params![
-                    dam.name,
-                    dam.owner,
-                    dam.river,
-                    dam.built,
-                    dam.latitude,
-                    dam.longitude,
-                    added_by,
-                    now()
-                ],
-            )?;
-            let id = tx.last_insert_rowid();
+            let id = insert_dam(&tx, &dam, &added_by)?;
             tx.commit()?;
             Ok(Added::Stored(id))
         })

@@ -22,6 +22,8 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+#[path = "../common/flags.rs"]
+mod flags;
 #[path = "../common/layer_args.rs"]
 mod layer_args;
 #[path = "../common/serve.rs"]
@@ -64,7 +66,7 @@ struct Args {
     secure_cookies: bool,
     /// Password checks (Argon2, 19 MiB each) that may run at once; a login past them is
     /// answered 503 "try again in a moment".
-    #[arg(long, default_value_t = app::DEFAULT_PASSWORD_CHECKS, value_parser = at_least_one)]
+    #[arg(long, default_value_t = app::DEFAULT_PASSWORD_CHECKS, value_parser = flags::at_least_one)]
     max_password_checks: usize,
     #[command(flatten)]
     layer: layer_args::LayerArgs,
@@ -95,15 +97,6 @@ fn load_users(args: &Args) -> Result<Users, String> {
         list = Users::list_from_toml(DEMO_USERS)?;
     }
     Users::new(list)
-}
-
-/// A count of 1 or more.
-fn at_least_one(s: &str) -> Result<usize, String> {
-    match s.parse::<usize>() {
-        Ok(n) if n >= 1 => Ok(n),
-        Ok(_) => Err("use 1 or more".into()),
-        Err(e) => Err(format!("{s:?} is not a count: {e}")),
-    }
 }
 
 #[tokio::main]

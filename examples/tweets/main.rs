@@ -26,6 +26,8 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
+#[path = "../common/flags.rs"]
+mod flags;
 #[path = "../common/layer_args.rs"]
 mod layer_args;
 #[path = "../common/serve.rs"]
@@ -76,7 +78,7 @@ struct Args {
     mastodon: Option<String>,
     /// Distinct search terms followed at once (each is an upstream); a search for one more is
     /// refused with an error frame.
-    #[arg(long, default_value_t = app::hub::DEFAULT_MAX_TERMS, value_parser = at_least_one)]
+    #[arg(long, default_value_t = app::hub::DEFAULT_MAX_TERMS, value_parser = flags::at_least_one)]
     max_terms: usize,
     #[command(flatten)]
     layer: layer_args::LayerArgs,
@@ -131,15 +133,6 @@ fn build_source(args: &Args) -> Result<(Arc<dyn Source>, Option<Corpus>), String
             )
         }
     })
-}
-
-/// A count of 1 or more.
-fn at_least_one(s: &str) -> Result<usize, String> {
-    match s.parse::<usize>() {
-        Ok(n) if n >= 1 => Ok(n),
-        Ok(_) => Err("use 1 or more".into()),
-        Err(e) => Err(format!("{s:?} is not a count: {e}")),
-    }
 }
 
 #[tokio::main]

@@ -16,7 +16,7 @@ use futures_util::stream::BoxStream;
 use futures_util::{StreamExt, stream};
 use serde::Deserialize;
 
-use super::source::{Backoff, Post, PostStream, Source, SourceEvent, Term, secs};
+use super::source::{Backoff, Post, PostStream, Source, SourceEvent, Term, http_client, secs};
 
 /// Where and how to reach a Mastodon instance.
 #[derive(Clone, Debug)]
@@ -62,14 +62,7 @@ pub(crate) struct MastodonSource {
 impl MastodonSource {
     /// A source for `config`. Fails only if no HTTP client can be built.
     pub(crate) fn new(config: MastodonConfig) -> Result<MastodonSource, String> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .user_agent(concat!(
-                "switchboard-tweets-example/",
-                env!("CARGO_PKG_VERSION")
-            ))
-            .build()
-            .map_err(|e| format!("could not build the HTTP client: {e}"))?;
+        let http = http_client()?;
         Ok(MastodonSource { http, config })
     }
 }
@@ -193,6 +186,18 @@ fn guarded_body(
     )
 }
 
+/// The connection is given up: a status saying why and when the next try comes, and the state
+/// that makes it (retry number `next`).
+fn reconnect(config: &MastodonConfig, why: &str, next: u32) -> (Option<SourceEvent>, State) {
+    let wait = config.backoff.delay(next);
+    let msg = format!("Mastodon stream {why}; reconnecting in {}", secs(wait));
+    tracing::info!("{msg}");
+    (
+        Some(SourceEvent::Status(msg)),
+        State::Connect { attempt: next },
+    )
+}
+
 /// One step of the connection's state machine: maybe an event, and the next state.
 async fn step(
     state: State,
@@ -209,16 +214,7 @@ async fn step(
             if let Some(token) = &config.token {
                 req = req.bearer_auth(token);
             }
-            let failed = |why: String| {
-                let next = attempt.saturating_add(1);
-                let wait = config.backoff.delay(next);
-                let msg = format!("Mastodon stream {why}; reconnecting in {}", secs(wait));
-                tracing::info!("{msg}");
-                (
-                    Some(SourceEvent::Status(msg)),
-                    State::Connect { attempt: next },
-                )
-            };
+            let failed = |why: String| reconnect(config, &why, attempt.saturating_add(1));
             match req.send().await {
                 Err(e) => failed(format!("unreachable: {e}")),
                 Ok(resp) if !resp.status().is_success() => {
@@ -263,13 +259,7 @@ async fn step(
                 // accepts and closes straight away; a connection that was good starts it again.
                 let good = delivered || since.elapsed() >= config.healthy_after;
                 let next = if good { 1 } else { attempt.saturating_add(1) };
-                let wait = config.backoff.delay(next);
-                let msg = format!("Mastodon stream {why}; reconnecting in {}", secs(wait));
-                tracing::info!("{msg}");
-                (
-                    Some(SourceEvent::Status(msg)),
-                    State::Connect { attempt: next },
-                )
+                reconnect(config, &why, next)
             };
             let reading = |events| State::Read {
                 events,

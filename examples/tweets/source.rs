@@ -187,6 +187,19 @@ impl Backoff {
     }
 }
 
+/// The HTTP client every network source uses: a connect timeout, and a user agent naming
+/// this example. Fails only if no client can be built.
+pub(crate) fn http_client() -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .user_agent(concat!(
+            "switchboard-tweets-example/",
+            env!("CARGO_PKG_VERSION")
+        ))
+        .build()
+        .map_err(|e| format!("could not build the HTTP client: {e}"))
+}
+
 /// Seconds with one decimal when under ten ("0.5 s", "12 s"), for status lines.
 pub(crate) fn secs(d: Duration) -> String {
     if d < Duration::from_secs(10) {

@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use tokio_util::codec::{FramedRead, LinesCodec};
 use tokio_util::io::StreamReader;
 
-use super::source::{Backoff, Post, PostStream, Source, SourceEvent, Term, secs};
+use super::source::{Backoff, Post, PostStream, Source, SourceEvent, Term, http_client, secs};
 
 /// Longest line accepted from the stream; a longer one is an error and the connection is
 /// re-opened.
@@ -73,8 +73,9 @@ impl std::fmt::Debug for XSource {
 struct Shared {
     http: reqwest::Client,
     config: XConfig,
-    /// Tags of this process's rules start with this, so its rules are told apart.
-    instance: String,
+    /// Tags of this process's rules start with this (`switchboard-<id>:`), so its rules are
+    /// told apart.
+    tag_prefix: String,
     state: Mutex<State>,
 }
 
@@ -99,20 +100,13 @@ enum Command {
 impl XSource {
     /// A source for `config`. Fails only if no HTTP client can be built.
     pub(crate) fn new(config: XConfig) -> Result<XSource, String> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .user_agent(concat!(
-                "switchboard-tweets-example/",
-                env!("CARGO_PKG_VERSION")
-            ))
-            .build()
-            .map_err(|e| format!("could not build the HTTP client: {e}"))?;
+        let http = http_client()?;
         Ok(XSource {
             shared: Arc::new(Shared {
                 http,
                 config,
-                instance: format!(
-                    "switchboard-{}",
+                tag_prefix: format!(
+                    "switchboard-{}:",
                     &uuid::Uuid::new_v4().simple().to_string()[..8]
                 ),
                 state: Mutex::new(State::default()),
@@ -219,7 +213,6 @@ async fn run(shared: Arc<Shared>, mut commands: mpsc::UnboundedReceiver<Command>
     let mut attempt = 0u32;
     let mut retry_at = Instant::now();
     loop {
-        let want_connection = rules.values().any(|r| r.x_id.is_some());
         tokio::select! {
             cmd = commands.recv() => match cmd {
                 Some(Command::Add { id, term, tx }) => {
@@ -262,7 +255,7 @@ async fn run(shared: Arc<Shared>, mut commands: mpsc::UnboundedReceiver<Command>
                     tell_all(&subs, format!("X stream {why}; reconnecting in {}", secs(wait)));
                 }
             },
-            () = tokio::time::sleep_until(retry_at), if conn.is_none() && (want_connection || rules.values().any(|r| r.x_id.is_none())) => {
+            () = tokio::time::sleep_until(retry_at), if conn.is_none() && !rules.is_empty() => {
                 // Rules X has not accepted yet (a failed earlier try) go first.
                 for (key, rule) in rules.iter_mut().filter(|(_, r)| r.x_id.is_none()) {
                     add_rule(&shared, key, rule, &subs).await;
@@ -362,7 +355,7 @@ async fn add_rule(
     rule: &mut Rule,
     subs: &HashMap<u64, (String, mpsc::Sender<SourceEvent>)>,
 ) {
-    let tag = format!("{}:{key}", shared.instance);
+    let tag = format!("{}{key}", shared.tag_prefix);
     let body = json!({"add": [{"value": format!("{} -is:retweet", rule.term.text()), "tag": tag}]});
     let result = async {
         let resp = shared
@@ -564,9 +557,12 @@ fn route(
         text: tweet.text,
     };
     let event = SourceEvent::Post(post);
-    let prefix = format!("{}:", shared.instance);
     for m in &parsed.matching_rules {
-        let rule = match m.tag.as_deref().and_then(|t| t.strip_prefix(&prefix)) {
+        let rule = match m
+            .tag
+            .as_deref()
+            .and_then(|t| t.strip_prefix(&shared.tag_prefix))
+        {
             Some(key) => rules.get(key),
             None => rules.values().find(|r| r.x_id.is_some() && r.x_id == m.id),
         };

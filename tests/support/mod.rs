@@ -197,22 +197,7 @@ pub struct ChildGuard(pub std::process::Child);
 /// kills what it started (chromedriver's browsers), even when a test panics.
 pub fn spawn_group(program: &str, args: &[&str]) -> ChildGuard {
     use std::os::unix::process::CommandExt;
-    let verbose = std::env::var_os("SWITCHBOARD_TEST_LOG").is_some();
-    let out = || {
-        if verbose {
-            Stdio::inherit()
-        } else {
-            Stdio::null()
-        }
-    };
-    let child = std::process::Command::new(program)
-        .args(args)
-        .stdout(out())
-        .stderr(out())
-        .process_group(0)
-        .spawn()
-        .unwrap_or_else(|e| panic!("could not start {program}: {e}"));
-    ChildGuard(child)
+    launch(command(program, args).process_group(0), program)
 }
 
 impl Drop for ChildGuard {
@@ -229,6 +214,11 @@ impl Drop for ChildGuard {
 
 /// Starts a program with output discarded (or inherited when `SWITCHBOARD_TEST_LOG` is set).
 pub fn spawn(program: &str, args: &[&str]) -> ChildGuard {
+    launch(&mut command(program, args), program)
+}
+
+/// `program args`, its output discarded (or inherited when `SWITCHBOARD_TEST_LOG` is set).
+fn command(program: &str, args: &[&str]) -> std::process::Command {
     let verbose = std::env::var_os("SWITCHBOARD_TEST_LOG").is_some();
     let out = || {
         if verbose {
@@ -237,10 +227,13 @@ pub fn spawn(program: &str, args: &[&str]) -> ChildGuard {
             Stdio::null()
         }
     };
-    let child = std::process::Command::new(program)
-        .args(args)
-        .stdout(out())
-        .stderr(out())
+    let mut cmd = std::process::Command::new(program);
+    cmd.args(args).stdout(out()).stderr(out());
+    cmd
+}
+
+fn launch(cmd: &mut std::process::Command, program: &str) -> ChildGuard {
+    let child = cmd
         .spawn()
         .unwrap_or_else(|e| panic!("could not start {program}: {e}"));
     ChildGuard(child)
