@@ -1,26 +1,27 @@
-//! The error type of switchboard's core.
+//! The errors of channel layer calls.
 
+use std::fmt;
 use std::time::Duration;
 
 use crate::message::MessageError;
-use crate::name::NameError;
-use crate::value::DecodeError;
+use crate::name::{ChannelName, NameError};
 
-/// `Result` with switchboard's [`Error`].
-pub type Result<T, E = Error> = std::result::Result<T, E>;
+/// `Result` with [`LayerError`].
+pub type Result<T, E = LayerError> = std::result::Result<T, E>;
 
-/// Everything that can go wrong in a layer call or a consumer handler.
+/// What can go wrong in a channel layer call.
 ///
-/// Inside a consumer, returning any of these from a handler does not close the connection: the
-/// runtime logs it and sends the client `{"type":"error","error":"<this message>"}`.
+/// The `Display` text is for logs and for the developer: [`Backend`](LayerError::Backend)
+/// names the backend (a Redis host) and says what it answered. Do not show it to end users;
+/// switchboard's consumer runtime never does (see [`is_internal`](LayerError::is_internal)).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum Error {
+pub enum LayerError {
     /// `send` to a channel that holds `capacity` messages already. Nothing was queued.
-    #[error("channel {channel:?} is full ({capacity} messages waiting); the message was not sent")]
+    #[error("channel {channel} is full ({capacity} messages waiting); the message was not sent")]
     ChannelFull {
         /// The full channel.
-        channel: String,
+        channel: ChannelName,
         /// Its capacity.
         capacity: usize,
     },
@@ -30,56 +31,121 @@ pub enum Error {
     /// A value that is not a valid message.
     #[error(transparent)]
     Message(#[from] MessageError),
-    /// A layer message or client frame that did not decode into the consumer's type.
-    #[error("could not decode {what}: {source}")]
-    Decode {
-        /// What was being decoded ("event 'chat.message'", "client message").
-        what: String,
-        /// Why.
-        source: DecodeError,
-    },
     /// The layer was closed with [`ChannelLayer::close`](crate::ChannelLayer::close).
     #[error("the channel layer is closed")]
-    LayerClosed,
-    /// The layer's backend (Redis) could not be reached or failed; the call may be retried.
+    Closed,
+    /// The backend (Redis) could not be reached or failed; the call may be retried.
     #[error("channel layer backend unavailable: {0}")]
-    Backend(String),
-    /// A layer call did not finish in time.
+    Backend(#[source] BackendError),
+    /// A layer call did not finish in time; it may be retried.
     #[error("channel layer call timed out after {0:?}")]
     Timeout(Duration),
-    /// The WebSocket is closed (or closing); nothing more can be sent on it.
-    #[error("the connection is closed")]
-    ConnectionClosed,
-    /// A consumer-level protocol error with a message for the client.
+    /// The layer was set up wrongly (a bad pattern, a bad URL, no hosts): fix the configuration.
+    #[error("channel layer configuration: {0}")]
+    Config(String),
+    /// A call this layer cannot do, whatever its configuration (receiving on another process's
+    /// channel, say).
     #[error("{0}")]
-    Protocol(String),
-    /// Any other error from application code.
-    #[error(transparent)]
-    Other(Box<dyn std::error::Error + Send + Sync + 'static>),
+    Unsupported(String),
 }
 
-impl Error {
-    /// Wraps any error from application code.
-    pub fn other(e: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>) -> Error {
-        Error::Other(e.into())
-    }
-
-    /// A protocol error whose text is shown to the client as `{"type":"error","error":TEXT}`.
-    pub fn protocol(text: impl Into<String>) -> Error {
-        Error::Protocol(text.into())
-    }
-
+impl LayerError {
     /// Whether retrying the call later may succeed (the backend was unavailable or slow).
     pub fn is_transient(&self) -> bool {
-        matches!(self, Error::Backend(_) | Error::Timeout(_))
+        matches!(self, LayerError::Backend(_) | LayerError::Timeout(_))
+    }
+
+    /// Whether the error is about the server's own state rather than the input it was given:
+    /// backend failures, timeouts, a closed layer, configuration, unsupported calls. Such an
+    /// error's text must not reach a client (it can name hosts and addresses); a bad name, a
+    /// bad message or a full channel can be explained to whoever sent it.
+    pub fn is_internal(&self) -> bool {
+        !matches!(
+            self,
+            LayerError::ChannelFull { .. } | LayerError::Name(_) | LayerError::Message(_)
+        )
+    }
+
+    /// A backend error: `context` says what failed where ("redis at 127.0.0.1:6379"), `source`
+    /// is the backend's own error.
+    pub fn backend(
+        context: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    ) -> LayerError {
+        LayerError::Backend(BackendError {
+            context: context.into(),
+            source: Some(source.into()),
+        })
+    }
+
+    /// A backend error without an underlying error value.
+    pub fn backend_msg(context: impl Into<String>) -> LayerError {
+        LayerError::Backend(BackendError {
+            context: context.into(),
+            source: None,
+        })
     }
 }
 
-impl From<serde_json::Error> for Error {
-    fn from(e: serde_json::Error) -> Self {
-        Error::Decode {
-            what: "JSON".into(),
-            source: DecodeError(e.to_string()),
+/// A backend failure: what failed, and the backend's error as its
+/// [`source`](std::error::Error::source). The `Display` text carries both, so a log line that
+/// prints only the error's text still says why.
+#[derive(Debug)]
+pub struct BackendError {
+    context: String,
+    source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+impl BackendError {
+    /// What failed, without the backend's own message.
+    pub fn context(&self) -> &str {
+        &self.context
+    }
+}
+
+impl fmt::Display for BackendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.source {
+            Some(s) => write!(f, "{}: {s}", self.context),
+            None => f.write_str(&self.context),
         }
+    }
+}
+
+impl std::error::Error for BackendError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_errors_keep_their_source() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let e = LayerError::backend("redis at 127.0.0.1:1", io);
+        assert!(e.is_transient() && e.is_internal());
+        assert_eq!(
+            e.to_string(),
+            "channel layer backend unavailable: redis at 127.0.0.1:1: refused"
+        );
+        let backend = std::error::Error::source(&e).and_then(|b| b.source());
+        assert_eq!(backend.map(|s| s.to_string()).as_deref(), Some("refused"));
+    }
+
+    #[test]
+    fn input_errors_are_not_internal() -> Result<(), NameError> {
+        let full = LayerError::ChannelFull {
+            channel: ChannelName::new("a")?,
+            capacity: 1,
+        };
+        assert!(!full.is_internal());
+        assert!(LayerError::Closed.is_internal());
+        assert!(LayerError::Config("x".into()).is_internal());
+        Ok(())
     }
 }

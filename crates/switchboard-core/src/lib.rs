@@ -1,39 +1,43 @@
-//! The core of [switchboard](https://docs.rs/switchboard): Django Channels' model for Rust.
+//! The model of [switchboard](https://docs.rs/switchboard) — Django Channels for Rust — and
+//! what every channel layer shares.
 //!
-//! This crate holds the concepts — messages, channel and group names, the [`ChannelLayer`]
-//! trait and its in-memory implementation, [`Consumer`]s and their runtime, WebSocket serving
-//! and testing helpers. Applications depend on the `switchboard` facade crate, which re-exports
-//! all of this; layer backends (`switchboard-redis`) depend on this crate only.
+//! - [`Message`]s (maps with a string `"type"`, carrying the ASGI [`Value`] types), and the
+//!   [`Text`] their JSON is rendered into once;
+//! - [`ChannelName`]s and [`GroupName`]s, validated once at the edge as Channels validates them;
+//! - the [`ChannelLayer`] trait, the [`Layer`] handle, [`LayerConfig`] and [`LayerStats`], and
+//!   [`LayerError`];
+//! - the local delivery [`engine`] every layer delivers through, and [`InMemoryLayer`], which is
+//!   that engine alone;
+//! - [`Subscription`]: a channel and the groups joined through it, refreshed while it lives and
+//!   left when it goes;
+//! - the layer conformance suite (feature `testing`), which holds every layer to the semantics
+//!   in [`layer`].
 //!
-//! See the `switchboard` crate for the guide.
+//! No HTTP, no WebSocket: a layer backend (`switchboard-redis`) depends on this crate alone.
+//! Applications use the `switchboard` crate, which adds consumers and serving.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-pub mod consumer;
+pub mod engine;
 pub mod error;
 pub mod layer;
 pub mod message;
 pub mod name;
-pub mod runtime;
-pub mod scope;
-pub mod serve;
-#[cfg(feature = "testing")]
-pub mod testing;
+pub mod subscription;
+pub mod text;
 pub mod value;
 
-pub use async_trait::async_trait;
-pub use consumer::{CloseCode, Consumer, Context, Event, Frame, Incoming};
-pub use error::{Error, Result};
+pub use engine::Receiver;
+pub use error::{LayerError, Result};
 pub use layer::memory::InMemoryLayer;
-pub use layer::{ChannelLayer, ChannelReceiver, Layer, LayerConfig, LayerStats};
-pub use message::{IntoMessage, Message, MessageBuilder, MessageError};
+pub use layer::{ChannelLayer, Layer, LayerConfig, LayerStats};
+pub use message::{Decoded, FromMessage, IntoMessage, Message, MessageBuilder, MessageError};
 pub use name::{ChannelName, GroupName, IntoChannelName, IntoGroupName, NameError};
-pub use runtime::{BadInput, ConnectionConfig};
-pub use scope::Scope;
-#[cfg(feature = "axum")]
-pub use serve::axum;
-#[cfg(feature = "standalone")]
-pub use serve::standalone;
-pub use serve::{Authenticate, Endpoint, Origins, Refusal};
-pub use tokio_tungstenite::tungstenite::Utf8Bytes;
+pub use subscription::Subscription;
+pub use text::Text;
 pub use value::{DecodeError, Map, Value};
+
+/// Re-exported for layer backends: [`ChannelLayer`] is an `#[async_trait]` trait (it is used
+/// as `dyn ChannelLayer`).
+#[doc(no_inline)]
+pub use async_trait::async_trait;

@@ -14,8 +14,7 @@ use std::sync::{Arc, OnceLock};
 
 use serde::de::DeserializeOwned;
 use serde::{Serialize, Serializer};
-use tokio_tungstenite::tungstenite::Utf8Bytes;
-
+use crate::text::Text;
 use crate::value::{DecodeError, Map, Value};
 
 /// The key the Redis layers use to route process-local messages; user messages may not carry it.
@@ -50,7 +49,7 @@ struct Inner {
     /// Where `"type"` is in `fields` (checked at construction), for a lookup without hashing.
     type_index: usize,
     /// The JSON text of `fields`, rendered on first use and shared by every clone.
-    json: OnceLock<Utf8Bytes>,
+    json: OnceLock<Text>,
 }
 
 /// A validated message: a map of [`Value`]s with a non-empty string `"type"`.
@@ -145,13 +144,12 @@ impl Message {
 
     /// The message as JSON text. Rendered once and shared by every clone of this message, so a
     /// group message written to a thousand sockets is serialized once.
-    pub fn to_json_text(&self) -> Utf8Bytes {
+    pub fn to_json_text(&self) -> Text {
         self.0
             .json
             .get_or_init(|| {
-                // Serializing a Value map into a Vec cannot fail: keys are strings, no I/O.
-                let bytes = serde_json::to_vec(&self.0.fields).unwrap_or_default(); // ok: infallible
-                Utf8Bytes::try_from(bytes).unwrap_or_default() // ok: serde_json writes UTF-8
+                // Serializing a Value map into a String cannot fail: keys are strings, no I/O.
+                Text::from(serde_json::to_string(&self.0.fields).unwrap_or_default()) // ok: infallible
             })
             .clone()
     }
@@ -278,6 +276,81 @@ impl IntoMessage for MessageBuilder {
 impl IntoMessage for Result<Message, MessageError> {
     fn into_message(self) -> Result<Message, MessageError> {
         self
+    }
+}
+
+/// What a layer message is turned into before a consumer (or any receiver) handles it.
+///
+/// - [`Message`] itself: the raw message, untouched.
+/// - Any `Deserialize` type, decoded from the message's fields — usually an enum with
+///   `#[serde(tag = "type")]`, one variant per message type. Decoding borrows from the message;
+///   only what the type keeps is copied.
+/// - [`Decoded<T>`]: both — the decoded value to match on, and the message itself to relay
+///   without rendering it again ([`Message::to_json_text`] is cached in the message, so a group
+///   message relayed by a thousand consumers is serialized once).
+///
+/// ```
+/// use serde::Deserialize;
+/// use switchboard_core::{Decoded, FromMessage, Message};
+///
+/// #[derive(Deserialize, Debug, PartialEq)]
+/// #[serde(tag = "type")]
+/// enum RoomEvent {
+///     #[serde(rename = "chat.message")]
+///     ChatMessage { text: String },
+/// }
+///
+/// let m = Message::from_json(serde_json::json!({"type": "chat.message", "text": "hi"}))?;
+/// let Decoded(event, raw) = Decoded::<RoomEvent>::from_message(m.clone())?;
+/// assert_eq!(event, RoomEvent::ChatMessage { text: "hi".into() });
+/// assert!(Message::ptr_eq(&raw, &m));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub trait FromMessage: Sized + Send + 'static {
+    /// Converts a message; a message that does not fit is a [`DecodeError`].
+    fn from_message(message: Message) -> Result<Self, DecodeError>;
+}
+
+impl FromMessage for Message {
+    fn from_message(message: Message) -> Result<Self, DecodeError> {
+        Ok(message)
+    }
+}
+
+impl<T: DeserializeOwned + Send + 'static> FromMessage for T {
+    fn from_message(message: Message) -> Result<Self, DecodeError> {
+        message.decode()
+    }
+}
+
+/// A message decoded into `T`, with the message itself: match on the first, relay the second
+/// (see [`FromMessage`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decoded<T>(pub T, pub Message);
+
+impl<T> Decoded<T> {
+    /// The decoded value.
+    pub fn value(&self) -> &T {
+        &self.0
+    }
+
+    /// The message it was decoded from.
+    pub fn message(&self) -> &Message {
+        &self.1
+    }
+}
+
+impl<T> std::ops::Deref for Decoded<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T: DeserializeOwned + Send + 'static> FromMessage for Decoded<T> {
+    fn from_message(message: Message) -> Result<Self, DecodeError> {
+        let decoded = message.decode()?;
+        Ok(Decoded(decoded, message))
     }
 }
 

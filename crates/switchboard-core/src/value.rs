@@ -16,9 +16,9 @@ use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Deserialize, Deserializer, Serialize, Serializer, forward_to_deserialize_any};
 
 /// A map with string keys that keeps insertion order (as Python dicts do). Build one with
-/// `Map::default()`. Keys hash with a fast, randomly seeded hasher (ahash), not SipHash: field
-/// lookups run once per delivery in many consumers.
-pub type Map = IndexMap<String, Value, ahash::RandomState>;
+/// `Map::default()`. Keys hash with a fast, randomly seeded hasher (foldhash, the one every map
+/// of the layers uses), not SipHash: field lookups run once per delivery in many consumers.
+pub type Map = IndexMap<String, Value, foldhash::fast::RandomState>;
 
 /// One value inside a [`Message`](crate::Message).
 #[derive(Clone, Debug, PartialEq, Default)]
@@ -350,6 +350,19 @@ impl<'de> Deserialize<'de> for Value {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct DecodeError(pub(crate) String);
+
+impl DecodeError {
+    /// A decode error with this explanation.
+    pub fn new(why: impl fmt::Display) -> DecodeError {
+        DecodeError(why.to_string())
+    }
+}
+
+impl From<serde_json::Error> for DecodeError {
+    fn from(e: serde_json::Error) -> DecodeError {
+        DecodeError(e.to_string())
+    }
+}
 
 impl de::Error for DecodeError {
     fn custom<T: fmt::Display>(msg: T) -> Self {

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use switchboard_core::{ChannelLayer, InMemoryLayer, Layer, LayerConfig, Message};
+use switchboard_core::{ChannelLayer, InMemoryLayer, Layer, LayerConfig, LayerError, Message};
 
 async fn make(cfg: LayerConfig) -> (Layer, Layer) {
     let layer = Layer::new(InMemoryLayer::new(cfg));
@@ -121,12 +121,12 @@ async fn close_wakes_receivers_with_an_error() {
         .unwrap()
         .unwrap();
     assert!(
-        matches!(r, Err(switchboard_core::Error::LayerClosed)),
+        matches!(r, Err(LayerError::Closed)),
         "{r:?}"
     );
     assert!(matches!(
         layer.send(&ch, msg(1)).await,
-        Err(switchboard_core::Error::LayerClosed)
+        Err(LayerError::Closed)
     ));
 }
 
@@ -191,7 +191,7 @@ async fn fast_sender_slow_members(backpressure: Duration) -> u64 {
         layer.group_add("room", &ch).await.unwrap();
         let layer = layer.clone();
         members.push(tokio::spawn(async move {
-            let mut rx = layer.receiver(&ch);
+            let mut rx = layer.receiver(&ch).await.unwrap();
             let mut got = 0u64;
             while let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(500), rx.recv()).await
             {

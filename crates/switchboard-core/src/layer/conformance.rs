@@ -33,7 +33,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use crate::error::Error;
+use crate::error::LayerError;
 use crate::layer::{Layer, LayerConfig};
 use crate::message::Message;
 use crate::name::ChannelName;
@@ -56,7 +56,7 @@ fn msg(ty: &str, n: i64) -> Message {
         Message::builder(ty)
             .field("n", n)
             .build()
-            .map_err(Error::from),
+            .map_err(LayerError::from),
         "building a message",
     )
 }
@@ -147,7 +147,7 @@ where
 {
     let (layer, _) = make(LayerConfig::default()).await;
     let ch = channel(&layer).await;
-    let mut rx = layer.receiver(&ch);
+    let mut rx = ok(layer.receiver(&ch).await, "receiver");
     ok(layer.group_add("room", &ch).await, "group_add");
     ok(layer.send(&ch, msg("direct", 0)).await, "send");
     ok(
@@ -205,7 +205,7 @@ where
         ok(layer.send(&ch, msg("fill", i)).await, "send under capacity");
     }
     match layer.send(&ch, msg("fill", 3)).await {
-        Err(Error::ChannelFull { capacity, .. }) => assert_eq!(capacity, 3),
+        Err(LayerError::ChannelFull { capacity, .. }) => assert_eq!(capacity, 3),
         other => panic!("send to a full channel must fail with ChannelFull, got {other:?}"),
     }
     assert_eq!(recv(&layer, &ch, "receive").await, msg("fill", 0));
@@ -243,7 +243,7 @@ where
     assert!(
         matches!(
             layer.send(&small, msg("x", 2)).await,
-            Err(Error::ChannelFull { capacity: 2, .. })
+            Err(LayerError::ChannelFull { capacity: 2, .. })
         ),
         "the first matching pattern sets the capacity"
     );
@@ -495,10 +495,7 @@ where
     ok(layer.group_add("room", &gone).await, "group_add");
     ok(layer.group_add("room", &stays).await, "group_add");
     ok(layer.send(&gone, msg("pending", 0)).await, "send");
-    ok(
-        layer.backend().discard_channel(&gone).await,
-        "discard_channel",
-    );
+    ok(layer.discard_channel(&gone).await, "discard_channel");
     assert_eq!(
         ok(layer.group_channels("room").await, "group_channels"),
         vec![stays]
@@ -528,7 +525,7 @@ where
             for i in 0..EACH {
                 layer.send(&ch, msg(&format!("sender.s{s}"), i)).await?;
             }
-            Ok::<_, Error>(())
+            Ok::<_, LayerError>(())
         }));
     }
     let mut last = vec![-1i64; SENDERS as usize];
@@ -576,7 +573,7 @@ where
         Value::List(vec![Value::Float(-0.25), Value::Null]),
     );
     m.insert("map".into(), Value::Map(nested));
-    let sent = ok(Message::from_map(m).map_err(Error::from), "building");
+    let sent = ok(Message::from_map(m).map_err(LayerError::from), "building");
     ok(layer.send(&ch, sent.clone()).await, "send");
     ok(layer.group_add("typed", &ch).await, "group_add");
     ok(layer.group_send("typed", sent.clone()).await, "group_send");
@@ -593,17 +590,105 @@ where
     let (layer, _) = make(LayerConfig::default()).await;
     let ch = channel(&layer).await;
     match layer.group_add("bad group", &ch).await {
-        Err(Error::Name(e)) => assert!(e.to_string().contains("bad group"), "{e}"),
+        Err(LayerError::Name(e)) => assert!(e.to_string().contains("bad group"), "{e}"),
         other => panic!("a bad group name must be refused, got {other:?}"),
     }
     assert!(matches!(
         layer.send("no spaces!", msg("m", 0)).await,
-        Err(Error::Name(_))
+        Err(LayerError::Name(_))
     ));
     assert!(matches!(
         layer.group_send("x".repeat(100), msg("m", 0)).await,
-        Err(Error::Name(_))
+        Err(LayerError::Name(_))
     ));
+}
+
+/// A subscription receives what is sent to its channel and its groups, and leaves them when
+/// closed.
+pub async fn subscription_receives_and_leaves_on_close<F, Fut>(make: F)
+where
+    F: Fn(LayerConfig) -> Fut,
+    Fut: Future<Output = (Layer, Layer)>,
+{
+    let (layer, peer) = make(LayerConfig::default()).await;
+    let mut sub = ok(layer.subscribe().await, "subscribe");
+    ok(sub.group_add("room").await, "group_add");
+    ok(sub.group_add("room").await, "group_add twice");
+    assert_eq!(sub.groups().len(), 1, "a group joined twice is one group");
+    ok(peer.group_send("room", msg("group", 1)).await, "group_send");
+    ok(peer.send(sub.channel_name(), msg("direct", 2)).await, "send");
+    for expected in [msg("group", 1), msg("direct", 2)] {
+        match tokio::time::timeout(ARRIVES, sub.recv()).await {
+            Ok(r) => assert_eq!(ok(r, "subscription recv"), expected),
+            Err(_) => panic!("the subscription got nothing within {ARRIVES:?}"),
+        }
+    }
+    ok(sub.group_discard("room").await, "group_discard");
+    assert!(ok(layer.group_channels("room").await, "group_channels").is_empty());
+    ok(sub.group_add("other").await, "group_add");
+    let channel = sub.channel_name().clone();
+    sub.close().await;
+    assert!(
+        ok(layer.group_channels("other").await, "group_channels").is_empty(),
+        "a closed subscription leaves its groups"
+    );
+    assert!(
+        matches!(sub.recv().await, Err(LayerError::Closed)),
+        "a closed subscription receives nothing more"
+    );
+    ok(peer.send(&channel, msg("late", 3)).await, "send to a closed subscription's channel");
+}
+
+/// A subscription dropped without `close` (a task that panicked, a stream the client left)
+/// leaves its groups by itself.
+pub async fn dropped_subscription_leaves_its_groups<F, Fut>(make: F)
+where
+    F: Fn(LayerConfig) -> Fut,
+    Fut: Future<Output = (Layer, Layer)>,
+{
+    let (layer, _) = make(LayerConfig::default()).await;
+    let mut sub = ok(layer.subscribe().await, "subscribe");
+    ok(sub.group_add("room").await, "group_add");
+    ok(sub.group_add("lobby").await, "group_add");
+    drop(sub);
+    let left = async {
+        loop {
+            let room = ok(layer.group_channels("room").await, "group_channels");
+            let lobby = ok(layer.group_channels("lobby").await, "group_channels");
+            if room.is_empty() && lobby.is_empty() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    if tokio::time::timeout(ARRIVES, left).await.is_err() {
+        panic!("a dropped subscription must leave its groups");
+    }
+}
+
+/// A subscription that is received from joins its groups again every `group_expiry / 2`, so
+/// it keeps them for longer than `group_expiry`.
+pub async fn subscription_refreshes_its_groups<F, Fut>(make: F)
+where
+    F: Fn(LayerConfig) -> Fut,
+    Fut: Future<Output = (Layer, Layer)>,
+{
+    let (layer, _) = make(LayerConfig::default().group_expiry(Duration::from_secs(2))).await;
+    let mut sub = ok(layer.subscribe().await, "subscribe");
+    ok(sub.group_add("room").await, "group_add");
+    let idle = tokio::time::timeout(Duration::from_millis(3_500), sub.recv()).await;
+    assert!(idle.is_err(), "nothing was sent, got {idle:?}");
+    assert_eq!(
+        ok(layer.group_channels("room").await, "group_channels"),
+        vec![sub.channel_name().clone()],
+        "the membership outlives group_expiry"
+    );
+    ok(layer.group_send("room", msg("late", 1)).await, "group_send");
+    match tokio::time::timeout(ARRIVES, sub.recv()).await {
+        Ok(r) => assert_eq!(ok(r, "subscription recv"), msg("late", 1)),
+        Err(_) => panic!("a refreshed member got nothing within {ARRIVES:?}"),
+    }
+    sub.close().await;
 }
 
 /// Expands to one `#[tokio::test]` per conformance case, for the layer built by `$make`
@@ -618,7 +703,9 @@ macro_rules! layer_conformance_tests {
             group_send_reaches_members, instances_share_channels_and_groups, group_discard_stops_delivery, group_send_skips_full_member,
             messages_expire_and_channel_leaves_groups, group_membership_expires,
             flush_empties_everything, discard_channel_forgets_it, concurrent_senders_lose_nothing,
-            all_value_types_survive, bad_names_are_refused);
+            all_value_types_survive, bad_names_are_refused,
+            subscription_receives_and_leaves_on_close, dropped_subscription_leaves_its_groups,
+            subscription_refreshes_its_groups);
     };
     (@cases $make:path; $($case:ident),*) => {
         $(

@@ -1,53 +1,16 @@
-//! Channel layers: where channels and groups live.
-//!
-//! A channel layer moves [`Message`]s between the parts of an application: every consumer owns
-//! a channel, anyone holding a channel's name can [`send`](ChannelLayer::send) to it, and a
-//! [`group_send`](ChannelLayer::group_send) delivers one message to every channel in a group.
-//! The semantics are those of Django Channels, written down here so every layer — in-memory,
-//! Redis, Redis pub/sub — can be held to them by one conformance suite.
-//!
-//! # Capacity
-//!
-//! A channel holds at most `capacity` undelivered messages ([`LayerConfig::capacity`], 100 by
-//! default; [`LayerConfig::channel_capacity`] sets it per name pattern, first match wins).
-//! - [`send`](ChannelLayer::send) to a full channel fails with [`Error::ChannelFull`] and queues
-//!   nothing: the sender learns the receiver is not keeping up.
-//! - [`group_send`](ChannelLayer::group_send) never fails because one member is full: that member
-//!   misses the message and the drop is counted ([`LayerStats::group_full_drops`]), while every
-//!   other member gets it. One slow consumer cannot stall a room. Before it comes to that, the
-//!   in-memory layer pushes back on a fast sender: a `group_send` that leaves members more than
-//!   half full waits (at most [`LayerConfig::group_backpressure`], 10 ms) for them to drain.
-//!
-//! # Expiry
-//!
-//! A message not received within `expiry` (60 s) of being sent is dropped, and its channel
-//! leaves every group it was in: a consumer that stopped reading for that long is presumed dead.
-//! Group membership itself expires `group_expiry` (one day) after the `group_add` that made it;
-//! calling `group_add` again refreshes it. (switchboard's consumer runtime refreshes the groups
-//! of long-lived connections for you, which Channels does not.)
-//!
-//! # Ordering
-//!
-//! Messages sent to one channel by one sender are received in the order sent. There is no order
-//! between different senders.
-//!
-//! # Names
-//!
-//! Names are checked once, when a [`ChannelName`] or [`GroupName`] is built. `new_channel`
-//! returns fresh process-local names (`specific.…!…`) that no other consumer will be given.
+#![doc = include_str!("../../docs/layers.md")]
 
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::error::{Error, Result};
+use crate::engine::Receiver;
+use crate::error::{LayerError, Result};
 use crate::message::{IntoMessage, Message};
 use crate::name::{ChannelName, GroupName, IntoChannelName, IntoGroupName};
+use crate::subscription::Subscription;
 
 pub mod memory;
 
@@ -119,11 +82,11 @@ impl LayerConfig {
     /// let cfg = LayerConfig::default().channel_capacity("http.response!*", 10)?;
     /// assert_eq!(cfg.capacity_for("http.response!abc"), 10);
     /// assert_eq!(cfg.capacity_for("chat"), 100);
-    /// # Ok::<(), switchboard_core::Error>(())
+    /// # Ok::<(), switchboard_core::LayerError>(())
     /// ```
     pub fn channel_capacity(mut self, pattern: &str, capacity: usize) -> Result<Self> {
         let p = glob::Pattern::new(pattern).map_err(|e| {
-            Error::Protocol(format!("bad channel_capacity pattern {pattern:?}: {e}"))
+            LayerError::Config(format!("bad channel_capacity pattern {pattern:?}: {e}"))
         })?;
         self.channel_capacity.push((p, capacity));
         Ok(self)
@@ -138,14 +101,19 @@ impl LayerConfig {
     }
 }
 
-/// Counters a layer keeps about what it did not deliver.
+/// Counters a layer keeps about what it did not deliver, and what it holds.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct LayerStats {
     /// Group deliveries skipped because the member's channel was full.
     pub group_full_drops: u64,
+    /// Messages from other processes dropped because the receiving channel's queue here was
+    /// full (the Redis layers; a `send` in this process fails with `ChannelFull` instead).
+    pub remote_full_drops: u64,
     /// Messages dropped because they were not received within `expiry`.
     pub expired_messages: u64,
+    /// Stored messages that did not decode (logged and skipped; the Redis layers).
+    pub undecodable: u64,
     /// Channels currently held by the layer (this process's view).
     pub channels: u64,
     /// Groups currently held by the layer (this process's view).
@@ -155,8 +123,9 @@ pub struct LayerStats {
 /// A channel layer backend.
 ///
 /// Implemented by [`InMemoryLayer`](memory::InMemoryLayer) here and by the Redis layers in
-/// `switchboard-redis`. Application code usually holds a [`Layer`] handle instead, whose methods
-/// take plain strings and JSON.
+/// `switchboard-redis`, each on the local delivery [`Engine`](crate::engine::Engine).
+/// Application code holds a [`Layer`] handle instead, whose methods take plain strings and
+/// JSON and validate them on the way in.
 #[async_trait]
 pub trait ChannelLayer: Send + Sync + 'static {
     /// The layer's settings.
@@ -166,20 +135,18 @@ pub trait ChannelLayer: Send + Sync + 'static {
     /// a consumer of this process to receive on.
     async fn new_channel(&self, prefix: &str) -> Result<ChannelName>;
 
-    /// Queues `message` on `channel`. Fails with [`Error::ChannelFull`] if the channel holds
-    /// `capacity` messages.
+    /// Queues `message` on `channel`. Fails with [`LayerError::ChannelFull`] if the channel
+    /// holds `capacity` messages.
     async fn send(&self, channel: &ChannelName, message: Message) -> Result<()>;
 
-    /// Waits for the next message on `channel`. Cancel-safe: dropping the future loses nothing.
-    async fn receive(&self, channel: &ChannelName) -> Result<Message>;
+    /// A long-lived receiver for `channel`, polled without a lookup, an allocation or a future
+    /// per message.
+    async fn receiver(&self, channel: &ChannelName) -> Result<Receiver>;
 
-    /// A long-lived receiver for `channel`, for a consumer that receives on it for its whole life.
-    /// Receiving through it is what [`receive`](ChannelLayer::receive) does without the per-call
-    /// lookup and allocation. `None` (the default) makes [`Layer::receiver`] fall back to calling
-    /// `receive` in a loop.
-    fn receiver(&self, channel: &ChannelName) -> Option<Box<dyn ChannelReceiver>> {
-        let _ = channel;
-        None
+    /// Waits for the next message on `channel`. Cancel-safe: dropping the future loses
+    /// nothing.
+    async fn receive(&self, channel: &ChannelName) -> Result<Message> {
+        self.receiver(channel).await?.recv().await
     }
 
     /// Adds `channel` to `group` (or refreshes its membership).
@@ -195,63 +162,19 @@ pub trait ChannelLayer: Send + Sync + 'static {
     async fn group_channels(&self, group: &GroupName) -> Result<Vec<ChannelName>>;
 
     /// Tells the layer nobody will receive on `channel` again (its consumer has gone): pending
-    /// messages are dropped and what the layer held for it is freed. Sending to it afterwards
+    /// messages are dropped and the channel leaves its groups. Sending to it afterwards
     /// behaves as sending to any channel nobody receives on.
-    async fn discard_channel(&self, channel: &ChannelName) -> Result<()> {
-        let _ = channel;
-        Ok(())
-    }
+    async fn discard_channel(&self, channel: &ChannelName) -> Result<()>;
 
     /// Deletes every channel, message and group of this layer (its key prefix, for Redis).
     async fn flush(&self) -> Result<()>;
 
     /// Closes the layer: connections are released and later calls fail with
-    /// [`Error::LayerClosed`].
+    /// [`LayerError::Closed`].
     async fn close(&self) -> Result<()>;
 
     /// What the layer has not delivered, and how much it holds.
-    fn stats(&self) -> LayerStats {
-        LayerStats::default()
-    }
-}
-
-/// Receives the messages of one channel, polled directly (no future allocated per message).
-/// Obtained from [`Layer::receiver`].
-pub trait ChannelReceiver: Send + 'static {
-    /// Polls for the next message. Cancel-safe: a message is taken only when `Ready` is returned.
-    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Message>>;
-}
-
-impl dyn ChannelReceiver {
-    /// Waits for the next message.
-    pub async fn recv(&mut self) -> Result<Message> {
-        std::future::poll_fn(|cx| self.poll_recv(cx)).await
-    }
-}
-
-impl fmt::Debug for dyn ChannelReceiver {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("ChannelReceiver")
-    }
-}
-
-/// The fallback receiver: `receive` called in a loop.
-struct ReceiveLoop {
-    layer: Layer,
-    channel: ChannelName,
-    pending: Option<Pin<Box<dyn Future<Output = Result<Message>> + Send>>>,
-}
-
-impl ChannelReceiver for ReceiveLoop {
-    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Message>> {
-        let fut = self.pending.get_or_insert_with(|| {
-            let (layer, channel) = (self.layer.clone(), self.channel.clone());
-            Box::pin(async move { layer.backend().receive(&channel).await })
-        });
-        let r = std::task::ready!(fut.as_mut().poll(cx));
-        self.pending = None;
-        Poll::Ready(r)
-    }
+    fn stats(&self) -> LayerStats;
 }
 
 /// A cheap, cloneable handle to a channel layer, for consumers and for code outside consumers
@@ -298,6 +221,12 @@ impl Layer {
         self.0.new_channel("specific.").await
     }
 
+    /// A [`Subscription`]: a fresh channel to receive on, and the groups joined through it,
+    /// kept alive while it lives and left when it is dropped.
+    pub async fn subscribe(&self) -> Result<Subscription> {
+        Subscription::new(self).await
+    }
+
     /// Sends to a channel; see [`ChannelLayer::send`].
     pub async fn send(
         &self,
@@ -316,14 +245,9 @@ impl Layer {
     }
 
     /// A long-lived receiver for a channel; see [`ChannelLayer::receiver`].
-    pub fn receiver(&self, channel: &ChannelName) -> Box<dyn ChannelReceiver> {
-        self.0.receiver(channel).unwrap_or_else(|| {
-            Box::new(ReceiveLoop {
-                layer: self.clone(),
-                channel: channel.clone(),
-                pending: None,
-            })
-        })
+    pub async fn receiver(&self, channel: impl IntoChannelName) -> Result<Receiver> {
+        let channel = channel.into_channel_name()?;
+        self.0.receiver(&channel).await
     }
 
     /// Adds a channel to a group; see [`ChannelLayer::group_add`].
@@ -363,6 +287,12 @@ impl Layer {
     pub async fn group_channels(&self, group: impl IntoGroupName) -> Result<Vec<ChannelName>> {
         let group = group.into_group_name()?;
         self.0.group_channels(&group).await
+    }
+
+    /// Forgets a channel whose receiver has gone; see [`ChannelLayer::discard_channel`].
+    pub async fn discard_channel(&self, channel: impl IntoChannelName) -> Result<()> {
+        let channel = channel.into_channel_name()?;
+        self.0.discard_channel(&channel).await
     }
 
     /// Deletes everything the layer holds.

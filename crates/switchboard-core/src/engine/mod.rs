@@ -1,0 +1,749 @@
+//! The local delivery engine: where every layer delivers.
+//!
+//! Whatever carries a message between processes — nothing (the in-memory layer), Redis queues,
+//! Redis pub/sub — it ends in a queue in the receiving process. This module is those queues,
+//! written once for every layer, as socketioxide's `CoreLocalAdapter` is for its adapters:
+//!
+//! - **channels**: one bounded queue per channel ([`LayerConfig::capacity`], per pattern
+//!   [`LayerConfig::channel_capacity`]); a message not received within
+//!   [`LayerConfig::expiry`] is dropped and its channel leaves its groups;
+//! - **receivers** polled without a future per message, waking only the task that waits;
+//!   [`Demand`] tells a backend how many receivers wait, so it fetches only for them;
+//! - **groups**: an index of this process's members of each group, each membership timed
+//!   ([`LayerConfig::group_expiry`]), with a back-index from each channel to its groups so that
+//!   expiry and discard take it out of every group at once;
+//! - **fan-out** that pushes one shared [`Message`] handle to every member, skips (and counts)
+//!   full members, and reports the lagging ones for **back-pressure**
+//!   ([`LayerConfig::group_backpressure`]);
+//! - one coarse clock, one hasher, one set of counters ([`LayerStats`]).
+//!
+//! A layer adds only its transport: [`InMemoryLayer`](crate::InMemoryLayer) is this engine and
+//! nothing else; the Redis layers add channels_redis's keys, scripts and receive loops, and
+//! hear about memberships the engine ended (expired messages, expired memberships) through
+//! [`Engine::with_leaves`], to end them in Redis too.
+//!
+//! The semantics are those of [`crate::layer`]; the conformance suite checks them on every
+//! layer.
+
+mod clock;
+mod queue;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::sync::mpsc;
+
+use crate::error::{LayerError, Result};
+use crate::layer::{LayerConfig, LayerStats};
+use crate::message::Message;
+use crate::name::{ChannelName, GroupName};
+
+use clock::Instant;
+use queue::Mode;
+pub use queue::{Demand, Pushed, Queue, Receiver};
+
+/// The hasher of every map the layers look names up in: fast, and seeded at random per
+/// process (names can come from users).
+pub type Hasher = foldhash::fast::RandomState;
+
+type DashMap<K, V> = dashmap::DashMap<K, V, Hasher>;
+
+/// The local delivery engine of one layer instance. Cheap to clone: clones share everything.
+#[derive(Clone)]
+pub struct Engine(Arc<Shared>);
+
+struct Shared {
+    config: LayerConfig,
+    channels: DashMap<ChannelName, Arc<Queue>>,
+    groups: DashMap<GroupName, Members>,
+    counters: Counters,
+    closed: AtomicBool,
+    last_sweep: Mutex<Instant>,
+    leaves: Option<mpsc::UnboundedSender<Leave>>,
+}
+
+#[derive(Default)]
+struct Counters {
+    group_full_drops: AtomicU64,
+    remote_full_drops: AtomicU64,
+    expired: AtomicU64,
+    undecodable: AtomicU64,
+}
+
+/// This process's members of one group.
+#[derive(Default)]
+struct Members {
+    map: HashMap<ChannelName, Member, Hasher>,
+    /// Set by a fan-out that left members lagging, cleared by the next look that finds none:
+    /// lets a sender whose fan-out runs elsewhere (pub/sub) skip the look when nobody lags.
+    lagging: AtomicBool,
+}
+
+struct Member {
+    joined: Instant,
+    queue: Arc<Queue>,
+}
+
+/// Memberships the engine ended by itself — the channel's messages expired, or the
+/// membership did — reported to a backend that keeps memberships of its own (Redis).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leave {
+    /// The channel.
+    pub channel: ChannelName,
+    /// The groups it left.
+    pub groups: Vec<GroupName>,
+}
+
+/// One of this process's memberships, as [`Engine::memberships`] lists them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Membership {
+    /// The group.
+    pub group: GroupName,
+    /// The member.
+    pub channel: ChannelName,
+    /// How long ago it joined (or last refreshed its membership).
+    pub age: Duration,
+}
+
+/// When a message arrived and when it expires, computed once for all the queues it goes to.
+#[derive(Debug, Clone, Copy)]
+pub struct Arrival {
+    now: Instant,
+    expires: Instant,
+}
+
+/// Members a fan-out left more than half full: a sender waits for them
+/// ([`Engine::backpressure`]).
+#[derive(Debug, Default)]
+pub struct Lagging(Vec<Arc<Queue>>);
+
+impl Lagging {
+    /// Whether no member lags.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("channels", &self.0.channels.len())
+            .field("groups", &self.0.groups.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// An engine with `config`'s capacities and expiries.
+    pub fn new(config: LayerConfig) -> Engine {
+        Engine::build(config, None)
+    }
+
+    /// An engine that reports the memberships it ends by itself (see [`Leave`]).
+    pub fn with_leaves(config: LayerConfig) -> (Engine, mpsc::UnboundedReceiver<Leave>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Engine::build(config, Some(tx)), rx)
+    }
+
+    fn build(config: LayerConfig, leaves: Option<mpsc::UnboundedSender<Leave>>) -> Engine {
+        Engine(Arc::new(Shared {
+            config,
+            channels: DashMap::default(),
+            groups: DashMap::default(),
+            counters: Counters::default(),
+            closed: AtomicBool::new(false),
+            last_sweep: Mutex::new(Instant::now()),
+            leaves,
+        }))
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &LayerConfig {
+        &self.0.config
+    }
+
+    /// `Err(Closed)` once [`close`](Engine::close) was called.
+    pub fn check_open(&self) -> Result<()> {
+        if self.is_closed() {
+            Err(LayerError::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Whether [`close`](Engine::close) was called.
+    pub fn is_closed(&self) -> bool {
+        self.0.closed.load(Ordering::Relaxed)
+    }
+
+    // -- channels ---------------------------------------------------------------------------
+
+    /// The queue of `channel`, made if it does not exist.
+    pub fn queue(&self, channel: &ChannelName) -> Arc<Queue> {
+        self.queue_with(channel, None)
+    }
+
+    /// The queue of `channel`, made fed by `demand` if it does not exist.
+    pub fn queue_fed_by(&self, channel: &ChannelName, demand: &Arc<Demand>) -> Arc<Queue> {
+        self.queue_with(channel, Some(demand))
+    }
+
+    fn queue_with(&self, channel: &ChannelName, demand: Option<&Arc<Demand>>) -> Arc<Queue> {
+        if let Some(q) = self.0.channels.get(channel) {
+            return q.clone();
+        }
+        self.0
+            .channels
+            .entry(channel.clone())
+            .or_insert_with(|| {
+                Arc::new(Queue::new(
+                    channel.clone(),
+                    self.0.config.capacity_for(channel.as_str()),
+                    demand.cloned(),
+                ))
+            })
+            .clone()
+    }
+
+    /// The queue of `channel`, if it exists.
+    pub fn get(&self, channel: &str) -> Option<Arc<Queue>> {
+        self.0.channels.get(channel).map(|q| q.clone())
+    }
+
+    /// A receiver on `queue`.
+    pub fn receiver(&self, queue: Arc<Queue>) -> Receiver {
+        Receiver::new(self.clone(), queue)
+    }
+
+    /// Forgets `channel`: drops its queue and messages and takes it out of every group here.
+    /// Returns the groups it left. Later sends make a new, empty queue.
+    pub fn discard(&self, channel: &ChannelName) -> Vec<GroupName> {
+        let Some((_, queue)) = self.0.channels.remove(channel) else {
+            return Vec::new();
+        };
+        let groups = {
+            let mut st = queue.state.lock();
+            st.messages.clear();
+            std::mem::take(&mut st.groups)
+        };
+        for group in &groups {
+            self.remove_member(group, channel, Some(&queue));
+        }
+        groups
+    }
+
+    /// Channels held.
+    pub fn channel_count(&self) -> usize {
+        self.0.channels.len()
+    }
+
+    // -- delivery ---------------------------------------------------------------------------
+
+    /// The arrival of a message sent `age` ago (zero: now).
+    pub fn arrival(&self, age: Duration) -> Arrival {
+        let now = Instant::now();
+        Arrival {
+            now,
+            expires: now + self.0.config.expiry.saturating_sub(age),
+        }
+    }
+
+    /// `send`: queues `message` on `queue`, or fails with [`LayerError::ChannelFull`].
+    pub fn send(&self, queue: &Arc<Queue>, message: Message) -> Result<()> {
+        let at = self.arrival(Duration::ZERO);
+        match self.push(queue, message, &at, Mode::Direct) {
+            Pushed::Full => Err(LayerError::ChannelFull {
+                channel: queue.name.clone(),
+                capacity: queue.capacity,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// A message another process sent to `queue`'s channel. A full queue drops it; the drop
+    /// is counted ([`LayerStats::remote_full_drops`]).
+    pub fn deliver(&self, queue: &Arc<Queue>, message: Message, at: &Arrival) -> Pushed {
+        let pushed = self.push(queue, message, at, Mode::Direct);
+        if pushed == Pushed::Full {
+            self.0
+                .counters
+                .remote_full_drops
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(channel = %queue.name, "local queue full; a message from another process was dropped");
+        }
+        pushed
+    }
+
+    /// A message fetched from a shared queue (a named channel other processes read too) for
+    /// the receivers waiting on `demand`: queued only while more receivers wait than `queue`
+    /// holds messages, else [`Pushed::Unwanted`] (give it back). Checked and queued under the
+    /// queue's lock, so fetchers on several hosts never queue more than the receivers waiting.
+    pub fn deliver_wanted(
+        &self,
+        queue: &Arc<Queue>,
+        message: Message,
+        at: &Arrival,
+        demand: &Demand,
+    ) -> Pushed {
+        let pushed = self.push(queue, message, at, Mode::Wanted(demand));
+        if pushed == Pushed::Full {
+            self.0
+                .counters
+                .remote_full_drops
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        pushed
+    }
+
+    /// A group message for one member, `queue`, found by the backend (the Redis layer reads
+    /// its members from Redis). A full member is skipped and counted; a lagging one is added to
+    /// `lagging`.
+    pub fn deliver_to_member(
+        &self,
+        queue: &Arc<Queue>,
+        message: Message,
+        at: &Arrival,
+        lagging: &mut Lagging,
+    ) -> Pushed {
+        let pushed = self.push(queue, message, at, Mode::Group);
+        match pushed {
+            Pushed::Full => {
+                self.0
+                    .counters
+                    .group_full_drops
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            Pushed::Queued(len) if self.waits() && queue.lags_at(len) => {
+                lagging.0.push(queue.clone());
+            }
+            _ => {}
+        }
+        pushed
+    }
+
+    fn push(&self, queue: &Arc<Queue>, message: Message, at: &Arrival, mode: Mode<'_>) -> Pushed {
+        let (pushed, expired, leave) = queue.push(message, at.now, at.expires, mode);
+        self.after_expiry(queue, expired, leave);
+        pushed
+    }
+
+    /// Whether group sends wait for lagging members at all.
+    fn waits(&self) -> bool {
+        !self.0.config.group_backpressure.is_zero()
+    }
+
+    /// Accounts for `expired` messages of `queue` and takes its channel out of `leave`, the
+    /// groups it was in. Must be called with no group map guard held.
+    pub(crate) fn after_expiry(&self, queue: &Arc<Queue>, expired: usize, leave: Vec<GroupName>) {
+        if expired == 0 {
+            return;
+        }
+        self.0
+            .counters
+            .expired
+            .fetch_add(expired as u64, Ordering::Relaxed);
+        tracing::debug!(channel = %queue.name, expired, groups = leave.len(), "messages expired; the channel leaves its groups");
+        for group in &leave {
+            self.remove_member(group, &queue.name, Some(queue));
+        }
+        self.report(&queue.name, leave);
+    }
+
+    fn report(&self, channel: &ChannelName, groups: Vec<GroupName>) {
+        if let Some(tx) = &self.0.leaves
+            && !groups.is_empty()
+        {
+            let _ = tx.send(Leave {
+                channel: channel.clone(),
+                groups,
+            });
+        }
+    }
+
+    /// Counts messages a backend found expired before they reached a queue.
+    pub fn count_expired(&self, n: u64) {
+        self.0.counters.expired.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts a stored message that did not decode (the backend logs and skips it).
+    pub fn count_undecodable(&self) {
+        self.0.counters.undecodable.fetch_add(1, Ordering::Relaxed);
+    }
+
+    // -- groups -----------------------------------------------------------------------------
+
+    /// Adds `queue`'s channel to `group` here, or refreshes its membership.
+    pub fn group_add(&self, group: &GroupName, queue: &Arc<Queue>) {
+        let mut members = self.0.groups.entry(group.clone()).or_default();
+        let previous = members.map.insert(
+            queue.name.clone(),
+            Member {
+                joined: Instant::now(),
+                queue: queue.clone(),
+            },
+        );
+        // Lock order: group shard, then queue state (as in a fan-out).
+        {
+            let mut st = queue.state.lock();
+            if !st.groups.contains(group) {
+                st.groups.push(group.clone());
+            }
+        }
+        drop(members);
+        // A channel discarded and made again has a new queue: the old one is not a member.
+        if let Some(old) = previous.filter(|m| !Arc::ptr_eq(&m.queue, queue)) {
+            old.queue.state.lock().groups.retain(|g| g != group);
+        }
+    }
+
+    /// Takes `channel` out of `group` here; returns whether it was a member.
+    pub fn group_discard(&self, group: &GroupName, channel: &ChannelName) -> bool {
+        match self.remove_member(group, channel, None) {
+            Some(queue) => {
+                queue.state.lock().groups.retain(|g| g != group);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Removes `channel` from the index of `group` (only if its membership is for `queue`,
+    /// when given: a discarded and re-made channel must keep its new membership). Returns the
+    /// removed member's queue.
+    fn remove_member(
+        &self,
+        group: &GroupName,
+        channel: &ChannelName,
+        queue: Option<&Arc<Queue>>,
+    ) -> Option<Arc<Queue>> {
+        let mut removed = None;
+        let mut now_empty = false;
+        if let Some(mut members) = self.0.groups.get_mut(group) {
+            let matches = members
+                .map
+                .get(channel)
+                .is_some_and(|m| queue.is_none_or(|q| Arc::ptr_eq(&m.queue, q)));
+            if matches {
+                removed = members.map.remove(channel).map(|m| m.queue);
+            }
+            now_empty = members.map.is_empty();
+        }
+        if now_empty {
+            self.0.groups.remove_if(group, |_, m| m.map.is_empty());
+        }
+        removed
+    }
+
+    /// Delivers `message` to every member of `group` here: memberships older than
+    /// `group_expiry` end instead, full members are skipped and counted
+    /// ([`LayerStats::group_full_drops`]). Returns the members left lagging, for
+    /// [`backpressure`](Engine::backpressure).
+    pub fn group_send(&self, group: &str, message: &Message) -> Lagging {
+        let at = self.arrival(Duration::ZERO);
+        let group_expiry = self.0.config.group_expiry;
+        let waits = self.waits();
+        let mut full = 0u64;
+        let mut expired_queues = Vec::new();
+        let mut stale = Vec::new();
+        let mut lagging = Lagging::default();
+        if let Some(members) = self.0.groups.get(group) {
+            for m in members.map.values() {
+                if at.now.duration_since(m.joined) >= group_expiry {
+                    stale.push(m.queue.clone());
+                    continue;
+                }
+                let (pushed, expired, leave) =
+                    m.queue.push(message.clone(), at.now, at.expires, Mode::Group);
+                match pushed {
+                    Pushed::Full => full += 1,
+                    Pushed::Queued(len) if waits && m.queue.lags_at(len) => {
+                        lagging.0.push(m.queue.clone());
+                    }
+                    _ => {}
+                }
+                if expired > 0 {
+                    expired_queues.push((m.queue.clone(), expired, leave));
+                }
+            }
+            if !lagging.is_empty() {
+                members.lagging.store(true, Ordering::Relaxed);
+            }
+        }
+        // The group guard is released: now expiry may take channels out of groups.
+        if full > 0 {
+            self.0
+                .counters
+                .group_full_drops
+                .fetch_add(full, Ordering::Relaxed);
+            tracing::debug!(group, skipped = full, "group_send skipped full channels");
+        }
+        for (q, n, leave) in expired_queues {
+            self.after_expiry(&q, n, leave);
+        }
+        if !stale.is_empty()
+            && let Ok(group) = GroupName::new(group)
+        {
+            for q in stale {
+                self.end_membership(&group, &q);
+            }
+        }
+        lagging
+    }
+
+    /// Ends an expired membership: index, back-index, report.
+    fn end_membership(&self, group: &GroupName, queue: &Arc<Queue>) {
+        if self.remove_member(group, &queue.name, Some(queue)).is_some() {
+            queue.state.lock().groups.retain(|g| g != group);
+            self.report(&queue.name, vec![group.clone()]);
+        }
+    }
+
+    /// The members of `group` here whose membership has not expired.
+    pub fn group_members(&self, group: &str) -> Vec<ChannelName> {
+        let now = Instant::now();
+        let group_expiry = self.0.config.group_expiry;
+        self.0
+            .groups
+            .get(group)
+            .map(|members| {
+                members
+                    .map
+                    .iter()
+                    .filter(|(_, m)| now.duration_since(m.joined) < group_expiry)
+                    .map(|(name, _)| name.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Whether `group` has any member here.
+    pub fn has_members(&self, group: &str) -> bool {
+        self.0.groups.contains_key(group)
+    }
+
+    /// Groups with members here.
+    pub fn group_count(&self) -> usize {
+        self.0.groups.len()
+    }
+
+    /// The groups with members here.
+    pub fn group_names(&self) -> Vec<GroupName> {
+        self.0.groups.iter().map(|g| g.key().clone()).collect()
+    }
+
+    /// Every membership here, with its age (a backend writes them again after its store lost
+    /// them).
+    pub fn memberships(&self) -> Vec<Membership> {
+        let now = Instant::now();
+        let mut out = Vec::new();
+        for entry in self.0.groups.iter() {
+            for (channel, m) in &entry.map {
+                out.push(Membership {
+                    group: entry.key().clone(),
+                    channel: channel.clone(),
+                    age: now.duration_since(m.joined),
+                });
+            }
+        }
+        out
+    }
+
+    /// The members of `group` here that lag, if the last fan-out to the group left any (for a
+    /// sender whose fan-out ran elsewhere, as the pub/sub layer's subscription does).
+    pub fn lagging_members(&self, group: &str) -> Lagging {
+        let mut lagging = Lagging::default();
+        if !self.waits() {
+            return lagging;
+        }
+        if let Some(members) = self.0.groups.get(group)
+            && members.lagging.load(Ordering::Relaxed)
+        {
+            lagging.0.extend(
+                members
+                    .map
+                    .values()
+                    .filter(|m| m.queue.lags_at(m.queue.len()))
+                    .map(|m| m.queue.clone()),
+            );
+            if lagging.is_empty() {
+                members.lagging.store(false, Ordering::Relaxed);
+            }
+        }
+        lagging
+    }
+
+    /// Back-pressure: waits, at most [`LayerConfig::group_backpressure`], for the `lagging`
+    /// members to drain below half their capacity, so a fast sender slows down to its room's
+    /// pace instead of overflowing it.
+    pub async fn backpressure(&self, lagging: Lagging) {
+        if lagging.is_empty() {
+            return;
+        }
+        let drained = async {
+            for q in &lagging.0 {
+                std::future::poll_fn(|cx| q.poll_drained(cx)).await;
+            }
+        };
+        let _ = tokio::time::timeout(self.0.config.group_backpressure, drained).await;
+    }
+
+    // -- upkeep -----------------------------------------------------------------------------
+
+    /// [`sweep`](Engine::sweep)s if the last sweep was `expiry` ago or more (for a layer
+    /// without a background task: the in-memory layer calls it when it makes a channel).
+    pub fn sweep_if_due(&self) {
+        let now = Instant::now();
+        {
+            let Some(mut last) = self.0.last_sweep.try_lock() else {
+                return; // another task is sweeping
+            };
+            if now.duration_since(*last) < self.0.config.expiry {
+                return;
+            }
+            *last = now;
+        }
+        self.sweep();
+    }
+
+    /// Drops expired messages and memberships nobody touched, and frees the queues of channels
+    /// that hold nothing, are in no group and have no receiver. One pass over channels and
+    /// groups.
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        let mut evicted = Vec::new();
+        self.0.channels.retain(|_, q| {
+            let mut st = q.state.lock();
+            let (n, leave) = st.drop_expired(now);
+            // A receiver holds its own reference to the queue.
+            let keep = !st.messages.is_empty()
+                || !leave.is_empty()
+                || !st.groups.is_empty()
+                || Arc::strong_count(q) > 1;
+            if n > 0 {
+                evicted.push((q.clone(), n, leave));
+            }
+            keep
+        });
+        for (q, n, leave) in evicted {
+            self.after_expiry(&q, n, leave);
+        }
+        let group_expiry = self.0.config.group_expiry;
+        let mut stale = Vec::new();
+        for entry in self.0.groups.iter() {
+            for m in entry.map.values() {
+                if now.duration_since(m.joined) >= group_expiry {
+                    stale.push((entry.key().clone(), m.queue.clone()));
+                }
+            }
+        }
+        for (group, q) in stale {
+            self.end_membership(&group, &q);
+        }
+    }
+
+    /// `flush`: every message and membership is dropped; receivers keep their channels.
+    pub fn flush(&self) {
+        self.0.groups.clear();
+        self.0.channels.retain(|_, q| {
+            let mut st = q.state.lock();
+            st.messages.clear();
+            st.groups.clear();
+            Arc::strong_count(q) > 1
+        });
+    }
+
+    /// Closes: everything is flushed, and receivers (now and later) fail with
+    /// [`LayerError::Closed`].
+    pub fn close(&self) {
+        self.0.closed.store(true, Ordering::Relaxed);
+        self.flush();
+        for q in self.0.channels.iter() {
+            q.wake_receivers();
+        }
+    }
+
+    /// The counters, with what the engine holds.
+    pub fn stats(&self) -> LayerStats {
+        let c = &self.0.counters;
+        LayerStats {
+            group_full_drops: c.group_full_drops.load(Ordering::Relaxed),
+            remote_full_drops: c.remote_full_drops.load(Ordering::Relaxed),
+            expired_messages: c.expired.load(Ordering::Relaxed),
+            undecodable: c.undecodable.load(Ordering::Relaxed),
+            channels: self.0.channels.len() as u64,
+            groups: self.0.groups.len() as u64,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(s: &str) -> ChannelName {
+        ChannelName::new(s).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn group(s: &str) -> GroupName {
+        GroupName::new(s).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn msg() -> Message {
+        Message::builder("m")
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn a_named_channel_queues_one_message_per_waiting_receiver() {
+        let engine = Engine::new(LayerConfig::default());
+        let demand = Arc::new(Demand::per_receiver());
+        let q = engine.queue_fed_by(&name("worker.jobs"), &demand);
+        let at = engine.arrival(Duration::ZERO);
+        let push = || engine.deliver_wanted(&q, msg(), &at, &demand);
+        assert_eq!(push(), Pushed::Unwanted, "nobody waits");
+        let waker = futures_waker();
+        let mut cx = Context::from_waker(&waker);
+        let (mut a, mut b) = (engine.receiver(q.clone()), engine.receiver(q.clone()));
+        assert!(a.poll_recv(&mut cx).is_pending());
+        assert!(b.poll_recv(&mut cx).is_pending());
+        assert_eq!(demand.waiting(), 2);
+        assert_eq!(push(), Pushed::Queued(1));
+        assert_eq!(push(), Pushed::Queued(2));
+        assert_eq!(push(), Pushed::Unwanted, "two wait, two are queued");
+        assert!(a.poll_recv(&mut cx).is_ready());
+        assert_eq!(demand.waiting(), 1, "a receiver that got its message stops waiting");
+        drop(b);
+        assert_eq!(demand.waiting(), 0, "a dropped receiver stops waiting");
+    }
+
+    #[test]
+    fn expiry_takes_a_channel_out_of_its_groups_and_reports_it() {
+        let cfg = LayerConfig::default().expiry(Duration::ZERO);
+        let (engine, mut leaves) = Engine::with_leaves(cfg);
+        let q = engine.queue(&name("a"));
+        engine.group_add(&group("room"), &q);
+        let at = engine.arrival(Duration::ZERO);
+        engine.deliver(&q, msg(), &at);
+        std::thread::sleep(Duration::from_millis(20));
+        engine.sweep();
+        assert!(!engine.has_members("room"));
+        assert_eq!(
+            leaves.try_recv().ok(),
+            Some(Leave {
+                channel: name("a"),
+                groups: vec![group("room")]
+            })
+        );
+        assert_eq!(engine.stats().expired_messages, 1);
+    }
+
+    fn futures_waker() -> std::task::Waker {
+        std::task::Waker::noop().clone()
+    }
+
+    use std::task::Context;
+}

@@ -1,0 +1,350 @@
+//! One channel's queue, its receivers, and the demand a backend feeds it by.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll, Waker};
+
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+use tokio::sync::futures::Notified;
+
+use super::Engine;
+use super::clock::Instant;
+use crate::error::Result;
+use crate::message::Message;
+use crate::name::{ChannelName, GroupName};
+
+/// How many receivers wait on the queues a backend feeds, so it fetches messages only while
+/// someone wants them — as channels_redis pops a Redis queue only inside `receive`.
+///
+/// A receiver counts from the moment it has to wait (its poll returned `Pending`) until it
+/// takes a message or is dropped.
+#[derive(Debug, Default)]
+pub struct Demand {
+    waiters: AtomicUsize,
+    wake: Notify,
+    /// Wake the feeder at every new waiting receiver, not only the first (a feeder that fetches
+    /// one message per waiting receiver needs to know of each).
+    every: bool,
+}
+
+impl Demand {
+    /// A demand whose feeder is woken when the first receiver starts waiting.
+    pub fn new() -> Demand {
+        Demand::default()
+    }
+
+    /// A demand whose feeder is woken whenever one more receiver starts waiting.
+    pub fn per_receiver() -> Demand {
+        Demand {
+            every: true,
+            ..Demand::default()
+        }
+    }
+
+    /// Receivers waiting now.
+    pub fn waiting(&self) -> usize {
+        self.waiters.load(Ordering::Relaxed)
+    }
+
+    /// A future that completes at the next wake-up. Created before reading
+    /// [`waiting`](Demand::waiting), it cannot miss a receiver that starts waiting in between.
+    pub fn notified(&self) -> Notified<'_> {
+        self.wake.notified()
+    }
+
+    fn start_waiting(&self) {
+        if self.waiters.fetch_add(1, Ordering::Relaxed) == 0 || self.every {
+            self.wake.notify_waiters();
+        }
+    }
+
+    fn stop_waiting(&self) {
+        self.waiters.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+pub(crate) struct Entry {
+    pub(crate) expires: Instant,
+    pub(crate) message: Message,
+}
+
+#[derive(Default)]
+pub(crate) struct State {
+    pub(crate) messages: VecDeque<Entry>,
+    /// The groups this channel is in (the back-index), so expiry and discard can take it out.
+    pub(crate) groups: Vec<GroupName>,
+    /// Receivers waiting for a message. A push wakes them all: usually there is one (a
+    /// consumer); with several (workers on one channel) the losers wait again, and a receiver
+    /// that was woken and dropped cannot strand a message.
+    waiters: Vec<Waker>,
+    /// Group senders waiting for this queue to drain below half its capacity (back-pressure).
+    drain_waiters: Vec<Waker>,
+}
+
+impl State {
+    /// Drops expired messages from the front. If any expired, the channel leaves its groups:
+    /// returns how many expired and the groups to leave.
+    pub(crate) fn drop_expired(&mut self, now: Instant) -> (usize, Vec<GroupName>) {
+        let mut n = 0;
+        while self.messages.front().is_some_and(|e| e.expires <= now) {
+            self.messages.pop_front();
+            n += 1;
+        }
+        if n > 0 {
+            (n, std::mem::take(&mut self.groups))
+        } else {
+            (0, Vec::new())
+        }
+    }
+}
+
+/// What a push must check besides capacity and expiry.
+#[derive(Clone, Copy)]
+pub(crate) enum Mode<'a> {
+    /// A message sent to the channel.
+    Direct,
+    /// A group message: not queued on a channel that leaves its groups now.
+    Group,
+    /// A named channel's message fetched for waiting receivers: queued only while more
+    /// receivers wait than the channel holds messages.
+    Wanted(&'a Demand),
+}
+
+/// What a push did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    /// Queued; the queue now holds this many messages.
+    Queued(usize),
+    /// The queue was full; nothing was queued.
+    Full,
+    /// A group message for a channel whose earlier messages just expired: it left its groups
+    /// instead, as Channels cleans expired members out of a group before fanning out.
+    Left,
+    /// Not queued: the channel already holds a message for every waiting receiver. It belongs
+    /// back where it came from (another process may be waiting for it).
+    Unwanted,
+}
+
+/// One channel's bounded, expiring queue.
+pub struct Queue {
+    pub(crate) name: ChannelName,
+    pub(crate) capacity: usize,
+    /// The backend's feed of this queue, if it fetches only on demand.
+    pub(crate) demand: Option<Arc<Demand>>,
+    pub(crate) state: Mutex<State>,
+}
+
+impl std::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queue")
+            .field("name", &self.name)
+            .field("capacity", &self.capacity)
+            .field("len", &self.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Queue {
+    pub(crate) fn new(name: ChannelName, capacity: usize, demand: Option<Arc<Demand>>) -> Queue {
+        Queue {
+            name,
+            capacity,
+            demand,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    /// The channel's name.
+    pub fn name(&self) -> &ChannelName {
+        &self.name
+    }
+
+    /// How many messages it holds at most.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Messages waiting (expired ones included until the queue is next touched).
+    pub fn len(&self) -> usize {
+        self.state.lock().messages.len()
+    }
+
+    /// Whether no message waits.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The demand this queue is fed by, if any.
+    pub fn demand(&self) -> Option<&Arc<Demand>> {
+        self.demand.as_ref()
+    }
+
+    /// Half the capacity: above it a member is lagging and a group sender waits for it.
+    pub(crate) fn high_water(&self) -> usize {
+        (self.capacity / 2).max(1)
+    }
+
+    /// Whether a queue that holds `len` messages is lagging: over half full, but not full
+    /// (waiting for a full one is pointless: it is skipped).
+    pub(crate) fn lags_at(&self, len: usize) -> bool {
+        len >= self.high_water() && len < self.capacity
+    }
+
+    /// Queues `message`, which expires at `expires`. Returns what happened, and what expired
+    /// on the way (how many messages, and the groups the channel must now leave).
+    pub(crate) fn push(
+        &self,
+        message: Message,
+        now: Instant,
+        expires: Instant,
+        mode: Mode<'_>,
+    ) -> (Pushed, usize, Vec<GroupName>) {
+        let mut st = self.state.lock();
+        let (expired, leave) = st.drop_expired(now);
+        if matches!(mode, Mode::Group) && expired > 0 {
+            return (Pushed::Left, expired, leave);
+        }
+        if let Mode::Wanted(d) = mode
+            && d.waiting() <= st.messages.len()
+        {
+            return (Pushed::Unwanted, expired, leave);
+        }
+        if st.messages.len() >= self.capacity {
+            return (Pushed::Full, expired, leave);
+        }
+        st.messages.push_back(Entry { expires, message });
+        let len = st.messages.len();
+        let waiters = std::mem::take(&mut st.waiters);
+        drop(st);
+        for w in waiters {
+            w.wake();
+        }
+        (Pushed::Queued(len), expired, leave)
+    }
+
+    /// Takes the next unexpired message, or registers `cx` to be woken by the next push.
+    fn poll_pop(&self, cx: &mut Context<'_>) -> (Poll<Message>, usize, Vec<GroupName>) {
+        let mut st = self.state.lock();
+        let (expired, leave) = if st.messages.is_empty() {
+            (0, Vec::new())
+        } else {
+            st.drop_expired(Instant::now())
+        };
+        match st.messages.pop_front() {
+            Some(e) => {
+                if !st.drain_waiters.is_empty() && st.messages.len() < self.high_water() {
+                    for w in std::mem::take(&mut st.drain_waiters) {
+                        w.wake();
+                    }
+                }
+                (Poll::Ready(e.message), expired, leave)
+            }
+            None => {
+                if !st.waiters.iter().any(|w| w.will_wake(cx.waker())) {
+                    st.waiters.push(cx.waker().clone());
+                }
+                (Poll::Pending, expired, leave)
+            }
+        }
+    }
+
+    /// Ready once the queue is below its high-water mark (or full: then waiting is pointless).
+    pub(crate) fn poll_drained(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut st = self.state.lock();
+        if !self.lags_at(st.messages.len()) {
+            return Poll::Ready(());
+        }
+        if !st.drain_waiters.iter().any(|w| w.will_wake(cx.waker())) {
+            st.drain_waiters.push(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+
+    pub(crate) fn wake_receivers(&self) {
+        let waiters = std::mem::take(&mut self.state.lock().waiters);
+        for w in waiters {
+            w.wake();
+        }
+    }
+}
+
+/// Receives the messages of one channel, polled directly: no lookup, no allocation and no
+/// future per message. Get one from [`Layer::receiver`](crate::Layer::receiver).
+///
+/// Cancel-safe: a message is taken only when `poll_recv` returns it. Several receivers may
+/// share a channel (workers on a named channel); each message goes to one of them.
+pub struct Receiver {
+    engine: Engine,
+    queue: Arc<Queue>,
+    /// Counted in the queue's demand (it had to wait and has not received since).
+    waiting: bool,
+}
+
+impl std::fmt::Debug for Receiver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Receiver")
+            .field("channel", &self.queue.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Receiver {
+    pub(crate) fn new(engine: Engine, queue: Arc<Queue>) -> Receiver {
+        Receiver {
+            engine,
+            queue,
+            waiting: false,
+        }
+    }
+
+    /// The channel this receiver takes messages from.
+    pub fn channel_name(&self) -> &ChannelName {
+        &self.queue.name
+    }
+
+    /// Polls for the next message; fails once the layer is closed.
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Message>> {
+        if let Err(e) = self.engine.check_open() {
+            self.stop_waiting();
+            return Poll::Ready(Err(e));
+        }
+        let (polled, expired, leave) = self.queue.poll_pop(cx);
+        self.engine.after_expiry(&self.queue, expired, leave);
+        match polled {
+            Poll::Ready(m) => {
+                self.stop_waiting();
+                Poll::Ready(Ok(m))
+            }
+            Poll::Pending => {
+                if !self.waiting
+                    && let Some(d) = &self.queue.demand
+                {
+                    self.waiting = true;
+                    d.start_waiting();
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    /// Waits for the next message.
+    pub async fn recv(&mut self) -> Result<Message> {
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    fn stop_waiting(&mut self) {
+        if std::mem::take(&mut self.waiting)
+            && let Some(d) = &self.queue.demand
+        {
+            d.stop_waiting();
+        }
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.stop_waiting();
+    }
+}

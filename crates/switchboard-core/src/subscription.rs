@@ -1,0 +1,296 @@
+//! [`Subscription`]: a channel and the groups joined through it, kept alive while it lives.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::time::{Instant, Sleep};
+
+use crate::engine::Receiver;
+use crate::error::{LayerError, Result};
+use crate::layer::Layer;
+use crate::message::Message;
+use crate::name::{ChannelName, GroupName, IntoGroupName};
+
+type Pending = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// A channel to receive on, plus the groups joined through it: what every receiver of a
+/// layer's messages holds — a WebSocket consumer's connection, a server-sent-events or
+/// long-poll stream, a worker.
+///
+/// - [`recv`](Subscription::recv) / [`poll_recv`](Subscription::poll_recv) take the next
+///   message from the channel (direct sends and group messages alike), without a future per
+///   message; both are cancel-safe.
+/// - [`group_add`](Subscription::group_add) joins a group and remembers it. While the
+///   subscription is received from, every `group_expiry / 2` it joins its groups again, so a
+///   subscription that lives longer than `group_expiry` keeps its memberships (Channels lets
+///   them lapse).
+/// - [`close`](Subscription::close) leaves the groups and tells the layer the channel is gone
+///   ([`Layer::discard_channel`]). Dropping a subscription that was not closed does the same in
+///   a background task, whatever the reason it was dropped: a handler that panicked, a client
+///   that went away mid-stream.
+///
+/// ```
+/// use switchboard_core::{InMemoryLayer, Layer};
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> switchboard_core::Result<()> {
+/// let layer = Layer::new(InMemoryLayer::default());
+/// let mut sub = layer.subscribe().await?;
+/// sub.group_add("news").await?;
+/// layer.group_send("news", serde_json::json!({"type": "news.flash", "text": "hi"})).await?;
+/// assert_eq!(sub.recv().await?.message_type(), "news.flash");
+/// sub.close().await;
+/// assert!(layer.group_channels("news").await?.is_empty());
+/// # Ok(()) }
+/// ```
+pub struct Subscription {
+    layer: Layer,
+    receiver: Receiver,
+    groups: Vec<GroupName>,
+    /// Whether the channel is this subscription's own (made for it, discarded with it), or a
+    /// named channel others receive on too.
+    owns_channel: bool,
+    refresh: Refresh,
+    closed: bool,
+}
+
+struct Refresh {
+    every: Option<Duration>,
+    /// Armed while there are groups to refresh.
+    timer: Option<Pin<Box<Sleep>>>,
+    /// A refresh on its way.
+    running: Option<Pending>,
+}
+
+impl fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subscription")
+            .field("channel", self.receiver.channel_name())
+            .field("groups", &self.groups)
+            .field("closed", &self.closed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Subscription {
+    /// A subscription on a fresh channel of this process.
+    pub async fn new(layer: &Layer) -> Result<Subscription> {
+        let channel = layer.new_channel().await?;
+        let receiver = match layer.receiver(&channel).await {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = layer.discard_channel(&channel).await;
+                return Err(e);
+            }
+        };
+        Ok(Subscription::build(layer, receiver, true))
+    }
+
+    /// A subscription on a named channel that other receivers may share (`worker.jobs`):
+    /// closing it leaves its groups but keeps the channel and its messages.
+    pub async fn named(layer: &Layer, channel: &ChannelName) -> Result<Subscription> {
+        let receiver = layer.receiver(channel).await?;
+        Ok(Subscription::build(layer, receiver, false))
+    }
+
+    fn build(layer: &Layer, receiver: Receiver, owns_channel: bool) -> Subscription {
+        let every = (layer.config().group_expiry / 2).max(Duration::from_secs(1));
+        Subscription {
+            layer: layer.clone(),
+            receiver,
+            groups: Vec::new(),
+            owns_channel,
+            refresh: Refresh {
+                every: Some(every),
+                timer: None,
+                running: None,
+            },
+            closed: false,
+        }
+    }
+
+    /// The channel: give its name to whoever should be able to send to this subscription.
+    pub fn channel_name(&self) -> &ChannelName {
+        self.receiver.channel_name()
+    }
+
+    /// The groups joined through this subscription.
+    pub fn groups(&self) -> &[GroupName] {
+        &self.groups
+    }
+
+    /// The layer.
+    pub fn layer(&self) -> &Layer {
+        &self.layer
+    }
+
+    /// How often groups are joined again (`None`: never). Default `group_expiry / 2`, at least
+    /// one second.
+    pub fn set_refresh(&mut self, every: Option<Duration>) {
+        self.refresh.every = every;
+        self.refresh.timer = None;
+        self.arm();
+    }
+
+    /// Joins `group` (or refreshes the membership).
+    pub async fn group_add(&mut self, group: impl IntoGroupName) -> Result<()> {
+        self.check_open()?;
+        let group = group.into_group_name()?;
+        self.layer
+            .backend()
+            .group_add(&group, self.receiver.channel_name())
+            .await?;
+        if !self.groups.contains(&group) {
+            self.groups.push(group);
+        }
+        self.arm();
+        Ok(())
+    }
+
+    /// Leaves `group`.
+    pub async fn group_discard(&mut self, group: impl IntoGroupName) -> Result<()> {
+        self.check_open()?;
+        let group = group.into_group_name()?;
+        if self.refresh.running.take().is_some() {
+            // The cancelled refresh may not have reached every group: do it again at once,
+            // without this one. (What it already sent reaches the layer before the discard
+            // below: both go the same way.)
+            if let Some(t) = self.refresh.timer.as_mut() {
+                t.as_mut().reset(Instant::now());
+            }
+        }
+        self.groups.retain(|g| g != &group);
+        self.layer
+            .backend()
+            .group_discard(&group, self.receiver.channel_name())
+            .await
+    }
+
+    /// Polls for the next message: what was sent to the channel or to one of its groups.
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Message>> {
+        if self.closed {
+            return Poll::Ready(Err(LayerError::Closed));
+        }
+        self.poll_refresh(cx);
+        self.receiver.poll_recv(cx)
+    }
+
+    /// Waits for the next message.
+    pub async fn recv(&mut self) -> Result<Message> {
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    /// Leaves the groups and discards the channel (if it is this subscription's own). Errors
+    /// are logged: the layer forgets the memberships by itself when they expire. Later
+    /// receives fail with [`LayerError::Closed`].
+    pub async fn close(&mut self) {
+        if std::mem::replace(&mut self.closed, true) {
+            return;
+        }
+        self.refresh = Refresh {
+            every: None,
+            timer: None,
+            running: None,
+        };
+        let groups = std::mem::take(&mut self.groups);
+        cleanup(
+            &self.layer,
+            self.receiver.channel_name(),
+            groups,
+            self.owns_channel,
+        )
+        .await;
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.closed {
+            Err(LayerError::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Arms the refresh timer when there are groups to refresh and it is not armed.
+    fn arm(&mut self) {
+        if let (Some(every), None, false) = (
+            self.refresh.every,
+            &self.refresh.timer,
+            self.groups.is_empty(),
+        ) {
+            self.refresh.timer = Some(Box::pin(tokio::time::sleep(every)));
+        }
+    }
+
+    fn poll_refresh(&mut self, cx: &mut Context<'_>) {
+        let r = &mut self.refresh;
+        if let Some(f) = r.running.as_mut()
+            && f.as_mut().poll(cx).is_ready()
+        {
+            r.running = None;
+        }
+        let (Some(timer), Some(every)) = (r.timer.as_mut(), r.every) else {
+            return;
+        };
+        if timer.as_mut().poll(cx).is_pending() {
+            return;
+        }
+        timer.as_mut().reset(Instant::now() + every);
+        let _ = timer.as_mut().poll(cx); // registers the next wake-up
+        if r.running.is_some() || self.groups.is_empty() {
+            return;
+        }
+        let (layer, channel, groups) = (
+            self.layer.clone(),
+            self.receiver.channel_name().clone(),
+            self.groups.clone(),
+        );
+        let mut running: Pending = Box::pin(async move {
+            for group in groups {
+                if let Err(e) = layer.backend().group_add(&group, &channel).await {
+                    tracing::warn!(%group, %channel, error = %e, "refreshing a group membership failed");
+                }
+            }
+        });
+        if running.as_mut().poll(cx).is_pending() {
+            r.running = Some(running);
+        }
+    }
+}
+
+async fn cleanup(layer: &Layer, channel: &ChannelName, groups: Vec<GroupName>, owned: bool) {
+    for group in groups {
+        if let Err(e) = layer.backend().group_discard(&group, channel).await {
+            tracing::warn!(%group, %channel, error = %e, "leaving a group failed");
+        }
+    }
+    if owned && let Err(e) = layer.backend().discard_channel(channel).await {
+        tracing::debug!(%channel, error = %e, "discard_channel failed");
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        if self.closed {
+            return;
+        }
+        let groups = std::mem::take(&mut self.groups);
+        if groups.is_empty() && !self.owns_channel {
+            return;
+        }
+        let (layer, channel, owned) = (
+            self.layer.clone(),
+            self.receiver.channel_name().clone(),
+            self.owns_channel,
+        );
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(async move { cleanup(&layer, &channel, groups, owned).await });
+            }
+            Err(_) => {
+                tracing::debug!(%channel, "subscription dropped outside a runtime; its memberships expire by themselves");
+            }
+        }
+    }
+}
