@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use switchboard_core::{ChannelLayer, InMemoryLayer, Layer, LayerConfig, LayerError, Message};
 
-async fn make(cfg: LayerConfig) -> (Layer, Layer) {
+async fn make(cfg: LayerConfig) -> Option<(Layer, Layer)> {
     let layer = Layer::new(InMemoryLayer::new(cfg));
-    (layer.clone(), layer)
+    Some((layer.clone(), layer))
 }
 
 switchboard_core::layer_conformance_tests!(make);

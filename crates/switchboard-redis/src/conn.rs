@@ -15,7 +15,7 @@ use tokio::sync::watch;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, Client, RedisError};
-use switchboard_core::{ChannelName, Error, Result};
+use switchboard_core::{ChannelName, LayerError, Result};
 
 use crate::config::{RedisConfig, redact};
 
@@ -33,15 +33,16 @@ impl Host {
         self.conn.clone()
     }
 
-    pub(crate) fn error(&self, e: RedisError) -> Error {
-        Error::Backend(format!("redis at {}: {e}", self.name))
+    /// A command on this host failed.
+    pub(crate) fn error(&self, e: RedisError) -> LayerError {
+        LayerError::backend(format!("redis at {}", self.name), e)
     }
 }
 
 /// Connects to every host (the layer is not usable until each answers).
 pub(crate) async fn connect_hosts(cfg: &RedisConfig) -> Result<Vec<Host>> {
     if cfg.hosts.is_empty() {
-        return Err(Error::Backend(
+        return Err(LayerError::Config(
             "no Redis host configured: give at least one redis:// URL".into(),
         ));
     }
@@ -49,7 +50,7 @@ pub(crate) async fn connect_hosts(cfg: &RedisConfig) -> Result<Vec<Host>> {
     for url in &cfg.hosts {
         let name = redact(url);
         let client = Client::open(url.as_str())
-            .map_err(|e| Error::Backend(format!("bad Redis URL {name}: {e}")))?;
+            .map_err(|e| LayerError::Config(format!("bad Redis URL {name}: {e}")))?;
         let manager = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(cfg.connect_timeout))
             .set_response_timeout(Some(cfg.command_timeout))
@@ -61,7 +62,7 @@ pub(crate) async fn connect_hosts(cfg: &RedisConfig) -> Result<Vec<Host>> {
             ConnectionManager::new_with_config(client.clone(), manager),
         )
         .await?
-        .map_err(|e| Error::Backend(format!("could not connect to redis at {name}: {e}")))?;
+        .map_err(|e| LayerError::backend(format!("could not connect to redis at {name}"), e))?;
         hosts.push(Host { name, client, conn });
     }
     Ok(hosts)
@@ -80,11 +81,11 @@ pub(crate) async fn blocking_connection(
         .await
 }
 
-/// Runs `fut` with a deadline; running out is [`Error::Timeout`].
+/// Runs `fut` with a deadline; running out is [`LayerError::Timeout`].
 pub(crate) async fn timed<T>(limit: Duration, fut: impl Future<Output = T>) -> Result<T> {
     tokio::time::timeout(limit, fut)
         .await
-        .map_err(|_| Error::Timeout(limit))
+        .map_err(|_| LayerError::Timeout(limit))
 }
 
 /// Unix time in seconds, as Python's `time.time()`.

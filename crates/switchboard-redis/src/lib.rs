@@ -31,8 +31,10 @@
 //! loop, the pub/sub layer one for its subscriptions. A process with a thousand consumers opens
 //! two or three connections, not a thousand.
 //!
-//! When Redis goes away, calls fail with [`Error::Backend`](switchboard_core::Error::Backend) or
-//! [`Error::Timeout`](switchboard_core::Error::Timeout) within `command_timeout` (5 s by default);
+//! When Redis goes away, calls fail with
+//! [`LayerError::Backend`](switchboard_core::LayerError::Backend) or
+//! [`LayerError::Timeout`](switchboard_core::LayerError::Timeout) within `command_timeout` (5 s by
+//! default);
 //! pending receives wait; the receive loop and the subscriptions reconnect with backoff and pick
 //! up where they were, and the memberships this process added are written again if Redis lost
 //! them.
@@ -42,11 +44,11 @@
 mod codec;
 mod config;
 mod conn;
-mod core;
 mod hash;
-mod local;
+mod layer;
+mod process;
 mod pubsub;
 
 pub use config::RedisConfig;
-pub use core::RedisLayer;
+pub use layer::RedisLayer;
 pub use pubsub::RedisPubSubLayer;

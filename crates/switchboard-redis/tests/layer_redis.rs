@@ -2,19 +2,23 @@
 //! fresh key prefix stand for two processes), then what is particular to the Redis core layer.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
-switchboard_core::layer_conformance_tests!(common::make_core);
-
 use std::time::Duration;
 
-use common::{all_types, config, core, msg, raw, recv};
 use redis::AsyncCommands;
 use switchboard_core::{Layer, LayerConfig};
+use test_support::layers::{all_value_types, config, core, make_core, msg, raw, recv};
+
+async fn make(cfg: LayerConfig) -> Option<(Layer, Layer)> {
+    Some(make_core(config(cfg)?).await)
+}
+
+switchboard_core::layer_conformance_tests!(make);
 
 #[tokio::test]
 async fn stores_what_channels_redis_stores() {
-    let cfg = config(LayerConfig::default());
+    let Some(cfg) = config(LayerConfig::default()) else {
+        return;
+    };
     let (a, b) = (Layer::new(core(&cfg).await), core(&cfg).await);
     let client = b.client_id().to_owned();
     let b = Layer::new(b);
@@ -26,7 +30,7 @@ async fn stores_what_channels_redis_stores() {
     a.send(&ch, msg("direct", 1)).await.unwrap();
     a.group_send("room", msg("grouped", 2)).await.unwrap();
 
-    let mut r = raw().await;
+    let mut r = raw(&cfg.hosts[0]).await;
     let key = format!("{}specific.{client}!", cfg.prefix);
     let stored: Vec<(Vec<u8>, f64)> = r.zrange_withscores(&key, 0, -1).await.unwrap();
     assert_eq!(stored.len(), 2);
@@ -75,24 +79,28 @@ fn rmp_serde_from_slice(bytes: &[u8]) -> switchboard_core::Value {
 
 #[tokio::test]
 async fn every_value_type_crosses_redis_between_processes() {
-    let cfg = config(LayerConfig::default());
+    let Some(cfg) = config(LayerConfig::default()) else {
+        return;
+    };
     let (a, b) = (Layer::new(core(&cfg).await), Layer::new(core(&cfg).await));
     let ch = b.new_channel().await.unwrap();
     b.group_add("typed", &ch).await.unwrap();
-    a.send(&ch, all_types()).await.unwrap();
-    a.group_send("typed", all_types()).await.unwrap();
-    assert_eq!(recv(&b, &ch).await, all_types());
-    assert_eq!(recv(&b, &ch).await, all_types());
+    a.send(&ch, all_value_types()).await.unwrap();
+    a.group_send("typed", all_value_types()).await.unwrap();
+    assert_eq!(recv(&b, &ch).await, all_value_types());
+    assert_eq!(recv(&b, &ch).await, all_value_types());
 }
 
 #[tokio::test]
 async fn a_message_that_does_not_decode_is_skipped() {
-    let cfg = config(LayerConfig::default());
+    let Some(cfg) = config(LayerConfig::default()) else {
+        return;
+    };
     let (a, b) = (Layer::new(core(&cfg).await), core(&cfg).await);
     let client = b.client_id().to_owned();
     let b = Layer::new(b);
     let ch = b.new_channel().await.unwrap();
-    let mut r = raw().await;
+    let mut r = raw(&cfg.hosts[0]).await;
     let key = format!("{}specific.{client}!", cfg.prefix);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -108,7 +116,9 @@ async fn a_message_that_does_not_decode_is_skipped() {
 
 #[tokio::test]
 async fn a_process_that_stopped_reading_leaves_its_groups() {
-    let cfg = config(LayerConfig::default().expiry(Duration::from_secs(1)));
+    let Some(cfg) = config(LayerConfig::default().expiry(Duration::from_secs(1))) else {
+        return;
+    };
     let (a, b) = (Layer::new(core(&cfg).await), Layer::new(core(&cfg).await));
     let live = a.new_channel().await.unwrap();
     let dead = b.new_channel().await.unwrap();
@@ -126,8 +136,10 @@ async fn a_process_that_stopped_reading_leaves_its_groups() {
 
 #[tokio::test]
 async fn stalled_members_stay_when_asked_to() {
-    let cfg =
-        config(LayerConfig::default().expiry(Duration::from_secs(1))).drop_stalled_members(false);
+    let Some(cfg) = config(LayerConfig::default().expiry(Duration::from_secs(1))) else {
+        return;
+    };
+    let cfg = cfg.drop_stalled_members(false);
     let (a, b) = (Layer::new(core(&cfg).await), Layer::new(core(&cfg).await));
     let dead = b.new_channel().await.unwrap();
     b.group_add("room", &dead).await.unwrap();
@@ -139,8 +151,10 @@ async fn stalled_members_stay_when_asked_to() {
 }
 
 #[tokio::test]
-async fn normal_channels_share_work_between_processes() {
-    let cfg = config(LayerConfig::default());
+async fn named_channels_share_work_between_processes() {
+    let Some(cfg) = config(LayerConfig::default()) else {
+        return;
+    };
     let (a, b, c) = (
         Layer::new(core(&cfg).await),
         Layer::new(core(&cfg).await),
@@ -164,7 +178,9 @@ async fn normal_channels_share_work_between_processes() {
 
 #[tokio::test]
 async fn encrypted_messages_need_the_key() {
-    let base = config(LayerConfig::default());
+    let Some(base) = config(LayerConfig::default()) else {
+        return;
+    };
     let keyed = base.clone().symmetric_encryption_keys(["k1"]);
     let rotated = base.clone().symmetric_encryption_keys(["k2", "k1"]);
     let wrong = base.clone().symmetric_encryption_keys(["nope"]);
@@ -173,8 +189,8 @@ async fn encrypted_messages_need_the_key() {
     let stranger = Layer::new(core(&wrong).await);
     let ch = reader.new_channel().await.unwrap();
     let other = stranger.new_channel().await.unwrap();
-    sender.send(&ch, all_types()).await.unwrap();
-    assert_eq!(recv(&reader, &ch).await, all_types());
+    sender.send(&ch, all_value_types()).await.unwrap();
+    assert_eq!(recv(&reader, &ch).await, all_value_types());
     sender.send(&other, msg("secret", 1)).await.unwrap();
     assert!(
         tokio::time::timeout(Duration::from_millis(500), stranger.receive(&other))
@@ -186,7 +202,9 @@ async fn encrypted_messages_need_the_key() {
 
 #[tokio::test]
 async fn a_channel_whose_messages_expire_here_leaves_its_groups() {
-    let cfg = config(LayerConfig::default().expiry(Duration::from_secs(1)));
+    let Some(cfg) = config(LayerConfig::default().expiry(Duration::from_secs(1))) else {
+        return;
+    };
     let (a, b) = (Layer::new(core(&cfg).await), Layer::new(core(&cfg).await));
     let (idle, busy) = (
         a.new_channel().await.unwrap(),
@@ -216,7 +234,9 @@ async fn a_channel_whose_messages_expire_here_leaves_its_groups() {
 /// message for it goes through Redis, where any of them (here: another one) can take it.
 #[tokio::test]
 async fn group_messages_for_a_named_channel_reach_other_processes() {
-    let cfg = config(LayerConfig::default());
+    let Some(cfg) = config(LayerConfig::default()) else {
+        return;
+    };
     let (a, b) = (Layer::new(core(&cfg).await), Layer::new(core(&cfg).await));
     let jobs: switchboard_core::ChannelName = "worker.jobs".parse().unwrap();
     a.send(&jobs, msg("job", 1)).await.unwrap();
@@ -232,7 +252,9 @@ async fn group_messages_for_a_named_channel_reach_other_processes() {
 /// one) is an expired message: dropped, and the receive loop goes on.
 #[tokio::test]
 async fn a_message_scored_minus_infinity_is_dropped_as_expired() {
-    let cfg = config(LayerConfig::default());
+    let Some(cfg) = config(LayerConfig::default()) else {
+        return;
+    };
     let (a, b) = (Layer::new(core(&cfg).await), core(&cfg).await);
     let client = b.client_id().to_owned();
     let b = Layer::new(b);
@@ -242,7 +264,7 @@ async fn a_message_scored_minus_infinity_is_dropped_as_expired() {
     a.send(&ch, msg("ancient", 2)).await.unwrap();
     a.send(&ch, msg("fine", 3)).await.unwrap();
     // (After the last send: a send trims expired messages.)
-    let mut r = raw().await;
+    let mut r = raw(&cfg.hosts[0]).await;
     let key = format!("{}specific.{client}!", cfg.prefix);
     let stored: Vec<Vec<u8>> = r.zrange(&key, 0, -1).await.unwrap();
     assert_eq!(stored.len(), 3);

@@ -7,13 +7,12 @@
 //! `ACL LOG`, so tests running side by side do not see each other's refusals.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{msg, raw, recv, redis_url};
 use redis::AsyncCommands;
+use test_support::layers::{msg, raw, recv};
+use test_support::redis::fresh_prefix;
 use switchboard_core::{Layer, LayerConfig};
 use switchboard_redis::{RedisConfig, RedisLayer};
 
@@ -27,10 +26,12 @@ const MAX_TRIES: u64 = 10;
 /// An ACL user of its own, allowed everything but `denied`; removed on drop.
 struct AclUser {
     name: String,
+    /// The test server's URL (as the default user).
+    server: String,
 }
 
 impl AclUser {
-    async fn new(denied: &[&str]) -> AclUser {
+    async fn new(server: &str, denied: &[&str]) -> AclUser {
         let name = format!("sbtest{}", uuid::Uuid::new_v4().simple());
         let mut cmd = redis::cmd("ACL");
         cmd.arg("SETUSER")
@@ -43,8 +44,11 @@ impl AclUser {
         for d in denied {
             cmd.arg(format!("-{d}"));
         }
-        let _: () = cmd.query_async(&mut raw().await).await.unwrap();
-        AclUser { name }
+        let _: () = cmd.query_async(&mut raw(server).await).await.unwrap();
+        AclUser {
+            name,
+            server: server.to_owned(),
+        }
     }
 
     async fn allow(&self, commands: &[&str]) {
@@ -53,13 +57,12 @@ impl AclUser {
         for c in commands {
             cmd.arg(format!("+{c}"));
         }
-        let _: () = cmd.query_async(&mut raw().await).await.unwrap();
+        let _: () = cmd.query_async(&mut raw(&self.server).await).await.unwrap();
     }
 
     /// The test server's URL, logging in as this user.
     fn url(&self) -> String {
-        let url = redis_url();
-        let rest = url.strip_prefix("redis://").unwrap();
+        let rest = self.server.strip_prefix("redis://").unwrap();
         format!("redis://{}:pw@{rest}", self.name)
     }
 
@@ -68,7 +71,7 @@ impl AclUser {
         let entries: Vec<HashMap<String, redis::Value>> = redis::cmd("ACL")
             .arg("LOG")
             .arg(1000)
-            .query_async(&mut raw().await)
+            .query_async(&mut raw(&self.server).await)
             .await
             .unwrap();
         entries
@@ -86,7 +89,7 @@ impl Drop for AclUser {
     fn drop(&mut self) {
         let name = self.name.clone();
         // Best effort: a leftover user on the throwaway test server harms nothing.
-        if let Ok(client) = redis::Client::open(redis_url())
+        if let Ok(client) = redis::Client::open(self.server.as_str())
             && let Ok(mut c) = client.get_connection()
         {
             let _: redis::RedisResult<()> =
@@ -102,8 +105,8 @@ async fn layer_as(user: &AclUser, prefix: &str) -> Layer {
     Layer::new(RedisLayer::connect(cfg).await.unwrap())
 }
 
-async fn layer(prefix: &str) -> Layer {
-    let cfg = RedisConfig::new(redis_url())
+async fn layer(server: &str, prefix: &str) -> Layer {
+    let cfg = RedisConfig::new(server)
         .prefix(prefix)
         .layer(LayerConfig::default());
     Layer::new(RedisLayer::connect(cfg).await.unwrap())
@@ -111,8 +114,11 @@ async fn layer(prefix: &str) -> Layer {
 
 #[tokio::test]
 async fn a_refused_pop_is_retried_with_backoff() {
-    let user = AclUser::new(&["bzmpop", "bzpopmin"]).await;
-    let prefix = common::fresh_prefix();
+    let Some(url) = test_support::redis::url() else {
+        return;
+    };
+    let user = AclUser::new(&url, &["bzmpop", "bzpopmin"]).await;
+    let prefix = fresh_prefix();
     let b = layer_as(&user, &prefix).await;
     let ch = b.new_channel().await.unwrap();
     let waiting = {
@@ -127,7 +133,7 @@ async fn a_refused_pop_is_retried_with_backoff() {
     );
     // Once Redis lets it pop, the waiting receive gets what another process sends.
     user.allow(&["bzmpop", "bzpopmin"]).await;
-    let a = layer(&prefix).await;
+    let a = layer(&url, &prefix).await;
     a.send(&ch, msg("after", 1)).await.unwrap();
     let got = tokio::time::timeout(Duration::from_secs(5), waiting)
         .await
@@ -139,8 +145,11 @@ async fn a_refused_pop_is_retried_with_backoff() {
 
 #[tokio::test]
 async fn a_refused_in_flight_restore_is_retried_with_backoff() {
-    let user = AclUser::new(&["evalsha", "eval"]).await;
-    let prefix = common::fresh_prefix();
+    let Some(url) = test_support::redis::url() else {
+        return;
+    };
+    let user = AclUser::new(&url, &["evalsha", "eval"]).await;
+    let prefix = fresh_prefix();
     let b = layer_as(&user, &prefix).await;
     // Making a channel starts the process's receive loop, which restores the in-flight backup
     // (a script) first.
@@ -152,15 +161,18 @@ async fn a_refused_in_flight_restore_is_retried_with_backoff() {
         "{tries} refused restores in {WINDOW:?}: the receive loop must back off"
     );
     user.allow(&["evalsha", "eval"]).await;
-    let a = layer(&prefix).await;
+    let a = layer(&url, &prefix).await;
     a.send(&ch, msg("after", 1)).await.unwrap();
     assert_eq!(recv(&b, &ch).await, msg("after", 1));
 }
 
 #[tokio::test]
 async fn a_refused_pop_on_a_named_channel_is_retried_with_backoff() {
-    let user = AclUser::new(&["bzmpop", "bzpopmin"]).await;
-    let prefix = common::fresh_prefix();
+    let Some(url) = test_support::redis::url() else {
+        return;
+    };
+    let user = AclUser::new(&url, &["bzmpop", "bzpopmin"]).await;
+    let prefix = fresh_prefix();
     let b = layer_as(&user, &prefix).await;
     let jobs: switchboard_core::ChannelName = "worker.jobs".parse().unwrap();
     let waiting = {
@@ -174,7 +186,7 @@ async fn a_refused_pop_on_a_named_channel_is_retried_with_backoff() {
         "{tries} refused pops in {WINDOW:?}: the named channel's loop must back off"
     );
     user.allow(&["bzmpop", "bzpopmin"]).await;
-    let a = layer(&prefix).await;
+    let a = layer(&url, &prefix).await;
     a.send(&jobs, msg("job", 1)).await.unwrap();
     let got = tokio::time::timeout(Duration::from_secs(5), waiting)
         .await
@@ -188,10 +200,13 @@ async fn a_refused_pop_on_a_named_channel_is_retried_with_backoff() {
 /// is the server's (`INFO errorstats`); no other test in this binary provokes `WRONGTYPE`.
 #[tokio::test]
 async fn a_queue_key_of_the_wrong_type_is_retried_with_backoff() {
-    let prefix = common::fresh_prefix();
-    let b = layer(&prefix).await;
+    let Some(url) = test_support::redis::url() else {
+        return;
+    };
+    let prefix = fresh_prefix();
+    let b = layer(&url, &prefix).await;
     let jobs: switchboard_core::ChannelName = "worker.jobs".parse().unwrap();
-    let mut r = raw().await;
+    let mut r = raw(&url).await;
     let key = format!("{prefix}worker.jobs");
     let _: () = r.set(&key, "not a sorted set").await.unwrap();
     let before = wrongtype_errors(&mut r).await;
@@ -206,7 +221,7 @@ async fn a_queue_key_of_the_wrong_type_is_retried_with_backoff() {
         "{tries} WRONGTYPE pops in {WINDOW:?}: the named channel's loop must back off"
     );
     let _: () = r.del(&key).await.unwrap();
-    let a = layer(&prefix).await;
+    let a = layer(&url, &prefix).await;
     a.send(&jobs, msg("job", 1)).await.unwrap();
     let got = tokio::time::timeout(Duration::from_secs(5), waiting)
         .await

@@ -2,15 +2,13 @@
 //! (A test binary of its own: it counts the server's clients, so nothing else may run.)
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::time::Duration;
 
-use common::{config, connected_clients};
 use switchboard_core::{Layer, LayerConfig, Message};
+use test_support::layers::{config, connected_clients, core, pubsub};
 
-async fn thousand_consumers(make: impl AsyncFn() -> Layer) -> usize {
-    let before = connected_clients().await;
+async fn thousand_consumers(url: &str, make: impl AsyncFn() -> Layer) -> usize {
+    let before = connected_clients(url).await;
     let layer = make().await;
     let mut tasks = Vec::new();
     for _ in 0..1000 {
@@ -30,21 +28,26 @@ async fn thousand_consumers(make: impl AsyncFn() -> Layer) -> usize {
             .unwrap();
         assert_eq!(got, sent);
     }
-    connected_clients().await - before
+    connected_clients(url).await - before
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_consumers_share_a_few_connections() {
-    let cfg = config(LayerConfig::default());
-    let opened = thousand_consumers(async || Layer::new(common::core(&cfg).await)).await;
+    let Some(cfg) = config(LayerConfig::default()) else {
+        return;
+    };
+    let url = cfg.hosts[0].clone();
+    let opened = thousand_consumers(&url, async || Layer::new(core(&cfg).await)).await;
     // Two layers, each: one command connection and one receive-loop connection.
     assert!(
         opened <= 4,
         "core: {opened} connections for 1,000 consumers"
     );
 
-    let cfg = config(LayerConfig::default());
-    let opened = thousand_consumers(async || Layer::new(common::pubsub(&cfg).await)).await;
+    let Some(cfg) = config(LayerConfig::default()) else {
+        return;
+    };
+    let opened = thousand_consumers(&url, async || Layer::new(pubsub(&cfg).await)).await;
     // Two layers, each: one command connection and one subscription connection.
     assert!(
         opened <= 4,

@@ -363,6 +363,15 @@ impl Engine {
         }
     }
 
+    /// Counts group deliveries a backend skipped because the members' queues were full (the
+    /// Redis layer's script skips full process queues).
+    pub fn count_group_full_drops(&self, n: u64) {
+        self.0
+            .counters
+            .group_full_drops
+            .fetch_add(n, Ordering::Relaxed);
+    }
+
     /// Counts messages a backend found expired before they reached a queue.
     pub fn count_expired(&self, n: u64) {
         self.0.counters.expired.fetch_add(n, Ordering::Relaxed);

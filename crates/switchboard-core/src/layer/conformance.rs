@@ -3,7 +3,8 @@
 //!
 //! Every case takes a `make` function that builds a **fresh, empty** backend from a
 //! [`LayerConfig`] (for Redis: a new key prefix per call) and returns two handles onto it, as two
-//! server processes would hold them. For a one-process layer both handles are the same layer;
+//! server processes would hold them — or `None` when the backend is not available on this
+//! machine (the case is then skipped; `make` says why). For a one-process layer both handles are the same layer;
 //! for Redis they are two layer instances (two client prefixes, so two process queues). Cases
 //! that depend on a channel's own capacity put the channels involved on different instances,
 //! because channels_redis stores all process-local channels of one process under one key.
@@ -20,9 +21,9 @@
 //! // tests/layer_mine.rs
 //! use switchboard_core::{InMemoryLayer, Layer, LayerConfig};
 //!
-//! async fn make(cfg: LayerConfig) -> (Layer, Layer) {
+//! async fn make(cfg: LayerConfig) -> Option<(Layer, Layer)> {
 //!     let layer = Layer::new(InMemoryLayer::new(cfg));
-//!     (layer.clone(), layer)
+//!     Some((layer.clone(), layer))
 //! }
 //! switchboard_core::layer_conformance_tests!(make);
 //! # fn main() {}
@@ -51,7 +52,8 @@ fn ok<T>(r: crate::Result<T>, what: &str) -> T {
     }
 }
 
-fn msg(ty: &str, n: i64) -> Message {
+/// A message of type `ty` with one field, `"n": n`.
+pub fn msg(ty: &str, n: i64) -> Message {
     ok(
         Message::builder(ty)
             .field("n", n)
@@ -83,9 +85,11 @@ async fn channel(layer: &Layer) -> ChannelName {
 pub async fn send_then_receive<F, Fut>(make: F)
 where
     F: Fn(LayerConfig) -> Fut,
-    Fut: Future<Output = (Layer, Layer)>,
+    Fut: Future<Output = Option<(Layer, Layer)>>,
 {
-    let (layer, _) = make(LayerConfig::default()).await;
+    let Some((layer, _)) = make(LayerConfig::default()).await else {
+        return;
+    };
     let ch = channel(&layer).await;
     for i in 0..10 {
         ok(layer.send(&ch, msg("test.message", i)).await, "send");
@@ -105,9 +109,11 @@ where
 pub async fn receive_waits_for_send<F, Fut>(make: F)
 where
     F: Fn(LayerConfig) -> Fut,
-    Fut: Future<Output = (Layer, Layer)>,
+    Fut: Future<Output = Option<(Layer, Layer)>>,
 {
-    let (layer, _) = make(LayerConfig::default()).await;
+    let Some((layer, _)) = make(LayerConfig::default()).await else {
+        return;
+    };
     let ch = channel(&layer).await;
     let waiter = {
         let (layer, ch) = (layer.clone(), ch.clone());
@@ -125,9 +131,11 @@ where
 pub async fn receive_is_cancel_safe<F, Fut>(make: F)
 where
     F: Fn(LayerConfig) -> Fut,
-    Fut: Future<Output = (Layer, Layer)>,
+    Fut: Future<Output = Option<(Layer, Layer)>>,
 {
-    let (layer, _) = make(LayerConfig::default()).await;
+    let Some((layer, _)) = make(LayerConfig::default()).await else {
+        return;
+    };
     let ch = channel(&layer).await;
     for _ in 0..3 {
         let _ = tokio::time::timeout(Duration::from_millis(50), layer.receive(&ch)).await;
@@ -143,9 +151,11 @@ where
 pub async fn receiver_gets_what_receive_gets<F, Fut>(make: F)
 where
     F: Fn(LayerConfig) -> Fut,
-    Fut: Future<Output = (Layer, Layer)>,
+    Fut: Future<Output = Option<(Layer, Layer)>>,
 {
-    let (layer, _) = make(LayerConfig::default()).await;
+    let Some((layer, _)) = make(LayerConfig::default()).await else {
+        return;
+    };
     let ch = channel(&layer).await;
     let mut rx = ok(layer.receiver(&ch).await, "receiver");
     ok(layer.group_add("room", &ch).await, "group_add");
@@ -173,9 +183,11 @@ where
 pub async fn new_channel_names_are_unique<F, Fut>(make: F)
 where
     F: Fn(LayerConfig) -> Fut,
-    Fut: Future<Output = (Layer, Layer)>,
+    Fut: Future<Output = Option<(Layer, Layer)>>,
 {
-    let (layer, _) = make(LayerConfig::default()).await;
+    let Some((layer, _)) = make(LayerConfig::default()).await else {
+        return;
+    };
     let mut seen = std::collections::HashSet::new();
     for _ in 0..200 {
         let ch = channel(&layer).await;
@@ -197,9 +209,11 @@ where
 pub async fn send_to_full_channel_fails<F, Fut>(make: F)
 where
     F: Fn(LayerConfig) -> Fut,
-    Fut: Future<Output = (Layer, Layer)>,
+    Fut: Future<Output = Option<(Layer, Layer)>>,
 {
-    let (layer, _) = make(LayerConfig::default().capacity(3)).await;
+    let Some((layer, _)) = make(LayerConfig::default().capacity(3)).await else {
+        return;
+    };
     let ch = channel(&layer).await;
     for i in 0..3 {
         ok(layer.send(&ch, msg("fill", i)).await, "send under capacity");
@@ -226,13 +240,15 @@ where
 pub async fn channel_capacity_patterns<F, Fut>(make: F)
 where
     F: Fn(LayerConfig) -> Fut,
-    Fut: Future<Output = (Layer, Layer)>,
+    Fut: Future<Output = Option<(Layer, Layer)>>,
 {
     let cfg = LayerConfig::default()
         .capacity(50)
         .channel_capacity("small.*", 2)
         .and_then(|c| c.channel_capacity("small.*", 40));
-    let (layer, _) = make(ok(cfg, "channel_capacity")).await;
+    let Some((layer, _)) = make(ok(cfg, "channel_capacity")).await else {
+        return;
+    };
     let small = ok(
         layer.backend().new_channel("small.").await,
         "new_channel(small.)",
@@ -260,9 +276,11 @@ where
 pub async fn group_send_reaches_members<F, Fut>(make: F)
 where
     F: Fn(LayerConfig) -> Fut,
-    Fut: Future<Output = (Layer, Layer)>,
+    Fut: Future<Output = Option<(Layer, Layer)>>,
 {
-    let (layer, _) = make(LayerConfig::default()).await;
+    let Some((layer, _)) = make(LayerConfig::default()).await else {
+        return;
+    };
     let (a, b, c) = (
         channel(&layer).await,
         channel(&layer).await,
@@ -302,9 +320,11 @@ where
 pub async fn instances_share_channels_and_groups<F, Fut>(make: F)
 where
     F: Fn(LayerConfig) -> Fut,
-    Fut: Future<Output = (Layer, Layer)>,
+    Fut: Future<Output = Option<(Layer, Layer)>>,
 {
-    let (one, two) = make(LayerConfig::default()).await;
+    let Some((one, two)) = make(LayerConfig::default()).await else {
+        return;
+    };
     let (a, b) = (channel(&one).await, channel(&two).await);
     ok(
         one.group_add("shared", &a).await,
@@ -347,9 +367,11 @@ where
 pub async fn group_discard_stops_delivery<F, Fut>(make: F)
 where
     F: Fn(LayerConfig) -> Fut,
-    Fut: Future<Output = (Layer, Layer)>,
+    Fut: Future<Output = Option<(Layer, Layer)>>,
 {
-    let (layer, _) = make(LayerConfig::default()).await;
+    let Some((layer, _)) = make(LayerConfig::default()).await else {
+        return;
+    };
     let (a, b) = (channel(&layer).await, channel(&layer).await);
     ok(layer.group_add("room", &a).await, "group_add");
     ok(layer.group_add("room", &b).await, "group_add");
@@ -372,9 +394,11 @@ where
 pub async fn group_send_skips_full_member<F, Fut>(make: F)
 where
     F: Fn(LayerConfig) -> Fut,
-    Fut: Future<Output = (Layer, Layer)>,
+    Fut: Future<Output = Option<(Layer, Layer)>>,
 {
-    let (layer, peer) = make(LayerConfig::default().capacity(2)).await;
+    let Some((layer, peer)) = make(LayerConfig::default().capacity(2)).await else {
+        return;
+    };
     let (full, free) = (channel(&peer).await, channel(&layer).await);
     ok(
         peer.group_add("room", &full).await,
@@ -410,9 +434,11 @@ where
 pub async fn messages_expire_and_channel_leaves_groups<F, Fut>(make: F)
 where
     F: Fn(LayerConfig) -> Fut,
-    Fut: Future<Output = (Layer, Layer)>,
+    Fut: Future<Output = Option<(Layer, Layer)>>,
 {
-    let (layer, peer) = make(LayerConfig::default().expiry(Duration::from_secs(1))).await;
+    let Some((layer, peer)) = make(LayerConfig::default().expiry(Duration::from_secs(1))).await else {
+        return;
+    };
     let (stale, live) = (channel(&peer).await, channel(&layer).await);
     ok(
         peer.group_add("room", &stale).await,
@@ -441,9 +467,11 @@ where
 pub async fn group_membership_expires<F, Fut>(make: F)
 where
     F: Fn(LayerConfig) -> Fut,
-    Fut: Future<Output = (Layer, Layer)>,
+    Fut: Future<Output = Option<(Layer, Layer)>>,
 {
-    let (layer, _) = make(LayerConfig::default().group_expiry(Duration::from_secs(2))).await;
+    let Some((layer, _)) = make(LayerConfig::default().group_expiry(Duration::from_secs(2))).await else {
+        return;
+    };
     let (old, refreshed) = (channel(&layer).await, channel(&layer).await);
     ok(layer.group_add("room", &old).await, "group_add");
     ok(layer.group_add("room", &refreshed).await, "group_add");
@@ -469,9 +497,11 @@ where
 pub async fn flush_empties_everything<F, Fut>(make: F)
 where
     F: Fn(LayerConfig) -> Fut,
-    Fut: Future<Output = (Layer, Layer)>,
+    Fut: Future<Output = Option<(Layer, Layer)>>,
 {
-    let (layer, _) = make(LayerConfig::default()).await;
+    let Some((layer, _)) = make(LayerConfig::default()).await else {
+        return;
+    };
     let ch = channel(&layer).await;
     ok(layer.group_add("room", &ch).await, "group_add");
     ok(layer.send(&ch, msg("m", 0)).await, "send");
@@ -488,9 +518,11 @@ where
 pub async fn discard_channel_forgets_it<F, Fut>(make: F)
 where
     F: Fn(LayerConfig) -> Fut,
-    Fut: Future<Output = (Layer, Layer)>,
+    Fut: Future<Output = Option<(Layer, Layer)>>,
 {
-    let (layer, _) = make(LayerConfig::default()).await;
+    let Some((layer, _)) = make(LayerConfig::default()).await else {
+        return;
+    };
     let (gone, stays) = (channel(&layer).await, channel(&layer).await);
     ok(layer.group_add("room", &gone).await, "group_add");
     ok(layer.group_add("room", &stays).await, "group_add");
@@ -512,11 +544,13 @@ where
 pub async fn concurrent_senders_lose_nothing<F, Fut>(make: F)
 where
     F: Fn(LayerConfig) -> Fut,
-    Fut: Future<Output = (Layer, Layer)>,
+    Fut: Future<Output = Option<(Layer, Layer)>>,
 {
     const SENDERS: i64 = 8;
     const EACH: i64 = 150;
-    let (layer, _) = make(LayerConfig::default().capacity(10_000)).await;
+    let Some((layer, _)) = make(LayerConfig::default().capacity(10_000)).await else {
+        return;
+    };
     let ch = channel(&layer).await;
     let mut tasks = Vec::new();
     for s in 0..SENDERS {
@@ -546,14 +580,9 @@ where
     nothing(&layer, &ch, "after all senders").await;
 }
 
-/// Every kind of value Channels carries survives the layer unchanged.
-pub async fn all_value_types_survive<F, Fut>(make: F)
-where
-    F: Fn(LayerConfig) -> Fut,
-    Fut: Future<Output = (Layer, Layer)>,
-{
-    let (layer, _) = make(LayerConfig::default()).await;
-    let ch = channel(&layer).await;
+/// A message with every kind of value Channels carries: text, bytes, integers (negative and
+/// beyond `i64`), floats, booleans, null, lists and maps.
+pub fn all_value_types() -> Message {
     let mut nested = Map::default();
     nested.insert(
         "k".into(),
@@ -573,7 +602,20 @@ where
         Value::List(vec![Value::Float(-0.25), Value::Null]),
     );
     m.insert("map".into(), Value::Map(nested));
-    let sent = ok(Message::from_map(m).map_err(LayerError::from), "building");
+    ok(Message::from_map(m).map_err(LayerError::from), "building")
+}
+
+/// Every kind of value Channels carries survives the layer unchanged.
+pub async fn all_value_types_survive<F, Fut>(make: F)
+where
+    F: Fn(LayerConfig) -> Fut,
+    Fut: Future<Output = Option<(Layer, Layer)>>,
+{
+    let Some((layer, _)) = make(LayerConfig::default()).await else {
+        return;
+    };
+    let ch = channel(&layer).await;
+    let sent = all_value_types();
     ok(layer.send(&ch, sent.clone()).await, "send");
     ok(layer.group_add("typed", &ch).await, "group_add");
     ok(layer.group_send("typed", sent.clone()).await, "group_send");
@@ -585,9 +627,11 @@ where
 pub async fn bad_names_are_refused<F, Fut>(make: F)
 where
     F: Fn(LayerConfig) -> Fut,
-    Fut: Future<Output = (Layer, Layer)>,
+    Fut: Future<Output = Option<(Layer, Layer)>>,
 {
-    let (layer, _) = make(LayerConfig::default()).await;
+    let Some((layer, _)) = make(LayerConfig::default()).await else {
+        return;
+    };
     let ch = channel(&layer).await;
     match layer.group_add("bad group", &ch).await {
         Err(LayerError::Name(e)) => assert!(e.to_string().contains("bad group"), "{e}"),
@@ -608,9 +652,11 @@ where
 pub async fn subscription_receives_and_leaves_on_close<F, Fut>(make: F)
 where
     F: Fn(LayerConfig) -> Fut,
-    Fut: Future<Output = (Layer, Layer)>,
+    Fut: Future<Output = Option<(Layer, Layer)>>,
 {
-    let (layer, peer) = make(LayerConfig::default()).await;
+    let Some((layer, peer)) = make(LayerConfig::default()).await else {
+        return;
+    };
     let mut sub = ok(layer.subscribe().await, "subscribe");
     ok(sub.group_add("room").await, "group_add");
     ok(sub.group_add("room").await, "group_add twice");
@@ -644,9 +690,11 @@ where
 pub async fn dropped_subscription_leaves_its_groups<F, Fut>(make: F)
 where
     F: Fn(LayerConfig) -> Fut,
-    Fut: Future<Output = (Layer, Layer)>,
+    Fut: Future<Output = Option<(Layer, Layer)>>,
 {
-    let (layer, _) = make(LayerConfig::default()).await;
+    let Some((layer, _)) = make(LayerConfig::default()).await else {
+        return;
+    };
     let mut sub = ok(layer.subscribe().await, "subscribe");
     ok(sub.group_add("room").await, "group_add");
     ok(sub.group_add("lobby").await, "group_add");
@@ -671,9 +719,11 @@ where
 pub async fn subscription_refreshes_its_groups<F, Fut>(make: F)
 where
     F: Fn(LayerConfig) -> Fut,
-    Fut: Future<Output = (Layer, Layer)>,
+    Fut: Future<Output = Option<(Layer, Layer)>>,
 {
-    let (layer, _) = make(LayerConfig::default().group_expiry(Duration::from_secs(2))).await;
+    let Some((layer, _)) = make(LayerConfig::default().group_expiry(Duration::from_secs(2))).await else {
+        return;
+    };
     let mut sub = ok(layer.subscribe().await, "subscribe");
     ok(sub.group_add("room").await, "group_add");
     let idle = tokio::time::timeout(Duration::from_millis(3_500), sub.recv()).await;
@@ -692,8 +742,8 @@ where
 }
 
 /// Expands to one `#[tokio::test]` per conformance case, for the layer built by `$make`
-/// (an `async fn(LayerConfig) -> (Layer, Layer)` returning two handles on a fresh, empty backend
-/// on every call).
+/// (an `async fn(LayerConfig) -> Option<(Layer, Layer)>` returning two handles on a fresh, empty
+/// backend on every call, or `None` to skip).
 #[macro_export]
 macro_rules! layer_conformance_tests {
     ($make:path) => {

@@ -1,20 +1,86 @@
-//! Shared test support: serve an app on loopback, talk WebSocket and HTTP to it, drive Chromium.
-#![allow(dead_code, clippy::unwrap_used, unreachable_pub)]
+//! What switchboard's tests share: real servers on loopback, real clients, and a clear word when
+//! the machine lacks what a test needs.
+//!
+//! # Skips
+//!
+//! A test that needs something the machine may not have — a Redis server, Chromium, the Python
+//! environment for Django — asks for it ([`redis::url`], [`redis::OwnRedis::start`],
+//! [`browser::Browser::start`], [`django_python`]), and gets `None` when it is missing. The test
+//! then returns early, and says so on the terminal (past libtest's output capture):
+//!
+//! ```text
+//! skipped layer_redis::send_then_receive: needs a Redis server: SWITCHBOARD_REDIS_URL is not set (scripts/test starts one)
+//! ```
+//!
+//! so `cargo test --workspace` passes on a bare machine. `scripts/test` (and CI) sets
+//! `SWITCHBOARD_NO_SKIP=1`, which turns every such skip into a failure: there, nothing is
+//! skipped silently.
+#![allow(clippy::unwrap_used, missing_docs, missing_debug_implementations)]
 
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpListener;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 
 pub mod browser;
+pub mod http;
+pub mod layers;
 pub mod program;
 pub mod redis;
+pub mod ws;
 
-/// Serves an axum router on 127.0.0.1 on a free port.
+pub use ws::{WsClient, try_ws, try_ws_with, ws};
+
+/// The variable that turns skips into failures.
+pub const NO_SKIP: &str = "SWITCHBOARD_NO_SKIP";
+
+/// Reports that the running test cannot run here because it `needs` something, and returns
+/// `None` — or panics, when [`NO_SKIP`] is set.
+pub fn skip<T>(needs: &str) -> Option<T> {
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("a test")
+        .to_owned();
+    if std::env::var_os(NO_SKIP).is_some_and(|v| !v.is_empty() && v != "0") {
+        panic!("{test} needs {needs}, and {NO_SKIP} forbids skipping it");
+    }
+    // Straight to the terminal: libtest captures only the print macros.
+    let _ = writeln!(std::io::stderr(), "skipped {test}: needs {needs}");
+    None
+}
+
+/// The Python interpreter with Django Channels and channels_redis for the interop tests
+/// (`SWITCHBOARD_PYTHON`; scripts/test prepares one from `tests/interop/requirements.txt`).
+pub fn django_python() -> Option<std::path::PathBuf> {
+    match std::env::var_os("SWITCHBOARD_PYTHON") {
+        Some(p) if std::path::Path::new(&p).exists() => Some(p.into()),
+        Some(p) => skip(&format!(
+            "a Python with Django Channels: SWITCHBOARD_PYTHON names {p:?}, which does not exist"
+        )),
+        None => skip(
+            "a Python with Django Channels and channels_redis: SWITCHBOARD_PYTHON is not set \
+             (scripts/test prepares one)",
+        ),
+    }
+}
+
+/// The Django side of the interop tests, `tests/interop/peer.py` at the workspace root.
+pub fn django_peer_script() -> std::path::PathBuf {
+    workspace_root().join("tests/interop/peer.py")
+}
+
+/// The workspace's root directory.
+pub fn workspace_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
+
+/// Serves an axum router on 127.0.0.1 on a free port, with the peer address available to
+/// consumers.
 pub async fn serve(app: axum::Router) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -27,109 +93,6 @@ pub async fn serve(app: axum::Router) -> SocketAddr {
         .unwrap();
     });
     addr
-}
-
-type Stream =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-/// A WebSocket test client.
-pub struct WsClient {
-    pub ws: Stream,
-}
-
-/// Opens a WebSocket (with the server's own origin); `Err(status)` if the upgrade is refused.
-pub async fn try_ws(addr: SocketAddr, path: &str) -> Result<WsClient, u16> {
-    try_ws_with(addr, path, &[]).await
-}
-
-/// As [`try_ws`], with extra request headers (a `cookie`, say).
-pub async fn try_ws_with(
-    addr: SocketAddr,
-    path: &str,
-    headers: &[(&str, &str)],
-) -> Result<WsClient, u16> {
-    let mut req = format!("ws://{addr}{path}").into_client_request().unwrap();
-    req.headers_mut()
-        .insert("origin", format!("http://{addr}").parse().unwrap());
-    for (name, value) in headers {
-        req.headers_mut().insert(
-            tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
-            value.parse().unwrap(),
-        );
-    }
-    match tokio_tungstenite::connect_async(req).await {
-        Ok((ws, _)) => Ok(WsClient { ws }),
-        Err(WsError::Http(resp)) => Err(resp.status().as_u16()),
-        Err(e) => panic!("websocket connect to {path} failed: {e}"),
-    }
-}
-
-/// Opens a WebSocket that must be accepted.
-pub async fn ws(addr: SocketAddr, path: &str) -> WsClient {
-    match try_ws(addr, path).await {
-        Ok(c) => c,
-        Err(status) => panic!("websocket {path} refused with {status}"),
-    }
-}
-
-impl WsClient {
-    pub async fn send_json(&mut self, v: serde_json::Value) {
-        self.ws.send(WsMessage::text(v.to_string())).await.unwrap();
-    }
-
-    pub async fn send_text(&mut self, t: &str) {
-        self.ws.send(WsMessage::text(t.to_owned())).await.unwrap();
-    }
-
-    /// The next text frame as JSON, within 5 s.
-    pub async fn recv_json(&mut self) -> serde_json::Value {
-        loop {
-            match tokio::time::timeout(Duration::from_secs(5), self.ws.next()).await {
-                Ok(Some(Ok(WsMessage::Text(t)))) => {
-                    return serde_json::from_str(t.as_str()).unwrap();
-                }
-                Ok(Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_)))) => continue,
-                other => panic!("expected a text frame, got {other:?}"),
-            }
-        }
-    }
-
-    /// The next text frame as JSON if one arrives within `ms`; `None` if none does.
-    pub async fn recv_json_within(&mut self, ms: u64) -> Option<serde_json::Value> {
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(ms);
-        loop {
-            match tokio::time::timeout_at(deadline, self.ws.next()).await {
-                Err(_) => return None,
-                Ok(Some(Ok(WsMessage::Text(t)))) => {
-                    return Some(serde_json::from_str(t.as_str()).unwrap());
-                }
-                Ok(Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_)))) => continue,
-                other => panic!("expected a text frame, got {other:?}"),
-            }
-        }
-    }
-
-    /// Whether no text frame arrives within `ms`.
-    pub async fn recv_nothing(&mut self, ms: u64) -> bool {
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(ms);
-        loop {
-            match tokio::time::timeout_at(deadline, self.ws.next()).await {
-                Err(_) => return true,
-                Ok(Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_)))) => continue,
-                Ok(other) => {
-                    eprintln!("unexpected: {other:?}");
-                    return false;
-                }
-            }
-        }
-    }
-
-    pub async fn close(mut self) {
-        let _ = self.ws.close(None).await;
-        while let Ok(Some(Ok(_))) =
-            tokio::time::timeout(Duration::from_secs(2), self.ws.next()).await
-        {}
-    }
 }
 
 /// Waits until `check` holds, polling every 20 ms; panics naming `what` after `within`.
@@ -188,6 +151,17 @@ pub async fn wait_for_port(addr: SocketAddr, within: Duration) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("nothing listens on {addr} after {within:?}");
+}
+
+/// Whether `program` names an executable: a path, or a name found on `PATH`.
+pub fn executable(program: &str) -> bool {
+    let p = std::path::Path::new(program);
+    if p.components().count() > 1 {
+        return p.is_file();
+    }
+    std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|dir| dir.join(program).is_file())
+    })
 }
 
 /// A child process killed on drop (with its whole process group, when it leads one).

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use fantoccini::{Client, ClientBuilder, Locator};
 
-use super::{ChildGuard, TempDir, free_port, spawn_group};
+use super::{ChildGuard, TempDir, executable, free_port, spawn_group};
 
 /// One chromedriver with one headless browser session.
 pub struct Browser {
@@ -49,8 +49,17 @@ async fn start_driver() -> (u16, ChildGuard) {
 }
 
 impl Browser {
-    /// Starts chromedriver on a free port and opens a headless session.
-    pub async fn start() -> Browser {
+    /// Starts chromedriver on a free port and opens a headless session; `None` (a skip) when
+    /// chromium or chromedriver is not installed.
+    pub async fn start() -> Option<Browser> {
+        for program in [chromium(), chromedriver()] {
+            if !executable(&program) {
+                return super::skip(&format!(
+                    "a headless Chromium: {program} is not installed (Debian's chromium and \
+                     chromium-driver; scripts/test installs them)"
+                ));
+            }
+        }
         // Two rustls crypto providers are compiled in (fantoccini's and reqwest's): choose one
         // for the process, or rustls refuses to guess. Failing means one is already installed.
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -75,11 +84,11 @@ impl Browser {
             .connect(&format!("http://127.0.0.1:{port}"))
             .await
             .unwrap_or_else(|e| panic!("could not open a chromium session: {e}"));
-        Browser {
+        Some(Browser {
             client,
             _driver: driver,
             _profile: profile,
-        }
+        })
     }
 
     /// Waits until `css` matches an element whose text contains `text`.

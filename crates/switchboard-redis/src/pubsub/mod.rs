@@ -24,26 +24,26 @@
 //! # Beyond channels_redis, same wire
 //!
 //! channels_redis's pub/sub layer has no capacity, no expiry and unbounded queues. Here local
-//! queues have the layer's capacity (a `send` to a full local channel fails with `ChannelFull`; a
-//! group message for a full member is dropped and counted), messages expire after `expiry`,
-//! memberships after `group_expiry`, and [`group_channels`](ChannelLayer::group_channels)
+//! queues are the local delivery engine's: they have the layer's capacity (a `send` to a full
+//! local channel fails with `ChannelFull`; a group message for a full member is dropped and
+//! counted), messages expire after `expiry`, memberships after `group_expiry`, a group send
+//! waits for this process's lagging members (back-pressure), and [`group_channels`](ChannelLayer::group_channels)
 //! answers across processes from a registry of Rust members (`PREFIX:pubsub:group:<g>`, a
 //! sorted set Django neither reads nor writes; Django members are not in it).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
-use dashmap::DashMap;
 use futures_util::StreamExt;
 use parking_lot::Mutex;
 use redis::Value as RValue;
 use redis::aio::PubSubSink;
+use switchboard_core::engine::{Engine, Leave, Queue, Receiver};
 use switchboard_core::message::MessageError;
 use switchboard_core::{
-    ChannelLayer, ChannelName, Error, GroupName, LayerConfig, LayerStats, Message, Result,
+    ChannelLayer, ChannelName, GroupName, LayerConfig, LayerError, LayerStats, Message, Result,
 };
 use tokio::sync::{mpsc, watch};
 
@@ -51,7 +51,7 @@ use crate::codec::{Codec, RouteRef};
 use crate::config::RedisConfig;
 use crate::conn::{self, Backoff, Guard, Host, timed, unix_now};
 use crate::hash::consistent_hash;
-use crate::local::{Hasher, Leave, Local, Pushed, Queue};
+use crate::process::ClientId;
 
 /// A channel layer on Redis pub/sub that Django processes running channels_redis's
 /// `RedisPubSubChannelLayer` share: one `PUBLISH` per group send, fan-out in each process.
@@ -78,14 +78,8 @@ struct Sub {
     sink: Mutex<Option<PubSubSink>>,
     /// Serializes subscription changes on this host (subscribe vs. unsubscribe races).
     lock: tokio::sync::Mutex<()>,
-    /// Non-local channels this process receives on (subscribed by name).
+    /// Named channels this process receives on (subscribed by name).
     channels: Mutex<HashSet<String>>,
-}
-
-/// A local member of a group.
-struct Member {
-    joined: f64,
-    queue: Arc<Queue>,
 }
 
 struct Inner {
@@ -93,9 +87,9 @@ struct Inner {
     hosts: Vec<Host>,
     subs: Vec<Sub>,
     codec: Codec,
-    local: Local,
-    /// Local members of each group (an index; each queue's tracked memberships are the truth).
-    groups: DashMap<GroupName, HashMap<ChannelName, Member, Hasher>, Hasher>,
+    /// Local channels and this process's members of each group.
+    engine: Engine,
+    client: ClientId,
     /// `PREFIX__group__`: the start of every group's Redis channel.
     group_prefix: String,
     shutdown: watch::Receiver<bool>,
@@ -105,8 +99,8 @@ impl std::fmt::Debug for RedisPubSubLayer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisPubSubLayer")
             .field("config", &self.inner.cfg)
-            .field("client_id", &self.inner.local.client_id())
-            .field("local_channels", &self.inner.local.len())
+            .field("client_id", &self.inner.client.as_str())
+            .field("local_channels", &self.inner.engine.channel_count())
             .finish()
     }
 }
@@ -117,7 +111,7 @@ impl RedisPubSubLayer {
     pub async fn connect(cfg: RedisConfig) -> Result<RedisPubSubLayer> {
         let hosts = conn::connect_hosts(&cfg).await?;
         let codec = Codec::pubsub(&cfg.symmetric_encryption_keys);
-        let (local, leave_rx) = Local::new(cfg.layer.clone());
+        let (engine, leaves) = Engine::with_leaves(cfg.layer.clone());
         let (tx, rx) = watch::channel(false);
         let subs = hosts
             .iter()
@@ -133,8 +127,8 @@ impl RedisPubSubLayer {
             hosts,
             subs,
             codec,
-            local,
-            groups: DashMap::with_hasher(Hasher::default()),
+            engine,
+            client: ClientId::new(),
             group_prefix,
             shutdown: rx,
         });
@@ -150,14 +144,14 @@ impl RedisPubSubLayer {
                 Ok(Ok(())) => {}
                 _ => {
                     let _ = tx.send(true);
-                    return Err(Error::Backend(format!(
+                    return Err(LayerError::backend_msg(format!(
                         "could not subscribe at redis {}",
                         inner.hosts[h].name
                     )));
                 }
             }
         }
-        tokio::spawn(janitor(inner.clone(), leave_rx));
+        tokio::spawn(janitor(inner.clone(), leaves));
         Ok(RedisPubSubLayer {
             inner,
             guard: Arc::new(Guard(tx)),
@@ -166,7 +160,7 @@ impl RedisPubSubLayer {
 
     /// This process's client prefix: the 32 hex digits in every channel name it hands out.
     pub fn client_id(&self) -> &str {
-        self.inner.local.client_id()
+        self.inner.client.as_str()
     }
 }
 
@@ -184,17 +178,7 @@ impl Inner {
     }
 
     fn pattern(&self) -> String {
-        format!("*{}!*", self.local.client_id())
-    }
-
-    /// Whether messages for `queue` arrive without a subscription of its own: one of this
-    /// process's channels (the pattern covers it), or a named channel already subscribed.
-    fn subscribed_for(&self, queue: &Queue) -> bool {
-        queue.name.is_process_local()
-            || self.subs[self.host_index(queue.name.as_str())]
-                .channels
-                .lock()
-                .contains(queue.name.as_str())
+        format!("*{}!*", self.client.as_str())
     }
 
     async fn timed<T>(&self, fut: impl Future<Output = Result<T>>) -> Result<T> {
@@ -224,7 +208,7 @@ impl Inner {
     async fn subscription(&self, h: usize, channel: &str, on: bool) -> Result<()> {
         let sink = self.subs[h].sink.lock().clone();
         let Some(mut sink) = sink else {
-            return Err(Error::Backend(format!(
+            return Err(LayerError::backend_msg(format!(
                 "not connected to redis at {}; reconnecting",
                 self.hosts[h].name
             )));
@@ -237,28 +221,14 @@ impl Inner {
         r.map_err(|e| self.hosts[h].error(e))
     }
 
-    /// Takes `channel` out of the member index of `group`; returns whether that was the
-    /// group's last local member (the group is then out of the index too).
-    fn unindex(&self, group: &GroupName, channel: &ChannelName) -> bool {
-        let mut now_empty = false;
-        if let Some(mut members) = self.groups.get_mut(group) {
-            members.remove(channel);
-            now_empty = members.is_empty();
-        }
-        if now_empty {
-            self.groups.remove_if(group, |_, m| m.is_empty());
-        }
-        now_empty
-    }
-
-    /// Takes `channel` out of `group` here: index, subscription (when it was the last member),
-    /// registry.
-    async fn remove_member(&self, group: &GroupName, channel: &ChannelName) -> Result<()> {
+    /// After `channel` left `group` here: unsubscribes the group when that was its last local
+    /// member, and takes the channel out of the registry.
+    async fn left(&self, group: &GroupName, channel: &ChannelName) -> Result<()> {
         let gchan = self.group_channel(group.as_str());
         let h = self.host_index(&gchan);
         {
             let _l = self.subs[h].lock.lock().await;
-            if self.unindex(group, channel)
+            if !self.engine.has_members(group.as_str())
                 && let Err(e) = self.timed(self.subscription(h, &gchan, false)).await
             {
                 tracing::debug!(%group, error = %e, "unsubscribe failed (a reconnect drops it anyway)");
@@ -275,24 +245,26 @@ impl Inner {
     /// Writes the registry entries of this process's members again (after Redis lost them).
     async fn reassert_registry(&self, host: usize) {
         let ttl = RedisConfig::ttl_secs(self.cfg.layer.group_expiry);
+        let now = unix_now();
         let mut pipe = redis::pipe();
         let mut any = false;
-        for entry in self.groups.iter() {
-            let gchan = self.group_channel(entry.key().as_str());
+        for m in self.engine.memberships() {
+            let gchan = self.group_channel(m.group.as_str());
             if self.host_index(&gchan) != host {
                 continue;
             }
-            let key = self.registry_key(entry.key().as_str());
-            for (channel, member) in entry.value() {
-                pipe.cmd("ZADD")
-                    .arg(&key)
-                    .arg("NX")
-                    .arg(member.joined)
-                    .arg(channel.as_str())
-                    .ignore();
-                any = true;
-            }
-            pipe.cmd("EXPIRE").arg(&key).arg(ttl).ignore();
+            let key = self.registry_key(m.group.as_str());
+            pipe.cmd("ZADD")
+                .arg(&key)
+                .arg("NX")
+                .arg(now - m.age.as_secs_f64())
+                .arg(m.channel.as_str())
+                .ignore()
+                .cmd("EXPIRE")
+                .arg(&key)
+                .arg(ttl)
+                .ignore();
+            any = true;
         }
         if any {
             let mut c = self.hosts[host].conn();
@@ -302,49 +274,44 @@ impl Inner {
         }
     }
 
-    /// Fans a received message out to the local channel(s) it is for.
+    /// The queue of one of this process's channels (made if needed).
+    fn own_queue(&self, channel: &ChannelName) -> Arc<Queue> {
+        self.engine.queue(channel)
+    }
+
+    /// Hands a received message to the local channel(s) it is for.
     fn dispatch(&self, channel: &str, payload: &[u8]) {
         let decode = || match self.codec.decode(payload) {
             Ok((m, _)) => Some(m),
             Err(e) => {
-                self.local
-                    .counters
-                    .undecodable
-                    .fetch_add(1, Ordering::Relaxed);
+                self.engine.count_undecodable();
                 tracing::warn!(channel, error = %e, "skipping a message that does not decode");
                 None
             }
         };
-        let now = Instant::now();
-        let deadline = self.local.deadline(now, Duration::ZERO);
         if let Some(group) = channel.strip_prefix(&self.group_prefix) {
-            let Some(members) = self.groups.get(group) else {
+            if !self.engine.has_members(group) {
                 return;
-            };
-            let Some(message) = decode() else { return };
-            let (group, now_unix) = (members.key(), unix_now());
-            for member in members.values() {
-                self.local.push_to_member(
-                    &member.queue,
-                    message.clone(),
-                    now,
-                    deadline,
-                    group,
-                    now_unix,
-                );
             }
+            let Some(message) = decode() else { return };
+            // The sender's group_send looks for lagging members itself.
+            let _lagging = self.engine.group_send(group, &message);
             return;
         }
-        let Some(q) = self.local.get(channel) else {
-            return;
+        let queue = if self.client.owns(channel) {
+            match ChannelName::new(channel) {
+                Ok(name) => self.own_queue(&name),
+                Err(_) => return,
+            }
+        } else {
+            match self.engine.get(channel) {
+                Some(q) => q,
+                None => return,
+            }
         };
         let Some(message) = decode() else { return };
-        if self.local.push(&q, message, now, deadline, false) == Pushed::Full {
-            self.local
-                .counters
-                .direct_full_drops
-                .fetch_add(1, Ordering::Relaxed);
-        }
+        let at = self.engine.arrival(Duration::ZERO);
+        self.engine.deliver(&queue, message, &at);
     }
 }
 
@@ -385,9 +352,10 @@ async fn subscription_loop(inner: Arc<Inner>, h: usize, ready: tokio::sync::ones
         let subscribed = {
             let _l = sub.lock.lock().await;
             let mut names: Vec<String> = inner
-                .groups
+                .engine
+                .group_names()
                 .iter()
-                .map(|g| inner.group_channel(g.key().as_str()))
+                .map(|g| inner.group_channel(g.as_str()))
                 .filter(|c| inner.host_index(c) == h)
                 .collect();
             names.extend(sub.channels.lock().iter().cloned());
@@ -446,27 +414,25 @@ async fn subscription_loop(inner: Arc<Inner>, h: usize, ready: tokio::sync::ones
     }
 }
 
-/// Expired messages and memberships end memberships; untouched channels are swept.
-async fn janitor(inner: Arc<Inner>, mut leave_rx: mpsc::UnboundedReceiver<Leave>) {
+/// Memberships the engine ended (expired messages, expired memberships) leave the registry and,
+/// when last, the group's subscription; untouched channels are swept.
+async fn janitor(inner: Arc<Inner>, mut leaves: mpsc::UnboundedReceiver<Leave>) {
     let mut shutdown = inner.shutdown.clone();
     let sweep_every =
         (inner.cfg.layer.expiry / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
     let mut sweep = tokio::time::interval(sweep_every);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut clock = tokio::time::interval(Duration::from_millis(10));
-    clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         tokio::select! {
             _ = shutdown.changed() => return,
-            Some(leave) = leave_rx.recv() => {
-                for m in leave.groups {
-                    if let Err(e) = inner.remove_member(&m.group, &leave.channel).await {
-                        tracing::warn!(channel = %leave.channel, group = %m.group, error = %e, "could not end a membership");
+            Some(leave) = leaves.recv() => {
+                for group in leave.groups {
+                    if let Err(e) = inner.left(&group, &leave.channel).await {
+                        tracing::warn!(channel = %leave.channel, %group, error = %e, "could not end a membership");
                     }
                 }
             }
-            _ = sweep.tick() => inner.local.sweep(),
-            t = clock.tick() => inner.local.tick(t.into_std()),
+            _ = sweep.tick() => inner.engine.sweep(),
         }
     }
 }
@@ -478,40 +444,34 @@ impl ChannelLayer for RedisPubSubLayer {
     }
 
     async fn new_channel(&self, prefix: &str) -> Result<ChannelName> {
-        self.inner.local.check_open()?;
-        let name = self.inner.local.new_name(prefix)?;
-        self.inner.local.register(&name, None);
+        self.inner.engine.check_open()?;
+        let name = self.inner.client.new_name(prefix)?;
+        self.inner.own_queue(&name);
         Ok(name)
     }
 
     async fn send(&self, channel: &ChannelName, message: Message) -> Result<()> {
         let inner = &self.inner;
-        inner.local.check_open()?;
-        if inner.local.is_own(channel.as_str()) {
-            return inner.local.send_own(channel, message);
+        inner.engine.check_open()?;
+        if inner.client.owns(channel.as_str()) {
+            return inner.engine.send(&inner.own_queue(channel), message);
         }
         inner.publish(channel.as_str(), &message).await
     }
 
-    async fn receive(&self, channel: &ChannelName) -> Result<Message> {
+    async fn receiver(&self, channel: &ChannelName) -> Result<Receiver> {
         let inner = &self.inner;
-        inner.local.check_open()?;
-        if let Some(queue) = inner.local.get(channel.as_str())
-            && inner.subscribed_for(&queue)
-        {
-            return inner.local.receive(&queue).await;
-        }
-        if inner.local.is_own(channel.as_str()) {
-            let queue = inner.local.register(channel, None);
-            return inner.local.receive(&queue).await;
+        inner.engine.check_open()?;
+        if inner.client.owns(channel.as_str()) {
+            return Ok(inner.engine.receiver(inner.own_queue(channel)));
         }
         if channel.is_process_local() {
-            return Err(Error::Protocol(format!(
+            return Err(LayerError::Unsupported(format!(
                 "channel {channel} belongs to another process; only the process that made it can receive on it"
             )));
         }
         // A channel by name (`worker.jobs`): subscribe to it, once.
-        let queue = inner.local.register(channel, None);
+        let queue = inner.engine.queue(channel);
         let h = inner.host_index(channel.as_str());
         let added = inner.subs[h]
             .channels
@@ -527,53 +487,37 @@ impl ChannelLayer for RedisPubSubLayer {
                 return Err(e);
             }
         }
-        inner.local.receive(&queue).await
+        Ok(inner.engine.receiver(queue))
     }
 
     async fn group_add(&self, group: &GroupName, channel: &ChannelName) -> Result<()> {
         let inner = &self.inner;
-        inner.local.check_open()?;
-        let queue = match inner.local.get(channel.as_str()) {
-            Some(q) if inner.local.is_own(channel.as_str()) => q,
-            _ => {
-                return Err(Error::Protocol(format!(
-                    "the pub/sub layer keeps group membership in the process that owns the channel: \
-                     call group_add({group}, {channel}) in the process whose new_channel made it"
-                )));
-            }
-        };
-        let joined = unix_now();
+        inner.engine.check_open()?;
+        if !inner.client.owns(channel.as_str()) {
+            return Err(LayerError::Unsupported(format!(
+                "the pub/sub layer keeps group membership in the process that owns the channel: \
+                 call group_add({group}, {channel}) in the process whose new_channel made it"
+            )));
+        }
+        let queue = inner.own_queue(channel);
         let gchan = inner.group_channel(group.as_str());
         let h = inner.host_index(&gchan);
-        let indexed = {
+        {
             let _l = inner.subs[h].lock.lock().await;
-            let (first, key) = {
-                let mut members = inner.groups.entry(group.clone()).or_default();
-                let first = members.is_empty();
-                members.insert(
-                    channel.clone(),
-                    Member {
-                        joined,
-                        queue: queue.clone(),
-                    },
-                );
-                (first, members.key().clone())
-            };
+            let first = !inner.engine.has_members(group.as_str());
+            inner.engine.group_add(group, &queue);
             if first && let Err(e) = inner.timed(inner.subscription(h, &gchan, true)).await {
-                inner.unindex(group, channel);
+                inner.engine.group_discard(group, channel);
                 return Err(e);
             }
-            key
-        };
-        // The index's own name, so the fan-out compares pointers, not strings.
-        inner.local.track(&queue, &indexed, joined);
+        }
         let ttl = RedisConfig::ttl_secs(inner.cfg.layer.group_expiry);
         inner
             .timed(conn::add_member(
                 &inner.hosts[h],
                 &inner.registry_key(group.as_str()),
                 channel.as_str(),
-                joined,
+                unix_now(),
                 ttl,
             ))
             .await
@@ -581,24 +525,26 @@ impl ChannelLayer for RedisPubSubLayer {
 
     async fn group_discard(&self, group: &GroupName, channel: &ChannelName) -> Result<()> {
         let inner = &self.inner;
-        inner.local.check_open()?;
-        if let Some(q) = inner.local.get(channel.as_str()) {
-            inner.local.untrack(&q, group);
-        }
-        inner.remove_member(group, channel).await
+        inner.engine.check_open()?;
+        inner.engine.group_discard(group, channel);
+        inner.left(group, channel).await
     }
 
     async fn group_send(&self, group: &GroupName, message: Message) -> Result<()> {
         let inner = &self.inner;
-        inner.local.check_open()?;
+        inner.engine.check_open()?;
         inner
             .publish(&inner.group_channel(group.as_str()), &message)
-            .await
+            .await?;
+        // The fan-out runs in the subscription: wait for the members it left lagging.
+        let lagging = inner.engine.lagging_members(group.as_str());
+        inner.engine.backpressure(lagging).await;
+        Ok(())
     }
 
     async fn group_channels(&self, group: &GroupName) -> Result<Vec<ChannelName>> {
         let inner = &self.inner;
-        inner.local.check_open()?;
+        inner.engine.check_open()?;
         let h = inner.host_index(&inner.group_channel(group.as_str()));
         let cutoff = unix_now() - inner.cfg.layer.group_expiry.as_secs_f64();
         inner
@@ -612,12 +558,12 @@ impl ChannelLayer for RedisPubSubLayer {
 
     async fn discard_channel(&self, channel: &ChannelName) -> Result<()> {
         let inner = &self.inner;
-        if !inner.local.is_own(channel.as_str()) {
+        if !inner.client.owns(channel.as_str()) {
             return Ok(());
         }
         let mut first_error = None;
-        for m in inner.local.remove(channel) {
-            if let Err(e) = inner.remove_member(&m.group, channel).await {
+        for group in inner.engine.discard(channel) {
+            if let Err(e) = inner.left(&group, channel).await {
                 first_error.get_or_insert(e);
             }
         }
@@ -626,14 +572,13 @@ impl ChannelLayer for RedisPubSubLayer {
 
     async fn flush(&self) -> Result<()> {
         let inner = &self.inner;
-        inner.local.check_open()?;
-        inner.local.clear();
-        let groups: Vec<GroupName> = inner.groups.iter().map(|g| g.key().clone()).collect();
+        inner.engine.check_open()?;
+        let groups = inner.engine.group_names();
+        inner.engine.flush();
         for group in groups {
             let gchan = inner.group_channel(group.as_str());
             let h = inner.host_index(&gchan);
             let _l = inner.subs[h].lock.lock().await;
-            inner.groups.remove(&group);
             if let Err(e) = inner.timed(inner.subscription(h, &gchan, false)).await {
                 tracing::debug!(%group, error = %e, "unsubscribe on flush failed");
             }
@@ -646,12 +591,12 @@ impl ChannelLayer for RedisPubSubLayer {
     }
 
     async fn close(&self) -> Result<()> {
-        self.inner.local.close();
+        self.inner.engine.close();
         let _ = self.guard.0.send(true);
         Ok(())
     }
 
     fn stats(&self) -> LayerStats {
-        self.inner.local.stats(self.inner.groups.len())
+        self.inner.engine.stats()
     }
 }

@@ -1,0 +1,227 @@
+//! Sends: one round trip per `send` to another process, two per `group_send` (the members,
+//! then one script per host), and this process's own members served without Redis.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use redis::Value as RValue;
+use switchboard_core::engine::{Hasher, Lagging};
+use switchboard_core::message::MessageError;
+use switchboard_core::{ChannelName, GroupName, LayerError, Message, Result};
+
+use super::Inner;
+use super::scripts::{GROUP_SEND, SEND};
+use crate::codec::{Codec, RouteRef};
+
+/// `send` to a channel of another process, or to a named channel: into its Redis queue.
+pub(super) async fn send_remote(
+    inner: &Inner,
+    channel: &ChannelName,
+    message: Message,
+) -> Result<()> {
+    let fields = Codec::fields(&message).map_err(|e| MessageError::Serialize(e.0))?;
+    let (key, host, route) = if channel.is_process_local() {
+        let nl = channel.non_local_part();
+        (
+            format!("{}{nl}", inner.cfg.prefix),
+            inner.host_for(nl),
+            RouteRef::One(channel.as_str()),
+        )
+    } else {
+        (
+            format!("{}{channel}", inner.cfg.prefix),
+            inner.host_for(channel.as_str()),
+            RouteRef::Unrouted,
+        )
+    };
+    let payload = inner
+        .codec
+        .encode(&fields, &route)
+        .map_err(|e| MessageError::Serialize(e.0))?;
+    let capacity = inner.cfg.layer.capacity_for(channel.as_str());
+    let score = inner.clock.next();
+    let mut c = host.conn();
+    let queued: i64 = SEND
+        .key(&key)
+        .arg(score)
+        .arg(payload)
+        .arg(capacity)
+        .arg(score - inner.expiry_secs())
+        .arg(inner.queue_ttl())
+        .invoke_async(&mut c)
+        .await
+        .map_err(|e| host.error(e))?;
+    if queued == 1 {
+        Ok(())
+    } else {
+        Err(LayerError::ChannelFull {
+            channel: channel.clone(),
+            capacity,
+        })
+    }
+}
+
+/// `group_send`: this process's members get the message at once; the others are grouped by the
+/// process queue they share, and each queue gets one copy naming its channels. Returns the
+/// local members left lagging, for back-pressure.
+pub(super) async fn group_send(
+    inner: &Arc<Inner>,
+    group: &GroupName,
+    message: Message,
+) -> Result<Lagging> {
+    let gkey = inner.group_key(group.as_str());
+    let ghost = inner.host_for(group.as_str());
+    let score = inner.clock.next();
+    let group_cutoff = score - inner.cfg.layer.group_expiry.as_secs_f64();
+    let mut c = ghost.conn();
+    let (members,): (Vec<Vec<u8>>,) = redis::pipe()
+        .cmd("ZREMRANGEBYSCORE")
+        .arg(&gkey)
+        .arg("-inf")
+        .arg(group_cutoff)
+        .ignore()
+        .cmd("ZRANGE")
+        .arg(&gkey)
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut c)
+        .await
+        .map_err(|e| ghost.error(e))?;
+    let mut lagging = Lagging::default();
+    if members.is_empty() {
+        return Ok(lagging);
+    }
+
+    let at = inner.engine.arrival(std::time::Duration::ZERO);
+    let mut gone: Vec<&str> = Vec::new();
+    let mut queues: Vec<(String, usize, usize, Vec<&str>)> = Vec::new(); // key, host, capacity, channels
+    let mut index: HashMap<&str, usize, Hasher> = HashMap::default();
+    for m in &members {
+        let Ok(name) = std::str::from_utf8(m) else {
+            continue;
+        };
+        // Only this process's own channels skip Redis. A named channel (`worker.jobs`) this
+        // process receives on has a local queue too, but other processes read it as well: its
+        // message goes to its Redis queue.
+        if inner.client.owns(name) {
+            match inner.engine.get(name) {
+                Some(q) => {
+                    inner
+                        .engine
+                        .deliver_to_member(&q, message.clone(), &at, &mut lagging);
+                }
+                None => gone.push(name),
+            }
+            continue;
+        }
+        let non_local = match name.find('!') {
+            Some(i) => &name[..=i],
+            None => name,
+        };
+        match index.get(non_local) {
+            Some(&i) => queues[i].3.push(name),
+            None => {
+                index.insert(non_local, queues.len());
+                queues.push((
+                    format!("{}{non_local}", inner.cfg.prefix),
+                    inner.host_index(non_local),
+                    inner.cfg.layer.capacity_for(name),
+                    vec![name],
+                ));
+            }
+        }
+    }
+
+    if !queues.is_empty() {
+        let fields = Codec::fields(&message).map_err(|e| MessageError::Serialize(e.0))?;
+        let cutoff = score - inner.expiry_secs();
+        let ttl = inner.queue_ttl();
+        let mut per_host: HashMap<usize, Vec<usize>, Hasher> = HashMap::default();
+        for (i, q) in queues.iter().enumerate() {
+            per_host.entry(q.1).or_default().push(i);
+        }
+        let mut calls = Vec::with_capacity(per_host.len());
+        for (h, idxs) in per_host {
+            let mut inv = GROUP_SEND.prepare_invoke();
+            for &i in &idxs {
+                inv.key(&queues[i].0);
+            }
+            for &i in &idxs {
+                let channels = &queues[i].3;
+                let route = if queues[i].0.ends_with('!') {
+                    RouteRef::Many(channels)
+                } else {
+                    RouteRef::Unrouted
+                };
+                let payload = inner
+                    .codec
+                    .encode(&fields, &route)
+                    .map_err(|e| MessageError::Serialize(e.0))?;
+                inv.arg(payload);
+            }
+            for &i in &idxs {
+                inv.arg(queues[i].2);
+            }
+            inv.arg(score)
+                .arg(cutoff)
+                .arg(ttl)
+                .arg(if inner.cfg.drop_stalled_members {
+                    "1"
+                } else {
+                    "0"
+                });
+            let host = &inner.hosts[h];
+            calls.push(async move {
+                let mut c = host.conn();
+                let r: RValue = inv.invoke_async(&mut c).await.map_err(|e| host.error(e))?;
+                Ok::<_, LayerError>((idxs, r))
+            });
+        }
+        let mut full_channels = 0u64;
+        for r in futures_util::future::join_all(calls).await {
+            let (idxs, value) = r?;
+            let RValue::Array(parts) = value else {
+                continue;
+            };
+            for i in indexes(parts.first()) {
+                if let Some(&q) = idxs.get(i) {
+                    full_channels += queues[q].3.len() as u64;
+                }
+            }
+            for i in indexes(parts.get(1)) {
+                if let Some(&q) = idxs.get(i) {
+                    tracing::info!(group = %group, queue = %queues[q].0, "group member's queue holds expired messages; its channels leave the group");
+                    gone.extend(queues[q].3.iter().copied());
+                }
+            }
+        }
+        if full_channels > 0 {
+            inner.engine.count_group_full_drops(full_channels);
+            tracing::debug!(group = %group, skipped = full_channels, "group_send skipped full channels");
+        }
+    }
+
+    if !gone.is_empty() {
+        let _: () = redis::cmd("ZREM")
+            .arg(&gkey)
+            .arg(&gone)
+            .query_async(&mut c)
+            .await
+            .map_err(|e| ghost.error(e))?;
+    }
+    Ok(lagging)
+}
+
+fn indexes(value: Option<&RValue>) -> Vec<usize> {
+    match value {
+        Some(RValue::Array(items)) => items
+            .iter()
+            .filter_map(|v| match v {
+                RValue::Int(i) => usize::try_from(*i).ok().and_then(|i| i.checked_sub(1)),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+

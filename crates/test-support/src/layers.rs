@@ -1,0 +1,63 @@
+//! Fresh Redis layers on the Redis under test, and what tests send through them.
+
+use switchboard_core::{Layer, LayerConfig};
+use switchboard_redis::{RedisConfig, RedisLayer, RedisPubSubLayer};
+
+use crate::redis::{fresh_prefix, url};
+
+/// Settings for a layer on the Redis under test, on a fresh prefix; `None` (a skip) without
+/// one.
+pub fn config(layer: LayerConfig) -> Option<RedisConfig> {
+    Some(RedisConfig::new(url()?).prefix(fresh_prefix()).layer(layer))
+}
+
+pub async fn core(cfg: &RedisConfig) -> RedisLayer {
+    RedisLayer::connect(cfg.clone()).await.unwrap()
+}
+
+pub async fn pubsub(cfg: &RedisConfig) -> RedisPubSubLayer {
+    RedisPubSubLayer::connect(cfg.clone()).await.unwrap()
+}
+
+/// Two core-layer instances ("processes") on one fresh prefix.
+pub async fn make_core(rc: RedisConfig) -> (Layer, Layer) {
+    (Layer::new(core(&rc).await), Layer::new(core(&rc).await))
+}
+
+/// Two pub/sub-layer instances ("processes") on one fresh prefix.
+pub async fn make_pubsub(rc: RedisConfig) -> (Layer, Layer) {
+    (Layer::new(pubsub(&rc).await), Layer::new(pubsub(&rc).await))
+}
+
+/// A plain redis-rs connection to the Redis at `url`, to look at what the layers store.
+pub async fn raw(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+/// Clients connected to the Redis at `url`.
+pub async fn connected_clients(url: &str) -> usize {
+    let mut c = raw(url).await;
+    let info: String = redis::cmd("INFO")
+        .arg("clients")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("connected_clients:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap()
+}
+
+/// Receives within 5 s or fails.
+pub async fn recv(layer: &Layer, ch: &switchboard_core::ChannelName) -> switchboard_core::Message {
+    tokio::time::timeout(std::time::Duration::from_secs(5), layer.receive(ch))
+        .await
+        .expect("no message within 5 s")
+        .unwrap()
+}
+
+pub use switchboard_core::layer::conformance::{all_value_types, msg};

@@ -1,0 +1,98 @@
+//! The examples as real processes: start a built binary on a free loopback port, wait until it
+//! listens — and say why when it does not. An example's own tests name its binary with
+//! `env!("CARGO_BIN_EXE_<name>")`: cargo builds it, with the test's features, before the tests.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use super::{ChildGuard, TempDir, free_port};
+
+/// A running example program, killed on drop. When the test fails, its output is printed.
+pub struct Program {
+    pub addr: SocketAddr,
+    name: String,
+    log: Option<PathBuf>,
+    // Killed before its directory is removed.
+    child: ChildGuard,
+    _dir: TempDir,
+}
+
+impl Program {
+    /// Starts the program at `binary` with `--addr 127.0.0.1:<free port>` and `args`, and waits
+    /// (up to 20 s) until it accepts connections. Panics with the program's output if it exits
+    /// first.
+    pub async fn start(binary: &str, args: &[&str]) -> Program {
+        let name = std::path::Path::new(binary)
+            .file_name()
+            .map_or_else(|| binary.to_owned(), |n| n.to_string_lossy().into_owned());
+        let name = name.as_str();
+        let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let dir = TempDir::new(&format!("{name}-program"));
+        let verbose = std::env::var_os("SWITCHBOARD_TEST_LOG").is_some();
+        let log = (!verbose).then(|| dir.path().join("output.log"));
+        let (stdout, stderr) = match &log {
+            Some(path) => {
+                let file = std::fs::File::create(path).unwrap();
+                (Stdio::from(file.try_clone().unwrap()), Stdio::from(file))
+            }
+            None => (Stdio::inherit(), Stdio::inherit()),
+        };
+        let child = std::process::Command::new(binary)
+            .args(["--addr", &addr.to_string()])
+            .args(args)
+            .env("NO_COLOR", "1")
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .unwrap_or_else(|e| panic!("could not start the {name} example: {e}"));
+        let mut program = Program {
+            addr,
+            name: name.to_owned(),
+            log,
+            child: ChildGuard(child),
+            _dir: dir,
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = program.child.0.try_wait() {
+                panic!(
+                    "the {name} example exited ({status}) before listening on {addr}:\n{}",
+                    program.output()
+                );
+            }
+            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                return program;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the {name} example does not listen on {addr} after 20 s:\n{}",
+                program.output()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// What the program wrote so far (empty when `SWITCHBOARD_TEST_LOG` sent it to the terminal).
+    pub fn output(&self) -> String {
+        self.log
+            .as_ref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Program {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let out = self.output();
+            if !out.is_empty() {
+                eprintln!(
+                    "--- output of the {} example on {} ---\n{out}",
+                    self.name, self.addr
+                );
+            }
+        }
+    }
+}
