@@ -16,6 +16,10 @@ use crate::name::{ChannelName, GroupName, IntoGroupName};
 
 type Pending = Pin<Box<dyn Future<Output = ()> + Send>>;
 
+/// A future behind a mutex that is never locked (`get_mut` needs `&mut`): the subscription
+/// stays `Sync` (a handler holds `&Connection` across awaits) though the future is only `Send`.
+type Exclusive<T> = std::sync::Mutex<T>;
+
 /// A channel to receive on, plus the groups joined through it: what every receiver of a
 /// layer's messages holds — a WebSocket consumer's connection, a server-sent-events or
 /// long-poll stream, a worker.
@@ -61,7 +65,7 @@ struct Refresh {
     /// Armed while there are groups to refresh.
     timer: Option<Pin<Box<Sleep>>>,
     /// A refresh on its way.
-    running: Option<Pending>,
+    running: Option<Exclusive<Pending>>,
 }
 
 impl fmt::Debug for Subscription {
@@ -226,7 +230,11 @@ impl Subscription {
     fn poll_refresh(&mut self, cx: &mut Context<'_>) {
         let r = &mut self.refresh;
         if let Some(f) = r.running.as_mut()
-            && f.as_mut().poll(cx).is_ready()
+            && f.get_mut()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_mut()
+                .poll(cx)
+                .is_ready()
         {
             r.running = None;
         }
@@ -254,7 +262,7 @@ impl Subscription {
             }
         });
         if running.as_mut().poll(cx).is_pending() {
-            r.running = Some(running);
+            r.running = Some(Exclusive::new(running));
         }
     }
 }

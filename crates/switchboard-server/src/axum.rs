@@ -2,21 +2,20 @@
 //!
 //! ```
 //! use axum::Router;
-//! use switchboard_core::{Consumer, Context, Frame, InMemoryLayer, Message, Result, Scope, async_trait};
+//! use switchboard::{Connection, Consumer, Frame, InMemoryLayer, Message, Result, Scope};
 //!
 //! struct Echo;
-//! #[async_trait]
 //! impl Consumer for Echo {
 //!     type Incoming = Frame;
 //!     type Event = Message;
-//!     async fn receive(&mut self, cx: &mut Context, frame: Frame) -> Result<()> {
-//!         cx.send_text(frame.text()?.to_owned()).await
+//!     async fn receive(&mut self, conn: &mut Connection, frame: Frame) -> Result<()> {
+//!         conn.send_text(frame.text()?).await
 //!     }
 //! }
 //!
 //! let layer = InMemoryLayer::default();
 //! let app: Router = Router::new()
-//!     .route("/ws/echo/{room}/", switchboard_core::axum::consumer(layer, |_: &Scope| Echo));
+//!     .route("/ws/echo/{room}/", switchboard::axum::consumer(layer, |_: &Scope| Echo));
 //! ```
 //!
 //! Serve the router with `into_make_service_with_connect_info::<SocketAddr>()` to give
@@ -29,26 +28,28 @@ use axum::extract::{ConnectInfo, RawPathParams, Request};
 use axum::response::IntoResponse;
 use axum::routing::{MethodRouter, get};
 
-use crate::consumer::Consumer;
-use crate::layer::Layer;
+use switchboard_core::Layer;
+
+use crate::consumer::IntoConsumer;
+use crate::endpoint::{Authenticate, Endpoint};
 use crate::scope::Scope;
-use crate::serve::Endpoint;
 
 /// A route serving `factory`'s consumers with the default [`Endpoint`] settings (same-host
 /// origins only). For other settings build an [`Endpoint`] and call [`Endpoint::into_route`].
-pub fn consumer<F, C, S>(layer: impl Into<Layer>, factory: F) -> MethodRouter<S>
+pub fn consumer<F, R, S>(layer: impl Into<Layer>, factory: F) -> MethodRouter<S>
 where
-    F: Fn(&Scope) -> C + Send + Sync + 'static,
-    C: Consumer,
+    F: Fn(&Scope) -> R + Send + Sync + 'static,
+    R: IntoConsumer + 'static,
     S: Clone + Send + Sync + 'static,
 {
     Endpoint::new(layer, factory).into_route()
 }
 
-impl<F, C> Endpoint<F>
+impl<F, A, R> Endpoint<F, A>
 where
-    F: Fn(&Scope) -> C + Send + Sync + 'static,
-    C: Consumer,
+    F: Fn(&Scope) -> R + Send + Sync + 'static,
+    R: IntoConsumer + 'static,
+    A: Authenticate,
 {
     /// This endpoint as an axum `GET` route.
     pub fn into_route<S>(self) -> MethodRouter<S>

@@ -3,246 +3,192 @@
 //! An [`Endpoint`] is a consumer factory plus what guards it: allowed origins, an
 //! authentication hook and per-connection limits. Mount it in an axum router
 //! ([`Endpoint::into_route`], feature `axum`) or serve it with the standalone server
-//! ([`Server`](standalone::Server), feature `standalone`). Both paths share one upgrade routine:
+//! ([`Server`](crate::standalone::Server), feature `standalone`). Both paths share one upgrade
+//! routine:
 //!
 //! 1. the request must be a WebSocket upgrade (else 400, or 426 for a wrong version);
 //! 2. the `Origin` must be allowed (else 403);
 //! 3. the authentication hook may set a user or refuse (its status, 403 by default);
-//! 4. the consumer gets a fresh channel and its `connect` runs — before the HTTP answer, so a
+//! 4. the factory builds the consumer from the scope — or refuses (a bad path parameter: 404,
+//!    say) before anything is allocated;
+//! 5. the consumer gets a fresh channel and its `connect` runs — before the HTTP answer, so a
 //!    consumer that does not accept refuses the upgrade with 403;
-//! 5. the answer is 101, and the consumer runtime takes the socket.
+//! 6. the answer is 101, and the consumer runtime takes the socket.
+//!
+//! Every refusal is answered with its reason as a plain-text body and logged at `warn`, with
+//! the path and the reason: a client that cannot connect learns why, and so does whoever reads
+//! the server's log. Nothing internal (a backend's address) is ever in the body.
 
 use std::fmt;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper_util::rt::TokioIo;
+use switchboard_core::Layer;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 
-use crate::consumer::{Consumer, Context};
-use crate::layer::Layer;
-use crate::runtime::{self, ConnectionConfig, Handshake};
+use crate::config::ConnectionConfig;
+use crate::connection::Connection;
+use crate::consumer::IntoConsumer;
+use crate::error::reference;
+use crate::origin::{OriginCheck, Origins};
+use crate::runtime::{self, Handshake};
 use crate::scope::Scope;
 
-#[cfg(feature = "axum")]
-pub mod axum;
-#[cfg(feature = "standalone")]
-pub mod standalone;
-
-/// An authentication hook's refusal: the HTTP status and a reason for the log.
+/// A refused handshake: the HTTP status, and the reason, which is the response's body and is
+/// logged.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
-    /// HTTP status of the answer (403 unless set).
-    pub status: u16,
-    /// Why (logged, and sent as the response body).
-    pub reason: String,
+    status: StatusCode,
+    reason: String,
 }
 
 impl Refusal {
-    /// A 403 refusal.
-    pub fn forbidden(reason: impl Into<String>) -> Refusal {
+    /// A refusal with this status.
+    pub fn new(status: StatusCode, reason: impl Into<String>) -> Refusal {
         Refusal {
-            status: 403,
+            status,
             reason: reason.into(),
         }
     }
 
-    /// A 401 refusal.
+    /// 400 Bad Request.
+    pub fn bad_request(reason: impl Into<String>) -> Refusal {
+        Refusal::new(StatusCode::BAD_REQUEST, reason)
+    }
+
+    /// 401 Unauthorized.
     pub fn unauthorized(reason: impl Into<String>) -> Refusal {
-        Refusal {
-            status: 401,
-            reason: reason.into(),
-        }
+        Refusal::new(StatusCode::UNAUTHORIZED, reason)
+    }
+
+    /// 403 Forbidden.
+    pub fn forbidden(reason: impl Into<String>) -> Refusal {
+        Refusal::new(StatusCode::FORBIDDEN, reason)
+    }
+
+    /// 404 Not Found.
+    pub fn not_found(reason: impl Into<String>) -> Refusal {
+        Refusal::new(StatusCode::NOT_FOUND, reason)
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// Why.
+    pub fn reason(&self) -> &str {
+        &self.reason
     }
 }
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.status, self.reason)
+    }
+}
+
+impl std::error::Error for Refusal {}
 
 /// Authenticates a connection during the handshake: set a user on the scope
 /// ([`Scope::set_user`]) or data in its extensions, or refuse.
 ///
 /// Plain closures `Fn(&mut Scope) -> Result<(), Refusal>` implement it; implement it yourself
-/// when the check needs to await (a session store, a database).
-#[async_trait]
+/// (an `async fn`) when the check needs to await a session store or a database. `()` lets
+/// everybody in.
 pub trait Authenticate: Send + Sync + 'static {
     /// Checks the scope; `Err` refuses the connection.
-    async fn authenticate(&self, scope: &mut Scope) -> Result<(), Refusal>;
+    fn authenticate(&self, scope: &mut Scope)
+    -> impl Future<Output = Result<(), Refusal>> + Send;
 }
 
-#[async_trait]
 impl<F> Authenticate for F
 where
     F: Fn(&mut Scope) -> Result<(), Refusal> + Send + Sync + 'static,
 {
-    async fn authenticate(&self, scope: &mut Scope) -> Result<(), Refusal> {
-        self(scope)
+    fn authenticate(
+        &self,
+        scope: &mut Scope,
+    ) -> impl Future<Output = Result<(), Refusal>> + Send {
+        std::future::ready(self(scope))
     }
 }
 
-/// Which `Origin` headers a WebSocket endpoint accepts, as Channels' `OriginValidator`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Origins {
-    /// The origin's host (and port) must equal the request's `Host` — same-origin pages only.
-    SameHost,
-    /// Any origin.
-    Any,
-    /// Origins matching one of these patterns: `"*"` (any), `"example.com"` (that host),
-    /// `".example.com"` (it and every subdomain), `"https://example.com:8443"` (scheme, host and
-    /// port as given).
-    List(Vec<String>),
-}
-
-/// The origin check: a policy plus whether a request without `Origin` (a non-browser client)
-/// is let in.
-#[derive(Clone, Debug)]
-pub(crate) struct OriginCheck {
-    pub(crate) origins: Origins,
-    pub(crate) allow_missing: bool,
-}
-
-impl Origins {
-    /// Whether this policy allows the `Origin` header value `origin` on a request for `host`
-    /// (the request's `Host` header, used by [`Origins::SameHost`]). The same rules the
-    /// WebSocket handshake applies; HTTP endpoints use it for CORS.
-    ///
-    /// ```
-    /// use switchboard_core::Origins;
-    /// let o = Origins::List(vec![".example.com".into()]);
-    /// assert!(o.allows("https://app.example.com", None));
-    /// assert!(!o.allows("https://evil.com", None));
-    /// assert!(Origins::SameHost.allows("http://127.0.0.1:8000", Some("127.0.0.1:8000")));
-    /// ```
-    pub fn allows(&self, origin: &str, host: Option<&str>) -> bool {
-        let Some((scheme, o_host, o_port)) = parse_origin(origin) else {
-            return *self == Origins::Any
-                || matches!(self, Origins::List(l) if l.iter().any(|p| p == "*"));
-        };
-        match self {
-            Origins::Any => true,
-            Origins::SameHost => host.is_some_and(|h| {
-                let (h_host, h_port) = split_host_port(h);
-                h_host.eq_ignore_ascii_case(&o_host)
-                    && h_port.or(default_port(&scheme)) == o_port.or(default_port(&scheme))
-            }),
-            Origins::List(patterns) => patterns
-                .iter()
-                .any(|p| origin_matches(p, &scheme, &o_host, o_port)),
-        }
-    }
-}
-
-impl OriginCheck {
-    pub(crate) fn allows(&self, origin: Option<&str>, host: Option<&str>) -> bool {
-        match origin {
-            None => self.allow_missing,
-            Some(origin) => self.origins.allows(origin, host),
-        }
-    }
-}
-
-fn default_port(scheme: &str) -> Option<u16> {
-    match scheme {
-        "http" | "ws" => Some(80),
-        "https" | "wss" => Some(443),
-        _ => None,
-    }
-}
-
-fn split_host_port(s: &str) -> (&str, Option<u16>) {
-    // [v6]:port, host:port, host
-    if let Some(rest) = s.strip_prefix('[')
-        && let Some((h, after)) = rest.split_once(']')
-    {
-        return (h, after.strip_prefix(':').and_then(|p| p.parse().ok()));
-    }
-    match s.rsplit_once(':') {
-        Some((h, p)) if !h.contains(':') => (h, p.parse().ok()),
-        _ => (s, None),
-    }
-}
-
-fn parse_origin(origin: &str) -> Option<(String, String, Option<u16>)> {
-    let uri: http::Uri = origin.parse().ok()?;
-    let scheme = uri.scheme_str()?.to_ascii_lowercase();
-    let host = uri
-        .host()?
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_ascii_lowercase();
-    Some((scheme, host, uri.port_u16()))
-}
-
-fn origin_matches(pattern: &str, scheme: &str, host: &str, port: Option<u16>) -> bool {
-    if pattern == "*" {
-        return true;
-    }
-    if pattern.contains("://") {
-        let Some((p_scheme, p_host, p_port)) = parse_origin(pattern) else {
-            return false;
-        };
-        return p_scheme == scheme
-            && host_matches(&p_host, host)
-            && p_port.or(default_port(&p_scheme)) == port.or(default_port(scheme));
-    }
-    let (p_host, p_port) = split_host_port(pattern);
-    host_matches(&p_host.to_ascii_lowercase(), host)
-        && p_port.is_none_or(|p| Some(p) == port.or(default_port(scheme)))
-}
-
-fn host_matches(pattern: &str, host: &str) -> bool {
-    match pattern.strip_prefix('.') {
-        Some(domain) => host == domain || host.ends_with(pattern),
-        None => host == pattern,
+impl Authenticate for () {
+    fn authenticate(
+        &self,
+        _scope: &mut Scope,
+    ) -> impl Future<Output = Result<(), Refusal>> + Send {
+        std::future::ready(Ok(()))
     }
 }
 
 /// A consumer factory with its guards and limits, ready to be mounted.
 ///
-/// ```
-/// use switchboard_core::{Consumer, Context, Endpoint, Frame, InMemoryLayer, Message, Result, Scope, async_trait};
+/// The factory gets the connection's [`Scope`] and returns a consumer, or a
+/// `Result<consumer, Refusal>` to refuse the handshake (validate path parameters here, once:
+/// the consumer then holds typed values).
 ///
-/// struct Echo;
-/// #[async_trait]
-/// impl Consumer for Echo {
+/// ```
+/// use std::time::Duration;
+/// use switchboard::{
+///     ConnectionConfig, Connection, Consumer, Endpoint, Frame, GroupName, InMemoryLayer,
+///     Refusal, Result, Scope,
+/// };
+///
+/// struct Room { group: GroupName }
+///
+/// impl Consumer for Room {
 ///     type Incoming = Frame;
-///     type Event = Message;
-///     async fn receive(&mut self, cx: &mut Context, frame: Frame) -> Result<()> {
-///         cx.send_text(frame.text()?.to_owned()).await
+///     type Event = switchboard::Message;
+///     async fn receive(&mut self, conn: &mut Connection, frame: Frame) -> Result<()> {
+///         conn.group_send(&self.group, serde_json::json!({"type": "room.text", "text": frame.text()?})).await
 ///     }
 /// }
 ///
-/// let endpoint = Endpoint::new(InMemoryLayer::default(), |_scope: &Scope| Echo)
+/// fn room(scope: &Scope) -> std::result::Result<Room, Refusal> {
+///     let name = scope.param("room").unwrap_or_default();
+///     let group = GroupName::new(format!("room_{name}"))
+///         .map_err(|e| Refusal::not_found(format!("no such room: {e}")))?;
+///     Ok(Room { group })
+/// }
+///
+/// let endpoint = Endpoint::new(InMemoryLayer::default(), room)
 ///     .allowed_origins([".example.com"])
-///     .allow_missing_origin(true);
+///     .allow_missing_origin(true)
+///     .config(ConnectionConfig::default().max_message_size(1 << 20).idle_timeout(Duration::from_secs(120)));
 /// # let _ = endpoint;
 /// ```
-pub struct Endpoint<F> {
+pub struct Endpoint<F, A = ()> {
     layer: Layer,
     factory: F,
     origin: OriginCheck,
-    auth: Option<Arc<dyn Authenticate>>,
+    auth: A,
     config: Arc<ConnectionConfig>,
 }
 
-impl<F> fmt::Debug for Endpoint<F> {
+impl<F, A> fmt::Debug for Endpoint<F, A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Endpoint")
             .field("layer", &self.layer)
             .field("origin", &self.origin)
-            .field("auth", &self.auth.is_some())
+            .field("auth", &std::any::type_name::<A>())
             .field("config", &self.config)
             .finish()
     }
 }
 
-impl<F, C> Endpoint<F>
+impl<F, R> Endpoint<F>
 where
-    F: Fn(&Scope) -> C + Send + Sync + 'static,
-    C: Consumer,
+    F: Fn(&Scope) -> R + Send + Sync + 'static,
+    R: IntoConsumer,
 {
     /// An endpoint that builds one consumer per connection with `factory`. By default only
     /// same-host origins are allowed, a missing `Origin` is refused, nobody is authenticated,
@@ -255,11 +201,18 @@ where
                 origins: Origins::SameHost,
                 allow_missing: false,
             },
-            auth: None,
+            auth: (),
             config: Arc::new(ConnectionConfig::default()),
         }
     }
+}
 
+impl<F, A, R> Endpoint<F, A>
+where
+    F: Fn(&Scope) -> R + Send + Sync + 'static,
+    R: IntoConsumer,
+    A: Authenticate,
+{
     /// Sets the origin policy.
     pub fn origins(mut self, origins: Origins) -> Self {
         self.origin.origins = origins;
@@ -280,9 +233,14 @@ where
     }
 
     /// Sets the authentication hook.
-    pub fn authenticate(mut self, auth: impl Authenticate) -> Self {
-        self.auth = Some(Arc::new(auth));
-        self
+    pub fn authenticate<A2: Authenticate>(self, auth: A2) -> Endpoint<F, A2> {
+        Endpoint {
+            layer: self.layer,
+            factory: self.factory,
+            origin: self.origin,
+            auth,
+            config: self.config,
+        }
     }
 
     /// Sets the per-connection limits and keep-alive.
@@ -305,23 +263,23 @@ where
         params: Vec<(String, String)>,
         peer: Option<SocketAddr>,
     ) -> Response<Full<Bytes>> {
-        let headers = req.headers();
         if let Some(resp) = check_upgrade_request(&req) {
             return resp;
         }
+        let headers = req.headers();
         let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
         let host = headers
             .get(header::HOST)
             .and_then(|v| v.to_str().ok())
             .or_else(|| req.uri().authority().map(|a| a.as_str()));
         if !self.origin.allows(origin, host) {
-            tracing::info!(
-                origin,
-                host,
-                path = req.uri().path(),
-                "websocket origin refused"
-            );
-            return plain(StatusCode::FORBIDDEN, "origin not allowed");
+            let reason = match origin {
+                None => "the request has no Origin header, and this endpoint accepts only \
+                         browsers from allowed origins"
+                    .to_owned(),
+                Some(o) => format!("origin {o:?} is not allowed"),
+            };
+            return refuse(req.uri().path(), peer, StatusCode::FORBIDDEN, &reason);
         }
         let key = headers
             .get(header::SEC_WEBSOCKET_KEY)
@@ -336,36 +294,45 @@ where
             detach_headers(req.headers()),
             peer,
         );
-        if let Some(auth) = &self.auth
-            && let Err(refusal) = auth.authenticate(&mut scope).await
-        {
-            tracing::info!(path = scope.path(), status = refusal.status, reason = %refusal.reason, "websocket authentication refused");
-            let status = StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::FORBIDDEN);
-            return plain(status, &refusal.reason);
+        if let Err(refusal) = self.auth.authenticate(&mut scope).await {
+            return refuse(scope.path(), peer, refusal.status, &refusal.reason);
         }
-        let on_upgrade = hyper::upgrade::on(&mut req);
-        let channel = match self.layer.new_channel().await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "no channel for a new consumer");
-                return plain(StatusCode::SERVICE_UNAVAILABLE, "channel layer unavailable");
+        let made = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            (self.factory)(&scope).into_consumer()
+        }));
+        let mut consumer = match made {
+            Ok(Ok(c)) => c,
+            Ok(Err(refusal)) => {
+                return refuse(scope.path(), peer, refusal.status, &refusal.reason);
             }
-        };
-        let factory = std::panic::AssertUnwindSafe(|| (self.factory)(&scope));
-        let mut consumer = match std::panic::catch_unwind(factory) {
-            Ok(c) => c,
             Err(_) => {
-                tracing::error!(path = scope.path(), "consumer factory panicked");
-                let _ = self.layer.backend().discard_channel(&channel).await;
-                return plain(StatusCode::INTERNAL_SERVER_ERROR, "consumer factory failed");
+                let r = reference();
+                tracing::error!(path = scope.path(), reference = %r, "consumer factory panicked");
+                return plain(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    &format!("internal server error (reference {r})"),
+                );
             }
         };
-        let mut cx = Context::new(self.layer.clone(), channel, scope, self.config.out_limits());
-        let subprotocol = match runtime::handshake(&mut consumer, &mut cx).await {
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        let sub = match self.layer.subscribe().await {
+            Ok(s) => s,
+            Err(e) => {
+                let r = reference();
+                tracing::warn!(path = scope.path(), error = %e, reference = %r, "no channel for a new consumer");
+                return plain(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!("the server cannot take connections now (reference {r})"),
+                );
+            }
+        };
+        let path = scope.path().to_owned();
+        let mut conn = Connection::new(sub, scope, self.config.out_limits());
+        let subprotocol = match runtime::handshake(&mut consumer, &mut conn).await {
             Handshake::Accepted(p) => p,
-            Handshake::Refused(status) => {
-                let status = StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN);
-                return plain(status, "connection refused");
+            Handshake::Refused(status, reason) => {
+                tracing::debug!(path, %status, "handshake refused by the consumer");
+                return plain(status, &reason);
             }
         };
         let config = self.config.clone();
@@ -378,11 +345,11 @@ where
                         Some(config.websocket_config()),
                     )
                     .await;
-                    runtime::run(consumer, cx, ws, config).await;
+                    runtime::run(consumer, conn, ws, config).await;
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "websocket upgrade did not complete");
-                    runtime::cleanup(&mut cx).await;
+                    conn.subscription().close().await;
                 }
             }
         });
@@ -401,6 +368,17 @@ where
         }
         resp
     }
+}
+
+/// Answers a refused handshake with its reason, and logs it.
+fn refuse(
+    path: &str,
+    peer: Option<SocketAddr>,
+    status: StatusCode,
+    reason: &str,
+) -> Response<Full<Bytes>> {
+    tracing::warn!(path, ?peer, status = status.as_u16(), reason, "websocket handshake refused");
+    plain(status, reason)
 }
 
 /// Copies headers into fresh allocations. hyper parses header values as slices of its read
@@ -464,57 +442,3 @@ pub(crate) fn plain(status: StatusCode, text: &str) -> Response<Full<Bytes>> {
     r
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn check(origins: Origins, allow_missing: bool) -> OriginCheck {
-        OriginCheck {
-            origins,
-            allow_missing,
-        }
-    }
-
-    #[test]
-    fn same_host() {
-        let c = check(Origins::SameHost, false);
-        assert!(c.allows(Some("http://127.0.0.1:8000"), Some("127.0.0.1:8000")));
-        assert!(c.allows(Some("https://example.com"), Some("example.com")));
-        assert!(c.allows(Some("http://example.com"), Some("example.com:80")));
-        assert!(!c.allows(Some("http://evil.com:8000"), Some("127.0.0.1:8000")));
-        assert!(!c.allows(Some("http://127.0.0.1:9000"), Some("127.0.0.1:8000")));
-        assert!(!c.allows(None, Some("127.0.0.1:8000")));
-        assert!(!c.allows(Some("null"), Some("127.0.0.1:8000")));
-        assert!(check(Origins::SameHost, true).allows(None, Some("x")));
-    }
-
-    #[test]
-    fn patterns() {
-        let c = check(
-            Origins::List(vec![
-                ".example.com".into(),
-                "chat.io".into(),
-                "https://secure.org:8443".into(),
-            ]),
-            false,
-        );
-        assert!(c.allows(Some("https://example.com"), None));
-        assert!(c.allows(Some("https://a.b.example.com"), None));
-        assert!(!c.allows(Some("https://badexample.com"), None));
-        assert!(c.allows(Some("http://chat.io:3000"), None));
-        assert!(!c.allows(Some("http://sub.chat.io"), None));
-        assert!(c.allows(Some("https://secure.org:8443"), None));
-        assert!(!c.allows(Some("http://secure.org:8443"), None));
-        assert!(!c.allows(Some("https://secure.org"), None));
-        assert!(!c.allows(None, None));
-        assert!(check(Origins::List(vec!["*".into()]), false).allows(Some("null"), None));
-        assert!(
-            check(Origins::List(vec!["localhost:8000".into()]), false)
-                .allows(Some("http://localhost:8000"), None)
-        );
-        assert!(
-            !check(Origins::List(vec!["localhost:8000".into()]), false)
-                .allows(Some("http://localhost:9000"), None)
-        );
-    }
-}

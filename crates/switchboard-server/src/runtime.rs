@@ -9,164 +9,85 @@
 //!
 //! Frames a handler sends go into a bounded queue. A client that does not read fills it, and is
 //! closed with 1008 instead of growing the server's memory.
+//!
+//! The consumer's layer side is its connection's [`Subscription`](switchboard_core::Subscription),
+//! polled from the same task: no future per event, and its groups are refreshed while it lives
+//! and left when the connection ends.
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context as TaskContext, Poll, ready};
-use std::time::Duration;
+use std::task::{self, Poll, ready};
 
+use bytes::Bytes;
 use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
+use http::StatusCode;
 use parking_lot::Mutex;
+use switchboard_core::{FromMessage, LayerError, Message, Text};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 
-use crate::consumer::{CloseCode, Consumer, Context, Event, Frame, Incoming, Out, Outbound, Phase};
-use crate::error::Error;
-use crate::message::Message;
-
-/// What to do with a client frame that does not decode, or a layer message whose type the
-/// consumer does not know.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum BadInput {
-    /// Log it and send the client `{"type":"error","error":"…"}`; the connection stays up.
-    #[default]
-    ErrorFrame,
-    /// Log it and close the connection with this code (e.g. 4400).
-    Close(u16),
-}
-
-/// Per-connection settings: limits and keep-alive. The defaults suit many small connections.
-#[derive(Clone, Debug)]
-#[non_exhaustive]
-pub struct ConnectionConfig {
-    /// Largest message a client may send; bigger ones close the connection with 1009.
-    /// Default 64 KiB.
-    pub max_message_size: usize,
-    /// Read buffer per connection, allocated (and touched) up front; a longer frame grows it.
-    /// Default 1 KiB: chat-sized frames fit, and idle connections stay cheap.
-    pub read_buffer_size: usize,
-    /// Frames are batched up to this size before a write. Default 4 KiB.
-    pub write_buffer_size: usize,
-    /// Frames a connection may have queued for its client. Default 1,024.
-    pub outbound_frames: usize,
-    /// Bytes a connection may have queued for its client. Default 1 MiB.
-    pub outbound_bytes: usize,
-    /// How often to ping the client; `None` disables pings. Default 20 s.
-    pub ping_interval: Option<Duration>,
-    /// Close the connection (1001) when nothing — no frame, no pong — came from the client for
-    /// this long. Default 60 s.
-    pub idle_timeout: Duration,
-    /// How long to wait for the client's reply to our close frame. Default 2 s.
-    pub close_timeout: Duration,
-    /// Bad client frames and unknown event types. Default: error frame, stay connected.
-    pub bad_input: BadInput,
-    /// Re-join the connection's groups every `group_expiry / 2`, so a connection that lives
-    /// longer than `group_expiry` keeps its memberships (Channels lets them lapse). Default on.
-    pub refresh_groups: bool,
-}
-
-impl Default for ConnectionConfig {
-    fn default() -> Self {
-        ConnectionConfig {
-            max_message_size: 64 * 1024,
-            read_buffer_size: 1024,
-            write_buffer_size: 4 * 1024,
-            outbound_frames: 1024,
-            outbound_bytes: 1024 * 1024,
-            ping_interval: Some(Duration::from_secs(20)),
-            idle_timeout: Duration::from_secs(60),
-            close_timeout: Duration::from_secs(2),
-            bad_input: BadInput::ErrorFrame,
-            refresh_groups: true,
-        }
-    }
-}
-
-impl ConnectionConfig {
-    /// The tungstenite settings these limits imply.
-    pub(crate) fn websocket_config(
-        &self,
-    ) -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
-        tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
-            .read_buffer_size(self.read_buffer_size)
-            .write_buffer_size(self.write_buffer_size)
-            .max_write_buffer_size(
-                self.write_buffer_size + self.max_message_size.max(self.outbound_bytes) + 1024,
-            )
-            .max_message_size(Some(self.max_message_size))
-            .max_frame_size(Some(self.max_message_size))
-    }
-
-    pub(crate) fn out_limits(&self) -> crate::consumer::OutLimits {
-        crate::consumer::OutLimits {
-            frames: self.outbound_frames,
-            bytes: self.outbound_bytes,
-        }
-    }
-}
+use crate::config::{BadInput, ConnectionConfig};
+use crate::connection::{Connection, Out, Outbound, Phase};
+use crate::consumer::{CloseCode, Consumer, Frame, FromFrame};
+use crate::error::{Error, reference};
 
 /// How the handshake ended.
 #[derive(Debug)]
 pub(crate) enum Handshake {
     /// Accepted: answer 101 with this subprotocol.
     Accepted(Option<String>),
-    /// Refused: answer with this HTTP status.
-    Refused(u16),
+    /// Refused: answer with this HTTP status and body.
+    Refused(StatusCode, String),
 }
 
 /// Runs `connect`. On refusal, the groups it joined are left and its channel is discarded.
-pub(crate) async fn handshake<C: Consumer>(consumer: &mut C, cx: &mut Context) -> Handshake {
-    let result = AssertUnwindSafe(consumer.connect(cx)).catch_unwind().await;
-    let (phase, subprotocol, was_accepted) = {
-        let out = cx.out.lock();
+pub(crate) async fn handshake<C: Consumer>(consumer: &mut C, conn: &mut Connection) -> Handshake {
+    let result = AssertUnwindSafe(consumer.connect(conn)).catch_unwind().await;
+    let (phase, subprotocol, was_accepted, reason) = {
+        let out = conn.out.lock();
         let accepted = out.phase == Phase::Open
             || (out.phase == Phase::Closed
                 && out.frames.iter().any(|f| matches!(f, Out::Close(..))));
-        (out.phase, out.subprotocol.clone(), accepted)
+        let reason = out.close.as_ref().map(|(_, r)| r.clone());
+        (out.phase, out.subprotocol.clone(), accepted, reason)
     };
     let refusal = match result {
         Ok(Ok(())) if was_accepted => return Handshake::Accepted(subprotocol),
         Ok(Ok(())) => {
-            tracing::debug!(
-                path = cx.scope().path(),
-                ?phase,
-                "consumer refused the connection"
-            );
-            403
+            let reason = reason
+                .filter(|r| !r.is_empty())
+                .unwrap_or_else(|| "the consumer did not accept the connection".to_owned());
+            tracing::warn!(path = conn.scope().path(), ?phase, %reason, "consumer refused the connection");
+            (StatusCode::FORBIDDEN, reason)
         }
         Ok(Err(e)) => {
-            tracing::warn!(path = cx.scope().path(), error = %e, "consumer connect failed");
+            let r = reference();
+            tracing::warn!(path = conn.scope().path(), error = %e, reference = %r, "consumer connect failed");
             if was_accepted {
-                let _ = cx.close(CloseCode::INTERNAL, "connect failed").await;
+                let _ = conn.close(CloseCode::INTERNAL, "connect failed").await;
                 return Handshake::Accepted(subprotocol);
             }
-            500
+            let status = if e.is_internal() {
+                StatusCode::INTERNAL_SERVER_ERROR
+            } else {
+                StatusCode::BAD_REQUEST
+            };
+            (status, e.client_message(&r).into_owned())
         }
         Err(_) => {
-            tracing::error!(path = cx.scope().path(), "consumer connect panicked");
-            500
+            let r = reference();
+            tracing::error!(path = conn.scope().path(), reference = %r, "consumer connect panicked");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("internal server error (reference {r})"),
+            )
         }
     };
-    cleanup(cx).await;
-    Handshake::Refused(refusal)
-}
-
-/// Leaves the groups joined through `cx` and tells the layer its channel is gone.
-pub(crate) async fn cleanup(cx: &mut Context) {
-    let layer = cx.layer().clone();
-    let channel = cx.channel_name().clone();
-    for group in cx.take_groups() {
-        if let Err(e) = layer.backend().group_discard(&group, &channel).await {
-            tracing::warn!(%group, %channel, error = %e, "group_discard on disconnect failed");
-        }
-    }
-    if let Err(e) = layer.backend().discard_channel(&channel).await {
-        tracing::debug!(%channel, error = %e, "discard_channel failed");
-    }
+    conn.subscription().close().await;
+    Handshake::Refused(refusal.0, refusal.1)
 }
 
 enum Input {
@@ -174,7 +95,7 @@ enum Input {
     SocketError(WsError),
     SocketEnd,
     WriteError(WsError),
-    Event(crate::Result<Message>),
+    Event(switchboard_core::Result<Message>),
     Tick,
 }
 
@@ -186,7 +107,7 @@ struct Writer {
 impl Writer {
     fn poll_write<T>(
         &mut self,
-        cx: &mut TaskContext<'_>,
+        cx: &mut task::Context<'_>,
         ws: &mut T,
         out: &Mutex<Outbound>,
     ) -> Poll<Result<(), WsError>>
@@ -212,18 +133,29 @@ impl Writer {
                 }
                 item
             };
-            let msg = match item {
-                Out::Frame(Frame::Text(t)) => WsMessage::Text(t),
-                Out::Frame(Frame::Binary(b)) => WsMessage::Binary(b),
-                Out::Close(code, reason) => WsMessage::Close(Some(CloseFrame {
-                    code: code.0.into(),
-                    reason: reason.into(),
-                })),
-                Out::Ping => WsMessage::Ping(bytes::Bytes::new()),
-            };
-            ws.start_send_unpin(msg)?;
+            ws.start_send_unpin(to_websocket(item))?;
             self.need_flush = true;
         }
+    }
+}
+
+/// The tungstenite message for a queued item. Text goes out as a raw text frame of its bytes:
+/// a message's JSON, shared by every connection it is relayed to, is not checked for UTF-8
+/// again (or copied) per socket.
+fn to_websocket(item: Out) -> WsMessage {
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame as WsFrame;
+    match item {
+        Out::Frame(Frame::Text(t)) => WsMessage::Frame(WsFrame::message(
+            t.into_bytes(),
+            OpCode::Data(Data::Text),
+            true,
+        )),
+        Out::Frame(Frame::Binary(b)) => WsMessage::Binary(b),
+        Out::Close(code, reason) => WsMessage::Close(Some(CloseFrame {
+            code: code.0.into(),
+            reason: reason.into(),
+        })),
+        Out::Ping => WsMessage::Ping(Bytes::new()),
     }
 }
 
@@ -264,35 +196,41 @@ struct Ending {
     send_close: Option<String>,
 }
 
+/// A client frame as the consumer sees it; `None` for control frames.
+fn data_frame(m: WsMessage) -> Option<Result<Frame, Ending>> {
+    match m {
+        // tungstenite checked the UTF-8 already; the check here only converts the type.
+        WsMessage::Text(t) => Some(Text::try_from(Bytes::from(t)).map(Frame::Text).map_err(|_| {
+            Ending {
+                code: CloseCode::INVALID_DATA,
+                send_close: Some("invalid UTF-8 in a text frame".into()),
+            }
+        })),
+        WsMessage::Binary(b) => Some(Ok(Frame::Binary(b))),
+        _ => None,
+    }
+}
+
 /// Drives an accepted consumer until the connection ends, then runs `disconnect` and cleans up.
 pub(crate) async fn run<C, T>(
     mut consumer: C,
-    mut cx: Context,
+    mut conn: Connection,
     mut ws: T,
     config: Arc<ConnectionConfig>,
 ) where
     C: Consumer,
     T: Stream<Item = Result<WsMessage, WsError>> + Sink<WsMessage, Error = WsError> + Unpin + Send,
 {
-    let out = cx.out.clone();
-    let layer = cx.layer().clone();
-    let channel = cx.channel_name().clone();
+    let out = conn.out.clone();
+    let channel = conn.channel_name().clone();
+    if !config.refresh_groups {
+        conn.subscription().set_refresh(None);
+    }
     let mut writer = Writer { need_flush: false };
     let mut broken = false;
-    let mut receiver = layer.receiver(&channel);
-    // After a failed receive (the backend is down), wait before the next attempt.
-    let mut recv_backoff: Option<Pin<Box<tokio::time::Sleep>>> = None;
     let mut last_heard = Instant::now();
     let mut last_ping = last_heard;
-    let mut last_refresh = last_heard;
-    let group_refresh = (layer.config().group_expiry / 2).max(Duration::from_secs(1));
-    let timer = tokio::time::sleep_until(next_deadline(
-        &config,
-        last_heard,
-        last_ping,
-        last_refresh,
-        group_refresh,
-    ));
+    let timer = tokio::time::sleep_until(next_deadline(&config, last_heard, last_ping));
     let mut timer = std::pin::pin!(timer);
     let mut socket_first = true;
     // Write once this much is queued even if more input is ready (well under the queue's limit).
@@ -335,7 +273,7 @@ pub(crate) async fn run<C, T>(
             {
                 return Poll::Ready(Input::WriteError(e));
             }
-            let mut poll_socket = |tcx: &mut TaskContext<'_>| match ws.poll_next_unpin(tcx) {
+            let mut poll_socket = |tcx: &mut task::Context<'_>| match ws.poll_next_unpin(tcx) {
                 Poll::Ready(Some(Ok(m))) => Some(Input::Frame(m)),
                 Poll::Ready(Some(Err(e))) => Some(Input::SocketError(e)),
                 Poll::Ready(None) => Some(Input::SocketEnd),
@@ -344,14 +282,7 @@ pub(crate) async fn run<C, T>(
             if socket_first && let Some(i) = poll_socket(tcx) {
                 return Poll::Ready(i);
             }
-            if let Some(b) = recv_backoff.as_mut()
-                && b.as_mut().poll(tcx).is_ready()
-            {
-                recv_backoff = None;
-            }
-            if recv_backoff.is_none()
-                && let Poll::Ready(r) = receiver.poll_recv(tcx)
-            {
+            if let Poll::Ready(r) = conn.subscription().poll_recv(tcx) {
                 return Poll::Ready(Input::Event(r));
             }
             if !socket_first && let Some(i) = poll_socket(tcx) {
@@ -371,8 +302,6 @@ pub(crate) async fn run<C, T>(
             Input::Frame(m) => {
                 last_heard = Instant::now();
                 let frame = match m {
-                    WsMessage::Text(t) => Frame::Text(t),
-                    WsMessage::Binary(b) => Frame::Binary(b),
                     WsMessage::Ping(_) | WsMessage::Pong(_) => {
                         // tungstenite queued the pong reply; make sure it is flushed.
                         writer.need_flush = true;
@@ -380,19 +309,22 @@ pub(crate) async fn run<C, T>(
                     }
                     WsMessage::Close(frame) => {
                         writer.need_flush = true;
-                        let code = frame.map_or(1005, |f| u16::from(f.code));
+                        let code = frame.map_or(CloseCode::NO_STATUS, |f| CloseCode(u16::from(f.code)));
                         break Ending {
-                            code: CloseCode(code),
+                            code,
                             send_close: None,
                         };
                     }
-                    WsMessage::Frame(_) => continue,
+                    other => match data_frame(other) {
+                        Some(Ok(f)) => f,
+                        Some(Err(end)) => break end,
+                        None => continue,
+                    },
                 };
-                let decoded = C::Incoming::from_frame(frame);
-                let result = match decoded {
+                let result = match C::Incoming::from_frame(frame) {
                     Ok(msg) => {
                         drive(
-                            consumer.receive(&mut cx, msg),
+                            consumer.receive(&mut conn, msg),
                             &mut ws,
                             &out,
                             &mut writer,
@@ -401,13 +333,13 @@ pub(crate) async fn run<C, T>(
                         .await
                     }
                     Err(e) => {
-                        if let Some(end) = bad_input(&mut cx, &config, "client frame", e).await {
+                        if let Some(end) = bad_input(&mut conn, &config, Error::BadFrame(e)).await {
                             break end;
                         }
                         continue;
                     }
                 };
-                if let Some(end) = after_handler(&mut cx, result, "receive").await {
+                if let Some(end) = after_handler(&mut conn, result, "receive").await {
                     break end;
                 }
                 // Let the consumers this frame woke (a group send) run before this connection
@@ -415,37 +347,42 @@ pub(crate) async fn run<C, T>(
                 // of overflowing its listeners' channels.
                 tokio::task::yield_now().await;
             }
-            Input::Event(Ok(message)) => match C::Event::from_message(message) {
-                Ok(ev) => {
-                    let result = drive(
-                        consumer.event(&mut cx, ev),
-                        &mut ws,
-                        &out,
-                        &mut writer,
-                        &mut broken,
-                    )
-                    .await;
-                    if let Some(end) = after_handler(&mut cx, result, "event").await {
-                        break end;
+            Input::Event(Ok(message)) => {
+                let message_type = message.message_type().to_owned();
+                match C::Event::from_message(message) {
+                    Ok(ev) => {
+                        let result = drive(
+                            consumer.event(&mut conn, ev),
+                            &mut ws,
+                            &out,
+                            &mut writer,
+                            &mut broken,
+                        )
+                        .await;
+                        if let Some(end) = after_handler(&mut conn, result, "event").await {
+                            break end;
+                        }
+                    }
+                    Err(source) => {
+                        let e = Error::BadEvent {
+                            message_type,
+                            source,
+                        };
+                        if let Some(end) = bad_input(&mut conn, &config, e).await {
+                            break end;
+                        }
                     }
                 }
-                Err(e) => {
-                    tracing::warn!(%channel, error = %e, "layer message not understood by the consumer");
-                    if let Some(end) = bad_input(&mut cx, &config, "event", e).await {
-                        break end;
-                    }
+            }
+            Input::Event(Err(e)) => {
+                // The layer closed (the server is shutting down), or the subscription did.
+                if !matches!(e, LayerError::Closed) {
+                    tracing::warn!(%channel, error = %e, "receiving from the channel layer failed");
                 }
-            },
-            Input::Event(Err(Error::LayerClosed)) => {
                 break Ending {
                     code: CloseCode::GOING_AWAY,
                     send_close: Some("server shutting down".into()),
                 };
-            }
-            Input::Event(Err(e)) => {
-                // The backend is unavailable (Redis restarting): keep the socket, retry later.
-                tracing::warn!(%channel, error = %e, "receive from the channel layer failed; retrying in 1 s");
-                recv_backoff = Some(Box::pin(tokio::time::sleep(Duration::from_secs(1))));
             }
             Input::SocketError(e) => {
                 use tokio_tungstenite::tungstenite::error::{CapacityError, ProtocolError};
@@ -458,9 +395,10 @@ pub(crate) async fn run<C, T>(
                         )
                     }
                     WsError::Capacity(e) => (CloseCode::TOO_BIG, e.to_string()),
-                    WsError::Utf8(_) => {
-                        (CloseCode(1007), "invalid UTF-8 in a text frame".to_owned())
-                    }
+                    WsError::Utf8(_) => (
+                        CloseCode::INVALID_DATA,
+                        "invalid UTF-8 in a text frame".to_owned(),
+                    ),
                     WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake)
                     | WsError::ConnectionClosed
                     | WsError::AlreadyClosed
@@ -512,21 +450,9 @@ pub(crate) async fn run<C, T>(
                     out.lock().frames.push_back(Out::Ping);
                     last_ping = now;
                 }
-                if config.refresh_groups && now.duration_since(last_refresh) >= group_refresh {
-                    last_refresh = now;
-                    for group in cx.groups().to_vec() {
-                        if let Err(e) = layer.backend().group_add(&group, &channel).await {
-                            tracing::warn!(%group, %channel, error = %e, "refreshing group membership failed");
-                        }
-                    }
-                }
-                timer.as_mut().reset(next_deadline(
-                    &config,
-                    last_heard,
-                    last_ping,
-                    last_refresh,
-                    group_refresh,
-                ));
+                timer
+                    .as_mut()
+                    .reset(next_deadline(&config, last_heard, last_ping));
             }
         }
     };
@@ -541,7 +467,7 @@ pub(crate) async fn run<C, T>(
         }
         o.phase = Phase::Closed;
     }
-    match AssertUnwindSafe(consumer.disconnect(&mut cx, ending.code))
+    match AssertUnwindSafe(consumer.disconnect(&mut conn, ending.code))
         .catch_unwind()
         .await
     {
@@ -549,8 +475,7 @@ pub(crate) async fn run<C, T>(
         Ok(Err(e)) => tracing::warn!(%channel, error = %e, "consumer disconnect failed"),
         Err(_) => tracing::error!(%channel, "consumer disconnect panicked"),
     }
-    cleanup(&mut cx).await;
-    drop(receiver);
+    conn.subscription().close().await;
 
     if ending.code != CloseCode::ABNORMAL && !broken {
         // Finish the close handshake: write our close frame (or the reply tungstenite queued)
@@ -563,38 +488,40 @@ pub(crate) async fn run<C, T>(
     }
 }
 
-fn next_deadline(
-    config: &ConnectionConfig,
-    heard: Instant,
-    pinged: Instant,
-    refreshed: Instant,
-    refresh: Duration,
-) -> Instant {
+fn next_deadline(config: &ConnectionConfig, heard: Instant, pinged: Instant) -> Instant {
     let mut d = heard + config.idle_timeout;
     if let Some(p) = config.ping_interval {
         d = d.min(pinged + p);
     }
-    if config.refresh_groups {
-        d = d.min(refreshed + refresh);
-    }
     d
+}
+
+/// Tells the client about a handler's error (its text, or a reference for an internal one,
+/// which the log line carries too).
+async fn report(conn: &mut Connection, e: &Error, what: &str) {
+    let r = reference();
+    if e.is_internal() {
+        tracing::warn!(channel = %conn.channel_name(), what, error = %e, reference = %r, "internal error");
+    } else {
+        tracing::info!(channel = %conn.channel_name(), what, error = %e, "client error");
+    }
+    let _ = conn.send_error(e.client_message(&r)).await;
 }
 
 /// Reports a handler's outcome; returns how the connection ends if it must.
 async fn after_handler(
-    cx: &mut Context,
+    conn: &mut Connection,
     result: std::thread::Result<crate::Result<()>>,
     which: &str,
 ) -> Option<Ending> {
     match result {
         Ok(Ok(())) => None,
         Ok(Err(e)) => {
-            tracing::warn!(channel = %cx.channel_name(), handler = which, error = %e, "consumer handler failed");
-            let _ = cx.send_error(&e).await;
+            report(conn, &e, which).await;
             None
         }
         Err(_) => {
-            tracing::error!(channel = %cx.channel_name(), handler = which, "consumer handler panicked; closing with 1011");
+            tracing::error!(channel = %conn.channel_name(), handler = which, "consumer handler panicked; closing with 1011");
             Some(Ending {
                 code: CloseCode::INTERNAL,
                 send_close: Some("internal error".into()),
@@ -603,56 +530,19 @@ async fn after_handler(
     }
 }
 
-async fn bad_input(
-    cx: &mut Context,
-    config: &ConnectionConfig,
-    what: &str,
-    e: Error,
-) -> Option<Ending> {
-    tracing::info!(channel = %cx.channel_name(), what, error = %e, "bad input");
+async fn bad_input(conn: &mut Connection, config: &ConnectionConfig, e: Error) -> Option<Ending> {
     match config.bad_input {
         BadInput::ErrorFrame => {
-            let _ = cx.send_error(&e).await;
+            report(conn, &e, "bad input").await;
             None
         }
-        BadInput::Close(code) => Some(Ending {
-            code: CloseCode(code),
-            send_close: Some(e.to_string()),
-        }),
-    }
-}
-
-/// An in-process WebSocket transport: what the [`Communicator`](crate::testing::Communicator)
-/// plugs into the runtime in place of a socket.
-pub(crate) struct MemoryTransport {
-    pub(crate) incoming: futures_channel::mpsc::UnboundedReceiver<WsMessage>,
-    pub(crate) outgoing: futures_channel::mpsc::UnboundedSender<WsMessage>,
-}
-
-impl Stream for MemoryTransport {
-    type Item = Result<WsMessage, WsError>;
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
-        self.incoming.poll_next_unpin(cx).map(|m| m.map(Ok))
-    }
-}
-
-impl Sink<WsMessage> for MemoryTransport {
-    type Error = WsError;
-    fn poll_ready(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Result<(), WsError>> {
-        self.outgoing
-            .poll_ready(cx)
-            .map_err(|_| WsError::ConnectionClosed)
-    }
-    fn start_send(mut self: Pin<&mut Self>, item: WsMessage) -> Result<(), WsError> {
-        self.outgoing
-            .start_send(item)
-            .map_err(|_| WsError::ConnectionClosed)
-    }
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut TaskContext<'_>) -> Poll<Result<(), WsError>> {
-        Poll::Ready(Ok(()))
-    }
-    fn poll_close(self: Pin<&mut Self>, _cx: &mut TaskContext<'_>) -> Poll<Result<(), WsError>> {
-        self.outgoing.close_channel();
-        Poll::Ready(Ok(()))
+        BadInput::Close(code) => {
+            let r = reference();
+            tracing::info!(channel = %conn.channel_name(), error = %e, reference = %r, "bad input; closing");
+            Some(Ending {
+                code,
+                send_close: Some(e.client_message(&r).into_owned()),
+            })
+        }
     }
 }

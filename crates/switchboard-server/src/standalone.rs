@@ -2,16 +2,15 @@
 //! tokio-tungstenite for the WebSocket, and a small path router (`/ws/chat/{room}/`).
 //!
 //! ```no_run
-//! use switchboard_core::standalone::Server;
-//! use switchboard_core::{Consumer, Context, Endpoint, Frame, InMemoryLayer, Message, Result, Scope, async_trait};
+//! use switchboard::standalone::Server;
+//! use switchboard::{Connection, Consumer, Endpoint, Frame, InMemoryLayer, Message, Result, Scope};
 //!
 //! struct Echo;
-//! #[async_trait]
 //! impl Consumer for Echo {
 //!     type Incoming = Frame;
 //!     type Event = Message;
-//!     async fn receive(&mut self, cx: &mut Context, frame: Frame) -> Result<()> {
-//!         cx.send_text(frame.text()?.to_owned()).await
+//!     async fn receive(&mut self, conn: &mut Connection, frame: Frame) -> Result<()> {
+//!         conn.send_text(frame.text()?).await
 //!     }
 //! }
 //!
@@ -39,9 +38,9 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-use crate::consumer::Consumer;
+use crate::consumer::IntoConsumer;
+use crate::endpoint::{Authenticate, Endpoint, plain};
 use crate::scope::Scope;
-use crate::serve::{Endpoint, plain};
 
 type Handler = Arc<
     dyn Fn(
@@ -83,10 +82,15 @@ impl Server {
 
     /// Serves `endpoint` at `path`; `{name}` segments become route parameters
     /// ([`Scope::param`]), `{*rest}` matches the rest of the path.
-    pub fn route<F, C>(mut self, path: &str, endpoint: Endpoint<F>) -> Result<Server, RouteError>
+    pub fn route<F, A, R>(
+        mut self,
+        path: &str,
+        endpoint: Endpoint<F, A>,
+    ) -> Result<Server, RouteError>
     where
-        F: Fn(&Scope) -> C + Send + Sync + 'static,
-        C: Consumer,
+        F: Fn(&Scope) -> R + Send + Sync + 'static,
+        R: IntoConsumer + 'static,
+        A: Authenticate,
     {
         let endpoint = Arc::new(endpoint);
         let handler: Handler = Arc::new(move |req, params, peer| {

@@ -4,66 +4,79 @@
 //! over an in-process transport, against a real layer.
 //!
 //! ```
-//! use switchboard_core::testing::Communicator;
-//! use switchboard_core::{Consumer, Context, Frame, InMemoryLayer, Message, Result, Scope, async_trait};
+//! use switchboard::testing::Communicator;
+//! use switchboard::{CloseCode, Connection, Consumer, Frame, InMemoryLayer, Message, Result, Scope};
 //!
 //! struct Echo;
-//! #[async_trait]
 //! impl Consumer for Echo {
 //!     type Incoming = Frame;
 //!     type Event = Message;
-//!     async fn receive(&mut self, cx: &mut Context, frame: Frame) -> Result<()> {
-//!         cx.send_text(format!("echo: {}", frame.text()?)).await
+//!     async fn receive(&mut self, conn: &mut Connection, frame: Frame) -> Result<()> {
+//!         conn.send_text(format!("echo: {}", frame.text()?)).await
 //!     }
 //! }
 //!
 //! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<(), switchboard_core::testing::TestError> {
+//! # async fn main() -> Result<(), switchboard::testing::TestError> {
 //! let mut comm = Communicator::new(InMemoryLayer::default(), Scope::new("/ws/echo/"), Echo);
 //! assert!(comm.connect().await.is_accepted());
 //! comm.send_text("hi").await?;
 //! assert_eq!(comm.receive_text().await?, "echo: hi");
 //! assert!(comm.receive_nothing().await);
-//! comm.disconnect(1000).await;
+//! comm.disconnect(CloseCode::NORMAL).await;
 //! # Ok(())
 //! # }
 //! ```
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{self, Poll};
 use std::time::Duration;
 
 use futures_channel::mpsc::{UnboundedReceiver, UnboundedSender, unbounded};
-use futures_util::StreamExt;
+use futures_util::{Sink, Stream, StreamExt};
+use http::StatusCode;
 use serde::Serialize;
+use switchboard_core::{ChannelName, Layer};
 use tokio::task::JoinHandle;
-use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 
-use crate::consumer::{CloseCode, Consumer, Context};
-use crate::layer::Layer;
-use crate::name::ChannelName;
-use crate::runtime::{self, ConnectionConfig, Handshake, MemoryTransport};
+use crate::config::ConnectionConfig;
+use crate::connection::Connection as Conn;
+use crate::consumer::{CloseCode, Consumer};
+use crate::runtime::{self, Handshake};
 use crate::scope::Scope;
 
 /// How a `connect` ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Connection {
+pub enum Handshaken {
     /// Accepted, with the chosen subprotocol.
     Accepted {
         /// The subprotocol the consumer chose.
         subprotocol: Option<String>,
     },
-    /// Refused; a server would have answered with this HTTP status.
+    /// Refused; a server would have answered with this HTTP status and body.
     Refused {
         /// 403 when the consumer refused, 500 when `connect` failed, 503 without a channel.
-        status: u16,
+        status: StatusCode,
+        /// The response body: why.
+        reason: String,
     },
 }
 
-impl Connection {
+impl Handshaken {
     /// Whether the connection was accepted.
     pub fn is_accepted(&self) -> bool {
-        matches!(self, Connection::Accepted { .. })
+        matches!(self, Handshaken::Accepted { .. })
+    }
+
+    /// The refusal's status, if it was refused.
+    pub fn refused_with(&self) -> Option<StatusCode> {
+        match self {
+            Handshaken::Refused { status, .. } => Some(*status),
+            Handshaken::Accepted { .. } => None,
+        }
     }
 }
 
@@ -155,32 +168,40 @@ impl<C: Consumer> Communicator<C> {
     }
 
     /// Runs the handshake: the consumer's `connect`.
-    pub async fn connect(&mut self) -> Connection {
+    pub async fn connect(&mut self) -> Handshaken {
         let (Some(scope), Some(mut consumer)) = (self.scope.take(), self.consumer.take()) else {
-            return Connection::Refused { status: 500 };
+            return Handshaken::Refused {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                reason: "connect was already called".into(),
+            };
         };
-        let channel = match self.layer.new_channel().await {
-            Ok(c) => c,
-            Err(_) => return Connection::Refused { status: 503 },
+        let sub = match self.layer.subscribe().await {
+            Ok(s) => s,
+            Err(e) => {
+                return Handshaken::Refused {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    reason: e.to_string(),
+                };
+            }
         };
-        self.channel = Some(channel.clone());
-        let mut cx = Context::new(self.layer.clone(), channel, scope, self.config.out_limits());
-        match runtime::handshake(&mut consumer, &mut cx).await {
+        self.channel = Some(sub.channel_name().clone());
+        let mut conn = Conn::new(sub, scope, self.config.out_limits());
+        match runtime::handshake(&mut consumer, &mut conn).await {
             Handshake::Accepted(subprotocol) => {
                 let (to_consumer, incoming) = unbounded();
                 let (outgoing, from_consumer) = unbounded();
                 let transport = MemoryTransport { incoming, outgoing };
                 self.task = Some(tokio::spawn(runtime::run(
                     consumer,
-                    cx,
+                    conn,
                     transport,
                     self.config.clone(),
                 )));
                 self.to_consumer = Some(to_consumer);
                 self.from_consumer = Some(from_consumer);
-                Connection::Accepted { subprotocol }
+                Handshaken::Accepted { subprotocol }
             }
-            Handshake::Refused(status) => Connection::Refused { status },
+            Handshake::Refused(status, reason) => Handshaken::Refused { status, reason },
         }
     }
 
@@ -229,6 +250,11 @@ impl<C: Consumer> Communicator<C> {
             match next {
                 None => return Err(TestError::Closed),
                 Some(WsMessage::Text(t)) => return Ok(Received::Text(t.as_str().to_owned())),
+                Some(WsMessage::Frame(f)) => {
+                    // The runtime writes text as raw frames (see `runtime::to_websocket`).
+                    let text = String::from_utf8_lossy(f.payload()).into_owned();
+                    return Ok(Received::Text(text));
+                }
                 Some(WsMessage::Binary(b)) => return Ok(Received::Binary(b.to_vec())),
                 Some(WsMessage::Close(f)) => {
                     // Reply by ending our side, as a client's close reply would.
@@ -281,9 +307,9 @@ impl<C: Consumer> Communicator<C> {
 
     /// Closes from the client side with `code` and waits until the consumer's `disconnect` has
     /// run and its groups are left.
-    pub async fn disconnect(&mut self, code: u16) {
+    pub async fn disconnect(&mut self, code: CloseCode) {
         let _ = self.send(WsMessage::Close(Some(CloseFrame {
-            code: code.into(),
+            code: code.0.into(),
             reason: "".into(),
         })));
         self.to_consumer = None;
@@ -295,5 +321,40 @@ impl<C: Consumer> Communicator<C> {
         if let Some(task) = self.task.take() {
             let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
         }
+    }
+}
+
+/// An in-process WebSocket transport: what the [`Communicator`](crate::testing::Communicator)
+/// plugs into the runtime in place of a socket.
+struct MemoryTransport {
+    incoming: futures_channel::mpsc::UnboundedReceiver<WsMessage>,
+    outgoing: futures_channel::mpsc::UnboundedSender<WsMessage>,
+}
+
+impl Stream for MemoryTransport {
+    type Item = Result<WsMessage, WsError>;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut task::Context<'_>) -> Poll<Option<Self::Item>> {
+        self.incoming.poll_next_unpin(cx).map(|m| m.map(Ok))
+    }
+}
+
+impl Sink<WsMessage> for MemoryTransport {
+    type Error = WsError;
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut task::Context<'_>) -> Poll<Result<(), WsError>> {
+        self.outgoing
+            .poll_ready(cx)
+            .map_err(|_| WsError::ConnectionClosed)
+    }
+    fn start_send(mut self: Pin<&mut Self>, item: WsMessage) -> Result<(), WsError> {
+        self.outgoing
+            .start_send(item)
+            .map_err(|_| WsError::ConnectionClosed)
+    }
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut task::Context<'_>) -> Poll<Result<(), WsError>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_close(self: Pin<&mut Self>, _cx: &mut task::Context<'_>) -> Poll<Result<(), WsError>> {
+        self.outgoing.close_channel();
+        Poll::Ready(Ok(()))
     }
 }

@@ -7,10 +7,12 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::json;
-use switchboard_core::testing::{Communicator, Connection, Received};
-use switchboard_core::{
-    BadInput, CloseCode, ConnectionConfig, Consumer, Context, Frame, InMemoryLayer, Layer, Message,
-    Result, Scope, async_trait,
+use switchboard::config::BadInput;
+use switchboard::http::StatusCode;
+use switchboard::testing::{Communicator, Handshaken, Received};
+use switchboard::{
+    CloseCode, Connection, ConnectionConfig, Consumer, Frame, InMemoryLayer, Layer, LayerError,
+    Message, Result, Scope,
 };
 
 #[derive(Deserialize, Debug)]
@@ -38,50 +40,49 @@ struct Room {
     disconnects: Arc<AtomicUsize>,
 }
 
-#[async_trait]
 impl Consumer for Room {
     type Incoming = ClientMsg;
     type Event = RoomEvent;
 
-    async fn connect(&mut self, cx: &mut Context) -> Result<()> {
-        cx.group_add(&self.room).await?;
+    async fn connect(&mut self, conn: &mut Connection) -> Result<()> {
+        conn.group_add(&self.room).await?;
         if self.accept {
-            cx.accept().await
+            conn.accept().await
         } else {
-            cx.close(CloseCode(4003), "not allowed").await
+            conn.close(CloseCode(4003), "not allowed").await
         }
     }
 
-    async fn receive(&mut self, cx: &mut Context, msg: ClientMsg) -> Result<()> {
+    async fn receive(&mut self, conn: &mut Connection, msg: ClientMsg) -> Result<()> {
         match msg {
             ClientMsg::Say { text } => {
-                cx.group_send(
+                conn.group_send(
                     &self.room,
                     json!({"type": "chat.message", "user": "ann", "text": text}),
                 )
                 .await
             }
-            ClientMsg::Fail => Err(switchboard_core::Error::protocol("that did not work")),
+            ClientMsg::Fail => Err(switchboard::Error::protocol("that did not work")),
             ClientMsg::Panic => panic!("consumer bug"),
             ClientMsg::Slow => {
-                cx.send_text("working").await?;
+                conn.send_text("working").await?;
                 tokio::time::sleep(Duration::from_millis(300)).await;
-                cx.send_text("done").await
+                conn.send_text("done").await
             }
-            ClientMsg::Close => cx.close(CloseCode(4000), "bye").await,
+            ClientMsg::Close => conn.close(CloseCode(4000), "bye").await,
         }
     }
 
-    async fn event(&mut self, cx: &mut Context, ev: RoomEvent) -> Result<()> {
+    async fn event(&mut self, conn: &mut Connection, ev: RoomEvent) -> Result<()> {
         match ev {
             RoomEvent::ChatMessage { user, text } => {
-                cx.send_json(&json!({"user": user, "text": text})).await
+                conn.send_json(&json!({"user": user, "text": text})).await
             }
-            RoomEvent::Kick => cx.close(CloseCode(4001), "kicked").await,
+            RoomEvent::Kick => conn.close(CloseCode(4001), "kicked").await,
         }
     }
 
-    async fn disconnect(&mut self, _cx: &mut Context, _code: CloseCode) -> Result<()> {
+    async fn disconnect(&mut self, _conn: &mut Connection, _code: CloseCode) -> Result<()> {
         self.disconnects.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
@@ -131,7 +132,14 @@ async fn refusing_in_connect_leaves_groups_and_reports_403() {
         disconnects,
     };
     let mut comm = Communicator::new(layer.clone(), Scope::new("/ws/chat/vip/"), c);
-    assert_eq!(comm.connect().await, Connection::Refused { status: 403 });
+    assert_eq!(
+        comm.connect().await,
+        Handshaken::Refused {
+            status: StatusCode::FORBIDDEN,
+            reason: "not allowed".into()
+        },
+        "the refusal says why"
+    );
     assert!(
         layer.group_channels("vip").await.unwrap().is_empty(),
         "a refused consumer must leave its groups"
@@ -144,7 +152,7 @@ async fn disconnect_runs_once_and_groups_are_left() {
     let (mut a, disconnects) = room(&layer, "lobby");
     assert!(a.connect().await.is_accepted());
     assert_eq!(layer.group_channels("lobby").await.unwrap().len(), 1);
-    a.disconnect(1000).await;
+    a.disconnect(CloseCode::NORMAL).await;
     assert_eq!(disconnects.load(Ordering::SeqCst), 1);
     assert!(layer.group_channels("lobby").await.unwrap().is_empty());
     assert_eq!(
@@ -163,7 +171,7 @@ async fn undecodable_frame_gets_an_error_frame_and_the_connection_stays() {
     let err = a.receive_json().await.unwrap();
     assert_eq!(err["type"], "error");
     assert!(
-        err["error"].as_str().unwrap().contains("client message"),
+        err["error"].as_str().unwrap().contains("could not decode"),
         "{err}"
     );
     a.send_json(&json!({"type": "dance"})).await.unwrap();
@@ -186,10 +194,10 @@ async fn unknown_event_type_gets_an_error_frame_and_the_connection_stays() {
         .unwrap();
     let err = a.receive_json().await.unwrap();
     assert_eq!(err["type"], "error");
-    assert!(
-        err["error"].as_str().unwrap().contains("mystery.event"),
-        "{err}"
-    );
+    let text = err["error"].as_str().unwrap();
+    // The layer's message is the server's business: the client gets a reference only.
+    assert!(text.starts_with("internal server error (reference "), "{err}");
+    assert!(!text.contains("mystery.event"), "{err}");
     layer
         .group_send(
             "lobby",
@@ -207,9 +215,7 @@ async fn unknown_event_type_gets_an_error_frame_and_the_connection_stays() {
 async fn bad_input_policy_can_close_instead() {
     let layer = Layer::new(InMemoryLayer::default());
     let (a, _) = room(&layer, "lobby");
-    let mut cfg = ConnectionConfig::default();
-    cfg.bad_input = BadInput::Close(4400);
-    let mut a = a.with_config(cfg);
+    let mut a = a.with_config(ConnectionConfig::default().bad_input(BadInput::Close(CloseCode(4400))));
     assert!(a.connect().await.is_accepted());
     a.send_text("[]").await.unwrap();
     let (code, _) = a.receive_close().await.unwrap();
@@ -297,13 +303,12 @@ async fn close_from_an_event_handler() {
 
 struct Flood;
 
-#[async_trait]
 impl Consumer for Flood {
     type Incoming = Frame;
     type Event = Message;
-    async fn receive(&mut self, cx: &mut Context, _f: Frame) -> Result<()> {
+    async fn receive(&mut self, conn: &mut Connection, _f: Frame) -> Result<()> {
         for i in 0..10 {
-            cx.send_text(format!("frame {i}")).await?;
+            conn.send_text(format!("frame {i}")).await?;
         }
         Ok(())
     }
@@ -312,8 +317,7 @@ impl Consumer for Flood {
 #[tokio::test]
 async fn outbound_queue_overflow_closes_with_1008() {
     let layer = Layer::new(InMemoryLayer::default());
-    let mut cfg = ConnectionConfig::default();
-    cfg.outbound_frames = 4;
+    let cfg = ConnectionConfig::default().outbound_frames(4);
     let mut c = Communicator::new(layer.clone(), Scope::new("/flood"), Flood).with_config(cfg);
     assert!(c.connect().await.is_accepted());
     c.send_text("go").await.unwrap();
@@ -333,19 +337,18 @@ async fn outbound_queue_overflow_closes_with_1008() {
 
 struct Proto;
 
-#[async_trait]
 impl Consumer for Proto {
     type Incoming = Frame;
     type Event = Message;
-    async fn connect(&mut self, cx: &mut Context) -> Result<()> {
-        assert!(cx.accept_subprotocol("nope").await.is_err());
-        cx.accept_subprotocol("chat.v2").await
+    async fn connect(&mut self, conn: &mut Connection) -> Result<()> {
+        assert!(conn.accept_subprotocol("nope").await.is_err());
+        conn.accept_subprotocol("chat.v2").await
     }
-    async fn receive(&mut self, cx: &mut Context, f: Frame) -> Result<()> {
+    async fn receive(&mut self, conn: &mut Connection, f: Frame) -> Result<()> {
         match f {
-            Frame::Binary(b) => cx.send_bytes(b).await,
+            Frame::Binary(b) => conn.send_bytes(b).await,
             Frame::Text(_) => {
-                cx.send_message(&Message::builder("echo.text").build()?)
+                conn.send_message(&Message::builder("echo.text").build()?)
                     .await
             }
         }
@@ -359,7 +362,7 @@ async fn subprotocols_binary_frames_and_raw_messages() {
     let mut c = Communicator::new(layer, scope, Proto);
     assert_eq!(
         c.connect().await,
-        Connection::Accepted {
+        Handshaken::Accepted {
             subprotocol: Some("chat.v2".into())
         }
     );
@@ -375,16 +378,15 @@ async fn subprotocols_binary_frames_and_raw_messages() {
 #[tokio::test]
 async fn sending_to_a_full_channel_reports_channel_full_to_the_client() {
     struct Sender;
-    #[async_trait]
-    impl Consumer for Sender {
+        impl Consumer for Sender {
         type Incoming = Frame;
         type Event = Message;
-        async fn receive(&mut self, cx: &mut Context, f: Frame) -> Result<()> {
-            cx.send_to(f.text()?, json!({"type": "ping"})).await
+        async fn receive(&mut self, conn: &mut Connection, f: Frame) -> Result<()> {
+            conn.send_to(f.text()?, json!({"type": "ping"})).await
         }
     }
     let layer = Layer::new(InMemoryLayer::new(
-        switchboard_core::LayerConfig::default().capacity(1),
+        switchboard::LayerConfig::default().capacity(1),
     ));
     let mut c = Communicator::new(layer.clone(), Scope::new("/s"), Sender);
     assert!(c.connect().await.is_accepted());
@@ -392,11 +394,55 @@ async fn sending_to_a_full_channel_reports_channel_full_to_the_client() {
     assert!(c.receive_nothing().await);
     c.send_text("worker.jobs").await.unwrap();
     let err = c.receive_json().await.unwrap();
-    assert!(err["error"].as_str().unwrap().contains("is full"), "{err}");
+    assert!(
+        err["error"].as_str().unwrap().contains("not keeping up"),
+        "{err}"
+    );
     c.send_text("bad name!!").await.unwrap();
     let err = c.receive_json().await.unwrap();
     assert!(
         err["error"].as_str().unwrap().contains("is invalid"),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn a_backend_error_tells_the_client_a_reference_not_the_backend() {
+    struct Failing;
+    impl Consumer for Failing {
+        type Incoming = Frame;
+        type Event = Message;
+        async fn receive(&mut self, _conn: &mut Connection, _f: Frame) -> Result<()> {
+            let refused = std::io::Error::other("Connection refused (os error 111)");
+            Err(LayerError::backend("redis at 10.20.30.40:6379", refused).into())
+        }
+    }
+    let mut c = Communicator::new(InMemoryLayer::default(), Scope::new("/f"), Failing);
+    assert!(c.connect().await.is_accepted());
+    c.send_text("x").await.unwrap();
+    let err = c.receive_json().await.unwrap();
+    let text = err["error"].as_str().unwrap();
+    assert!(text.starts_with("internal server error (reference "), "{err}");
+    assert!(!text.contains("10.20.30.40") && !text.contains("refused"), "{err}");
+    c.send_text("y").await.unwrap();
+    assert_eq!(c.receive_json().await.unwrap()["type"], "error", "the connection stays");
+}
+
+#[tokio::test]
+async fn a_big_message_is_sent_whole_when_max_message_size_allows_it() {
+    struct Echo;
+    impl Consumer for Echo {
+        type Incoming = Frame;
+        type Event = Message;
+        async fn receive(&mut self, conn: &mut Connection, f: Frame) -> Result<()> {
+            conn.send_text(f.text()?).await
+        }
+    }
+    // 2 MiB in and out: more than outbound_bytes (1 MiB), which bounds a backlog, not a message.
+    let big = "x".repeat(2 << 20);
+    let cfg = ConnectionConfig::default().max_message_size(4 << 20);
+    let mut c = Communicator::new(InMemoryLayer::default(), Scope::new("/e"), Echo).with_config(cfg);
+    assert!(c.connect().await.is_accepted());
+    c.send_text(big.clone()).await.unwrap();
+    assert_eq!(c.receive_text().await.unwrap().len(), big.len());
 }

@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
-use switchboard_core::standalone::Server;
-use switchboard_core::{
-    CloseCode, ConnectionConfig, Consumer, Context, Endpoint, Frame, InMemoryLayer, Layer, Message,
-    Refusal, Result, Scope, async_trait,
+use switchboard::endpoint::Authenticate;
+use switchboard::standalone::Server;
+use switchboard::{
+    CloseCode, Connection, ConnectionConfig, Consumer, Endpoint, Frame, InMemoryLayer, Layer,
+    Message, Refusal, Result, Scope,
 };
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -21,23 +22,22 @@ struct Probe {
     room: String,
 }
 
-#[async_trait]
 impl Consumer for Probe {
     type Incoming = Frame;
     type Event = Message;
 
-    async fn connect(&mut self, cx: &mut Context) -> Result<()> {
+    async fn connect(&mut self, conn: &mut Connection) -> Result<()> {
         if self.room == "closed" {
-            return cx.close(CloseCode(4003), "room closed").await;
+            return conn.close(CloseCode(4003), "room closed").await;
         }
-        cx.group_add(&self.room).await?;
-        cx.accept().await
+        conn.group_add(&self.room).await?;
+        conn.accept().await
     }
 
-    async fn receive(&mut self, cx: &mut Context, frame: Frame) -> Result<()> {
+    async fn receive(&mut self, conn: &mut Connection, frame: Frame) -> Result<()> {
         let text = frame.text()?;
         if text == "whoami" {
-            let s = cx.scope();
+            let s = conn.scope();
             let info = json!({
                 "room": s.param("room"),
                 "nick": s.query("nickname"),
@@ -45,13 +45,13 @@ impl Consumer for Probe {
                 "cookie": s.cookie("sid"),
                 "peer_is_loopback": s.peer_addr().map(|p| p.ip().is_loopback()),
             });
-            return cx.send_json(&info).await;
+            return conn.send_json(&info).await;
         }
-        cx.send_text(format!("echo {text}")).await
+        conn.send_text(format!("echo {text}")).await
     }
 
-    async fn event(&mut self, cx: &mut Context, msg: Message) -> Result<()> {
-        cx.send_message(&msg).await
+    async fn event(&mut self, conn: &mut Connection, msg: Message) -> Result<()> {
+        conn.send_message(&msg).await
     }
 }
 
@@ -61,22 +61,21 @@ fn probe(scope: &Scope) -> Probe {
     }
 }
 
-async fn serve_axum(endpoint: Endpoint<fn(&Scope) -> Probe>) -> SocketAddr {
-    let app = axum::Router::new().route("/ws/{room}/", endpoint.into_route());
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-        .unwrap();
-    });
-    addr
+type Factory = fn(&Scope) -> Probe;
+
+async fn serve_axum<F, A>(endpoint: Endpoint<F, A>) -> SocketAddr
+where
+    F: Fn(&Scope) -> Probe + Send + Sync + 'static,
+    A: Authenticate,
+{
+    test_support::serve(axum::Router::new().route("/ws/{room}/", endpoint.into_route())).await
 }
 
-async fn serve_standalone(endpoint: Endpoint<fn(&Scope) -> Probe>) -> SocketAddr {
+async fn serve_standalone<F, A>(endpoint: Endpoint<F, A>) -> SocketAddr
+where
+    F: Fn(&Scope) -> Probe + Send + Sync + 'static,
+    A: Authenticate,
+{
     let server = Server::new().route("/ws/{room}/", endpoint).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -84,8 +83,8 @@ async fn serve_standalone(endpoint: Endpoint<fn(&Scope) -> Probe>) -> SocketAddr
     addr
 }
 
-fn endpoint(layer: &Layer) -> Endpoint<fn(&Scope) -> Probe> {
-    Endpoint::new(layer.clone(), probe as fn(&Scope) -> Probe)
+fn endpoint(layer: &Layer) -> Endpoint<Factory> {
+    Endpoint::new(layer.clone(), probe as Factory)
 }
 
 type Ws =
@@ -110,6 +109,22 @@ async fn connect(
     match tokio_tungstenite::connect_async(req).await {
         Ok((ws, _)) => Ok(ws),
         Err(WsError::Http(resp)) => Err(resp.status().as_u16()),
+        Err(e) => panic!("connect failed: {e}"),
+    }
+}
+
+/// A refused upgrade's status and body.
+async fn refusal(addr: SocketAddr, path: &str, origin: Option<&str>) -> (u16, String) {
+    let mut req = format!("ws://{addr}{path}").into_client_request().unwrap();
+    if let Some(o) = origin {
+        req.headers_mut().insert("origin", o.parse().unwrap());
+    }
+    match tokio_tungstenite::connect_async(req).await {
+        Err(WsError::Http(resp)) => (
+            resp.status().as_u16(),
+            String::from_utf8_lossy(resp.body().as_deref().unwrap_or_default()).into_owned(),
+        ),
+        Ok(_) => panic!("{path} was accepted"),
         Err(e) => panic!("connect failed: {e}"),
     }
 }
@@ -140,9 +155,9 @@ async fn next_close(ws: &mut Ws) -> Option<u16> {
     }
 }
 
-async fn both(
+async fn both<A: Authenticate>(
     layer: &Layer,
-    f: impl Fn(Endpoint<fn(&Scope) -> Probe>) -> Endpoint<fn(&Scope) -> Probe>,
+    f: impl Fn(Endpoint<Factory>) -> Endpoint<Factory, A>,
 ) -> [SocketAddr; 2] {
     [
         serve_axum(f(endpoint(layer))).await,
@@ -211,6 +226,11 @@ async fn origins_are_checked() {
             Some(403),
             "missing origin refused by default"
         );
+        let (status, body) = refusal(addr, "/ws/a/", None).await;
+        assert_eq!(status, 403);
+        assert!(body.contains("no Origin header"), "the refusal says why: {body:?}");
+        let (_, body) = refusal(addr, "/ws/a/", Some("http://evil.example")).await;
+        assert!(body.contains("http://evil.example") && body.contains("not allowed"), "{body:?}");
     }
     for addr in both(&layer, |e| e.allowed_origins([".example.com"])).await {
         assert!(
@@ -240,8 +260,9 @@ async fn closing_before_accept_answers_403() {
     let layer = Layer::new(InMemoryLayer::default());
     for addr in both(&layer, |e| e.allow_missing_origin(true)).await {
         assert_eq!(
-            connect(addr, "/ws/closed/", None, &[]).await.err(),
-            Some(403)
+            refusal(addr, "/ws/closed/", None).await,
+            (403, "room closed".to_owned()),
+            "the consumer's close reason is the answer's body"
         );
     }
     assert_eq!(
@@ -265,7 +286,7 @@ async fn authentication_hook_sets_the_user_or_refuses() {
         }
     };
     for addr in both(&layer, |e| e.allow_missing_origin(true).authenticate(auth)).await {
-        assert_eq!(connect(addr, "/ws/a/", None, &[]).await.err(), Some(401));
+        assert_eq!(refusal(addr, "/ws/a/", None).await, (401, "no token".to_owned()));
         assert_eq!(
             connect(addr, "/ws/a/", None, &[("authorization", "Bearer bad")])
                 .await
@@ -305,8 +326,7 @@ async fn plain_http_and_unknown_paths_get_clear_errors() {
 #[tokio::test]
 async fn oversized_message_closes_with_1009() {
     let layer = Layer::new(InMemoryLayer::default());
-    let mut cfg = ConnectionConfig::default();
-    cfg.max_message_size = 1024;
+    let cfg = ConnectionConfig::default().max_message_size(1024);
     for addr in both(&layer, |e| e.allow_missing_origin(true).config(cfg.clone())).await {
         let mut ws = connect(addr, "/ws/big/", None, &[]).await.unwrap();
         ws.send(WsMessage::text("x".repeat(1000))).await.unwrap();
@@ -320,9 +340,9 @@ async fn oversized_message_closes_with_1009() {
 #[tokio::test]
 async fn silent_clients_time_out_and_reading_clients_stay() {
     let layer = Layer::new(InMemoryLayer::default());
-    let mut cfg = ConnectionConfig::default();
-    cfg.ping_interval = Some(Duration::from_millis(100));
-    cfg.idle_timeout = Duration::from_millis(400);
+    let cfg = ConnectionConfig::default()
+        .ping_interval(Some(Duration::from_millis(100)))
+        .idle_timeout(Duration::from_millis(400));
     for addr in both(&layer, |e| e.allow_missing_origin(true).config(cfg.clone())).await {
         // Reading answers pings with pongs, which count as hearing from the client.
         let mut alive = connect(addr, "/ws/ka/", None, &[]).await.unwrap();
@@ -351,12 +371,12 @@ async fn silent_clients_time_out_and_reading_clients_stay() {
 
 #[tokio::test]
 async fn a_client_that_does_not_read_is_dropped_and_leaves_its_group() {
-    let layer = Layer::new(switchboard_core::InMemoryLayer::new(
-        switchboard_core::LayerConfig::default().capacity(100_000),
+    let layer = Layer::new(InMemoryLayer::new(
+        switchboard::LayerConfig::default().capacity(100_000),
     ));
-    let mut cfg = ConnectionConfig::default();
-    cfg.outbound_bytes = 256 * 1024;
-    cfg.close_timeout = Duration::from_millis(300);
+    let cfg = ConnectionConfig::default()
+        .outbound_bytes(256 * 1024)
+        .close_timeout(Duration::from_millis(300));
     let [addr, _] = both(&layer, |e| e.allow_missing_origin(true).config(cfg.clone())).await;
     let mut reader = connect(addr, "/ws/flood/", None, &[]).await.unwrap();
     let _sleeper = connect(addr, "/ws/flood/", None, &[]).await.unwrap(); // never reads
@@ -401,8 +421,7 @@ fn panicky(scope: &Scope) -> Probe {
 #[tokio::test]
 async fn a_panicking_factory_answers_500_and_the_server_goes_on() {
     let layer = Layer::new(InMemoryLayer::default());
-    let e =
-        || Endpoint::new(layer.clone(), panicky as fn(&Scope) -> Probe).allow_missing_origin(true);
+    let e = || Endpoint::new(layer.clone(), panicky as Factory).allow_missing_origin(true);
     for addr in [serve_axum(e()).await, serve_standalone(e()).await] {
         assert_eq!(connect(addr, "/ws/boom/", None, &[]).await.err(), Some(500));
         let mut ws = connect(addr, "/ws/fine/", None, &[]).await.unwrap();
@@ -414,4 +433,36 @@ async fn a_panicking_factory_answers_500_and_the_server_goes_on() {
         1,
         "only the working connection's group"
     );
+}
+
+/// A factory that refuses: a path parameter naming no room is a 404 at the handshake, with the
+/// reason as the body, and nothing is allocated for it.
+#[tokio::test]
+async fn a_factory_can_refuse_with_a_status_and_a_reason() {
+    let layer = Layer::new(InMemoryLayer::default());
+    let known = |scope: &Scope| -> std::result::Result<Probe, Refusal> {
+        match scope.param("room") {
+            Some(room @ ("lobby" | "news")) => Ok(Probe {
+                room: room.to_owned(),
+            }),
+            other => Err(Refusal::not_found(format!("no room named {other:?}"))),
+        }
+    };
+    let endpoint = || Endpoint::new(layer.clone(), known).allow_missing_origin(true);
+    let app = axum::Router::new().route("/ws/{room}/", endpoint().into_route());
+    let axum_addr = test_support::serve(app).await;
+    let server = Server::new().route("/ws/{room}/", endpoint()).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let standalone_addr = listener.local_addr().unwrap();
+    tokio::spawn(server.serve(listener));
+    for addr in [axum_addr, standalone_addr] {
+        assert_eq!(
+            refusal(addr, "/ws/attic/", None).await,
+            (404, r#"no room named Some("attic")"#.to_owned())
+        );
+        let mut ws = connect(addr, "/ws/lobby/", None, &[]).await.unwrap();
+        ws.send(WsMessage::text("hi")).await.unwrap();
+        assert_eq!(next_text(&mut ws).await, "echo hi");
+    }
+    assert_eq!(layer.stats().groups, 1, "the refused rooms made nothing");
 }

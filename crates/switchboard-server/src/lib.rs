@@ -1,0 +1,45 @@
+//! Consumers and WebSocket serving for [switchboard](https://docs.rs/switchboard): the server
+//! half of Django Channels for Rust.
+//!
+//! - [`Consumer`]: one per connection, with native `async fn` handlers for its client's frames
+//!   ([`FromFrame`]) and its layer events ([`FromMessage`](switchboard_core::FromMessage));
+//! - [`Connection`]: a consumer's handle on its client and on the layer, built on a
+//!   [`Subscription`](switchboard_core::Subscription);
+//! - the per-connection runtime: handlers one at a time, frames batched into few writes, a
+//!   bounded outbound queue, keep-alive, cleanup whatever the ending ([`ConnectionConfig`]);
+//! - [`Endpoint`]: a consumer factory with its origin check ([`Origins`]), authentication hook
+//!   ([`Authenticate`]) and limits, served by axum ([`axum`], feature `axum`) or by the
+//!   standalone server ([`standalone`], feature `standalone`);
+//! - [`testing::Communicator`] (feature `testing`): a consumer driven with no network.
+//!
+//! It depends on the channel layer *trait* only (`switchboard-core`): any layer serves it.
+//! Applications use the `switchboard` crate, which re-exports this one.
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+#[cfg(feature = "axum")]
+pub mod axum;
+pub mod config;
+pub mod connection;
+pub mod consumer;
+pub mod endpoint;
+pub mod error;
+pub mod origin;
+mod runtime;
+pub mod scope;
+#[cfg(feature = "standalone")]
+pub mod standalone;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use config::{BadInput, ConnectionConfig};
+pub use connection::Connection;
+pub use consumer::{CloseCode, Consumer, Frame, FromFrame, IntoConsumer};
+pub use endpoint::{Authenticate, Endpoint, Refusal};
+pub use error::{Error, Result};
+pub use origin::Origins;
+pub use scope::Scope;
+
+/// The `http` crate, whose types (`StatusCode`, `HeaderMap`) the API uses.
+#[doc(no_inline)]
+pub use http;
