@@ -9,6 +9,7 @@
 //! thousand members hands each member the same allocation, and the JSON text of the message is
 //! rendered at most once, however many sockets it is written to ([`Message::to_json_text`]).
 
+use std::any::Any;
 use std::fmt;
 use std::sync::{Arc, OnceLock};
 
@@ -50,6 +51,8 @@ struct Inner {
     type_index: usize,
     /// The JSON text of `fields`, rendered on first use and shared by every clone.
     json: OnceLock<Text>,
+    /// The first typed value decoded with [`Message::decode_shared`], shared by every clone.
+    decoded: OnceLock<Arc<dyn Any + Send + Sync>>,
 }
 
 /// A validated message: a map of [`Value`]s with a non-empty string `"type"`.
@@ -79,6 +82,7 @@ impl Message {
             fields,
             type_index,
             json: OnceLock::new(),
+            decoded: OnceLock::new(),
         })))
     }
 
@@ -140,6 +144,24 @@ impl Message {
     /// Decoding borrows from the message; only the fields you keep are copied.
     pub fn decode<T: DeserializeOwned>(&self) -> Result<T, DecodeError> {
         T::deserialize(crate::value::MapDe(&self.0.fields))
+    }
+
+    /// Decodes the message into `T` once, however many receivers ask: the first call decodes
+    /// and keeps the value in the message, every later call (on any clone, for the same `T`)
+    /// shares it. A group message a thousand consumers decode into their event type is decoded
+    /// once. (A second type decodes each time; an error is not kept.)
+    pub fn decode_shared<T: DeserializeOwned + Send + Sync + 'static>(
+        &self,
+    ) -> Result<Arc<T>, DecodeError> {
+        if let Some(kept) = self.0.decoded.get() {
+            if let Ok(t) = kept.clone().downcast::<T>() {
+                return Ok(t);
+            }
+            return self.decode().map(Arc::new);
+        }
+        let t = Arc::new(self.decode::<T>()?);
+        let _ = self.0.decoded.set(t.clone()); // another thread may have been first: fine
+        Ok(t)
     }
 
     /// The message as JSON text. Rendered once and shared by every clone of this message, so a
@@ -286,8 +308,9 @@ impl IntoMessage for Result<Message, MessageError> {
 ///   `#[serde(tag = "type")]`, one variant per message type. Decoding borrows from the message;
 ///   only what the type keeps is copied.
 /// - [`Decoded<T>`]: both — the decoded value to match on, and the message itself to relay
-///   without rendering it again ([`Message::to_json_text`] is cached in the message, so a group
-///   message relayed by a thousand consumers is serialized once).
+///   without rendering it again. Decoded once per message ([`Message::decode_shared`]) and
+///   rendered once per message ([`Message::to_json_text`]): a group message that a thousand
+///   consumers match on and relay costs one decode and one serialization.
 ///
 /// ```
 /// use serde::Deserialize;
@@ -302,8 +325,11 @@ impl IntoMessage for Result<Message, MessageError> {
 ///
 /// let m = Message::from_json(serde_json::json!({"type": "chat.message", "text": "hi"}))?;
 /// let Decoded(event, raw) = Decoded::<RoomEvent>::from_message(m.clone())?;
-/// assert_eq!(event, RoomEvent::ChatMessage { text: "hi".into() });
+/// assert_eq!(*event, RoomEvent::ChatMessage { text: "hi".into() });
 /// assert!(Message::ptr_eq(&raw, &m));
+/// // Another member's copy of the same message shares the decoded value.
+/// let Decoded(again, _) = Decoded::<RoomEvent>::from_message(m)?;
+/// assert!(std::sync::Arc::ptr_eq(&event, &again));
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub trait FromMessage: Sized + Send + 'static {
@@ -323,10 +349,10 @@ impl<T: DeserializeOwned + Send + 'static> FromMessage for T {
     }
 }
 
-/// A message decoded into `T`, with the message itself: match on the first, relay the second
-/// (see [`FromMessage`]).
+/// A message decoded into `T` (once per message, shared), with the message itself: match on
+/// the first, relay the second (see [`FromMessage`]).
 #[derive(Debug, Clone, PartialEq)]
-pub struct Decoded<T>(pub T, pub Message);
+pub struct Decoded<T>(pub Arc<T>, pub Message);
 
 impl<T> Decoded<T> {
     /// The decoded value.
@@ -347,9 +373,9 @@ impl<T> std::ops::Deref for Decoded<T> {
     }
 }
 
-impl<T: DeserializeOwned + Send + 'static> FromMessage for Decoded<T> {
+impl<T: DeserializeOwned + Send + Sync + 'static> FromMessage for Decoded<T> {
     fn from_message(message: Message) -> Result<Self, DecodeError> {
-        let decoded = message.decode()?;
+        let decoded = message.decode_shared()?;
         Ok(Decoded(decoded, message))
     }
 }

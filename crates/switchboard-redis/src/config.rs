@@ -141,6 +141,11 @@ impl RedisConfig {
         self
     }
 
+    /// The hosts' URLs with their passwords hidden, for logs.
+    pub fn host_names(&self) -> Vec<String> {
+        self.hosts.iter().map(|h| redact(h)).collect()
+    }
+
     /// Whole seconds, at least one (Redis `EXPIRE` takes seconds).
     pub(crate) fn ttl_secs(d: Duration) -> u64 {
         (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)

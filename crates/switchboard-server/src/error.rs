@@ -97,6 +97,20 @@ impl From<serde_json::Error> for Error {
     }
 }
 
+/// For HTTP handlers beside consumers (a publish endpoint): logs `error` at `warn`, under a
+/// fresh reference, as the failure of `what`, and returns what the client may be told —
+/// `"{what} failed (reference 3f2a9c1b)"`, never the error's own text.
+///
+/// ```
+/// let told = switchboard::error::report("publishing", &"redis at 10.0.0.7:6379: refused");
+/// assert!(told.starts_with("publishing failed (reference ") && !told.contains("10.0.0.7"));
+/// ```
+pub fn report(what: &str, error: &dyn std::fmt::Display) -> String {
+    let r = reference();
+    tracing::warn!(error = %error, reference = %r, "{what} failed");
+    format!("{what} failed (reference {r})")
+}
+
 /// A short random reference for an error, logged with its details and given to the client.
 pub(crate) fn reference() -> String {
     let id = uuid::Uuid::new_v4().simple().to_string();

@@ -25,6 +25,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 pub mod browser;
+pub mod django;
 pub mod http;
 pub mod layers;
 pub mod program;
@@ -52,7 +53,7 @@ pub fn skip<T>(needs: &str) -> Option<T> {
 }
 
 /// The Python interpreter with Django Channels and channels_redis for the interop tests
-/// (`SWITCHBOARD_PYTHON`; scripts/test prepares one from `tests/interop/requirements.txt`).
+/// (`SWITCHBOARD_PYTHON`; scripts/test prepares one from `django/requirements.txt`).
 pub fn django_python() -> Option<std::path::PathBuf> {
     match std::env::var_os("SWITCHBOARD_PYTHON") {
         Some(p) if std::path::Path::new(&p).exists() => Some(p.into()),
@@ -64,19 +65,6 @@ pub fn django_python() -> Option<std::path::PathBuf> {
              (scripts/test prepares one)",
         ),
     }
-}
-
-/// The Django side of the interop tests, `tests/interop/peer.py` at the workspace root.
-pub fn django_peer_script() -> std::path::PathBuf {
-    workspace_root().join("tests/interop/peer.py")
-}
-
-/// The workspace's root directory.
-pub fn workspace_root() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
 }
 
 /// Serves an axum router on 127.0.0.1 on a free port, with the peer address available to

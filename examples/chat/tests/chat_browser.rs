@@ -2,13 +2,9 @@
 //! messages; a private message shows only on its target.
 #![allow(clippy::unwrap_used)]
 
-mod support;
 
-#[path = "../examples/chat/app.rs"]
-#[allow(dead_code)]
-mod chat_app;
 
-use support::browser::Browser;
+use test_support::browser::Browser;
 use switchboard::{InMemoryLayer, Layer};
 
 async fn join(b: &Browser, base: &str, nick: &str, room: &str) {
@@ -22,9 +18,13 @@ async fn join(b: &Browser, base: &str, nick: &str, room: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_pages_chat_and_a_private_message_shows_only_on_its_target() {
     let layer = Layer::new(InMemoryLayer::default());
-    let addr = support::serve(chat_app::router(layer, chat_app::Settings::default())).await;
+    let addr = test_support::serve(chat::router(layer, chat::Settings::default())).await;
     let base = format!("http://{addr}/");
-    let (ann, bob, eve) = tokio::join!(Browser::start(), Browser::start(), Browser::start());
+    let (Some(ann), Some(bob), Some(eve)) =
+        tokio::join!(Browser::start(), Browser::start(), Browser::start())
+    else {
+        return;
+    };
     join(&ann, &base, "ann", "lobby").await;
     join(&bob, &base, "bob", "lobby").await;
     join(&eve, &base, "eve", "lobby").await;

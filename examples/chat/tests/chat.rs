@@ -2,23 +2,19 @@
 //! by POST, and bad input.
 #![allow(clippy::unwrap_used)]
 
-mod support;
 
-#[path = "../examples/chat/app.rs"]
-#[allow(dead_code)]
-mod chat_app;
 
 use std::net::SocketAddr;
 
 use serde_json::json;
-use support::{try_ws, ws};
+use test_support::{try_ws, ws};
 use switchboard::{InMemoryLayer, Layer};
 
 async fn start() -> (SocketAddr, Layer) {
     let layer = Layer::new(InMemoryLayer::default());
-    let addr = support::serve(chat_app::router(
+    let addr = test_support::serve(chat::router(
         layer.clone(),
-        chat_app::Settings::default(),
+        chat::Settings::default(),
     ))
     .await;
     (addr, layer)
@@ -114,17 +110,18 @@ async fn bad_frames_get_error_frames_and_the_connection_stays() {
 
 #[tokio::test]
 async fn invalid_room_names_are_refused() {
-    let (addr, _) = start().await;
+    let (addr, layer) = start().await;
     assert_eq!(
         try_ws(addr, "/ws/chat/no%20spaces/?nickname=a").await.err(),
-        Some(403)
+        Some(404)
     );
     assert_eq!(
         try_ws(addr, &format!("/ws/chat/{}/?nickname=a", "r".repeat(120)))
             .await
             .err(),
-        Some(403)
+        Some(404)
     );
+    assert_eq!(layer.stats().channels, 0, "a refused room costs nothing");
 }
 
 #[tokio::test]

@@ -1,7 +1,7 @@
 //! The chat application: consumer, HTTP routes and page. `main.rs` parses flags and serves it;
 //! the tests mount it in-process.
 //!
-//! Protocol (also in `docs/chat-protocol.md`):
+//! Protocol (the whole of it in `README.md`):
 //! - WebSocket `/ws/chat/{room}/?nickname=NAME`; or send `{"type":"login","nickname":NAME}` first.
 //! - `{"message": TEXT}` → every member of the room, sender included, gets
 //!   `{"type":"chat.message","room":ROOM,"user":NICK,"message":TEXT}`.
@@ -18,22 +18,22 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::json;
 use switchboard::{
-    ConnectionConfig, Consumer, Context, Endpoint, Error, GroupName, Layer, Message, Origins,
-    Result, Scope, async_trait,
+    Connection, ConnectionConfig, Consumer, Decoded, Endpoint, Error, GroupName, Layer,
+    LayerError, Origins, Refusal, Result, Scope,
 };
 
 /// The page: plain HTML and JavaScript, no build step.
-const INDEX_HTML: &str = include_str!("static/index.html");
+const INDEX_HTML: &str = include_str!("../static/index.html");
 
 /// How the app is set up.
 #[derive(Clone, Debug)]
-pub(crate) struct Settings {
+pub struct Settings {
     /// Which browser origins may open the WebSocket.
-    pub(crate) origins: Origins,
+    pub origins: Origins,
     /// Whether clients that send no `Origin` (scripts, load tools) may connect.
-    pub(crate) allow_missing_origin: bool,
+    pub allow_missing_origin: bool,
     /// Per-connection limits.
-    pub(crate) connection: ConnectionConfig,
+    pub connection: ConnectionConfig,
 }
 
 impl Default for Settings {
@@ -47,14 +47,16 @@ impl Default for Settings {
 }
 
 /// The group of a room. The same name as the Channels tutorial's (`chat_<room>`), so a Django
-/// tutorial chat on the same Redis shares its rooms with this one.
-pub(crate) fn room_group(room: &str) -> String {
-    format!("chat_{room}")
+/// tutorial chat on the same Redis shares its rooms with this one. `None` for a room name a
+/// group name cannot hold.
+pub fn room_group(room: &str) -> Option<GroupName> {
+    GroupName::new(format!("chat_{room}")).ok()
 }
 
-/// The group every connection of one nickname joins, for private messages.
-fn user_group(nick: &str) -> String {
-    format!("user.{nick}")
+/// The group every connection of one nickname joins, for private messages (`nick` is valid:
+/// see [`valid_nickname`], whose characters every group name allows).
+fn user_group(nick: &str) -> Result<GroupName> {
+    Ok(GroupName::new(format!("user.{nick}"))?)
 }
 
 /// Nicknames: 1–32 ASCII letters, digits, `-`, `_` or `.` (they become part of a group name).
@@ -68,7 +70,7 @@ fn valid_nickname(nick: &str) -> bool {
 /// What a client sends. `type` is optional: a bare `{"message": …}` is a room message, as in the
 /// Channels tutorial.
 #[derive(Deserialize, Debug)]
-pub(crate) struct ClientFrame {
+pub struct ClientFrame {
     #[serde(rename = "type")]
     kind: Option<String>,
     message: Option<String>,
@@ -76,34 +78,68 @@ pub(crate) struct ClientFrame {
     nickname: Option<String>,
 }
 
+/// What a room's group carries: a room message or a private one. Each consumer relays it as
+/// it came (decoded once per message, rendered once per message, however many members).
+#[derive(Deserialize, Debug)]
+#[serde(tag = "type")]
+pub enum ChatEvent {
+    /// `{"type":"chat.message","room":…,"user":…,"message":…}`
+    #[serde(rename = "chat.message")]
+    Message {
+        /// The room.
+        room: String,
+        /// Who wrote it.
+        user: String,
+        /// The text.
+        message: String,
+    },
+    /// `{"type":"chat.private","from":…,"to":…,"message":…}`
+    #[serde(rename = "chat.private")]
+    Private {
+        /// Who wrote it.
+        from: String,
+        /// To whom.
+        to: String,
+        /// The text.
+        message: String,
+    },
+}
+
 /// One chat connection.
-pub(crate) struct ChatConsumer {
+#[derive(Debug)]
+pub struct ChatConsumer {
     room: String,
-    group: String,
+    group: GroupName,
     nickname: Option<String>,
 }
 
 impl ChatConsumer {
-    /// A consumer for the connection described by `scope`.
-    pub(crate) fn new(scope: &Scope) -> ChatConsumer {
+    /// A consumer for the connection described by `scope`; a room name that cannot name a
+    /// group is refused at the handshake (404).
+    pub fn new(scope: &Scope) -> std::result::Result<ChatConsumer, Refusal> {
         let room = scope.param("room").unwrap_or_default().to_owned();
-        ChatConsumer {
-            group: room_group(&room),
+        let group = room_group(&room).ok_or_else(|| {
+            Refusal::not_found(format!(
+                "no room {room:?}: a room name has letters, digits, '-', '_' or '.'"
+            ))
+        })?;
+        Ok(ChatConsumer {
+            group,
             room,
             nickname: scope.query("nickname"),
-        }
+        })
     }
 
-    async fn login(&mut self, cx: &mut Context, nick: String) -> Result<()> {
+    async fn login(&mut self, conn: &mut Connection, nick: String) -> Result<()> {
         if !valid_nickname(&nick) {
             return Err(Error::protocol(format!(
                 "nickname {nick:?} is invalid: use 1 to 32 letters, digits, '-', '_' or '.'"
             )));
         }
         if let Some(old) = self.nickname.take() {
-            cx.group_discard(user_group(&old)).await?;
+            conn.group_discard(user_group(&old)?).await?;
         }
-        cx.group_add(user_group(&nick)).await?;
+        conn.group_add(user_group(&nick)?).await?;
         self.nickname = Some(nick);
         Ok(())
     }
@@ -115,43 +151,36 @@ impl ChatConsumer {
     }
 }
 
-#[async_trait]
 impl Consumer for ChatConsumer {
     type Incoming = ClientFrame;
-    type Event = Message;
+    type Event = Decoded<ChatEvent>;
 
-    async fn connect(&mut self, cx: &mut Context) -> Result<()> {
-        if GroupName::new(&self.group).is_err() {
-            // Not a room name we can serve: refuse the handshake (HTTP 403).
-            return cx
-                .close(switchboard::CloseCode(4404), "invalid room name")
-                .await;
-        }
-        cx.group_add(&self.group).await?;
-        cx.accept().await?;
+    async fn connect(&mut self, conn: &mut Connection) -> Result<()> {
+        conn.group_add(&self.group).await?;
+        conn.accept().await?;
         if let Some(nick) = self.nickname.take()
-            && let Err(e) = self.login(cx, nick).await
+            && let Err(e) = self.login(conn, nick).await
         {
             // A bad nickname in the URL is not fatal: the client can still log in by frame.
-            cx.send_error(e).await?;
+            conn.send_error(e).await?;
         }
         Ok(())
     }
 
-    async fn receive(&mut self, cx: &mut Context, frame: ClientFrame) -> Result<()> {
+    async fn receive(&mut self, conn: &mut Connection, frame: ClientFrame) -> Result<()> {
         match frame.kind.as_deref() {
             Some("login") => {
                 let nick = frame
                     .nickname
                     .ok_or_else(|| Error::protocol("login needs a \"nickname\""))?;
-                self.login(cx, nick).await
+                self.login(conn, nick).await
             }
             None | Some("message") => {
                 let text = frame
                     .message
                     .ok_or_else(|| Error::protocol("a chat message needs a \"message\""))?;
                 let msg = json!({"type": "chat.message", "room": self.room, "user": self.me()?, "message": text});
-                cx.group_send(&self.group, msg).await
+                conn.group_send(&self.group, msg).await
             }
             Some("private") => {
                 let me = self.me()?.to_owned();
@@ -163,13 +192,15 @@ impl Consumer for ChatConsumer {
                         ));
                     }
                 };
-                let group = user_group(&to);
-                if !valid_nickname(&to) || cx.layer().group_channels(&group).await?.is_empty() {
-                    return Err(Error::protocol(format!(
-                        "no user named {to:?} is connected"
-                    )));
+                let nobody = || Error::protocol(format!("no user named {to:?} is connected"));
+                if !valid_nickname(&to) {
+                    return Err(nobody());
                 }
-                cx.group_send(
+                let group = user_group(&to)?;
+                if conn.layer().group_channels(&group).await?.is_empty() {
+                    return Err(nobody());
+                }
+                conn.group_send(
                     &group,
                     json!({"type": "chat.private", "from": me, "to": to, "message": text}),
                 )
@@ -181,11 +212,13 @@ impl Consumer for ChatConsumer {
         }
     }
 
-    async fn event(&mut self, cx: &mut Context, msg: Message) -> Result<()> {
-        match msg.message_type() {
-            // Relayed verbatim: the JSON text is rendered once per message, not once per member.
-            "chat.message" | "chat.private" => cx.send_message(&msg).await,
-            other => Err(Error::protocol(format!("unexpected event type {other:?}"))),
+    async fn event(&mut self, conn: &mut Connection, event: Decoded<ChatEvent>) -> Result<()> {
+        let Decoded(event, message) = event;
+        match &*event {
+            // Relayed as it came: the JSON text is rendered once per message, not per member.
+            ChatEvent::Message { .. } | ChatEvent::Private { .. } => {
+                conn.send_message(&message).await
+            }
         }
     }
 }
@@ -197,6 +230,17 @@ struct PostBody {
 
 fn json_error(status: StatusCode, error: impl std::fmt::Display) -> axum::response::Response {
     (status, Json(json!({"error": error.to_string()}))).into_response()
+}
+
+/// A layer call of an HTTP handler failed: the client is told a reference, the log the rest.
+fn layer_error(what: &str, e: LayerError) -> axum::response::Response {
+    match e {
+        e if !e.is_internal() => json_error(StatusCode::BAD_REQUEST, e),
+        e => json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            switchboard::error::report(what, &e),
+        ),
+    }
 }
 
 /// `POST /chat/rooms/{room}/user/{username}/` with `{"message": TEXT}`: publish from outside a
@@ -221,18 +265,14 @@ async fn publish(
             format_args!("invalid username {username:?}"),
         );
     }
-    let group = room_group(&room);
-    if let Err(e) = GroupName::new(&group) {
-        return json_error(
-            StatusCode::BAD_REQUEST,
-            format_args!("invalid room {room:?}: {e}"),
-        );
-    }
+    let Some(group) = room_group(&room) else {
+        return json_error(StatusCode::BAD_REQUEST, format_args!("invalid room {room:?}"));
+    };
     let msg =
         json!({"type": "chat.message", "room": room, "user": username, "message": body.message});
     match layer.group_send(&group, msg).await {
         Ok(()) => Json(json!({"username": username, "roomId": room})).into_response(),
-        Err(e) => json_error(StatusCode::SERVICE_UNAVAILABLE, e),
+        Err(e) => layer_error("publishing", e),
     }
 }
 
@@ -242,18 +282,17 @@ async fn room_info(
     State(layer): State<Layer>,
     Path(room): Path<String>,
 ) -> axum::response::Response {
-    match layer.group_channels(room_group(&room)).await {
+    let Some(group) = room_group(&room) else {
+        return json_error(StatusCode::BAD_REQUEST, format_args!("invalid room {room:?}"));
+    };
+    match layer.group_channels(&group).await {
         Ok(members) => Json(json!({"room": room, "members": members.len()})).into_response(),
-        Err(Error::Name(e)) => json_error(
-            StatusCode::BAD_REQUEST,
-            format_args!("invalid room {room:?}: {e}"),
-        ),
-        Err(e) => json_error(StatusCode::SERVICE_UNAVAILABLE, e),
+        Err(e) => layer_error("counting the room's members", e),
     }
 }
 
 /// The whole app on one layer.
-pub(crate) fn router(layer: Layer, settings: Settings) -> Router {
+pub fn router(layer: Layer, settings: Settings) -> Router {
     let ws = Endpoint::new(layer.clone(), ChatConsumer::new)
         .origins(settings.origins)
         .allow_missing_origin(settings.allow_missing_origin)

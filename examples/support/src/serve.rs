@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 
 /// Logs to stderr; `RUST_LOG` chooses the level (`info` by default).
-pub(crate) fn init_tracing() {
+pub fn init_tracing() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -13,7 +13,7 @@ pub(crate) fn init_tracing() {
 }
 
 /// Serves `app` until Ctrl-C.
-pub(crate) async fn serve(
+pub async fn serve(
     listener: tokio::net::TcpListener,
     app: axum::Router,
 ) -> std::io::Result<()> {

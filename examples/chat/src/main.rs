@@ -7,15 +7,15 @@
 //! Run it (in-memory layer, no Redis needed), then open <http://127.0.0.1:8000/>:
 //!
 //! ```text
-//! cargo run --release --example chat
+//! cargo run --release -p chat
 //! ```
 //!
 //! Several processes (and a Django tutorial chat on the same prefix) share rooms and private
 //! messages through Redis (`--layer pubsub` for the pub/sub layer):
 //!
 //! ```text
-//! cargo run --release --features redis --example chat -- --redis redis://127.0.0.1:6379 --addr 127.0.0.1:8000
-//! cargo run --release --features redis --example chat -- --redis redis://127.0.0.1:6379 --addr 127.0.0.1:8001
+//! cargo run --release -p chat -- --redis redis://127.0.0.1:6379 --addr 127.0.0.1:8000
+//! cargo run --release -p chat -- --redis redis://127.0.0.1:6379 --addr 127.0.0.1:8001
 //! ```
 //!
 //! Publish into a room from anywhere:
@@ -27,13 +27,7 @@
 use std::net::SocketAddr;
 
 use clap::Parser;
-
-#[path = "../common/layer_args.rs"]
-mod layer_args;
-#[path = "../common/serve.rs"]
-mod serve;
-
-mod app;
+use example_support::LayerArgs;
 
 /// Flags.
 #[derive(Parser, Debug)]
@@ -43,21 +37,21 @@ struct Args {
     #[arg(long, default_value = "127.0.0.1:8000")]
     addr: SocketAddr,
     #[command(flatten)]
-    layer: layer_args::LayerArgs,
+    layer: LayerArgs,
 }
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    serve::init_tracing();
+    example_support::init_tracing();
     let args = Args::parse();
     let layer = args.layer.build().await?;
-    let app = app::router(layer, app::Settings::default());
+    let app = chat::router(layer, chat::Settings::default());
     let listener = tokio::net::TcpListener::bind(args.addr).await?;
     tracing::info!(
         "chat on http://{} ({})",
         listener.local_addr()?,
         args.layer.describe()
     );
-    serve::serve(listener, app).await?;
+    example_support::serve(listener, app).await?;
     Ok(())
 }

@@ -1,0 +1,188 @@
+//! A live Django process (channels 4.3 + channels_redis 4.3, configured through Django's
+//! CHANNEL_LAYERS) driven over stdin/stdout: `django/peer.py`, run by the Python that
+//! `SWITCHBOARD_PYTHON` names (scripts/test prepares it from `django/requirements.txt`).
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::{Value as Json, json};
+use switchboard_core::{ChannelName, Layer, Map, Message, Value};
+use switchboard_redis::{RedisConfig, RedisLayer, RedisPubSubLayer};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+
+/// Which channels_redis layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Core,
+    PubSub,
+}
+
+/// A Django process driving channels_redis.
+pub struct Django {
+    _child: Child,
+    stdin: ChildStdin,
+    stdout: Lines<BufReader<ChildStdout>>,
+}
+
+impl Django {
+    /// Starts one; `None` (a skip) without the Python environment.
+    pub async fn start(kind: Kind, url: &str, prefix: &str, keys: &[&str]) -> Option<Django> {
+        let python = super::django_python()?;
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/django/peer.py");
+        let mut child = Command::new(python)
+            .arg(script)
+            .arg(if kind == Kind::Core { "core" } else { "pubsub" })
+            .args([url, prefix])
+            .args(keys)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut django = Django {
+            _child: child,
+            stdin,
+            stdout,
+        };
+        assert_eq!(django.read().await, json!({"ready": true}));
+        Some(django)
+    }
+
+    pub async fn read(&mut self) -> Json {
+        let line = tokio::time::timeout(Duration::from_secs(20), self.stdout.next_line())
+            .await
+            .expect("the Django process did not answer within 20 s")
+            .unwrap()
+            .expect("the Django process exited");
+        serde_json::from_str(&line).unwrap()
+    }
+
+    pub async fn call(&mut self, cmd: Json) -> Json {
+        let mut line = cmd.to_string();
+        line.push('\n');
+        self.stdin.write_all(line.as_bytes()).await.unwrap();
+        let reply = self.read().await;
+        assert!(reply.get("error").is_none(), "Django: {reply} for {cmd}");
+        reply
+    }
+
+    pub async fn new_channel(&mut self) -> String {
+        self.call(json!({"op": "new_channel"})).await["channel"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    pub async fn group_add(&mut self, group: &str, channel: &str) {
+        self.call(json!({"op": "group_add", "group": group, "channel": channel}))
+            .await;
+    }
+
+    pub async fn send(&mut self, channel: &str, message: &Message) {
+        self.call(json!({"op": "send", "channel": channel, "message": to_wire(message)}))
+            .await;
+    }
+
+    pub async fn group_send(&mut self, group: &str, message: &Message) {
+        self.call(json!({"op": "group_send", "group": group, "message": to_wire(message)}))
+            .await;
+    }
+
+    pub async fn receive(&mut self, channel: &str) -> Message {
+        let reply = self
+            .call(json!({"op": "receive", "channel": channel, "timeout": 5}))
+            .await;
+        assert!(
+            reply.get("timeout").is_none(),
+            "Django received nothing on {channel}"
+        );
+        from_wire(&reply["message"])
+    }
+}
+
+/// A message as the peer's JSON: bytes are `{"$bytes": hex}`.
+pub fn to_wire(m: &Message) -> Json {
+    fn conv(v: &Value) -> Json {
+        match v {
+            Value::Bytes(b) => {
+                json!({"$bytes": b.iter().map(|x| format!("{x:02x}")).collect::<String>()})
+            }
+            Value::List(l) => Json::Array(l.iter().map(conv).collect()),
+            Value::Map(m) => Json::Object(m.iter().map(|(k, v)| (k.clone(), conv(v))).collect()),
+            other => other.to_json(),
+        }
+    }
+    Json::Object(
+        m.fields()
+            .iter()
+            .map(|(k, v)| (k.clone(), conv(v)))
+            .collect(),
+    )
+}
+
+pub fn from_wire(j: &Json) -> Message {
+    fn conv(j: &Json) -> Value {
+        match j {
+            Json::Object(o) if o.len() == 1 && o.contains_key("$bytes") => {
+                let hex = o["$bytes"].as_str().unwrap();
+                Value::Bytes(
+                    (0..hex.len())
+                        .step_by(2)
+                        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+                        .collect(),
+                )
+            }
+            Json::Object(o) => Value::Map(o.iter().map(|(k, v)| (k.clone(), conv(v))).collect()),
+            Json::Array(a) => Value::List(a.iter().map(conv).collect()),
+            other => Value::from(other.clone()),
+        }
+    }
+    match conv(j) {
+        Value::Map(m) => Message::from_map(m).unwrap(),
+        other => panic!("not a message: {other:?}"),
+    }
+}
+
+/// Every value type Channels carries, numbered `n`.
+pub fn all_types(n: i64) -> Message {
+    let mut nested = Map::default();
+    nested.insert(
+        "k".into(),
+        Value::List(vec![Value::Int(1), "two".into(), Value::Null]),
+    );
+    let mut m = Map::default();
+    m.insert("type".into(), "interop.check".into());
+    m.insert("n".into(), Value::Int(n));
+    m.insert("text".into(), "héllo ✓".into());
+    m.insert("bytes".into(), Value::Bytes(vec![0, 1, 127, 128, 254, 255]));
+    m.insert("negative".into(), Value::Int(-42));
+    m.insert("big".into(), Value::UInt(u64::MAX));
+    m.insert("float".into(), Value::Float(-0.25));
+    m.insert("yes".into(), Value::Bool(true));
+    m.insert("none".into(), Value::Null);
+    m.insert("map".into(), Value::Map(nested));
+    Message::from_map(m).unwrap()
+}
+
+/// A Rust layer of `kind` on the same Redis, prefix and keys as the Django process.
+pub async fn rust_layer(kind: Kind, url: &str, prefix: &str, keys: &[&str]) -> Layer {
+    let cfg = RedisConfig::new(url)
+        .prefix(prefix)
+        .symmetric_encryption_keys(keys.iter().copied());
+    match kind {
+        Kind::Core => Layer::new(RedisLayer::connect(cfg).await.unwrap()),
+        Kind::PubSub => Layer::new(RedisPubSubLayer::connect(cfg).await.unwrap()),
+    }
+}
+
+/// What Rust receives on `ch` within 5 s.
+pub async fn recv(layer: &Layer, ch: &ChannelName) -> Message {
+    tokio::time::timeout(Duration::from_secs(5), layer.receive(ch))
+        .await
+        .expect("Rust received nothing within 5 s")
+        .unwrap()
+}
+
