@@ -14,11 +14,11 @@ use futures_util::stream;
 use super::source::{Post, PostStream, Source, SourceEvent, Term};
 
 /// The corpus shipped with the example.
-const BUNDLED: &str = include_str!("data/posts.jsonl");
+const BUNDLED: &str = include_str!("../data/posts.jsonl");
 
 /// A corpus of posts and the pace of its replay.
 #[derive(Clone, Debug)]
-pub(crate) struct Corpus {
+pub struct Corpus {
     posts: Arc<[Post]>,
     /// Time between two consecutive corpus posts in the replay.
     gap: Duration,
@@ -40,13 +40,13 @@ struct Line {
 
 impl Corpus {
     /// The bundled synthetic corpus, replayed at `rate` posts per second.
-    pub(crate) fn bundled(rate: f64) -> Result<Corpus, String> {
+    pub fn bundled(rate: f64) -> Result<Corpus, String> {
         Corpus::parse(BUNDLED, rate, "bundled synthetic corpus")
     }
 
     /// A corpus from JSON lines (see `data/README.md` for the fields), replayed at `rate` posts
     /// per second. Errors name the line.
-    pub(crate) fn parse(jsonl: &str, rate: f64, label: &str) -> Result<Corpus, String> {
+    pub fn parse(jsonl: &str, rate: f64, label: &str) -> Result<Corpus, String> {
         if !(rate.is_finite() && rate > 0.0 && rate <= 100_000.0) {
             return Err(format!(
                 "replay rate {rate} is out of range: use 0 < rate <= 100000 posts per second"
@@ -82,7 +82,7 @@ impl Corpus {
     }
 
     /// A post by id.
-    pub(crate) fn get(&self, id: &str) -> Option<&Post> {
+    pub fn get(&self, id: &str) -> Option<&Post> {
         self.posts.iter().find(|p| p.id == id)
     }
 }

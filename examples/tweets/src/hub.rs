@@ -3,7 +3,7 @@
 //! The first listener of a term creates its upstream: a task that reads the source's stream and
 //! `group_send`s each post to the term's group — the first at once, then at most one per
 //! interval (posts arriving meanwhile replace each other, so the one sent is the newest).
-//! Listeners join the group; the [`Subscription`] each holds counts them. When the last
+//! Listeners join the group; the [`Listener`] each holds counts them. When the last
 //! subscription is dropped — the listener stopped, searched for something else, or disconnected —
 //! the task is aborted, which drops the source's stream and closes the upstream connection.
 //!
@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use serde_json::json;
-use switchboard::Layer;
+use switchboard::{GroupName, Layer};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -25,7 +25,7 @@ use super::source::{Post, PostStream, Source, SourceEvent, Term};
 
 /// The upstreams of one process.
 #[derive(Clone)]
-pub(crate) struct Hub {
+pub struct Hub {
     inner: Arc<Inner>,
 }
 
@@ -53,7 +53,7 @@ struct Inner {
 
 struct Upstream {
     id: u64,
-    group: String,
+    group: GroupName,
     term: Term,
     listeners: usize,
     task: Option<JoinHandle<()>>,
@@ -65,35 +65,35 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// One listener's share of an upstream. Dropping the last one ends the upstream.
-pub(crate) struct Subscription {
+pub struct Listener {
     inner: Arc<Inner>,
     key: String,
     id: u64,
-    group: String,
+    group: GroupName,
 }
 
-impl std::fmt::Debug for Subscription {
+impl std::fmt::Debug for Listener {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Subscription")
+        f.debug_struct("Listener")
             .field("term", &self.key)
             .field("group", &self.group)
             .finish()
     }
 }
 
-impl Subscription {
+impl Listener {
     /// The group the upstream sends to: join it to get the posts.
-    pub(crate) fn group(&self) -> &str {
+    pub fn group(&self) -> &GroupName {
         &self.group
     }
 
     /// The upstream's id, carried by each of its messages.
-    pub(crate) fn upstream_id(&self) -> u64 {
+    pub fn upstream_id(&self) -> u64 {
         self.id
     }
 }
 
-impl Drop for Subscription {
+impl Drop for Listener {
     fn drop(&mut self) {
         let mut map = lock(&self.inner.upstreams);
         let Some(up) = map.get_mut(&self.key).filter(|u| u.id == self.id) else {
@@ -120,19 +120,19 @@ impl Drop for Running {
 }
 
 /// Distinct search terms one process follows at most, by default.
-pub(crate) const DEFAULT_MAX_TERMS: usize = 100;
+pub const DEFAULT_MAX_TERMS: usize = 100;
 
 impl Hub {
     /// Upstreams from `source`, sending on `layer`, at most one post per `interval`, for at most
     /// [`DEFAULT_MAX_TERMS`] terms at once.
     #[allow(dead_code)] // `main` sets the limit; the tests use the default
-    pub(crate) fn new(layer: Layer, source: Arc<dyn Source>, interval: Duration) -> Hub {
+    pub fn new(layer: Layer, source: Arc<dyn Source>, interval: Duration) -> Hub {
         Hub::with_max_terms(layer, source, interval, DEFAULT_MAX_TERMS)
     }
 
     /// As [`new`](Hub::new), for at most `max_terms` distinct terms at once: each is an upstream
     /// (a connection, a rule, a task), and anyone may open a socket and search.
-    pub(crate) fn with_max_terms(
+    pub fn with_max_terms(
         layer: Layer,
         source: Arc<dyn Source>,
         interval: Duration,
@@ -153,19 +153,19 @@ impl Hub {
     }
 
     /// The source's description.
-    pub(crate) fn describe(&self) -> String {
+    pub fn describe(&self) -> String {
         self.inner.source.describe()
     }
 
     /// The pacing interval.
-    pub(crate) fn interval(&self) -> Duration {
+    pub fn interval(&self) -> Duration {
         self.inner.interval
     }
 
-    /// Counts a new listener of `term`. Join [`Subscription::group`], then call
+    /// Counts a new listener of `term`. Join [`Listener::group`], then call
     /// [`start`](Hub::start): joining first means the first post cannot be missed. `Err` (a
     /// message for the user) when the term is new and the hub already follows `max_terms`.
-    pub(crate) fn subscribe(&self, term: &Term) -> Result<Subscription, String> {
+    pub fn subscribe(&self, term: &Term) -> Result<Listener, String> {
         let mut map = lock(&self.inner.upstreams);
         let max = self.inner.max_terms;
         if map.len() >= max && !map.contains_key(term.key()) {
@@ -174,19 +174,25 @@ impl Hub {
                  (--max-terms): search for one of those, or try again later"
             ));
         }
-        let up = map.entry(term.key().to_owned()).or_insert_with(|| {
-            let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-            Upstream {
-                id,
-                group: format!("tweets.{}.{id}", self.inner.instance),
-                term: term.clone(),
-                listeners: 0,
-                task: None,
-                last: Arc::new(Mutex::new(None)),
+        let up = match map.entry(term.key().to_owned()) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+                // The instance id is hex and the id a number: always a valid group name.
+                let group = GroupName::new(format!("tweets.{}.{id}", self.inner.instance))
+                    .map_err(|e| e.to_string())?;
+                e.insert(Upstream {
+                    id,
+                    group,
+                    term: term.clone(),
+                    listeners: 0,
+                    task: None,
+                    last: Arc::new(Mutex::new(None)),
+                })
             }
-        });
+        };
         up.listeners += 1;
-        Ok(Subscription {
+        Ok(Listener {
             inner: self.inner.clone(),
             key: term.key().to_owned(),
             id: up.id,
@@ -197,7 +203,7 @@ impl Hub {
     /// Starts the subscription's upstream if it is not running. Returns the post it sent last,
     /// if any, so a listener joining a running upstream gets one at once; `Err` if the source
     /// cannot search for the term.
-    pub(crate) fn start(&self, sub: &Subscription) -> Result<Option<Post>, String> {
+    pub fn start(&self, sub: &Listener) -> Result<Option<Post>, String> {
         let mut map = lock(&self.inner.upstreams);
         let up = map
             .get_mut(&sub.key)
@@ -221,18 +227,18 @@ impl Hub {
     }
 
     /// Terms with at least one listener.
-    pub(crate) fn upstreams(&self) -> usize {
+    pub fn upstreams(&self) -> usize {
         lock(&self.inner.upstreams).len()
     }
 
     /// Upstream tasks alive. Equals [`upstreams`](Hub::upstreams) once tasks have settled:
     /// no task outlives its listeners.
-    pub(crate) fn running(&self) -> usize {
+    pub fn running(&self) -> usize {
         self.inner.running.load(Ordering::SeqCst)
     }
 
     /// Listeners, over every term.
-    pub(crate) fn listeners(&self) -> usize {
+    pub fn listeners(&self) -> usize {
         lock(&self.inner.upstreams)
             .values()
             .map(|u| u.listeners)
@@ -240,7 +246,7 @@ impl Hub {
     }
 
     /// This process's instance id, part of every group name it sends to.
-    pub(crate) fn instance(&self) -> &str {
+    pub fn instance(&self) -> &str {
         &self.inner.instance
     }
 }
@@ -248,7 +254,7 @@ impl Hub {
 /// What one upstream task needs.
 struct Upstreaming {
     layer: Layer,
-    group: String,
+    group: GroupName,
     id: u64,
     interval: Duration,
     last: Arc<Mutex<Option<Post>>>,

@@ -1,7 +1,7 @@
 //! The tweets application: the consumer, the HTTP routes and the page. `main.rs` parses flags
 //! and serves it; the tests mount it in-process.
 //!
-//! Protocol (also in `docs/tweets.md`), WebSocket `/ws/map/`:
+//! Protocol (the whole of it in `README.md`), WebSocket `/ws/map/`:
 //! - client → `{"type":"listen","message":TEXT}`: stream posts containing TEXT (replaces any
 //!   earlier listen); server → `{"type":"listening","message":TEXT}`, then
 //!   `{"type":"tweet","url","id","author","text","created_at"}` — the first match at once, then
@@ -13,16 +13,11 @@
 //!
 //! `GET /stats.json`: this process's upstreams, `{"instance","upstreams","running","listeners"}`.
 
-#[path = "corpus.rs"]
-pub(crate) mod corpus;
-#[path = "hub.rs"]
-pub(crate) mod hub;
-#[path = "mastodon.rs"]
-pub(crate) mod mastodon;
-#[path = "source.rs"]
-pub(crate) mod source;
-#[path = "x.rs"]
-pub(crate) mod x;
+pub mod corpus;
+pub mod hub;
+pub mod mastodon;
+pub mod source;
+pub mod x;
 
 use axum::Router;
 use axum::extract::{Path, State};
@@ -32,28 +27,29 @@ use axum::routing::get;
 use serde::Deserialize;
 use serde_json::json;
 use switchboard::{
-    ConnectionConfig, Consumer, Context, Endpoint, Error, Layer, Origins, Result, async_trait,
+    CloseCode, Connection, ConnectionConfig, Consumer, Endpoint, Error, Layer, Origins, Result,
+    Scope,
 };
 
 use self::corpus::Corpus;
-use self::hub::{Hub, Subscription};
+use self::hub::{Hub, Listener};
 use self::source::{Post, Term};
 
-const INDEX_HTML: &str = include_str!("static/index.html");
-const APP_JS: &str = include_str!("static/app.js");
-const STYLE_CSS: &str = include_str!("static/style.css");
+const INDEX_HTML: &str = include_str!("../static/index.html");
+const APP_JS: &str = include_str!("../static/app.js");
+const STYLE_CSS: &str = include_str!("../static/style.css");
 
 /// How the app is set up.
 #[derive(Clone, Debug)]
-pub(crate) struct Settings {
+pub struct Settings {
     /// Which browser origins may open the WebSocket.
-    pub(crate) origins: Origins,
+    pub origins: Origins,
     /// Whether clients that send no `Origin` (scripts) may connect.
-    pub(crate) allow_missing_origin: bool,
+    pub allow_missing_origin: bool,
     /// Per-connection limits.
-    pub(crate) connection: ConnectionConfig,
+    pub connection: ConnectionConfig,
     /// The corpus whose posts `/posts/{id}` shows (the corpus source's links point there).
-    pub(crate) corpus: Option<Corpus>,
+    pub corpus: Option<Corpus>,
 }
 
 impl Default for Settings {
@@ -70,9 +66,12 @@ impl Default for Settings {
 /// What a client sends.
 #[derive(Deserialize, Debug)]
 #[serde(tag = "type", rename_all = "lowercase")]
-pub(crate) enum ClientMessage {
+pub enum ClientMessage {
     /// Stream posts containing `message`.
-    Listen { message: String },
+    Listen {
+        /// The search term.
+        message: String,
+    },
     /// Stop streaming.
     Stop,
 }
@@ -80,41 +79,55 @@ pub(crate) enum ClientMessage {
 /// What the hub's upstream tasks send through the layer.
 #[derive(Deserialize, Debug)]
 #[serde(tag = "type")]
-pub(crate) enum HubEvent {
+pub enum HubEvent {
+    /// A post matching the upstream's term.
     #[serde(rename = "tweets.post")]
-    Post { upstream: u64, post: Post },
+    Post {
+        /// The upstream that sent it.
+        upstream: u64,
+        /// The post.
+        post: Post,
+    },
+    /// The upstream's trouble (reconnecting…), for the page's status line.
     #[serde(rename = "tweets.status")]
-    Status { upstream: u64, message: String },
+    Status {
+        /// The upstream that sent it.
+        upstream: u64,
+        /// What to show.
+        message: String,
+    },
 }
 
 /// One page's connection: at most one search at a time.
-pub(crate) struct TweetsConsumer {
+#[derive(Debug)]
+pub struct TweetsConsumer {
     hub: Hub,
-    sub: Option<Subscription>,
+    listening: Option<Listener>,
     /// The post sent directly on joining a running upstream: if the upstream was publishing it
     /// at that moment, it also comes through the group, and that copy is skipped.
     sent_on_join: Option<String>,
 }
 
 impl TweetsConsumer {
-    pub(crate) fn new(hub: Hub) -> TweetsConsumer {
+    /// A consumer listening through `hub`.
+    pub fn new(hub: Hub) -> TweetsConsumer {
         TweetsConsumer {
             hub,
-            sub: None,
+            listening: None,
             sent_on_join: None,
         }
     }
 
-    async fn stop(&mut self, cx: &mut Context) -> Result<()> {
-        if let Some(sub) = self.sub.take() {
-            cx.group_discard(sub.group()).await?;
-            // Dropping the subscription ends the upstream if this was its last listener.
+    async fn stop(&mut self, conn: &mut Connection) -> Result<()> {
+        if let Some(listening) = self.listening.take() {
+            conn.group_discard(listening.group()).await?;
+            // Dropping the listener ends the upstream if it was the last one.
         }
         Ok(())
     }
 
     fn current(&self, upstream: u64) -> bool {
-        self.sub
+        self.listening
             .as_ref()
             .is_some_and(|s| s.upstream_id() == upstream)
     }
@@ -124,7 +137,7 @@ impl TweetsConsumer {
 /// (the corpus source's `/posts/{id}`); anything else — `javascript:`, `data:`, or a URL with
 /// control characters or whitespace, which browsers strip before they read the scheme — is
 /// dropped (`""`: the page shows no link). Posts come from the network and from corpus files.
-pub(crate) fn safe_url(url: &str) -> &str {
+pub fn safe_url(url: &str) -> &str {
     let lower = url.get(..8).unwrap_or(url).to_ascii_lowercase();
     let web = lower.starts_with("https://") || lower.starts_with("http://");
     let path = url.starts_with('/') && !url.starts_with("//");
@@ -150,33 +163,32 @@ fn tweet(post: &Post) -> serde_json::Value {
     })
 }
 
-#[async_trait]
 impl Consumer for TweetsConsumer {
     type Incoming = ClientMessage;
     type Event = HubEvent;
 
-    async fn receive(&mut self, cx: &mut Context, msg: ClientMessage) -> Result<()> {
+    async fn receive(&mut self, conn: &mut Connection, msg: ClientMessage) -> Result<()> {
         match msg {
             ClientMessage::Listen { message } => {
                 let term = Term::parse(&message).map_err(Error::protocol)?;
-                self.stop(cx).await?;
-                let sub = self.hub.subscribe(&term).map_err(Error::protocol)?;
+                self.stop(conn).await?;
+                let listening = self.hub.subscribe(&term).map_err(Error::protocol)?;
                 // Join before the upstream starts, so its first post reaches this page.
-                cx.group_add(sub.group()).await?;
-                let started = self.hub.start(&sub);
-                self.sub = Some(sub);
+                conn.group_add(listening.group()).await?;
+                let started = self.hub.start(&listening);
+                self.listening = Some(listening);
                 match started {
                     Err(e) => {
-                        self.stop(cx).await?;
+                        self.stop(conn).await?;
                         Err(Error::protocol(e))
                     }
                     Ok(last) => {
-                        cx.send_json(&json!({"type": "listening", "message": term.text()}))
+                        conn.send_json(&json!({"type": "listening", "message": term.text()}))
                             .await?;
                         // A running upstream sent its latest post before this page joined.
                         self.sent_on_join = None;
                         if let Some(post) = last {
-                            cx.send_json(&tweet(&post)).await?;
+                            conn.send_json(&tweet(&post)).await?;
                             self.sent_on_join = Some(post.id);
                         }
                         Ok(())
@@ -184,32 +196,32 @@ impl Consumer for TweetsConsumer {
                 }
             }
             ClientMessage::Stop => {
-                self.stop(cx).await?;
-                cx.send_json(&json!({"type": "stopped"})).await
+                self.stop(conn).await?;
+                conn.send_json(&json!({"type": "stopped"})).await
             }
         }
     }
 
-    async fn event(&mut self, cx: &mut Context, event: HubEvent) -> Result<()> {
+    async fn event(&mut self, conn: &mut Connection, event: HubEvent) -> Result<()> {
         match event {
             // Messages of an earlier search may still be queued: drop them.
             HubEvent::Post { upstream, post } if self.current(upstream) => {
                 if self.sent_on_join.take().is_some_and(|id| id == post.id) {
                     return Ok(());
                 }
-                cx.send_json(&tweet(&post)).await
+                conn.send_json(&tweet(&post)).await
             }
             HubEvent::Status { upstream, message } if self.current(upstream) => {
-                cx.send_json(&json!({"type": "status", "message": message}))
+                conn.send_json(&json!({"type": "status", "message": message}))
                     .await
             }
             _ => Ok(()),
         }
     }
 
-    async fn disconnect(&mut self, _cx: &mut Context, _code: switchboard::CloseCode) -> Result<()> {
-        // The runtime leaves the group; dropping the subscription ends a now unused upstream.
-        self.sub = None;
+    async fn disconnect(&mut self, _conn: &mut Connection, _code: CloseCode) -> Result<()> {
+        // The runtime leaves the group; dropping the listener ends a now unused upstream.
+        self.listening = None;
         Ok(())
     }
 }
@@ -264,14 +276,12 @@ async fn permalink(State(st): State<AppState>, Path(id): Path<String>) -> Respon
 }
 
 /// The whole app.
-pub(crate) fn router(hub: Hub, layer: Layer, settings: Settings) -> Router {
+pub fn router(hub: Hub, layer: Layer, settings: Settings) -> Router {
     let ws_hub = hub.clone();
-    let ws = Endpoint::new(layer, move |_: &switchboard::Scope| {
-        TweetsConsumer::new(ws_hub.clone())
-    })
-    .origins(settings.origins)
-    .allow_missing_origin(settings.allow_missing_origin)
-    .config(settings.connection);
+    let ws = Endpoint::new(layer, move |_: &Scope| TweetsConsumer::new(ws_hub.clone()))
+        .origins(settings.origins)
+        .allow_missing_origin(settings.allow_missing_origin)
+        .config(settings.connection);
     Router::new()
         .route("/", get(|| async { Html(INDEX_HTML) }))
         .route(

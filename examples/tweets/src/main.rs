@@ -10,14 +10,14 @@
 //! <http://127.0.0.1:8000/>:
 //!
 //! ```text
-//! cargo run --release --example tweets
+//! cargo run --release -p tweets
 //! ```
 //!
 //! With real posts:
 //!
 //! ```text
-//! TWITTER_BEARER_TOKEN=… cargo run --release --example tweets -- --source x
-//! cargo run --release --example tweets -- --source mastodon --mastodon https://mastodon.social
+//! TWITTER_BEARER_TOKEN=… cargo run --release -p tweets -- --source x
+//! cargo run --release -p tweets -- --source mastodon --mastodon https://mastodon.social
 //! ```
 
 use std::net::SocketAddr;
@@ -26,19 +26,12 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
-#[path = "../common/flags.rs"]
-mod flags;
-#[path = "../common/layer_args.rs"]
-mod layer_args;
-#[path = "../common/serve.rs"]
-mod serve;
-
-mod app;
-
-use app::corpus::Corpus;
-use app::mastodon::{MastodonConfig, MastodonSource};
-use app::source::Source;
-use app::x::{XConfig, XSource};
+use example_support::LayerArgs;
+use example_support::flags;
+use tweets::corpus::Corpus;
+use tweets::mastodon::{MastodonConfig, MastodonSource};
+use tweets::source::Source;
+use tweets::x::{XConfig, XSource};
 
 /// Where posts come from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -78,10 +71,10 @@ struct Args {
     mastodon: Option<String>,
     /// Distinct search terms followed at once (each is an upstream); a search for one more is
     /// refused with an error frame.
-    #[arg(long, default_value_t = app::hub::DEFAULT_MAX_TERMS, value_parser = flags::at_least_one)]
+    #[arg(long, default_value_t = tweets::hub::DEFAULT_MAX_TERMS, value_parser = flags::at_least_one)]
     max_terms: usize,
     #[command(flatten)]
-    layer: layer_args::LayerArgs,
+    layer: LayerArgs,
 }
 
 fn positive_secs(s: &str) -> Result<f64, String> {
@@ -137,21 +130,21 @@ fn build_source(args: &Args) -> Result<(Arc<dyn Source>, Option<Corpus>), String
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    serve::init_tracing();
+    example_support::init_tracing();
     let args = Args::parse();
     let (source, corpus) = build_source(&args)?;
     let layer = args.layer.build().await?;
-    let hub = app::hub::Hub::with_max_terms(
+    let hub = tweets::hub::Hub::with_max_terms(
         layer.clone(),
         source,
         Duration::from_secs_f64(args.interval),
         args.max_terms,
     );
-    let settings = app::Settings {
+    let settings = tweets::Settings {
         corpus,
-        ..app::Settings::default()
+        ..tweets::Settings::default()
     };
-    let router = app::router(hub.clone(), layer, settings);
+    let router = tweets::router(hub.clone(), layer, settings);
     let listener = tokio::net::TcpListener::bind(args.addr).await?;
     tracing::info!(
         "tweets on http://{} ({}; {}; one post per {} s)",
@@ -160,6 +153,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         args.layer.describe(),
         args.interval
     );
-    serve::serve(listener, router).await?;
+    example_support::serve(listener, router).await?;
     Ok(())
 }

@@ -20,23 +20,23 @@ use super::source::{Backoff, Post, PostStream, Source, SourceEvent, Term, http_c
 
 /// Where and how to reach a Mastodon instance.
 #[derive(Clone, Debug)]
-pub(crate) struct MastodonConfig {
+pub struct MastodonConfig {
     /// The instance's base URL (`https://mastodon.social`).
-    pub(crate) instance: String,
+    pub instance: String,
     /// An access token, if the instance wants one for streaming.
-    pub(crate) token: Option<String>,
+    pub token: Option<String>,
     /// Waits between reconnections.
-    pub(crate) backoff: Backoff,
+    pub backoff: Backoff,
     /// Re-open the connection when nothing, not even a heartbeat, came for this long.
-    pub(crate) stall_timeout: Duration,
+    pub stall_timeout: Duration,
     /// A connection that stayed up this long was a good one: the backoff starts again from its
     /// first wait when it ends (as it does after a connection that delivered an event).
-    pub(crate) healthy_after: Duration,
+    pub healthy_after: Duration,
 }
 
 impl MastodonConfig {
     /// The defaults for `instance`.
-    pub(crate) fn new(instance: String, token: Option<String>) -> MastodonConfig {
+    pub fn new(instance: String, token: Option<String>) -> MastodonConfig {
         MastodonConfig {
             instance,
             token,
@@ -50,18 +50,18 @@ impl MastodonConfig {
 /// The most an event (its lines up to the blank line that ends it) may take, in bytes. A
 /// status is a few KiB; a server that sends more without ending the event is cut off (and
 /// reconnected to, with backoff) instead of filling memory. The X source caps its lines alike.
-pub(crate) const MAX_EVENT_BYTES: usize = 1 << 20;
+pub const MAX_EVENT_BYTES: usize = 1 << 20;
 
 /// The Mastodon hashtag-stream source.
 #[derive(Debug)]
-pub(crate) struct MastodonSource {
+pub struct MastodonSource {
     http: reqwest::Client,
     config: MastodonConfig,
 }
 
 impl MastodonSource {
     /// A source for `config`. Fails only if no HTTP client can be built.
-    pub(crate) fn new(config: MastodonConfig) -> Result<MastodonSource, String> {
+    pub fn new(config: MastodonConfig) -> Result<MastodonSource, String> {
         let http = http_client()?;
         Ok(MastodonSource { http, config })
     }
@@ -318,7 +318,7 @@ impl Status {
 
 /// Mastodon sends sanitized HTML (`<p>`, `<br>`, `<a>`, `<span>`): paragraphs and line breaks
 /// become newlines, other tags go, entities are decoded.
-pub(crate) fn html_to_text(html: &str) -> String {
+pub fn html_to_text(html: &str) -> String {
     let mut out = String::with_capacity(html.len());
     let mut rest = html;
     while let Some(open) = rest.find('<') {

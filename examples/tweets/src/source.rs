@@ -8,25 +8,25 @@ use serde::{Deserialize, Serialize};
 
 /// One post, as the page shows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct Post {
+pub struct Post {
     /// The upstream's id.
-    pub(crate) id: String,
+    pub id: String,
     /// Where to read it.
-    pub(crate) url: String,
+    pub url: String,
     /// Who wrote it (`@handle`).
-    pub(crate) author: String,
+    pub author: String,
     /// Its text (plain text, no markup).
-    pub(crate) text: String,
+    pub text: String,
     /// When it was written (RFC 3339).
-    pub(crate) created_at: String,
+    pub created_at: String,
     /// Whether it is a repost (retweet, reblog) of someone else's post. Reposts are skipped.
     #[serde(default)]
-    pub(crate) repost: bool,
+    pub repost: bool,
 }
 
 /// What a source's stream yields.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum SourceEvent {
+pub enum SourceEvent {
     /// A post matching the term.
     Post(Post),
     /// Something listeners should know about the upstream ("reconnecting in 4 s: HTTP 503").
@@ -35,14 +35,14 @@ pub(crate) enum SourceEvent {
 
 /// A stream of posts for one term. Dropping it ends the upstream subscription: connections are
 /// closed, and rules registered for the term are removed.
-pub(crate) type PostStream = BoxStream<'static, SourceEvent>;
+pub type PostStream = BoxStream<'static, SourceEvent>;
 
 /// Where posts come from.
 ///
 /// `open` is cheap and does no I/O: the stream connects when first polled and reconnects with
 /// backoff by itself, reporting trouble as [`SourceEvent::Status`]. It ends only if the source
 /// gives up for good.
-pub(crate) trait Source: Send + Sync + 'static {
+pub trait Source: Send + Sync + 'static {
     /// A short description for logs and the page ("bundled synthetic corpus", "X filtered stream").
     fn describe(&self) -> String;
 
@@ -57,7 +57,7 @@ pub(crate) trait Source: Send + Sync + 'static {
 /// but not "bitcoins"; `#bitcoin` matches only the hashtag. Several words must all appear
 /// (`#rustlang tokio`), in any order — as X's filtered-stream rules do.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Term {
+pub struct Term {
     text: String,
     key: String,
     words: Vec<Word>,
@@ -70,11 +70,11 @@ struct Word {
 }
 
 /// The longest term accepted, in characters.
-pub(crate) const MAX_TERM_CHARS: usize = 100;
+pub const MAX_TERM_CHARS: usize = 100;
 
 impl Term {
     /// Checks a term typed by a user.
-    pub(crate) fn parse(input: &str) -> Result<Term, String> {
+    pub fn parse(input: &str) -> Result<Term, String> {
         let text = input.split_whitespace().collect::<Vec<_>>().join(" ");
         if text.is_empty() {
             return Err("type a word or a #hashtag to search for".into());
@@ -98,17 +98,17 @@ impl Term {
     }
 
     /// The term as typed, with whitespace collapsed.
-    pub(crate) fn text(&self) -> &str {
+    pub fn text(&self) -> &str {
         &self.text
     }
 
     /// The term lowercased: terms with the same key share one upstream.
-    pub(crate) fn key(&self) -> &str {
+    pub fn key(&self) -> &str {
         &self.key
     }
 
     /// Whether `text` contains every word of the term.
-    pub(crate) fn matches(&self, text: &str) -> bool {
+    pub fn matches(&self, text: &str) -> bool {
         let have = words(text);
         self.words.iter().all(|w| {
             have.iter()
@@ -117,7 +117,7 @@ impl Term {
     }
 
     /// The single hashtag (or word) this term follows, for sources that follow one hashtag.
-    pub(crate) fn hashtag(&self) -> Option<&str> {
+    pub fn hashtag(&self) -> Option<&str> {
         match self.words.as_slice() {
             [w] if self.text.trim_start_matches('#').chars().all(is_word_char) => {
                 Some(w.text.as_str())
@@ -162,11 +162,11 @@ fn words(text: &str) -> Vec<Word> {
 
 /// Exponential backoff between reconnection attempts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Backoff {
+pub struct Backoff {
     /// The wait before the first retry.
-    pub(crate) initial: Duration,
+    pub initial: Duration,
     /// The longest wait.
-    pub(crate) max: Duration,
+    pub max: Duration,
 }
 
 impl Default for Backoff {
@@ -181,7 +181,7 @@ impl Default for Backoff {
 impl Backoff {
     /// The wait before retry number `attempt` (1 for the first retry): `initial`, doubled each
     /// time, capped at `max`.
-    pub(crate) fn delay(&self, attempt: u32) -> Duration {
+    pub fn delay(&self, attempt: u32) -> Duration {
         let factor = 1u32 << attempt.saturating_sub(1).min(16);
         self.initial.saturating_mul(factor).min(self.max)
     }
@@ -189,7 +189,7 @@ impl Backoff {
 
 /// The HTTP client every network source uses: a connect timeout, and a user agent naming
 /// this example. Fails only if no client can be built.
-pub(crate) fn http_client() -> Result<reqwest::Client, String> {
+pub fn http_client() -> Result<reqwest::Client, String> {
     reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
         .user_agent(concat!(
@@ -201,7 +201,7 @@ pub(crate) fn http_client() -> Result<reqwest::Client, String> {
 }
 
 /// Seconds with one decimal when under ten ("0.5 s", "12 s"), for status lines.
-pub(crate) fn secs(d: Duration) -> String {
+pub fn secs(d: Duration) -> String {
     if d < Duration::from_secs(10) {
         format!("{:.1} s", d.as_secs_f64())
     } else {

@@ -31,22 +31,22 @@ const MAX_LINE: usize = 1 << 20;
 
 /// Where and how to reach the X API.
 #[derive(Clone, Debug)]
-pub(crate) struct XConfig {
+pub struct XConfig {
     /// The API base URL (`https://api.x.com`; tests point it at a local server).
-    pub(crate) api: String,
+    pub api: String,
     /// The app's bearer token.
-    pub(crate) bearer_token: String,
+    pub bearer_token: String,
     /// Waits between reconnections.
-    pub(crate) backoff: Backoff,
+    pub backoff: Backoff,
     /// The shortest wait after HTTP 429 (X asks for a minute).
-    pub(crate) rate_limit_wait: Duration,
+    pub rate_limit_wait: Duration,
     /// Re-open the connection when nothing, not even a keep-alive, came for this long.
-    pub(crate) stall_timeout: Duration,
+    pub stall_timeout: Duration,
 }
 
 impl XConfig {
     /// The defaults for the real API with `bearer_token`.
-    pub(crate) fn new(bearer_token: String) -> XConfig {
+    pub fn new(bearer_token: String) -> XConfig {
         XConfig {
             api: "https://api.x.com".into(),
             bearer_token,
@@ -58,7 +58,7 @@ impl XConfig {
 }
 
 /// The X filtered-stream source. Cheap to share: one connection serves every term.
-pub(crate) struct XSource {
+pub struct XSource {
     shared: Arc<Shared>,
 }
 
@@ -99,7 +99,7 @@ enum Command {
 
 impl XSource {
     /// A source for `config`. Fails only if no HTTP client can be built.
-    pub(crate) fn new(config: XConfig) -> Result<XSource, String> {
+    pub fn new(config: XConfig) -> Result<XSource, String> {
         let http = http_client()?;
         Ok(XSource {
             shared: Arc::new(Shared {
@@ -116,7 +116,7 @@ impl XSource {
 
     /// Whether the connection task is running (it runs exactly while some term is open).
     #[allow(dead_code)] // for the tests
-    pub(crate) fn is_running(&self) -> bool {
+    pub fn is_running(&self) -> bool {
         lock(&self.shared.state)
             .commands
             .as_ref()

@@ -2,20 +2,14 @@
 //! Stop, no new card. Two pages searching one term share one upstream.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
-#[path = "../examples/tweets/app.rs"]
-#[allow(dead_code)]
-mod app;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use app::corpus::Corpus;
-use app::hub::Hub;
-use support::browser::Browser;
-use support::eventually;
 use switchboard::{InMemoryLayer, Layer};
+use test_support::browser::Browser;
+use test_support::eventually;
+use tweets::corpus::Corpus;
+use tweets::hub::Hub;
 
 async fn count(b: &Browser) -> u64 {
     b.attr("#count", "data-count")
@@ -31,13 +25,15 @@ async fn search_shows_cards_stop_stops_them_and_two_pages_share_an_upstream() {
     let corpus = Corpus::bundled(2000.0).unwrap();
     let interval = Duration::from_millis(300);
     let hub = Hub::new(layer.clone(), Arc::new(corpus.clone()), interval);
-    let settings = app::Settings {
+    let settings = tweets::Settings {
         corpus: Some(corpus),
-        ..app::Settings::default()
+        ..tweets::Settings::default()
     };
-    let addr = support::serve(app::router(hub.clone(), layer, settings)).await;
+    let addr = test_support::serve(tweets::router(hub.clone(), layer, settings)).await;
     let base = format!("http://{addr}/");
-    let (ann, bob) = tokio::join!(Browser::start(), Browser::start());
+    let (Some(ann), Some(bob)) = tokio::join!(Browser::start(), Browser::start()) else {
+        return;
+    };
 
     ann.client.goto(&base).await.unwrap();
     // Search and Stop are enabled once the WebSocket is open.

@@ -3,22 +3,12 @@
 //! keep-alives, reconnect with backoff) and a Mastodon hashtag stream (server-sent events).
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
-#[path = "../examples/tweets/app.rs"]
-#[allow(dead_code)]
-mod app;
-
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use app::hub::Hub;
-use app::mastodon::{MastodonConfig, MastodonSource};
-use app::source::{Backoff, PostStream, Source, SourceEvent, Term};
-use app::x::{XConfig, XSource};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Query, State};
@@ -27,9 +17,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
-use support::{eventually, ws};
 use switchboard::{InMemoryLayer, Layer};
+use test_support::{eventually, ws};
 use tokio::sync::mpsc;
+use tweets::hub::Hub;
+use tweets::mastodon::{MastodonConfig, MastodonSource};
+use tweets::source::{Backoff, PostStream, Source, SourceEvent, Term};
+use tweets::x::{XConfig, XSource};
 
 const TOKEN: &str = "test-bearer-token";
 
@@ -196,7 +190,7 @@ impl FakeX {
                 axum::routing::post(x_rules),
             )
             .with_state(x.clone());
-        (x.clone(), support::serve(router).await)
+        (x.clone(), test_support::serve(router).await)
     }
 
     fn tag_of(&self, value_prefix: &str) -> Option<(String, String)> {
@@ -265,7 +259,7 @@ fn status_of(e: SourceEvent) -> String {
     }
 }
 
-async fn next_post(s: &mut PostStream) -> app::source::Post {
+async fn next_post(s: &mut PostStream) -> tweets::source::Post {
     loop {
         match next_event(s).await {
             SourceEvent::Post(p) => return p,
@@ -442,7 +436,12 @@ async fn x_through_the_app_first_post_at_once_reposts_skipped_and_leaving_cleans
     let layer = Layer::new(InMemoryLayer::default());
     let source = Arc::new(x_source(addr, TOKEN));
     let hub = Hub::new(layer.clone(), source.clone(), Duration::from_millis(200));
-    let app_addr = support::serve(app::router(hub.clone(), layer, app::Settings::default())).await;
+    let app_addr = test_support::serve(tweets::router(
+        hub.clone(),
+        layer,
+        tweets::Settings::default(),
+    ))
+    .await;
 
     let mut c = ws(app_addr, "/ws/map/").await;
     c.send_json(json!({"type": "listen", "message": "#RustLang"}))
@@ -536,7 +535,7 @@ impl FakeMastodon {
         let router = Router::new()
             .route("/api/v1/streaming/hashtag", get(mastodon_hashtag))
             .with_state(m.clone());
-        (m.clone(), support::serve(router).await)
+        (m.clone(), test_support::serve(router).await)
     }
 
     fn update(id: &str, acct: &str, html: &str, reblog: bool) -> String {
@@ -648,7 +647,12 @@ async fn mastodon_through_the_app() {
         Arc::new(mastodon_source(addr, None)),
         Duration::from_millis(100),
     );
-    let app_addr = support::serve(app::router(hub.clone(), layer, app::Settings::default())).await;
+    let app_addr = test_support::serve(tweets::router(
+        hub.clone(),
+        layer,
+        tweets::Settings::default(),
+    ))
+    .await;
     let mut c = ws(app_addr, "/ws/map/").await;
     c.send_json(json!({"type": "listen", "message": "two words"}))
         .await;
@@ -757,7 +761,7 @@ async fn mastodon_an_endless_event_is_cut_off() {
     eventually("connected", Duration::from_secs(5), || m.feed.open() == 1).await;
     let huge = format!(
         "event: update\ndata: {}",
-        "x".repeat(app::mastodon::MAX_EVENT_BYTES + 1)
+        "x".repeat(tweets::mastodon::MAX_EVENT_BYTES + 1)
     );
     m.feed.push(&huge);
     let (e, mut s) = pending.await.unwrap();

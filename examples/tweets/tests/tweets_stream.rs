@@ -3,24 +3,18 @@
 //! upstream, and the last one to leave ends it.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
-#[path = "../examples/tweets/app.rs"]
-#[allow(dead_code)]
-mod app;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use app::corpus::Corpus;
-use app::hub::Hub;
-use app::source::{PostStream, Source, Term};
 use futures_util::StreamExt;
 use serde_json::json;
-use support::{WsClient, eventually, ws};
 use switchboard::{InMemoryLayer, Layer};
+use test_support::{WsClient, eventually, ws};
+use tweets::corpus::Corpus;
+use tweets::hub::Hub;
+use tweets::source::{PostStream, Source, Term};
 
 /// Counts the streams a source has open, to show when an upstream is really gone.
 struct Counting {
@@ -80,11 +74,11 @@ async fn start_with(corpus: Corpus, interval_ms: u64) -> App {
         Arc::new(source),
         Duration::from_millis(interval_ms),
     );
-    let settings = app::Settings {
+    let settings = tweets::Settings {
         corpus: Some(corpus),
-        ..app::Settings::default()
+        ..tweets::Settings::default()
     };
-    let addr = support::serve(app::router(hub.clone(), layer, settings)).await;
+    let addr = test_support::serve(tweets::router(hub.clone(), layer, settings)).await;
     App {
         addr,
         hub,
@@ -419,11 +413,11 @@ async fn new_terms_past_max_terms_are_refused_with_an_error_frame() {
         Duration::from_millis(100),
         2,
     );
-    let settings = app::Settings {
+    let settings = tweets::Settings {
         corpus: Some(corpus),
-        ..app::Settings::default()
+        ..tweets::Settings::default()
     };
-    let addr = support::serve(app::router(hub.clone(), layer, settings)).await;
+    let addr = test_support::serve(tweets::router(hub.clone(), layer, settings)).await;
     let mut a = ws(addr, "/ws/map/").await;
     let mut b = ws(addr, "/ws/map/").await;
     let mut c = ws(addr, "/ws/map/").await;
@@ -501,6 +495,6 @@ async fn only_web_links_reach_the_page() {
         };
         assert_eq!(got[id], expected, "post {id} with url {url:?}");
     }
-    assert_eq!(app::safe_url("https://x.example/a b"), "");
-    assert_eq!(app::safe_url("https://x.example/\u{0}"), "");
+    assert_eq!(tweets::safe_url("https://x.example/a b"), "");
+    assert_eq!(tweets::safe_url("https://x.example/\u{0}"), "");
 }
