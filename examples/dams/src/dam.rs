@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 /// Who may own a dam: the form offers exactly these.
-pub(crate) const OWNERS: &[&str] = &[
+pub const OWNERS: &[&str] = &[
     "Bureau of Reclamation",
     "U.S. Army Corps of Engineers",
     "Tennessee Valley Authority",
@@ -19,45 +19,65 @@ const MAX_TEXT: usize = 100;
 
 /// A stored dam.
 #[derive(Clone, Debug, PartialEq, Serialize)]
-pub(crate) struct Dam {
-    pub(crate) id: i64,
-    pub(crate) name: String,
-    pub(crate) owner: String,
-    pub(crate) river: String,
-    /// YYYY-MM-DD.
-    pub(crate) built: String,
-    pub(crate) latitude: f64,
-    pub(crate) longitude: f64,
-    pub(crate) added_by: String,
+pub struct Dam {
+    /// The database's id.
+    pub id: i64,
+    /// Its name.
+    pub name: String,
+    /// Who owns it (one of [`OWNERS`]).
+    pub owner: String,
+    /// The river it dams.
+    pub river: String,
+    /// When it was completed: YYYY-MM-DD.
+    pub built: String,
+    /// Degrees north.
+    pub latitude: f64,
+    /// Degrees east.
+    pub longitude: f64,
+    /// The user who added it.
+    pub added_by: String,
 }
 
 /// A dam that passed validation, ready to store.
 #[derive(Clone, Debug, PartialEq)]
-pub(crate) struct NewDam {
-    pub(crate) name: String,
-    pub(crate) owner: String,
-    pub(crate) river: String,
-    pub(crate) built: String,
-    pub(crate) latitude: f64,
-    pub(crate) longitude: f64,
+pub struct NewDam {
+    /// Its name.
+    pub name: String,
+    /// Who owns it.
+    pub owner: String,
+    /// The river it dams.
+    pub river: String,
+    /// YYYY-MM-DD.
+    pub built: String,
+    /// Degrees north.
+    pub latitude: f64,
+    /// Degrees east.
+    pub longitude: f64,
 }
 
 /// The add form as submitted: every field as typed (missing fields are empty).
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(default)]
-pub(crate) struct DamForm {
-    pub(crate) name: String,
-    pub(crate) owner: String,
-    pub(crate) river: String,
-    pub(crate) built: String,
-    pub(crate) latitude: String,
-    pub(crate) longitude: String,
+pub struct DamForm {
+    /// Name, as typed.
+    pub name: String,
+    /// Owner, as chosen.
+    pub owner: String,
+    /// River, as typed.
+    pub river: String,
+    /// Completion date, as typed.
+    pub built: String,
+    /// Latitude, as typed.
+    pub latitude: String,
+    /// Longitude, as typed.
+    pub longitude: String,
+    /// The form's CSRF token.
     #[serde(skip_serializing)]
-    pub(crate) csrf_token: String,
+    pub csrf_token: String,
 }
 
 /// Errors by field name, for the template to show beside each field.
-pub(crate) type FieldErrors = BTreeMap<&'static str, String>;
+pub type FieldErrors = BTreeMap<&'static str, String>;
 
 const REQUIRED: &str = "This field is required.";
 
@@ -114,7 +134,7 @@ fn parse_date(s: &str) -> Option<time::Date> {
 
 impl DamForm {
     /// Checks every field; `Err` holds one message per bad field. `today` bounds the date built.
-    pub(crate) fn validate(&self, today: time::Date) -> Result<NewDam, FieldErrors> {
+    pub fn validate(&self, today: time::Date) -> Result<NewDam, FieldErrors> {
         let mut errors = FieldErrors::new();
         let name = text_field(&mut errors, "name", &self.name);
         let river = text_field(&mut errors, "river", &self.river);
@@ -166,30 +186,43 @@ impl DamForm {
 /// The plot of dam locations: an equirectangular projection of the box around them, drawn as
 /// SVG in the page (no map tiles, nothing fetched).
 #[derive(Debug, Serialize)]
-pub(crate) struct Plot {
-    pub(crate) width: u32,
-    pub(crate) height: u32,
-    pub(crate) points: Vec<PlotPoint>,
-    pub(crate) meridians: Vec<GridLine>,
-    pub(crate) parallels: Vec<GridLine>,
+pub struct Plot {
+    /// The SVG's width.
+    pub width: u32,
+    /// The SVG's height.
+    pub height: u32,
+    /// One dot per dam.
+    pub points: Vec<PlotPoint>,
+    /// Vertical grid lines.
+    pub meridians: Vec<GridLine>,
+    /// Horizontal grid lines.
+    pub parallels: Vec<GridLine>,
 }
 
+/// One dam's dot on the plot.
 #[derive(Debug, Serialize)]
-pub(crate) struct PlotPoint {
-    pub(crate) id: i64,
-    pub(crate) x: f64,
-    pub(crate) y: f64,
-    pub(crate) name: String,
-    pub(crate) river: String,
+pub struct PlotPoint {
+    /// The dam's id.
+    pub id: i64,
+    /// Where, across.
+    pub x: f64,
+    /// Where, down.
+    pub y: f64,
+    /// The dam's name.
+    pub name: String,
+    /// Its river.
+    pub river: String,
     /// Label on the left of the dot when the dot is near the right edge.
-    pub(crate) label_left: bool,
+    pub label_left: bool,
 }
 
+/// A grid line of the plot.
 #[derive(Debug, Serialize)]
-pub(crate) struct GridLine {
+pub struct GridLine {
     /// x of a meridian or y of a parallel.
-    pub(crate) at: f64,
-    pub(crate) label: String,
+    pub at: f64,
+    /// Its degrees, as shown.
+    pub label: String,
 }
 
 const W: f64 = 720.0;
@@ -207,7 +240,7 @@ fn degrees(v: f64, pos: char, neg: char) -> String {
 }
 
 /// The plot for `dams`; `None` when there are none.
-pub(crate) fn plot(dams: &[Dam]) -> Option<Plot> {
+pub fn plot(dams: &[Dam]) -> Option<Plot> {
     if dams.is_empty() {
         return None;
     }

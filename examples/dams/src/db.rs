@@ -17,7 +17,7 @@ use rusqlite_migration::{M, Migrations};
 use super::dam::{Dam, NewDam};
 
 /// The schema, in order. Never edit a shipped migration: add the next one.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_initial.sql")];
+const MIGRATIONS: &[&str] = &[include_str!("../migrations/0001_initial.sql")];
 
 /// A few real dams (public facts, rounded) so a fresh inventory is not empty.
 const DEMO_DAMS: &[(&str, &str, &str, &str, f64, f64)] = &[
@@ -145,7 +145,7 @@ fn insert_demo_dams(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
 
 /// What can go wrong with the database.
 #[derive(Debug)]
-pub(crate) struct DbError(pub(crate) String);
+pub struct DbError(pub String);
 
 impl std::fmt::Display for DbError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -163,7 +163,7 @@ impl From<rusqlite::Error> for DbError {
 
 /// The result of adding a dam.
 #[derive(Debug, PartialEq)]
-pub(crate) enum Added {
+pub enum Added {
     /// Stored, with this id.
     Stored(i64),
     /// The inventory holds `max` dams already; nothing was stored.
@@ -174,18 +174,18 @@ pub(crate) enum Added {
 
 /// A login session.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Session {
+pub struct Session {
     /// The cookie value.
-    pub(crate) id: String,
+    pub id: String,
     /// Who logged in.
-    pub(crate) username: String,
+    pub username: String,
     /// The token forms must carry (against cross-site request forgery).
-    pub(crate) csrf_token: String,
+    pub csrf_token: String,
 }
 
 /// The database handle. Cheap to clone.
 #[derive(Clone)]
-pub(crate) struct Db {
+pub struct Db {
     conn: Arc<Mutex<Connection>>,
 }
 
@@ -214,7 +214,7 @@ impl Db {
     /// Several processes may open one new file at the same moment (replicas starting together):
     /// exactly one of them creates the schema and the demo dams, in one transaction; the others
     /// wait for it and find the schema made.
-    pub(crate) fn open(path: &Path, demo_dams: bool) -> Result<Db, DbError> {
+    pub fn open(path: &Path, demo_dams: bool) -> Result<Db, DbError> {
         let mut conn = Connection::open(path)
             .map_err(|e| DbError(format!("cannot open {}: {e}", path.display())))?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
@@ -281,7 +281,7 @@ impl Db {
     }
 
     /// Every dam, by name.
-    pub(crate) async fn dams(&self) -> Result<Vec<Dam>, DbError> {
+    pub async fn dams(&self) -> Result<Vec<Dam>, DbError> {
         self.call(|c| {
             let mut stmt = c.prepare(
                 "SELECT id, name, owner, river, built_on, latitude, longitude, added_by
@@ -307,7 +307,7 @@ impl Db {
     /// Adds a dam unless the inventory holds `max` dams or the name is taken. The check and the
     /// insert are one write transaction, so concurrent adds (in this process or another) cannot
     /// both squeeze past the limit.
-    pub(crate) async fn add_dam(
+    pub async fn add_dam(
         &self,
         dam: NewDam,
         added_by: String,
@@ -337,7 +337,7 @@ impl Db {
     }
 
     /// Starts a session for `username`, valid for `ttl`. Expired sessions are swept on the way.
-    pub(crate) async fn create_session(
+    pub async fn create_session(
         &self,
         username: String,
         ttl: Duration,
@@ -360,7 +360,7 @@ impl Db {
     }
 
     /// The live session with this id.
-    pub(crate) async fn session(&self, id: String) -> Result<Option<Session>, DbError> {
+    pub async fn session(&self, id: String) -> Result<Option<Session>, DbError> {
         self.call(move |c| {
             Ok(c.query_row(
                 "SELECT id, username, csrf_token FROM sessions WHERE id = ?1 AND expires_at > ?2",
@@ -379,7 +379,7 @@ impl Db {
     }
 
     /// Ends a session.
-    pub(crate) async fn delete_session(&self, id: String) -> Result<(), DbError> {
+    pub async fn delete_session(&self, id: String) -> Result<(), DbError> {
         self.call(move |c| {
             c.execute("DELETE FROM sessions WHERE id = ?1", [id])?;
             Ok(())

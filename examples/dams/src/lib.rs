@@ -1,7 +1,7 @@
 //! The dam inventory: pages, login, the add form, and the notifications consumer. `main.rs`
 //! parses flags and serves it; the tests mount it in-process.
 //!
-//! Routes (also in `docs/dams.md`):
+//! Routes (the whole of them in `README.md`):
 //! - `GET /dams/` — the inventory: a table and a plot of locations. Anyone may read it.
 //! - `GET|POST /dams/add/` — the add form; needs a login with the `add` permission. Invalid
 //!   input re-shows the form with an error beside each bad field and stores nothing; so does a
@@ -12,12 +12,9 @@
 //!   (anything else is refused with 403 by the endpoint's authentication hook); relays the
 //!   notifications to the page, which shows a "refresh?" dialog.
 
-#[path = "dam.rs"]
-pub(crate) mod dam;
-#[path = "db.rs"]
-pub(crate) mod db;
-#[path = "users.rs"]
-pub(crate) mod users;
+pub mod dam;
+pub mod db;
+pub mod users;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,9 +29,11 @@ use axum::routing::get;
 use minijinja::{Environment, context};
 use serde::Deserialize;
 use serde_json::json;
+use switchboard::endpoint::Authenticate;
+use switchboard::http::StatusCode as Status;
 use switchboard::{
-    Authenticate, ConnectionConfig, Consumer, Context, Endpoint, Error, Frame, Layer, Origins,
-    Refusal, Result, Scope, async_trait,
+    Connection, ConnectionConfig, Consumer, Endpoint, Error, Frame, GroupName, Layer, Origins,
+    Refusal, Result, Scope,
 };
 
 use self::dam::{DamForm, OWNERS};
@@ -42,34 +41,42 @@ use self::db::{Added, Db, Session};
 use self::users::{Permission, User, Users};
 
 /// The group every notifications socket joins.
-pub(crate) const NOTIFICATIONS: &str = "notifications";
+pub const NOTIFICATIONS: &str = "notifications";
+
+/// [`NOTIFICATIONS`] as a group name, validated once.
+fn notifications() -> &'static GroupName {
+    static GROUP: std::sync::LazyLock<GroupName> = std::sync::LazyLock::new(|| {
+        GroupName::new(NOTIFICATIONS).unwrap_or_else(|e| unreachable!("{e}")) // ok: a valid literal
+    });
+    &GROUP
+}
 /// The session cookie's name.
-pub(crate) const SESSION_COOKIE: &str = "sessionid";
+pub const SESSION_COOKIE: &str = "sessionid";
 
 /// How the app is set up.
 #[derive(Clone, Debug)]
-pub(crate) struct Settings {
+pub struct Settings {
     /// Adding past this many dams is refused.
-    pub(crate) max_dams: usize,
+    pub max_dams: usize,
     /// How long a login lasts.
-    pub(crate) session_ttl: Duration,
+    pub session_ttl: Duration,
     /// Mark the session cookie `Secure` (serve over HTTPS).
-    pub(crate) secure_cookies: bool,
+    pub secure_cookies: bool,
     /// Which browser origins may open the WebSocket.
-    pub(crate) origins: Origins,
+    pub origins: Origins,
     /// Whether clients that send no `Origin` (scripts) may connect; they still need a session.
-    pub(crate) allow_missing_origin: bool,
+    pub allow_missing_origin: bool,
     /// Per-connection limits.
-    pub(crate) connection: ConnectionConfig,
+    pub connection: ConnectionConfig,
     /// Password checks that may run at once. Each is Argon2 — 19 MiB and tens of milliseconds
     /// of CPU, run for unknown users too — and anyone may POST the login form, so a login
     /// that finds no slot free is answered 503 at once rather than queued. Clones of these
     /// settings share the slots.
-    pub(crate) password_checks: Arc<Semaphore>,
+    pub password_checks: Arc<Semaphore>,
 }
 
 /// How many password checks may run at once by default.
-pub(crate) const DEFAULT_PASSWORD_CHECKS: usize = 4;
+pub const DEFAULT_PASSWORD_CHECKS: usize = 4;
 
 impl Default for Settings {
     fn default() -> Self {
@@ -97,11 +104,11 @@ struct AppState {
 fn pages() -> Environment<'static> {
     let mut env = Environment::new();
     for (name, source) in [
-        ("base.html", include_str!("templates/base.html")),
-        ("home.html", include_str!("templates/home.html")),
-        ("add.html", include_str!("templates/add.html")),
-        ("login.html", include_str!("templates/login.html")),
-        ("message.html", include_str!("templates/message.html")),
+        ("base.html", include_str!("../templates/base.html")),
+        ("home.html", include_str!("../templates/home.html")),
+        ("add.html", include_str!("../templates/add.html")),
+        ("login.html", include_str!("../templates/login.html")),
+        ("message.html", include_str!("../templates/message.html")),
     ] {
         // The templates are part of the program; the tests render every one of them.
         if let Err(e) = env.add_template(name, source) {
@@ -361,7 +368,7 @@ async fn add_submit(
             tracing::info!(id, %name, "dam added");
             // Every open inventory page hears about it — in this process or, on Redis, any.
             let note = json!({"type": "dam.notification", "message": "New Dam", "name": name});
-            if let Err(e) = st.layer.group_send(NOTIFICATIONS, note).await {
+            if let Err(e) = st.layer.group_send(notifications(), note).await {
                 tracing::warn!(error = %e, "the dam is stored but the notification was not sent");
             }
             let added: String = form_urlencoded::byte_serialize(name.as_bytes()).collect();
@@ -378,7 +385,7 @@ struct NextQuery {
 /// Only paths on this site: `/x`, never `//host` or `/\host` — nor anything with a control
 /// character, whitespace or a backslash anywhere: browsers drop tabs and newlines from a
 /// `Location` and read `\` as `/`, so `/\t/evil.example` would become `//evil.example`.
-pub(crate) fn safe_next(next: Option<&str>) -> &str {
+pub fn safe_next(next: Option<&str>) -> &str {
     match next {
         Some(n)
             if n.starts_with('/')
@@ -525,7 +532,6 @@ struct SessionAuth {
     users: Arc<Users>,
 }
 
-#[async_trait]
 impl Authenticate for SessionAuth {
     async fn authenticate(&self, scope: &mut Scope) -> std::result::Result<(), Refusal> {
         let id = session_id(scope.cookie(SESSION_COOKIE))
@@ -534,9 +540,9 @@ impl Authenticate for SessionAuth {
             .db
             .session(id)
             .await
-            .map_err(|e| Refusal {
-                status: 503,
-                reason: e.to_string(),
+            .map_err(|e| {
+                let told = switchboard::error::report("reading the session", &e);
+                Refusal::new(Status::SERVICE_UNAVAILABLE, told)
             })?
             .ok_or_else(|| Refusal::forbidden("session expired or unknown"))?;
         let user = self
@@ -557,34 +563,41 @@ impl Authenticate for SessionAuth {
 /// What the notifications group carries.
 #[derive(Deserialize, Debug)]
 #[serde(tag = "type")]
-pub(crate) enum DamEvent {
+pub enum DamEvent {
+    /// A dam was added.
     #[serde(rename = "dam.notification")]
-    Notification { message: String, name: String },
+    Notification {
+        /// What happened ("New Dam").
+        message: String,
+        /// The dam's name.
+        name: String,
+    },
 }
 
 /// One inventory page's notifications socket.
 #[derive(Debug)]
-pub(crate) struct NotificationsConsumer;
+pub struct NotificationsConsumer;
 
-#[async_trait]
 impl Consumer for NotificationsConsumer {
     type Incoming = Frame;
     type Event = DamEvent;
 
-    async fn connect(&mut self, cx: &mut Context) -> Result<()> {
-        cx.group_add(NOTIFICATIONS).await?;
-        cx.accept().await
+    async fn connect(&mut self, conn: &mut Connection) -> Result<()> {
+        conn.group_add(notifications()).await?;
+        conn.accept().await
     }
 
-    async fn receive(&mut self, _cx: &mut Context, _frame: Frame) -> Result<()> {
+    async fn receive(&mut self, _conn: &mut Connection, _frame: Frame) -> Result<()> {
         Err(Error::protocol("this socket only sends notifications"))
     }
 
-    async fn event(&mut self, cx: &mut Context, event: DamEvent) -> Result<()> {
+    async fn event(&mut self, conn: &mut Connection, event: DamEvent) -> Result<()> {
         match event {
             DamEvent::Notification { message, name } => {
-                cx.send_json(&json!({"type": "dam.notification", "message": message, "name": name}))
-                    .await
+                conn.send_json(
+                    &json!({"type": "dam.notification", "message": message, "name": name}),
+                )
+                .await
             }
         }
     }
@@ -595,7 +608,7 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
 }
 
 /// The whole app.
-pub(crate) fn router(db: Db, users: Users, layer: Layer, settings: Settings) -> Router {
+pub fn router(db: Db, users: Users, layer: Layer, settings: Settings) -> Router {
     let users = Arc::new(users);
     let ws = Endpoint::new(layer.clone(), |_: &Scope| NotificationsConsumer)
         .authenticate(SessionAuth {
@@ -621,14 +634,19 @@ pub(crate) fn router(db: Db, users: Users, layer: Layer, settings: Settings) -> 
         .route("/dams/notifications/ws/", ws.into_route())
         .route(
             "/static/dams.css",
-            get(|| async { asset("text/css; charset=utf-8", include_str!("static/dams.css")) }),
+            get(|| async {
+                asset(
+                    "text/css; charset=utf-8",
+                    include_str!("../static/dams.css"),
+                )
+            }),
         )
         .route(
             "/static/dams.js",
             get(|| async {
                 asset(
                     "text/javascript; charset=utf-8",
-                    include_str!("static/dams.js"),
+                    include_str!("../static/dams.js"),
                 )
             }),
         )

@@ -10,10 +10,10 @@
 //! open <http://127.0.0.1:8000/> and log in as `editor` / `dams-editor`:
 //!
 //! ```text
-//! cargo run --release --example dams
+//! cargo run --release -p dams
 //! ```
 //!
-//! Your own users: `cargo run --release --example dams -- hash-password` reads a password and
+//! Your own users: `cargo run --release -p dams -- hash-password` reads a password and
 //! prints its hash; put it in a users file (see `examples/dams/demo-users.toml`) and pass
 //! `--users FILE`, or pass `--user NAME:view,add:HASH`.
 
@@ -22,20 +22,13 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-#[path = "../common/flags.rs"]
-mod flags;
-#[path = "../common/layer_args.rs"]
-mod layer_args;
-#[path = "../common/serve.rs"]
-mod serve;
-
-mod app;
-
-use app::users::{Users, hash_password};
+use dams::users::{Users, hash_password};
+use example_support::LayerArgs;
+use example_support::flags;
 
 /// The demo users: editor (view, add) / dams-editor, viewer (view) / dams-viewer,
 /// guest (no permissions) / dams-guest.
-const DEMO_USERS: &str = include_str!("demo-users.toml");
+const DEMO_USERS: &str = include_str!("../demo-users.toml");
 
 /// Flags.
 #[derive(Parser, Debug)]
@@ -66,10 +59,10 @@ struct Args {
     secure_cookies: bool,
     /// Password checks (Argon2, 19 MiB each) that may run at once; a login past them is
     /// answered 503 "try again in a moment".
-    #[arg(long, default_value_t = app::DEFAULT_PASSWORD_CHECKS, value_parser = flags::at_least_one)]
+    #[arg(long, default_value_t = dams::DEFAULT_PASSWORD_CHECKS, value_parser = flags::at_least_one)]
     max_password_checks: usize,
     #[command(flatten)]
-    layer: layer_args::LayerArgs,
+    layer: LayerArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -101,7 +94,7 @@ fn load_users(args: &Args) -> Result<Users, String> {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    serve::init_tracing();
+    example_support::init_tracing();
     let args = Args::parse();
     if let Some(Command::HashPassword) = args.command {
         let mut line = String::new();
@@ -114,15 +107,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         return Ok(());
     }
     let users = load_users(&args)?;
-    let db = app::db::Db::open(&args.db, !args.no_demo_dams)?;
+    let db = dams::db::Db::open(&args.db, !args.no_demo_dams)?;
     let layer = args.layer.build().await?;
-    let settings = app::Settings {
+    let settings = dams::Settings {
         max_dams: args.max_dams,
         secure_cookies: args.secure_cookies,
         password_checks: std::sync::Arc::new(tokio::sync::Semaphore::new(args.max_password_checks)),
-        ..app::Settings::default()
+        ..dams::Settings::default()
     };
-    let router = app::router(db, users, layer, settings);
+    let router = dams::router(db, users, layer, settings);
     let listener = tokio::net::TcpListener::bind(args.addr).await?;
     tracing::info!(
         "dams on http://{} (database {}, at most {} dams, {})",
@@ -131,6 +124,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         args.max_dams,
         args.layer.describe()
     );
-    serve::serve(listener, router).await?;
+    example_support::serve(listener, router).await?;
     Ok(())
 }

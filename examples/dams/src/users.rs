@@ -20,7 +20,7 @@ use serde::Deserialize;
 /// What a user may do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub(crate) enum Permission {
+pub enum Permission {
     /// Get new-dam notifications.
     View,
     /// Add dams.
@@ -42,17 +42,19 @@ impl std::str::FromStr for Permission {
 
 /// One user.
 #[derive(Clone, Debug, Deserialize)]
-pub(crate) struct User {
-    pub(crate) name: String,
+pub struct User {
+    /// The login name.
+    pub name: String,
     /// An Argon2 PHC string.
-    pub(crate) password_hash: String,
+    pub password_hash: String,
+    /// What the user may do.
     #[serde(default)]
-    pub(crate) permissions: Vec<Permission>,
+    pub permissions: Vec<Permission>,
 }
 
 impl User {
     /// Whether the user has `p`.
-    pub(crate) fn can(&self, p: Permission) -> bool {
+    pub fn can(&self, p: Permission) -> bool {
         self.permissions.contains(&p)
     }
 }
@@ -66,7 +68,7 @@ struct File {
 
 /// Every user, by name.
 #[derive(Clone, Debug, Default)]
-pub(crate) struct Users {
+pub struct Users {
     by_name: HashMap<String, User>,
     /// Verified against when the name is unknown, so a wrong name costs as long as a wrong
     /// password (no timing hint about which names exist).
@@ -89,7 +91,7 @@ fn check_name(name: &str) -> Result<(), String> {
 
 impl Users {
     /// Users from a list; names must be unique and hashes valid PHC strings.
-    pub(crate) fn new(list: Vec<User>) -> Result<Users, String> {
+    pub fn new(list: Vec<User>) -> Result<Users, String> {
         let mut by_name = HashMap::new();
         for u in list {
             check_name(&u.name)?;
@@ -111,19 +113,19 @@ impl Users {
 
     /// Users from a TOML file's text (see the module docs).
     #[allow(dead_code)] // for the tests
-    pub(crate) fn from_toml(text: &str) -> Result<Users, String> {
+    pub fn from_toml(text: &str) -> Result<Users, String> {
         Users::new(Users::list_from_toml(text)?)
     }
 
     /// The users a TOML file's text lists, unchecked (see [`Users::new`]).
-    pub(crate) fn list_from_toml(text: &str) -> Result<Vec<User>, String> {
+    pub fn list_from_toml(text: &str) -> Result<Vec<User>, String> {
         let file: File = toml::from_str(text).map_err(|e| e.to_string())?;
         Ok(file.user)
     }
 
     /// A user from a flag: `NAME:PERMISSIONS:HASH`, permissions comma-separated (may be empty),
     /// e.g. `ann:view,add:$argon2id$v=19$…`.
-    pub(crate) fn parse_flag(spec: &str) -> Result<User, String> {
+    pub fn parse_flag(spec: &str) -> Result<User, String> {
         let mut parts = spec.splitn(3, ':');
         let (Some(name), Some(perms), Some(hash)) = (parts.next(), parts.next(), parts.next())
         else {
@@ -142,13 +144,13 @@ impl Users {
     }
 
     /// The user called `name`.
-    pub(crate) fn get(&self, name: &str) -> Option<&User> {
+    pub fn get(&self, name: &str) -> Option<&User> {
         self.by_name.get(name)
     }
 
     /// The user if `password` is theirs. Slow on purpose (Argon2): call it off the async
     /// threads.
-    pub(crate) fn verify(&self, name: &str, password: &str) -> Option<&User> {
+    pub fn verify(&self, name: &str, password: &str) -> Option<&User> {
         let (user, hash) = match self.by_name.get(name) {
             Some(u) => (Some(u), u.password_hash.as_str()),
             None => (None, self.decoy.as_str()),
@@ -162,7 +164,7 @@ impl Users {
 }
 
 /// An Argon2id hash of `password` in PHC form, with a fresh random salt and the default cost.
-pub(crate) fn hash_password(password: &str) -> Result<String, String> {
+pub fn hash_password(password: &str) -> Result<String, String> {
     let salt = SaltString::generate(&mut OsRng);
     Argon2::default()
         .hash_password(password.as_bytes(), &salt)

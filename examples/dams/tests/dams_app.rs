@@ -4,22 +4,16 @@
 //! on one layer notifying each other's pages, and replicas opening one new database at once.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
-#[path = "../examples/dams/app.rs"]
-#[allow(dead_code)]
-mod app;
-
 use std::net::SocketAddr;
 use std::sync::OnceLock;
 
-use app::db::Db;
-use app::users::{User, Users, hash_password};
+use dams::db::Db;
+use dams::users::{User, Users, hash_password};
 use reqwest::StatusCode;
 use reqwest::redirect::Policy;
 use serde_json::json;
-use support::{TempDir, WsClient, try_ws_with};
 use switchboard::{InMemoryLayer, Layer};
+use test_support::{TempDir, WsClient, try_ws_with};
 
 const NOTIFICATIONS: &str = "/dams/notifications/ws/";
 
@@ -67,11 +61,11 @@ async fn start(max_dams: usize) -> App {
 }
 
 async fn serve(db: &Db, layer: Layer, max_dams: usize) -> SocketAddr {
-    let settings = app::Settings {
+    let settings = dams::Settings {
         max_dams,
-        ..app::Settings::default()
+        ..dams::Settings::default()
     };
-    support::serve(app::router(db.clone(), users(), layer, settings)).await
+    test_support::serve(dams::router(db.clone(), users(), layer, settings)).await
 }
 
 fn client() -> reqwest::Client {
@@ -540,7 +534,7 @@ async fn the_schema_is_created_on_first_run_and_the_data_stays() {
     assert!(!path.exists());
     let db = Db::open(&path, true).unwrap();
     assert_eq!(db.dams().await.unwrap().len(), 8, "demo dams on first run");
-    let new = app::dam::DamForm {
+    let new = dams::dam::DamForm {
         name: "Test Dam".into(),
         owner: "Private company".into(),
         river: "Test River".into(),
@@ -553,7 +547,7 @@ async fn the_schema_is_created_on_first_run_and_the_data_stays() {
     .unwrap();
     assert!(matches!(
         db.add_dam(new, "t".into(), 50).await.unwrap(),
-        app::db::Added::Stored(_)
+        dams::db::Added::Stored(_)
     ));
     drop(db);
     let db = Db::open(&path, true).unwrap();
@@ -648,11 +642,11 @@ async fn logins_past_the_password_check_limit_are_refused_with_503() {
     let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(2));
     let dir = TempDir::new("dams-logins");
     let db = Db::open(&dir.path().join("dams.sqlite"), false).unwrap();
-    let settings = app::Settings {
+    let settings = dams::Settings {
         password_checks: slots.clone(),
-        ..app::Settings::default()
+        ..dams::Settings::default()
     };
-    let addr = support::serve(app::router(
+    let addr = test_support::serve(dams::router(
         db,
         users(),
         Layer::new(InMemoryLayer::default()),
@@ -695,7 +689,7 @@ async fn logins_past_the_password_check_limit_are_refused_with_503() {
         login("editor", "wrong").await.unwrap().status(),
         StatusCode::BAD_REQUEST
     );
-    support::eventually(
+    test_support::eventually(
         "the slot is back",
         std::time::Duration::from_secs(5),
         || slots.available_permits() == 1,

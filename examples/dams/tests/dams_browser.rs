@@ -3,19 +3,13 @@
 //! it; a bad form shows its errors beside the fields and notifies nobody.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
-#[path = "../examples/dams/app.rs"]
-#[allow(dead_code)]
-mod app;
-
 use std::time::Duration;
 
-use app::db::Db;
-use app::users::{Users, hash_password};
-use support::TempDir;
-use support::browser::Browser;
+use dams::db::Db;
+use dams::users::{Users, hash_password};
 use switchboard::{InMemoryLayer, Layer};
+use test_support::TempDir;
+use test_support::browser::Browser;
 
 async fn log_in(b: &Browser, base: &str, user: &str, password: &str) {
     b.client
@@ -58,9 +52,11 @@ async fn a_dam_added_in_one_page_pops_the_dialog_in_the_other() {
     ])
     .unwrap();
     let layer = Layer::new(InMemoryLayer::default());
-    let addr = support::serve(app::router(db, users, layer, app::Settings::default())).await;
+    let addr = test_support::serve(dams::router(db, users, layer, dams::Settings::default())).await;
     let base = format!("http://{addr}/");
-    let (editor, viewer) = tokio::join!(Browser::start(), Browser::start());
+    let (Some(editor), Some(viewer)) = tokio::join!(Browser::start(), Browser::start()) else {
+        return;
+    };
     log_in(&editor, &base, "editor", "editor-pw").await;
     log_in(&viewer, &base, "viewer", "viewer-pw").await;
     viewer.wait_for_text("#dams td.name", "Hoover Dam").await;
