@@ -11,17 +11,20 @@
 
 use std::fmt::Write as _;
 
-/// The layer group of a push channel.
-pub(crate) fn group_of(channel: &str) -> String {
-    format!("push.{channel}")
+use switchboard::GroupName;
+
+/// The layer group of a push channel; `None` for an id that is no channel's (see
+/// [`check_channel_id`]: every valid id makes a valid group name).
+pub fn group_of(channel: &str) -> Option<GroupName> {
+    GroupName::new(format!("push.{channel}")).ok()
 }
 
 /// Longest channel id the layer's group names allow (`push.` + id must stay under 100).
-pub(crate) const LONGEST_CHANNEL_ID: usize = 94;
+pub const LONGEST_CHANNEL_ID: usize = 94;
 
 /// Why a path or cursor was refused; becomes a 400 (or 403 for limits) with this text.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct BadRequest(pub(crate) String);
+pub struct BadRequest(pub String);
 
 fn backtrack_suffix(segment: &str) -> Option<(&str, usize)> {
     let (name, n) = segment.rsplit_once(".b")?;
@@ -32,7 +35,7 @@ fn backtrack_suffix(segment: &str) -> Option<(&str, usize)> {
 }
 
 /// Checks one channel id.
-pub(crate) fn check_channel_id(id: &str, max_len: usize) -> Result<(), BadRequest> {
+pub fn check_channel_id(id: &str, max_len: usize) -> Result<(), BadRequest> {
     if id.is_empty() {
         return Err(BadRequest("empty channel id".into()));
     }
@@ -62,15 +65,18 @@ pub(crate) fn check_channel_id(id: &str, max_len: usize) -> Result<(), BadReques
 
 /// One channel of a subscription.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct ChannelSpec {
-    pub(crate) id: String,
+pub struct ChannelSpec {
+    /// The channel id.
+    pub id: String,
+    /// Its layer group, `push.<id>`, validated once.
+    pub group: GroupName,
     /// `CH.b5`: deliver the last 5 stored messages first.
-    pub(crate) backtrack: Option<usize>,
+    pub backtrack: Option<usize>,
 }
 
 /// Splits a path tail (`a/b.b5/c`) into channel ids, checking each and their number.
 /// `allow_backtrack` is false for publishing.
-pub(crate) fn parse_channels(
+pub fn parse_channels(
     tail: &str,
     max_len: usize,
     max_count: usize,
@@ -93,8 +99,11 @@ pub(crate) fn parse_channels(
             prev.backtrack = prev.backtrack.max(backtrack);
             continue;
         }
+        let group = group_of(id)
+            .ok_or_else(|| BadRequest(format!("channel id {id:?} cannot name a group")))?;
         out.push(ChannelSpec {
             id: id.to_owned(),
+            group,
             backtrack,
         });
         if out.len() > max_count {
@@ -113,10 +122,7 @@ pub(crate) fn parse_channels(
 
 /// Reads a cursor against the subscription's channels: for each, the last id the client saw,
 /// if the cursor names it. Quotes and a weak `W/` prefix (from `Etag`) are ignored.
-pub(crate) fn parse_cursor(
-    text: &str,
-    channels: &[ChannelSpec],
-) -> Result<Vec<Option<u64>>, BadRequest> {
+pub fn parse_cursor(text: &str, channels: &[ChannelSpec]) -> Result<Vec<Option<u64>>, BadRequest> {
     let text = text.trim();
     let text = text.strip_prefix("W/").unwrap_or(text).trim_matches('"');
     let mut out = vec![None; channels.len()];
@@ -153,7 +159,7 @@ pub(crate) fn parse_cursor(
 }
 
 /// Writes a cursor: the bare id for one channel, `a:1,b:2` for several.
-pub(crate) fn format_cursor<'a>(positions: impl Iterator<Item = (&'a str, u64)>) -> String {
+pub fn format_cursor<'a>(positions: impl Iterator<Item = (&'a str, u64)>) -> String {
     let positions: Vec<(&str, u64)> = positions.collect();
     if let [(_, id)] = positions[..] {
         return id.to_string();

@@ -13,20 +13,22 @@
 //! notice that a channel was deleted (`{"type":"push.deleted","channel":…,"time":…}`; through a
 //! template: id `-2`, text `channel deleted`, event type `deleted`).
 
-use switchboard::{Message, Utf8Bytes, Value};
+use switchboard::Message;
+use switchboard::text::Text;
+use switchboard::value::Value;
 use time::OffsetDateTime;
 
 use super::store::PushMessage;
 
 /// The layer message type of a published message.
-pub(crate) const MESSAGE: &str = "push.message";
+pub const MESSAGE: &str = "push.message";
 /// The layer message type that tells subscribers a channel was deleted.
-pub(crate) const DELETE: &str = "push.delete";
+pub const DELETE: &str = "push.delete";
 /// The layer message type a WebSocket subscriber sends itself when its TTL is up.
-pub(crate) const TTL: &str = "push.ttl";
+pub const TTL: &str = "push.ttl";
 
 /// `time_ms` as RFC 3339 in UTC with milliseconds: `2026-11-22T07:09:00.120Z`.
-pub(crate) fn rfc3339(time_ms: u64) -> String {
+pub fn rfc3339(time_ms: u64) -> String {
     let nanos = i128::from(time_ms) * 1_000_000;
     let t = OffsetDateTime::from_unix_timestamp_nanos(nanos).unwrap_or(OffsetDateTime::UNIX_EPOCH);
     format!(
@@ -42,7 +44,7 @@ pub(crate) fn rfc3339(time_ms: u64) -> String {
 }
 
 /// The layer message carrying a published message.
-pub(crate) fn layer_message(m: &PushMessage) -> Message {
+pub fn layer_message(m: &PushMessage) -> Message {
     let mut b = Message::builder(MESSAGE)
         .field("id", m.id)
         .field("channel", m.channel.as_str())
@@ -56,12 +58,12 @@ pub(crate) fn layer_message(m: &PushMessage) -> Message {
 }
 
 /// A message's id, if it carries a valid one.
-pub(crate) fn message_id(m: &Message) -> Option<u64> {
+pub fn message_id(m: &Message) -> Option<u64> {
     uint(m, "id")
 }
 
 /// A message's channel epoch (0 if it carries none).
-pub(crate) fn message_epoch(m: &Message) -> u64 {
+pub fn message_epoch(m: &Message) -> u64 {
     uint(m, "epoch").unwrap_or(0)
 }
 
@@ -74,7 +76,7 @@ fn uint(m: &Message, key: &str) -> Option<u64> {
 }
 
 /// A string field of a message ("" when absent).
-pub(crate) fn field<'a>(m: &'a Message, key: &str) -> &'a str {
+pub fn field<'a>(m: &'a Message, key: &str) -> &'a str {
     m.get(key).and_then(Value::as_str).unwrap_or("")
 }
 
@@ -90,11 +92,11 @@ enum Part {
 
 /// A parsed `--message-template`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Template(Vec<Part>);
+pub struct Template(Vec<Part>);
 
 impl Template {
     /// Parses a template. Unknown `~words~` stay as they are.
-    pub(crate) fn parse(text: &str) -> Template {
+    pub fn parse(text: &str) -> Template {
         let mut parts = Vec::new();
         let mut lit = String::new();
         let mut rest = text;
@@ -149,7 +151,7 @@ impl Template {
 
 /// How messages are written for subscribers.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Format {
+pub enum Format {
     /// The layer message's JSON.
     Json,
     /// A template.
@@ -158,7 +160,7 @@ pub(crate) enum Format {
 
 impl Format {
     /// From the `--message-template` flag.
-    pub(crate) fn new(template: Option<&str>) -> Format {
+    pub fn new(template: Option<&str>) -> Format {
         match template {
             Some(t) => Format::Template(Template::parse(t)),
             None => Format::Json,
@@ -166,7 +168,7 @@ impl Format {
     }
 
     /// A published message (`push.message`) or a notice, as the subscriber gets it.
-    pub(crate) fn render(&self, m: &Message) -> Utf8Bytes {
+    pub fn render(&self, m: &Message) -> Text {
         match self {
             Format::Json => m.to_json_text(),
             Format::Template(t) => {
@@ -189,12 +191,12 @@ impl Format {
 }
 
 /// The type of the ping notice on streams.
-pub(crate) const PING: &str = "push.ping";
+pub const PING: &str = "push.ping";
 /// The type of the notice a subscriber gets when a channel it follows is deleted.
-pub(crate) const DELETED: &str = "push.deleted";
+pub const DELETED: &str = "push.deleted";
 
 /// A ping notice, now.
-pub(crate) fn ping(time_ms: u64) -> Message {
+pub fn ping(time_ms: u64) -> Message {
     Message::builder(PING)
         .field("time", rfc3339(time_ms))
         .build()
@@ -202,7 +204,7 @@ pub(crate) fn ping(time_ms: u64) -> Message {
 }
 
 /// The notice that `channel` was deleted.
-pub(crate) fn deleted(channel: &str, time_ms: u64) -> Message {
+pub fn deleted(channel: &str, time_ms: u64) -> Message {
     Message::builder(DELETED)
         .field("channel", channel)
         .field("time", rfc3339(time_ms))

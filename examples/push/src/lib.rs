@@ -25,62 +25,57 @@ use parking_lot::Mutex;
 use serde_json::{Value as Json, json};
 use switchboard::{ConnectionConfig, Endpoint, Layer, Origins};
 
-#[path = "channel.rs"]
-pub(crate) mod channel;
-#[path = "format.rs"]
-pub(crate) mod format;
-#[path = "redis_store.rs"]
-pub(crate) mod redis_store;
-#[path = "store.rs"]
-pub(crate) mod store;
-#[path = "subscribe.rs"]
-pub(crate) mod subscribe;
+pub mod channel;
+pub mod format;
+pub mod redis_store;
+pub mod store;
+pub mod subscribe;
 
-use channel::{BadRequest, ChannelSpec, group_of, parse_channels};
+use channel::{BadRequest, ChannelSpec, parse_channels};
 use format::Format;
 use store::{ChannelInfo, Draft, HistoryStore, MemoryStore, StoreConfig, now_ms};
 
 /// The demo page: plain HTML and JavaScript, no build step.
-const INDEX_HTML: &str = include_str!("static/index.html");
+const INDEX_HTML: &str = include_str!("../static/index.html");
 
 /// How the gateway is set up (every field has a command-line flag; see `main.rs`).
 #[derive(Clone, Debug)]
-pub(crate) struct Settings {
+pub struct Settings {
     /// Messages kept per channel for backtrack and resume (0: none).
-    pub(crate) store_messages: usize,
+    pub store_messages: usize,
     /// How long a stored message is kept.
-    pub(crate) message_ttl: Duration,
+    pub message_ttl: Duration,
     /// How long a channel without publishes or subscribers stays known.
-    pub(crate) channel_ttl: Duration,
+    pub channel_ttl: Duration,
     /// Subscribers get this instead of JSON (`~id~ ~channel~ ~text~ ~time~ ~event-type~`).
-    pub(crate) message_template: Option<String>,
+    pub message_template: Option<String>,
     /// Keep-alive: WebSocket pings, SSE comments, ping messages on streams. `None`: off.
-    pub(crate) ping_interval: Option<Duration>,
+    pub ping_interval: Option<Duration>,
     /// Streaming subscriptions (WebSocket, EventSource, stream) end after this long.
-    pub(crate) subscriber_ttl: Option<Duration>,
+    pub subscriber_ttl: Option<Duration>,
     /// A long-poll with nothing to deliver answers 304 after this long.
-    pub(crate) longpoll_timeout: Duration,
+    pub longpoll_timeout: Duration,
     /// Subscribers one channel may have on this gateway.
-    pub(crate) max_subscribers_per_channel: Option<usize>,
+    pub max_subscribers_per_channel: Option<usize>,
     /// Channels the store may know at once.
-    pub(crate) max_channels: Option<u64>,
+    pub max_channels: Option<u64>,
     /// Longest channel id (at most 94, what layer group names allow).
-    pub(crate) max_channel_id_length: usize,
+    pub max_channel_id_length: usize,
     /// Channels one request may name.
-    pub(crate) max_channels_per_request: usize,
+    pub max_channels_per_request: usize,
     /// Largest message body a publisher may POST, in bytes.
-    pub(crate) max_message_size: usize,
+    pub max_message_size: usize,
     /// Browser origins allowed cross-origin (CORS, and WebSocket `Origin`); same-host pages are
     /// always allowed. Patterns as `switchboard::Origins::List`.
-    pub(crate) allowed_origins: Vec<String>,
+    pub allowed_origins: Vec<String>,
     /// A bearer token that lets any address publish, delete and read stats.
-    pub(crate) publisher_token: Option<String>,
+    pub publisher_token: Option<String>,
     /// Addresses that may publish without a token (default: loopback).
-    pub(crate) publish_allow: Vec<IpNet>,
+    pub publish_allow: Vec<IpNet>,
 }
 
 /// The loopback networks: who may publish when nothing else is configured.
-pub(crate) fn loopback_nets() -> Vec<IpNet> {
+pub fn loopback_nets() -> Vec<IpNet> {
     vec![
         IpNet::V4(ipnet::Ipv4Net::new_assert(
             std::net::Ipv4Addr::new(127, 0, 0, 0),
@@ -115,7 +110,7 @@ impl Default for Settings {
 impl Settings {
     /// The channels a request's path names (`a/b.b5/c`), checked against the id and count
     /// limits. `allow_backtrack` is false for publishing.
-    pub(crate) fn channels(
+    pub fn channels(
         &self,
         tail: &str,
         allow_backtrack: bool,
@@ -129,7 +124,7 @@ impl Settings {
     }
 
     /// The history store's part of the settings.
-    pub(crate) fn store_config(&self) -> StoreConfig {
+    pub fn store_config(&self) -> StoreConfig {
         StoreConfig {
             keep: self.store_messages,
             message_ttl: self.message_ttl,
@@ -139,31 +134,34 @@ impl Settings {
 }
 
 /// An in-memory history store for these settings.
-pub(crate) fn memory_store(settings: &Settings) -> Arc<dyn HistoryStore> {
+pub fn memory_store(settings: &Settings) -> Arc<dyn HistoryStore> {
     Arc::new(MemoryStore::new(settings.store_config()))
 }
 
 /// An HTTP error with a message for the client: `{"error": "…"}`.
 #[derive(Debug, Clone)]
-pub(crate) struct ApiError {
-    pub(crate) status: StatusCode,
-    pub(crate) message: String,
+pub struct ApiError {
+    /// The HTTP status.
+    pub status: StatusCode,
+    /// What the client is told.
+    pub message: String,
 }
 
 impl ApiError {
-    pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+    /// An error with this status and text.
+    pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
         ApiError {
             status,
             message: message.into(),
         }
     }
 
-    /// The history store or the layer failed.
-    pub(crate) fn unavailable(what: &str, e: impl std::fmt::Display) -> ApiError {
-        tracing::warn!(error = %e, "{what} failed");
+    /// The history store or the layer failed: the client is told what failed and a
+    /// reference, the log the error itself (it can name hosts).
+    pub fn unavailable(what: &str, e: impl std::fmt::Display) -> ApiError {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("{what} failed: {e}"),
+            switchboard::error::report(what, &e),
         )
     }
 }
@@ -184,11 +182,15 @@ impl IntoResponse for ApiError {
 }
 
 /// The gateway's shared state.
-pub(crate) struct Gateway {
-    pub(crate) layer: Layer,
-    pub(crate) store: Arc<dyn HistoryStore>,
-    pub(crate) settings: Settings,
-    pub(crate) format: Format,
+pub struct Gateway {
+    /// The channel layer the subscribers are on.
+    pub layer: Layer,
+    /// The history store (ids, stored messages, stats).
+    pub store: Arc<dyn HistoryStore>,
+    /// The settings.
+    pub settings: Settings,
+    /// How messages are rendered for subscribers.
+    pub format: Format,
     /// `--allow-origin`, built once (`None` when no origin is listed).
     allowed_origins: Option<Origins>,
     /// Subscribers on this gateway, per channel.
@@ -207,7 +209,7 @@ impl std::fmt::Debug for Gateway {
 
 impl Gateway {
     /// Subscribers of `channel` on this gateway.
-    pub(crate) fn subscribers(&self, channel: &str) -> usize {
+    pub fn subscribers(&self, channel: &str) -> usize {
         self.subscribers.lock().get(channel).copied().unwrap_or(0)
     }
 
@@ -220,7 +222,7 @@ impl Gateway {
     }
 
     /// Takes one subscriber slot on each channel, or none if one is full.
-    pub(crate) fn reserve(
+    pub fn reserve(
         self: &Arc<Self>,
         channels: &[String],
     ) -> Result<(subscribe::Slots, Vec<bool>), ApiError> {
@@ -252,7 +254,7 @@ impl Gateway {
     }
 
     /// Gives the slots back.
-    pub(crate) fn release(&self, channels: &[String]) {
+    pub fn release(&self, channels: &[String]) {
         let mut map = self.subscribers.lock();
         for ch in channels {
             if let Some(n) = map.get_mut(ch) {
@@ -267,7 +269,7 @@ impl Gateway {
     /// Refuses when creating these channels (those not known yet) would pass `--max-channels`.
     /// `maybe_new` says which channels could be new (for subscribers: those nobody here
     /// subscribed to before).
-    pub(crate) async fn check_channel_limit(
+    pub async fn check_channel_limit(
         &self,
         channels: &[String],
         maybe_new: &[bool],
@@ -346,7 +348,7 @@ impl Gateway {
 
 /// Builds the gateway on a layer and a history store. Must run inside a tokio runtime (it
 /// starts the task that keeps subscribed channels registered).
-pub(crate) fn router(layer: Layer, store: Arc<dyn HistoryStore>, settings: Settings) -> Router {
+pub fn router(layer: Layer, store: Arc<dyn HistoryStore>, settings: Settings) -> Router {
     let gw = Arc::new(Gateway {
         format: Format::new(settings.message_template.as_deref()),
         allowed_origins: (!settings.allowed_origins.is_empty())
@@ -415,7 +417,7 @@ fn cors(origins: Origins) -> tower_http::cors::CorsLayer {
 
 impl Gateway {
     /// Whether a browser `Origin` may subscribe: same host, or one of `--allow-origin`.
-    pub(crate) fn origin_allowed(&self, headers: &HeaderMap) -> bool {
+    pub fn origin_allowed(&self, headers: &HeaderMap) -> bool {
         let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
             return true; // not a browser
         };
@@ -562,7 +564,7 @@ async fn publish_inner(gw: &Arc<Gateway>, tail: &str, req: Request) -> Result<Re
     let channels = gw.settings.channels(tail, false)?;
     let event_type = event_type(req.headers())?;
     let text = read_text(req.into_body(), gw.settings.max_message_size).await?;
-    let ids: Vec<String> = channels.into_iter().map(|c| c.id).collect();
+    let ids: Vec<String> = channels.iter().map(|c| c.id.clone()).collect();
     let maybe_new: Vec<bool> = ids.iter().map(|c| gw.subscribers(c) == 0).collect();
     gw.check_channel_limit(&ids, &maybe_new).await?;
     let time_ms = now_ms();
@@ -572,7 +574,7 @@ async fn publish_inner(gw: &Arc<Gateway>, tail: &str, req: Request) -> Result<Re
         time_ms,
     };
     let mut infos = Vec::with_capacity(ids.len());
-    for ch in &ids {
+    for (ch, spec) in ids.iter().zip(&channels) {
         let published = gw
             .store
             .publish(ch, draft)
@@ -586,7 +588,7 @@ async fn publish_inner(gw: &Arc<Gateway>, tail: &str, req: Request) -> Result<Re
             event_type: event_type.clone(),
             epoch: published.epoch,
         });
-        if let Err(e) = gw.layer.group_send(group_of(ch), message).await {
+        if let Err(e) = gw.layer.group_send(&spec.group, message).await {
             // Stored, so subscribers that resume will still get it.
             return Err(ApiError::unavailable(
                 &format!(
@@ -655,7 +657,7 @@ async fn delete_inner(
             .build()
             .map_err(|e| ApiError::unavailable("building the notice", e))?;
         gw.layer
-            .group_send(group_of(ch), notice)
+            .group_send(&spec.group, notice)
             .await
             .map_err(|e| ApiError::unavailable("telling the subscribers", e))?;
         if channels.len() == 1 && !known && subscribers == 0 {

@@ -9,7 +9,7 @@
 //! Run it (in-memory layer and history, no Redis needed), then open <http://127.0.0.1:8000/>:
 //!
 //! ```text
-//! cargo run --release --example push
+//! cargo run --release -p push
 //! ```
 //!
 //! Publish and subscribe from a shell:
@@ -24,7 +24,7 @@
 //! Several gateways behind a load balancer share fan-out and history through Redis:
 //!
 //! ```text
-//! cargo run --release --example push -- --addr 127.0.0.1:8001 --redis redis://127.0.0.1:6379
+//! cargo run --release -p push -- --addr 127.0.0.1:8001 --redis redis://127.0.0.1:6379
 //! ```
 
 use std::net::SocketAddr;
@@ -34,12 +34,7 @@ use std::time::Duration;
 use clap::Parser;
 use ipnet::IpNet;
 
-#[path = "../common/layer_args.rs"]
-mod layer_args;
-#[path = "../common/serve.rs"]
-mod serve;
-
-mod app;
+use example_support::LayerArgs;
 
 /// Flags.
 #[derive(Parser, Debug)]
@@ -51,7 +46,7 @@ struct Args {
     #[arg(long, default_value = "127.0.0.1:8000")]
     addr: SocketAddr,
     #[command(flatten)]
-    layer: layer_args::LayerArgs,
+    layer: LayerArgs,
     /// Messages kept per channel for backtrack (`CH.b5`) and resume (0: none).
     #[arg(long, default_value_t = 10)]
     store_messages: usize,
@@ -105,7 +100,7 @@ struct Args {
     #[arg(long, value_name = "CIDR")]
     publish_allow: Vec<IpNet>,
     /// Redis key prefix of the history store (with --redis).
-    #[arg(long, default_value = app::redis_store::DEFAULT_PREFIX)]
+    #[arg(long, default_value = push::redis_store::DEFAULT_PREFIX)]
     history_prefix: String,
 }
 
@@ -114,8 +109,8 @@ fn secs(n: u64) -> Option<Duration> {
 }
 
 impl Args {
-    fn settings(&self) -> app::Settings {
-        app::Settings {
+    fn settings(&self) -> push::Settings {
+        push::Settings {
             store_messages: self.store_messages,
             message_ttl: Duration::from_secs(self.message_ttl.max(1)),
             channel_ttl: Duration::from_secs(self.channel_ttl.max(1)),
@@ -132,7 +127,7 @@ impl Args {
             allowed_origins: self.allowed_origins.clone(),
             publisher_token: self.publisher_token.clone().filter(|t| !t.is_empty()),
             publish_allow: if self.publish_allow.is_empty() {
-                app::loopback_nets()
+                push::loopback_nets()
             } else {
                 self.publish_allow.clone()
             },
@@ -142,7 +137,7 @@ impl Args {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    serve::init_tracing();
+    example_support::init_tracing();
     let args = Args::parse();
     // One descriptor per subscriber: take what the hard limit allows.
     match rlimit::increase_nofile_limit(u64::MAX) {
@@ -151,32 +146,35 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     }
     let settings = args.settings();
     let layer = args.layer.build().await?;
-    let store: Arc<dyn app::store::HistoryStore> = match &args.layer.redis {
+    let store: Arc<dyn push::store::HistoryStore> = match &args.layer.redis {
         Some(url) => Arc::new(
-            app::redis_store::RedisStore::connect(
+            push::redis_store::RedisStore::connect(
                 url,
                 &args.history_prefix,
                 settings.store_config(),
             )
             .await?,
         ),
-        None => app::memory_store(&settings),
+        None => push::memory_store(&settings),
     };
     let history = match &args.layer.redis {
         Some(url) => format!(
             "history in redis at {} (prefix {:?})",
-            layer_args::redact(url),
+            // The URL with its password hidden.
+            switchboard::redis::RedisConfig::new(url.as_str())
+                .host_names()
+                .join(", "),
             args.history_prefix
         ),
         None => "history in memory".to_owned(),
     };
-    let app = app::router(layer, store, settings);
+    let app = push::router(layer, store, settings);
     let listener = tokio::net::TcpListener::bind(args.addr).await?;
     tracing::info!(
         "push gateway on http://{} ({}, {history})",
         listener.local_addr()?,
         args.layer.describe()
     );
-    serve::serve(listener, app).await?;
+    example_support::serve(listener, app).await?;
     Ok(())
 }

@@ -21,9 +21,10 @@
 
 use std::time::Duration;
 
+use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
-use switchboard::{Error, Result, async_trait};
+use switchboard::{Error, Result};
 
 use super::store::{
     ChannelInfo, Draft, History, HistoryStore, Published, PushMessage, Read, StoreConfig, ms,
@@ -31,10 +32,10 @@ use super::store::{
 };
 
 /// The key prefix used when none is given.
-pub(crate) const DEFAULT_PREFIX: &str = "switchboard-push:";
+pub const DEFAULT_PREFIX: &str = "switchboard-push:";
 
 /// History in Redis.
-pub(crate) struct RedisStore {
+pub struct RedisStore {
     config: StoreConfig,
     conn: ConnectionManager,
     prefix: String,
@@ -144,7 +145,7 @@ struct Body<'a> {
 
 impl RedisStore {
     /// Connects to Redis at `url`; keys start with `prefix`.
-    pub(crate) async fn connect(url: &str, prefix: &str, config: StoreConfig) -> Result<Self> {
+    pub async fn connect(url: &str, prefix: &str, config: StoreConfig) -> Result<Self> {
         let client = redis::Client::open(url).map_err(redis_err)?;
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
@@ -188,7 +189,7 @@ impl RedisStore {
 
     /// Deletes every key under the prefix (tests use it to clean up).
     #[allow(dead_code)] // used by the tests, not by the gateway
-    pub(crate) async fn flush(&self) -> Result<()> {
+    pub async fn flush(&self) -> Result<()> {
         let mut conn = self.conn.clone();
         let pattern = format!("{}*", self.prefix);
         let keys: Vec<String> = {

@@ -31,22 +31,25 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
-use switchboard::{Result, async_trait};
+use switchboard::Result;
+
+/// The attribute [`HistoryStore`] implementations need (it is a `dyn` trait).
+pub use async_trait::async_trait;
 
 /// How much history is kept, and for how long.
 #[derive(Clone, Debug)]
-pub(crate) struct StoreConfig {
+pub struct StoreConfig {
     /// Messages kept per channel (0: none, ids only).
-    pub(crate) keep: usize,
+    pub keep: usize,
     /// How long a stored message is kept.
-    pub(crate) message_ttl: Duration,
+    pub message_ttl: Duration,
     /// How long a channel nobody publishes to or subscribes to stays known.
-    pub(crate) channel_ttl: Duration,
+    pub channel_ttl: Duration,
 }
 
 impl StoreConfig {
     /// How long a channel stays known after a publish: long enough to outlive what it stores.
-    pub(crate) fn publish_lifetime(&self) -> Duration {
+    pub fn publish_lifetime(&self) -> Duration {
         if self.keep > 0 {
             self.channel_ttl.max(self.message_ttl)
         } else {
@@ -57,44 +60,47 @@ impl StoreConfig {
 
 /// One published message as the store keeps it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct PushMessage {
+pub struct PushMessage {
     /// Per-channel id: 1, 2, 3 …
-    pub(crate) id: u64,
+    pub id: u64,
     /// The channel it was published to.
-    pub(crate) channel: String,
+    pub channel: String,
     /// The body of the POST.
-    pub(crate) text: String,
+    pub text: String,
     /// When it was published, in milliseconds since the Unix epoch.
-    pub(crate) time_ms: u64,
+    pub time_ms: u64,
     /// The `Event-Type` header of the POST, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) event_type: Option<String>,
+    pub event_type: Option<String>,
     /// The channel's epoch when it was published.
-    pub(crate) epoch: u64,
+    pub epoch: u64,
 }
 
 /// What a publisher hands the store: the message before it has an id.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Draft<'a> {
-    pub(crate) text: &'a str,
-    pub(crate) event_type: Option<&'a str>,
-    pub(crate) time_ms: u64,
+pub struct Draft<'a> {
+    /// The message text.
+    pub text: &'a str,
+    /// Its `Event-Type`, if the publisher gave one.
+    pub event_type: Option<&'a str>,
+    /// When it was published, in Unix milliseconds.
+    pub time_ms: u64,
 }
 
 /// What a publish did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Published {
+pub struct Published {
     /// The id the message got.
-    pub(crate) id: u64,
+    pub id: u64,
     /// The channel's epoch.
-    pub(crate) epoch: u64,
+    pub epoch: u64,
     /// Messages the channel now stores.
-    pub(crate) stored: u64,
+    pub stored: u64,
 }
 
 /// Which stored messages a subscriber wants.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Read {
+pub enum Read {
     /// Every stored message with an id above this one.
     Since(u64),
     /// The last n stored messages.
@@ -106,38 +112,41 @@ pub(crate) enum Read {
 /// A channel's last id and the stored messages asked for, oldest first. Expired messages are
 /// never returned.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub(crate) struct History {
+pub struct History {
     /// The channel's last id (0 if nothing was published since it became known).
-    pub(crate) last_id: u64,
+    pub last_id: u64,
     /// The channel's epoch (0 if nothing was published since it became known).
-    pub(crate) epoch: u64,
-    pub(crate) messages: Vec<PushMessage>,
+    pub epoch: u64,
+    /// The stored messages asked for, oldest first.
+    pub messages: Vec<PushMessage>,
 }
 
 /// A channel's figures.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub(crate) struct ChannelInfo {
-    pub(crate) channel: String,
+pub struct ChannelInfo {
+    /// The channel id.
+    pub channel: String,
     /// Messages published to the channel (its last id).
-    pub(crate) published_messages: u64,
+    pub published_messages: u64,
     /// Messages it stores now.
-    pub(crate) stored_messages: u64,
+    pub stored_messages: u64,
 }
 
 /// Milliseconds since the Unix epoch, now.
-pub(crate) fn now_ms() -> u64 {
+pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-pub(crate) fn ms(d: Duration) -> u64 {
+/// A duration in whole milliseconds.
+pub fn ms(d: Duration) -> u64 {
     d.as_millis().min(u128::from(u64::MAX)) as u64
 }
 
 /// Where ids, history and the channel registry live.
 #[async_trait]
-pub(crate) trait HistoryStore: Send + Sync + 'static {
+pub trait HistoryStore: Send + Sync + 'static {
     /// The store's settings.
     fn config(&self) -> &StoreConfig;
 
@@ -179,7 +188,7 @@ pub(crate) trait HistoryStore: Send + Sync + 'static {
 
 /// History in this process's memory.
 #[derive(Debug)]
-pub(crate) struct MemoryStore {
+pub struct MemoryStore {
     config: StoreConfig,
     channels: Mutex<HashMap<String, Entry>>,
     published: AtomicU64,
@@ -225,7 +234,8 @@ impl Entry {
 }
 
 impl MemoryStore {
-    pub(crate) fn new(config: StoreConfig) -> MemoryStore {
+    /// An empty store.
+    pub fn new(config: StoreConfig) -> MemoryStore {
         MemoryStore {
             config,
             channels: Mutex::new(HashMap::new()),
@@ -267,7 +277,7 @@ impl MemoryStore {
 
     /// Entries held, expired ones not purged yet included (the tests watch the purge with it).
     #[allow(dead_code)] // used by the tests, not by the gateway
-    pub(crate) fn entries(&self) -> usize {
+    pub fn entries(&self) -> usize {
         self.channels.lock().len()
     }
 }

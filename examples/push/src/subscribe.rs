@@ -25,9 +25,11 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use switchboard::endpoint::Authenticate;
+use switchboard::http::StatusCode as Status;
+use switchboard::value::Value;
 use switchboard::{
-    Authenticate, ChannelName, CloseCode, Consumer, Context, Error, Frame, Layer, Message, Refusal,
-    Scope, Value, async_trait,
+    CloseCode, Connection, Consumer, Frame, LayerError, Message, Refusal, Scope, Subscription,
 };
 use tokio::time::Instant;
 
@@ -37,7 +39,7 @@ use super::store::{HistoryStore, PushMessage, Read, now_ms};
 use super::{ApiError, Gateway};
 
 /// Subscriber slots held on this gateway; given back when dropped.
-pub(crate) struct Slots {
+pub struct Slots {
     gw: Arc<Gateway>,
     channels: Vec<String>,
 }
@@ -49,7 +51,8 @@ impl std::fmt::Debug for Slots {
 }
 
 impl Slots {
-    pub(crate) fn new(gw: Arc<Gateway>, channels: Vec<String>) -> Slots {
+    /// The slots `channels` hold on `gw`.
+    pub fn new(gw: Arc<Gateway>, channels: Vec<String>) -> Slots {
         Slots { gw, channels }
     }
 
@@ -70,11 +73,13 @@ impl Drop for Slots {
 
 /// A subscriber let in: its channels, its cursor, its slots.
 #[derive(Debug)]
-pub(crate) struct Admitted {
-    pub(crate) channels: Vec<ChannelSpec>,
+pub struct Admitted {
+    /// The channels.
+    pub channels: Vec<ChannelSpec>,
     /// Per channel: the last id the client has, if it said.
-    pub(crate) cursor: Vec<Option<u64>>,
-    pub(crate) slots: Slots,
+    pub cursor: Vec<Option<u64>>,
+    /// The subscriber slots taken.
+    pub slots: Slots,
 }
 
 /// The resume cursor a request carries, if any.
@@ -91,7 +96,7 @@ fn cursor_text<'a>(headers: &'a HeaderMap, query: Option<&'a str>) -> Option<Str
 
 impl Gateway {
     /// Admission: see the module docs.
-    pub(crate) async fn admit(
+    pub async fn admit(
         self: &Arc<Self>,
         tail: &str,
         headers: &HeaderMap,
@@ -125,10 +130,11 @@ impl Gateway {
 
 /// A message (or notice) for the client, and the cursor after it.
 #[derive(Debug, Clone)]
-pub(crate) struct Item {
-    pub(crate) message: Message,
+pub struct Item {
+    /// The message (or notice).
+    pub message: Message,
     /// Empty unless the tracker was started with `item_cursors` (EventSource writes it as `id:`).
-    pub(crate) cursor: String,
+    pub cursor: String,
 }
 
 #[derive(Debug)]
@@ -142,7 +148,7 @@ struct Tracked {
 
 /// Where a subscriber stands on each of its channels; see the module docs.
 #[derive(Debug)]
-pub(crate) struct Tracker {
+pub struct Tracker {
     chans: Vec<Tracked>,
     history: bool,
     item_cursors: bool,
@@ -152,7 +158,7 @@ impl Tracker {
     /// Reads what the subscriber asked for from the store. Call after joining the groups.
     /// `item_cursors`: whether each item carries the cursor after it — only EventSource sends
     /// it, so the other transports skip writing one for every message delivered.
-    pub(crate) async fn start(
+    pub async fn start(
         store: &dyn HistoryStore,
         channels: &[ChannelSpec],
         cursor: &[Option<u64>],
@@ -222,13 +228,13 @@ impl Tracker {
     }
 
     /// The cursor: how far the client got on each channel.
-    pub(crate) fn cursor(&self) -> String {
+    pub fn cursor(&self) -> String {
         format_cursor(self.chans.iter().map(|t| (t.id.as_str(), t.pos)))
     }
 
     /// A published message from the layer: what to deliver for it (nothing, it, or the
     /// messages it skipped and it).
-    pub(crate) async fn live(&mut self, store: &dyn HistoryStore, msg: Message) -> Vec<Item> {
+    pub async fn live(&mut self, store: &dyn HistoryStore, msg: Message) -> Vec<Item> {
         let (Some(id), channel) = (message_id(&msg), field(&msg, "channel")) else {
             tracing::warn!(?msg, "push.message without an id: dropped");
             return Vec::new();
@@ -285,42 +291,16 @@ impl Tracker {
 
     /// Stops following a deleted channel: whether no channel is left, or `None` if the
     /// subscriber did not follow it.
-    pub(crate) fn remove(&mut self, channel: &str) -> Option<bool> {
+    pub fn remove(&mut self, channel: &str) -> Option<bool> {
         let i = self.chans.iter().position(|t| t.id == channel)?;
         self.chans.remove(i);
         Some(self.chans.is_empty())
     }
 }
 
-/// A layer channel subscribed to groups; leaves them and frees the channel when dropped.
-struct LayerSub {
-    layer: Layer,
-    channel: ChannelName,
-    groups: Vec<String>,
-}
-
-impl Drop for LayerSub {
-    fn drop(&mut self) {
-        let layer = self.layer.clone();
-        let channel = self.channel.clone();
-        let groups = std::mem::take(&mut self.groups);
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
-                for g in groups {
-                    if let Err(e) = layer.group_discard(g.as_str(), &channel).await {
-                        tracing::debug!(group = %g, error = %e, "group_discard failed");
-                    }
-                }
-                if let Err(e) = layer.backend().discard_channel(&channel).await {
-                    tracing::debug!(%channel, error = %e, "discard_channel failed");
-                }
-            });
-        }
-    }
-}
-
 /// What [`Feed::next`] got.
-pub(crate) enum Next {
+#[derive(Debug)]
+pub enum Next {
     /// Messages for the client.
     Items(Vec<Item>),
     /// A followed channel was deleted: the notice, and whether no channel is left.
@@ -331,39 +311,28 @@ pub(crate) enum Next {
     Closed,
 }
 
-/// A subscription of the HTTP transports (EventSource, stream, long-poll).
-pub(crate) struct Feed {
+/// A subscription of the HTTP transports (EventSource, stream, long-poll): the layer's
+/// [`Subscription`] (which refreshes its groups while it lives and leaves them when dropped,
+/// however the client went away), the tracker and the slots.
+#[derive(Debug)]
+pub struct Feed {
     gw: Arc<Gateway>,
-    sub: LayerSub,
+    sub: Subscription,
     tracker: Tracker,
     slots: Slots,
-    next_refresh: Instant,
 }
 
 impl Feed {
     /// Subscribes (steps 2 and 3 of the module docs); returns the backlog to deliver first.
-    pub(crate) async fn open(
+    pub async fn open(
         gw: &Arc<Gateway>,
         admitted: Admitted,
         item_cursors: bool,
     ) -> Result<(Feed, Vec<Item>), ApiError> {
-        let layer = gw.layer.clone();
-        let channel = layer
-            .new_channel()
-            .await
-            .map_err(|e| ApiError::unavailable("the channel layer", e))?;
-        let mut sub = LayerSub {
-            layer: layer.clone(),
-            channel,
-            groups: Vec::with_capacity(admitted.channels.len()),
-        };
+        let unavailable = |e: LayerError| ApiError::unavailable("the channel layer", e);
+        let mut sub = gw.layer.subscribe().await.map_err(unavailable)?;
         for spec in &admitted.channels {
-            let group = group_of(&spec.id);
-            layer
-                .group_add(group.as_str(), &sub.channel)
-                .await
-                .map_err(|e| ApiError::unavailable("the channel layer", e))?;
-            sub.groups.push(group);
+            sub.group_add(&spec.group).await.map_err(unavailable)?;
         }
         let (tracker, items) = Tracker::start(
             gw.store.as_ref(),
@@ -379,47 +348,28 @@ impl Feed {
                 sub,
                 tracker,
                 slots: admitted.slots,
-                next_refresh: Instant::now() + group_refresh(&layer),
             },
             items,
         ))
     }
 
     /// The cursor after everything delivered so far.
-    pub(crate) fn cursor(&self) -> String {
+    pub fn cursor(&self) -> String {
         self.tracker.cursor()
     }
 
     /// Waits for what to deliver next, or `deadline`. Cancel-safe only while waiting on the
     /// layer, so callers pass the deadline instead of racing this future.
-    pub(crate) async fn next(&mut self, deadline: Instant) -> Next {
+    pub async fn next(&mut self, deadline: Instant) -> Next {
         loop {
-            let wake = deadline.min(self.next_refresh);
             let received = tokio::select! {
-                r = self.gw.layer.backend().receive(&self.sub.channel) => Some(r),
-                () = tokio::time::sleep_until(wake) => None,
+                r = self.sub.recv() => r,
+                () = tokio::time::sleep_until(deadline) => return Next::Tick,
             };
             let msg = match received {
-                None => {
-                    if Instant::now() >= self.next_refresh {
-                        self.refresh_groups().await;
-                    }
-                    if Instant::now() >= deadline {
-                        return Next::Tick;
-                    }
-                    continue;
-                }
-                Some(Ok(msg)) => msg,
-                Some(Err(Error::LayerClosed)) => return Next::Closed,
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "receive from the channel layer failed; retrying in 1 s");
-                    tokio::time::sleep(
-                        Duration::from_secs(1)
-                            .min(deadline.saturating_duration_since(Instant::now())),
-                    )
-                    .await;
-                    continue;
-                }
+                Ok(msg) => msg,
+                // The layer closed (the gateway is shutting down).
+                Err(_) => return Next::Closed,
             };
             match msg.message_type() {
                 format::MESSAGE => {
@@ -434,15 +384,10 @@ impl Feed {
                         continue;
                     };
                     self.slots.release_one(channel);
-                    let group = group_of(channel);
-                    self.sub.groups.retain(|g| g != &group);
-                    if let Err(e) = self
-                        .gw
-                        .layer
-                        .group_discard(group.as_str(), &self.sub.channel)
-                        .await
+                    if let Some(group) = group_of(channel)
+                        && let Err(e) = self.sub.group_discard(group).await
                     {
-                        tracing::debug!(%group, error = %e, "group_discard failed");
+                        tracing::debug!(channel, error = %e, "group_discard failed");
                     }
                     let notice = self.tracker.item(format::deleted(channel, now_ms()));
                     return Next::Deleted(notice, last);
@@ -451,20 +396,6 @@ impl Feed {
             }
         }
     }
-
-    /// Re-joins the groups so memberships outlive `group_expiry` on long connections.
-    async fn refresh_groups(&mut self) {
-        for g in &self.sub.groups {
-            if let Err(e) = self.gw.layer.group_add(g.as_str(), &self.sub.channel).await {
-                tracing::warn!(group = %g, error = %e, "refreshing group membership failed");
-            }
-        }
-        self.next_refresh = Instant::now() + group_refresh(&self.gw.layer);
-    }
-}
-
-fn group_refresh(layer: &Layer) -> Duration {
-    (layer.config().group_expiry / 2).max(Duration::from_secs(1))
 }
 
 /// A long time from now, for "no deadline".
@@ -515,7 +446,7 @@ fn sse_event(gw: &Gateway, item: &Item, out: &mut String) {
 /// line. (Splitting on `\n` alone would leave a bare `\r` in a `data:` line, and the browser
 /// would read what follows it as a field of its own — `id:`, `event:` — that the publisher
 /// chose.)
-pub(crate) fn sse_lines(text: &str) -> impl Iterator<Item = &str> {
+pub fn sse_lines(text: &str) -> impl Iterator<Item = &str> {
     let mut rest = Some(text);
     std::iter::from_fn(move || {
         let current = rest?;
@@ -655,7 +586,7 @@ async fn open_stream(
 }
 
 /// `GET /ev/CH[/CH2…]`: EventSource (`text/event-stream`), `id:` on every event.
-pub(crate) async fn eventsource(
+pub async fn eventsource(
     State(gw): State<Arc<Gateway>>,
     Path(tail): Path<String>,
     RawQuery(query): RawQuery,
@@ -667,7 +598,7 @@ pub(crate) async fn eventsource(
 }
 
 /// `GET /sub/CH[/CH2…]`: plain HTTP streaming (chunked), one message per line.
-pub(crate) async fn stream(
+pub async fn stream(
     State(gw): State<Arc<Gateway>>,
     Path(tail): Path<String>,
     RawQuery(query): RawQuery,
@@ -685,7 +616,7 @@ pub(crate) async fn stream(
 /// `GET /lp/CH[/CH2…]`: answers at once with every message newer than the cursor
 /// (`If-None-Match` or `?last_id=`), or waits for the next one up to `--longpoll-timeout`
 /// (then 304). The answer's `Etag` is the cursor to send next time.
-pub(crate) async fn long_poll(
+pub async fn long_poll(
     State(gw): State<Arc<Gateway>>,
     Path(tail): Path<String>,
     RawQuery(query): RawQuery,
@@ -742,13 +673,13 @@ async fn long_poll_inner(
 
 /// The admission of a WebSocket, run by the endpoint during the handshake: refusals get their
 /// status and reason; the admitted subscription travels to the consumer in the scope.
-pub(crate) struct WsAdmission(pub(crate) Arc<Gateway>);
+#[derive(Debug)]
+pub struct WsAdmission(pub Arc<Gateway>);
 
 /// An admitted subscription on its way from the handshake to the consumer.
 #[derive(Clone)]
 struct Ticket(Arc<parking_lot::Mutex<Option<Admitted>>>);
 
-#[async_trait]
 impl Authenticate for WsAdmission {
     async fn authenticate(&self, scope: &mut Scope) -> Result<(), Refusal> {
         let tail = scope.param("channels").unwrap_or("").to_owned();
@@ -761,16 +692,16 @@ impl Authenticate for WsAdmission {
                     .insert(Ticket(Arc::new(parking_lot::Mutex::new(Some(admitted)))));
                 Ok(())
             }
-            Err(e) => Err(Refusal {
-                status: e.status.as_u16(),
-                reason: e.message,
-            }),
+            Err(e) => Err(Refusal::new(
+                Status::from_u16(e.status.as_u16()).unwrap_or(Status::FORBIDDEN),
+                e.message,
+            )),
         }
     }
 }
 
 /// The consumer factory of `/ws/…`.
-pub(crate) fn ws_factory(gw: Arc<Gateway>) -> impl Fn(&Scope) -> WsSubscriber + Send + Sync {
+pub fn ws_factory(gw: Arc<Gateway>) -> impl Fn(&Scope) -> WsSubscriber + Send + Sync {
     move |scope: &Scope| WsSubscriber {
         gw: gw.clone(),
         admitted: scope
@@ -785,7 +716,8 @@ pub(crate) fn ws_factory(gw: Arc<Gateway>) -> impl Fn(&Scope) -> WsSubscriber + 
 
 /// One WebSocket subscriber, on switchboard's consumer runtime (which does the pings, the
 /// bounded outbound queue and the group clean-up).
-pub(crate) struct WsSubscriber {
+#[derive(Debug)]
+pub struct WsSubscriber {
     gw: Arc<Gateway>,
     admitted: Option<Admitted>,
     tracker: Option<Tracker>,
@@ -794,26 +726,25 @@ pub(crate) struct WsSubscriber {
 }
 
 impl WsSubscriber {
-    async fn send(&self, cx: &mut Context, item: &Item) -> switchboard::Result<()> {
-        cx.send_text(self.gw.format.render(&item.message)).await
+    async fn send(&self, conn: &mut Connection, item: &Item) -> switchboard::Result<()> {
+        conn.send_text(self.gw.format.render(&item.message)).await
     }
 }
 
-#[async_trait]
 impl Consumer for WsSubscriber {
     type Incoming = Frame;
     type Event = Message;
 
-    async fn connect(&mut self, cx: &mut Context) -> switchboard::Result<()> {
+    async fn connect(&mut self, conn: &mut Connection) -> switchboard::Result<()> {
         let Some(admitted) = self.admitted.take() else {
-            return cx.close(CloseCode(4400), "not admitted").await;
+            return conn.close(CloseCode(4400), "not admitted").await;
         };
         // Admission read what it needed from the request: an idle subscriber keeps none of it.
-        let scope = cx.scope_mut();
+        let scope = conn.scope_mut();
         *scope.headers_mut() = HeaderMap::new();
         *scope.extensions_mut() = axum::http::Extensions::new();
         for spec in &admitted.channels {
-            cx.group_add(group_of(&spec.id)).await?;
+            conn.group_add(&spec.group).await?;
         }
         let (tracker, backlog) = Tracker::start(
             self.gw.store.as_ref(),
@@ -823,13 +754,13 @@ impl Consumer for WsSubscriber {
         )
         .await?;
         self.slots = Some(admitted.slots);
-        cx.accept().await?;
+        conn.accept().await?;
         for item in &backlog {
-            self.send(cx, item).await?;
+            self.send(conn, item).await?;
         }
         self.tracker = Some(tracker);
         if let Some(ttl) = self.gw.settings.subscriber_ttl {
-            let (layer, me) = (cx.layer().clone(), cx.channel_name().clone());
+            let (layer, me) = (conn.layer().clone(), conn.channel_name().clone());
             let task = tokio::spawn(async move {
                 tokio::time::sleep(ttl).await;
                 let ttl_msg = serde_json::json!({"type": format::TTL});
@@ -843,11 +774,11 @@ impl Consumer for WsSubscriber {
     }
 
     /// Subscribers only listen; what they send is ignored.
-    async fn receive(&mut self, _cx: &mut Context, _frame: Frame) -> switchboard::Result<()> {
+    async fn receive(&mut self, _conn: &mut Connection, _frame: Frame) -> switchboard::Result<()> {
         Ok(())
     }
 
-    async fn event(&mut self, cx: &mut Context, msg: Message) -> switchboard::Result<()> {
+    async fn event(&mut self, conn: &mut Connection, msg: Message) -> switchboard::Result<()> {
         let Some(tracker) = self.tracker.as_mut() else {
             return Ok(());
         };
@@ -855,7 +786,7 @@ impl Consumer for WsSubscriber {
             format::MESSAGE => {
                 let items = tracker.live(self.gw.store.as_ref(), msg).await;
                 for item in &items {
-                    self.send(cx, item).await?;
+                    self.send(conn, item).await?;
                 }
             }
             format::DELETE => {
@@ -866,15 +797,17 @@ impl Consumer for WsSubscriber {
                 if let Some(slots) = self.slots.as_mut() {
                     slots.release_one(channel);
                 }
-                cx.group_discard(group_of(channel)).await?;
+                if let Some(group) = group_of(channel) {
+                    conn.group_discard(group).await?;
+                }
                 let notice = format::deleted(channel, now_ms());
-                cx.send_text(self.gw.format.render(&notice)).await?;
+                conn.send_text(self.gw.format.render(&notice)).await?;
                 if last {
-                    cx.close(CloseCode::NORMAL, "channel deleted").await?;
+                    conn.close(CloseCode::NORMAL, "channel deleted").await?;
                 }
             }
             format::TTL => {
-                cx.close(CloseCode::NORMAL, "subscriber TTL reached")
+                conn.close(CloseCode::NORMAL, "subscriber TTL reached")
                     .await?
             }
             other => tracing::debug!(message_type = other, "unexpected layer message ignored"),
@@ -882,7 +815,11 @@ impl Consumer for WsSubscriber {
         Ok(())
     }
 
-    async fn disconnect(&mut self, _cx: &mut Context, _code: CloseCode) -> switchboard::Result<()> {
+    async fn disconnect(
+        &mut self,
+        _conn: &mut Connection,
+        _code: CloseCode,
+    ) -> switchboard::Result<()> {
         if let Some(task) = self.ttl.take() {
             task.abort();
         }

@@ -3,26 +3,27 @@
 //! and the gap-filling of the subscriber tracker.
 #![allow(clippy::unwrap_used)]
 
-mod push_support;
-mod support;
+mod common;
+
+use common::NextMessage;
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use push_support::app::format::layer_message;
-use push_support::app::store::{
+use common::{Settings, ids, long_poll, publish_ok, settings, sse, start, stream};
+use push::format::layer_message;
+use push::store::{
     ChannelInfo, Draft, History, HistoryStore, MemoryStore, Published, PushMessage, Read,
     StoreConfig,
 };
-use push_support::app::subscribe::Tracker;
-use push_support::{Settings, ids, long_poll, publish_ok, settings, sse, start, stream};
+use push::subscribe::Tracker;
 use serde_json::Value;
 
 /// A store whose publishes return after a varying delay, as over a network: the fan-out of a
 /// message then often starts after that of a later one, so subscribers see ids out of order.
 struct SlowStore(MemoryStore);
 
-#[switchboard::async_trait]
+#[push::store::async_trait]
 impl HistoryStore for SlowStore {
     fn config(&self) -> &StoreConfig {
         self.0.config()
@@ -61,13 +62,13 @@ impl HistoryStore for SlowStore {
     }
 }
 
-async fn start_slow(settings: Settings) -> push_support::Gw {
+async fn start_slow(settings: Settings) -> common::Gw {
     let layer = switchboard::Layer::new(switchboard::InMemoryLayer::default());
     let store = std::sync::Arc::new(SlowStore(MemoryStore::new(settings.store_config())));
-    push_support::start_on(layer, store, settings).await
+    common::start_on(layer, store, settings).await
 }
 
-async fn publish_n(gw: &push_support::Gw, channel: &str, n: usize) {
+async fn publish_n(gw: &common::Gw, channel: &str, n: usize) {
     for i in 0..n {
         publish_ok(gw, channel, &format!("m{i}")).await;
     }
@@ -90,7 +91,7 @@ async fn backtrack_delivers_the_last_n_stored_messages_first_on_every_transport(
     }
     assert_eq!(got, ["8", "9", "10", "11", "12"]);
 
-    let mut ws = support::ws(gw.addr, "/ws/news.b3").await;
+    let mut ws = test_support::ws(gw.addr, "/ws/news.b3").await;
     let mut ws_ids = Vec::new();
     for _ in 0..3 {
         ws_ids.push(ws.recv_json().await["id"].as_u64().unwrap());
@@ -167,7 +168,7 @@ async fn a_multi_channel_cursor_resumes_each_channel_where_it_was() {
         ] as [(String, String); 4]
     );
     // A bare id cannot say which channel it is for.
-    let r = push_support::client()
+    let r = common::client()
         .get(gw.url("/ev/a/b"))
         .header("last-event-id", "3")
         .send()
@@ -195,7 +196,7 @@ async fn a_long_poll_loop_misses_nothing_while_publishers_race() {
     let poller = {
         let url = gw.url("/lp/feed");
         tokio::spawn(async move {
-            let client = push_support::client();
+            let client = common::client();
             let mut etag = "0".to_owned();
             let mut got: Vec<Value> = Vec::new();
             let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -223,7 +224,7 @@ async fn a_long_poll_loop_misses_nothing_while_publishers_race() {
     for p in 0..PUBLISHERS {
         let url = gw.url("/pub/feed");
         publishers.push(tokio::spawn(async move {
-            let client = push_support::client();
+            let client = common::client();
             for i in 0..EACH {
                 let r = client
                     .post(&url)
@@ -264,14 +265,14 @@ async fn live_subscribers_get_every_message_once_in_id_order_while_publishers_ra
         ..settings()
     })
     .await;
-    let mut ws = support::ws(gw.addr, "/ws/feed").await;
+    let mut ws = test_support::ws(gw.addr, "/ws/feed").await;
     let mut ev = sse(&gw, "/ev/feed", None).await;
     let mut st = stream(&gw, "/sub/feed").await;
     let mut publishers = Vec::new();
     for p in 0..PUBLISHERS {
         let url = gw.url("/pub/feed");
         publishers.push(tokio::spawn(async move {
-            let client = push_support::client();
+            let client = common::client();
             for i in 0..EACH {
                 client
                     .post(&url)
@@ -314,7 +315,7 @@ async fn only_the_last_n_messages_are_kept_and_a_resume_skips_the_rest() {
         (status, etag.as_str(), ids(&messages)),
         (200, "5", vec![3, 4, 5])
     );
-    let (_, stats) = push_support::get_json(&gw, "/stats?id=news").await;
+    let (_, stats) = common::get_json(&gw, "/stats?id=news").await;
     assert_eq!(stats["published_messages"], 5);
     assert_eq!(stats["stored_messages"], 3);
 }
@@ -339,7 +340,7 @@ async fn stored_messages_expire_after_the_message_ttl() {
         (304, "2"),
         "expired: nothing to resend"
     );
-    let (_, stats) = push_support::get_json(&gw, "/stats?id=news").await;
+    let (_, stats) = common::get_json(&gw, "/stats?id=news").await;
     assert_eq!(stats["stored_messages"], 0);
     assert_eq!(stats["published_messages"], 2);
 }
@@ -348,7 +349,7 @@ async fn stored_messages_expire_after_the_message_ttl() {
 async fn a_cursor_newer_than_the_channel_means_it_was_reset() {
     let gw = start(settings()).await;
     publish_n(&gw, "news", 3).await;
-    let r = push_support::client()
+    let r = common::client()
         .delete(gw.url("/pub/news"))
         .send()
         .await
@@ -385,7 +386,7 @@ fn draft(text: &str) -> Draft<'_> {
     Draft {
         text,
         event_type: None,
-        time_ms: push_support::app::store::now_ms(),
+        time_ms: push::store::now_ms(),
     }
 }
 
@@ -408,10 +409,10 @@ fn config(keep: usize) -> StoreConfig {
     }
 }
 
-fn item_ids(items: &[push_support::app::subscribe::Item]) -> Vec<u64> {
+fn item_ids(items: &[push::subscribe::Item]) -> Vec<u64> {
     items
         .iter()
-        .map(|i| push_support::app::format::message_id(&i.message).unwrap())
+        .map(|i| push::format::message_id(&i.message).unwrap())
         .collect()
 }
 
@@ -421,7 +422,7 @@ async fn the_tracker_drops_duplicates_and_fills_gaps_from_the_store() {
     for i in 0..5 {
         store.publish("c", draft(&format!("m{i}"))).await.unwrap();
     }
-    let spec = push_support::app::channel::parse_channels("c", 64, 4, true).unwrap();
+    let spec = push::channel::parse_channels("c", 64, 4, true).unwrap();
     let (mut tracker, backlog) = Tracker::start(&store, &spec, &[Some(1)], true)
         .await
         .unwrap();
@@ -463,7 +464,7 @@ async fn the_tracker_drops_duplicates_and_fills_gaps_from_the_store() {
 #[tokio::test]
 async fn without_history_the_tracker_passes_everything_on() {
     let store = MemoryStore::new(config(0));
-    let spec = push_support::app::channel::parse_channels("c", 64, 4, true).unwrap();
+    let spec = push::channel::parse_channels("c", 64, 4, true).unwrap();
     let (mut tracker, backlog) = Tracker::start(&store, &spec, &[None], true).await.unwrap();
     assert!(backlog.is_empty());
     assert_eq!(
@@ -483,7 +484,7 @@ async fn a_channel_that_starts_again_is_followed_from_id_1() {
     for i in 0..3 {
         store.publish("c", draft(&format!("m{i}"))).await.unwrap();
     }
-    let spec = push_support::app::channel::parse_channels("c", 64, 4, true).unwrap();
+    let spec = push::channel::parse_channels("c", 64, 4, true).unwrap();
     let (mut tracker, _) = Tracker::start(&store, &spec, &[None], true).await.unwrap();
     let old = store.read("c", Read::Nothing).await.unwrap().epoch;
     assert_eq!(tracker.cursor(), "3");

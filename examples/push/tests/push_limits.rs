@@ -3,14 +3,13 @@
 //! forgotten on their own.
 #![allow(clippy::unwrap_used)]
 
-mod push_support;
-mod support;
+mod common;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use push_support::app::store::MemoryStore;
-use push_support::{Settings, publish, publish_ok, settings, sse, start};
+use common::{Settings, publish, publish_ok, settings, sse, start};
+use push::store::MemoryStore;
 use serde_json::Value;
 use switchboard::{InMemoryLayer, Layer};
 
@@ -27,11 +26,14 @@ async fn a_channel_takes_at_most_max_subscribers() {
         ..settings()
     })
     .await;
-    let ws = support::ws(gw.addr, "/ws/news").await;
+    let ws = test_support::ws(gw.addr, "/ws/news").await;
     let ev = sse(&gw, "/ev/news", None).await;
     // A third, by any transport, is refused with the reason.
-    assert_eq!(support::try_ws(gw.addr, "/ws/news").await.err(), Some(403));
-    let r = push_support::client()
+    assert_eq!(
+        test_support::try_ws(gw.addr, "/ws/news").await.err(),
+        Some(403)
+    );
+    let r = common::client()
         .get(gw.url("/ev/news"))
         .send()
         .await
@@ -39,29 +41,29 @@ async fn a_channel_takes_at_most_max_subscribers() {
     let (status, error) = error_of(r).await;
     assert_eq!(status, 403);
     assert!(error.contains("the limit is 2"), "{error}");
-    let r = push_support::client()
+    let r = common::client()
         .get(gw.url("/lp/news"))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 403);
     // A refused multi-channel subscription takes no slot on its other channels.
-    let r = push_support::client()
+    let r = common::client()
         .get(gw.url("/ev/sport/news"))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 403);
-    push_support::wait_subscribers(&gw, "news", 2).await;
+    common::wait_subscribers(&gw, "news", 2).await;
     // …and leaves nothing behind: `sport` was never made.
-    assert_eq!(push_support::get_json(&gw, "/stats?id=sport").await.0, 404);
+    assert_eq!(common::get_json(&gw, "/stats?id=sport").await.0, 404);
 
     // When one leaves, its slot is free again.
     ws.close().await;
-    push_support::wait_subscribers(&gw, "news", 1).await;
-    let _again = support::ws(gw.addr, "/ws/news").await;
+    common::wait_subscribers(&gw, "news", 1).await;
+    let _again = test_support::ws(gw.addr, "/ws/news").await;
     drop(ev);
-    push_support::wait_subscribers(&gw, "news", 1).await;
+    common::wait_subscribers(&gw, "news", 1).await;
     let _third = sse(&gw, "/ev/news", None).await;
 }
 
@@ -80,19 +82,18 @@ async fn no_channel_is_made_past_max_channels() {
         err["error"].as_str().unwrap().contains("the limit is 2"),
         "{err}"
     );
-    let r = push_support::client()
-        .get(gw.url("/ev/d"))
-        .send()
-        .await
-        .unwrap();
+    let r = common::client().get(gw.url("/ev/d")).send().await.unwrap();
     assert_eq!(r.status(), 403);
-    assert_eq!(support::try_ws(gw.addr, "/ws/d").await.err(), Some(403));
+    assert_eq!(
+        test_support::try_ws(gw.addr, "/ws/d").await.err(),
+        Some(403)
+    );
     // Existing channels stay usable.
     publish_ok(&gw, "a", "y").await;
     publish_ok(&gw, "b", "y").await;
     let _a = sse(&gw, "/ev/a", None).await;
     // Once one is deleted, there is room again.
-    let r = push_support::client()
+    let r = common::client()
         .delete(gw.url("/pub/a"))
         .send()
         .await
@@ -109,7 +110,7 @@ async fn channel_ids_and_channels_per_request_are_bounded() {
         ..settings()
     })
     .await;
-    let r = push_support::client()
+    let r = common::client()
         .get(gw.url("/ev/abcdefghi"))
         .send()
         .await
@@ -118,7 +119,7 @@ async fn channel_ids_and_channels_per_request_are_bounded() {
     assert_eq!(status, 400);
     assert!(err.contains("the limit is 8"), "{err}");
     let _ok = sse(&gw, "/ev/abcdefgh", None).await;
-    let r = push_support::client()
+    let r = common::client()
         .get(gw.url("/ev/a/b/c/d"))
         .send()
         .await
@@ -128,7 +129,7 @@ async fn channel_ids_and_channels_per_request_are_bounded() {
     assert!(err.contains("too many channels"), "{err}");
     let _three = sse(&gw, "/ev/a/b/c", None).await;
     assert_eq!(
-        support::try_ws(gw.addr, "/ws/a/b/c/d").await.err(),
+        test_support::try_ws(gw.addr, "/ws/a/b/c/d").await.err(),
         Some(400)
     );
     // Whatever the setting, an id stays within what layer group names allow.
@@ -149,7 +150,7 @@ async fn cors_lets_the_allowed_origins_subscribe_and_read_the_etag() {
         ..settings()
     })
     .await;
-    let client = push_support::client();
+    let client = common::client();
     publish_ok(&gw, "news", "x").await;
     let r = client
         .get(gw.url("/lp/news?last_id=0"))
@@ -212,13 +213,13 @@ async fn cors_lets_the_allowed_origins_subscribe_and_read_the_etag() {
         .insert("origin", "https://www.example.com".parse().unwrap());
     assert!(tokio_tungstenite::connect_async(req).await.is_ok());
     // The gateway's own pages are always allowed.
-    assert!(support::try_ws(gw.addr, "/ws/news").await.is_ok());
+    assert!(test_support::try_ws(gw.addr, "/ws/news").await.is_ok());
 }
 
 #[tokio::test]
 async fn without_allowed_origins_only_same_host_pages_subscribe() {
     let gw = start(settings()).await;
-    let r = push_support::client()
+    let r = common::client()
         .get(gw.url("/ev/news"))
         .header("origin", "https://elsewhere.org")
         .send()
@@ -226,7 +227,7 @@ async fn without_allowed_origins_only_same_host_pages_subscribe() {
         .unwrap();
     assert_eq!(r.status(), 403);
     publish_ok(&gw, "news", "x").await;
-    let r = push_support::client()
+    let r = common::client()
         .get(gw.url("/lp/news?last_id=0"))
         .header("origin", format!("http://{}", gw.addr))
         .send()
@@ -246,19 +247,18 @@ async fn idle_channels_are_forgotten_without_anyone_asking_for_stats() {
         ..settings()
     };
     let store = Arc::new(MemoryStore::new(settings.store_config()));
-    let gw = push_support::start_on(
+    let gw = common::start_on(
         Layer::new(InMemoryLayer::default()),
         store.clone(),
         settings,
     )
     .await;
     let names: Vec<String> = (0..16).map(|i| format!("made-up-{i}")).collect();
-    let (status, _, _) =
-        push_support::long_poll(&gw, &format!("/lp/{}", names.join("/")), None).await;
+    let (status, _, _) = common::long_poll(&gw, &format!("/lp/{}", names.join("/")), None).await;
     assert_eq!(status, 304);
     // Each name is in the registry now, for two seconds.
     assert_eq!(store.entries(), 16);
-    support::eventually(
+    test_support::eventually(
         "the idle channels are forgotten",
         Duration::from_secs(10),
         || store.entries() == 0,

@@ -1,27 +1,31 @@
-//! The push gateway as a program (`examples/push`, built by `cargo test` or on demand): its
+//! The push gateway as a program (the `push` binary, built by cargo for these tests): its
 //! flags, and two gateway processes on one Redis (the real redis-server at
 //! `SWITCHBOARD_REDIS_URL`), on the core layer and on the pub/sub layer — a POST to either
 //! reaches the subscribers of both over every transport, ids and history are shared, and a
 //! DELETE on one ends the subscribers of the other.
 #![allow(clippy::unwrap_used)]
 
-mod push_support;
-mod support;
+mod common;
+
+use common::NextMessage;
 
 use std::time::Duration;
 
-use push_support::{Gw, ids, long_poll, publish_ok, sse};
+use common::{Gw, ids, long_poll, publish_ok, sse};
 use serde_json::Value;
-use support::program::{Program, example_binary};
+use test_support::program::Program;
+
+/// The gateway binary cargo built for these tests.
+const PUSH: &str = env!("CARGO_BIN_EXE_push");
 
 async fn spawn_gateway(extra: &[&str]) -> (Program, Gw) {
-    let program = Program::start("push", extra).await;
+    let program = Program::start(PUSH, extra).await;
     // The handle's layer and store are not used: the gateway is another process.
-    let settings = push_support::settings();
+    let settings = common::settings();
     let gw = Gw {
         addr: program.addr,
         layer: switchboard::Layer::new(switchboard::InMemoryLayer::default()),
-        store: push_support::app::memory_store(&settings),
+        store: push::memory_store(&settings),
     };
     (program, gw)
 }
@@ -37,7 +41,7 @@ async fn the_program_serves_the_page_and_honours_its_flags() {
         "5",
     ])
     .await;
-    let page = push_support::client()
+    let page = common::client()
         .get(gw.url("/"))
         .send()
         .await
@@ -47,9 +51,9 @@ async fn the_program_serves_the_page_and_honours_its_flags() {
         .unwrap();
     assert!(page.contains("EventSource"), "the demo page");
     for text in ["a", "b", "c"] {
-        push_support::publish_ok(&gw, "news", text).await;
+        common::publish_ok(&gw, "news", text).await;
     }
-    let r = push_support::client()
+    let r = common::client()
         .get(gw.url("/lp/news?last_id=0"))
         .send()
         .await
@@ -59,13 +63,13 @@ async fn the_program_serves_the_page_and_honours_its_flags() {
         "2:b\n3:c",
         "2 kept, through the template"
     );
-    let (status, _) = push_support::publish(&gw, "toolong", "x").await;
+    let (status, _) = common::publish(&gw, "toolong", "x").await;
     assert_eq!(status, 400);
 }
 
 #[tokio::test]
 async fn the_program_says_what_is_wrong_with_a_bad_flag() {
-    let out = std::process::Command::new(example_binary("push"))
+    let out = std::process::Command::new(PUSH)
         .args(["--publish-allow", "not-a-network"])
         .output()
         .unwrap();
@@ -78,8 +82,10 @@ async fn the_program_says_what_is_wrong_with_a_bad_flag() {
 /// goes through the channel layer (subscribers without a cursor get only what the layer brings
 /// them), ids and history through the Redis history store.
 async fn two_gateway_processes_share_fan_out_ids_and_history(layer: &str) {
-    let url = support::redis::url();
-    let prefix = support::redis::fresh_prefix();
+    let Some(url) = test_support::redis::url() else {
+        return;
+    };
+    let prefix = test_support::redis::fresh_prefix();
     let history = format!("{prefix}-history:");
     let flags = [
         "--redis",
@@ -98,15 +104,15 @@ async fn two_gateway_processes_share_fan_out_ids_and_history(layer: &str) {
 
     // Every transport on B, WebSocket and EventSource on A. A WebSocket is subscribed once its
     // handshake is done, an EventSource or stream once its first chunk came.
-    let mut ws_on_b = support::ws(b.addr, "/ws/news").await;
+    let mut ws_on_b = test_support::ws(b.addr, "/ws/news").await;
     let mut sse_on_b = sse(&b, "/ev/news", None).await;
-    let mut stream_on_b = push_support::stream(&b, "/sub/news").await;
-    let mut ws_on_a = support::ws(a.addr, "/ws/news").await;
+    let mut stream_on_b = common::stream(&b, "/sub/news").await;
+    let mut ws_on_a = test_support::ws(a.addr, "/ws/news").await;
     let mut sse_on_a = sse(&a, "/ev/news", None).await;
 
     // A long-poll on B from id 0: answered by the first message, whichever way it comes.
     let (polled, answer) = tokio::join!(long_poll(&b, "/lp/news?last_id=0", None), async {
-        push_support::wait_subscribers(&b, "news", 4).await;
+        common::wait_subscribers(&b, "news", 4).await;
         publish_ok(&a, "news", "from a").await
     });
     assert_eq!(answer["id"], 1);
@@ -149,14 +155,14 @@ async fn two_gateway_processes_share_fan_out_ids_and_history(layer: &str) {
     }
     let mut resumed_on_a = sse(&a, "/ev/news", Some(&cursor_after_one)).await;
     assert_eq!(resumed_on_a.next_event().await.json()["id"], 2);
-    let mut backtrack_on_b = support::ws(b.addr, "/ws/news.b1").await;
+    let mut backtrack_on_b = test_support::ws(b.addr, "/ws/news.b1").await;
     assert_eq!(backtrack_on_b.recv_json().await["id"], 2);
 
-    let (keys, _) = support::redis::groups_left(&url, &prefix).await;
+    let (keys, _) = test_support::redis::groups_left(&url, &prefix).await;
     assert!(!keys.is_empty(), "the subscribers' groups are in Redis");
 
     // A DELETE on A ends the subscribers on B.
-    let r = push_support::client()
+    let r = common::client()
         .delete(a.url("/pub/news"))
         .send()
         .await
@@ -167,13 +173,13 @@ async fn two_gateway_processes_share_fan_out_ids_and_history(layer: &str) {
     assert!(sse_on_b.ends_within(Duration::from_secs(2)).await);
     assert_eq!(stream_on_b.next_message().await["type"], "push.deleted");
     assert!(stream_on_b.ends_within(Duration::from_secs(2)).await);
-    push_support::wait_subscribers(&b, "news", 0).await;
+    common::wait_subscribers(&b, "news", 0).await;
     // A's subscribers got the notice too; with them gone, no group is left in Redis.
     assert_eq!(ws_on_a.recv_json().await["type"], "push.deleted");
     assert_eq!(sse_on_a.next_event().await.json()["type"], "push.deleted");
     assert!(sse_on_a.ends_within(Duration::from_secs(2)).await);
-    push_support::wait_subscribers(&a, "news", 0).await;
-    support::redis::wait_no_groups_left(&url, &prefix).await;
+    common::wait_subscribers(&a, "news", 0).await;
+    test_support::redis::wait_no_groups_left(&url, &prefix).await;
 }
 
 fn texts(messages: &[Value]) -> Vec<&str> {
@@ -199,8 +205,12 @@ async fn two_gateway_processes_on_the_pubsub_layer() {
 async fn the_start_up_log_hides_the_redis_password() {
     let redis_bin =
         std::env::var("SWITCHBOARD_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
-    let redis_port = support::free_port();
-    let _redis = support::spawn(
+    if !test_support::executable(&redis_bin) {
+        let _: Option<()> = test_support::skip(&format!("a redis-server binary: {redis_bin}"));
+        return;
+    }
+    let redis_port = test_support::free_port();
+    let _redis = test_support::spawn(
         &redis_bin,
         &[
             "--port",
@@ -215,14 +225,14 @@ async fn the_start_up_log_hides_the_redis_password() {
             "hunter2-secret",
         ],
     );
-    support::wait_for_port(([127, 0, 0, 1], redis_port).into(), Duration::from_secs(10)).await;
-    let dir = support::TempDir::new("push-redact");
+    test_support::wait_for_port(([127, 0, 0, 1], redis_port).into(), Duration::from_secs(10)).await;
+    let dir = test_support::TempDir::new("push-redact");
     let log_path = dir.path().join("output.log");
     let log = std::fs::File::create(&log_path).unwrap();
     let url = format!("redis://:hunter2-secret@127.0.0.1:{redis_port}");
-    let addr = format!("127.0.0.1:{}", support::free_port());
-    let mut child = support::ChildGuard(
-        std::process::Command::new(example_binary("push"))
+    let addr = format!("127.0.0.1:{}", test_support::free_port());
+    let mut child = test_support::ChildGuard(
+        std::process::Command::new(PUSH)
             .args(["--addr", &addr, "--redis", &url])
             .env("NO_COLOR", "1")
             .env("RUST_LOG", "info")

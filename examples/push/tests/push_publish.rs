@@ -2,8 +2,9 @@
 //! bad input, and who may publish (loopback by default, a bearer token from elsewhere).
 #![allow(clippy::unwrap_used)]
 
-mod push_support;
-mod support;
+mod common;
+
+use common::NextMessage;
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -11,8 +12,8 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::{HeaderValue, Request};
+use common::{Settings, publish, publish_ok, settings, sse, start, stream};
 use futures_util::StreamExt;
-use push_support::{Settings, publish, publish_ok, settings, sse, start, stream};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tower::ServiceExt;
@@ -21,10 +22,10 @@ use tower::ServiceExt;
 async fn one_post_reaches_several_channels_each_with_its_own_id() {
     let gw = start(settings()).await;
     publish_ok(&gw, "user-7", "earlier").await;
-    let mut user = support::ws(gw.addr, "/ws/user-7").await;
+    let mut user = test_support::ws(gw.addr, "/ws/user-7").await;
     let mut project = sse(&gw, "/ev/project-3", None).await;
     let mut global = stream(&gw, "/sub/global").await;
-    let mut all = support::ws(gw.addr, "/ws/user-7/project-3/global").await;
+    let mut all = test_support::ws(gw.addr, "/ws/user-7/project-3/global").await;
 
     let answer = publish_ok(&gw, "user-7/project-3/global", r#"{"task":42,"done":true}"#).await;
     assert_eq!(answer["channels"], 3);
@@ -73,14 +74,14 @@ async fn one_post_reaches_several_channels_each_with_its_own_id() {
 async fn delete_ends_the_channels_subscribers_and_restarts_its_ids() {
     let gw = start(settings()).await;
     publish_ok(&gw, "news", "before").await;
-    let mut ws = support::ws(gw.addr, "/ws/news").await;
-    let mut both = support::ws(gw.addr, "/ws/news/sport").await;
+    let mut ws = test_support::ws(gw.addr, "/ws/news").await;
+    let mut both = test_support::ws(gw.addr, "/ws/news/sport").await;
     let mut ev = sse(&gw, "/ev/news", None).await;
     let mut st = stream(&gw, "/sub/news").await;
     let poll = {
         let url = gw.url("/lp/news");
         tokio::spawn(async move {
-            push_support::client()
+            common::client()
                 .get(url)
                 .header("if-none-match", "1")
                 .send()
@@ -91,9 +92,9 @@ async fn delete_ends_the_channels_subscribers_and_restarts_its_ids() {
                 .unwrap()
         })
     };
-    push_support::wait_subscribers(&gw, "news", 5).await;
+    common::wait_subscribers(&gw, "news", 5).await;
 
-    let r = push_support::client()
+    let r = common::client()
         .delete(gw.url("/pub/news"))
         .send()
         .await
@@ -135,13 +136,13 @@ async fn delete_ends_the_channels_subscribers_and_restarts_its_ids() {
     let answered = poll.await.unwrap();
     assert_eq!(answered[0]["type"], "push.deleted");
 
-    push_support::wait_subscribers(&gw, "news", 0).await;
-    let (status, _) = push_support::get_json(&gw, "/stats?id=news").await;
+    common::wait_subscribers(&gw, "news", 0).await;
+    let (status, _) = common::get_json(&gw, "/stats?id=news").await;
     assert_eq!(status, 404, "the channel is gone");
     assert_eq!(publish_ok(&gw, "news", "new life").await["id"], 1);
 
     // Deleting what does not exist is a 404.
-    let r = push_support::client()
+    let r = common::client()
         .delete(gw.url("/pub/never-was"))
         .send()
         .await
@@ -158,7 +159,7 @@ async fn bad_publishes_get_clear_errors_and_change_nothing() {
         ..settings()
     })
     .await;
-    let client = push_support::client();
+    let client = common::client();
     let cases: Vec<(reqwest::RequestBuilder, u16, &str)> = vec![
         (
             client.post(gw.url("/pub/ok")).body(vec![0xff, 0xfe]),
@@ -215,7 +216,7 @@ async fn bad_publishes_get_clear_errors_and_change_nothing() {
         let text = err["error"].as_str().unwrap();
         assert!(text.contains(needle), "{text:?} should mention {needle:?}");
     }
-    let (_, stats) = push_support::get_json(&gw, "/stats").await;
+    let (_, stats) = common::get_json(&gw, "/stats").await;
     assert_eq!(stats["published_messages"], 0);
     assert_eq!(stats["channels"], 0);
     // And a good one still works.
@@ -231,22 +232,18 @@ async fn bad_subscriptions_get_clear_errors() {
         ("/lp/a/b?last_id=3", "names no channel"),
         ("/ev//", "no channel given"),
     ] {
-        let r = push_support::client()
-            .get(gw.url(path))
-            .send()
-            .await
-            .unwrap();
+        let r = common::client().get(gw.url(path)).send().await.unwrap();
         assert_eq!(r.status(), 400, "{path}");
         let err: Value = r.json().await.unwrap();
         assert!(err["error"].as_str().unwrap().contains(needle), "{err}");
     }
     assert_eq!(
-        support::try_ws(gw.addr, "/ws/bad%20id").await.err(),
+        test_support::try_ws(gw.addr, "/ws/bad%20id").await.err(),
         Some(400)
     );
 }
 
-async fn post_from(gw: &push_support::Gw, from: IpAddr, token: Option<&str>) -> (u16, Value) {
+async fn post_from(gw: &common::Gw, from: IpAddr, token: Option<&str>) -> (u16, Value) {
     let client = reqwest::Client::builder()
         .local_address(from)
         .build()
@@ -278,13 +275,9 @@ async fn only_allowed_addresses_publish_unless_they_hold_the_token() {
     );
     assert_eq!(post_from(&gw, allowed, None).await.0, 200);
     // Stats and DELETE are guarded the same way.
-    let r = push_support::client()
-        .get(gw.url("/stats"))
-        .send()
-        .await
-        .unwrap();
+    let r = common::client().get(gw.url("/stats")).send().await.unwrap();
     assert_eq!(r.status(), 403);
-    let r = push_support::client()
+    let r = common::client()
         .delete(gw.url("/pub/news"))
         .send()
         .await
@@ -309,8 +302,8 @@ async fn only_allowed_addresses_publish_unless_they_hold_the_token() {
 async fn by_default_only_loopback_may_publish() {
     let settings = settings();
     let layer = switchboard::Layer::new(switchboard::InMemoryLayer::default());
-    let store = push_support::app::memory_store(&settings);
-    let app = push_support::app::router(layer, store, settings);
+    let store = push::memory_store(&settings);
+    let app = push::router(layer, store, settings);
     let status_from = |peer: &str, token: Option<&str>| {
         let mut req = Request::post("/pub/news");
         if let Some(t) = token {
@@ -336,13 +329,13 @@ async fn by_default_only_loopback_may_publish() {
 async fn get_on_a_publisher_path_shows_the_channels_figures() {
     let gw = start(settings()).await;
     publish_ok(&gw, "news", "a").await;
-    let (status, info) = push_support::get_json(&gw, "/pub/news").await;
+    let (status, info) = common::get_json(&gw, "/pub/news").await;
     assert_eq!(status, 200);
     assert_eq!(
         info,
         json!({"channel": "news", "published_messages": 1, "stored_messages": 1, "subscribers": 0})
     );
-    assert_eq!(push_support::get_json(&gw, "/pub/nothing").await.0, 404);
+    assert_eq!(common::get_json(&gw, "/pub/nothing").await.0, 404);
     let (status, _) = publish(&gw, "news", "b").await;
     assert_eq!(status, 200);
 }
@@ -358,7 +351,7 @@ async fn a_page_of_another_origin_cannot_publish_delete_or_read_stats_even_from_
     })
     .await;
     publish_ok(&gw, "news", "first").await;
-    let client = push_support::client();
+    let client = common::client();
     let same_host = format!("http://{}", gw.addr);
     let foreign = [
         HeaderValue::from_static("http://evil.example"),
@@ -392,7 +385,7 @@ async fn a_page_of_another_origin_cannot_publish_delete_or_read_stats_even_from_
         }
     }
     // Nothing was published nor deleted.
-    let (_, info) = push_support::get_json(&gw, "/pub/news").await;
+    let (_, info) = common::get_json(&gw, "/pub/news").await;
     assert_eq!(info["published_messages"], 1, "{info}");
     // Pages of the gateway itself (the demo page) and of --allow-origin origins may.
     for origin in [same_host.as_str(), "https://app.example"] {

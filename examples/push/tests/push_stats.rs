@@ -2,10 +2,9 @@
 //! queries (`?id=CH`, `?id=ALL`, `?id=prefix*`), and plain text by `Accept`.
 #![allow(clippy::unwrap_used)]
 
-mod push_support;
-mod support;
+mod common;
 
-use push_support::{Settings, get_json, publish_ok, settings, sse, start, stream};
+use common::{Settings, get_json, publish_ok, settings, sse, start, stream};
 use serde_json::{Value, json};
 
 #[tokio::test]
@@ -35,9 +34,9 @@ async fn the_summary_counts_what_was_done() {
     }
     publish_ok(&gw, "user-2/global", "y").await; // 2 published, 2 stored
     let _a = sse(&gw, "/ev/user-1/global", None).await;
-    let _b = support::ws(gw.addr, "/ws/user-1").await;
+    let _b = test_support::ws(gw.addr, "/ws/user-1").await;
     let _c = stream(&gw, "/sub/quiet").await; // a channel made by a subscriber
-    push_support::wait_subscribers(&gw, "user-1", 2).await;
+    common::wait_subscribers(&gw, "user-1", 2).await;
 
     let (_, s) = get_json(&gw, "/stats").await;
     assert_eq!(s["channels"], 4);
@@ -93,7 +92,7 @@ async fn plain_text_when_accept_asks_for_it() {
     let text_of = |path: &'static str, accept: &'static str| {
         let url = gw.url(path);
         async move {
-            let r = push_support::client()
+            let r = common::client()
                 .get(url)
                 .header("accept", accept)
                 .send()

@@ -2,13 +2,14 @@
 //! HTTP streaming and long-polling; JSON and template output; keep-alive; subscriber TTL.
 #![allow(clippy::unwrap_used)]
 
-mod push_support;
-mod support;
+mod common;
+
+use common::NextMessage;
 
 use std::time::Duration;
 
+use common::{Settings, long_poll, publish_ok, settings, sse, start, stream};
 use futures_util::StreamExt;
-use push_support::{Settings, long_poll, publish_ok, settings, sse, start, stream};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
@@ -20,8 +21,8 @@ fn is_rfc3339_ms(t: &str) -> bool {
 #[tokio::test]
 async fn websocket_subscribers_get_each_message_of_their_channels_as_json() {
     let gw = start(settings()).await;
-    let mut both = support::ws(gw.addr, "/ws/news/sport").await;
-    let mut news = support::ws(gw.addr, "/ws/news").await;
+    let mut both = test_support::ws(gw.addr, "/ws/news/sport").await;
+    let mut news = test_support::ws(gw.addr, "/ws/news").await;
 
     let answer = publish_ok(&gw, "news", "hello").await;
     assert_eq!(answer["id"], 1);
@@ -49,8 +50,8 @@ async fn websocket_subscribers_get_each_message_of_their_channels_as_json() {
     assert_eq!(both.recv_json().await["text"], "again");
 }
 
-async fn client_event(gw: &push_support::Gw, channel: &str, text: &str, event_type: &str) {
-    let r = push_support::client()
+async fn client_event(gw: &common::Gw, channel: &str, text: &str, event_type: &str) {
+    let r = common::client()
         .post(gw.url(&format!("/pub/{channel}")))
         .header("event-type", event_type)
         .body(text.to_owned())
@@ -159,7 +160,7 @@ async fn long_poll_waits_for_the_next_message_and_answers_304_when_none_comes() 
     let poll = {
         let url = gw.url("/lp/news");
         tokio::spawn(async move {
-            push_support::client()
+            common::client()
                 .get(url)
                 .header("if-none-match", "\"0\"")
                 .timeout(Duration::from_secs(5))
@@ -168,7 +169,7 @@ async fn long_poll_waits_for_the_next_message_and_answers_304_when_none_comes() 
                 .unwrap()
         })
     };
-    push_support::wait_subscribers(&gw, "news", 1).await;
+    common::wait_subscribers(&gw, "news", 1).await;
     publish_ok(&gw, "news", "wake up").await;
     let r = poll.await.unwrap();
     assert_eq!(r.status(), 200);
@@ -180,14 +181,14 @@ async fn long_poll_waits_for_the_next_message_and_answers_304_when_none_comes() 
 
     // The id in the query string works as the header does.
     publish_ok(&gw, "news", "two").await;
-    let r = push_support::client()
+    let r = common::client()
         .get(gw.url("/lp/news?last_id=1"))
         .send()
         .await
         .unwrap();
     assert_eq!(r.headers()["etag"], "\"2\"");
     let body: Vec<serde_json::Value> = r.json().await.unwrap();
-    assert_eq!(push_support::ids(&body), [2]);
+    assert_eq!(common::ids(&body), [2]);
 }
 
 #[tokio::test]
@@ -197,7 +198,7 @@ async fn a_template_shapes_what_every_transport_delivers() {
         ..settings()
     })
     .await;
-    let mut ws = support::ws(gw.addr, "/ws/news").await;
+    let mut ws = test_support::ws(gw.addr, "/ws/news").await;
     let mut ev = sse(&gw, "/ev/news", None).await;
     let mut st = stream(&gw, "/sub/news").await;
     client_event(&gw, "news", "hi", "greeting").await;
@@ -211,7 +212,7 @@ async fn a_template_shapes_what_every_transport_delivers() {
     assert_eq!(frame, expected);
     assert_eq!(ev.next_event().await.data.as_deref(), Some(expected));
     assert_eq!(st.next_line().await.as_deref(), Some(expected));
-    let r = push_support::client()
+    let r = common::client()
         .get(gw.url("/lp/news"))
         .header("if-none-match", "0")
         .send()
@@ -228,7 +229,7 @@ async fn keep_alives_reach_every_streaming_transport() {
         ..settings()
     })
     .await;
-    let mut ws = support::ws(gw.addr, "/ws/news").await;
+    let mut ws = test_support::ws(gw.addr, "/ws/news").await;
     let mut ev = sse(&gw, "/ev/news", None).await;
     let mut st = stream(&gw, "/sub/news").await;
 
@@ -259,10 +260,10 @@ async fn subscriber_ttl_ends_streaming_subscriptions() {
         ..settings()
     })
     .await;
-    let mut ws = support::ws(gw.addr, "/ws/news").await;
+    let mut ws = test_support::ws(gw.addr, "/ws/news").await;
     let mut ev = sse(&gw, "/ev/news", None).await;
     let mut st = stream(&gw, "/sub/news").await;
-    push_support::wait_subscribers(&gw, "news", 3).await;
+    common::wait_subscribers(&gw, "news", 3).await;
     assert!(
         ev.ends_within(Duration::from_secs(2)).await,
         "sse still open"
@@ -285,5 +286,5 @@ async fn subscriber_ttl_ends_streaming_subscriptions() {
     let close = close.unwrap();
     assert_eq!(u16::from(close.code), 1000);
     assert_eq!(close.reason.as_str(), "subscriber TTL reached");
-    push_support::wait_subscribers(&gw, "news", 0).await;
+    common::wait_subscribers(&gw, "news", 0).await;
 }

@@ -7,9 +7,9 @@
 //! Build both programs in release mode, then run the benchmark (it starts the gateway itself):
 //!
 //! ```text
-//! cargo build --release --example push --example push_bench
-//! target/release/examples/push_bench --transport ws --subscribers 10000
-//! target/release/examples/push_bench --transport sse --subscribers 10000
+//! cargo build --release -p push
+//! target/release/push-bench --transport ws --subscribers 10000
+//! target/release/push-bench --transport sse --subscribers 10000
 //! ```
 //!
 //! It raises its own open-file limit to the hard limit; the gateway does the same. 10,000

@@ -1,5 +1,5 @@
 //! Test support for the push gateway: start it on loopback, publish, and read each transport.
-#![allow(dead_code, clippy::unwrap_used, unreachable_pub)]
+#![allow(dead_code, clippy::unwrap_used, unreachable_pub, missing_docs)]
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,11 +8,8 @@ use std::time::Duration;
 use serde_json::Value;
 use switchboard::{InMemoryLayer, Layer, LayerConfig};
 
-#[path = "../../examples/push/app.rs"]
-pub mod app;
-
-pub(crate) use app::Settings;
-pub(crate) use app::store::HistoryStore;
+pub use push::Settings;
+pub use push::store::HistoryStore;
 
 /// Settings for tests: short timeouts, loopback publishing.
 pub fn settings() -> Settings {
@@ -37,20 +34,13 @@ impl Gw {
 
 pub async fn start(settings: Settings) -> Gw {
     let layer = Layer::new(InMemoryLayer::new(LayerConfig::default()));
-    let store = app::memory_store(&settings);
+    let store = push::memory_store(&settings);
     start_on(layer, store, settings).await
 }
 
 pub async fn start_on(layer: Layer, store: Arc<dyn HistoryStore>, settings: Settings) -> Gw {
-    let addr = super::support::serve(app::router(layer.clone(), store.clone(), settings)).await;
+    let addr = test_support::serve(push::router(layer.clone(), store.clone(), settings)).await;
     Gw { addr, layer, store }
-}
-
-pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(20))
-        .build()
-        .unwrap()
 }
 
 /// POSTs `body` to `/pub/{channels}`; the status and the JSON answer.
@@ -96,153 +86,19 @@ pub async fn wait_subscribers(gw: &Gw, channel: &str, n: u64) {
     }
 }
 
-/// One server-sent event (or comment block).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Event {
-    pub id: Option<String>,
-    pub event: Option<String>,
-    pub data: Option<String>,
-    pub comment: Option<String>,
-}
+#[allow(unused_imports)] // each test binary uses some of them
+pub use test_support::http::{Body, Event, client, sse_lines};
 
-impl Event {
-    pub fn json(&self) -> Value {
-        serde_json::from_str(self.data.as_deref().unwrap()).unwrap()
-    }
-}
-
-/// A streaming HTTP response read chunk by chunk.
-pub struct Body {
-    pub response: reqwest::Response,
-    buf: String,
-    pub ended: bool,
-}
-
-impl Body {
-    pub fn new(response: reqwest::Response) -> Body {
-        Body {
-            response,
-            buf: String::new(),
-            ended: false,
-        }
-    }
-
-    /// Reads until `sep` is in the buffer; the text before it. `None` if the body ended.
-    async fn until(&mut self, sep: &str, within: Duration) -> Option<String> {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            if let Some(i) = self.buf.find(sep) {
-                let block = self.buf[..i].to_owned();
-                self.buf.drain(..i + sep.len());
-                return Some(block);
-            }
-            if self.ended {
-                return None;
-            }
-            match tokio::time::timeout_at(deadline, self.response.chunk()).await {
-                Err(_) => panic!("nothing within {within:?}; have {:?}", self.buf),
-                Ok(Ok(Some(c))) => self.buf.push_str(std::str::from_utf8(&c).unwrap()),
-                Ok(Ok(None)) | Ok(Err(_)) => self.ended = true,
-            }
-        }
-    }
-
-    /// The next SSE block, comments included. `None` when the stream ended.
-    pub async fn next_block(&mut self) -> Option<Event> {
-        let block = self.until("\n\n", Duration::from_secs(5)).await?;
-        let mut ev = Event::default();
-        for line in sse_lines(&block) {
-            if line.is_empty() {
-                continue;
-            }
-            if let Some(c) = line.strip_prefix(':') {
-                ev.comment = Some(c.trim().to_owned());
-                continue;
-            }
-            let (k, v) = line.split_once(':').unwrap_or((line, ""));
-            let v = v.strip_prefix(' ').unwrap_or(v).to_owned();
-            match k {
-                "id" => ev.id = Some(v),
-                "event" => ev.event = Some(v),
-                "data" => {
-                    ev.data = Some(match ev.data.take() {
-                        Some(d) => format!("{d}\n{v}"),
-                        None => v,
-                    })
-                }
-                other => panic!("unexpected SSE field {other:?}"),
-            }
-        }
-        Some(ev)
-    }
-
-    /// The next SSE event with data (comments skipped).
-    pub async fn next_event(&mut self) -> Event {
-        loop {
-            match self.next_block().await {
-                Some(ev) if ev.data.is_some() => return ev,
-                Some(_) => continue,
-                None => panic!("the event stream ended"),
-            }
-        }
-    }
-
-    /// The next non-empty line of a `/sub/` stream.
-    pub async fn next_line(&mut self) -> Option<String> {
-        loop {
-            let line = self.until("\n", Duration::from_secs(5)).await?;
-            if !line.is_empty() {
-                return Some(line);
-            }
-        }
-    }
-
+/// What a `/sub/` stream carries besides messages.
+pub trait NextMessage {
     /// The next message (not a ping) of a `/sub/` stream, as JSON.
-    pub async fn next_message(&mut self) -> Value {
-        loop {
-            let line = self.next_line().await.expect("the stream ended");
-            let v: Value = serde_json::from_str(&line).unwrap();
-            if v["type"] != "push.ping" {
-                return v;
-            }
-        }
-    }
-
-    /// Whether the body ends within `within` (reading and dropping what comes).
-    pub async fn ends_within(&mut self, within: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + within;
-        while !self.ended {
-            match tokio::time::timeout_at(deadline, self.response.chunk()).await {
-                Err(_) => return false,
-                Ok(Ok(Some(c))) => self.buf.push_str(std::str::from_utf8(&c).unwrap()),
-                Ok(Ok(None)) | Ok(Err(_)) => self.ended = true,
-            }
-        }
-        true
-    }
-
-    /// What was read but not consumed yet.
-    pub fn buffered(&self) -> &str {
-        &self.buf
-    }
+    async fn next_message(&mut self) -> Value;
 }
 
-/// The lines of an SSE block as a browser's EventSource parser splits them: at `\r\n`, `\r`
-/// and `\n` alike.
-pub fn sse_lines(block: &str) -> Vec<&str> {
-    let mut lines = Vec::new();
-    let mut rest = block;
-    while let Some(i) = rest.find(['\r', '\n']) {
-        lines.push(&rest[..i]);
-        let end = if rest[i..].starts_with("\r\n") {
-            i + 2
-        } else {
-            i + 1
-        };
-        rest = &rest[end..];
+impl NextMessage for Body {
+    async fn next_message(&mut self) -> Value {
+        self.next_json_except("push.ping").await
     }
-    lines.push(rest);
-    lines
 }
 
 /// Opens an EventSource-style subscription; panics unless 200 text/event-stream.
