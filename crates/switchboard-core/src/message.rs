@@ -13,10 +13,10 @@ use std::any::Any;
 use std::fmt;
 use std::sync::{Arc, OnceLock};
 
-use serde::de::DeserializeOwned;
-use serde::{Serialize, Serializer};
 use crate::text::Text;
 use crate::value::{DecodeError, Map, Value};
+use serde::de::DeserializeOwned;
+use serde::{Serialize, Serializer};
 
 /// The key the Redis layers use to route process-local messages; user messages may not carry it.
 pub const RESERVED_KEY: &str = "__asgi_channel__";

@@ -120,10 +120,7 @@ async fn close_wakes_receivers_with_an_error() {
         .await
         .unwrap()
         .unwrap();
-    assert!(
-        matches!(r, Err(LayerError::Closed)),
-        "{r:?}"
-    );
+    assert!(matches!(r, Err(LayerError::Closed)), "{r:?}");
     assert!(matches!(
         layer.send(&ch, msg(1)).await,
         Err(LayerError::Closed)

@@ -9,7 +9,7 @@
 //!
 //! It speaks the protocol of switchboard's chat example and of the Channels tutorial chat
 //! (`{"message": TEXT}` in, a frame with a `"message"` field out), so the same run measures
-//! both (`../shared/peer/run.sh chat LAYER`).
+//! both (`bench/django/run.sh chat LAYER`).
 //!
 //! ```text
 //! cargo run --release -p switchboard-load -- --url ws://127.0.0.1:8000/ws/chat/bench/ \

@@ -35,7 +35,8 @@ pub struct RedisConfig {
     pub layer: LayerConfig,
     /// Fernet keys; the first encrypts, all are tried when decrypting.
     pub(crate) symmetric_encryption_keys: Vec<Vec<u8>>,
-    /// How long a layer call may take before it fails with [`Error::Timeout`](switchboard_core::Error::Timeout).
+    /// How long a layer call may take before it fails with
+    /// [`LayerError::Timeout`](switchboard_core::LayerError::Timeout).
     /// Default 5 s.
     pub command_timeout: Duration,
     /// How long connecting to a host may take. Default 1 s.

@@ -74,4 +74,3 @@ async fn pubsub_layer_exchanges_with_django() {
 async fn pubsub_layer_exchanges_with_django_encrypted() {
     exchange(Kind::PubSub, &["new secret", "old secret"]).await;
 }
-

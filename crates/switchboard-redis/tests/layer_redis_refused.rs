@@ -11,10 +11,10 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use redis::AsyncCommands;
-use test_support::layers::{msg, raw, recv};
-use test_support::redis::fresh_prefix;
 use switchboard_core::{Layer, LayerConfig};
 use switchboard_redis::{RedisConfig, RedisLayer};
+use test_support::layers::{msg, raw, recv};
+use test_support::redis::fresh_prefix;
 
 /// How long each test lets a refused loop retry.
 const WINDOW: Duration = Duration::from_millis(1500);

@@ -159,9 +159,7 @@ impl Connection {
             Phase::Open => {}
             Phase::Closed => return Err(Error::ConnectionClosed),
         }
-        if out.overflow
-            || out.frames.len() >= self.limits.frames
-            || out.bytes >= self.limits.bytes
+        if out.overflow || out.frames.len() >= self.limits.frames || out.bytes >= self.limits.bytes
         {
             out.overflow = true;
             return Err(Error::ConnectionClosed);

@@ -105,27 +105,20 @@ impl std::error::Error for Refusal {}
 /// everybody in.
 pub trait Authenticate: Send + Sync + 'static {
     /// Checks the scope; `Err` refuses the connection.
-    fn authenticate(&self, scope: &mut Scope)
-    -> impl Future<Output = Result<(), Refusal>> + Send;
+    fn authenticate(&self, scope: &mut Scope) -> impl Future<Output = Result<(), Refusal>> + Send;
 }
 
 impl<F> Authenticate for F
 where
     F: Fn(&mut Scope) -> Result<(), Refusal> + Send + Sync + 'static,
 {
-    fn authenticate(
-        &self,
-        scope: &mut Scope,
-    ) -> impl Future<Output = Result<(), Refusal>> + Send {
+    fn authenticate(&self, scope: &mut Scope) -> impl Future<Output = Result<(), Refusal>> + Send {
         std::future::ready(self(scope))
     }
 }
 
 impl Authenticate for () {
-    fn authenticate(
-        &self,
-        _scope: &mut Scope,
-    ) -> impl Future<Output = Result<(), Refusal>> + Send {
+    fn authenticate(&self, _scope: &mut Scope) -> impl Future<Output = Result<(), Refusal>> + Send {
         std::future::ready(Ok(()))
     }
 }
@@ -377,7 +370,13 @@ fn refuse(
     status: StatusCode,
     reason: &str,
 ) -> Response<Full<Bytes>> {
-    tracing::warn!(path, ?peer, status = status.as_u16(), reason, "websocket handshake refused");
+    tracing::warn!(
+        path,
+        ?peer,
+        status = status.as_u16(),
+        reason,
+        "websocket handshake refused"
+    );
     plain(status, reason)
 }
 
@@ -441,4 +440,3 @@ pub(crate) fn plain(status: StatusCode, text: &str) -> Response<Full<Bytes>> {
     );
     r
 }
-

@@ -130,8 +130,14 @@ mod tests {
         let told = backend.client_message("ab12cd34");
         assert_eq!(told, "internal server error (reference ab12cd34)");
         assert!(!told.contains("10.0.0.7"));
-        assert_eq!(Error::protocol("no such room").client_message("x"), "no such room");
+        assert_eq!(
+            Error::protocol("no such room").client_message("x"),
+            "no such room"
+        );
         let bad = Error::from(switchboard_core::GroupName::new("a b").unwrap_err());
-        assert!(bad.client_message("x").contains("\"a b\""), "input errors explain themselves");
+        assert!(
+            bad.client_message("x").contains("\"a b\""),
+            "input errors explain themselves"
+        );
     }
 }

@@ -45,7 +45,9 @@ pub(crate) enum Handshake {
 
 /// Runs `connect`. On refusal, the groups it joined are left and its channel is discarded.
 pub(crate) async fn handshake<C: Consumer>(consumer: &mut C, conn: &mut Connection) -> Handshake {
-    let result = AssertUnwindSafe(consumer.connect(conn)).catch_unwind().await;
+    let result = AssertUnwindSafe(consumer.connect(conn))
+        .catch_unwind()
+        .await;
     let (phase, subprotocol, was_accepted, reason) = {
         let out = conn.out.lock();
         let accepted = out.phase == Phase::Open
@@ -200,12 +202,14 @@ struct Ending {
 fn data_frame(m: WsMessage) -> Option<Result<Frame, Ending>> {
     match m {
         // tungstenite checked the UTF-8 already; the check here only converts the type.
-        WsMessage::Text(t) => Some(Text::try_from(Bytes::from(t)).map(Frame::Text).map_err(|_| {
-            Ending {
-                code: CloseCode::INVALID_DATA,
-                send_close: Some("invalid UTF-8 in a text frame".into()),
-            }
-        })),
+        WsMessage::Text(t) => Some(
+            Text::try_from(Bytes::from(t))
+                .map(Frame::Text)
+                .map_err(|_| Ending {
+                    code: CloseCode::INVALID_DATA,
+                    send_close: Some("invalid UTF-8 in a text frame".into()),
+                }),
+        ),
         WsMessage::Binary(b) => Some(Ok(Frame::Binary(b))),
         _ => None,
     }
@@ -309,7 +313,8 @@ pub(crate) async fn run<C, T>(
                     }
                     WsMessage::Close(frame) => {
                         writer.need_flush = true;
-                        let code = frame.map_or(CloseCode::NO_STATUS, |f| CloseCode(u16::from(f.code)));
+                        let code =
+                            frame.map_or(CloseCode::NO_STATUS, |f| CloseCode(u16::from(f.code)));
                         break Ending {
                             code,
                             send_close: None,

@@ -44,7 +44,8 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 
 use crate::config::ConnectionConfig;
 use crate::connection::Connection as Conn;
-use crate::consumer::{CloseCode, Consumer};
+use crate::consumer::{CloseCode, Consumer, IntoConsumer};
+use crate::endpoint::Refusal;
 use crate::runtime::{self, Handshake};
 use crate::scope::Scope;
 
@@ -153,6 +154,20 @@ impl<C: Consumer> Communicator<C> {
             channel: None,
             timeout: Duration::from_secs(1),
         }
+    }
+
+    /// A communicator for the consumer `factory` builds from `scope`, as an endpoint builds
+    /// it; `Err` is the refusal the client would get.
+    pub fn from_factory<R>(
+        layer: impl Into<Layer>,
+        scope: Scope,
+        factory: impl FnOnce(&Scope) -> R,
+    ) -> Result<Self, Refusal>
+    where
+        R: IntoConsumer<Consumer = C>,
+    {
+        let consumer = factory(&scope).into_consumer()?;
+        Ok(Communicator::new(layer, scope, consumer))
     }
 
     /// Uses these connection settings (limits, keep-alive, bad-input policy).

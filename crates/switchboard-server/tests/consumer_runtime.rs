@@ -196,7 +196,10 @@ async fn unknown_event_type_gets_an_error_frame_and_the_connection_stays() {
     assert_eq!(err["type"], "error");
     let text = err["error"].as_str().unwrap();
     // The layer's message is the server's business: the client gets a reference only.
-    assert!(text.starts_with("internal server error (reference "), "{err}");
+    assert!(
+        text.starts_with("internal server error (reference "),
+        "{err}"
+    );
     assert!(!text.contains("mystery.event"), "{err}");
     layer
         .group_send(
@@ -215,7 +218,8 @@ async fn unknown_event_type_gets_an_error_frame_and_the_connection_stays() {
 async fn bad_input_policy_can_close_instead() {
     let layer = Layer::new(InMemoryLayer::default());
     let (a, _) = room(&layer, "lobby");
-    let mut a = a.with_config(ConnectionConfig::default().bad_input(BadInput::Close(CloseCode(4400))));
+    let mut a =
+        a.with_config(ConnectionConfig::default().bad_input(BadInput::Close(CloseCode(4400))));
     assert!(a.connect().await.is_accepted());
     a.send_text("[]").await.unwrap();
     let (code, _) = a.receive_close().await.unwrap();
@@ -378,7 +382,7 @@ async fn subprotocols_binary_frames_and_raw_messages() {
 #[tokio::test]
 async fn sending_to_a_full_channel_reports_channel_full_to_the_client() {
     struct Sender;
-        impl Consumer for Sender {
+    impl Consumer for Sender {
         type Incoming = Frame;
         type Event = Message;
         async fn receive(&mut self, conn: &mut Connection, f: Frame) -> Result<()> {
@@ -422,10 +426,20 @@ async fn a_backend_error_tells_the_client_a_reference_not_the_backend() {
     c.send_text("x").await.unwrap();
     let err = c.receive_json().await.unwrap();
     let text = err["error"].as_str().unwrap();
-    assert!(text.starts_with("internal server error (reference "), "{err}");
-    assert!(!text.contains("10.20.30.40") && !text.contains("refused"), "{err}");
+    assert!(
+        text.starts_with("internal server error (reference "),
+        "{err}"
+    );
+    assert!(
+        !text.contains("10.20.30.40") && !text.contains("refused"),
+        "{err}"
+    );
     c.send_text("y").await.unwrap();
-    assert_eq!(c.receive_json().await.unwrap()["type"], "error", "the connection stays");
+    assert_eq!(
+        c.receive_json().await.unwrap()["type"],
+        "error",
+        "the connection stays"
+    );
 }
 
 #[tokio::test]
@@ -441,7 +455,8 @@ async fn a_big_message_is_sent_whole_when_max_message_size_allows_it() {
     // 2 MiB in and out: more than outbound_bytes (1 MiB), which bounds a backlog, not a message.
     let big = "x".repeat(2 << 20);
     let cfg = ConnectionConfig::default().max_message_size(4 << 20);
-    let mut c = Communicator::new(InMemoryLayer::default(), Scope::new("/e"), Echo).with_config(cfg);
+    let mut c =
+        Communicator::new(InMemoryLayer::default(), Scope::new("/e"), Echo).with_config(cfg);
     assert!(c.connect().await.is_accepted());
     c.send_text(big.clone()).await.unwrap();
     assert_eq!(c.receive_text().await.unwrap().len(), big.len());

@@ -228,9 +228,15 @@ async fn origins_are_checked() {
         );
         let (status, body) = refusal(addr, "/ws/a/", None).await;
         assert_eq!(status, 403);
-        assert!(body.contains("no Origin header"), "the refusal says why: {body:?}");
+        assert!(
+            body.contains("no Origin header"),
+            "the refusal says why: {body:?}"
+        );
         let (_, body) = refusal(addr, "/ws/a/", Some("http://evil.example")).await;
-        assert!(body.contains("http://evil.example") && body.contains("not allowed"), "{body:?}");
+        assert!(
+            body.contains("http://evil.example") && body.contains("not allowed"),
+            "{body:?}"
+        );
     }
     for addr in both(&layer, |e| e.allowed_origins([".example.com"])).await {
         assert!(
@@ -286,7 +292,10 @@ async fn authentication_hook_sets_the_user_or_refuses() {
         }
     };
     for addr in both(&layer, |e| e.allow_missing_origin(true).authenticate(auth)).await {
-        assert_eq!(refusal(addr, "/ws/a/", None).await, (401, "no token".to_owned()));
+        assert_eq!(
+            refusal(addr, "/ws/a/", None).await,
+            (401, "no token".to_owned())
+        );
         assert_eq!(
             connect(addr, "/ws/a/", None, &[("authorization", "Bearer bad")])
                 .await

@@ -5,6 +5,7 @@
 // layer and its messages and names, and the errors.
 pub use switchboard_core::{
     ChannelName, Decoded, GroupName, InMemoryLayer, Layer, LayerConfig, LayerError, Message,
+    Subscription,
 };
 pub use switchboard_server::{
     CloseCode, Connection, ConnectionConfig, Consumer, Endpoint, Error, Frame, Origins, Refusal,

@@ -185,4 +185,3 @@ pub async fn recv(layer: &Layer, ch: &ChannelName) -> Message {
         .expect("Rust received nothing within 5 s")
         .unwrap()
 }
-

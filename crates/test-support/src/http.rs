@@ -160,4 +160,3 @@ pub fn sse_lines(block: &str) -> Vec<&str> {
     lines.push(rest);
     lines
 }
-

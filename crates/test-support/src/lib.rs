@@ -40,10 +40,7 @@ pub const NO_SKIP: &str = "SWITCHBOARD_NO_SKIP";
 /// Reports that the running test cannot run here because it `needs` something, and returns
 /// `None` — or panics, when [`NO_SKIP`] is set.
 pub fn skip<T>(needs: &str) -> Option<T> {
-    let test = std::thread::current()
-        .name()
-        .unwrap_or("a test")
-        .to_owned();
+    let test = std::thread::current().name().unwrap_or("a test").to_owned();
     if std::env::var_os(NO_SKIP).is_some_and(|v| !v.is_empty() && v != "0") {
         panic!("{test} needs {needs}, and {NO_SKIP} forbids skipping it");
     }
@@ -147,9 +144,8 @@ pub fn executable(program: &str) -> bool {
     if p.components().count() > 1 {
         return p.is_file();
     }
-    std::env::var_os("PATH").is_some_and(|path| {
-        std::env::split_paths(&path).any(|dir| dir.join(program).is_file())
-    })
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
 }
 
 /// A child process killed on drop (with its whole process group, when it leads one).

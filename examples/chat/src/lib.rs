@@ -18,8 +18,8 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::json;
 use switchboard::{
-    Connection, ConnectionConfig, Consumer, Decoded, Endpoint, Error, GroupName, Layer,
-    LayerError, Origins, Refusal, Result, Scope,
+    Connection, ConnectionConfig, Consumer, Decoded, Endpoint, Error, GroupName, Layer, LayerError,
+    Origins, Refusal, Result, Scope,
 };
 
 /// The page: plain HTML and JavaScript, no build step.
@@ -266,7 +266,10 @@ async fn publish(
         );
     }
     let Some(group) = room_group(&room) else {
-        return json_error(StatusCode::BAD_REQUEST, format_args!("invalid room {room:?}"));
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            format_args!("invalid room {room:?}"),
+        );
     };
     let msg =
         json!({"type": "chat.message", "room": room, "user": username, "message": body.message});
@@ -283,7 +286,10 @@ async fn room_info(
     Path(room): Path<String>,
 ) -> axum::response::Response {
     let Some(group) = room_group(&room) else {
-        return json_error(StatusCode::BAD_REQUEST, format_args!("invalid room {room:?}"));
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            format_args!("invalid room {room:?}"),
+        );
     };
     match layer.group_channels(&group).await {
         Ok(members) => Json(json!({"room": room, "members": members.len()})).into_response(),

@@ -2,21 +2,15 @@
 //! by POST, and bad input.
 #![allow(clippy::unwrap_used)]
 
-
-
 use std::net::SocketAddr;
 
 use serde_json::json;
-use test_support::{try_ws, ws};
 use switchboard::{InMemoryLayer, Layer};
+use test_support::{try_ws, ws};
 
 async fn start() -> (SocketAddr, Layer) {
     let layer = Layer::new(InMemoryLayer::default());
-    let addr = test_support::serve(chat::router(
-        layer.clone(),
-        chat::Settings::default(),
-    ))
-    .await;
+    let addr = test_support::serve(chat::router(layer.clone(), chat::Settings::default())).await;
     (addr, layer)
 }
 

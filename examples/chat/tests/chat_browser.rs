@@ -2,10 +2,8 @@
 //! messages; a private message shows only on its target.
 #![allow(clippy::unwrap_used)]
 
-
-
-use test_support::browser::Browser;
 use switchboard::{InMemoryLayer, Layer};
+use test_support::browser::Browser;
 
 async fn join(b: &Browser, base: &str, nick: &str, room: &str) {
     b.client.goto(base).await.unwrap();

@@ -2,7 +2,6 @@
 //! messages, with the core layer and with the pub/sub layer.
 #![allow(clippy::unwrap_used)]
 
-
 use serde_json::json;
 use test_support::program::Program;
 use test_support::ws;

@@ -5,17 +5,15 @@
 //! resubscribes.
 #![allow(clippy::unwrap_used)]
 
-
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use test_support::redis::OwnRedis;
-use test_support::ws;
 use switchboard::redis::{RedisConfig, RedisLayer, RedisPubSubLayer};
 use switchboard::{Layer, LayerError};
+use test_support::redis::OwnRedis;
+use test_support::ws;
 
 /// A layer call must end within this while Redis is away.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
@@ -30,11 +28,7 @@ async fn survives_a_redis_restart(pubsub: bool) {
     } else {
         Layer::new(RedisLayer::connect(cfg).await.unwrap())
     };
-    let addr = test_support::serve(chat::router(
-        layer.clone(),
-        chat::Settings::default(),
-    ))
-    .await;
+    let addr = test_support::serve(chat::router(layer.clone(), chat::Settings::default())).await;
     let mut ann = ws(addr, "/ws/chat/lobby/?nickname=ann").await;
     let mut bob = ws(addr, "/ws/chat/lobby/?nickname=bob").await;
     ann.send_json(json!({"message": "before"})).await;
@@ -102,7 +96,10 @@ async fn survives_a_redis_restart(pubsub: bool) {
             assert!(text.contains("(reference "), "{frame}");
             let port = redis.port.to_string();
             for internal in ["127.0.0.1", port.as_str(), "redis", "refused", "os error"] {
-                assert!(!text.contains(internal), "the client was told {internal:?}: {frame}");
+                assert!(
+                    !text.contains(internal),
+                    "the client was told {internal:?}: {frame}"
+                );
             }
             break;
         }

@@ -13,10 +13,7 @@ pub fn init_tracing() {
 }
 
 /// Serves `app` until Ctrl-C.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    app: axum::Router,
-) -> std::io::Result<()> {
+pub async fn serve(listener: tokio::net::TcpListener, app: axum::Router) -> std::io::Result<()> {
     // WebSocket frames are small and latency-sensitive: no Nagle delay.
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
         let _ = tcp.set_nodelay(true);

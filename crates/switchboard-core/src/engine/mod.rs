@@ -465,7 +465,8 @@ impl Engine {
                     continue;
                 }
                 let (pushed, expired, leave) =
-                    m.queue.push(message.clone(), at.now, at.expires, Mode::Group);
+                    m.queue
+                        .push(message.clone(), at.now, at.expires, Mode::Group);
                 match pushed {
                     Pushed::Full => full += 1,
                     Pushed::Queued(len) if waits && m.queue.lags_at(len) => {
@@ -504,7 +505,10 @@ impl Engine {
 
     /// Ends an expired membership: index, back-index, report.
     fn end_membership(&self, group: &GroupName, queue: &Arc<Queue>) {
-        if self.remove_member(group, &queue.name, Some(queue)).is_some() {
+        if self
+            .remove_member(group, &queue.name, Some(queue))
+            .is_some()
+        {
             queue.state.lock().groups.retain(|g| g != group);
             self.report(&queue.name, vec![group.clone()]);
         }
@@ -724,7 +728,11 @@ mod tests {
         assert_eq!(push(), Pushed::Queued(2));
         assert_eq!(push(), Pushed::Unwanted, "two wait, two are queued");
         assert!(a.poll_recv(&mut cx).is_ready());
-        assert_eq!(demand.waiting(), 1, "a receiver that got its message stops waiting");
+        assert_eq!(
+            demand.waiting(),
+            1,
+            "a receiver that got its message stops waiting"
+        );
         drop(b);
         assert_eq!(demand.waiting(), 0, "a dropped receiver stops waiting");
     }

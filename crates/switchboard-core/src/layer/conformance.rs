@@ -436,7 +436,8 @@ where
     F: Fn(LayerConfig) -> Fut,
     Fut: Future<Output = Option<(Layer, Layer)>>,
 {
-    let Some((layer, peer)) = make(LayerConfig::default().expiry(Duration::from_secs(1))).await else {
+    let Some((layer, peer)) = make(LayerConfig::default().expiry(Duration::from_secs(1))).await
+    else {
         return;
     };
     let (stale, live) = (channel(&peer).await, channel(&layer).await);
@@ -469,7 +470,8 @@ where
     F: Fn(LayerConfig) -> Fut,
     Fut: Future<Output = Option<(Layer, Layer)>>,
 {
-    let Some((layer, _)) = make(LayerConfig::default().group_expiry(Duration::from_secs(2))).await else {
+    let Some((layer, _)) = make(LayerConfig::default().group_expiry(Duration::from_secs(2))).await
+    else {
         return;
     };
     let (old, refreshed) = (channel(&layer).await, channel(&layer).await);
@@ -662,7 +664,10 @@ where
     ok(sub.group_add("room").await, "group_add twice");
     assert_eq!(sub.groups().len(), 1, "a group joined twice is one group");
     ok(peer.group_send("room", msg("group", 1)).await, "group_send");
-    ok(peer.send(sub.channel_name(), msg("direct", 2)).await, "send");
+    ok(
+        peer.send(sub.channel_name(), msg("direct", 2)).await,
+        "send",
+    );
     for expected in [msg("group", 1), msg("direct", 2)] {
         match tokio::time::timeout(ARRIVES, sub.recv()).await {
             Ok(r) => assert_eq!(ok(r, "subscription recv"), expected),
@@ -682,7 +687,10 @@ where
         matches!(sub.recv().await, Err(LayerError::Closed)),
         "a closed subscription receives nothing more"
     );
-    ok(peer.send(&channel, msg("late", 3)).await, "send to a closed subscription's channel");
+    ok(
+        peer.send(&channel, msg("late", 3)).await,
+        "send to a closed subscription's channel",
+    );
 }
 
 /// A subscription dropped without `close` (a task that panicked, a stream the client left)
@@ -721,7 +729,8 @@ where
     F: Fn(LayerConfig) -> Fut,
     Fut: Future<Output = Option<(Layer, Layer)>>,
 {
-    let Some((layer, _)) = make(LayerConfig::default().group_expiry(Duration::from_secs(2))).await else {
+    let Some((layer, _)) = make(LayerConfig::default().group_expiry(Duration::from_secs(2))).await
+    else {
         return;
     };
     let mut sub = ok(layer.subscribe().await, "subscribe");

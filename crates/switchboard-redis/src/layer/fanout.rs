@@ -224,4 +224,3 @@ fn indexes(value: Option<&RValue>) -> Vec<usize> {
         _ => Vec::new(),
     }
 }
-

@@ -360,7 +360,9 @@ impl ChannelLayer for RedisLayer {
         if inner.client.owns(channel.as_str()) {
             return inner.engine.send(&inner.own_queue(channel), message);
         }
-        inner.timed(fanout::send_remote(inner, channel, message)).await
+        inner
+            .timed(fanout::send_remote(inner, channel, message))
+            .await
     }
 
     async fn receiver(&self, channel: &ChannelName) -> Result<Receiver> {
@@ -408,7 +410,9 @@ impl ChannelLayer for RedisLayer {
     async fn group_send(&self, group: &GroupName, message: Message) -> Result<()> {
         let inner = &self.inner;
         inner.engine.check_open()?;
-        let lagging = inner.timed(fanout::group_send(inner, group, message)).await?;
+        let lagging = inner
+            .timed(fanout::group_send(inner, group, message))
+            .await?;
         inner.engine.backpressure(lagging).await;
         Ok(())
     }

@@ -84,9 +84,13 @@ fn deliver(
     match route {
         Route::One(channel) => match ChannelName::new(&channel) {
             Ok(channel) if inner.client.owns(channel.as_str()) => {
-                inner.engine.deliver(&inner.own_queue(&channel), message, &at);
+                inner
+                    .engine
+                    .deliver(&inner.own_queue(&channel), message, &at);
             }
-            _ => tracing::debug!(%channel, "process-queue message for a channel not of this process skipped"),
+            _ => {
+                tracing::debug!(%channel, "process-queue message for a channel not of this process skipped")
+            }
         },
         Route::Many(channels) => {
             let mut lagging = Default::default();

@@ -60,4 +60,3 @@ redis.call('DEL', KEYS[2])
 ",
     )
 });
-

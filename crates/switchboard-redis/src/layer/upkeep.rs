@@ -59,7 +59,6 @@ pub(super) async fn janitor(inner: Arc<Inner>, mut leave_rx: mpsc::UnboundedRece
     }
 }
 
-
 /// Writes again, with their original join times, the memberships this process added that
 /// Redis lost (a restart without persistence, a failover to a lagging replica).
 pub(super) async fn reassert_memberships(inner: &Inner, host_index: Option<usize>) {
@@ -102,7 +101,6 @@ pub(super) async fn reassert_memberships(inner: &Inner, host_index: Option<usize
     }
 }
 
-
 async fn leave_groups(inner: &Inner, leave: Leave) {
     for group in leave.groups {
         if let Err(e) = inner.leave_group(&group, &leave.channel).await {
@@ -110,4 +108,3 @@ async fn leave_groups(inner: &Inner, leave: Leave) {
         }
     }
 }
-

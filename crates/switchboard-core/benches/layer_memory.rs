@@ -1,9 +1,9 @@
 //! The in-memory layer: point-to-point send/receive and `group_send` fan-out.
 //!
-//! Run: `cargo bench --bench layer_memory`
+//! Run: `cargo bench -p switchboard-core --bench layer_memory`
 //!
-//! Both cases mirror `../shared/peer/layer_bench.py` so the numbers compare with Django
-//! Channels' `InMemoryChannelLayer` (`../shared/peer/run.sh layers --layers memory`):
+//! Both cases mirror `bench/django/layer_bench.py` so the numbers compare with Django
+//! Channels' `InMemoryChannelLayer` (`bench/django/run.sh layers --layers memory`):
 //! - p2p: one sender task and one receiver task on one channel, 20,000 messages.
 //! - fan-out: N members in one group, each drained by its own task; the sender keeps at most 50
 //!   group messages outstanding for any member (the peer's `--window 50`), with the default
@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use switchboard::{ChannelName, InMemoryLayer, Layer, LayerConfig, Message, Value};
+use switchboard_core::{ChannelName, InMemoryLayer, Layer, LayerConfig, Message, Value};
 use tokio::runtime::Runtime;
 use tokio::sync::Notify;
 
@@ -72,7 +72,7 @@ async fn receive_loop(
     use_receiver: bool,
     mut each: impl FnMut(Message) -> bool,
 ) {
-    let mut rx = layer.receiver(&channel);
+    let mut rx = layer.receiver(&channel).await.expect("receiver");
     loop {
         let got = if use_receiver {
             rx.recv().await

@@ -9,7 +9,7 @@
 //!   another one; group sends for 6 s, at most 50 per member outstanding.
 //!
 //! ```text
-//! SWITCHBOARD_REDIS_URL=redis://127.0.0.1:6393 cargo bench --features redis --bench layer_redis_load
+//! SWITCHBOARD_REDIS_URL=redis://127.0.0.1:6393 cargo bench -p switchboard-redis --bench layer_redis_load
 //! FANOUT=1,10,100,1000 FANOUT_SECONDS=6 P2P_N=20000 …   # the defaults
 //! ```
 //!

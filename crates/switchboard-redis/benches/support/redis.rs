@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use switchboard::redis::{RedisConfig, RedisLayer, RedisPubSubLayer};
-use switchboard::{ChannelName, Layer, LayerConfig, Message, Value};
+use switchboard_core::{ChannelName, Layer, LayerConfig, Message, Value};
+use switchboard_redis::{RedisConfig, RedisLayer, RedisPubSubLayer};
 
 /// Group messages a sender may have outstanding per member (`layer_bench.py --window 50`).
 pub const WINDOW: u64 = 50;
@@ -82,9 +82,11 @@ pub async fn p2p(from: &Layer, to: &Layer, ch: &ChannelName, n: u64, senders: u6
     let receiver = {
         let (to, ch) = (to.clone(), ch.clone());
         tokio::spawn(async move {
+            // A long-lived receiver, as a consumer's subscription holds.
+            let mut rx = to.receiver(&ch).await.unwrap_or_else(|e| panic!("{e}"));
             let mut next = vec![0u64; senders as usize];
             for _ in 0..total {
-                let m = to.receive(&ch).await.unwrap_or_else(|e| panic!("{e}"));
+                let m = rx.recv().await.unwrap_or_else(|e| panic!("{e}"));
                 let (s, seq) = (field(&m, "sender") as usize, field(&m, "seq"));
                 assert_eq!(seq, next[s], "sender {s}: message out of order or lost");
                 next[s] += 1;
@@ -174,9 +176,10 @@ pub async fn fan_out(room: &Room, max: u64, for_at_most: Option<Duration>) -> Fa
     for (i, (layer, ch)) in room.members.iter().enumerate() {
         let (layer, ch, counts) = (layer.clone(), ch.clone(), counts.clone());
         tasks.push(tokio::spawn(async move {
+            let mut rx = layer.receiver(&ch).await.unwrap_or_else(|e| panic!("{e}"));
             let mut next = 0;
             loop {
-                let msg = layer.receive(&ch).await.unwrap_or_else(|e| panic!("{e}"));
+                let msg = rx.recv().await.unwrap_or_else(|e| panic!("{e}"));
                 if msg.message_type() == "bench.end" {
                     assert_eq!(field(&msg, "seq"), next, "a delivery was lost");
                     return;

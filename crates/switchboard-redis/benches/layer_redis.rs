@@ -13,7 +13,7 @@
 //! Throughput is reported in elements: messages for `p2p`, deliveries for `group_send`.
 //!
 //! ```text
-//! SWITCHBOARD_REDIS_URL=redis://127.0.0.1:6393 cargo bench --features redis --bench layer_redis
+//! SWITCHBOARD_REDIS_URL=redis://127.0.0.1:6393 cargo bench -p switchboard-redis --bench layer_redis
 //! scripts/bench-redis      # the same, side by side with Django's numbers and redis-benchmark
 //! ```
 
