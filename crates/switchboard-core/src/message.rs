@@ -51,8 +51,8 @@ struct Inner {
     type_index: usize,
     /// The JSON text of `fields`, rendered on first use and shared by every clone.
     json: OnceLock<Text>,
-    /// The first typed value decoded with [`Message::decode_shared`], shared by every clone.
-    decoded: OnceLock<Arc<dyn Any + Send + Sync>>,
+    /// The first typed value a [`Decoded<T>`] decoded, shared by every clone.
+    decoded: OnceLock<Box<dyn Any + Send + Sync>>,
 }
 
 /// A validated message: a map of [`Value`]s with a non-empty string `"type"`.
@@ -146,22 +146,23 @@ impl Message {
         T::deserialize(crate::value::MapDe(&self.0.fields))
     }
 
-    /// Decodes the message into `T` once, however many receivers ask: the first call decodes
-    /// and keeps the value in the message, every later call (on any clone, for the same `T`)
-    /// shares it. A group message a thousand consumers decode into their event type is decoded
-    /// once. (A second type decodes each time; an error is not kept.)
-    pub fn decode_shared<T: DeserializeOwned + Send + Sync + 'static>(
+    /// Decodes the message into `T` and keeps the value in the message (shared by every clone),
+    /// unless a value of another type is kept already. Returns whether a `T` is kept now.
+    fn decode_into_cache<T: DeserializeOwned + Send + Sync + 'static>(
         &self,
-    ) -> Result<Arc<T>, DecodeError> {
+    ) -> Result<bool, DecodeError> {
         if let Some(kept) = self.0.decoded.get() {
-            if let Ok(t) = kept.clone().downcast::<T>() {
-                return Ok(t);
-            }
-            return self.decode().map(Arc::new);
+            return Ok(kept.is::<T>());
         }
-        let t = Arc::new(self.decode::<T>()?);
-        let _ = self.0.decoded.set(t.clone()); // another thread may have been first: fine
-        Ok(t)
+        let t: T = self.decode()?;
+        // Another thread may have been first, with this type or another.
+        let kept = self.0.decoded.get_or_init(|| Box::new(t));
+        Ok(kept.is::<T>())
+    }
+
+    /// The typed value a [`Decoded<T>`] kept in the message, if it is a `T`.
+    fn cached<T: 'static>(&self) -> Option<&T> {
+        self.0.decoded.get()?.downcast_ref::<T>()
     }
 
     /// The message as JSON text. Rendered once and shared by every clone of this message, so a
@@ -308,7 +309,7 @@ impl IntoMessage for Result<Message, MessageError> {
 ///   `#[serde(tag = "type")]`, one variant per message type. Decoding borrows from the message;
 ///   only what the type keeps is copied.
 /// - [`Decoded<T>`]: both — the decoded value to match on, and the message itself to relay
-///   without rendering it again. Decoded once per message ([`Message::decode_shared`]) and
+///   without rendering it again. Decoded once per message (the value is kept in the message) and
 ///   rendered once per message ([`Message::to_json_text`]): a group message that a thousand
 ///   consumers match on and relay costs one decode and one serialization.
 ///
@@ -324,12 +325,12 @@ impl IntoMessage for Result<Message, MessageError> {
 /// }
 ///
 /// let m = Message::from_json(serde_json::json!({"type": "chat.message", "text": "hi"}))?;
-/// let Decoded(event, raw) = Decoded::<RoomEvent>::from_message(m.clone())?;
+/// let event = Decoded::<RoomEvent>::from_message(m.clone())?;
 /// assert_eq!(*event, RoomEvent::ChatMessage { text: "hi".into() });
-/// assert!(Message::ptr_eq(&raw, &m));
+/// assert!(Message::ptr_eq(event.message(), &m));
 /// // Another member's copy of the same message shares the decoded value.
-/// let Decoded(again, _) = Decoded::<RoomEvent>::from_message(m)?;
-/// assert!(std::sync::Arc::ptr_eq(&event, &again));
+/// let again = Decoded::<RoomEvent>::from_message(m)?;
+/// assert!(std::ptr::eq(&*event, &*again));
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub trait FromMessage: Sized + Send + 'static {
@@ -345,38 +346,61 @@ impl FromMessage for Message {
 
 impl<T: DeserializeOwned + Send + 'static> FromMessage for T {
     fn from_message(message: Message) -> Result<Self, DecodeError> {
-        message.decode()
+        message.decode().map_err(|e| e.of_message(&message))
     }
 }
 
-/// A message decoded into `T` (once per message, shared), with the message itself: match on
-/// the first, relay the second (see [`FromMessage`]).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Decoded<T>(pub Arc<T>, pub Message);
+/// A message decoded into `T`, with the message itself: match on the value (it derefs to `T`),
+/// relay the message ([`message`](Decoded::message)). See [`FromMessage`].
+///
+/// The value is decoded once per message and kept in it: every receiver of the same group
+/// message reads the same `T`, at no cost of its own (no copy, no reference count). (A message
+/// that already keeps a value of another type is decoded for each receiver.)
+#[derive(Debug, Clone)]
+pub struct Decoded<T> {
+    message: Message,
+    /// The value, when the message keeps a value of another type.
+    own: Option<T>,
+}
 
-impl<T> Decoded<T> {
+impl<T: 'static> Decoded<T> {
     /// The decoded value.
     pub fn value(&self) -> &T {
-        &self.0
+        match &self.own {
+            Some(t) => t,
+            // ok: `own` is None only when the message was found to keep a `T` (from_message),
+            // and what a message keeps never changes.
+            None => self.message.cached::<T>().unwrap_or_else(|| unreachable!()),
+        }
     }
 
-    /// The message it was decoded from.
+    /// The message it was decoded from: relay it as it came.
     pub fn message(&self) -> &Message {
-        &self.1
+        &self.message
+    }
+
+    /// The message, without the value.
+    pub fn into_message(self) -> Message {
+        self.message
     }
 }
 
-impl<T> std::ops::Deref for Decoded<T> {
+impl<T: 'static> std::ops::Deref for Decoded<T> {
     type Target = T;
     fn deref(&self) -> &T {
-        &self.0
+        self.value()
     }
 }
 
 impl<T: DeserializeOwned + Send + Sync + 'static> FromMessage for Decoded<T> {
     fn from_message(message: Message) -> Result<Self, DecodeError> {
-        let decoded = message.decode_shared()?;
-        Ok(Decoded(decoded, message))
+        let decoded = match message.decode_into_cache::<T>() {
+            Ok(true) => Ok(None),
+            Ok(false) => message.decode().map(Some),
+            Err(e) => Err(e),
+        };
+        let own = decoded.map_err(|e| e.of_message(&message))?;
+        Ok(Decoded { message, own })
     }
 }
 

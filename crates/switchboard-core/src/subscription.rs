@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
 
-use crate::engine::Receiver;
+use crate::engine::{Receiver, clock};
 use crate::error::{LayerError, Result};
 use crate::layer::Layer;
 use crate::message::Message;
@@ -62,11 +62,19 @@ pub struct Subscription {
 
 struct Refresh {
     every: Option<Duration>,
-    /// Armed while there are groups to refresh.
+    /// Armed while there are groups to refresh: wakes the task when a refresh is due.
     timer: Option<Pin<Box<Sleep>>>,
+    /// When the timer fires, on the engine's coarse clock: until shortly before, a receive does
+    /// not poll the timer again (once it holds the task's waker, polling it per message would
+    /// be work per message for nothing).
+    due: Option<clock::Instant>,
     /// A refresh on its way.
     running: Option<Exclusive<Pending>>,
 }
+
+/// How early, on the coarse clock, a receive starts polling a due timer (the coarse clock can
+/// lag the timer by a few milliseconds).
+const DUE_MARGIN: Duration = Duration::from_millis(50);
 
 impl fmt::Debug for Subscription {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -109,6 +117,7 @@ impl Subscription {
             refresh: Refresh {
                 every: Some(every),
                 timer: None,
+                due: None,
                 running: None,
             },
             closed: false,
@@ -135,6 +144,7 @@ impl Subscription {
     pub fn set_refresh(&mut self, every: Option<Duration>) {
         self.refresh.every = every;
         self.refresh.timer = None;
+        self.refresh.due = None;
         self.arm();
     }
 
@@ -163,6 +173,7 @@ impl Subscription {
             // below: both go the same way.)
             if let Some(t) = self.refresh.timer.as_mut() {
                 t.as_mut().reset(Instant::now());
+                self.refresh.due = None;
             }
         }
         self.groups.retain(|g| g != &group);
@@ -196,6 +207,7 @@ impl Subscription {
         self.refresh = Refresh {
             every: None,
             timer: None,
+            due: None,
             running: None,
         };
         let groups = std::mem::take(&mut self.groups);
@@ -241,11 +253,18 @@ impl Subscription {
         let (Some(timer), Some(every)) = (r.timer.as_mut(), r.every) else {
             return;
         };
+        if r.due
+            .is_some_and(|due| clock::Instant::now() + DUE_MARGIN < due)
+        {
+            return; // the timer holds this task's waker and is not due
+        }
         if timer.as_mut().poll(cx).is_pending() {
+            r.due = Some(clock::Instant::now() + timer_left(timer));
             return;
         }
         timer.as_mut().reset(Instant::now() + every);
         let _ = timer.as_mut().poll(cx); // registers the next wake-up
+        r.due = Some(clock::Instant::now() + every);
         if r.running.is_some() || self.groups.is_empty() {
             return;
         }
@@ -265,6 +284,11 @@ impl Subscription {
             r.running = Some(Exclusive::new(running));
         }
     }
+}
+
+/// How long until `timer` fires.
+fn timer_left(timer: &Pin<Box<Sleep>>) -> Duration {
+    timer.deadline().saturating_duration_since(Instant::now())
 }
 
 async fn cleanup(layer: &Layer, channel: &ChannelName, groups: Vec<GroupName>, owned: bool) {

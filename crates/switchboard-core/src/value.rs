@@ -358,6 +358,17 @@ impl DecodeError {
     }
 }
 
+impl DecodeError {
+    /// The error, saying which message type it is about.
+    pub(crate) fn of_message(self, message: &crate::Message) -> DecodeError {
+        DecodeError(format!(
+            "a message of type {:?}: {}",
+            message.message_type(),
+            self.0
+        ))
+    }
+}
+
 impl From<serde_json::Error> for DecodeError {
     fn from(e: serde_json::Error) -> DecodeError {
         DecodeError(e.to_string())

@@ -24,14 +24,10 @@ pub enum Error {
     /// A client frame did not decode into the consumer's `Incoming` type.
     #[error("could not decode the message: {0}")]
     BadFrame(DecodeError),
-    /// A layer message did not decode into the consumer's `Event` type.
-    #[error("could not decode an event of type {message_type:?}: {source}")]
-    BadEvent {
-        /// The message's `"type"`.
-        message_type: String,
-        /// Why.
-        source: DecodeError,
-    },
+    /// A layer message did not decode into the consumer's `Event` type (the error names the
+    /// message's type).
+    #[error("could not decode the event: {0}")]
+    BadEvent(DecodeError),
     /// The WebSocket is closed (or closing); nothing more can be sent on it.
     #[error("the connection is closed")]
     ConnectionClosed,
@@ -60,7 +56,7 @@ impl Error {
         match self {
             Error::Layer(e) => e.is_internal(),
             Error::BadFrame(_) | Error::Protocol(_) | Error::ConnectionClosed => false,
-            Error::BadEvent { .. } | Error::Other(_) => true,
+            Error::BadEvent(_) | Error::Other(_) => true,
         }
     }
 

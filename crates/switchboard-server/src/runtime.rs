@@ -352,33 +352,27 @@ pub(crate) async fn run<C, T>(
                 // of overflowing its listeners' channels.
                 tokio::task::yield_now().await;
             }
-            Input::Event(Ok(message)) => {
-                let message_type = message.message_type().to_owned();
-                match C::Event::from_message(message) {
-                    Ok(ev) => {
-                        let result = drive(
-                            consumer.event(&mut conn, ev),
-                            &mut ws,
-                            &out,
-                            &mut writer,
-                            &mut broken,
-                        )
-                        .await;
-                        if let Some(end) = after_handler(&mut conn, result, "event").await {
-                            break end;
-                        }
-                    }
-                    Err(source) => {
-                        let e = Error::BadEvent {
-                            message_type,
-                            source,
-                        };
-                        if let Some(end) = bad_input(&mut conn, &config, e).await {
-                            break end;
-                        }
+            Input::Event(Ok(message)) => match C::Event::from_message(message) {
+                Ok(ev) => {
+                    let result = drive(
+                        consumer.event(&mut conn, ev),
+                        &mut ws,
+                        &out,
+                        &mut writer,
+                        &mut broken,
+                    )
+                    .await;
+                    if let Some(end) = after_handler(&mut conn, result, "event").await {
+                        break end;
                     }
                 }
-            }
+                Err(source) => {
+                    let e = Error::BadEvent(source);
+                    if let Some(end) = bad_input(&mut conn, &config, e).await {
+                        break end;
+                    }
+                }
+            },
             Input::Event(Err(e)) => {
                 // The layer closed (the server is shutting down), or the subscription did.
                 if !matches!(e, LayerError::Closed) {

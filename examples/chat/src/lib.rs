@@ -213,11 +213,10 @@ impl Consumer for ChatConsumer {
     }
 
     async fn event(&mut self, conn: &mut Connection, event: Decoded<ChatEvent>) -> Result<()> {
-        let Decoded(event, message) = event;
         match &*event {
             // Relayed as it came: the JSON text is rendered once per message, not per member.
             ChatEvent::Message { .. } | ChatEvent::Private { .. } => {
-                conn.send_message(&message).await
+                conn.send_message(event.message()).await
             }
         }
     }

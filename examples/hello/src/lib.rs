@@ -60,10 +60,9 @@ impl Consumer for ChatConsumer {
     }
 
     async fn event(&mut self, conn: &mut Connection, event: Decoded<RoomEvent>) -> Result<()> {
-        let Decoded(event, message) = event;
         match &*event {
             // Relayed as it came: rendered to JSON once for every member of the room.
-            RoomEvent::ChatMessage { .. } => conn.send_message(&message).await,
+            RoomEvent::ChatMessage { .. } => conn.send_message(event.message()).await,
         }
     }
 }

@@ -25,7 +25,7 @@
 //! The semantics are those of [`crate::layer`]; the conformance suite checks them on every
 //! layer.
 
-mod clock;
+pub(crate) mod clock;
 mod queue;
 
 use std::collections::HashMap;
@@ -461,7 +461,7 @@ impl Engine {
         if let Some(members) = self.0.groups.get(group) {
             for m in members.map.values() {
                 if at.now.duration_since(m.joined) >= group_expiry {
-                    stale.push(m.queue.clone());
+                    stale.push((members.key().clone(), m.queue.clone()));
                     continue;
                 }
                 let (pushed, expired, leave) =
@@ -493,12 +493,8 @@ impl Engine {
         for (q, n, leave) in expired_queues {
             self.after_expiry(&q, n, leave);
         }
-        if !stale.is_empty()
-            && let Ok(group) = GroupName::new(group)
-        {
-            for q in stale {
-                self.end_membership(&group, &q);
-            }
+        for (group, q) in stale {
+            self.end_membership(&group, &q);
         }
         lagging
     }
