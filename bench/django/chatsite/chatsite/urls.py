@@ -1,0 +1,2 @@
+# No HTTP views: the chat is WebSocket only (see chat/routing.py).
+urlpatterns = []
