@@ -72,7 +72,9 @@ async fn receive_loop(
     use_receiver: bool,
     mut each: impl FnMut(Message) -> bool,
 ) {
-    let mut rx = layer.receiver(&channel).await.expect("receiver");
+    let Ok(mut rx) = layer.receiver(&channel).await else {
+        return; // the layer closed before this task ran
+    };
     loop {
         let got = if use_receiver {
             rx.recv().await

@@ -175,6 +175,7 @@ impl Engine {
     }
 
     /// Whether [`close`](Engine::close) was called.
+    #[inline]
     pub fn is_closed(&self) -> bool {
         self.0.closed.load(Ordering::Relaxed)
     }
@@ -218,6 +219,16 @@ impl Engine {
         Receiver::new(self.clone(), queue)
     }
 
+    /// Waits for the next message on `queue`: what a [`Receiver`] does, for one message,
+    /// without making one. Cancel-safe.
+    pub async fn receive(&self, queue: &Arc<Queue>) -> Result<Message> {
+        let mut w = queue::Waiting {
+            queue,
+            waiting: false,
+        };
+        std::future::poll_fn(|cx| queue::poll_queue(self, queue, &mut w.waiting, cx)).await
+    }
+
     /// Forgets `channel`: drops its queue and messages and takes it out of every group here.
     /// Returns the groups it left. Later sends make a new, empty queue.
     pub fn discard(&self, channel: &ChannelName) -> Vec<GroupName> {
@@ -243,6 +254,7 @@ impl Engine {
     // -- delivery ---------------------------------------------------------------------------
 
     /// The arrival of a message sent `age` ago (zero: now).
+    #[inline]
     pub fn arrival(&self, age: Duration) -> Arrival {
         let now = Instant::now();
         Arrival {
@@ -261,6 +273,16 @@ impl Engine {
             }),
             _ => Ok(()),
         }
+    }
+
+    /// `send` to `channel`, whose queue is made if it does not exist. (The queue is used where
+    /// it is found, not cloned: a send then costs no reference count on the queue the receiver
+    /// is locking.)
+    pub fn send_to(&self, channel: &ChannelName, message: Message) -> Result<()> {
+        if let Some(q) = self.0.channels.get(channel) {
+            return self.send(&q, message);
+        }
+        self.send(&self.queue(channel), message)
     }
 
     /// A message another process sent to `queue`'s channel. A full queue drops it; the drop
@@ -326,7 +348,9 @@ impl Engine {
 
     fn push(&self, queue: &Arc<Queue>, message: Message, at: &Arrival, mode: Mode<'_>) -> Pushed {
         let (pushed, expired, leave) = queue.push(message, at.now, at.expires, mode);
-        self.after_expiry(queue, expired, leave);
+        if expired > 0 {
+            self.after_expiry(queue, expired, leave);
+        }
         pushed
     }
 

@@ -306,45 +306,68 @@ impl Receiver {
 
     /// Polls for the next message; fails once the layer is closed.
     pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Message>> {
-        if let Err(e) = self.engine.check_open() {
-            self.stop_waiting();
-            return Poll::Ready(Err(e));
-        }
-        let (polled, expired, leave) = self.queue.poll_pop(cx);
-        self.engine.after_expiry(&self.queue, expired, leave);
-        match polled {
-            Poll::Ready(m) => {
-                self.stop_waiting();
-                Poll::Ready(Ok(m))
-            }
-            Poll::Pending => {
-                if !self.waiting
-                    && let Some(d) = &self.queue.demand
-                {
-                    self.waiting = true;
-                    d.start_waiting();
-                }
-                Poll::Pending
-            }
-        }
+        poll_queue(&self.engine, &self.queue, &mut self.waiting, cx)
     }
 
     /// Waits for the next message.
     pub async fn recv(&mut self) -> Result<Message> {
         std::future::poll_fn(|cx| self.poll_recv(cx)).await
     }
+}
 
-    fn stop_waiting(&mut self) {
-        if std::mem::take(&mut self.waiting)
-            && let Some(d) = &self.queue.demand
-        {
-            d.stop_waiting();
+/// One receive attempt on `queue`: a message, `Closed` once the layer is closed, or pending
+/// (counted in the queue's demand while `waiting`).
+pub(crate) fn poll_queue(
+    engine: &Engine,
+    queue: &Arc<Queue>,
+    waiting: &mut bool,
+    cx: &mut Context<'_>,
+) -> Poll<Result<Message>> {
+    if engine.is_closed() {
+        stop_waiting(queue, waiting);
+        return Poll::Ready(Err(crate::LayerError::Closed));
+    }
+    let (polled, expired, leave) = queue.poll_pop(cx);
+    if expired > 0 {
+        engine.after_expiry(queue, expired, leave);
+    }
+    match polled {
+        Poll::Ready(m) => {
+            stop_waiting(queue, waiting);
+            Poll::Ready(Ok(m))
         }
+        Poll::Pending => {
+            if !*waiting && let Some(d) = &queue.demand {
+                *waiting = true;
+                d.start_waiting();
+            }
+            Poll::Pending
+        }
+    }
+}
+
+pub(crate) fn stop_waiting(queue: &Queue, waiting: &mut bool) {
+    if std::mem::take(waiting)
+        && let Some(d) = &queue.demand
+    {
+        d.stop_waiting();
+    }
+}
+
+/// Takes a waiting receive out of its queue's demand when it ends, however it ends.
+pub(crate) struct Waiting<'a> {
+    pub(crate) queue: &'a Queue,
+    pub(crate) waiting: bool,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        stop_waiting(self.queue, &mut self.waiting);
     }
 }
 
 impl Drop for Receiver {
     fn drop(&mut self) {
-        self.stop_waiting();
+        stop_waiting(&self.queue, &mut self.waiting);
     }
 }

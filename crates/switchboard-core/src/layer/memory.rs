@@ -59,7 +59,12 @@ impl ChannelLayer for InMemoryLayer {
 
     async fn send(&self, channel: &ChannelName, message: Message) -> Result<()> {
         self.engine.check_open()?;
-        self.engine.send(&self.engine.queue(channel), message)
+        self.engine.send_to(channel, message)
+    }
+
+    async fn receive(&self, channel: &ChannelName) -> Result<Message> {
+        self.engine.check_open()?;
+        self.engine.receive(&self.engine.queue(channel)).await
     }
 
     async fn receiver(&self, channel: &ChannelName) -> Result<Receiver> {

@@ -365,6 +365,16 @@ impl ChannelLayer for RedisLayer {
             .await
     }
 
+    async fn receive(&self, channel: &ChannelName) -> Result<Message> {
+        let inner = &self.inner;
+        inner.engine.check_open()?;
+        if inner.client.owns(channel.as_str()) {
+            inner.ensure_loop(channel.non_local_part());
+            return inner.engine.receive(&inner.own_queue(channel)).await;
+        }
+        self.receiver(channel).await?.recv().await
+    }
+
     async fn receiver(&self, channel: &ChannelName) -> Result<Receiver> {
         let inner = &self.inner;
         inner.engine.check_open()?;

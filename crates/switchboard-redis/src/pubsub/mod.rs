@@ -459,6 +459,15 @@ impl ChannelLayer for RedisPubSubLayer {
         inner.publish(channel.as_str(), &message).await
     }
 
+    async fn receive(&self, channel: &ChannelName) -> Result<Message> {
+        let inner = &self.inner;
+        inner.engine.check_open()?;
+        if inner.client.owns(channel.as_str()) {
+            return inner.engine.receive(&inner.own_queue(channel)).await;
+        }
+        self.receiver(channel).await?.recv().await
+    }
+
     async fn receiver(&self, channel: &ChannelName) -> Result<Receiver> {
         let inner = &self.inner;
         inner.engine.check_open()?;
