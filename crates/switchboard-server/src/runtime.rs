@@ -328,8 +328,11 @@ pub(crate) async fn run<C, T>(
                 };
                 let result = match C::Incoming::from_frame(frame) {
                     Ok(msg) => {
+                        // Boxed: a client frame is rare beside the events it causes, and the
+                        // handler's future inline would make every idle connection's task
+                        // larger by its size.
                         drive(
-                            consumer.receive(&mut conn, msg),
+                            Box::pin(consumer.receive(&mut conn, msg)),
                             &mut ws,
                             &out,
                             &mut writer,
@@ -466,7 +469,8 @@ pub(crate) async fn run<C, T>(
         }
         o.phase = Phase::Closed;
     }
-    match AssertUnwindSafe(consumer.disconnect(&mut conn, ending.code))
+    // Boxed as `receive` is: it runs once, and need not take room in the task all along.
+    match AssertUnwindSafe(Box::pin(consumer.disconnect(&mut conn, ending.code)))
         .catch_unwind()
         .await
     {
