@@ -82,16 +82,23 @@ fn deliver(
     // A process queue's message names channels of this process; a name that is not one (a
     // named channel this process also receives on) must not be fed from here.
     match route {
-        Route::One(channel) => match ChannelName::new(&channel) {
-            Ok(channel) if inner.client.owns(channel.as_str()) => {
-                inner
-                    .engine
-                    .deliver(&inner.own_queue(&channel), message, &at);
-            }
-            _ => {
-                tracing::debug!(%channel, "process-queue message for a channel not of this process skipped")
-            }
-        },
+        Route::One(channel) if inner.client.owns(&channel) => {
+            // The queue where it is; a channel of this process gets one if it has none.
+            let queue = match inner.engine.get(&channel) {
+                Some(q) => q,
+                None => match ChannelName::new(&channel) {
+                    Ok(name) => inner.own_queue(&name),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "process-queue message for a bad channel name skipped");
+                        return true;
+                    }
+                },
+            };
+            inner.engine.deliver(&queue, message, &at);
+        }
+        Route::One(channel) => {
+            tracing::debug!(%channel, "process-queue message for a channel not of this process skipped");
+        }
         Route::Many(channels) => {
             let mut lagging = Default::default();
             for channel in channels {

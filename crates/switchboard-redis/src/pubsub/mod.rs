@@ -298,16 +298,14 @@ impl Inner {
             let _lagging = self.engine.group_send(group, &message);
             return;
         }
-        let queue = if self.client.owns(channel) {
-            match ChannelName::new(channel) {
+        // The queue where it is; one of this process's channels gets one if it has none.
+        let queue = match self.engine.get(channel) {
+            Some(q) => q,
+            None if self.client.owns(channel) => match ChannelName::new(channel) {
                 Ok(name) => self.own_queue(&name),
                 Err(_) => return,
-            }
-        } else {
-            match self.engine.get(channel) {
-                Some(q) => q,
-                None => return,
-            }
+            },
+            None => return,
         };
         let Some(message) = decode() else { return };
         let at = self.engine.arrival(Duration::ZERO);
