@@ -11,7 +11,7 @@ use tokio::time::{Instant, Sleep};
 use crate::engine::{Receiver, clock};
 use crate::error::{LayerError, Result};
 use crate::layer::Layer;
-use crate::message::Message;
+use crate::message::{IntoMessage, Message};
 use crate::name::{ChannelName, GroupName, IntoGroupName};
 
 type Pending = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -180,6 +180,19 @@ impl Subscription {
         self.layer
             .backend()
             .group_discard(&group, self.receiver.channel_name())
+            .await
+    }
+
+    /// Sends `message` to every member of `group` (this subscription too, if it is one) as
+    /// [`Layer::group_send_from`] this subscription's channel: a back-pressure wait does not
+    /// wait for this subscription's own queue, which cannot drain while its owner sends.
+    pub async fn group_send(
+        &self,
+        group: impl IntoGroupName,
+        message: impl IntoMessage,
+    ) -> Result<()> {
+        self.layer
+            .group_send_from(self.receiver.channel_name(), group, message)
             .await
     }
 

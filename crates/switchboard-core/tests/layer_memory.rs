@@ -182,31 +182,7 @@ async fn fast_sender_slow_members(backpressure: Duration) -> u64 {
             .capacity(10)
             .group_backpressure(backpressure),
     ));
-    let mut members = Vec::new();
-    for _ in 0..20 {
-        let ch = layer.new_channel().await.unwrap();
-        layer.group_add("room", &ch).await.unwrap();
-        let layer = layer.clone();
-        members.push(tokio::spawn(async move {
-            let mut rx = layer.receiver(&ch).await.unwrap();
-            let mut got = 0u64;
-            while let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(500), rx.recv()).await
-            {
-                got += 1;
-                tokio::time::sleep(Duration::from_micros(500)).await;
-            }
-            got
-        }));
-    }
-    for i in 0..100 {
-        layer.group_send("room", msg(i)).await.unwrap();
-    }
-    let mut received = 0;
-    for m in members {
-        received += m.await.unwrap();
-    }
-    assert_eq!(received + layer.stats().group_full_drops, 20 * 100);
-    layer.stats().group_full_drops
+    switchboard_core::layer::conformance::fast_sender_slow_members(&layer, 20, 100).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

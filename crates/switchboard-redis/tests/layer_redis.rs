@@ -284,3 +284,24 @@ async fn a_message_scored_minus_infinity_is_dropped_as_expired() {
     a.send(&ch, msg("later", 4)).await.unwrap();
     assert_eq!(recv(&b, &ch).await, msg("later", 4));
 }
+
+/// This process's members of a group that lag make a fast sender wait (they are fed without
+/// Redis), so nothing is dropped; without back-pressure the same sender overflows them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_send_pushes_back_on_a_fast_sender_for_local_members() {
+    use switchboard_core::layer::conformance::fast_sender_slow_members;
+    let cfg = |wait| LayerConfig::default().capacity(10).group_backpressure(wait);
+    let Some(with) = config(cfg(Duration::from_secs(1))) else {
+        return;
+    };
+    let layer = Layer::new(core(&with).await);
+    assert_eq!(fast_sender_slow_members(&layer, 20, 100).await, 0);
+    let Some(without) = config(cfg(Duration::ZERO)) else {
+        return;
+    };
+    let layer = Layer::new(core(&without).await);
+    assert!(
+        fast_sender_slow_members(&layer, 20, 100).await > 0,
+        "without back-pressure a fast sender overflows slow members"
+    );
+}

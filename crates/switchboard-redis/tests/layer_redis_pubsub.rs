@@ -142,3 +142,25 @@ async fn named_channels_are_subscribed_on_receive() {
     let got = waiting.await.unwrap().unwrap();
     assert_eq!(got.message_type(), "news");
 }
+
+/// The fan-out runs in the subscription, after the publish: a group send waits for the
+/// members it left lagging, so a fast sender drops far fewer deliveries than without
+/// back-pressure. (Messages still in flight between the publish and the fan-out are not seen
+/// by the sender, so this layer does not promise none.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_send_pushes_back_on_a_fast_sender_for_local_members() {
+    use switchboard_core::layer::conformance::fast_sender_slow_members;
+    let cfg = |wait| LayerConfig::default().capacity(10).group_backpressure(wait);
+    let Some(with) = config(cfg(Duration::from_secs(1))) else {
+        return;
+    };
+    let Some(without) = config(cfg(Duration::ZERO)) else {
+        return;
+    };
+    let with = fast_sender_slow_members(&Layer::new(pubsub(&with).await), 20, 100).await;
+    let without = fast_sender_slow_members(&Layer::new(pubsub(&without).await), 20, 100).await;
+    assert!(
+        without > 0 && with * 4 <= without,
+        "back-pressure: {with} drops with it, {without} without"
+    );
+}

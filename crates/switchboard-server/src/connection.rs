@@ -209,13 +209,14 @@ impl Connection {
         Ok(self.sub.group_discard(group).await?)
     }
 
-    /// Sends a message to every member of a group (this connection too, if it is a member).
+    /// Sends a message to every member of a group (this connection too, if it is a member);
+    /// see [`Subscription::group_send`](switchboard_core::Subscription::group_send).
     pub async fn group_send(
         &self,
         group: impl IntoGroupName,
         message: impl IntoMessage,
     ) -> Result<()> {
-        Ok(self.sub.layer().group_send(group, message).await?)
+        Ok(self.sub.group_send(group, message).await?)
     }
 
     /// Sends a message to a channel.

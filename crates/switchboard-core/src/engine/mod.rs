@@ -125,6 +125,16 @@ impl Lagging {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+
+    /// Leaves out `sender`'s own queue, if given: a consumer that sends to a group it belongs
+    /// to cannot drain its queue while it waits, so waiting for it would only cost the whole
+    /// [`LayerConfig::group_backpressure`].
+    pub fn without(mut self, sender: Option<&ChannelName>) -> Lagging {
+        if let Some(sender) = sender {
+            self.0.retain(|q| q.name != *sender);
+        }
+        self
+    }
 }
 
 impl std::fmt::Debug for Engine {

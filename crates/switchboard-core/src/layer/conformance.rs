@@ -750,6 +750,125 @@ where
     sub.close().await;
 }
 
+/// Back-pressure waits for the local members a fan-out left lagging, but not for the sender's
+/// own queue (its consumer cannot drain it while it sends): a subscription sending to its own
+/// group never waits for itself, an anonymous sender waits until the subscription drains.
+pub async fn group_send_waits_for_lagging_members_but_not_the_sender<F, Fut>(make: F)
+where
+    F: Fn(LayerConfig) -> Fut,
+    Fut: Future<Output = Option<(Layer, Layer)>>,
+{
+    let config = LayerConfig::default()
+        .capacity(10)
+        .group_backpressure(Duration::from_secs(30));
+    let Some((layer, _peer)) = make(config).await else {
+        return;
+    };
+    let mut sub = ok(layer.subscribe().await, "subscribe");
+    ok(sub.group_add("room").await, "group_add");
+    // A second member, drained at once: once it has a message, so has `sub`.
+    let probe = channel(&layer).await;
+    ok(layer.group_add("room", &probe).await, "group_add");
+    let mut probe_rx = ok(layer.receiver(&probe).await, "receiver");
+    let (seen_tx, mut seen) = tokio::sync::watch::channel(0i64);
+    let drain = tokio::spawn(async move {
+        while let Ok(m) = probe_rx.recv().await {
+            let n = m.get("n").and_then(|v| v.as_i64()).unwrap_or(-1);
+            let _ = seen_tx.send(n);
+        }
+    });
+    let own = async {
+        for i in 0..7 {
+            ok(
+                sub.group_send("room", msg("own", i)).await,
+                "group_send_from",
+            );
+        }
+    };
+    if tokio::time::timeout(ARRIVES, own).await.is_err() {
+        panic!("a subscription's group sends waited for its own lagging queue");
+    }
+    if tokio::time::timeout(ARRIVES, seen.wait_for(|n| *n == 6))
+        .await
+        .is_err()
+    {
+        panic!("the probe member did not get the group messages within {ARRIVES:?}");
+    }
+    // `sub` now holds 7 of 10: an anonymous sender waits for it.
+    let mut anonymous = std::pin::pin!(layer.group_send("room", msg("anonymous", 7)));
+    if let Ok(r) = tokio::time::timeout(ABSENT, &mut anonymous).await {
+        panic!("an anonymous group_send did not wait for a lagging member: {r:?}");
+    }
+    let mut got = Vec::new();
+    let received = async {
+        loop {
+            tokio::select! {
+                r = &mut anonymous => {
+                    ok(r, "group_send");
+                    break;
+                }
+                m = sub.recv() => got.push(ok(m, "subscription recv")),
+            }
+        }
+        while got.len() < 8 {
+            got.push(ok(sub.recv().await, "subscription recv"));
+        }
+    };
+    if tokio::time::timeout(ARRIVES, received).await.is_err() {
+        panic!("the waiting group_send did not end once the member drained (got {got:?})");
+    }
+    let mut expected: Vec<Message> = (0..7).map(|i| msg("own", i)).collect();
+    expected.push(msg("anonymous", 7));
+    assert_eq!(got, expected);
+    sub.close().await;
+    ok(layer.discard_channel(&probe).await, "discard_channel");
+    drain.abort();
+}
+
+/// Back-pressure, measured: `members` slow members of `layer`'s group `"room"` (each takes
+/// half a millisecond per message; they must be this layer instance's own channels, as its
+/// consumers' are) and a sender that group-sends `messages` as fast as the layer lets it.
+/// Returns how many deliveries were dropped, after checking that every message was either
+/// delivered or counted as dropped.
+pub async fn fast_sender_slow_members(layer: &Layer, members: usize, messages: i64) -> u64 {
+    let drops_before = layer.stats().group_full_drops;
+    let mut tasks = Vec::new();
+    for _ in 0..members {
+        let ch = channel(layer).await;
+        ok(layer.group_add("room", &ch).await, "group_add");
+        let mut rx = ok(layer.receiver(&ch).await, "receiver");
+        tasks.push(tokio::spawn(async move {
+            let mut got = 0u64;
+            while let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(500), rx.recv()).await
+            {
+                got += 1;
+                tokio::time::sleep(Duration::from_micros(500)).await;
+            }
+            got
+        }));
+    }
+    for i in 0..messages {
+        ok(
+            layer.group_send("room", msg("burst", i)).await,
+            "group_send",
+        );
+    }
+    let mut received = 0;
+    for t in tasks {
+        match t.await {
+            Ok(n) => received += n,
+            Err(e) => panic!("member task: {e}"),
+        }
+    }
+    let drops = layer.stats().group_full_drops - drops_before;
+    assert_eq!(
+        received + drops,
+        members as u64 * messages as u64,
+        "every delivery is either received or counted as dropped"
+    );
+    drops
+}
+
 /// Expands to one `#[tokio::test]` per conformance case, for the layer built by `$make`
 /// (an `async fn(LayerConfig) -> Option<(Layer, Layer)>` returning two handles on a fresh, empty
 /// backend on every call, or `None` to skip).
@@ -764,7 +883,7 @@ macro_rules! layer_conformance_tests {
             flush_empties_everything, discard_channel_forgets_it, concurrent_senders_lose_nothing,
             all_value_types_survive, bad_names_are_refused,
             subscription_receives_and_leaves_on_close, dropped_subscription_leaves_its_groups,
-            subscription_refreshes_its_groups);
+            subscription_refreshes_its_groups, group_send_waits_for_lagging_members_but_not_the_sender);
     };
     (@cases $make:path; $($case:ident),*) => {
         $(

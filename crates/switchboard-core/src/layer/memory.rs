@@ -36,6 +36,18 @@ impl InMemoryLayer {
             engine: Engine::new(config),
         }
     }
+
+    async fn fan_out(
+        &self,
+        sender: Option<&ChannelName>,
+        group: &GroupName,
+        message: Message,
+    ) -> Result<()> {
+        self.engine.check_open()?;
+        let lagging = self.engine.group_send(group.as_str(), &message);
+        self.engine.backpressure(lagging.without(sender)).await;
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -85,10 +97,16 @@ impl ChannelLayer for InMemoryLayer {
     }
 
     async fn group_send(&self, group: &GroupName, message: Message) -> Result<()> {
-        self.engine.check_open()?;
-        let lagging = self.engine.group_send(group.as_str(), &message);
-        self.engine.backpressure(lagging).await;
-        Ok(())
+        self.fan_out(None, group, message).await
+    }
+
+    async fn group_send_from(
+        &self,
+        sender: &ChannelName,
+        group: &GroupName,
+        message: Message,
+    ) -> Result<()> {
+        self.fan_out(Some(sender), group, message).await
     }
 
     async fn group_channels(&self, group: &GroupName) -> Result<Vec<ChannelName>> {

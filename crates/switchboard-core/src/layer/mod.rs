@@ -29,8 +29,8 @@ pub struct LayerConfig {
     pub group_expiry: Duration,
     /// How long `group_send` may wait, after delivering, for members more than half full to
     /// drain below half (back-pressure on a fast sender instead of drops). Members already full
-    /// are skipped without waiting. Zero disables it. Default 10 ms. Honoured by layers that
-    /// can see their members' queues (the in-memory layer); Redis layers ignore it.
+    /// are skipped without waiting. Zero disables it. Default 10 ms. Every layer honours it for
+    /// the members in this process (the Redis layers cannot see other processes' queues).
     pub group_backpressure: Duration,
     /// Per-pattern capacities; the first matching glob wins.
     channel_capacity: Vec<(glob::Pattern, usize)>,
@@ -158,6 +158,19 @@ pub trait ChannelLayer: Send + Sync + 'static {
     /// Sends `message` to every member of `group`. Full members are skipped and counted.
     async fn group_send(&self, group: &GroupName, message: Message) -> Result<()>;
 
+    /// [`group_send`](ChannelLayer::group_send) on behalf of the consumer receiving on
+    /// `sender`: the back-pressure wait ([`LayerConfig::group_backpressure`]) does not wait
+    /// for `sender`'s own queue, which its consumer cannot drain while it is sending.
+    async fn group_send_from(
+        &self,
+        sender: &ChannelName,
+        group: &GroupName,
+        message: Message,
+    ) -> Result<()> {
+        let _ = sender;
+        self.group_send(group, message).await
+    }
+
     /// The channels in `group` whose membership has not expired.
     async fn group_channels(&self, group: &GroupName) -> Result<Vec<ChannelName>>;
 
@@ -281,6 +294,19 @@ impl Layer {
         let group = group.into_group_name()?;
         let message = message.into_message()?;
         self.0.group_send(&group, message).await
+    }
+
+    /// Sends to every member of a group on behalf of `sender`'s consumer; see
+    /// [`ChannelLayer::group_send_from`].
+    pub async fn group_send_from(
+        &self,
+        sender: &ChannelName,
+        group: impl IntoGroupName,
+        message: impl IntoMessage,
+    ) -> Result<()> {
+        let group = group.into_group_name()?;
+        let message = message.into_message()?;
+        self.0.group_send_from(sender, &group, message).await
     }
 
     /// The live members of a group.

@@ -239,6 +239,20 @@ impl Inner {
         conn::remove_member(host, &self.group_key(group.as_str()), channel.as_str()).await
     }
 
+    /// The fan-out, then the back-pressure wait for the local members it left lagging (but
+    /// `sender`).
+    async fn group_send(
+        self: &Arc<Self>,
+        sender: Option<&ChannelName>,
+        group: &GroupName,
+        message: Message,
+    ) -> Result<()> {
+        self.engine.check_open()?;
+        let lagging = self.timed(fanout::group_send(self, group, message)).await?;
+        self.engine.backpressure(lagging.without(sender)).await;
+        Ok(())
+    }
+
     fn expiry_secs(&self) -> f64 {
         self.cfg.layer.expiry.as_secs_f64()
     }
@@ -418,13 +432,16 @@ impl ChannelLayer for RedisLayer {
     }
 
     async fn group_send(&self, group: &GroupName, message: Message) -> Result<()> {
-        let inner = &self.inner;
-        inner.engine.check_open()?;
-        let lagging = inner
-            .timed(fanout::group_send(inner, group, message))
-            .await?;
-        inner.engine.backpressure(lagging).await;
-        Ok(())
+        self.inner.group_send(None, group, message).await
+    }
+
+    async fn group_send_from(
+        &self,
+        sender: &ChannelName,
+        group: &GroupName,
+        message: Message,
+    ) -> Result<()> {
+        self.inner.group_send(Some(sender), group, message).await
     }
 
     async fn group_channels(&self, group: &GroupName) -> Result<Vec<ChannelName>> {

@@ -185,6 +185,22 @@ impl Inner {
         timed(self.cfg.command_timeout, fut).await?
     }
 
+    /// One `PUBLISH` to the group's channel; then, since the fan-out runs in the subscription,
+    /// a wait for the local members it left lagging (but `sender`).
+    async fn group_send(
+        &self,
+        sender: Option<&ChannelName>,
+        group: &GroupName,
+        message: Message,
+    ) -> Result<()> {
+        self.engine.check_open()?;
+        self.publish(&self.group_channel(group.as_str()), &message)
+            .await?;
+        let lagging = self.engine.lagging_members(group.as_str());
+        self.engine.backpressure(lagging.without(sender)).await;
+        Ok(())
+    }
+
     async fn publish(&self, channel: &str, message: &Message) -> Result<()> {
         let fields = Codec::fields(message).map_err(|e| MessageError::Serialize(e.0))?;
         let payload = self
@@ -538,15 +554,16 @@ impl ChannelLayer for RedisPubSubLayer {
     }
 
     async fn group_send(&self, group: &GroupName, message: Message) -> Result<()> {
-        let inner = &self.inner;
-        inner.engine.check_open()?;
-        inner
-            .publish(&inner.group_channel(group.as_str()), &message)
-            .await?;
-        // The fan-out runs in the subscription: wait for the members it left lagging.
-        let lagging = inner.engine.lagging_members(group.as_str());
-        inner.engine.backpressure(lagging).await;
-        Ok(())
+        self.inner.group_send(None, group, message).await
+    }
+
+    async fn group_send_from(
+        &self,
+        sender: &ChannelName,
+        group: &GroupName,
+        message: Message,
+    ) -> Result<()> {
+        self.inner.group_send(Some(sender), group, message).await
     }
 
     async fn group_channels(&self, group: &GroupName) -> Result<Vec<ChannelName>> {
