@@ -44,8 +44,15 @@ pub fn skip<T>(needs: &str) -> Option<T> {
     if std::env::var_os(NO_SKIP).is_some_and(|v| !v.is_empty() && v != "0") {
         panic!("{test} needs {needs}, and {NO_SKIP} forbids skipping it");
     }
-    // Straight to the terminal: libtest captures only the print macros.
-    let _ = writeln!(std::io::stderr(), "skipped {test}: needs {needs}");
+    // Once per test and need (a test that starts three browsers skips three times), straight
+    // to the terminal: libtest captures only the print macros.
+    static SAID: std::sync::Mutex<Vec<(String, String)>> = std::sync::Mutex::new(Vec::new());
+    let said = (test, needs.to_owned());
+    let mut seen = SAID.lock().unwrap_or_else(|e| e.into_inner());
+    if !seen.contains(&said) {
+        let _ = writeln!(std::io::stderr(), "skipped {}: needs {}", said.0, said.1);
+        seen.push(said);
+    }
     None
 }
 
