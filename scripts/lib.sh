@@ -25,9 +25,20 @@ ensure_redis() {
   STARTED_REDIS=1
 }
 
-# stop_redis DIR: stops the redis-server whose pid file is in DIR, if any.
+# stop_redis DIR: stops the redis-server whose pid file is in DIR, if any, and waits (up to
+# 10 s) until it has exited: it writes its last log lines into DIR while shutting down, so
+# removing DIR right after the signal can race with it.
 stop_redis() {
-  if [ -f "$1/redis.pid" ]; then kill "$(cat "$1/redis.pid")" 2>/dev/null || true; fi
+  [ -f "$1/redis.pid" ] || return 0
+  local pid
+  pid=$(cat "$1/redis.pid")
+  kill "$pid" 2>/dev/null || return 0
+  for _ in $(seq 1 100); do
+    kill -0 "$pid" 2>/dev/null || return 0
+    sleep 0.1
+  done
+  echo "redis-server (pid $pid) did not exit within 10 s; killing it" >&2
+  kill -9 "$pid" 2>/dev/null || true
 }
 
 # wait_port PORT [TRIES]: waits (0.1 s per try, 200 tries by default) until something accepts
