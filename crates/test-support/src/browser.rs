@@ -79,7 +79,7 @@ impl Browser {
             }),
         );
         let client = ClientBuilder::rustls()
-            .unwrap()
+            .unwrap() // ok: test harness, a panic fails the calling test
             .capabilities(caps)
             .connect(&format!("http://127.0.0.1:{port}"))
             .await
@@ -128,9 +128,9 @@ impl Browser {
             .wait()
             .for_element(Locator::Css(css))
             .await
-            .unwrap();
-        e.clear().await.unwrap();
-        e.send_keys(text).await.unwrap();
+            .unwrap(); // ok: test harness, a panic fails the calling test
+        e.clear().await.unwrap(); // ok: test harness, a panic fails the calling test
+        e.send_keys(text).await.unwrap(); // ok: test harness, a panic fails the calling test
     }
 
     /// Clicks the element matching `css` once it is enabled.
@@ -140,16 +140,20 @@ impl Browser {
             .wait()
             .for_element(Locator::Css(css))
             .await
-            .unwrap();
+            .unwrap(); // ok: test harness, a panic fails the calling test
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while !e.is_enabled().await.unwrap() {
+        loop {
+            let enabled = e.is_enabled().await.unwrap(); // ok: test harness, a panic fails the calling test
+            if enabled {
+                break;
+            }
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "{css} stays disabled"
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        e.click().await.unwrap();
+        e.click().await.unwrap(); // ok: test harness, a panic fails the calling test
     }
 
     /// The value of attribute `name` of the first element matching `css`.
@@ -165,14 +169,14 @@ impl Browser {
             .wait()
             .for_element(Locator::Css(css))
             .await
-            .unwrap();
+            .unwrap(); // ok: test harness, a panic fails the calling test
         let script = "const e = document.querySelector(arguments[0]); e.value = arguments[1]; \
                       e.dispatchEvent(new Event('input', {bubbles: true})); \
                       e.dispatchEvent(new Event('change', {bubbles: true}));";
         self.client
             .execute(script, vec![css.into(), value.into()])
             .await
-            .unwrap();
+            .unwrap(); // ok: test harness, a panic fails the calling test
     }
 
     /// Whether an element matching `css` is displayed.

@@ -9,7 +9,7 @@ pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(20))
         .build()
-        .unwrap()
+        .unwrap() // ok: test harness, a panic fails the calling test
 }
 
 /// One server-sent event (or comment block).
@@ -23,7 +23,7 @@ pub struct Event {
 
 impl Event {
     pub fn json(&self) -> Value {
-        serde_json::from_str(self.data.as_deref().unwrap()).unwrap()
+        serde_json::from_str(self.data.as_deref().unwrap()).unwrap() // ok: test harness, a panic fails the calling test
     }
 }
 
@@ -57,7 +57,7 @@ impl Body {
             }
             match tokio::time::timeout_at(deadline, self.response.chunk()).await {
                 Err(_) => panic!("nothing within {within:?}; have {:?}", self.buf),
-                Ok(Ok(Some(c))) => self.buf.push_str(std::str::from_utf8(&c).unwrap()),
+                Ok(Ok(Some(c))) => self.buf.push_str(std::str::from_utf8(&c).unwrap()), // ok: test harness, a panic fails the calling test
                 Ok(Ok(None)) | Ok(Err(_)) => self.ended = true,
             }
         }
@@ -116,8 +116,8 @@ impl Body {
     /// The next line of a line stream whose JSON `"type"` is not `skip_type`, as JSON.
     pub async fn next_json_except(&mut self, skip_type: &str) -> Value {
         loop {
-            let line = self.next_line().await.expect("the stream ended");
-            let v: Value = serde_json::from_str(&line).unwrap();
+            let line = self.next_line().await.expect("the stream ended"); // ok: test harness, a panic fails the calling test
+            let v: Value = serde_json::from_str(&line).unwrap(); // ok: test harness, a panic fails the calling test
             if v["type"] != skip_type {
                 return v;
             }
@@ -130,7 +130,7 @@ impl Body {
         while !self.ended {
             match tokio::time::timeout_at(deadline, self.response.chunk()).await {
                 Err(_) => return false,
-                Ok(Ok(Some(c))) => self.buf.push_str(std::str::from_utf8(&c).unwrap()),
+                Ok(Ok(Some(c))) => self.buf.push_str(std::str::from_utf8(&c).unwrap()), // ok: test harness, a panic fails the calling test
                 Ok(Ok(None)) | Ok(Err(_)) => self.ended = true,
             }
         }

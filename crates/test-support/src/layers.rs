@@ -12,11 +12,11 @@ pub fn config(layer: LayerConfig) -> Option<RedisConfig> {
 }
 
 pub async fn core(cfg: &RedisConfig) -> RedisLayer {
-    RedisLayer::connect(cfg.clone()).await.unwrap()
+    RedisLayer::connect(cfg.clone()).await.unwrap() // ok: test harness, a panic fails the calling test
 }
 
 pub async fn pubsub(cfg: &RedisConfig) -> RedisPubSubLayer {
-    RedisPubSubLayer::connect(cfg.clone()).await.unwrap()
+    RedisPubSubLayer::connect(cfg.clone()).await.unwrap() // ok: test harness, a panic fails the calling test
 }
 
 /// Two core-layer instances ("processes") on one fresh prefix.
@@ -32,10 +32,10 @@ pub async fn make_pubsub(rc: RedisConfig) -> (Layer, Layer) {
 /// A plain redis-rs connection to the Redis at `url`, to look at what the layers store.
 pub async fn raw(url: &str) -> redis::aio::MultiplexedConnection {
     redis::Client::open(url)
-        .unwrap()
+        .unwrap() // ok: test harness, a panic fails the calling test
         .get_multiplexed_async_connection()
         .await
-        .unwrap()
+        .unwrap() // ok: test harness, a panic fails the calling test
 }
 
 /// Clients connected to the Redis at `url`.
@@ -45,19 +45,19 @@ pub async fn connected_clients(url: &str) -> usize {
         .arg("clients")
         .query_async(&mut c)
         .await
-        .unwrap();
+        .unwrap(); // ok: test harness, a panic fails the calling test
     info.lines()
         .find_map(|l| l.strip_prefix("connected_clients:"))
         .and_then(|n| n.trim().parse().ok())
-        .unwrap()
+        .unwrap() // ok: test harness, a panic fails the calling test
 }
 
 /// Receives within 5 s or fails.
 pub async fn recv(layer: &Layer, ch: &switchboard_core::ChannelName) -> switchboard_core::Message {
     tokio::time::timeout(std::time::Duration::from_secs(5), layer.receive(ch))
         .await
-        .expect("no message within 5 s")
-        .unwrap()
+        .expect("no message within 5 s") // ok: test harness, a panic fails the calling test
+        .unwrap() // ok: test harness, a panic fails the calling test
 }
 
 pub use switchboard_core::layer::conformance::{all_value_types, msg};

@@ -74,15 +74,15 @@ pub fn django_python() -> Option<std::path::PathBuf> {
 /// Serves an axum router on 127.0.0.1 on a free port, with the peer address available to
 /// consumers.
 pub async fn serve(app: axum::Router) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap(); // ok: test harness, a panic fails the calling test
+    let addr = listener.local_addr().unwrap(); // ok: test harness, a panic fails the calling test
     tokio::spawn(async move {
         axum::serve(
             listener,
             app.into_make_service_with_connect_info::<SocketAddr>(),
         )
         .await
-        .unwrap();
+        .unwrap(); // ok: test harness, a panic fails the calling test
     });
     addr
 }
@@ -109,7 +109,7 @@ impl TempDir {
         let dir =
             std::env::temp_dir().join(format!("switchboard-{label}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::create_dir_all(&dir).unwrap(); // ok: test harness, a panic fails the calling test
         TempDir(dir)
     }
 
@@ -127,9 +127,9 @@ impl Drop for TempDir {
 /// A free loopback port.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
+        .unwrap() // ok: test harness, a panic fails the calling test
         .local_addr()
-        .unwrap()
+        .unwrap() // ok: test harness, a panic fails the calling test
         .port()
 }
 

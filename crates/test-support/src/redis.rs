@@ -103,22 +103,22 @@ impl OwnRedis {
 /// Both empty once every member has left.
 pub async fn groups_left(url: &str, prefix: &str) -> (Vec<String>, Vec<String>) {
     let mut c = ::redis::Client::open(url)
-        .unwrap()
+        .unwrap() // ok: test harness, a panic fails the calling test
         .get_multiplexed_async_connection()
         .await
-        .unwrap();
+        .unwrap(); // ok: test harness, a panic fails the calling test
     let pattern = format!("{prefix}*group*");
     let keys: Vec<String> = ::redis::cmd("KEYS")
         .arg(&pattern)
         .query_async(&mut c)
         .await
-        .unwrap();
+        .unwrap(); // ok: test harness, a panic fails the calling test
     let channels: Vec<String> = ::redis::cmd("PUBSUB")
         .arg("CHANNELS")
         .arg(&pattern)
         .query_async(&mut c)
         .await
-        .unwrap();
+        .unwrap(); // ok: test harness, a panic fails the calling test
     (keys, channels)
 }
 

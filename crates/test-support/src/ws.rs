@@ -26,13 +26,13 @@ pub async fn try_ws_with(
     path: &str,
     headers: &[(&str, &str)],
 ) -> Result<WsClient, u16> {
-    let mut req = format!("ws://{addr}{path}").into_client_request().unwrap();
+    let mut req = format!("ws://{addr}{path}").into_client_request().unwrap(); // ok: test harness, a panic fails the calling test
     req.headers_mut()
-        .insert("origin", format!("http://{addr}").parse().unwrap());
+        .insert("origin", format!("http://{addr}").parse().unwrap()); // ok: test harness, a panic fails the calling test
     for (name, value) in headers {
         req.headers_mut().insert(
-            tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
-            value.parse().unwrap(),
+            tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(name.as_bytes()).unwrap(), // ok: test harness, a panic fails the calling test
+            value.parse().unwrap(), // ok: test harness, a panic fails the calling test
         );
     }
     match tokio_tungstenite::connect_async(req).await {
@@ -52,11 +52,11 @@ pub async fn ws(addr: SocketAddr, path: &str) -> WsClient {
 
 impl WsClient {
     pub async fn send_json(&mut self, v: serde_json::Value) {
-        self.ws.send(WsMessage::text(v.to_string())).await.unwrap();
+        self.ws.send(WsMessage::text(v.to_string())).await.unwrap(); // ok: test harness, a panic fails the calling test
     }
 
     pub async fn send_text(&mut self, t: &str) {
-        self.ws.send(WsMessage::text(t.to_owned())).await.unwrap();
+        self.ws.send(WsMessage::text(t.to_owned())).await.unwrap(); // ok: test harness, a panic fails the calling test
     }
 
     /// The next text frame as JSON, within 5 s.
@@ -64,7 +64,7 @@ impl WsClient {
         loop {
             match tokio::time::timeout(Duration::from_secs(5), self.ws.next()).await {
                 Ok(Some(Ok(WsMessage::Text(t)))) => {
-                    return serde_json::from_str(t.as_str()).unwrap();
+                    return serde_json::from_str(t.as_str()).unwrap(); // ok: test harness, a panic fails the calling test
                 }
                 Ok(Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_)))) => continue,
                 other => panic!("expected a text frame, got {other:?}"),
@@ -79,7 +79,7 @@ impl WsClient {
             match tokio::time::timeout_at(deadline, self.ws.next()).await {
                 Err(_) => return None,
                 Ok(Some(Ok(WsMessage::Text(t)))) => {
-                    return Some(serde_json::from_str(t.as_str()).unwrap());
+                    return Some(serde_json::from_str(t.as_str()).unwrap()); // ok: test harness, a panic fails the calling test
                 }
                 Ok(Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_)))) => continue,
                 other => panic!("expected a text frame, got {other:?}"),
