@@ -391,15 +391,18 @@ async fn a_client_that_does_not_read_is_dropped_and_leaves_its_group() {
     let _sleeper = connect(addr, "/ws/flood/", None, &[]).await.unwrap(); // never reads
     assert_eq!(layer.group_channels("flood").await.unwrap().len(), 2);
     let pad = "x".repeat(8 * 1024);
+    // The publisher stays at most 16 messages (128 KiB) ahead of the reader, so only the
+    // sleeper's backlog can pass the 256 KiB limit, however the test's tasks are scheduled.
+    let received = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let publisher = {
-        let layer = layer.clone();
+        let (layer, received) = (layer.clone(), received.clone());
         tokio::spawn(async move {
             for i in 0..4000 {
+                while i > received.load(std::sync::atomic::Ordering::Acquire) + 16 {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
                 let m = json!({"type": "flood", "i": i, "pad": pad});
                 layer.group_send("flood", m).await.unwrap();
-                if i % 50 == 0 {
-                    tokio::task::yield_now().await;
-                }
             }
         })
     };
@@ -409,6 +412,7 @@ async fn a_client_that_does_not_read_is_dropped_and_leaves_its_group() {
         let t = next_text(&mut reader).await;
         assert!(t.contains(r#""type":"flood""#));
         got += 1;
+        received.store(got, std::sync::atomic::Ordering::Release);
     }
     publisher.await.unwrap();
     for _ in 0..100 {
