@@ -131,13 +131,7 @@ impl Connection {
     pub async fn close(&mut self, code: CloseCode, reason: &str) -> Result<()> {
         let mut out = self.out.lock();
         if out.phase == Phase::Open {
-            // Cut the reason to the 123 bytes a close frame can carry, on a char boundary.
-            let mut end = reason.len().min(123);
-            while !reason.is_char_boundary(end) {
-                end -= 1;
-            }
-            out.frames
-                .push_back(Out::Close(code, reason[..end].to_owned()));
+            out.frames.push_back(Out::Close(code, reason.to_owned()));
         }
         if out.close.is_none() {
             out.close = Some((code, reason.to_owned()));

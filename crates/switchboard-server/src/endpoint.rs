@@ -34,11 +34,10 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 
 use crate::config::ConnectionConfig;
-use crate::connection::Connection;
 use crate::consumer::IntoConsumer;
 use crate::error::reference;
 use crate::origin::{OriginCheck, Origins};
-use crate::runtime::{self, Handshake};
+use crate::runtime;
 use crate::scope::Scope;
 
 /// A refused handshake: the HTTP status, and the reason, which is the response's body and is
@@ -256,7 +255,14 @@ where
         params: Vec<(String, String)>,
         peer: Option<SocketAddr>,
     ) -> Response<Full<Bytes>> {
-        if let Some(resp) = check_upgrade_request(&req) {
+        if let Err((status, reason)) = check_upgrade_request(&req) {
+            let mut resp = refuse(req.uri().path(), peer, status, reason);
+            if status == StatusCode::UPGRADE_REQUIRED {
+                resp.headers_mut().insert(
+                    header::SEC_WEBSOCKET_VERSION,
+                    HeaderValue::from_static("13"),
+                );
+            }
             return resp;
         }
         let headers = req.headers();
@@ -278,7 +284,8 @@ where
             .get(header::SEC_WEBSOCKET_KEY)
             .map(|k| derive_accept_key(k.as_bytes()));
         let Some(accept_key) = key else {
-            return plain(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key");
+            let reason = "missing Sec-WebSocket-Key";
+            return refuse(req.uri().path(), peer, StatusCode::BAD_REQUEST, reason);
         };
         let mut scope = Scope::from_parts(
             req.uri().path().to_owned(),
@@ -308,25 +315,11 @@ where
             }
         };
         let on_upgrade = hyper::upgrade::on(&mut req);
-        let sub = match self.layer.subscribe().await {
-            Ok(s) => s,
-            Err(e) => {
-                let r = reference();
-                tracing::warn!(path = scope.path(), error = %e, reference = %r, "no channel for a new consumer");
-                return plain(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    &format!("the server cannot take connections now (reference {r})"),
-                );
-            }
-        };
-        let path = scope.path().to_owned();
-        let mut conn = Connection::new(sub, scope, self.config.out_limits());
-        let subprotocol = match runtime::handshake(&mut consumer, &mut conn).await {
-            Handshake::Accepted(p) => p,
-            Handshake::Refused(status, reason) => {
-                tracing::debug!(path, %status, "handshake refused by the consumer");
-                return plain(status, &reason);
-            }
+        let opened =
+            runtime::open(&self.layer, scope, &mut consumer, self.config.out_limits()).await;
+        let (mut conn, subprotocol) = match opened {
+            Ok(o) => o,
+            Err((status, reason)) => return plain(status, &reason),
         };
         let config = self.config.clone();
         tokio::spawn(async move {
@@ -406,29 +399,24 @@ fn header_has_token(headers: &http::HeaderMap, name: header::HeaderName, token: 
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
-fn check_upgrade_request<B>(req: &Request<B>) -> Option<Response<Full<Bytes>>> {
+fn check_upgrade_request<B>(req: &Request<B>) -> Result<(), (StatusCode, &'static str)> {
     let h = req.headers();
     if req.method() != http::Method::GET
         || !header_has_token(h, header::CONNECTION, "upgrade")
         || !header_has_token(h, header::UPGRADE, "websocket")
     {
-        return Some(plain(
+        return Err((
             StatusCode::BAD_REQUEST,
             "expected a WebSocket upgrade request",
         ));
     }
     if h.get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
-        let mut r = plain(
+        return Err((
             StatusCode::UPGRADE_REQUIRED,
             "unsupported WebSocket version; use 13",
-        );
-        r.headers_mut().insert(
-            header::SEC_WEBSOCKET_VERSION,
-            HeaderValue::from_static("13"),
-        );
-        return Some(r);
+        ));
     }
-    None
+    Ok(())
 }
 
 pub(crate) fn plain(status: StatusCode, text: &str) -> Response<Full<Bytes>> {

@@ -107,6 +107,16 @@ pub fn report(what: &str, error: &dyn std::fmt::Display) -> String {
     format!("{what} failed (reference {r})")
 }
 
+/// [`reference`] for an internal error, whose client text names one; empty for any other
+/// (its client text is the error itself), so a bad frame costs no id.
+pub(crate) fn reference_for(e: &Error) -> String {
+    if e.is_internal() {
+        reference()
+    } else {
+        String::new()
+    }
+}
+
 /// A short random reference for an error, logged with its details and given to the client.
 pub(crate) fn reference() -> String {
     let id = uuid::Uuid::new_v4().simple().to_string();

@@ -18,25 +18,54 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::task::{self, Poll, ready};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
 use http::StatusCode;
 use parking_lot::Mutex;
-use switchboard_core::{FromMessage, LayerError, Message, Text};
+use switchboard_core::{FromMessage, Layer, LayerError, Message, Text};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 
 use crate::config::{BadInput, ConnectionConfig};
-use crate::connection::{Connection, Out, Outbound, Phase};
+use crate::connection::{Connection, Out, OutLimits, Outbound, Phase};
 use crate::consumer::{CloseCode, Consumer, Frame, FromFrame};
-use crate::error::{Error, reference};
+use crate::error::{Error, reference, reference_for};
+use crate::scope::Scope;
+
+/// Opens a connection for `consumer`, as both servers and the `Communicator` do: its channel
+/// (a layer subscription), then the handshake (`connect`). `Ok` holds the connection and the
+/// subprotocol to answer 101 with; `Err` the HTTP status and body the client is refused with.
+pub(crate) async fn open<C: Consumer>(
+    layer: &Layer,
+    scope: Scope,
+    consumer: &mut C,
+    limits: OutLimits,
+) -> Result<(Connection, Option<String>), (StatusCode, String)> {
+    let sub = match layer.subscribe().await {
+        Ok(s) => s,
+        Err(e) => {
+            let r = reference();
+            tracing::warn!(path = scope.path(), error = %e, reference = %r, "no channel for a new consumer");
+            return Err((
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the server cannot take connections now (reference {r})"),
+            ));
+        }
+    };
+    let mut conn = Connection::new(sub, scope, limits);
+    match handshake(consumer, &mut conn).await {
+        Handshake::Accepted(subprotocol) => Ok((conn, subprotocol)),
+        Handshake::Refused(status, reason) => Err((status, reason)),
+    }
+}
 
 /// How the handshake ended.
 #[derive(Debug)]
-pub(crate) enum Handshake {
+enum Handshake {
     /// Accepted: answer 101 with this subprotocol.
     Accepted(Option<String>),
     /// Refused: answer with this HTTP status and body.
@@ -44,7 +73,7 @@ pub(crate) enum Handshake {
 }
 
 /// Runs `connect`. On refusal, the groups it joined are left and its channel is discarded.
-pub(crate) async fn handshake<C: Consumer>(consumer: &mut C, conn: &mut Connection) -> Handshake {
+async fn handshake<C: Consumer>(consumer: &mut C, conn: &mut Connection) -> Handshake {
     let result = AssertUnwindSafe(consumer.connect(conn))
         .catch_unwind()
         .await;
@@ -153,10 +182,20 @@ fn to_websocket(item: Out) -> WsMessage {
             true,
         )),
         Out::Frame(Frame::Binary(b)) => WsMessage::Binary(b),
-        Out::Close(code, reason) => WsMessage::Close(Some(CloseFrame {
-            code: code.0.into(),
-            reason: reason.into(),
-        })),
+        Out::Close(code, mut reason) => {
+            // A close frame carries at most 123 bytes of reason (RFC 6455 §5.5): cut every
+            // reason here, on a char boundary, whoever closes (a handler, or the runtime with a
+            // decode error that may quote the client's input).
+            let mut end = reason.len().min(123);
+            while !reason.is_char_boundary(end) {
+                end -= 1;
+            }
+            reason.truncate(end);
+            WsMessage::Close(Some(CloseFrame {
+                code: code.0.into(),
+                reason: reason.into(),
+            }))
+        }
         Out::Ping => WsMessage::Ping(Bytes::new()),
     }
 }
@@ -194,7 +233,7 @@ const WRITE_BATCH: usize = 32;
 /// Why the connection loop ended, and the code `disconnect` is given.
 struct Ending {
     code: CloseCode,
-    /// Whether we still owe the client a close frame.
+    /// The reason of the close frame we still owe the client, if we owe one.
     send_close: Option<String>,
 }
 
@@ -492,9 +531,11 @@ pub(crate) async fn run<C, T>(
 }
 
 fn next_deadline(config: &ConnectionConfig, heard: Instant, pinged: Instant) -> Instant {
-    let mut d = heard + config.idle_timeout;
+    // A very long timeout (`Duration::MAX` to mean "never") must not overflow the clock.
+    let far = || heard + Duration::from_secs(86_400 * 365);
+    let mut d = heard.checked_add(config.idle_timeout).unwrap_or_else(far);
     if let Some(p) = config.ping_interval {
-        d = d.min(pinged + p);
+        d = d.min(pinged.checked_add(p).unwrap_or_else(far));
     }
     d
 }
@@ -502,7 +543,7 @@ fn next_deadline(config: &ConnectionConfig, heard: Instant, pinged: Instant) -> 
 /// Tells the client about a handler's error (its text, or a reference for an internal one,
 /// which the log line carries too).
 async fn report(conn: &mut Connection, e: &Error, what: &str) {
-    let r = reference();
+    let r = reference_for(e);
     if e.is_internal() {
         tracing::warn!(channel = %conn.channel_name(), what, error = %e, reference = %r, "internal error");
     } else {
@@ -540,7 +581,7 @@ async fn bad_input(conn: &mut Connection, config: &ConnectionConfig, e: Error) -
             None
         }
         BadInput::Close(code) => {
-            let r = reference();
+            let r = reference_for(&e);
             tracing::info!(channel = %conn.channel_name(), error = %e, reference = %r, "bad input; closing");
             Some(Ending {
                 code,

@@ -143,7 +143,7 @@ impl Scope {
     }
 
     /// The request headers, mutably. A consumer that no longer needs them after `connect` may
-    /// drop them (`*cx.scope_mut().headers_mut() = HeaderMap::new()`) to keep an idle
+    /// drop them (`*conn.scope_mut().headers_mut() = HeaderMap::new()`) to keep an idle
     /// connection small.
     pub fn headers_mut(&mut self) -> &mut HeaderMap {
         &mut self.headers

@@ -43,10 +43,9 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 
 use crate::config::ConnectionConfig;
-use crate::connection::Connection as Conn;
 use crate::consumer::{CloseCode, Consumer, IntoConsumer};
 use crate::endpoint::Refusal;
-use crate::runtime::{self, Handshake};
+use crate::runtime;
 use crate::scope::Scope;
 
 /// How a `connect` ended.
@@ -170,7 +169,9 @@ impl<C: Consumer> Communicator<C> {
         Ok(Communicator::new(layer, scope, consumer))
     }
 
-    /// Uses these connection settings (limits, keep-alive, bad-input policy).
+    /// Uses these connection settings: the outbound limits, keep-alive and bad-input policy.
+    /// The inbound limits (`max_message_size`, buffer sizes) belong to the WebSocket codec,
+    /// which the in-memory transport has not: they apply on a real socket only.
     pub fn with_config(mut self, config: ConnectionConfig) -> Self {
         self.config = Arc::new(config);
         self
@@ -190,19 +191,11 @@ impl<C: Consumer> Communicator<C> {
                 reason: "connect was already called".into(),
             };
         };
-        let sub = match self.layer.subscribe().await {
-            Ok(s) => s,
-            Err(e) => {
-                return Handshaken::Refused {
-                    status: StatusCode::SERVICE_UNAVAILABLE,
-                    reason: e.to_string(),
-                };
-            }
-        };
-        self.channel = Some(sub.channel_name().clone());
-        let mut conn = Conn::new(sub, scope, self.config.out_limits());
-        match runtime::handshake(&mut consumer, &mut conn).await {
-            Handshake::Accepted(subprotocol) => {
+        let opened =
+            runtime::open(&self.layer, scope, &mut consumer, self.config.out_limits()).await;
+        match opened {
+            Ok((conn, subprotocol)) => {
+                self.channel = Some(conn.channel_name().clone());
                 let (to_consumer, incoming) = unbounded();
                 let (outgoing, from_consumer) = unbounded();
                 let transport = MemoryTransport { incoming, outgoing };
@@ -216,7 +209,7 @@ impl<C: Consumer> Communicator<C> {
                 self.from_consumer = Some(from_consumer);
                 Handshaken::Accepted { subprotocol }
             }
-            Handshake::Refused(status, reason) => Handshaken::Refused { status, reason },
+            Err((status, reason)) => Handshaken::Refused { status, reason },
         }
     }
 
