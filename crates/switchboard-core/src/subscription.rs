@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
 
-use crate::engine::{Receiver, clock};
+use crate::engine::Receiver;
 use crate::error::{LayerError, Result};
 use crate::layer::Layer;
 use crate::message::{IntoMessage, Message};
@@ -64,17 +64,13 @@ struct Refresh {
     every: Option<Duration>,
     /// Armed while there are groups to refresh: wakes the task when a refresh is due.
     timer: Option<Pin<Box<Sleep>>>,
-    /// When the timer fires, on the engine's coarse clock: until shortly before, a receive does
-    /// not poll the timer again (once it holds the task's waker, polling it per message would
-    /// be work per message for nothing).
-    due: Option<clock::Instant>,
+    /// Whether the timer was polled since it was armed or reset, and so holds the task's
+    /// waker: until it has fired, a receive does not poll it again (that would be work per
+    /// message for nothing).
+    polled: bool,
     /// A refresh on its way.
     running: Option<Exclusive<Pending>>,
 }
-
-/// How early, on the coarse clock, a receive starts polling a due timer (the coarse clock can
-/// lag the timer by a few milliseconds).
-const DUE_MARGIN: Duration = Duration::from_millis(50);
 
 impl fmt::Debug for Subscription {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -117,7 +113,7 @@ impl Subscription {
             refresh: Refresh {
                 every: Some(every),
                 timer: None,
-                due: None,
+                polled: false,
                 running: None,
             },
             closed: false,
@@ -144,7 +140,7 @@ impl Subscription {
     pub fn set_refresh(&mut self, every: Option<Duration>) {
         self.refresh.every = every;
         self.refresh.timer = None;
-        self.refresh.due = None;
+        self.refresh.polled = false;
         self.arm();
     }
 
@@ -173,7 +169,7 @@ impl Subscription {
             // below: both go the same way.)
             if let Some(t) = self.refresh.timer.as_mut() {
                 t.as_mut().reset(Instant::now());
-                self.refresh.due = None;
+                self.refresh.polled = false;
             }
         }
         self.groups.retain(|g| g != &group);
@@ -220,7 +216,7 @@ impl Subscription {
         self.refresh = Refresh {
             every: None,
             timer: None,
-            due: None,
+            polled: false,
             running: None,
         };
         let groups = std::mem::take(&mut self.groups);
@@ -249,6 +245,7 @@ impl Subscription {
             self.groups.is_empty(),
         ) {
             self.refresh.timer = Some(Box::pin(tokio::time::sleep(every)));
+            self.refresh.polled = false;
         }
     }
 
@@ -266,18 +263,15 @@ impl Subscription {
         let (Some(timer), Some(every)) = (r.timer.as_mut(), r.every) else {
             return;
         };
-        if r.due
-            .is_some_and(|due| clock::Instant::now() + DUE_MARGIN < due)
-        {
-            return; // the timer holds this task's waker and is not due
+        if r.polled && !timer.is_elapsed() {
+            return; // the timer holds this task's waker and has not fired
         }
+        r.polled = true;
         if timer.as_mut().poll(cx).is_pending() {
-            r.due = Some(clock::Instant::now() + timer_left(timer));
             return;
         }
         timer.as_mut().reset(Instant::now() + every);
         let _ = timer.as_mut().poll(cx); // registers the next wake-up
-        r.due = Some(clock::Instant::now() + every);
         if r.running.is_some() || self.groups.is_empty() {
             return;
         }
@@ -297,11 +291,6 @@ impl Subscription {
             r.running = Some(Exclusive::new(running));
         }
     }
-}
-
-/// How long until `timer` fires.
-fn timer_left(timer: &Pin<Box<Sleep>>) -> Duration {
-    timer.deadline().saturating_duration_since(Instant::now())
 }
 
 async fn cleanup(layer: &Layer, channel: &ChannelName, groups: Vec<GroupName>, owned: bool) {

@@ -149,7 +149,7 @@ impl RedisConfig {
 
     /// Whole seconds, at least one (Redis `EXPIRE` takes seconds).
     pub(crate) fn ttl_secs(d: Duration) -> u64 {
-        (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
+        (d.as_secs().saturating_add(u64::from(d.subsec_nanos() > 0))).max(1)
     }
 }
 

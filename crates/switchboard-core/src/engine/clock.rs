@@ -26,6 +26,9 @@ impl Instant {
 impl std::ops::Add<Duration> for Instant {
     type Output = Instant;
     fn add(self, d: Duration) -> Instant {
-        Instant(self.0 + coarsetime::Duration::from(d))
+        // coarsetime counts 2^32 ticks a second in a u64: a century past boot still fits, a
+        // configured "never" (`Duration::MAX`) would overflow, so it is held to a century.
+        const CENTURY: Duration = Duration::from_secs(100 * 365 * 86_400);
+        Instant(self.0 + coarsetime::Duration::from(d.min(CENTURY)))
     }
 }

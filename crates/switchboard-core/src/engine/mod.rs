@@ -25,7 +25,7 @@
 //! The semantics are those of [`crate::layer`]; the conformance suite checks them on every
 //! layer.
 
-pub(crate) mod clock;
+mod clock;
 mod queue;
 
 use std::collections::HashMap;

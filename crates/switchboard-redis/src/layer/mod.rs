@@ -266,7 +266,7 @@ impl Inner {
     /// trims older ones and receivers drop them), but the key outlives it, so a group send can
     /// see that a member's process stopped reading.
     fn queue_ttl(&self) -> u64 {
-        2 * RedisConfig::ttl_secs(self.cfg.layer.expiry)
+        RedisConfig::ttl_secs(self.cfg.layer.expiry).saturating_mul(2)
     }
 
     /// The queue of one of this process's channels, fed by its process queue's receive loop

@@ -468,7 +468,7 @@ impl ChannelLayer for RedisPubSubLayer {
         let inner = &self.inner;
         inner.engine.check_open()?;
         if inner.client.owns(channel.as_str()) {
-            return inner.engine.send(&inner.own_queue(channel), message);
+            return inner.engine.send_to(channel, message);
         }
         inner.publish(channel.as_str(), &message).await
     }
