@@ -6,7 +6,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::{Value as Json, json};
-use switchboard_core::{ChannelName, Layer, Map, Message, Value};
+use switchboard_core::{Layer, Map, Message, Value};
 use switchboard_redis::{RedisConfig, RedisLayer, RedisPubSubLayer};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
@@ -179,9 +179,4 @@ pub async fn rust_layer(kind: Kind, url: &str, prefix: &str, keys: &[&str]) -> L
 }
 
 /// What Rust receives on `ch` within 5 s.
-pub async fn recv(layer: &Layer, ch: &ChannelName) -> Message {
-    tokio::time::timeout(Duration::from_secs(5), layer.receive(ch))
-        .await
-        .expect("Rust received nothing within 5 s") // ok: test harness, a panic fails the calling test
-        .unwrap() // ok: test harness, a panic fails the calling test
-}
+pub use crate::layers::recv;

@@ -50,6 +50,7 @@ fn notifications() -> &'static GroupName {
     });
     &GROUP
 }
+
 /// The session cookie's name.
 pub const SESSION_COOKIE: &str = "sessionid";
 

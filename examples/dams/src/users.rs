@@ -112,7 +112,6 @@ impl Users {
     }
 
     /// Users from a TOML file's text (see the module docs).
-    #[allow(dead_code)] // for the tests
     pub fn from_toml(text: &str) -> Result<Users, String> {
         Users::new(Users::list_from_toml(text)?)
     }

@@ -7,7 +7,7 @@
 //! every subscriber — whatever its transport — owns a layer channel that joined the groups of its
 //! push channels, and writes what arrives to its client. So with a Redis layer a POST to one
 //! gateway reaches the subscribers of all of them, and with the Redis history store they share
-//! ids and history. The whole protocol is in `docs/push.md`.
+//! ids and history. The whole protocol is in this crate's README.md.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -614,12 +614,17 @@ fn many_or_one(gw: &Gateway, mut infos: Vec<Json>) -> axum::Json<Json> {
     if infos.len() == 1 {
         return axum::Json(infos.remove(0));
     }
-    axum::Json(json!({
+    axum::Json(listing(gw, infos))
+}
+
+/// `{"hostname", "time", "channels": n, "infos": [...]}`: several channels' objects.
+fn listing(gw: &Gateway, infos: Vec<Json>) -> Json {
+    json!({
         "hostname": gw.hostname,
         "time": format::rfc3339(now_ms()),
         "channels": infos.len(),
         "infos": infos,
-    }))
+    })
 }
 
 /// `DELETE /pub/CH[/CH2…]`: forgets the channels and ends their subscribers.
@@ -744,12 +749,7 @@ async fn stats(
                             .channels(prefix)
                             .await
                             .map_err(|e| ApiError::unavailable("the history store", e))?;
-                        json!({
-                            "hostname": gw.hostname,
-                            "time": format::rfc3339(now_ms()),
-                            "channels": infos.len(),
-                            "infos": infos.iter().map(|i| gw.channel_json(i)).collect::<Vec<_>>(),
-                        })
+                        listing(&gw, infos.iter().map(|i| gw.channel_json(i)).collect())
                     }
                     None => one_channel(&gw, id).await?,
                 }

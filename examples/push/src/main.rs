@@ -4,7 +4,7 @@
 //!
 //! Shows: HTTP handlers and non-WebSocket transports fed from layer groups, a consumer per
 //! WebSocket on switchboard's runtime, history (ids, backtrack, lossless resume) in memory or
-//! in Redis, limits, CORS and stats. The protocol is in `docs/push.md`.
+//! in Redis, limits, CORS and stats. The protocol is in this crate's README.md.
 //!
 //! Run it (in-memory layer and history, no Redis needed), then open <http://127.0.0.1:8000/>:
 //!

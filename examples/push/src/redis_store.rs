@@ -188,7 +188,6 @@ impl RedisStore {
     }
 
     /// Deletes every key under the prefix (tests use it to clean up).
-    #[allow(dead_code)] // used by the tests, not by the gateway
     pub async fn flush(&self) -> Result<()> {
         let mut conn = self.conn.clone();
         let pattern = format!("{}*", self.prefix);

@@ -276,7 +276,6 @@ impl MemoryStore {
     }
 
     /// Entries held, expired ones not purged yet included (the tests watch the purge with it).
-    #[allow(dead_code)] // used by the tests, not by the gateway
     pub fn entries(&self) -> usize {
         self.channels.lock().len()
     }

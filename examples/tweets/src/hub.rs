@@ -125,7 +125,6 @@ pub const DEFAULT_MAX_TERMS: usize = 100;
 impl Hub {
     /// Upstreams from `source`, sending on `layer`, at most one post per `interval`, for at most
     /// [`DEFAULT_MAX_TERMS`] terms at once.
-    #[allow(dead_code)] // `main` sets the limit; the tests use the default
     pub fn new(layer: Layer, source: Arc<dyn Source>, interval: Duration) -> Hub {
         Hub::with_max_terms(layer, source, interval, DEFAULT_MAX_TERMS)
     }

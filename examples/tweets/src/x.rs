@@ -115,7 +115,6 @@ impl XSource {
     }
 
     /// Whether the connection task is running (it runs exactly while some term is open).
-    #[allow(dead_code)] // for the tests
     pub fn is_running(&self) -> bool {
         lock(&self.shared.state)
             .commands
