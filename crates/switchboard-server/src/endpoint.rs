@@ -34,7 +34,7 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 
 use crate::config::ConnectionConfig;
-use crate::consumer::IntoConsumer;
+use crate::consumer::{CloseCode, IntoConsumer};
 use crate::error::reference;
 use crate::origin::{OriginCheck, Origins};
 use crate::runtime;
@@ -334,8 +334,10 @@ where
                     runtime::run(consumer, conn, ws, config).await;
                 }
                 Err(e) => {
+                    // `connect` ran: `disconnect` runs too, whatever the reason the connection
+                    // ends, as for a client that vanished.
                     tracing::debug!(error = %e, "websocket upgrade did not complete");
-                    conn.subscription().close().await;
+                    runtime::disconnect(&mut consumer, &mut conn, CloseCode::ABNORMAL).await;
                 }
             }
         });

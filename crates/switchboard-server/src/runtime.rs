@@ -508,16 +508,7 @@ pub(crate) async fn run<C, T>(
         }
         o.phase = Phase::Closed;
     }
-    // Boxed as `receive` is: it runs once, and need not take room in the task all along.
-    match AssertUnwindSafe(Box::pin(consumer.disconnect(&mut conn, ending.code)))
-        .catch_unwind()
-        .await
-    {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!(%channel, error = %e, "consumer disconnect failed"),
-        Err(_) => tracing::error!(%channel, "consumer disconnect panicked"),
-    }
-    conn.subscription().close().await;
+    disconnect(&mut consumer, &mut conn, ending.code).await;
 
     if ending.code != CloseCode::ABNORMAL && !broken {
         // Finish the close handshake: write our close frame (or the reply tungstenite queued)
@@ -528,6 +519,27 @@ pub(crate) async fn run<C, T>(
         };
         let _ = tokio::time::timeout(config.close_timeout, finish).await;
     }
+}
+
+/// The end of a connection for its consumer: `disconnect` with `code` (its error or panic
+/// logged), then the subscription closed (groups left, channel discarded).
+pub(crate) async fn disconnect<C: Consumer>(
+    consumer: &mut C,
+    conn: &mut Connection,
+    code: CloseCode,
+) {
+    let channel = conn.channel_name().clone();
+    conn.out.lock().phase = Phase::Closed;
+    // Boxed as `receive` is: it runs once, and need not take room in the task all along.
+    match AssertUnwindSafe(Box::pin(consumer.disconnect(conn, code)))
+        .catch_unwind()
+        .await
+    {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(%channel, error = %e, "consumer disconnect failed"),
+        Err(_) => tracing::error!(%channel, "consumer disconnect panicked"),
+    }
+    conn.subscription().close().await;
 }
 
 fn next_deadline(config: &ConnectionConfig, heard: Instant, pinged: Instant) -> Instant {

@@ -281,6 +281,13 @@ impl Inner {
         }
     }
 
+    /// The queue a receive on one of this process's channels takes from, with its process
+    /// queue's receive loop running (started, or started again, here).
+    fn receive_queue(self: &Arc<Self>, channel: &ChannelName) -> Arc<Queue> {
+        let l = self.ensure_loop(channel.non_local_part());
+        self.engine.queue_fed_by(channel, &l.demand)
+    }
+
     /// The receive loop of the process queue `non_local`, running: started on first use, and
     /// started again if its task ended for any reason (its runtime went away; a panic is
     /// already caught and restarted by [`supervised`]).
@@ -383,8 +390,7 @@ impl ChannelLayer for RedisLayer {
         let inner = &self.inner;
         inner.engine.check_open()?;
         if inner.client.owns(channel.as_str()) {
-            inner.ensure_loop(channel.non_local_part());
-            return inner.engine.receive(&inner.own_queue(channel)).await;
+            return inner.engine.receive(&inner.receive_queue(channel)).await;
         }
         self.receiver(channel).await?.recv().await
     }
@@ -393,8 +399,7 @@ impl ChannelLayer for RedisLayer {
         let inner = &self.inner;
         inner.engine.check_open()?;
         if inner.client.owns(channel.as_str()) {
-            inner.ensure_loop(channel.non_local_part());
-            return Ok(inner.engine.receiver(inner.own_queue(channel)));
+            return Ok(inner.engine.receiver(inner.receive_queue(channel)));
         }
         if channel.is_process_local() {
             return Err(LayerError::Unsupported(format!(
