@@ -229,6 +229,23 @@ async fn bad_input_policy_can_close_instead() {
 }
 
 #[tokio::test]
+async fn a_close_reason_quoting_a_long_input_fits_a_close_frame() {
+    // The decode error names the unknown type the client sent: 300 bytes of it. A close frame
+    // carries at most 123 bytes of reason (RFC 6455 §5.5), cut on a char boundary.
+    let layer = Layer::new(InMemoryLayer::default());
+    let (a, _) = room(&layer, "lobby");
+    let mut a =
+        a.with_config(ConnectionConfig::default().bad_input(BadInput::Close(CloseCode(4400))));
+    assert!(a.connect().await.is_accepted());
+    let kind = "é".repeat(150);
+    a.send_json(&json!({"type": kind})).await.unwrap();
+    let (code, reason) = a.receive_close().await.unwrap();
+    assert_eq!(code, CloseCode(4400));
+    assert!(reason.len() <= 123, "{} bytes: {reason}", reason.len());
+    assert!(reason.contains("éé"), "{reason}");
+}
+
+#[tokio::test]
 async fn handler_error_is_reported_and_connection_stays() {
     let layer = Layer::new(InMemoryLayer::default());
     let (mut a, _) = room(&layer, "lobby");
