@@ -1,6 +1,7 @@
 //! Settings of the Redis layers, named as channels_redis names them.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use switchboard_core::LayerConfig;
@@ -8,7 +9,7 @@ use switchboard_core::LayerConfig;
 /// Settings for [`RedisLayer`](crate::RedisLayer) and [`RedisPubSubLayer`](crate::RedisPubSubLayer).
 ///
 /// The fields a Django process on the same Redis must agree on are those of channels_redis's
-/// `CONFIG`: `hosts` (same URLs, **same order** — the order picks the host of every key),
+/// `CONFIG`: `hosts` (same servers, **same order** — the order picks the host of every key),
 /// `prefix`, `symmetric_encryption_keys`, and for the core layer `expiry`, `group_expiry` and
 /// `capacity` / `channel_capacity` (in [`LayerConfig`]).
 ///
@@ -23,18 +24,40 @@ use switchboard_core::LayerConfig;
 ///     .symmetric_encryption_keys(["the same secret as in Django's CHANNEL_LAYERS"]);
 /// assert_eq!(config.hosts.len(), 1);
 /// ```
+///
+/// On managed Redis that only speaks TLS, and behind Sentinel:
+///
+/// ```
+/// use switchboard_redis::{RedisConfig, SentinelHost};
+///
+/// // rediss:// with a private CA and a client certificate (mutual TLS).
+/// let tls = RedisConfig::new("rediss://default:secret@redis.internal:6380/0")
+///     .tls_ca_file("/etc/redis/ca.pem")
+///     .tls_client_cert("/etc/redis/client.pem", "/etc/redis/client.key");
+///
+/// // channels_redis's {"sentinels": [...], "master_name": "mymaster", "sentinel_kwargs": {...}}
+/// let sentinel = RedisConfig::new(
+///     SentinelHost::new(["10.0.0.1:26379", "10.0.0.2:26379", "10.0.0.3:26379"], "mymaster")
+///         .sentinel_password("sentinel secret")
+///         .password("master secret"),
+/// );
+/// assert!(!format!("{tls:?}{sentinel:?}").contains("secret"));
+/// ```
 #[derive(Clone)]
 #[non_exhaustive]
 pub struct RedisConfig {
-    /// Redis URLs (`redis://[:password@]host:port[/db]`, `rediss://…` is not built in). Several
-    /// hosts shard channels and groups with channels_redis's consistent hash.
-    pub hosts: Vec<String>,
+    /// The Redis servers. Several hosts shard channels and groups with channels_redis's
+    /// consistent hash.
+    pub hosts: Vec<RedisHost>,
     /// Prepended to every key (`asgi`, as in channels_redis).
     pub prefix: String,
     /// Capacity, expiry and group expiry.
     pub layer: LayerConfig,
     /// Fernet keys; the first encrypts, all are tried when decrypting.
     pub(crate) symmetric_encryption_keys: Vec<Vec<u8>>,
+    /// Certificates for `rediss://` hosts (and Sentinel masters with
+    /// [`SentinelHost::tls`]).
+    pub tls: TlsConfig,
     /// How long a layer call may take before it fails with
     /// [`LayerError::Timeout`](switchboard_core::LayerError::Timeout).
     /// Default 5 s.
@@ -53,16 +76,14 @@ pub struct RedisConfig {
 impl fmt::Debug for RedisConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisConfig")
-            .field(
-                "hosts",
-                &self.hosts.iter().map(|h| redact(h)).collect::<Vec<_>>(),
-            )
+            .field("hosts", &self.hosts)
             .field("prefix", &self.prefix)
             .field("layer", &self.layer)
             .field(
                 "symmetric_encryption_keys",
                 &format_args!("[{} hidden]", self.symmetric_encryption_keys.len()),
             )
+            .field("tls", &self.tls)
             .field("command_timeout", &self.command_timeout)
             .field("connect_timeout", &self.connect_timeout)
             .field("blocking_timeout", &self.blocking_timeout)
@@ -71,23 +92,205 @@ impl fmt::Debug for RedisConfig {
     }
 }
 
-impl RedisConfig {
-    /// One Redis host, channels_redis's defaults otherwise.
-    pub fn new(url: impl Into<String>) -> RedisConfig {
-        RedisConfig::hosts([url])
+/// One Redis server of a layer: a URL, or a master found through Sentinel.
+///
+/// Strings convert: `"redis://…"` is [`RedisHost::Url`].
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RedisHost {
+    /// `redis://[[user]:password@]host[:port][/db]`, or `rediss://…` for TLS. A password is
+    /// hidden wherever the URL is printed.
+    Url(String),
+    /// The master that a set of Sentinels names; followed across failovers.
+    Sentinel(SentinelHost),
+}
+
+impl RedisHost {
+    /// The URL, for a [`RedisHost::Url`].
+    pub fn url(&self) -> Option<&str> {
+        match self {
+            RedisHost::Url(u) => Some(u),
+            RedisHost::Sentinel(_) => None,
+        }
     }
 
-    /// Several hosts. Their order must be the same in every process sharing the layer.
-    pub fn hosts<I, S>(urls: I) -> RedisConfig
+    /// How this host is named in logs and errors: the URL with its password hidden, or
+    /// `sentinel master NAME`.
+    pub fn name(&self) -> String {
+        match self {
+            RedisHost::Url(u) => redact(u),
+            RedisHost::Sentinel(s) => format!("sentinel master {}", s.master_name),
+        }
+    }
+}
+
+impl fmt::Debug for RedisHost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RedisHost::Url(u) => f.debug_tuple("Url").field(&redact(u)).finish(),
+            RedisHost::Sentinel(s) => f.debug_tuple("Sentinel").field(s).finish(),
+        }
+    }
+}
+
+impl From<&str> for RedisHost {
+    fn from(url: &str) -> RedisHost {
+        RedisHost::Url(url.to_owned())
+    }
+}
+
+impl From<String> for RedisHost {
+    fn from(url: String) -> RedisHost {
+        RedisHost::Url(url)
+    }
+}
+
+impl From<&String> for RedisHost {
+    fn from(url: &String) -> RedisHost {
+        RedisHost::Url(url.clone())
+    }
+}
+
+impl From<SentinelHost> for RedisHost {
+    fn from(s: SentinelHost) -> RedisHost {
+        RedisHost::Sentinel(s)
+    }
+}
+
+/// A master found through Redis Sentinel, configured as channels_redis takes it: the
+/// sentinels' addresses, the master's name, credentials for the sentinels
+/// (`sentinel_kwargs`) and for the master.
+///
+/// The layer asks the sentinels for the master, checks that it answers `ROLE` as a master,
+/// and follows a failover: it listens for `+switch-master` on a sentinel and asks again when
+/// a command fails with a connection error or `READONLY`, then moves every connection to the
+/// new master.
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SentinelHost {
+    /// The sentinels, as `host:port` (port 26379 if left out).
+    pub sentinels: Vec<String>,
+    /// The name the sentinels monitor the master under (`sentinel monitor NAME …`).
+    pub master_name: String,
+    pub(crate) sentinel_username: Option<String>,
+    pub(crate) sentinel_password: Option<String>,
+    pub(crate) username: Option<String>,
+    pub(crate) password: Option<String>,
+    /// The database number on the master.
+    pub db: i64,
+    /// Speak TLS to the sentinels and the master, with [`RedisConfig::tls`].
+    pub tls: bool,
+}
+
+impl SentinelHost {
+    /// The master `master_name` that these sentinels monitor.
+    pub fn new<I, S>(sentinels: I, master_name: impl Into<String>) -> SentinelHost
     where
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
+        SentinelHost {
+            sentinels: sentinels.into_iter().map(Into::into).collect(),
+            master_name: master_name.into(),
+            sentinel_username: None,
+            sentinel_password: None,
+            username: None,
+            password: None,
+            db: 0,
+            tls: false,
+        }
+    }
+
+    /// The password of the sentinels (`requirepass` on the sentinels; channels_redis's
+    /// `sentinel_kwargs={"password": …}`).
+    pub fn sentinel_password(mut self, password: impl Into<String>) -> Self {
+        self.sentinel_password = Some(password.into());
+        self
+    }
+
+    /// An ACL user on the sentinels.
+    pub fn sentinel_username(mut self, username: impl Into<String>) -> Self {
+        self.sentinel_username = Some(username.into());
+        self
+    }
+
+    /// The password of the master (and of the replica that takes over).
+    pub fn password(mut self, password: impl Into<String>) -> Self {
+        self.password = Some(password.into());
+        self
+    }
+
+    /// An ACL user on the master.
+    pub fn username(mut self, username: impl Into<String>) -> Self {
+        self.username = Some(username.into());
+        self
+    }
+
+    /// The database number on the master.
+    pub fn db(mut self, db: i64) -> Self {
+        self.db = db;
+        self
+    }
+
+    /// Whether the sentinels and the master speak TLS.
+    pub fn tls(mut self, on: bool) -> Self {
+        self.tls = on;
+        self
+    }
+}
+
+impl fmt::Debug for SentinelHost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let hidden = |p: &Option<String>| p.as_ref().map(|_| "***");
+        f.debug_struct("SentinelHost")
+            .field("sentinels", &self.sentinels)
+            .field("master_name", &self.master_name)
+            .field("sentinel_username", &self.sentinel_username)
+            .field("sentinel_password", &hidden(&self.sentinel_password))
+            .field("username", &self.username)
+            .field("password", &hidden(&self.password))
+            .field("db", &self.db)
+            .field("tls", &self.tls)
+            .finish()
+    }
+}
+
+/// TLS settings for `rediss://` hosts.
+///
+/// By default the server's certificate is checked against the system's roots (and
+/// `SSL_CERT_FILE` / `SSL_CERT_DIR`, where set).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TlsConfig {
+    /// PEM file of the CA(s) that signed the server's certificate, instead of the system roots
+    /// (channels_redis's `ssl_ca_certs`).
+    pub ca_file: Option<PathBuf>,
+    /// PEM files of a client certificate (chain) and its private key, for servers that ask
+    /// for one (`tls-auth-clients yes`; channels_redis's `ssl_certfile` / `ssl_keyfile`).
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+    /// Accept any certificate, unchecked (channels_redis's `ssl_cert_reqs=None`). The
+    /// connection is encrypted but not authenticated; the layer logs a warning at connect.
+    pub insecure: bool,
+}
+
+impl RedisConfig {
+    /// One Redis host, channels_redis's defaults otherwise.
+    pub fn new(host: impl Into<RedisHost>) -> RedisConfig {
+        RedisConfig::hosts([host])
+    }
+
+    /// Several hosts. Their order must be the same in every process sharing the layer.
+    pub fn hosts<I, S>(hosts: I) -> RedisConfig
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<RedisHost>,
+    {
         RedisConfig {
-            hosts: urls.into_iter().map(Into::into).collect(),
+            hosts: hosts.into_iter().map(Into::into).collect(),
             prefix: "asgi".into(),
             layer: LayerConfig::default(),
             symmetric_encryption_keys: Vec::new(),
+            tls: TlsConfig::default(),
             command_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(1),
             blocking_timeout: Duration::from_secs(5),
@@ -118,6 +321,26 @@ impl RedisConfig {
         self
     }
 
+    /// Checks `rediss://` servers' certificates against the CA(s) in this PEM file instead of
+    /// the system roots.
+    pub fn tls_ca_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.tls.ca_file = Some(path.into());
+        self
+    }
+
+    /// Presents this client certificate (PEM, chain first) with its private key (PEM) to
+    /// `rediss://` servers: mutual TLS.
+    pub fn tls_client_cert(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        self.tls.client_cert = Some((cert.into(), key.into()));
+        self
+    }
+
+    /// Accepts `rediss://` servers' certificates unchecked (logged as a warning at connect).
+    pub fn tls_insecure(mut self, insecure: bool) -> Self {
+        self.tls.insecure = insecure;
+        self
+    }
+
     /// Sets the per-call timeout.
     pub fn command_timeout(mut self, timeout: Duration) -> Self {
         self.command_timeout = timeout;
@@ -142,9 +365,10 @@ impl RedisConfig {
         self
     }
 
-    /// The hosts' URLs with their passwords hidden, for logs.
+    /// The hosts as logs name them: URLs with their passwords hidden, or
+    /// `sentinel master NAME`.
     pub fn host_names(&self) -> Vec<String> {
-        self.hosts.iter().map(|h| redact(h)).collect()
+        self.hosts.iter().map(RedisHost::name).collect()
     }
 
     /// Whole seconds, at least one (Redis `EXPIRE` takes seconds).
@@ -169,11 +393,21 @@ mod tests {
     fn redacts_passwords() {
         assert_eq!(redact("redis://:pw@host:1/0"), "redis://***@host:1/0");
         assert_eq!(redact("redis://host:1"), "redis://host:1");
+        assert_eq!(redact("rediss://user:pw@host:1"), "rediss://***@host:1");
         let dbg = format!(
             "{:?}",
-            RedisConfig::new("redis://u:secret@h").symmetric_encryption_keys(["k"])
+            RedisConfig::hosts([
+                RedisHost::from("redis://u:secret@h"),
+                SentinelHost::new(["127.0.0.1:26379"], "m")
+                    .sentinel_password("secret-s")
+                    .username("bob")
+                    .password("secret-m")
+                    .into(),
+            ])
+            .symmetric_encryption_keys(["k"])
         );
         assert!(!dbg.contains("secret") && dbg.contains("1 hidden"), "{dbg}");
+        assert!(dbg.contains("bob") && dbg.contains("***"), "{dbg}");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Connections: one multiplexed, self-reconnecting connection per host for commands, and
-//! dedicated connections for blocking pops and subscriptions.
+//! dedicated connections for blocking pops and subscriptions; TLS and credentials from the
+//! configuration; a host behind Sentinel follows its master across failovers.
 //!
 //! redis-rs times a response out after 500 ms by default. Commands get the layer's
 //! `command_timeout` instead; a blocking `BZPOPMIN` gets its own connection with no response
@@ -8,34 +9,91 @@
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::sync::Once;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use futures_util::FutureExt;
-use tokio::sync::watch;
+use futures_util::{FutureExt, StreamExt};
+use parking_lot::RwLock;
+use tokio::sync::{Notify, watch};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
-use redis::{AsyncConnectionConfig, Client, RedisError};
+use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
+use redis::{
+    AsyncConnectionConfig, Client, ConnectionAddr, ConnectionInfo, ErrorKind, IntoConnectionInfo,
+    RedisError, ServerErrorKind, TlsCertificates, TlsMode,
+};
 use switchboard_core::{ChannelName, LayerError, Result};
 
-use crate::config::{RedisConfig, redact};
+use crate::config::{RedisConfig, RedisHost, SentinelHost, TlsConfig};
 
-/// One Redis host.
+/// One Redis host: a fixed server, or the master a set of sentinels names.
 pub(crate) struct Host {
-    /// The URL with its password hidden.
+    /// How logs and errors name it (a URL with its password hidden, or `sentinel master X`).
     pub(crate) name: String,
-    pub(crate) client: Client,
+    /// The server commands go to now; replaced when a sentinel names a new master.
+    current: RwLock<Target>,
+    /// Set for a host found through Sentinel.
+    sentinel: Option<Sentinel>,
+    /// Counts master changes; loops on dedicated connections reconnect when it moves.
+    moved: watch::Sender<u64>,
+    manager: ConnectionManagerConfig,
+    /// How long connecting (and the first answer) may take.
+    connect_limit: Duration,
+}
+
+#[derive(Clone)]
+struct Target {
+    client: Client,
     /// Commands: pipelined over one connection, reconnected on failure.
-    pub(crate) conn: ConnectionManager,
+    conn: ConnectionManager,
+    /// `host:port`, for logs.
+    addr: String,
+}
+
+struct Sentinel {
+    client: tokio::sync::Mutex<SentinelClient>,
+    master_name: String,
+    /// Woken when a command failed as it does while the master is away or demoted.
+    suspect: Notify,
 }
 
 impl Host {
+    /// The command connection to the current server.
     pub(crate) fn conn(&self) -> ConnectionManager {
-        self.conn.clone()
+        self.current.read().conn.clone()
     }
 
-    /// A command on this host failed.
+    /// A client for the current server, for connections of their own (blocking pops,
+    /// subscriptions).
+    pub(crate) fn client(&self) -> Client {
+        self.current.read().client.clone()
+    }
+
+    /// Changes when the host moved to another server (a Sentinel failover): connections made
+    /// from an earlier [`client`](Host::client) point at the old one.
+    pub(crate) fn moved(&self) -> watch::Receiver<u64> {
+        self.moved.subscribe()
+    }
+
+    /// A command on this host failed. Behind Sentinel, an error that a failover explains
+    /// (connection lost, `READONLY` from a demoted master) makes the host ask the sentinels
+    /// again.
     pub(crate) fn error(&self, e: RedisError) -> LayerError {
+        self.suspect(&e);
         LayerError::backend(format!("redis at {}", self.name), e)
+    }
+
+    /// Tells the sentinel follower that `e` may mean the master moved.
+    pub(crate) fn suspect(&self, e: &RedisError) {
+        if let Some(s) = &self.sentinel
+            && (e.is_io_error()
+                || e.is_connection_dropped()
+                || e.is_connection_refusal()
+                || e.is_timeout()
+                || e.kind() == ErrorKind::Server(ServerErrorKind::ReadOnly))
+        {
+            s.suspect.notify_one();
+        }
     }
 }
 
@@ -46,26 +104,426 @@ pub(crate) async fn connect_hosts(cfg: &RedisConfig) -> Result<Vec<Host>> {
             "no Redis host configured: give at least one redis:// URL".into(),
         ));
     }
+    let certs = load_tls(&cfg.tls)?;
+    let manager = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(cfg.connect_timeout))
+        .set_response_timeout(Some(cfg.command_timeout))
+        // Fail calls fast while Redis is away; the next call tries again.
+        .set_number_of_retries(1)
+        .set_max_delay(Duration::from_secs(1));
+    let connect_limit = cfg.connect_timeout + cfg.command_timeout;
     let mut hosts = Vec::with_capacity(cfg.hosts.len());
-    for url in &cfg.hosts {
-        let name = redact(url);
-        let client = Client::open(url.as_str())
-            .map_err(|e| LayerError::Config(format!("bad Redis URL {name}: {e}")))?;
-        let manager = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(cfg.connect_timeout))
-            .set_response_timeout(Some(cfg.command_timeout))
-            // Fail calls fast while Redis is away; the next call tries again.
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_secs(1));
+    for host in &cfg.hosts {
+        let name = host.name();
+        let (client, sentinel) = match host {
+            RedisHost::Url(url) => (url_client(url, &name, &cfg.tls, certs.as_ref())?, None),
+            RedisHost::Sentinel(s) => {
+                let mut sc = sentinel_client(s, &cfg.tls, certs.as_ref())?;
+                let client = timed(connect_limit, sc.async_get_client())
+                    .await?
+                    .map_err(|e| connect_error(&name, &e, s.tls))?;
+                let sentinel = Sentinel {
+                    client: tokio::sync::Mutex::new(sc),
+                    master_name: s.master_name.clone(),
+                    suspect: Notify::new(),
+                };
+                (client, Some(sentinel))
+            }
+        };
+        let tls = matches!(
+            client.get_connection_info().addr(),
+            ConnectionAddr::TcpTls { .. }
+        );
         let conn = timed(
-            cfg.connect_timeout + cfg.command_timeout,
-            ConnectionManager::new_with_config(client.clone(), manager),
+            connect_limit,
+            ConnectionManager::new_with_config(client.clone(), manager.clone()),
         )
         .await?
-        .map_err(|e| LayerError::backend(format!("could not connect to redis at {name}"), e))?;
-        hosts.push(Host { name, client, conn });
+        .map_err(|e| connect_error(&name, &e, tls))?;
+        // A server with a password accepts the connection and refuses the first command
+        // (NOAUTH): ask one now, so that missing credentials fail here and say so.
+        timed(
+            connect_limit,
+            redis::cmd("PING").query_async::<()>(&mut conn.clone()),
+        )
+        .await?
+        .map_err(|e| connect_error(&name, &e, tls))?;
+        let addr = address(client.get_connection_info());
+        if sentinel.is_some() {
+            tracing::info!(host = %name, master = %addr, "sentinels name this master");
+        }
+        hosts.push(Host {
+            name,
+            current: RwLock::new(Target { client, conn, addr }),
+            sentinel,
+            moved: watch::channel(0).0,
+            manager: manager.clone(),
+            connect_limit,
+        });
     }
     Ok(hosts)
+}
+
+/// rustls needs one process-wide crypto provider; several can be compiled in (other crates
+/// of an application may bring aws-lc-rs), so pick ring unless the application chose one.
+fn crypto_provider() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        if rustls::crypto::CryptoProvider::get_default().is_none() {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
+    });
+}
+
+/// Reads the CA and client certificate files, if any are set.
+fn load_tls(tls: &TlsConfig) -> Result<Option<TlsCertificates>> {
+    crypto_provider();
+    let read = |what: &str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| {
+            LayerError::Config(format!(
+                "could not read the Redis TLS {what} {}: {e}",
+                path.display()
+            ))
+        })
+    };
+    let root_cert = tls
+        .ca_file
+        .as_deref()
+        .map(|p| read("CA file", p))
+        .transpose()?;
+    let client_tls = match &tls.client_cert {
+        Some((cert, key)) => Some(redis::ClientTlsConfig {
+            client_cert: read("client certificate", cert)?,
+            client_key: read("client key", key)?,
+        }),
+        None => None,
+    };
+    if root_cert.is_none() && client_tls.is_none() {
+        return Ok(None);
+    }
+    Ok(Some(TlsCertificates {
+        client_tls,
+        root_cert,
+    }))
+}
+
+fn tls_settings_set(tls: &TlsConfig) -> bool {
+    tls.ca_file.is_some() || tls.client_cert.is_some() || tls.insecure
+}
+
+/// A client for one `redis://` or `rediss://` URL with the configured TLS settings.
+fn url_client(
+    url: &str,
+    name: &str,
+    tls: &TlsConfig,
+    certs: Option<&TlsCertificates>,
+) -> Result<Client> {
+    let bad = |e: RedisError| LayerError::Config(format!("bad Redis URL {name}: {e}"));
+    let info: ConnectionInfo = url.into_connection_info().map_err(bad)?;
+    let info = match info.addr().clone() {
+        ConnectionAddr::TcpTls {
+            host,
+            port,
+            insecure,
+            ..
+        } => {
+            if tls.insecure || insecure {
+                tracing::warn!(
+                    host = %name,
+                    "TLS to redis without certificate checks: the connection is encrypted, \
+                     but anyone on the path can pretend to be the server"
+                );
+            }
+            info.set_addr(ConnectionAddr::TcpTls {
+                host,
+                port,
+                insecure: tls.insecure || insecure,
+                tls_params: None,
+            })
+        }
+        _ if tls_settings_set(tls) => {
+            return Err(LayerError::Config(format!(
+                "TLS settings are given, but {name} is not a rediss:// URL: use rediss:// to \
+                 connect over TLS"
+            )));
+        }
+        _ => info,
+    };
+    let tls_addr = matches!(info.addr(), ConnectionAddr::TcpTls { .. });
+    match certs {
+        Some(certs) if tls_addr => Client::build_with_tls(info, certs.clone()),
+        _ => Client::open(info),
+    }
+    .map_err(bad)
+}
+
+/// A sentinel client for `s`, with credentials for the sentinels and for the master.
+fn sentinel_client(
+    s: &SentinelHost,
+    tls: &TlsConfig,
+    certs: Option<&TlsCertificates>,
+) -> Result<SentinelClient> {
+    let name = format!("sentinel master {}", s.master_name);
+    if s.sentinels.is_empty() {
+        return Err(LayerError::Config(format!(
+            "{name}: no sentinel address given"
+        )));
+    }
+    if s.master_name.is_empty() {
+        return Err(LayerError::Config(
+            "a sentinel host needs a master name".into(),
+        ));
+    }
+    if !s.tls && tls_settings_set(tls) {
+        return Err(LayerError::Config(format!(
+            "TLS settings are given, but {name} does not use TLS (SentinelHost::tls)"
+        )));
+    }
+    let mut addrs = Vec::with_capacity(s.sentinels.len());
+    for a in &s.sentinels {
+        let (host, port) = match a.rsplit_once(':') {
+            Some((h, p)) => (
+                h,
+                p.parse::<u16>().map_err(|_| {
+                    LayerError::Config(format!(
+                        "{name}: bad sentinel address {a:?} (want host:port)"
+                    ))
+                })?,
+            ),
+            None => (a.as_str(), 26379),
+        };
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        if host.is_empty() {
+            return Err(LayerError::Config(format!(
+                "{name}: bad sentinel address {a:?} (want host:port)"
+            )));
+        }
+        addrs.push(if s.tls {
+            ConnectionAddr::TcpTls {
+                host,
+                port,
+                insecure: tls.insecure,
+                tls_params: None,
+            }
+        } else {
+            ConnectionAddr::Tcp(host, port)
+        });
+    }
+    let mut b = SentinelClientBuilder::new(addrs, &s.master_name, SentinelServerType::Master)
+        .map_err(|e| LayerError::Config(format!("{name}: {e}")))?
+        .set_client_to_redis_db(s.db);
+    if let Some(u) = &s.username {
+        b = b.set_client_to_redis_username(u);
+    }
+    if let Some(p) = &s.password {
+        b = b.set_client_to_redis_password(p);
+    }
+    if let Some(u) = &s.sentinel_username {
+        b = b.set_client_to_sentinel_username(u);
+    }
+    if let Some(p) = &s.sentinel_password {
+        b = b.set_client_to_sentinel_password(p);
+    }
+    if s.tls {
+        let mode = if tls.insecure {
+            TlsMode::Insecure
+        } else {
+            TlsMode::Secure
+        };
+        if tls.insecure {
+            tracing::warn!(host = %name, "TLS to redis without certificate checks");
+        }
+        b = b
+            .set_client_to_redis_tls_mode(mode)
+            .set_client_to_sentinel_tls_mode(mode);
+        if let Some(c) = certs {
+            b = b
+                .set_client_to_redis_certificates(c.clone())
+                .set_client_to_sentinel_certificates(c.clone());
+        }
+    }
+    b.build()
+        .map_err(|e| LayerError::Config(format!("{name}: {e}")))
+}
+
+/// `host:port` of a connection.
+fn address(info: &ConnectionInfo) -> String {
+    match info.addr() {
+        ConnectionAddr::Tcp(h, p)
+        | ConnectionAddr::TcpTls {
+            host: h, port: p, ..
+        } => {
+            format!("{h}:{p}")
+        }
+        other => format!("{other:?}"),
+    }
+}
+
+/// A failed first connection, said so that the fix is plain: wrong credentials, an untrusted
+/// certificate, TLS spoken to a plain server or plain text to a TLS-only one.
+fn connect_error(name: &str, e: &RedisError, tls: bool) -> LayerError {
+    let text = e.to_string();
+    let has = |s: &str| text.contains(s);
+    if e.kind() == ErrorKind::AuthenticationFailed
+        || has("WRONGPASS")
+        || has("NOAUTH")
+        || has("invalid password")
+        || has("invalid username-password")
+    {
+        return LayerError::Config(format!(
+            "redis at {name} refused the credentials (check the user name and password): {e}"
+        ));
+    }
+    if tls && has("CertificateRequired") {
+        return LayerError::Config(format!(
+            "TLS with redis at {name} failed: the server asks for a client certificate (set \
+             one with its key): {e}"
+        ));
+    }
+    if tls && has("received fatal alert") && (has("Certificate") || has("UnknownCA")) {
+        return LayerError::Config(format!(
+            "TLS with redis at {name} failed: the server refused this client's certificate: {e}"
+        ));
+    }
+    if tls && (has("invalid peer certificate") || has("UnknownIssuer")) {
+        return LayerError::Config(format!(
+            "TLS with redis at {name} failed: its certificate is not trusted (is the CA file \
+             right?): {e}"
+        ));
+    }
+    if tls && (has("corrupt message") || has("InvalidContentType") || has("wrong version")) {
+        return LayerError::Config(format!(
+            "TLS with redis at {name} failed: the server does not speak TLS there (use \
+             redis:// or its TLS port): {e}"
+        ));
+    }
+    if !tls
+        && (e.is_connection_dropped() || e.is_io_error() || e.is_timeout())
+        && !e.is_connection_refusal()
+    {
+        return LayerError::backend(
+            format!(
+                "could not connect to redis at {name} (if the server only speaks TLS, use a \
+                 rediss:// URL)"
+            ),
+            e.clone(),
+        );
+    }
+    LayerError::backend(format!("could not connect to redis at {name}"), e.clone())
+}
+
+/// Follows the master of a Sentinel host: listens for `+switch-master` on a sentinel, asks
+/// the sentinels again when a command failed as it does during a failover (and every few
+/// seconds), and moves the host to the new master when it changed. While the sentinels name
+/// no reachable master it asks every 100 ms (a `SENTINEL MASTERS` per sentinel: cheap, and
+/// only during an outage). Returns at shutdown; a host not behind Sentinel returns at once.
+pub(crate) async fn follow_master(host: &Host, mut shutdown: watch::Receiver<bool>) {
+    const RETRY: Duration = Duration::from_millis(100);
+    let Some(sentinel) = &host.sentinel else {
+        return;
+    };
+    let mut events = None;
+    let mut retry_at: Option<tokio::time::Instant> = None;
+    let mut recheck = tokio::time::interval(Duration::from_secs(5));
+    recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        if events.is_none() {
+            events = switch_events(sentinel, host.connect_limit).await;
+        }
+        let retry = retry_at.unwrap_or_else(|| tokio::time::Instant::now() + RETRY);
+        let ask = tokio::select! {
+            _ = shutdown.changed() => return,
+            () = sentinel.suspect.notified(), if retry_at.is_none() => true,
+            () = tokio::time::sleep_until(retry), if retry_at.is_some() => true,
+            _ = recheck.tick() => true,
+            event = next_event(&mut events) => match event {
+                Some(master) => master == sentinel.master_name,
+                None => {
+                    events = None;
+                    true
+                }
+            },
+        };
+        if !ask {
+            continue;
+        }
+        match ask_master(host, sentinel).await {
+            Ok(()) => retry_at = None,
+            Err(e) => {
+                if retry_at.is_none() {
+                    tracing::debug!(host = %host.name, error = %e, "the sentinels name no reachable master yet");
+                }
+                retry_at = Some(tokio::time::Instant::now() + RETRY);
+            }
+        }
+    }
+}
+
+/// A subscription to `+switch-master` on the first sentinel that answers, or `None`.
+async fn switch_events(sentinel: &Sentinel, limit: Duration) -> Option<redis::aio::PubSub> {
+    let client = timed(limit, async {
+        sentinel
+            .client
+            .lock()
+            .await
+            .async_get_sentinel_client()
+            .await
+    })
+    .await
+    .ok()?
+    .ok()?;
+    let mut pubsub = timed(limit, client.get_async_pubsub()).await.ok()?.ok()?;
+    timed(limit, pubsub.subscribe("+switch-master"))
+        .await
+        .ok()?
+        .ok()?;
+    Some(pubsub)
+}
+
+/// The master name of the next `+switch-master` event (`<name> <old ip> <old port> <new ip>
+/// <new port>`), or `None` when the subscription ended (or there is none).
+async fn next_event(events: &mut Option<redis::aio::PubSub>) -> Option<String> {
+    let Some(pubsub) = events else {
+        return std::future::pending().await;
+    };
+    let msg = pubsub.on_message().next().await?;
+    let payload: String = msg.get_payload().ok()?;
+    payload.split_whitespace().next().map(str::to_owned)
+}
+
+/// Asks the sentinels for the master; moves the host there if it changed.
+async fn ask_master(host: &Host, sentinel: &Sentinel) -> std::result::Result<(), String> {
+    let client = timed(host.connect_limit, async {
+        sentinel.client.lock().await.async_get_client().await
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())?;
+    let addr = address(client.get_connection_info());
+    if addr == host.current.read().addr {
+        return Ok(());
+    }
+    let conn = timed(
+        host.connect_limit,
+        ConnectionManager::new_with_config(client.clone(), host.manager.clone()),
+    )
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())?;
+    let old = std::mem::replace(
+        &mut *host.current.write(),
+        Target {
+            client,
+            conn,
+            addr: addr.clone(),
+        },
+    );
+    host.moved.send_modify(|n| *n += 1);
+    tracing::warn!(host = %host.name, from = %old.addr, to = %addr, "redis master moved; following it");
+    Ok(())
 }
 
 /// A connection of its own for blocking commands: no response timeout.
@@ -76,7 +534,7 @@ pub(crate) async fn blocking_connection(
     let config = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(cfg.connect_timeout))
         .set_response_timeout(None);
-    host.client
+    host.client()
         .get_multiplexed_async_connection_with_config(&config)
         .await
 }

@@ -49,6 +49,6 @@ mod layer;
 mod process;
 mod pubsub;
 
-pub use config::RedisConfig;
+pub use config::{RedisConfig, RedisHost, SentinelHost, TlsConfig};
 pub use layer::RedisLayer;
 pub use pubsub::RedisPubSubLayer;

@@ -6,11 +6,11 @@
 //! The Django side is `crates/test-support/django/peer.py` (see `test_support::django`).
 #![allow(clippy::unwrap_used)]
 
-use switchboard_core::Value;
-use test_support::django::{Django, Kind, all_types, recv, rust_layer};
+use switchboard_core::LayerConfig;
+use test_support::django::{Django, Kind, exchange, rust_layer, rust_layer_with};
 
 /// Both directions, both operations, for one layer kind and key set.
-async fn exchange(kind: Kind, keys: &[&str]) {
+async fn on_the_test_redis(kind: Kind, keys: &[&str]) {
     let Some(url) = test_support::redis::url() else {
         return;
     };
@@ -22,55 +22,59 @@ async fn exchange(kind: Kind, keys: &[&str]) {
     let Some(mut django) = django else {
         return;
     };
-    let py = django.new_channel().await;
-    let rs = layer.new_channel().await.unwrap();
-    django.group_add("mixed", &py).await;
-    layer.group_add("mixed", &rs).await.unwrap();
+    exchange(&mut django, &layer).await;
+}
 
-    // Rust group_send → the Django channel in the group (and the Rust one).
-    layer.group_send("mixed", all_types(1)).await.unwrap();
-    assert_eq!(django.receive(&py).await, all_types(1));
-    assert_eq!(recv(&layer, &rs).await, all_types(1));
-
-    // Django group_send → the Rust channel in the group (and the Django one).
-    django.group_send("mixed", &all_types(2)).await;
-    assert_eq!(recv(&layer, &rs).await, all_types(2));
-    assert_eq!(django.receive(&py).await, all_types(2));
-
-    // send to a specific channel, both ways.
-    layer.send(py.as_str(), all_types(3)).await.unwrap();
-    assert_eq!(django.receive(&py).await, all_types(3));
-    django.send(rs.as_str(), &all_types(4)).await;
-    assert_eq!(recv(&layer, &rs).await, all_types(4));
-
-    // Bytes from Django arrive as bytes, and go back to Django as bytes.
-    let from_django = all_types(5);
-    django.send(rs.as_str(), &from_django).await;
-    let got = recv(&layer, &rs).await;
-    assert_eq!(
-        got.get("bytes"),
-        Some(&Value::Bytes(vec![0, 1, 127, 128, 254, 255]))
+/// The same over TLS with client certificates: Django's host is channels_redis's
+/// `{"address": "rediss://…", "ssl_ca_certs": …, "ssl_certfile": …, "ssl_keyfile": …}`.
+async fn over_tls(kind: Kind) {
+    let Some(server) = test_support::tls::shared() else {
+        return;
+    };
+    let cfg = server.config(LayerConfig::default());
+    let host = serde_json::json!({
+        "address": server.url(),
+        "ssl_ca_certs": server.certs.ca,
+        "ssl_certfile": server.certs.client_cert,
+        "ssl_keyfile": server.certs.client_key,
+    })
+    .to_string();
+    let (django, layer) = tokio::join!(
+        Django::start(kind, &host, &cfg.prefix, &[]),
+        rust_layer_with(kind, cfg.clone())
     );
-    layer.send(py.as_str(), got).await.unwrap();
-    assert_eq!(django.receive(&py).await, from_django);
+    let Some(mut django) = django else {
+        return;
+    };
+    exchange(&mut django, &layer).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn core_layer_exchanges_with_django_over_tls() {
+    over_tls(Kind::Core).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pubsub_layer_exchanges_with_django_over_tls() {
+    over_tls(Kind::PubSub).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn core_layer_exchanges_with_django() {
-    exchange(Kind::Core, &[]).await;
+    on_the_test_redis(Kind::Core, &[]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn core_layer_exchanges_with_django_encrypted() {
-    exchange(Kind::Core, &["new secret", "old secret"]).await;
+    on_the_test_redis(Kind::Core, &["new secret", "old secret"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pubsub_layer_exchanges_with_django() {
-    exchange(Kind::PubSub, &[]).await;
+    on_the_test_redis(Kind::PubSub, &[]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pubsub_layer_exchanges_with_django_encrypted() {
-    exchange(Kind::PubSub, &["new secret", "old secret"]).await;
+    on_the_test_redis(Kind::PubSub, &["new secret", "old secret"]).await;
 }

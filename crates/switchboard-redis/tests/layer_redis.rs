@@ -30,7 +30,7 @@ async fn stores_what_channels_redis_stores() {
     a.send(&ch, msg("direct", 1)).await.unwrap();
     a.group_send("room", msg("grouped", 2)).await.unwrap();
 
-    let mut r = raw(&cfg.hosts[0]).await;
+    let mut r = raw(cfg.hosts[0].url().unwrap()).await;
     let key = format!("{}specific.{client}!", cfg.prefix);
     let stored: Vec<(Vec<u8>, f64)> = r.zrange_withscores(&key, 0, -1).await.unwrap();
     assert_eq!(stored.len(), 2);
@@ -100,7 +100,7 @@ async fn a_message_that_does_not_decode_is_skipped() {
     let client = b.client_id().to_owned();
     let b = Layer::new(b);
     let ch = b.new_channel().await.unwrap();
-    let mut r = raw(&cfg.hosts[0]).await;
+    let mut r = raw(cfg.hosts[0].url().unwrap()).await;
     let key = format!("{}specific.{client}!", cfg.prefix);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -264,7 +264,7 @@ async fn a_message_scored_minus_infinity_is_dropped_as_expired() {
     a.send(&ch, msg("ancient", 2)).await.unwrap();
     a.send(&ch, msg("fine", 3)).await.unwrap();
     // (After the last send: a send trims expired messages.)
-    let mut r = raw(&cfg.hosts[0]).await;
+    let mut r = raw(cfg.hosts[0].url().unwrap()).await;
     let key = format!("{}specific.{client}!", cfg.prefix);
     let stored: Vec<Vec<u8>> = r.zrange(&key, 0, -1).await.unwrap();
     assert_eq!(stored.len(), 3);

@@ -57,7 +57,7 @@ async fn keys_land_on_the_host_their_name_hashes_to() {
     let mut dbs = Vec::new();
     for url in [h1, h2] {
         dbs.push(
-            redis::Client::open(url)
+            redis::Client::open(url.url().unwrap())
                 .unwrap()
                 .get_multiplexed_async_connection()
                 .await
@@ -101,7 +101,7 @@ async fn a_named_channel_takes_no_more_than_its_waiting_receives() {
     let mut dbs = Vec::new();
     for url in &cfg.hosts {
         dbs.push(
-            redis::Client::open(url.as_str())
+            redis::Client::open(url.url().unwrap())
                 .unwrap()
                 .get_multiplexed_async_connection()
                 .await

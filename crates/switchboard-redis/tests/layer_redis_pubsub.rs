@@ -20,7 +20,7 @@ async fn publishes_bare_msgpack_on_channels_redis_names() {
         return;
     };
     let layer = Layer::new(pubsub(&cfg).await);
-    let client = redis::Client::open(cfg.hosts[0].clone()).unwrap();
+    let client = redis::Client::open(cfg.hosts[0].url().unwrap()).unwrap();
     let mut sub = client.get_async_pubsub().await.unwrap();
     let group_channel = format!("{}__group__room", cfg.prefix);
     sub.subscribe(&group_channel).await.unwrap();
@@ -85,7 +85,7 @@ async fn group_channels_sees_members_of_every_process() {
     assert_eq!(members, expected);
     b.discard_channel(&y).await.unwrap();
     assert_eq!(a.group_channels("room").await.unwrap().len(), 1);
-    let mut r = raw(&cfg.hosts[0]).await;
+    let mut r = raw(cfg.hosts[0].url().unwrap()).await;
     let subscribers: Vec<(String, usize)> = redis::cmd("PUBSUB")
         .arg("NUMSUB")
         .arg(format!("{}__group__room", cfg.prefix))

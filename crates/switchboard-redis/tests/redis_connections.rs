@@ -36,7 +36,7 @@ async fn a_thousand_consumers_share_a_few_connections() {
     let Some(cfg) = config(LayerConfig::default()) else {
         return;
     };
-    let url = cfg.hosts[0].clone();
+    let url = cfg.hosts[0].url().unwrap().to_owned();
     let opened = thousand_consumers(&url, async || Layer::new(core(&cfg).await)).await;
     // Two layers, each: one command connection and one receive-loop connection.
     assert!(

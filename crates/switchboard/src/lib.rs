@@ -36,5 +36,7 @@ pub mod testing {
 /// `channels_redis`, configured by [`RedisConfig`](redis::RedisConfig).
 #[cfg(feature = "redis")]
 pub mod redis {
-    pub use switchboard_redis::{RedisConfig, RedisLayer, RedisPubSubLayer};
+    pub use switchboard_redis::{
+        RedisConfig, RedisHost, RedisLayer, RedisPubSubLayer, SentinelHost, TlsConfig,
+    };
 }

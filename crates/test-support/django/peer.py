@@ -14,7 +14,11 @@ JSON lines on stdin and answers each with one JSON line on stdout:
 Messages travel as JSON; a byte string is {"$bytes": "<hex>"} so that bytes stay bytes.
 Errors are answered as {"error": "..."}.
 
-  python peer.py core|pubsub REDIS_URL PREFIX [ENCRYPTION_KEY ...]
+  python peer.py core|pubsub HOST PREFIX [ENCRYPTION_KEY ...]
+
+HOST is a Redis URL, or a JSON object that channels_redis takes as one entry of "hosts":
+{"address": "rediss://…", "ssl_ca_certs": …} for TLS, {"sentinels": [[host, port], …],
+"master_name": …} for Sentinel.
 """
 import asyncio
 import json
@@ -72,8 +76,10 @@ async def run(layer, cmd):
 
 
 async def main():
-    kind, url, prefix, *keys = sys.argv[1:]
-    config = {"hosts": [url], "prefix": prefix}
+    kind, host, prefix, *keys = sys.argv[1:]
+    if host.startswith("{"):
+        host = json.loads(host)
+    config = {"hosts": [host], "prefix": prefix}
     if keys:
         config["symmetric_encryption_keys"] = keys
     settings.configure(

@@ -26,14 +26,15 @@ pub struct Django {
 }
 
 impl Django {
-    /// Starts one; `None` (a skip) without the Python environment.
-    pub async fn start(kind: Kind, url: &str, prefix: &str, keys: &[&str]) -> Option<Django> {
+    /// Starts one on `host` (a Redis URL, or channels_redis's host dict as JSON); `None` (a
+    /// skip) without the Python environment.
+    pub async fn start(kind: Kind, host: &str, prefix: &str, keys: &[&str]) -> Option<Django> {
         let python = super::django_python()?;
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/django/peer.py");
         let mut child = Command::new(python)
             .arg(script)
             .arg(if kind == Kind::Core { "core" } else { "pubsub" })
-            .args([url, prefix])
+            .args([host, prefix])
             .args(keys)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -61,12 +62,35 @@ impl Django {
     }
 
     pub async fn call(&mut self, cmd: Json) -> Json {
+        let reply = self.try_call(&cmd).await;
+        assert!(reply.get("error").is_none(), "Django: {reply} for {cmd}");
+        reply
+    }
+
+    /// Runs `cmd`; an error is answered as `{"error": …}`.
+    pub async fn try_call(&mut self, cmd: &Json) -> Json {
         let mut line = cmd.to_string();
         line.push('\n');
         self.stdin.write_all(line.as_bytes()).await.unwrap(); // ok: test harness, a panic fails the calling test
-        let reply = self.read().await;
-        assert!(reply.get("error").is_none(), "Django: {reply} for {cmd}");
-        reply
+        self.read().await
+    }
+
+    /// Adds `channel` to `group`, trying again (every 100 ms, for up to `within`) while
+    /// channels_redis fails, as it does until it has reconnected after a failover.
+    pub async fn group_add_retrying(&mut self, group: &str, channel: &str, within: Duration) {
+        let cmd = json!({"op": "group_add", "group": group, "channel": channel});
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let reply = self.try_call(&cmd).await;
+            if reply.get("error").is_none() {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "Django could not use Redis within {within:?}: {reply}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     pub async fn new_channel(&mut self) -> String {
@@ -172,6 +196,11 @@ pub async fn rust_layer(kind: Kind, url: &str, prefix: &str, keys: &[&str]) -> L
     let cfg = RedisConfig::new(url)
         .prefix(prefix)
         .symmetric_encryption_keys(keys.iter().copied());
+    rust_layer_with(kind, cfg).await
+}
+
+/// A Rust layer of `kind` with these settings.
+pub async fn rust_layer_with(kind: Kind, cfg: RedisConfig) -> Layer {
     match kind {
         Kind::Core => Layer::new(RedisLayer::connect(cfg).await.unwrap()), // ok: test harness, a panic fails the calling test
         Kind::PubSub => Layer::new(RedisPubSubLayer::connect(cfg).await.unwrap()), // ok: test harness, a panic fails the calling test
@@ -180,3 +209,40 @@ pub async fn rust_layer(kind: Kind, url: &str, prefix: &str, keys: &[&str]) -> L
 
 /// What Rust receives on `ch` within 5 s.
 pub use crate::layers::recv;
+
+/// Both directions, both operations, every value type, between a Django process and a Rust
+/// layer on the same Redis and prefix: group sends each way (both members get them), sends to
+/// a specific channel each way, and bytes from Django going back to Django as bytes.
+pub async fn exchange(django: &mut Django, layer: &Layer) {
+    let py = django.new_channel().await;
+    let rs = layer.new_channel().await.unwrap(); // ok: test harness, a panic fails the calling test
+    django.group_add("mixed", &py).await;
+    layer.group_add("mixed", &rs).await.unwrap(); // ok: test harness, a panic fails the calling test
+
+    // Rust group_send → the Django channel in the group (and the Rust one).
+    layer.group_send("mixed", all_types(1)).await.unwrap(); // ok: test harness, a panic fails the calling test
+    assert_eq!(django.receive(&py).await, all_types(1));
+    assert_eq!(recv(layer, &rs).await, all_types(1));
+
+    // Django group_send → the Rust channel in the group (and the Django one).
+    django.group_send("mixed", &all_types(2)).await;
+    assert_eq!(recv(layer, &rs).await, all_types(2));
+    assert_eq!(django.receive(&py).await, all_types(2));
+
+    // send to a specific channel, both ways.
+    layer.send(py.as_str(), all_types(3)).await.unwrap(); // ok: test harness, a panic fails the calling test
+    assert_eq!(django.receive(&py).await, all_types(3));
+    django.send(rs.as_str(), &all_types(4)).await;
+    assert_eq!(recv(layer, &rs).await, all_types(4));
+
+    // Bytes from Django arrive as bytes, and go back to Django as bytes.
+    let from_django = all_types(5);
+    django.send(rs.as_str(), &from_django).await;
+    let got = recv(layer, &rs).await;
+    assert_eq!(
+        got.get("bytes"),
+        Some(&Value::Bytes(vec![0, 1, 127, 128, 254, 255]))
+    );
+    layer.send(py.as_str(), got).await.unwrap(); // ok: test harness, a panic fails the calling test
+    assert_eq!(django.receive(&py).await, from_django);
+}

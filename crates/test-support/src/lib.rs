@@ -30,6 +30,8 @@ pub mod http;
 pub mod layers;
 pub mod program;
 pub mod redis;
+pub mod sentinel;
+pub mod tls;
 pub mod ws;
 
 pub use ws::{WsClient, try_ws, try_ws_with, ws};
@@ -201,5 +203,33 @@ fn launch(cmd: &mut std::process::Command, program: &str) -> ChildGuard {
     let child = cmd
         .spawn()
         .unwrap_or_else(|e| panic!("could not start {program}: {e}"));
+    ChildGuard(child)
+}
+
+/// Starts `args` (a program and its arguments) under `sh`, which kills it when this process's
+/// end of its standard input closes: when the guard drops, or when the test binary exits
+/// without dropping it (a server in a `static`, shared by the binary's tests). The `sh` leads a
+/// process group of its own, so the guard kills both.
+pub fn spawn_until_stdin_closes(args: &[String]) -> ChildGuard {
+    use std::os::unix::process::CommandExt;
+    let verbose = std::env::var_os("SWITCHBOARD_TEST_LOG").is_some();
+    let out = || {
+        if verbose {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        }
+    };
+    let child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(r#""$@" </dev/null & pid=$!; read _line; kill -9 "$pid""#)
+        .arg("sh")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(out())
+        .stderr(out())
+        .process_group(0)
+        .spawn()
+        .unwrap_or_else(|e| panic!("could not start {}: {e}", args[0]));
     ChildGuard(child)
 }

@@ -24,6 +24,11 @@ impl Program {
     /// (up to 20 s) until it accepts connections. Panics with the program's output if it exits
     /// first.
     pub async fn start(binary: &str, args: &[&str]) -> Program {
+        Program::start_with_env(binary, args, &[]).await
+    }
+
+    /// [`start`](Program::start) with more environment variables.
+    pub async fn start_with_env(binary: &str, args: &[&str], env: &[(&str, &str)]) -> Program {
         let name = std::path::Path::new(binary)
             .file_name()
             .map_or_else(|| binary.to_owned(), |n| n.to_string_lossy().into_owned());
@@ -43,6 +48,7 @@ impl Program {
             .args(["--addr", &addr.to_string()])
             .args(args)
             .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .stdout(stdout)
             .stderr(stderr)
             .spawn()
@@ -72,6 +78,11 @@ impl Program {
             );
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
+    }
+
+    /// Whether the process is still running (it has not exited or been restarted).
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.0.try_wait(), Ok(None))
     }
 
     /// What the program wrote so far (empty when `SWITCHBOARD_TEST_LOG` sent it to the terminal).

@@ -33,15 +33,22 @@ pub fn fresh_prefix() -> String {
 pub struct OwnRedis {
     pub port: u16,
     child: Option<ChildGuard>,
+    /// More `redis-server` arguments (`--requirepass …`).
+    extra: Vec<String>,
 }
 
-fn binary() -> String {
+pub(crate) fn binary() -> String {
     std::env::var("SWITCHBOARD_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into())
 }
 
 impl OwnRedis {
     /// Starts one; `None` (a skip) when there is no redis-server to start.
     pub async fn start() -> Option<OwnRedis> {
+        OwnRedis::start_with(&[]).await
+    }
+
+    /// Starts one with more `redis-server` arguments.
+    pub async fn start_with(extra: &[&str]) -> Option<OwnRedis> {
         if !executable(&binary()) {
             return super::skip(&format!(
                 "a redis-server binary to start and stop: {} is not there (set \
@@ -52,6 +59,7 @@ impl OwnRedis {
         let mut r = OwnRedis {
             port: free_port(),
             child: None,
+            extra: extra.iter().map(|a| (*a).to_owned()).collect(),
         };
         r.restart().await;
         Some(r)
@@ -83,6 +91,7 @@ impl OwnRedis {
                 "--dir",
             ])
             .arg(&dir)
+            .args(&self.extra)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()

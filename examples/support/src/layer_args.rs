@@ -4,9 +4,17 @@
 //! --redis redis://127.0.0.1:6379            RedisLayer (channels_redis.core), shared with Django
 //! --redis redis://… --layer pubsub          RedisPubSubLayer (channels_redis.pubsub)
 //! --redis-prefix asgi                       key prefix, as channels_redis's "prefix"
+//! --redis rediss://… [--redis-ca FILE] [--redis-cert FILE --redis-key FILE] [--redis-tls-insecure]
+//!                                           TLS: a private CA, mutual TLS, or no verification
+//! --redis-sentinel h:p,h:p,… --redis-master NAME
+//!                                           the master that these sentinels name, followed
+//!                                           across failovers (passwords: REDIS_PASSWORD,
+//!                                           REDIS_SENTINEL_PASSWORD in the environment)
 //! ```
 
-use switchboard::redis::{RedisConfig, RedisLayer, RedisPubSubLayer};
+use std::path::PathBuf;
+
+use switchboard::redis::{RedisConfig, RedisLayer, RedisPubSubLayer, SentinelHost};
 use switchboard::{InMemoryLayer, Layer, LayerConfig};
 
 /// Which Redis layer `--redis` uses.
@@ -20,17 +28,52 @@ pub enum RedisKind {
 }
 
 /// Which channel layer to run on.
-#[derive(clap::Args, Debug, Clone)]
+#[derive(clap::Args, Clone)]
+#[command(group = clap::ArgGroup::new("redis_server").args(["redis", "redis_sentinel"]))]
 pub struct LayerArgs {
-    /// Redis URL for a layer shared by several processes (e.g. redis://127.0.0.1:6379).
-    /// Without it the layer is in-memory: one process, no Redis needed.
+    /// Redis URL for a layer shared by several processes (e.g. redis://127.0.0.1:6379,
+    /// rediss://… for TLS, redis://user:password@… for an ACL user).
+    /// Without it (or --redis-sentinel) the layer is in-memory: one process, no Redis needed.
     #[arg(long, value_name = "URL")]
     pub redis: Option<String>,
-    /// Which Redis layer, with --redis.
-    #[arg(long, value_enum, default_value_t = RedisKind::Core, requires = "redis")]
+    /// Sentinels to ask for the Redis master, instead of --redis (host:port,host:port,…).
+    #[arg(
+        long,
+        value_name = "HOST:PORT,…",
+        value_delimiter = ',',
+        requires = "redis_master"
+    )]
+    pub redis_sentinel: Option<Vec<String>>,
+    /// The master's name at the sentinels, with --redis-sentinel.
+    #[arg(long, value_name = "NAME")]
+    pub redis_master: Option<String>,
+    /// The master's password, with --redis-sentinel (with --redis, put it in the URL).
+    #[arg(long, env = "REDIS_PASSWORD", hide_env_values = true)]
+    pub redis_password: Option<String>,
+    /// The sentinels' password, with --redis-sentinel.
+    #[arg(long, env = "REDIS_SENTINEL_PASSWORD", hide_env_values = true)]
+    pub redis_sentinel_password: Option<String>,
+    /// Speak TLS to the sentinels and the master, with --redis-sentinel.
+    #[arg(long)]
+    pub redis_sentinel_tls: bool,
+    /// PEM file of the CA that signed the Redis server's certificate (instead of the system
+    /// roots), for rediss:// or --redis-sentinel-tls.
+    #[arg(long, value_name = "FILE", requires = "redis_server")]
+    pub redis_ca: Option<PathBuf>,
+    /// PEM client certificate for mutual TLS, with --redis-key.
+    #[arg(long, value_name = "FILE", requires_all = ["redis_key", "redis_server"])]
+    pub redis_cert: Option<PathBuf>,
+    /// PEM private key of --redis-cert.
+    #[arg(long, value_name = "FILE", requires = "redis_cert")]
+    pub redis_key: Option<PathBuf>,
+    /// Accept the Redis server's certificate unchecked (encrypted, not authenticated).
+    #[arg(long, requires = "redis_server")]
+    pub redis_tls_insecure: bool,
+    /// Which Redis layer, with --redis or --redis-sentinel.
+    #[arg(long, value_enum, default_value_t = RedisKind::Core, requires = "redis_server")]
     pub layer: RedisKind,
-    /// Key prefix in Redis (channels_redis's "prefix"), with --redis.
-    #[arg(long, default_value = "asgi", requires = "redis")]
+    /// Key prefix in Redis (channels_redis's "prefix"), with --redis or --redis-sentinel.
+    #[arg(long, default_value = "asgi", requires = "redis_server")]
     pub redis_prefix: String,
     /// Channel capacity (messages waiting per channel).
     #[arg(long, default_value_t = 100)]
@@ -41,6 +84,7 @@ impl LayerArgs {
     /// Builds the layer the flags describe.
     pub async fn build(&self) -> Result<Layer, Box<dyn std::error::Error + Send + Sync>> {
         let config = LayerConfig::default().capacity(self.capacity);
+        self.check().map_err(FlagError)?;
         let Some(redis) = self.redis_config(config.clone()) else {
             return Ok(Layer::new(InMemoryLayer::new(config)));
         };
@@ -51,12 +95,90 @@ impl LayerArgs {
     }
 
     fn redis_config(&self, layer: LayerConfig) -> Option<RedisConfig> {
-        let url = self.redis.as_deref()?;
+        let mut cfg = match (&self.redis, &self.redis_sentinel) {
+            (Some(url), _) => RedisConfig::new(url.as_str()),
+            (None, Some(sentinels)) => {
+                let mut host = SentinelHost::new(
+                    sentinels.iter().map(|s| s.trim()),
+                    self.redis_master.clone().unwrap_or_default(),
+                )
+                .tls(self.redis_sentinel_tls);
+                if let Some(p) = &self.redis_password {
+                    host = host.password(p);
+                }
+                if let Some(p) = &self.redis_sentinel_password {
+                    host = host.sentinel_password(p);
+                }
+                RedisConfig::new(host)
+            }
+            (None, None) => return None,
+        };
+        if let Some(ca) = &self.redis_ca {
+            cfg = cfg.tls_ca_file(ca);
+        }
+        if let (Some(cert), Some(key)) = (&self.redis_cert, &self.redis_key) {
+            cfg = cfg.tls_client_cert(cert, key);
+        }
         Some(
-            RedisConfig::new(url)
+            cfg.tls_insecure(self.redis_tls_insecure)
                 .prefix(self.redis_prefix.as_str())
                 .layer(layer),
         )
+    }
+
+    /// Checks what the flags name before connecting, so that a mistake names its flag.
+    fn check(&self) -> Result<(), String> {
+        for (flag, file) in [
+            ("--redis-ca", &self.redis_ca),
+            ("--redis-cert", &self.redis_cert),
+            ("--redis-key", &self.redis_key),
+        ] {
+            if let Some(f) = file {
+                std::fs::metadata(f).map_err(|e| format!("{flag} {}: {e}", f.display()))?;
+            }
+        }
+        let tls = self.redis_ca.is_some() || self.redis_cert.is_some() || self.redis_tls_insecure;
+        if let Some(url) = &self.redis {
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                return Err(format!(
+                    "--redis {}: not a redis:// or rediss:// URL",
+                    RedisConfig::new(url.as_str()).host_names().join("")
+                ));
+            }
+            if tls && !url.starts_with("rediss://") {
+                return Err(
+                    "--redis-ca, --redis-cert and --redis-tls-insecure are for TLS: give a \
+                     rediss:// URL to --redis"
+                        .into(),
+                );
+            }
+        }
+        if self.redis_sentinel.is_none() {
+            for (flag, given) in [
+                ("--redis-master", self.redis_master.is_some()),
+                ("--redis-sentinel-tls", self.redis_sentinel_tls),
+            ] {
+                if given {
+                    return Err(format!("{flag} is for --redis-sentinel"));
+                }
+            }
+        }
+        if let Some(sentinels) = &self.redis_sentinel {
+            for s in sentinels {
+                let port = s.trim().rsplit_once(':').map(|(_, p)| p);
+                if port.is_none_or(|p| p.parse::<u16>().is_err()) {
+                    return Err(format!("--redis-sentinel {s:?}: want host:port"));
+                }
+            }
+            if tls && !self.redis_sentinel_tls {
+                return Err(
+                    "--redis-ca, --redis-cert and --redis-tls-insecure are for TLS: add \
+                     --redis-sentinel-tls"
+                        .into(),
+                );
+            }
+        }
+        Ok(())
     }
 
     /// A short description for the start-up log line (passwords hidden).
@@ -75,3 +197,29 @@ impl LayerArgs {
         )
     }
 }
+
+impl std::fmt::Debug for LayerArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LayerArgs")
+            .field("layer", &self.describe())
+            .field("capacity", &self.capacity)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A flag that names something unusable; printed as it reads.
+struct FlagError(String);
+
+impl std::fmt::Debug for FlagError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::fmt::Display for FlagError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for FlagError {}

@@ -203,6 +203,12 @@ impl RedisLayer {
             shutdown: rx,
         });
         tokio::spawn(upkeep::janitor(inner.clone(), leaves));
+        for h in 0..inner.hosts.len() {
+            let inner = inner.clone();
+            tokio::spawn(async move {
+                conn::follow_master(&inner.hosts[h], inner.shutdown.clone()).await;
+            });
+        }
         Ok(RedisLayer {
             inner,
             guard: Arc::new(Guard(tx)),

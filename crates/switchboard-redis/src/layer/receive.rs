@@ -134,13 +134,17 @@ async fn receive_loop(
     named: Option<&Arc<Queue>>,
 ) {
     let backup = format!("{key}$inflight");
-    let mut shutdown = inner.shutdown.clone();
-    let mut retry = Retry::new();
+    let mut state = LoopState {
+        shutdown: inner.shutdown.clone(),
+        moved: host.moved(),
+        retry: Retry::new(),
+    };
     let mut was_down = false;
     loop {
+        state.moved.mark_unchanged();
         let failure = 'attempt: {
             let conn = tokio::select! {
-                _ = shutdown.changed() => return,
+                _ = state.shutdown.changed() => return,
                 c = conn::blocking_connection(host, &inner.cfg) => c,
             };
             let mut conn = match conn {
@@ -163,12 +167,12 @@ async fn receive_loop(
             }
             match pop_forever(
                 inner,
+                host,
                 key,
                 &mut conn,
-                &mut shutdown,
+                &mut state,
                 demand,
                 named,
-                &mut retry,
             )
             .await
             {
@@ -177,15 +181,25 @@ async fn receive_loop(
             }
         };
         was_down = true;
-        let failed = retry.failed(Instant::now());
+        let failed = state.retry.failed(Instant::now());
         if let Some(failures) = failed.warn {
             tracing::warn!(host = %host.name, key, error = %failure, failures, retry_in = ?failed.wait, "receive loop: redis failed; retrying");
         }
         tokio::select! {
-            _ = shutdown.changed() => return,
+            _ = state.shutdown.changed() => return,
             () = tokio::time::sleep(failed.wait) => {}
+            // A new master (Sentinel): no need to wait out the backoff.
+            _ = state.moved.changed() => {}
         }
     }
+}
+
+/// A receive loop's state across attempts: what ends an attempt besides Redis (shutdown, and
+/// behind Sentinel a new master), and the retry schedule.
+struct LoopState {
+    shutdown: watch::Receiver<bool>,
+    moved: watch::Receiver<u64>,
+    retry: Retry,
 }
 
 enum PopEnd {
@@ -199,12 +213,12 @@ enum PopEnd {
 /// success for `retry`.
 async fn pop_forever(
     inner: &Arc<Inner>,
+    host: &Host,
     key: &str,
     conn: &mut MultiplexedConnection,
-    shutdown: &mut watch::Receiver<bool>,
+    state: &mut LoopState,
     demand: &Demand,
     named: Option<&Arc<Queue>>,
-    retry: &mut Retry,
 ) -> std::result::Result<(), PopEnd> {
     let bzmpop = server_major_version(conn).await >= 7;
     let block = inner.cfg.blocking_timeout.as_secs().max(1);
@@ -220,7 +234,7 @@ async fn pop_forever(
                 break;
             }
             tokio::select! {
-                _ = shutdown.changed() => return Err(PopEnd::Shutdown),
+                _ = state.shutdown.changed() => return Err(PopEnd::Shutdown),
                 () = wake => {}
             }
         }
@@ -244,19 +258,24 @@ async fn pop_forever(
             c
         };
         let popped = tokio::select! {
-            _ = shutdown.changed() => return Err(PopEnd::Shutdown),
+            _ = state.shutdown.changed() => return Err(PopEnd::Shutdown),
+            // Sentinel named a new master: pop there.
+            _ = state.moved.changed() => return Err(PopEnd::Redis("the master moved".into())),
             r = tokio::time::timeout(limit, pop.query_async::<RValue>(conn)) => r,
         };
         let value = match popped {
             Ok(Ok(v)) => v,
-            Ok(Err(e)) => return Err(PopEnd::Redis(e.to_string())),
+            Ok(Err(e)) => {
+                host.suspect(&e);
+                return Err(PopEnd::Redis(e.to_string()));
+            }
             Err(_) => {
                 return Err(PopEnd::Redis(format!(
                     "no answer to a blocking pop within {limit:?}"
                 )));
             }
         };
-        let failures = retry.succeeded();
+        let failures = state.retry.succeeded();
         if failures > 0 {
             tracing::info!(key, failures, "receive loop pops again");
         }

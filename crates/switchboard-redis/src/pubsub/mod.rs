@@ -152,6 +152,12 @@ impl RedisPubSubLayer {
             }
         }
         tokio::spawn(janitor(inner.clone(), leaves));
+        for h in 0..inner.hosts.len() {
+            let inner = inner.clone();
+            tokio::spawn(async move {
+                conn::follow_master(&inner.hosts[h], inner.shutdown.clone()).await;
+            });
+        }
         Ok(RedisPubSubLayer {
             inner,
             guard: Arc::new(Guard(tx)),
@@ -340,10 +346,13 @@ async fn subscription_loop(inner: Arc<Inner>, h: usize, ready: tokio::sync::ones
     let mut shutdown = inner.shutdown.clone();
     let mut backoff = Backoff::new();
     let mut was_down = false;
+    let mut moved = host.moved();
     loop {
+        moved.mark_unchanged();
+        let client = host.client();
         let connected = tokio::select! {
             _ = shutdown.changed() => return,
-            c = timed(inner.cfg.connect_timeout, host.client.get_async_pubsub()) => c,
+            c = timed(inner.cfg.connect_timeout, client.get_async_pubsub()) => c,
         };
         let pubsub = match connected {
             Ok(Ok(p)) => p,
@@ -359,6 +368,7 @@ async fn subscription_loop(inner: Arc<Inner>, h: usize, ready: tokio::sync::ones
                 tokio::select! {
                     _ = shutdown.changed() => return,
                     () = tokio::time::sleep(backoff.next()) => continue,
+                    _ = moved.changed() => continue,
                 }
             }
         };
@@ -414,6 +424,8 @@ async fn subscription_loop(inner: Arc<Inner>, h: usize, ready: tokio::sync::ones
                     Some(msg) => inner.dispatch(msg.get_channel_name(), msg.get_payload_bytes()),
                     None => break,
                 },
+                // The master moved (Sentinel): subscribe there.
+                _ = moved.changed() => break,
                 _ = ping.tick() => {
                     let alive = timed(inner.cfg.command_timeout, sink.ping::<RValue>()).await;
                     if !matches!(alive, Ok(Ok(_))) {
