@@ -39,6 +39,11 @@
 //! up where they were, and the memberships this process added are written again if Redis lost
 //! them.
 //!
+//! Managed and replicated Redis: `rediss://` URLs speak TLS (system roots, a CA file, a client
+//! certificate, or an explicit opt-out: see [`TlsConfig`]), credentials go in the URL and are
+//! checked at connect, and a [`SentinelHost`] is the master a set of Sentinels names, followed
+//! across failovers.
+//!
 //! The deployment and Django interop guide is `docs/redis.md` in the repository.
 
 mod codec;

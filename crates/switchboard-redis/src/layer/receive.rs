@@ -165,17 +165,7 @@ async fn receive_loop(
                     super::upkeep::reassert_memberships(inner, None).await;
                 }
             }
-            match pop_forever(
-                inner,
-                host,
-                key,
-                &mut conn,
-                &mut state,
-                demand,
-                named,
-            )
-            .await
-            {
+            match pop_forever(inner, host, key, &mut conn, &mut state, demand, named).await {
                 Ok(()) | Err(PopEnd::Shutdown) => return,
                 Err(PopEnd::Redis(e)) => e,
             }
