@@ -21,49 +21,13 @@ use std::time::{Duration, Instant};
 #[path = "support/redis.rs"]
 mod support;
 
-use support::{Kind, fan_out, layer, p2p, prefix, room, runtime};
+use support::{Kind, fan_out, layer, p2p, prefix, process_cpu, redis_cpu, room, runtime};
 
 fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
     std::env::var(key)
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-/// CPU seconds (user + system) this process has used.
-fn process_cpu() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command name, which is in parentheses and may contain spaces.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // utime and stime are fields 14 and 15 of the line; 12 and 13 after the name and state.
-    (ticks(11) + ticks(12)) / 100.0
-}
-
-async fn redis_cpu() -> f64 {
-    let client = redis::Client::open(support::url()).unwrap_or_else(|e| panic!("{e}"));
-    let mut c = client
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let info: String = redis::cmd("INFO")
-        .arg("cpu")
-        .query_async(&mut c)
-        .await
-        .unwrap_or_default();
-    info.lines()
-        .filter_map(|l| {
-            l.strip_prefix("used_cpu_user:")
-                .or_else(|| l.strip_prefix("used_cpu_sys:"))
-        })
-        .filter_map(|v| v.trim().parse::<f64>().ok())
-        .sum()
 }
 
 struct Row {
@@ -110,9 +74,13 @@ fn group(n: u64) -> String {
 }
 
 async fn measured<T>(f: impl Future<Output = T>) -> (T, f64, f64) {
-    let (cpu0, redis0) = (process_cpu(), redis_cpu().await);
+    let (cpu0, redis0) = (process_cpu(), redis_cpu(&support::url()).await);
     let out = f.await;
-    (out, process_cpu() - cpu0, redis_cpu().await - redis0)
+    (
+        out,
+        process_cpu() - cpu0,
+        redis_cpu(&support::url()).await - redis0,
+    )
 }
 
 fn main() {

@@ -176,7 +176,7 @@ fn crypto_provider() {
 }
 
 /// Reads the CA and client certificate files, if any are set.
-fn load_tls(tls: &TlsConfig) -> Result<Option<TlsCertificates>> {
+pub(crate) fn load_tls(tls: &TlsConfig) -> Result<Option<TlsCertificates>> {
     crypto_provider();
     let read = |what: &str, path: &std::path::Path| {
         std::fs::read(path).map_err(|e| {
@@ -364,7 +364,7 @@ fn address(info: &ConnectionInfo) -> String {
 
 /// A failed first connection, said so that the fix is plain: wrong credentials, an untrusted
 /// certificate, TLS spoken to a plain server or plain text to a TLS-only one.
-fn connect_error(name: &str, e: &RedisError, tls: bool) -> LayerError {
+pub(crate) fn connect_error(name: &str, e: &RedisError, tls: bool) -> LayerError {
     let text = e.to_string();
     let has = |s: &str| text.contains(s);
     if e.kind() == ErrorKind::AuthenticationFailed

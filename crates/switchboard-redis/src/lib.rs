@@ -6,6 +6,9 @@
 //!   and expiry, groups stored in Redis, one queue per process for its consumers.
 //! - [`RedisPubSubLayer`] is `channels_redis.pubsub.RedisPubSubChannelLayer`: one `PUBLISH` per
 //!   group send, membership and fan-out in each process — the fastest choice for big groups.
+//! - [`RedisClusterLayer`] is switchboard's own, for Redis Cluster (channels_redis has none): the
+//!   pub/sub layer's model on sharded pub/sub, every name hash-tagged into one slot. Django
+//!   processes cannot share it.
 //!
 //! Both take a [`RedisConfig`] and implement [`ChannelLayer`](switchboard_core::ChannelLayer);
 //! wrap them in a [`Layer`](switchboard_core::Layer) handle to use them:
@@ -46,6 +49,7 @@
 //!
 //! The deployment and Django interop guide is `docs/redis.md` in the repository.
 
+mod cluster;
 mod codec;
 mod config;
 mod conn;
@@ -54,6 +58,7 @@ mod layer;
 mod process;
 mod pubsub;
 
+pub use cluster::RedisClusterLayer;
 pub use config::{RedisConfig, RedisHost, SentinelHost, TlsConfig};
 pub use layer::RedisLayer;
 pub use pubsub::RedisPubSubLayer;

@@ -37,6 +37,7 @@ pub mod testing {
 #[cfg(feature = "redis")]
 pub mod redis {
     pub use switchboard_redis::{
-        RedisConfig, RedisHost, RedisLayer, RedisPubSubLayer, SentinelHost, TlsConfig,
+        RedisClusterLayer, RedisConfig, RedisHost, RedisLayer, RedisPubSubLayer, SentinelHost,
+        TlsConfig,
     };
 }

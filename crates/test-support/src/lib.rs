@@ -25,6 +25,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 pub mod browser;
+pub mod cluster;
 pub mod django;
 pub mod http;
 pub mod layers;

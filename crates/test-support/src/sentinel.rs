@@ -95,6 +95,9 @@ impl SentinelSet {
                 dir.path().display().to_string(),
                 "--dbfilename".into(),
                 format!("dump-{port}.rdb"),
+                // Sync a replica at once, not after the default 5 s wait for more replicas.
+                "--repl-diskless-sync-delay".into(),
+                "0".into(),
             ];
             if let Some(m) = replica_of {
                 args.extend(["--replicaof".into(), "127.0.0.1".into(), m.to_string()]);
@@ -138,6 +141,14 @@ impl SentinelSet {
             _dir: dir,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
+        // The replica has the master's data before anything is measured.
+        while !crate::cluster::replication_settled(set.nodes[1].port) {
+            assert!(
+                Instant::now() < deadline,
+                "the replica did not sync within 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         for s in &set.sentinels {
             loop {
                 let info = master_info(s.port).await.unwrap_or_default();

@@ -2,7 +2,7 @@
 //! the example's flags: over TLS with client certificates (one trusting the CA by
 //! `--redis-ca`, one through the system roots, `SSL_CERT_FILE`), and behind Sentinel, where
 //! the master is killed while clients talk: the replica takes over, the room works again, and
-//! no WebSocket closes and no process restarts.
+//! no WebSocket closes and no process restarts; and on Redis Cluster (`--redis-cluster`).
 #![allow(clippy::unwrap_used)]
 
 use std::time::{Duration, Instant};
@@ -117,4 +117,39 @@ async fn rooms_survive_a_sentinel_failover_on_the_core_layer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rooms_survive_a_sentinel_failover_on_the_pubsub_layer() {
     rooms_survive_a_failover("pubsub").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_share_rooms_on_a_redis_cluster() {
+    let Some(cluster) = test_support::cluster::shared() else {
+        return;
+    };
+    let prefix = test_support::redis::fresh_prefix();
+    let nodes = cluster
+        .urls()
+        .iter()
+        .map(|u| u.trim_start_matches("redis://").to_owned())
+        .collect::<Vec<_>>()
+        .join(",");
+    let args = ["--redis-cluster", &nodes, "--redis-prefix", &prefix];
+    let bin = env!("CARGO_BIN_EXE_chat");
+    let (one, two) = tokio::join!(Program::start(bin, &args), Program::start(bin, &args));
+    let mut ann = ws(one.addr, "/ws/chat/lobby/?nickname=ann").await;
+    let mut bob = ws(two.addr, "/ws/chat/lobby/?nickname=bob").await;
+    until_heard(&mut ann, &mut bob, "one to two", Duration::from_secs(10)).await;
+    until_heard(&mut bob, &mut ann, "two to one", Duration::from_secs(10)).await;
+    // A private message finds its target in the other process (the registry, on the cluster).
+    let mut eve = ws(two.addr, "/ws/chat/other/?nickname=eve").await;
+    eve.send_json(json!({"type": "private", "to": "ann", "message": "psst"}))
+        .await;
+    loop {
+        let frame = ann.recv_json().await;
+        if frame["type"] == "chat.private" {
+            assert_eq!(
+                frame,
+                json!({"type": "chat.private", "from": "eve", "to": "ann", "message": "psst"})
+            );
+            break;
+        }
+    }
 }

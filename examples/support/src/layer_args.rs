@@ -10,11 +10,15 @@
 //!                                           the master that these sentinels name, followed
 //!                                           across failovers (passwords: REDIS_PASSWORD,
 //!                                           REDIS_SENTINEL_PASSWORD in the environment)
+//! --redis-cluster h:p,h:p,…                 RedisClusterLayer on Redis Cluster (switchboard only:
+//!                                           Django cannot share it)
 //! ```
 
 use std::path::PathBuf;
 
-use switchboard::redis::{RedisConfig, RedisLayer, RedisPubSubLayer, SentinelHost};
+use switchboard::redis::{
+    RedisClusterLayer, RedisConfig, RedisLayer, RedisPubSubLayer, SentinelHost,
+};
 use switchboard::{InMemoryLayer, Layer, LayerConfig};
 
 /// Which Redis layer `--redis` uses.
@@ -29,7 +33,7 @@ pub enum RedisKind {
 
 /// Which channel layer to run on.
 #[derive(clap::Args, Clone)]
-#[command(group = clap::ArgGroup::new("redis_server").args(["redis", "redis_sentinel"]))]
+#[command(group = clap::ArgGroup::new("redis_server").args(["redis", "redis_sentinel", "redis_cluster"]))]
 pub struct LayerArgs {
     /// Redis URL for a layer shared by several processes (e.g. redis://127.0.0.1:6379,
     /// rediss://… for TLS, redis://user:password@… for an ACL user).
@@ -44,6 +48,10 @@ pub struct LayerArgs {
         requires = "redis_master"
     )]
     pub redis_sentinel: Option<Vec<String>>,
+    /// Redis Cluster seed nodes, instead of --redis (host:port,… or redis:// or rediss://
+    /// URLs): the cluster layer (sharded pub/sub; not shared with Django).
+    #[arg(long, value_name = "HOST:PORT,…", value_delimiter = ',')]
+    pub redis_cluster: Option<Vec<String>>,
     /// The master's name at the sentinels, with --redis-sentinel.
     #[arg(long, value_name = "NAME")]
     pub redis_master: Option<String>,
@@ -70,7 +78,7 @@ pub struct LayerArgs {
     #[arg(long, requires = "redis_server")]
     pub redis_tls_insecure: bool,
     /// Which Redis layer, with --redis or --redis-sentinel.
-    #[arg(long, value_enum, default_value_t = RedisKind::Core, requires = "redis_server")]
+    #[arg(long, value_enum, default_value_t = RedisKind::Core, requires = "redis_server", conflicts_with = "redis_cluster")]
     pub layer: RedisKind,
     /// Key prefix in Redis (channels_redis's "prefix"), with --redis or --redis-sentinel.
     #[arg(long, default_value = "asgi", requires = "redis_server")]
@@ -88,6 +96,9 @@ impl LayerArgs {
         let Some(redis) = self.redis_config(config.clone()) else {
             return Ok(Layer::new(InMemoryLayer::new(config)));
         };
+        if self.redis_cluster.is_some() {
+            return Ok(Layer::new(RedisClusterLayer::connect(redis).await?));
+        }
         Ok(match self.layer {
             RedisKind::Core => Layer::new(RedisLayer::connect(redis).await?),
             RedisKind::Pubsub => Layer::new(RedisPubSubLayer::connect(redis).await?),
@@ -97,6 +108,16 @@ impl LayerArgs {
     fn redis_config(&self, layer: LayerConfig) -> Option<RedisConfig> {
         let mut cfg = match (&self.redis, &self.redis_sentinel) {
             (Some(url), _) => RedisConfig::new(url.as_str()),
+            (None, None) if self.redis_cluster.is_some() => {
+                RedisConfig::hosts(self.redis_cluster.iter().flatten().map(|n| {
+                    let n = n.trim();
+                    if n.starts_with("redis://") || n.starts_with("rediss://") {
+                        n.to_owned()
+                    } else {
+                        format!("redis://{n}")
+                    }
+                }))
+            }
             (None, Some(sentinels)) => {
                 let mut host = SentinelHost::new(
                     sentinels.iter().map(|s| s.trim()),
@@ -153,6 +174,26 @@ impl LayerArgs {
                 );
             }
         }
+        if let Some(nodes) = &self.redis_cluster {
+            for n in nodes {
+                let n = n.trim();
+                let addr = n
+                    .strip_prefix("redis://")
+                    .or_else(|| n.strip_prefix("rediss://"))
+                    .unwrap_or(n);
+                let port = addr.rsplit_once(':').map(|(_, p)| p.trim_end_matches('/'));
+                if port.is_none_or(|p| p.parse::<u16>().is_err()) {
+                    return Err(format!("--redis-cluster {n:?}: want host:port"));
+                }
+                if tls && !n.starts_with("rediss://") {
+                    return Err(
+                        "--redis-ca, --redis-cert and --redis-tls-insecure are for TLS: give \
+                         rediss:// URLs to --redis-cluster"
+                            .into(),
+                    );
+                }
+            }
+        }
         if self.redis_sentinel.is_none() {
             for (flag, given) in [
                 ("--redis-master", self.redis_master.is_some()),
@@ -187,6 +228,7 @@ impl LayerArgs {
             return "in-memory layer".to_owned();
         };
         let kind = match self.layer {
+            _ if self.redis_cluster.is_some() => "redis cluster layer",
             RedisKind::Core => "redis layer",
             RedisKind::Pubsub => "redis pub/sub layer",
         };
