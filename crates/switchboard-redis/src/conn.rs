@@ -26,6 +26,58 @@ use switchboard_core::{ChannelName, LayerError, Result};
 
 use crate::config::{RedisConfig, RedisHost, SentinelHost, TlsConfig};
 
+/// The command connection of a host: redis-rs's [`ConnectionManager`], which reconnects by
+/// itself — but hands the call that found its connection dead (`broken pipe`: Redis closed it,
+/// as `CLIENT KILL`, an idle timeout or a proxy does) its error and reconnects afterwards. This
+/// sends such a call once more, on the new connection, so the caller sees an error only when
+/// Redis is really away. A broken pipe means the connection was closed before the reply came;
+/// Redis closes a killed connection between commands, so the command was not run. (Only if the
+/// server itself died after running it and before answering could the retry run it twice.)
+#[derive(Clone)]
+pub(crate) struct Conn(ConnectionManager);
+
+/// Whether `e` says the connection was found closed (`BrokenPipe`).
+pub(crate) fn found_closed(e: &RedisError) -> bool {
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<std::io::Error>())
+        .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+        || (e.is_connection_dropped() && e.to_string() == "broken pipe")
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        Box::pin(async move {
+            match self.0.req_packed_command(cmd).await {
+                Err(e) if found_closed(&e) => self.0.req_packed_command(cmd).await,
+                r => r,
+            }
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        Box::pin(async move {
+            match self.0.req_packed_commands(pipeline, offset, count).await {
+                Err(e) if found_closed(&e) => {
+                    self.0.req_packed_commands(pipeline, offset, count).await
+                }
+                r => r,
+            }
+        })
+    }
+
+    fn get_db(&self) -> i64 {
+        self.0.get_db()
+    }
+}
+
 /// One Redis host: a fixed server, or the master a set of sentinels names.
 pub(crate) struct Host {
     /// How logs and errors name it (a URL with its password hidden, or `sentinel master X`).
@@ -59,8 +111,8 @@ struct Sentinel {
 
 impl Host {
     /// The command connection to the current server.
-    pub(crate) fn conn(&self) -> ConnectionManager {
-        self.current.read().conn.clone()
+    pub(crate) fn conn(&self) -> Conn {
+        Conn(self.current.read().conn.clone())
     }
 
     /// A client for the current server, for connections of their own (blocking pops,
@@ -863,6 +915,20 @@ mod tests {
         })
         .await;
         assert_eq!(runs.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn only_a_closed_connection_is_retried() {
+        use redis::RedisError;
+        let closed = RedisError::from(std::io::Error::from(std::io::ErrorKind::BrokenPipe));
+        assert!(super::found_closed(&closed), "{closed:?}");
+        for other in [
+            RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionReset)),
+            RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)),
+            RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut)),
+        ] {
+            assert!(!super::found_closed(&other), "{other:?}");
+        }
     }
 
     #[test]

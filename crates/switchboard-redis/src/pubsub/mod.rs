@@ -226,21 +226,29 @@ impl Inner {
         .await
     }
 
-    /// Subscribes (or unsubscribes) one Redis channel on its host.
+    /// Subscribes (or unsubscribes) one Redis channel on its host. Called with the host's
+    /// subscription lock held. While the subscription connection is down (the loop noticed, or
+    /// this call finds it closed), there is nothing to do: when the loop connects again it
+    /// subscribes, under the same lock, to every group and channel this process then listens
+    /// on — so a change made now is carried out then.
     async fn subscription(&self, h: usize, channel: &str, on: bool) -> Result<()> {
         let sink = self.subs[h].sink.lock().clone();
         let Some(mut sink) = sink else {
-            return Err(LayerError::backend_msg(format!(
-                "not connected to redis at {}; reconnecting",
-                self.hosts[h].name
-            )));
+            tracing::debug!(host = %self.hosts[h].name, channel, "pub/sub reconnecting; it subscribes from this process's state");
+            return Ok(());
         };
         let r = if on {
             sink.subscribe(channel).await
         } else {
             sink.unsubscribe(channel).await
         };
-        r.map_err(|e| self.hosts[h].error(e))
+        match r {
+            Err(e) if conn::found_closed(&e) => {
+                tracing::debug!(host = %self.hosts[h].name, channel, "pub/sub connection closed; it subscribes from this process's state when it is back");
+                Ok(())
+            }
+            r => r.map_err(|e| self.hosts[h].error(e)),
+        }
     }
 
     /// After `channel` left `group` here: unsubscribes the group when that was its last local
@@ -547,7 +555,7 @@ impl ChannelLayer for RedisPubSubLayer {
             }
         }
         let ttl = RedisConfig::ttl_secs(inner.cfg.layer.group_expiry);
-        inner
+        let added = inner
             .timed(conn::add_member(
                 &inner.hosts[h],
                 &inner.registry_key(group.as_str()),
@@ -555,7 +563,13 @@ impl ChannelLayer for RedisPubSubLayer {
                 unix_now(),
                 ttl,
             ))
-            .await
+            .await;
+        if added.is_err() {
+            // Not a member after all: a reconnect must not subscribe it.
+            inner.engine.group_discard(group, channel);
+            let _ = inner.left(group, channel).await;
+        }
+        added
     }
 
     async fn group_discard(&self, group: &GroupName, channel: &ChannelName) -> Result<()> {
