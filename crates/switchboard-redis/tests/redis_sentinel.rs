@@ -214,3 +214,45 @@ async fn a_master_name_the_sentinels_do_not_know_fails_at_connect() {
         .unwrap(),
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passwords_on_the_master_and_on_the_sentinels() {
+    let (master_pw, sentinel_pw) = ("pw-master-7f3a", "pw-sentinel-91c2");
+    let Some(set) = SentinelSet::start_with(Some(master_pw), Some(sentinel_pw)).await else {
+        return;
+    };
+    let host = SentinelHost::new(set.sentinel_addrs(), MASTER);
+    let cfg = |h: SentinelHost| RedisConfig::new(h).prefix(fresh_prefix());
+    let right = host
+        .clone()
+        .password(master_pw)
+        .sentinel_password(sentinel_pw);
+    for kind in [Kind::Core, Kind::PubSub] {
+        let layer = rust_layer_with(kind, cfg(right.clone())).await;
+        let ch = layer.new_channel().await.unwrap();
+        layer.group_add("room", &ch).await.unwrap();
+        layer.group_send("room", msg("hi", 1)).await.unwrap();
+        assert_eq!(test_support::layers::recv(&layer, &ch).await, msg("hi", 1));
+        assert!(!format!("{layer:?}").contains("pw-"), "{layer:?}");
+    }
+    for (what, h) in [
+        (
+            "a wrong master password",
+            host.clone()
+                .password("pw-wrong")
+                .sentinel_password(sentinel_pw),
+        ),
+        ("no sentinel password", host.clone().password(master_pw)),
+    ] {
+        let e = RedisLayer::connect(cfg(h)).await.unwrap_err();
+        let shown = format!("{e} {e:?}");
+        assert!(
+            e.to_string().contains("refused the credentials"),
+            "{what}: {shown}"
+        );
+        assert!(
+            !shown.contains("pw-"),
+            "{what}: the password shows: {shown}"
+        );
+    }
+}

@@ -39,7 +39,19 @@ fn info_field(port: u16, field: &str) -> Option<String> {
 
 /// Whether the server on `port` is a master, or a replica whose link to its master is up.
 pub(crate) fn replication_settled(port: u16) -> bool {
-    let Ok(info) = sync_query::<String>(port, redis::cmd("INFO").arg("replication")) else {
+    replication_settled_at(&format!("redis://127.0.0.1:{port}"))
+}
+
+/// [`replication_settled`] for the server at `url`.
+pub(crate) fn replication_settled_at(url: &str) -> bool {
+    let info = redis::Client::open(url)
+        .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(1)))
+        .and_then(|mut c| {
+            redis::cmd("INFO")
+                .arg("replication")
+                .query::<String>(&mut c)
+        });
+    let Ok(info) = info else {
         return false;
     };
     let field = |name: &str| {

@@ -19,6 +19,9 @@ struct Node {
 pub struct SentinelSet {
     nodes: Vec<Node>,
     sentinels: Vec<Node>,
+    /// `requirepass` of the master and replica, and of the sentinels, when set.
+    master_password: Option<String>,
+    sentinel_password: Option<String>,
     _dir: TempDir,
 }
 
@@ -38,26 +41,34 @@ fn wait_listening(port: u16) {
     }
 }
 
-async fn query(port: u16, cmd: &redis::Cmd) -> redis::RedisResult<redis::Value> {
-    let client = redis::Client::open(format!("redis://127.0.0.1:{port}"))?;
+/// `redis://[:password@]127.0.0.1:port`.
+fn url_of(port: u16, password: Option<&str>) -> String {
+    match password {
+        Some(p) => format!("redis://:{p}@127.0.0.1:{port}"),
+        None => format!("redis://127.0.0.1:{port}"),
+    }
+}
+
+async fn query(url: &str, cmd: &redis::Cmd) -> redis::RedisResult<redis::Value> {
+    let client = redis::Client::open(url)?;
     let mut c = client.get_multiplexed_async_connection().await?;
     cmd.query_async(&mut c).await
 }
 
 /// `SENTINEL MASTER mymaster` as field → value.
-async fn master_info(port: u16) -> Option<std::collections::HashMap<String, String>> {
+async fn master_info(url: &str) -> Option<std::collections::HashMap<String, String>> {
     let mut cmd = redis::cmd("SENTINEL");
     cmd.arg("MASTER").arg(MASTER);
-    let v = query(port, &cmd).await.ok()?;
+    let v = query(url, &cmd).await.ok()?;
     redis::FromRedisValue::from_redis_value(v).ok()
 }
 
-/// The port of the master the first answering sentinel of `ports` names.
-async fn named_master(ports: &[u16]) -> Option<u16> {
-    for &port in ports {
+/// The port of the master the first answering sentinel of `urls` names.
+async fn named_master(urls: &[String]) -> Option<u16> {
+    for url in urls {
         let mut cmd = redis::cmd("SENTINEL");
         cmd.arg("GET-MASTER-ADDR-BY-NAME").arg(MASTER);
-        if let Ok(v) = query(port, &cmd).await
+        if let Ok(v) = query(url, &cmd).await
             && let Ok((_, port)) =
                 redis::FromRedisValue::from_redis_value(v).map(|(h, p): (String, u16)| (h, p))
         {
@@ -71,6 +82,15 @@ impl SentinelSet {
     /// Starts the set and waits until every sentinel knows the replica and the two other
     /// sentinels (so that a failover can be agreed); `None` (a skip) without the binaries.
     pub async fn start() -> Option<SentinelSet> {
+        SentinelSet::start_with(None, None).await
+    }
+
+    /// A set whose master and replica require `master_password` (the sentinels and the
+    /// replica authenticate with it) and whose sentinels require `sentinel_password`.
+    pub async fn start_with(
+        master_password: Option<&str>,
+        sentinel_password: Option<&str>,
+    ) -> Option<SentinelSet> {
         let server = crate::redis::binary();
         if !crate::executable(&server) || !crate::executable(&sentinel_binary()) {
             return crate::skip(&format!(
@@ -102,6 +122,14 @@ impl SentinelSet {
             if let Some(m) = replica_of {
                 args.extend(["--replicaof".into(), "127.0.0.1".into(), m.to_string()]);
             }
+            if let Some(p) = master_password {
+                args.extend([
+                    "--requirepass".into(),
+                    p.into(),
+                    "--masterauth".into(),
+                    p.into(),
+                ]);
+            }
             let child = spawn_until_stdin_closes(&args);
             wait_listening(port);
             Node {
@@ -115,19 +143,22 @@ impl SentinelSet {
         for _ in 0..3 {
             let port = free_port();
             let conf = dir.path().join(format!("sentinel-{port}.conf"));
-            std::fs::write(
-                &conf,
-                format!(
-                    "port {port}\nbind 127.0.0.1\ndir {}\n\
-                     sentinel monitor {MASTER} 127.0.0.1 {} 2\n\
-                     sentinel down-after-milliseconds {MASTER} 1000\n\
-                     sentinel failover-timeout {MASTER} 10000\n\
-                     sentinel parallel-syncs {MASTER} 1\n",
-                    dir.path().display(),
-                    master.port
-                ),
-            )
-            .unwrap(); // ok: test harness, a panic fails the calling test
+            let mut text = format!(
+                "port {port}\nbind 127.0.0.1\ndir {}\n\
+                 sentinel monitor {MASTER} 127.0.0.1 {} 2\n\
+                 sentinel down-after-milliseconds {MASTER} 1000\n\
+                 sentinel failover-timeout {MASTER} 10000\n\
+                 sentinel parallel-syncs {MASTER} 1\n",
+                dir.path().display(),
+                master.port
+            );
+            if let Some(p) = master_password {
+                text.push_str(&format!("sentinel auth-pass {MASTER} {p}\n"));
+            }
+            if let Some(p) = sentinel_password {
+                text.push_str(&format!("requirepass {p}\nsentinel sentinel-pass {p}\n"));
+            }
+            std::fs::write(&conf, text).unwrap(); // ok: test harness, a panic fails the calling test
             let child = spawn_until_stdin_closes(&[sentinel_binary(), conf.display().to_string()]);
             wait_listening(port);
             sentinels.push(Node {
@@ -138,11 +169,16 @@ impl SentinelSet {
         let set = SentinelSet {
             nodes: vec![master, replica],
             sentinels,
+            master_password: master_password.map(str::to_owned),
+            sentinel_password: sentinel_password.map(str::to_owned),
             _dir: dir,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         // The replica has the master's data before anything is measured.
-        while !crate::cluster::replication_settled(set.nodes[1].port) {
+        while !crate::cluster::replication_settled_at(&url_of(
+            set.nodes[1].port,
+            set.master_password.as_deref(),
+        )) {
             assert!(
                 Instant::now() < deadline,
                 "the replica did not sync within 30 s"
@@ -151,7 +187,9 @@ impl SentinelSet {
         }
         for s in &set.sentinels {
             loop {
-                let info = master_info(s.port).await.unwrap_or_default();
+                let info = master_info(&url_of(s.port, set.sentinel_password.as_deref()))
+                    .await
+                    .unwrap_or_default();
                 let n = |k: &str| info.get(k).and_then(|v| v.parse::<u32>().ok());
                 if n("num-slaves") == Some(1) && n("num-other-sentinels") == Some(2) {
                     break;
@@ -179,9 +217,16 @@ impl SentinelSet {
         self.sentinels.iter().map(|s| s.port).collect()
     }
 
+    fn sentinel_urls(&self) -> Vec<String> {
+        self.sentinels
+            .iter()
+            .map(|s| url_of(s.port, self.sentinel_password.as_deref()))
+            .collect()
+    }
+
     /// The port of the master the sentinels name now.
     pub async fn master_port(&self) -> Option<u16> {
-        named_master(&self.sentinel_ports()).await
+        named_master(&self.sentinel_urls()).await
     }
 
     /// Resolves when the first sentinel names a master other than the one on `old`, polling
@@ -191,12 +236,15 @@ impl SentinelSet {
         old: u16,
         within: Duration,
     ) -> impl Future<Output = Option<Instant>> + use<> {
-        let ports = self.sentinel_ports();
+        let urls = self.sentinel_urls();
         async move {
             let deadline = Instant::now() + within;
             while Instant::now() < deadline {
-                for &p in &ports {
-                    if named_master(&[p]).await.is_some_and(|m| m != old) {
+                for url in &urls {
+                    if named_master(std::slice::from_ref(url))
+                        .await
+                        .is_some_and(|m| m != old)
+                    {
                         return Some(Instant::now());
                     }
                 }
@@ -233,7 +281,11 @@ impl SentinelSet {
         loop {
             if let Some(port) = self.master_port().await
                 && port != old
-                && let Ok(redis::Value::Array(role)) = query(port, &redis::cmd("ROLE")).await
+                && let Ok(redis::Value::Array(role)) = query(
+                    &url_of(port, self.master_password.as_deref()),
+                    &redis::cmd("ROLE"),
+                )
+                .await
                 && role.first() == Some(&redis::Value::BulkString(b"master".to_vec()))
             {
                 return port;
