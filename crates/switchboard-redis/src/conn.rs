@@ -36,12 +36,11 @@ use crate::config::{RedisConfig, RedisHost, SentinelHost, TlsConfig};
 #[derive(Clone)]
 pub(crate) struct Conn(ConnectionManager);
 
-/// Whether `e` says the connection was found closed (`BrokenPipe`).
+/// Whether `e` says the connection was found closed (`BrokenPipe`). redis-rs does not expose
+/// the I/O error's kind, only that the connection dropped; of those, a closed connection is the
+/// one whose text is the kind's own ("broken pipe").
 pub(crate) fn found_closed(e: &RedisError) -> bool {
-    std::error::Error::source(e)
-        .and_then(|s| s.downcast_ref::<std::io::Error>())
-        .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
-        || (e.is_connection_dropped() && e.to_string() == "broken pipe")
+    e.is_connection_dropped() && e.to_string() == "broken pipe"
 }
 
 impl redis::aio::ConnectionLike for Conn {
@@ -119,6 +118,11 @@ impl Host {
     /// subscriptions).
     pub(crate) fn client(&self) -> Client {
         self.current.read().client.clone()
+    }
+
+    /// Whether the host is a master found through Sentinel (and needs following).
+    pub(crate) fn behind_sentinel(&self) -> bool {
+        self.sentinel.is_some()
     }
 
     /// Changes when the host moved to another server (a Sentinel failover): connections made
@@ -471,7 +475,8 @@ pub(crate) fn connect_error(name: &str, e: &RedisError, tls: bool) -> LayerError
 /// the sentinels again when a command failed as it does during a failover (and every few
 /// seconds), and moves the host to the new master when it changed. While the sentinels name
 /// no reachable master it asks every 100 ms (a `SENTINEL MASTERS` per sentinel: cheap, and
-/// only during an outage). Returns at shutdown; a host not behind Sentinel returns at once.
+/// only during an outage). Returns at shutdown; a host not behind Sentinel returns at once
+/// (the layers start it only for hosts [behind Sentinel](Host::behind_sentinel)).
 pub(crate) async fn follow_master(host: &Host, mut shutdown: watch::Receiver<bool>) {
     const RETRY: Duration = Duration::from_millis(100);
     let Some(sentinel) = &host.sentinel else {

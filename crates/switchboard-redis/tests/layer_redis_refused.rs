@@ -14,7 +14,7 @@ use redis::AsyncCommands;
 use switchboard_core::{Layer, LayerConfig};
 use switchboard_redis::{RedisConfig, RedisLayer};
 use test_support::layers::{msg, raw, recv};
-use test_support::redis::fresh_prefix;
+use test_support::redis::{AclUser, fresh_prefix};
 
 /// How long each test lets a refused loop retry.
 const WINDOW: Duration = Duration::from_millis(1500);
@@ -23,79 +23,22 @@ const WINDOW: Duration = Duration::from_millis(1500);
 /// 1.55 s), with room for a slow machine. A loop that does not wait makes hundreds.
 const MAX_TRIES: u64 = 10;
 
-/// An ACL user of its own, allowed everything but `denied`; removed on drop.
-struct AclUser {
-    name: String,
-    /// The test server's URL (as the default user).
-    server: String,
-}
-
-impl AclUser {
-    async fn new(server: &str, denied: &[&str]) -> AclUser {
-        let name = format!("sbtest{}", uuid::Uuid::new_v4().simple());
-        let mut cmd = redis::cmd("ACL");
-        cmd.arg("SETUSER")
-            .arg(&name)
-            .arg("on")
-            .arg(">pw")
-            .arg("~*")
-            .arg("&*")
-            .arg("+@all");
-        for d in denied {
-            cmd.arg(format!("-{d}"));
-        }
-        let _: () = cmd.query_async(&mut raw(server).await).await.unwrap();
-        AclUser {
-            name,
-            server: server.to_owned(),
-        }
-    }
-
-    async fn allow(&self, commands: &[&str]) {
-        let mut cmd = redis::cmd("ACL");
-        cmd.arg("SETUSER").arg(&self.name);
-        for c in commands {
-            cmd.arg(format!("+{c}"));
-        }
-        let _: () = cmd.query_async(&mut raw(&self.server).await).await.unwrap();
-    }
-
-    /// The test server's URL, logging in as this user.
-    fn url(&self) -> String {
-        let rest = self.server.strip_prefix("redis://").unwrap();
-        format!("redis://{}:pw@{rest}", self.name)
-    }
-
-    /// Commands Redis refused this user so far (`ACL LOG` merges repeats into a count).
-    async fn refusals(&self) -> u64 {
-        let entries: Vec<HashMap<String, redis::Value>> = redis::cmd("ACL")
-            .arg("LOG")
-            .arg(1000)
-            .query_async(&mut raw(&self.server).await)
-            .await
-            .unwrap();
-        entries
-            .iter()
-            .filter(|e| {
-                e.get("username")
-                    .is_some_and(|u| redis::from_redis_value_ref::<String>(u).unwrap() == self.name)
-            })
-            .map(|e| redis::from_redis_value_ref::<u64>(&e["count"]).unwrap())
-            .sum()
-    }
-}
-
-impl Drop for AclUser {
-    fn drop(&mut self) {
-        let name = self.name.clone();
-        // Best effort: a leftover user on the throwaway test server harms nothing.
-        if let Ok(client) = redis::Client::open(self.server.as_str())
-            && let Ok(mut c) = client.get_connection()
-        {
-            let _: redis::RedisResult<()> =
-                redis::cmd("ACL").arg("DELUSER").arg(name).query(&mut c);
-        }
-    }
+/// Commands Redis refused `user` so far (`ACL LOG` merges repeats into a count).
+async fn refusals(user: &AclUser) -> u64 {
+    let entries: Vec<HashMap<String, redis::Value>> = redis::cmd("ACL")
+        .arg("LOG")
+        .arg(1000)
+        .query_async(&mut raw(&user.server).await)
+        .await
+        .unwrap();
+    entries
+        .iter()
+        .filter(|e| {
+            e.get("username")
+                .is_some_and(|u| redis::from_redis_value_ref::<String>(u).unwrap() == user.name)
+        })
+        .map(|e| redis::from_redis_value_ref::<u64>(&e["count"]).unwrap())
+        .sum()
 }
 
 async fn layer_as(user: &AclUser, prefix: &str) -> Layer {
@@ -126,7 +69,7 @@ async fn a_refused_pop_is_retried_with_backoff() {
         tokio::spawn(async move { b.receive(&ch).await })
     };
     tokio::time::sleep(WINDOW).await;
-    let tries = user.refusals().await;
+    let tries = refusals(&user).await;
     assert!(
         (1..=MAX_TRIES).contains(&tries),
         "{tries} refused pops in {WINDOW:?}: the receive loop must back off"
@@ -155,7 +98,7 @@ async fn a_refused_in_flight_restore_is_retried_with_backoff() {
     // (a script) first.
     let ch = b.new_channel().await.unwrap();
     tokio::time::sleep(WINDOW).await;
-    let tries = user.refusals().await;
+    let tries = refusals(&user).await;
     assert!(
         (1..=MAX_TRIES).contains(&tries),
         "{tries} refused restores in {WINDOW:?}: the receive loop must back off"
@@ -180,7 +123,7 @@ async fn a_refused_pop_on_a_named_channel_is_retried_with_backoff() {
         tokio::spawn(async move { b.receive(&jobs).await })
     };
     tokio::time::sleep(WINDOW).await;
-    let tries = user.refusals().await;
+    let tries = refusals(&user).await;
     assert!(
         (1..=MAX_TRIES).contains(&tries),
         "{tries} refused pops in {WINDOW:?}: the named channel's loop must back off"

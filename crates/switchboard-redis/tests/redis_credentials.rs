@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use switchboard_core::{Layer, LayerError};
 use switchboard_redis::{RedisConfig, RedisLayer, RedisPubSubLayer};
-use test_support::layers::{msg, raw, recv};
-use test_support::redis::{OwnRedis, fresh_prefix, url};
+use test_support::layers::{msg, recv};
+use test_support::redis::{AclUser, OwnRedis, fresh_prefix, url};
 
 /// Connects both layers; each must fail within 10 s with a configuration error.
 async fn refused(url: &str) -> Vec<LayerError> {
@@ -54,67 +54,19 @@ fn hides(secret: &str, errors: &[LayerError]) {
     }
 }
 
-/// An ACL user on the shared Redis, removed on drop.
-struct AclUser {
-    name: String,
-    password: String,
-    server: String,
-}
-
-impl AclUser {
-    async fn new(server: &str) -> AclUser {
-        let name = format!("sbtest{}", uuid::Uuid::new_v4().simple());
-        let password = format!("pw-{}", uuid::Uuid::new_v4().simple());
-        let _: () = redis::cmd("ACL")
-            .arg("SETUSER")
-            .arg(&name)
-            .arg("on")
-            .arg(format!(">{password}"))
-            .arg("~*")
-            .arg("&*")
-            .arg("+@all")
-            .query_async(&mut raw(server).await)
-            .await
-            .unwrap();
-        AclUser {
-            name,
-            password,
-            server: server.to_owned(),
-        }
-    }
-
-    fn url(&self, password: &str) -> String {
-        let hostport = self.server.trim_start_matches("redis://");
-        format!("redis://{}:{password}@{hostport}", self.name)
-    }
-}
-
-impl Drop for AclUser {
-    fn drop(&mut self) {
-        if let Ok(c) = redis::Client::open(self.server.as_str())
-            && let Ok(mut c) = c.get_connection()
-        {
-            let _: redis::RedisResult<()> = redis::cmd("ACL")
-                .arg("DELUSER")
-                .arg(&self.name)
-                .query(&mut c);
-        }
-    }
-}
-
 #[tokio::test]
 async fn an_acl_user_connects_and_a_wrong_password_is_refused_without_showing_it() {
     let Some(server) = url() else { return };
-    let user = AclUser::new(&server).await;
-    works(&user.url(&user.password)).await;
+    let user = AclUser::new(&server, &[]).await;
+    works(&user.url()).await;
     let wrong = format!("pw-wrong-{}", uuid::Uuid::new_v4().simple());
-    let errors = refused(&user.url(&wrong)).await;
+    let errors = refused(&user.url_with(&wrong)).await;
     hides(&wrong, &errors);
     hides(&user.password, &errors);
     for e in &errors {
         assert!(e.to_string().contains("redis://***@127.0.0.1"), "{e}");
     }
-    let cfg = RedisConfig::new(user.url(&user.password));
+    let cfg = RedisConfig::new(user.url());
     let shown = format!("{cfg:?} {:?}", cfg.host_names());
     assert!(!shown.contains(&user.password), "{shown}");
 }
@@ -159,8 +111,8 @@ async fn the_log_never_shows_the_password() {
     // This test's runtime runs on this thread: the layers' tasks log here too.
     let _default = tracing::subscriber::set_default(subscriber);
 
-    let user = AclUser::new(&server).await;
-    let good = user.url(&user.password);
+    let user = AclUser::new(&server, &[]).await;
+    let good = user.url();
     let cfg = RedisConfig::new(good.as_str()).prefix(fresh_prefix());
     let core = Layer::new(RedisLayer::connect(cfg.clone()).await.unwrap());
     let pubsub = Layer::new(RedisPubSubLayer::connect(cfg).await.unwrap());
@@ -169,17 +121,11 @@ async fn the_log_never_shows_the_password() {
     let pch = pubsub.new_channel().await.unwrap();
     pubsub.group_add("room", &pch).await.unwrap();
     // Cut the layers' connections: they log the loss and the reconnect, naming the host.
-    let _: redis::Value = redis::cmd("CLIENT")
-        .arg("KILL")
-        .arg("USER")
-        .arg(&user.name)
-        .query_async(&mut raw(&server).await)
-        .await
-        .unwrap();
+    user.kill_connections().await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let _ = core.group_send("room", msg("after", 1)).await;
     let _ = pubsub.group_send("room", msg("after", 1)).await;
-    let _ = refused(&user.url("pw-wrong")).await;
+    let _ = refused(&user.url_with("pw-wrong")).await;
 
     let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
     assert!(

@@ -8,45 +8,13 @@ use std::time::Duration;
 
 use switchboard_core::Layer;
 use switchboard_redis::{RedisConfig, RedisLayer, RedisPubSubLayer};
-use test_support::layers::{msg, raw, recv};
-use test_support::redis::{fresh_prefix, url};
-
-/// An ACL user allowed everything, and its URL on `server`; removed at the end by the caller.
-async fn user(server: &str) -> (String, String) {
-    let name = format!("sbtest{}", uuid::Uuid::new_v4().simple());
-    let _: () = redis::cmd("ACL")
-        .arg("SETUSER")
-        .arg(&name)
-        .arg("on")
-        .arg(">pw")
-        .arg("~*")
-        .arg("&*")
-        .arg("+@all")
-        .query_async(&mut raw(server).await)
-        .await
-        .unwrap();
-    let url = format!(
-        "redis://{name}:pw@{}",
-        server.trim_start_matches("redis://")
-    );
-    (name, url)
-}
-
-async fn kill_connections_of(server: &str, user: &str) {
-    let killed: i64 = redis::cmd("CLIENT")
-        .arg("KILL")
-        .arg("USER")
-        .arg(user)
-        .query_async(&mut raw(server).await)
-        .await
-        .unwrap();
-    assert!(killed > 0, "no connection of {user} to kill");
-}
+use test_support::layers::{msg, recv};
+use test_support::redis::{AclUser, fresh_prefix, url};
 
 async fn first_calls_after_a_kill_succeed(pubsub: bool) {
     let Some(server) = url() else { return };
-    let (name, user_url) = user(&server).await;
-    let cfg = RedisConfig::new(user_url.as_str()).prefix(fresh_prefix());
+    let user = AclUser::new(&server, &[]).await;
+    let cfg = RedisConfig::new(user.url()).prefix(fresh_prefix());
     let make = async || {
         if pubsub {
             Layer::new(RedisPubSubLayer::connect(cfg.clone()).await.unwrap())
@@ -65,7 +33,7 @@ async fn first_calls_after_a_kill_succeed(pubsub: bool) {
         .into_iter()
         .enumerate()
     {
-        kill_connections_of(&server, &name).await;
+        assert!(user.kill_connections().await > 0, "no connection to kill");
         let r = tokio::time::timeout(Duration::from_secs(10), async {
             match call {
                 "group_send" => a.group_send("room", msg("after", i as i64)).await,
@@ -82,12 +50,6 @@ async fn first_calls_after_a_kill_succeed(pubsub: bool) {
             "{call} right after the connections were killed: {r:?}"
         );
     }
-    let _: () = redis::cmd("ACL")
-        .arg("DELUSER")
-        .arg(&name)
-        .query_async(&mut raw(&server).await)
-        .await
-        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

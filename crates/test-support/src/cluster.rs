@@ -77,16 +77,12 @@ impl Cluster {
         let mut nodes = Vec::new();
         for _ in 0..masters * (1 + replicas) {
             let port = free_port();
-            let args = [
-                server.clone(),
-                "--port".into(),
-                port.to_string(),
-                "--cluster-port".into(),
-                free_port().to_string(),
-                "--bind".into(),
-                "127.0.0.1".into(),
+            let mut args = crate::redis::replicated_node_args(port, dir.path());
+            args.extend([
                 "--cluster-enabled".into(),
                 "yes".into(),
+                "--cluster-port".into(),
+                free_port().to_string(),
                 "--cluster-config-file".into(),
                 dir.path()
                     .join(format!("nodes-{port}.conf"))
@@ -94,36 +90,17 @@ impl Cluster {
                     .to_string(),
                 "--cluster-node-timeout".into(),
                 "1000".into(),
-                // A replica may take over however long it was cut off, and syncs at once (not
-                // after the default 5 s wait for more replicas).
+                // A replica may take over however long it was cut off.
                 "--cluster-replica-validity-factor".into(),
                 "0".into(),
-                "--repl-diskless-sync-delay".into(),
-                "0".into(),
-                "--save".into(),
-                String::new(),
-                "--appendonly".into(),
-                "no".into(),
-                "--dir".into(),
-                dir.path().display().to_string(),
-                "--dbfilename".into(),
-                format!("dump-{port}.rdb"),
-            ];
+            ]);
             nodes.push(Node {
                 port,
                 child: Some(spawn_until_stdin_closes(&args)),
             });
         }
-        let deadline = Instant::now() + Duration::from_secs(5);
         for n in &nodes {
-            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], n.port));
-            while std::net::TcpStream::connect(addr).is_err() {
-                assert!(
-                    Instant::now() < deadline,
-                    "cluster node {addr} did not listen"
-                );
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            crate::wait_listening_blocking(n.port);
         }
         let cluster = Cluster { nodes, _dir: dir };
         if masters == 1 && replicas == 0 {

@@ -148,6 +148,20 @@ pub async fn wait_for_port(addr: SocketAddr, within: Duration) {
     panic!("nothing listens on {addr} after {within:?}");
 }
 
+/// Waits (blocking, up to 5 s) until something accepts TCP connections on 127.0.0.1:`port`:
+/// for servers started outside a runtime (a `static` shared by a test binary).
+pub fn wait_listening_blocking(port: u16) {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing listens on {addr} after 5 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Whether `program` names an executable: a path, or a name found on `PATH`.
 pub fn executable(program: &str) -> bool {
     let p = std::path::Path::new(program);
@@ -187,17 +201,19 @@ pub fn spawn(program: &str, args: &[&str]) -> ChildGuard {
 
 /// `program args`, its output discarded (or inherited when `SWITCHBOARD_TEST_LOG` is set).
 fn command(program: &str, args: &[&str]) -> std::process::Command {
-    let verbose = std::env::var_os("SWITCHBOARD_TEST_LOG").is_some();
-    let out = || {
-        if verbose {
-            Stdio::inherit()
-        } else {
-            Stdio::null()
-        }
-    };
     let mut cmd = std::process::Command::new(program);
-    cmd.args(args).stdout(out()).stderr(out());
+    cmd.args(args).stdout(output()).stderr(output());
     cmd
+}
+
+/// Where a started program's output goes: nowhere, or the terminal when
+/// `SWITCHBOARD_TEST_LOG` is set.
+fn output() -> Stdio {
+    if std::env::var_os("SWITCHBOARD_TEST_LOG").is_some() {
+        Stdio::inherit()
+    } else {
+        Stdio::null()
+    }
 }
 
 fn launch(cmd: &mut std::process::Command, program: &str) -> ChildGuard {
@@ -213,22 +229,14 @@ fn launch(cmd: &mut std::process::Command, program: &str) -> ChildGuard {
 /// process group of its own, so the guard kills both.
 pub fn spawn_until_stdin_closes(args: &[String]) -> ChildGuard {
     use std::os::unix::process::CommandExt;
-    let verbose = std::env::var_os("SWITCHBOARD_TEST_LOG").is_some();
-    let out = || {
-        if verbose {
-            Stdio::inherit()
-        } else {
-            Stdio::null()
-        }
-    };
     let child = std::process::Command::new("sh")
         .arg("-c")
         .arg(r#""$@" </dev/null & pid=$!; read _line; kill -9 "$pid""#)
         .arg("sh")
         .args(args)
         .stdin(Stdio::piped())
-        .stdout(out())
-        .stderr(out())
+        .stdout(output())
+        .stderr(output())
         .process_group(0)
         .spawn()
         .unwrap_or_else(|e| panic!("could not start {}: {e}", args[0]));

@@ -37,6 +37,29 @@ pub struct OwnRedis {
     extra: Vec<String>,
 }
 
+/// The arguments of a throwaway redis-server of a replicated set on `port`: loopback, no
+/// persistence, files in `dir`, and a replica synced at once (not after the default 5 s wait
+/// for more replicas).
+pub(crate) fn replicated_node_args(port: u16, dir: &std::path::Path) -> Vec<String> {
+    vec![
+        binary(),
+        "--port".into(),
+        port.to_string(),
+        "--bind".into(),
+        "127.0.0.1".into(),
+        "--save".into(),
+        String::new(),
+        "--appendonly".into(),
+        "no".into(),
+        "--dir".into(),
+        dir.display().to_string(),
+        "--dbfilename".into(),
+        format!("dump-{port}.rdb"),
+        "--repl-diskless-sync-delay".into(),
+        "0".into(),
+    ]
+}
+
 pub(crate) fn binary() -> String {
     std::env::var("SWITCHBOARD_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into())
 }
@@ -144,5 +167,92 @@ pub async fn wait_no_groups_left(url: &str, prefix: &str) {
             "groups left in Redis after every member left: keys {keys:?}, pub/sub channels {channels:?}"
         );
         tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// An ACL user of a test's own on the Redis at `server`, allowed everything but the commands
+/// it was made without, with a password of its own; removed on drop. Killing its connections
+/// (`CLIENT KILL USER`) or reading its `ACL LOG` touches no other test.
+pub struct AclUser {
+    pub name: String,
+    pub password: String,
+    /// The server's URL (as the default user).
+    pub server: String,
+}
+
+impl AclUser {
+    pub async fn new(server: &str, denied: &[&str]) -> AclUser {
+        let name = format!("sbtest{}", uuid::Uuid::new_v4().simple());
+        let password = format!("pw-{}", uuid::Uuid::new_v4().simple());
+        let mut cmd = ::redis::cmd("ACL");
+        cmd.arg("SETUSER")
+            .arg(&name)
+            .arg("on")
+            .arg(format!(">{password}"))
+            .arg("~*")
+            .arg("&*")
+            .arg("+@all");
+        for d in denied {
+            cmd.arg(format!("-{d}"));
+        }
+        let _: () = cmd
+            .query_async(&mut crate::layers::raw(server).await)
+            .await
+            .unwrap(); // ok: test harness, a panic fails the calling test
+        AclUser {
+            name,
+            password,
+            server: server.to_owned(),
+        }
+    }
+
+    /// Allows `commands` again.
+    pub async fn allow(&self, commands: &[&str]) {
+        let mut cmd = ::redis::cmd("ACL");
+        cmd.arg("SETUSER").arg(&self.name);
+        for c in commands {
+            cmd.arg(format!("+{c}"));
+        }
+        let _: () = cmd
+            .query_async(&mut crate::layers::raw(&self.server).await)
+            .await
+            .unwrap(); // ok: test harness, a panic fails the calling test
+    }
+
+    /// The server's URL, logging in as this user.
+    pub fn url(&self) -> String {
+        self.url_with(&self.password)
+    }
+
+    /// The server's URL, logging in as this user with `password`.
+    pub fn url_with(&self, password: &str) -> String {
+        let hostport = self.server.trim_start_matches("redis://");
+        format!("redis://{}:{password}@{hostport}", self.name)
+    }
+
+    /// Closes every connection of this user (as `CLIENT KILL`, an idle timeout or a proxy
+    /// does); returns how many there were.
+    pub async fn kill_connections(&self) -> i64 {
+        ::redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("USER")
+            .arg(&self.name)
+            .query_async(&mut crate::layers::raw(&self.server).await)
+            .await
+            .unwrap() // ok: test harness, a panic fails the calling test
+    }
+}
+
+impl Drop for AclUser {
+    fn drop(&mut self) {
+        // Best effort: a leftover user on the throwaway test server harms nothing.
+        if let Ok(client) = ::redis::Client::open(self.server.as_str())
+            && let Ok(mut c) = client.get_connection()
+        {
+            let _: ::redis::RedisResult<()> = ::redis::cmd("ACL")
+                .arg("DELUSER")
+                .arg(&self.name)
+                .query(&mut c);
+        }
     }
 }

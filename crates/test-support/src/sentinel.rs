@@ -29,18 +29,6 @@ fn sentinel_binary() -> String {
     std::env::var("SWITCHBOARD_REDIS_SENTINEL").unwrap_or_else(|_| "redis-sentinel".into())
 }
 
-fn wait_listening(port: u16) {
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while std::net::TcpStream::connect(addr).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "nothing listens on {addr} after 5 s"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// `redis://[:password@]127.0.0.1:port`.
 fn url_of(port: u16, password: Option<&str>) -> String {
     match password {
@@ -101,24 +89,7 @@ impl SentinelSet {
         }
         let dir = TempDir::new("sentinel");
         let start_node = |port: u16, replica_of: Option<u16>| {
-            let mut args: Vec<String> = vec![
-                server.clone(),
-                "--port".into(),
-                port.to_string(),
-                "--bind".into(),
-                "127.0.0.1".into(),
-                "--save".into(),
-                String::new(),
-                "--appendonly".into(),
-                "no".into(),
-                "--dir".into(),
-                dir.path().display().to_string(),
-                "--dbfilename".into(),
-                format!("dump-{port}.rdb"),
-                // Sync a replica at once, not after the default 5 s wait for more replicas.
-                "--repl-diskless-sync-delay".into(),
-                "0".into(),
-            ];
+            let mut args = crate::redis::replicated_node_args(port, dir.path());
             if let Some(m) = replica_of {
                 args.extend(["--replicaof".into(), "127.0.0.1".into(), m.to_string()]);
             }
@@ -131,7 +102,7 @@ impl SentinelSet {
                 ]);
             }
             let child = spawn_until_stdin_closes(&args);
-            wait_listening(port);
+            crate::wait_listening_blocking(port);
             Node {
                 port,
                 child: Some(child),
@@ -160,7 +131,7 @@ impl SentinelSet {
             }
             std::fs::write(&conf, text).unwrap(); // ok: test harness, a panic fails the calling test
             let child = spawn_until_stdin_closes(&[sentinel_binary(), conf.display().to_string()]);
-            wait_listening(port);
+            crate::wait_listening_blocking(port);
             sentinels.push(Node {
                 port,
                 child: Some(child),

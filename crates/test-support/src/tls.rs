@@ -3,7 +3,6 @@
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
-use std::time::Duration;
 
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
@@ -123,15 +122,7 @@ impl TlsRedis {
             certs.dir.path().display().to_string(),
         ];
         let child = crate::spawn_until_stdin_closes(&args);
-        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while std::net::TcpStream::connect(addr).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the TLS redis-server did not listen on {addr} within 5 s"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        crate::wait_listening_blocking(port);
         Some(TlsRedis {
             port,
             certs,

@@ -72,6 +72,8 @@ struct Inner {
     cfg: RedisConfig,
     /// The seed nodes' URLs.
     seeds: Vec<String>,
+    /// The TLS files' contents, read once at connect (a reconnect reuses them).
+    certs: Option<redis::TlsCertificates>,
     /// Commands and shard subscriptions, over the cluster; replaced after a node was lost.
     conn: RwLock<ClusterConnection>,
     /// Counts replacements of `conn`: a push task of an older one stops.
@@ -123,7 +125,11 @@ impl RedisClusterLayer {
             ));
         }
         let name = format!("cluster {}", cfg.host_names().join(","));
-        let (conn, push_rx) = connect_cluster(&cfg, &seeds, &name).await?;
+        let certs = conn::load_tls(&cfg.tls)?;
+        if cfg.tls.insecure {
+            tracing::warn!(host = %name, "TLS to redis without certificate checks");
+        }
+        let (conn, push_rx) = connect_cluster(&cfg, &seeds, certs.as_ref(), &name).await?;
         let codec = Codec::core(
             &cfg.symmetric_encryption_keys,
             RedisConfig::ttl_secs(cfg.layer.expiry),
@@ -133,6 +139,7 @@ impl RedisClusterLayer {
         let inner = Arc::new(Inner {
             cfg,
             seeds,
+            certs,
             conn: RwLock::new(conn),
             codec,
             engine,
@@ -168,6 +175,7 @@ impl RedisClusterLayer {
 async fn connect_cluster(
     cfg: &RedisConfig,
     seeds: &[String],
+    certs: Option<&redis::TlsCertificates>,
     name: &str,
 ) -> Result<(ClusterConnection, mpsc::UnboundedReceiver<PushInfo>)> {
     let tls = seeds.iter().any(|u| u.starts_with("rediss://"));
@@ -178,11 +186,10 @@ async fn connect_cluster(
         .connection_timeout(cfg.connect_timeout)
         .response_timeout(cfg.command_timeout)
         .retries(3);
-    if let Some(certs) = conn::load_tls(&cfg.tls)? {
-        builder = builder.certs(certs);
+    if let Some(certs) = certs {
+        builder = builder.certs(certs.clone());
     }
     if cfg.tls.insecure {
-        tracing::warn!(host = %name, "TLS to redis without certificate checks");
         builder = builder.tls(redis::TlsMode::Insecure);
     }
     let client = builder
@@ -329,7 +336,8 @@ impl Inner {
     /// the two can be lost, never delivered twice. Fails (to be tried again) while a slot has no
     /// reachable node, as before a replica has taken over.
     async fn reconnect(self: &Arc<Self>) -> Result<()> {
-        let (fresh, pushes_rx) = connect_cluster(&self.cfg, &self.seeds, &self.name).await?;
+        let (fresh, pushes_rx) =
+            connect_cluster(&self.cfg, &self.seeds, self.certs.as_ref(), &self.name).await?;
         let _l = self.sub_lock.lock().await;
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         drop(std::mem::replace(&mut *self.conn.write(), fresh));

@@ -152,7 +152,7 @@ impl RedisPubSubLayer {
             }
         }
         tokio::spawn(janitor(inner.clone(), leaves));
-        for h in 0..inner.hosts.len() {
+        for h in (0..inner.hosts.len()).filter(|&h| inner.hosts[h].behind_sentinel()) {
             let inner = inner.clone();
             tokio::spawn(async move {
                 conn::follow_master(&inner.hosts[h], inner.shutdown.clone()).await;
