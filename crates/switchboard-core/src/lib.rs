@@ -22,6 +22,7 @@ pub mod engine;
 pub mod error;
 pub mod layer;
 pub mod message;
+pub mod metrics;
 pub mod name;
 pub mod subscription;
 pub mod text;

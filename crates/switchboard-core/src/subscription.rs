@@ -12,6 +12,7 @@ use crate::engine::Receiver;
 use crate::error::{LayerError, Result};
 use crate::layer::Layer;
 use crate::message::{IntoMessage, Message};
+use crate::metrics::{self, Op};
 use crate::name::{ChannelName, GroupName, IntoGroupName};
 
 type Pending = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -148,10 +149,11 @@ impl Subscription {
     pub async fn group_add(&mut self, group: impl IntoGroupName) -> Result<()> {
         self.check_open()?;
         let group = group.into_group_name()?;
-        self.layer
+        let add = self
+            .layer
             .backend()
-            .group_add(&group, self.receiver.channel_name())
-            .await?;
+            .group_add(&group, self.receiver.channel_name());
+        metrics::timed(Op::GroupAdd, add).await?;
         if !self.groups.contains(&group) {
             self.groups.push(group);
         }
@@ -173,10 +175,11 @@ impl Subscription {
             }
         }
         self.groups.retain(|g| g != &group);
-        self.layer
+        let discard = self
+            .layer
             .backend()
-            .group_discard(&group, self.receiver.channel_name())
-            .await
+            .group_discard(&group, self.receiver.channel_name());
+        metrics::timed(Op::GroupDiscard, discard).await
     }
 
     /// Sends `message` to every member of `group` (this subscription too, if it is one) as

@@ -50,7 +50,10 @@ impl redis::aio::ConnectionLike for Conn {
     ) -> redis::RedisFuture<'a, redis::Value> {
         Box::pin(async move {
             match self.0.req_packed_command(cmd).await {
-                Err(e) if found_closed(&e) => self.0.req_packed_command(cmd).await,
+                Err(e) if found_closed(&e) => {
+                    crate::metrics::reconnected("command");
+                    self.0.req_packed_command(cmd).await
+                }
                 r => r,
             }
         })
@@ -65,6 +68,7 @@ impl redis::aio::ConnectionLike for Conn {
         Box::pin(async move {
             match self.0.req_packed_commands(pipeline, offset, count).await {
                 Err(e) if found_closed(&e) => {
+                    crate::metrics::reconnected("command");
                     self.0.req_packed_commands(pipeline, offset, count).await
                 }
                 r => r,
@@ -135,6 +139,7 @@ impl Host {
     /// (connection lost, `READONLY` from a demoted master) makes the host ask the sentinels
     /// again.
     pub(crate) fn error(&self, e: RedisError) -> LayerError {
+        crate::metrics::command_failed();
         self.suspect(&e);
         LayerError::backend(format!("redis at {}", self.name), e)
     }
@@ -151,6 +156,17 @@ impl Host {
             s.suspect.notify_one();
         }
     }
+}
+
+/// Checks that `host` answers a `PING` within its connect limit (a readiness probe).
+pub(crate) async fn ping(host: &Host) -> Result<()> {
+    let mut conn = host.conn();
+    let pong = timed(
+        host.connect_limit,
+        redis::cmd("PING").query_async::<()>(&mut conn),
+    )
+    .await?;
+    pong.map_err(|e| host.error(e))
 }
 
 /// Connects to every host (the layer is not usable until each answers).
@@ -579,6 +595,7 @@ async fn ask_master(host: &Host, sentinel: &Sentinel) -> std::result::Result<(),
         },
     );
     host.moved.send_modify(|n| *n += 1);
+    crate::metrics::reconnected("failover");
     tracing::warn!(host = %host.name, from = %old.addr, to = %addr, "redis master moved; following it");
     Ok(())
 }

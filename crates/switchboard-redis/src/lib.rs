@@ -55,6 +55,7 @@ mod config;
 mod conn;
 mod hash;
 mod layer;
+pub mod metrics;
 mod process;
 mod pubsub;
 

@@ -36,9 +36,12 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 use crate::config::ConnectionConfig;
 use crate::consumer::{CloseCode, IntoConsumer};
 use crate::error::reference;
+use crate::metrics;
 use crate::origin::{OriginCheck, Origins};
 use crate::runtime;
 use crate::scope::Scope;
+use crate::shutdown::Shutdown;
+use tracing::Instrument;
 
 /// A refused handshake: the HTTP status, and the reason, which is the response's body and is
 /// logged.
@@ -164,6 +167,7 @@ pub struct Endpoint<F, A = ()> {
     origin: OriginCheck,
     auth: A,
     config: Arc<ConnectionConfig>,
+    shutdown: Option<Shutdown>,
 }
 
 impl<F, A> fmt::Debug for Endpoint<F, A> {
@@ -173,6 +177,7 @@ impl<F, A> fmt::Debug for Endpoint<F, A> {
             .field("origin", &self.origin)
             .field("auth", &std::any::type_name::<A>())
             .field("config", &self.config)
+            .field("shutdown", &self.shutdown)
             .finish()
     }
 }
@@ -195,6 +200,7 @@ where
             },
             auth: (),
             config: Arc::new(ConnectionConfig::default()),
+            shutdown: None,
         }
     }
 }
@@ -232,12 +238,22 @@ where
             origin: self.origin,
             auth,
             config: self.config,
+            shutdown: self.shutdown,
         }
     }
 
     /// Sets the per-connection limits and keep-alive.
     pub fn config(mut self, config: ConnectionConfig) -> Self {
         self.config = Arc::new(config);
+        self
+    }
+
+    /// Puts the endpoint under `shutdown`: while it drains, new connections are refused with
+    /// 503 and the open ones are closed with 1001; the endpoint's layer is closed after them.
+    /// See [`Shutdown`].
+    pub fn shutdown(mut self, shutdown: &Shutdown) -> Self {
+        shutdown.close_layer(&self.layer);
+        self.shutdown = Some(shutdown.clone());
         self
     }
 
@@ -256,7 +272,7 @@ where
         peer: Option<SocketAddr>,
     ) -> Response<Full<Bytes>> {
         if let Err((status, reason)) = check_upgrade_request(&req) {
-            let mut resp = refuse(req.uri().path(), peer, status, reason);
+            let mut resp = refuse(req.uri().path(), peer, status, reason, "bad_request");
             if status == StatusCode::UPGRADE_REQUIRED {
                 resp.headers_mut().insert(
                     header::SEC_WEBSOCKET_VERSION,
@@ -271,6 +287,25 @@ where
             .get(header::HOST)
             .and_then(|v| v.to_str().ok())
             .or_else(|| req.uri().authority().map(|a| a.as_str()));
+        // Held from here to the connection's end: a drain waits for it, and tells it to close.
+        let guard = match &self.shutdown {
+            None => None,
+            Some(s) => match s.guard() {
+                Some(g) => Some(g),
+                None => {
+                    let path = req.uri().path();
+                    let why = "server shutting down";
+                    let resp = refuse(
+                        path,
+                        peer,
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        why,
+                        "shutting_down",
+                    );
+                    return resp;
+                }
+            },
+        };
         if !self.origin.allows(origin, host) {
             let reason = match origin {
                 None => "the request has no Origin header, and this endpoint accepts only \
@@ -278,14 +313,26 @@ where
                     .to_owned(),
                 Some(o) => format!("origin {o:?} is not allowed"),
             };
-            return refuse(req.uri().path(), peer, StatusCode::FORBIDDEN, &reason);
+            return refuse(
+                req.uri().path(),
+                peer,
+                StatusCode::FORBIDDEN,
+                &reason,
+                "origin",
+            );
         }
         let key = headers
             .get(header::SEC_WEBSOCKET_KEY)
             .map(|k| derive_accept_key(k.as_bytes()));
         let Some(accept_key) = key else {
             let reason = "missing Sec-WebSocket-Key";
-            return refuse(req.uri().path(), peer, StatusCode::BAD_REQUEST, reason);
+            return refuse(
+                req.uri().path(),
+                peer,
+                StatusCode::BAD_REQUEST,
+                reason,
+                "bad_request",
+            );
         };
         let mut scope = Scope::from_parts(
             req.uri().path().to_owned(),
@@ -295,7 +342,7 @@ where
             peer,
         );
         if let Err(refusal) = self.auth.authenticate(&mut scope).await {
-            return refuse(scope.path(), peer, refusal.status, &refusal.reason);
+            return refuse(scope.path(), peer, refusal.status, &refusal.reason, "auth");
         }
         let made = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             (self.factory)(&scope).into_consumer()
@@ -303,9 +350,16 @@ where
         let mut consumer = match made {
             Ok(Ok(c)) => c,
             Ok(Err(refusal)) => {
-                return refuse(scope.path(), peer, refusal.status, &refusal.reason);
+                return refuse(
+                    scope.path(),
+                    peer,
+                    refusal.status,
+                    &refusal.reason,
+                    "consumer",
+                );
             }
             Err(_) => {
+                metrics::refused("internal");
                 let r = reference();
                 tracing::error!(path = scope.path(), reference = %r, "consumer factory panicked");
                 return plain(
@@ -315,14 +369,29 @@ where
             }
         };
         let on_upgrade = hyper::upgrade::on(&mut req);
+        let path = scope.path().to_owned();
         let opened =
             runtime::open(&self.layer, scope, &mut consumer, self.config.out_limits()).await;
         let (mut conn, subprotocol) = match opened {
             Ok(o) => o,
-            Err((status, reason)) => return plain(status, &reason),
+            Err((status, reason)) => {
+                // `open` logged why.
+                metrics::refused(match status {
+                    StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+                    StatusCode::INTERNAL_SERVER_ERROR => "internal",
+                    _ => "consumer",
+                });
+                return plain(status, &reason);
+            }
         };
         let config = self.config.clone();
-        tokio::spawn(async move {
+        let span = tracing::info_span!(
+            "connection",
+            path,
+            channel = %conn.channel_name(),
+            peer = peer.map(tracing::field::display),
+        );
+        let task = async move {
             match on_upgrade.await {
                 Ok(upgraded) => {
                     let ws = WebSocketStream::from_raw_socket(
@@ -331,16 +400,18 @@ where
                         Some(config.websocket_config()),
                     )
                     .await;
-                    runtime::run(consumer, conn, ws, config).await;
+                    runtime::run(consumer, conn, ws, config, guard).await;
                 }
                 Err(e) => {
                     // `connect` ran: `disconnect` runs too, whatever the reason the connection
                     // ends, as for a client that vanished.
                     tracing::debug!(error = %e, "websocket upgrade did not complete");
                     runtime::disconnect(&mut consumer, &mut conn, CloseCode::ABNORMAL).await;
+                    drop(guard);
                 }
             }
-        });
+        };
+        tokio::spawn(task.instrument(span));
         let mut resp = Response::new(Full::new(Bytes::new()));
         *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
         let h = resp.headers_mut();
@@ -364,7 +435,9 @@ fn refuse(
     peer: Option<SocketAddr>,
     status: StatusCode,
     reason: &str,
+    kind: &'static str,
 ) -> Response<Full<Bytes>> {
+    metrics::refused(kind);
     tracing::warn!(
         path,
         ?peer,

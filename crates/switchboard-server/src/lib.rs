@@ -10,6 +10,8 @@
 //! - [`Endpoint`]: a consumer factory with its origin check ([`Origins`]), authentication hook
 //!   ([`Authenticate`]) and limits, served by axum ([`axum`], feature `axum`) or by the
 //!   standalone server ([`standalone`], feature `standalone`);
+//! - [`Shutdown`]: graceful shutdown, closing connections with 1001 in batches;
+//! - [`metrics`]: what the server reports through the `metrics` facade;
 //! - [`testing::Communicator`] (feature `testing`): a consumer driven with no network.
 //!
 //! It depends on the channel layer *trait* only (`switchboard-core`): any layer serves it.
@@ -24,9 +26,11 @@ pub mod connection;
 pub mod consumer;
 pub mod endpoint;
 pub mod error;
+pub mod metrics;
 pub mod origin;
 mod runtime;
 pub mod scope;
+pub mod shutdown;
 #[cfg(feature = "standalone")]
 pub mod standalone;
 #[cfg(feature = "testing")]
@@ -39,6 +43,7 @@ pub use endpoint::{Authenticate, Endpoint, Refusal};
 pub use error::{Error, Result};
 pub use origin::Origins;
 pub use scope::Scope;
+pub use shutdown::{DrainConfig, DrainReport, Shutdown};
 
 /// The `http` crate, whose types (`StatusCode`, `HeaderMap`) the API uses.
 #[doc(no_inline)]

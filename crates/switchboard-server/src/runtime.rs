@@ -34,7 +34,9 @@ use crate::config::{BadInput, ConnectionConfig};
 use crate::connection::{Connection, Out, OutLimits, Outbound, Phase};
 use crate::consumer::{CloseCode, Consumer, Frame, FromFrame};
 use crate::error::{Error, reference, reference_for};
+use crate::metrics;
 use crate::scope::Scope;
+use crate::shutdown::Guard;
 
 /// Opens a connection for `consumer`, as both servers and the `Communicator` do: its channel
 /// (a layer subscription), then the handshake (`connect`). `Ok` holds the connection and the
@@ -95,6 +97,7 @@ async fn handshake<C: Consumer>(consumer: &mut C, conn: &mut Connection) -> Hand
             (StatusCode::FORBIDDEN, reason)
         }
         Ok(Err(e)) => {
+            metrics::handler_error("connect", false);
             let r = reference();
             tracing::warn!(path = conn.scope().path(), error = %e, reference = %r, "consumer connect failed");
             if was_accepted {
@@ -109,6 +112,7 @@ async fn handshake<C: Consumer>(consumer: &mut C, conn: &mut Connection) -> Hand
             (status, e.client_message(&r).into_owned())
         }
         Err(_) => {
+            metrics::handler_error("connect", true);
             let r = reference();
             tracing::error!(path = conn.scope().path(), reference = %r, "consumer connect panicked");
             (
@@ -128,11 +132,15 @@ enum Input {
     WriteError(WsError),
     Event(switchboard_core::Result<Message>),
     Tick,
+    Shutdown,
 }
 
 /// Drains the outbound queue into the socket, then flushes.
 struct Writer {
     need_flush: bool,
+    /// Data frames and their bytes written since the last report to the metrics.
+    frames: u64,
+    bytes: u64,
 }
 
 impl Writer {
@@ -151,6 +159,7 @@ impl Writer {
                     ready!(ws.poll_flush_unpin(cx))?;
                     self.need_flush = false;
                 }
+                self.report();
                 return Poll::Ready(Ok(()));
             }
             ready!(ws.poll_ready_unpin(cx))?;
@@ -161,11 +170,33 @@ impl Writer {
                 };
                 if let Out::Frame(f) = &item {
                     o.bytes -= f.len();
+                    self.frames += 1;
+                    self.bytes += f.len() as u64;
                 }
                 item
             };
             ws.start_send_unpin(to_websocket(item))?;
             self.need_flush = true;
+        }
+    }
+}
+
+impl Writer {
+    fn new() -> Writer {
+        Writer {
+            need_flush: false,
+            frames: 0,
+            bytes: 0,
+        }
+    }
+
+    /// Adds what was written since the last report to the metrics: once per write batch, not
+    /// per frame, so that fan-out does not contend on the shared counters.
+    fn report(&mut self) {
+        if self.frames > 0 {
+            let m = metrics::handles();
+            m.frames_out.increment(std::mem::take(&mut self.frames));
+            m.bytes_out.increment(std::mem::take(&mut self.bytes));
         }
     }
 }
@@ -233,6 +264,8 @@ const WRITE_BATCH: usize = 32;
 /// Why the connection loop ended, and the code `disconnect` is given.
 struct Ending {
     code: CloseCode,
+    /// Why, for `switchboard_connections_closed_total`.
+    why: &'static str,
     /// The reason of the close frame we still owe the client, if we owe one.
     send_close: Option<String>,
 }
@@ -246,6 +279,7 @@ fn data_frame(m: WsMessage) -> Option<Result<Frame, Ending>> {
                 .map(Frame::Text)
                 .map_err(|_| Ending {
                     code: CloseCode::INVALID_DATA,
+                    why: "bad_input",
                     send_close: Some("invalid UTF-8 in a text frame".into()),
                 }),
         ),
@@ -260,6 +294,7 @@ pub(crate) async fn run<C, T>(
     mut conn: Connection,
     mut ws: T,
     config: Arc<ConnectionConfig>,
+    guard: Option<Guard>,
 ) where
     C: Consumer,
     T: Stream<Item = Result<WsMessage, WsError>> + Sink<WsMessage, Error = WsError> + Unpin + Send,
@@ -269,7 +304,11 @@ pub(crate) async fn run<C, T>(
     if !config.refresh_groups {
         conn.subscription().set_refresh(None);
     }
-    let mut writer = Writer { need_flush: false };
+    let mut writer = Writer::new();
+    let stats = metrics::handles();
+    stats.total.increment(1);
+    stats.open.increment(1.0);
+    tracing::debug!("connection accepted");
     let mut broken = false;
     let mut last_heard = Instant::now();
     let mut last_ping = last_heard;
@@ -287,12 +326,14 @@ pub(crate) async fn run<C, T>(
                 tracing::info!(%channel, "client is not reading; closing with 1008");
                 break Ending {
                     code: CloseCode::POLICY,
+                    why: "slow_client",
                     send_close: Some("outbound queue full".into()),
                 };
             }
             if let (Phase::Closed, Some((code, _))) = (o.phase, &o.close) {
                 break Ending {
                     code: *code,
+                    why: "server",
                     send_close: None,
                 };
             }
@@ -300,6 +341,7 @@ pub(crate) async fn run<C, T>(
         if broken {
             break Ending {
                 code: CloseCode::ABNORMAL,
+                why: "client",
                 send_close: None,
             };
         }
@@ -334,6 +376,11 @@ pub(crate) async fn run<C, T>(
             if timer.as_mut().poll(tcx).is_ready() {
                 return Poll::Ready(Input::Tick);
             }
+            if let Some(g) = &guard
+                && g.poll_closing(tcx).is_ready()
+            {
+                return Poll::Ready(Input::Shutdown);
+            }
             if !broken && let Poll::Ready(Err(e)) = writer.poll_write(tcx, &mut ws, &out) {
                 return Poll::Ready(Input::WriteError(e));
             }
@@ -356,11 +403,16 @@ pub(crate) async fn run<C, T>(
                             frame.map_or(CloseCode::NO_STATUS, |f| CloseCode(u16::from(f.code)));
                         break Ending {
                             code,
+                            why: "client",
                             send_close: None,
                         };
                     }
                     other => match data_frame(other) {
-                        Some(Ok(f)) => f,
+                        Some(Ok(f)) => {
+                            stats.frames_in.increment(1);
+                            stats.bytes_in.increment(f.len() as u64);
+                            f
+                        }
                         Some(Err(end)) => break end,
                         None => continue,
                     },
@@ -422,6 +474,7 @@ pub(crate) async fn run<C, T>(
                 }
                 break Ending {
                     code: CloseCode::GOING_AWAY,
+                    why: "shutdown",
                     send_close: Some("server shutting down".into()),
                 };
             }
@@ -446,6 +499,7 @@ pub(crate) async fn run<C, T>(
                     | WsError::Io(_) => {
                         break Ending {
                             code: CloseCode::ABNORMAL,
+                            why: "client",
                             send_close: None,
                         };
                     }
@@ -454,18 +508,26 @@ pub(crate) async fn run<C, T>(
                         tracing::debug!(%channel, error = %other, "websocket error");
                         break Ending {
                             code: CloseCode::ABNORMAL,
+                            why: "client",
                             send_close: None,
                         };
                     }
                 };
+                let why = if code == CloseCode::TOO_BIG {
+                    "too_big"
+                } else {
+                    "bad_input"
+                };
                 break Ending {
                     code,
+                    why,
                     send_close: Some(reason),
                 };
             }
             Input::SocketEnd => {
                 break Ending {
                     code: CloseCode::ABNORMAL,
+                    why: "client",
                     send_close: None,
                 };
             }
@@ -473,7 +535,15 @@ pub(crate) async fn run<C, T>(
                 tracing::debug!(%channel, error = %e, "write to the client failed");
                 break Ending {
                     code: CloseCode::ABNORMAL,
+                    why: "client",
                     send_close: None,
+                };
+            }
+            Input::Shutdown => {
+                break Ending {
+                    code: CloseCode::GOING_AWAY,
+                    why: "shutdown",
+                    send_close: Some("server shutting down".into()),
                 };
             }
             Input::Tick => {
@@ -482,6 +552,7 @@ pub(crate) async fn run<C, T>(
                     tracing::debug!(%channel, "idle timeout");
                     break Ending {
                         code: CloseCode::GOING_AWAY,
+                        why: "idle",
                         send_close: Some("idle timeout".into()),
                     };
                 }
@@ -519,6 +590,15 @@ pub(crate) async fn run<C, T>(
         };
         let _ = tokio::time::timeout(config.close_timeout, finish).await;
     }
+    writer.report();
+    stats.open.decrement(1.0);
+    metrics::closed(ending.why);
+    tracing::debug!(
+        code = ending.code.0,
+        reason = ending.why,
+        "connection closed"
+    );
+    drop(guard);
 }
 
 /// The end of a connection for its consumer: `disconnect` with `code` (its error or panic
@@ -536,8 +616,14 @@ pub(crate) async fn disconnect<C: Consumer>(
         .await
     {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!(%channel, error = %e, "consumer disconnect failed"),
-        Err(_) => tracing::error!(%channel, "consumer disconnect panicked"),
+        Ok(Err(e)) => {
+            metrics::handler_error("disconnect", false);
+            tracing::warn!(%channel, error = %e, "consumer disconnect failed");
+        }
+        Err(_) => {
+            metrics::handler_error("disconnect", true);
+            tracing::error!(%channel, "consumer disconnect panicked");
+        }
     }
     conn.subscription().close().await;
 }
@@ -568,18 +654,21 @@ async fn report(conn: &mut Connection, e: &Error, what: &str) {
 async fn after_handler(
     conn: &mut Connection,
     result: std::thread::Result<crate::Result<()>>,
-    which: &str,
+    which: &'static str,
 ) -> Option<Ending> {
     match result {
         Ok(Ok(())) => None,
         Ok(Err(e)) => {
+            metrics::handler_error(which, false);
             report(conn, &e, which).await;
             None
         }
         Err(_) => {
+            metrics::handler_error(which, true);
             tracing::error!(channel = %conn.channel_name(), handler = which, "consumer handler panicked; closing with 1011");
             Some(Ending {
                 code: CloseCode::INTERNAL,
+                why: "handler_panic",
                 send_close: Some("internal error".into()),
             })
         }
@@ -597,6 +686,7 @@ async fn bad_input(conn: &mut Connection, config: &ConnectionConfig, e: Error) -
             tracing::info!(channel = %conn.channel_name(), error = %e, reference = %r, "bad input; closing");
             Some(Ending {
                 code,
+                why: "bad_input",
                 send_close: Some(e.client_message(&r).into_owned()),
             })
         }

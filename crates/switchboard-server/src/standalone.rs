@@ -41,6 +41,7 @@ use tokio::net::TcpListener;
 use crate::consumer::IntoConsumer;
 use crate::endpoint::{Authenticate, Endpoint, plain};
 use crate::scope::Scope;
+use crate::shutdown::Shutdown;
 
 type Handler = Arc<
     dyn Fn(
@@ -66,6 +67,7 @@ pub struct RouteError {
 #[derive(Default)]
 pub struct Server {
     router: matchit::Router<Handler>,
+    shutdown: Option<Shutdown>,
 }
 
 impl fmt::Debug for Server {
@@ -104,20 +106,38 @@ impl Server {
         Ok(self)
     }
 
-    /// Accepts connections until the listener fails.
+    /// Stops accepting when `shutdown` begins to drain (give it to the endpoints too, with
+    /// [`Endpoint::shutdown`], so that the drain closes their connections).
+    pub fn shutdown(mut self, shutdown: &Shutdown) -> Server {
+        self.shutdown = Some(shutdown.clone());
+        self
+    }
+
+    /// Accepts connections until the listener fails (or the [`Shutdown`] drains).
     pub async fn serve(self, listener: TcpListener) -> std::io::Result<()> {
         self.serve_with_shutdown(listener, std::future::pending())
             .await
     }
 
-    /// Accepts connections until `shutdown` completes. Connections already upgraded keep
-    /// running until they end.
+    /// Accepts connections until `shutdown` completes (or the [`Shutdown`] drains).
+    /// Connections already upgraded keep running until they end, or until the drain closes
+    /// them.
     pub async fn serve_with_shutdown(
         self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> std::io::Result<()> {
         let router = Arc::new(self.router);
+        let draining = self.shutdown;
+        let shutdown = async move {
+            match &draining {
+                Some(d) => tokio::select! {
+                    () = shutdown => {}
+                    () = d.draining() => {}
+                },
+                None => shutdown.await,
+            }
+        };
         let mut shutdown = std::pin::pin!(shutdown);
         loop {
             let (stream, peer) = tokio::select! {

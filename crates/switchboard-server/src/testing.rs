@@ -204,6 +204,7 @@ impl<C: Consumer> Communicator<C> {
                     conn,
                     transport,
                     self.config.clone(),
+                    None,
                 )));
                 self.to_consumer = Some(to_consumer);
                 self.from_consumer = Some(from_consumer);

@@ -8,13 +8,36 @@ pub use switchboard_core::{
     Subscription,
 };
 pub use switchboard_server::{
-    CloseCode, Connection, ConnectionConfig, Consumer, Endpoint, Error, Frame, Origins, Refusal,
-    Result, Scope,
+    CloseCode, Connection, ConnectionConfig, Consumer, DrainConfig, DrainReport, Endpoint, Error,
+    Frame, Origins, Refusal, Result, Scope, Shutdown,
 };
 
 // The rest, by concept.
 pub use switchboard_core::{engine, layer, message, name, subscription, text, value};
-pub use switchboard_server::{config, connection, consumer, endpoint, error, http, origin, scope};
+pub use switchboard_server::{
+    config, connection, consumer, endpoint, error, http, origin, scope, shutdown,
+};
+
+/// What switchboard reports through the [`metrics`](https://docs.rs/metrics) facade: the names,
+/// their meanings ([`server`](metrics::server), [`layer`](metrics::layer),
+/// [`redis`](metrics::redis)), and [`describe`](metrics::describe) for the exporter's help
+/// texts. The application installs the exporter (`metrics-exporter-prometheus`, say) before it
+/// serves, and calls [`record_layer_stats`](metrics::record_layer_stats) before each scrape.
+pub mod metrics {
+    pub use switchboard_core::metrics as layer;
+    pub use switchboard_core::metrics::record_stats as record_layer_stats;
+    #[cfg(feature = "redis")]
+    pub use switchboard_redis::metrics as redis;
+    pub use switchboard_server::metrics as server;
+
+    /// Describes every switchboard metric (help text, units) to the installed exporter.
+    pub fn describe() {
+        switchboard_core::metrics::describe();
+        switchboard_server::metrics::describe();
+        #[cfg(feature = "redis")]
+        switchboard_redis::metrics::describe();
+    }
+}
 
 #[cfg(feature = "axum")]
 pub use switchboard_server::axum;

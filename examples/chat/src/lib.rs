@@ -19,7 +19,7 @@ use serde::Deserialize;
 use serde_json::json;
 use switchboard::{
     Connection, ConnectionConfig, Consumer, Decoded, Endpoint, Error, GroupName, Layer, LayerError,
-    Origins, Refusal, Result, Scope,
+    Origins, Refusal, Result, Scope, Shutdown,
 };
 
 /// The page: plain HTML and JavaScript, no build step.
@@ -34,6 +34,8 @@ pub struct Settings {
     pub allow_missing_origin: bool,
     /// Per-connection limits.
     pub connection: ConnectionConfig,
+    /// Drains the WebSocket connections on shutdown (see `example_support::serve`).
+    pub shutdown: Shutdown,
 }
 
 impl Default for Settings {
@@ -42,6 +44,7 @@ impl Default for Settings {
             origins: Origins::SameHost,
             allow_missing_origin: true,
             connection: ConnectionConfig::default(),
+            shutdown: Shutdown::new(),
         }
     }
 }
@@ -301,7 +304,8 @@ pub fn router(layer: Layer, settings: Settings) -> Router {
     let ws = Endpoint::new(layer.clone(), ChatConsumer::new)
         .origins(settings.origins)
         .allow_missing_origin(settings.allow_missing_origin)
-        .config(settings.connection);
+        .config(settings.connection)
+        .shutdown(&settings.shutdown);
     Router::new()
         .route("/", get(|| async { Html(INDEX_HTML) }))
         .route("/ws/chat/{room}/", ws.into_route())

@@ -27,7 +27,7 @@
 use std::net::SocketAddr;
 
 use clap::Parser;
-use example_support::LayerArgs;
+use example_support::{LayerArgs, Ops, OpsArgs};
 
 /// Flags.
 #[derive(Parser, Debug)]
@@ -38,20 +38,27 @@ struct Args {
     addr: SocketAddr,
     #[command(flatten)]
     layer: LayerArgs,
+    #[command(flatten)]
+    ops: OpsArgs,
 }
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     example_support::init_tracing();
     let args = Args::parse();
+    let ops = Ops::install(&args.ops)?;
     let layer = args.layer.build().await?;
-    let app = chat::router(layer, chat::Settings::default());
+    let settings = chat::Settings {
+        shutdown: ops.shutdown.clone(),
+        ..chat::Settings::default()
+    };
+    let app = chat::router(layer.clone(), settings).merge(ops.routes(layer));
     let listener = tokio::net::TcpListener::bind(args.addr).await?;
     tracing::info!(
         "chat on http://{} ({})",
         listener.local_addr()?,
         args.layer.describe()
     );
-    example_support::serve(listener, app).await?;
+    example_support::serve(listener, app, ops).await?;
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! What the examples share around their apps: the channel-layer flags (in-memory by default,
-//! Redis with `--redis`), logging filtered by `RUST_LOG`, serving with a clean stop on Ctrl-C,
-//! and flag parsers.
+//! Redis with `--redis`), logging filtered by `RUST_LOG`, `/metrics`, `/healthz` and `/readyz`,
+//! serving with a graceful shutdown (drain) on SIGTERM or Ctrl-C, and flag parsers.
 //!
 //! A copy of one example folder needs this folder too (or the twenty lines it uses from it).
 
@@ -9,4 +9,4 @@ pub mod layer_args;
 pub mod serve;
 
 pub use layer_args::LayerArgs;
-pub use serve::{init_tracing, serve};
+pub use serve::{Ops, OpsArgs, init_tracing, serve};

@@ -1,9 +1,20 @@
-//! What every example's `main` does around its router: logging, and serving on a listener with
-//! the peer address available to consumers, no Nagle delay, and a clean stop on Ctrl-C.
+//! What every example's `main` does around its router: logging, metrics, health checks, and
+//! serving with a graceful shutdown on SIGTERM or Ctrl-C.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
-/// Logs to stderr; `RUST_LOG` chooses the level (`info` by default).
+use axum::Router;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use switchboard::{DrainConfig, Layer, Shutdown};
+
+/// Logs to stderr; `RUST_LOG` chooses the level (`info` by default). Each WebSocket connection
+/// has a span (`connection{path channel peer}`); `RUST_LOG=info,switchboard_server=debug` also
+/// logs every accept and close with its code.
 pub fn init_tracing() {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -12,18 +23,195 @@ pub fn init_tracing() {
         .init();
 }
 
-/// Serves `app` until Ctrl-C.
-pub async fn serve(listener: tokio::net::TcpListener, app: axum::Router) -> std::io::Result<()> {
+/// The operations flags every example shares.
+#[derive(clap::Args, Clone, Debug)]
+pub struct OpsArgs {
+    /// Serve /metrics to any address, not only to loopback clients.
+    #[arg(long)]
+    pub metrics_public: bool,
+    /// On SIGTERM or Ctrl-C, close this many WebSocket connections at once...
+    #[arg(long, default_value_t = 1000)]
+    pub drain_batch: usize,
+    /// ...every this many milliseconds...
+    #[arg(long, default_value_t = 100)]
+    pub drain_interval_ms: u64,
+    /// ...and exit after this many seconds even if some are still open.
+    #[arg(long, default_value_t = 25)]
+    pub drain_timeout_secs: u64,
+}
+
+/// What `main` holds for serving: the shutdown handle the app's endpoints are given, and the
+/// metrics exporter.
+#[derive(Clone, Debug)]
+pub struct Ops {
+    /// Give it to every endpoint (`Endpoint::shutdown`) and long-lived response.
+    pub shutdown: Shutdown,
+    prometheus: PrometheusHandle,
+    args: OpsArgs,
+}
+
+/// Layer operation latency buckets, in seconds: 10 µs to 5 s.
+const LATENCY_BUCKETS: [f64; 12] = [
+    0.00001, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.5, 5.0,
+];
+
+impl Ops {
+    /// Installs the Prometheus recorder (call it before building the layer: metric handles are
+    /// taken at first use) and makes the shutdown handle.
+    pub fn install(args: &OpsArgs) -> Result<Ops, Box<dyn std::error::Error + Send + Sync>> {
+        let prometheus = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &LATENCY_BUCKETS)?
+            .install_recorder()?;
+        switchboard::metrics::describe();
+        let upkeep = prometheus.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                every.tick().await;
+                upkeep.run_upkeep();
+            }
+        });
+        Ok(Ops {
+            shutdown: Shutdown::new(),
+            prometheus,
+            args: args.clone(),
+        })
+    }
+
+    /// `/metrics` (Prometheus text; loopback clients only unless `--metrics-public`),
+    /// `/healthz` (200 while the process serves) and `/readyz` (200 while the layer answers
+    /// and no drain has begun, else 503), for `layer`.
+    pub fn routes(&self, layer: Layer) -> Router {
+        let metrics = MetricsState {
+            prometheus: self.prometheus.clone(),
+            layer: layer.clone(),
+            public: self.args.metrics_public,
+        };
+        Router::new()
+            .route("/metrics", get(metrics_page).with_state(metrics))
+            .route("/healthz", get(|| async { "ok\n" }))
+            .route(
+                "/readyz",
+                get(readyz).with_state((layer, self.shutdown.clone())),
+            )
+    }
+
+    fn drain_config(&self) -> DrainConfig {
+        DrainConfig::default()
+            .batch_size(self.args.drain_batch)
+            .batch_interval(Duration::from_millis(self.args.drain_interval_ms))
+            .deadline(Duration::from_secs(self.args.drain_timeout_secs))
+    }
+}
+
+#[derive(Clone)]
+struct MetricsState {
+    prometheus: PrometheusHandle,
+    layer: Layer,
+    public: bool,
+}
+
+async fn metrics_page(State(st): State<MetricsState>, req: Request) -> Response {
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    if !st.public && !peer.is_some_and(|ip| ip.is_loopback()) {
+        return (
+            StatusCode::FORBIDDEN,
+            "/metrics answers loopback clients only (start with --metrics-public to open it)\n",
+        )
+            .into_response();
+    }
+    switchboard::metrics::record_layer_stats(&st.layer);
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        st.prometheus.render(),
+    )
+        .into_response()
+}
+
+async fn readyz(State((layer, shutdown)): State<(Layer, Shutdown)>) -> Response {
+    if shutdown.is_draining() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response();
+    }
+    match tokio::time::timeout(Duration::from_secs(2), layer.check()).await {
+        Ok(Ok(())) => "ready\n".into_response(),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "readiness check: the channel layer does not answer");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "channel layer unavailable\n",
+            )
+                .into_response()
+        }
+        Err(_) => {
+            tracing::warn!("readiness check: the channel layer did not answer within 2 s");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "channel layer unavailable\n",
+            )
+                .into_response()
+        }
+    }
+}
+
+/// Completes on SIGTERM or SIGINT (Ctrl-C).
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; Ctrl-C only");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// Serves `app` until SIGTERM or Ctrl-C, then drains: stops accepting, closes the WebSocket
+/// connections with 1001 in batches (their groups go with them), waits for them and for
+/// in-flight HTTP requests, and closes the layer.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    ops: Ops,
+) -> std::io::Result<()> {
     // WebSocket frames are small and latency-sensitive: no Nagle delay.
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
         let _ = tcp.set_nodelay(true);
     });
+    let drain = tokio::spawn({
+        let ops = ops.clone();
+        async move {
+            stop_signal().await;
+            ops.shutdown.drain(ops.drain_config()).await
+        }
+    });
+    let stop = ops.shutdown.clone();
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
     )
-    .with_graceful_shutdown(async {
-        let _ = tokio::signal::ctrl_c().await;
-    })
-    .await
+    .with_graceful_shutdown(async move { stop.draining().await })
+    .await?;
+    match drain.await {
+        Ok(report) if report.remaining == 0 => {
+            tracing::info!(closed = report.told, elapsed = ?report.elapsed, "shut down cleanly");
+        }
+        Ok(report) => tracing::warn!(
+            closed = report.told,
+            remaining = report.remaining,
+            "shut down with connections still open"
+        ),
+        Err(e) => tracing::error!(error = %e, "the drain task failed"),
+    }
+    Ok(())
 }

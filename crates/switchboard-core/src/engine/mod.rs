@@ -71,6 +71,7 @@ struct Counters {
     remote_full_drops: AtomicU64,
     expired: AtomicU64,
     undecodable: AtomicU64,
+    group_deliveries: AtomicU64,
 }
 
 /// This process's members of one group.
@@ -348,8 +349,14 @@ impl Engine {
                     .group_full_drops
                     .fetch_add(1, Ordering::Relaxed);
             }
-            Pushed::Queued(len) if self.waits() && queue.lags_at(len) => {
-                lagging.0.push(queue.clone());
+            Pushed::Queued(len) => {
+                self.0
+                    .counters
+                    .group_deliveries
+                    .fetch_add(1, Ordering::Relaxed);
+                if self.waits() && queue.lags_at(len) {
+                    lagging.0.push(queue.clone());
+                }
             }
             _ => {}
         }
@@ -489,6 +496,7 @@ impl Engine {
         let group_expiry = self.0.config.group_expiry;
         let waits = self.waits();
         let mut full = 0u64;
+        let mut queued = 0u64;
         let mut expired_queues = Vec::new();
         let mut stale = Vec::new();
         let mut lagging = Lagging::default();
@@ -503,8 +511,11 @@ impl Engine {
                         .push(message.clone(), at.now, at.expires, Mode::Group);
                 match pushed {
                     Pushed::Full => full += 1,
-                    Pushed::Queued(len) if waits && m.queue.lags_at(len) => {
-                        lagging.0.push(m.queue.clone());
+                    Pushed::Queued(len) => {
+                        queued += 1;
+                        if waits && m.queue.lags_at(len) {
+                            lagging.0.push(m.queue.clone());
+                        }
                     }
                     _ => {}
                 }
@@ -517,6 +528,12 @@ impl Engine {
             }
         }
         // The group guard is released: now expiry may take channels out of groups.
+        if queued > 0 {
+            self.0
+                .counters
+                .group_deliveries
+                .fetch_add(queued, Ordering::Relaxed);
+        }
         if full > 0 {
             self.0
                 .counters
@@ -716,6 +733,7 @@ impl Engine {
             remote_full_drops: c.remote_full_drops.load(Ordering::Relaxed),
             expired_messages: c.expired.load(Ordering::Relaxed),
             undecodable: c.undecodable.load(Ordering::Relaxed),
+            group_deliveries: c.group_deliveries.load(Ordering::Relaxed),
             channels: self.0.channels.len() as u64,
             groups: self.0.groups.len() as u64,
         }

@@ -129,6 +129,10 @@ impl ChannelLayer for InMemoryLayer {
         Ok(())
     }
 
+    async fn check(&self) -> Result<()> {
+        self.engine.check_open()
+    }
+
     fn stats(&self) -> LayerStats {
         self.engine.stats()
     }

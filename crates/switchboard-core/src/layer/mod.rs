@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use crate::engine::Receiver;
 use crate::error::{LayerError, Result};
 use crate::message::{IntoMessage, Message};
+use crate::metrics::{self, Op};
 use crate::name::{ChannelName, GroupName, IntoChannelName, IntoGroupName};
 use crate::subscription::Subscription;
 
@@ -114,6 +115,8 @@ pub struct LayerStats {
     pub expired_messages: u64,
     /// Stored messages that did not decode (logged and skipped; the Redis layers).
     pub undecodable: u64,
+    /// Group messages queued for a member channel of this process.
+    pub group_deliveries: u64,
     /// Channels currently held by the layer (this process's view).
     pub channels: u64,
     /// Groups currently held by the layer (this process's view).
@@ -188,6 +191,12 @@ pub trait ChannelLayer: Send + Sync + 'static {
 
     /// What the layer has not delivered, and how much it holds.
     fn stats(&self) -> LayerStats;
+
+    /// Checks that the layer can serve — it is open and its backend answers (the Redis layers
+    /// `PING` each host) — for a readiness probe. The default answers `Ok`.
+    async fn check(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// A cheap, cloneable handle to a channel layer, for consumers and for code outside consumers
@@ -248,7 +257,7 @@ impl Layer {
     ) -> Result<()> {
         let channel = channel.into_channel_name()?;
         let message = message.into_message()?;
-        self.0.send(&channel, message).await
+        metrics::timed(Op::Send, self.0.send(&channel, message)).await
     }
 
     /// Receives from a channel; see [`ChannelLayer::receive`].
@@ -271,7 +280,7 @@ impl Layer {
     ) -> Result<()> {
         let group = group.into_group_name()?;
         let channel = channel.into_channel_name()?;
-        self.0.group_add(&group, &channel).await
+        metrics::timed(Op::GroupAdd, self.0.group_add(&group, &channel)).await
     }
 
     /// Removes a channel from a group; see [`ChannelLayer::group_discard`].
@@ -282,7 +291,7 @@ impl Layer {
     ) -> Result<()> {
         let group = group.into_group_name()?;
         let channel = channel.into_channel_name()?;
-        self.0.group_discard(&group, &channel).await
+        metrics::timed(Op::GroupDiscard, self.0.group_discard(&group, &channel)).await
     }
 
     /// Sends to every member of a group; see [`ChannelLayer::group_send`].
@@ -293,7 +302,7 @@ impl Layer {
     ) -> Result<()> {
         let group = group.into_group_name()?;
         let message = message.into_message()?;
-        self.0.group_send(&group, message).await
+        metrics::timed(Op::GroupSend, self.0.group_send(&group, message)).await
     }
 
     /// Sends to every member of a group on behalf of `sender`'s consumer; see
@@ -306,7 +315,11 @@ impl Layer {
     ) -> Result<()> {
         let group = group.into_group_name()?;
         let message = message.into_message()?;
-        self.0.group_send_from(sender, &group, message).await
+        metrics::timed(
+            Op::GroupSend,
+            self.0.group_send_from(sender, &group, message),
+        )
+        .await
     }
 
     /// The live members of a group.
@@ -323,7 +336,7 @@ impl Layer {
 
     /// Deletes everything the layer holds.
     pub async fn flush(&self) -> Result<()> {
-        self.0.flush().await
+        metrics::timed(Op::Flush, self.0.flush()).await
     }
 
     /// Closes the layer.
@@ -334,6 +347,11 @@ impl Layer {
     /// The layer's counters.
     pub fn stats(&self) -> LayerStats {
         self.0.stats()
+    }
+
+    /// Whether the layer can serve now; see [`ChannelLayer::check`].
+    pub async fn check(&self) -> Result<()> {
+        self.0.check().await
     }
 }
 

@@ -557,6 +557,7 @@ async fn janitor(inner: Arc<Inner>, mut leaves: mpsc::UnboundedReceiver<Leave>) 
                     match inner.reconnect().await {
                         Ok(()) => {
                             tracing::info!(host = %inner.name, "reconnected to the cluster and subscribed again");
+                            crate::metrics::reconnected("cluster");
                             inner.reassert_registry().await;
                         }
                         Err(e) => {
@@ -763,6 +764,20 @@ impl ChannelLayer for RedisClusterLayer {
         self.inner.engine.close();
         let _ = self.guard.0.send(true);
         Ok(())
+    }
+
+    async fn check(&self) -> Result<()> {
+        let inner = &self.inner;
+        inner.engine.check_open()?;
+        let mut c = inner.conn();
+        inner
+            .timed(async {
+                redis::cmd("PING")
+                    .query_async::<()>(&mut c)
+                    .await
+                    .map_err(|e| inner.error(e))
+            })
+            .await
     }
 
     fn stats(&self) -> LayerStats {

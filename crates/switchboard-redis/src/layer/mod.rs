@@ -499,6 +499,14 @@ impl ChannelLayer for RedisLayer {
         Ok(())
     }
 
+    async fn check(&self) -> Result<()> {
+        self.inner.engine.check_open()?;
+        for host in &self.inner.hosts {
+            conn::ping(host).await?;
+        }
+        Ok(())
+    }
+
     fn stats(&self) -> LayerStats {
         self.inner.engine.stats()
     }

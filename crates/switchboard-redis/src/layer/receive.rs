@@ -161,6 +161,7 @@ async fn receive_loop(
             }
             if was_down {
                 tracing::info!(host = %host.name, key, "receive loop reconnected to redis");
+                crate::metrics::reconnected("receive");
                 if named.is_none() {
                     super::upkeep::reassert_memberships(inner, None).await;
                 }

@@ -418,6 +418,7 @@ async fn subscription_loop(inner: Arc<Inner>, h: usize, ready: tokio::sync::ones
         }
         if was_down {
             tracing::info!(host = %host.name, "pub/sub reconnected and resubscribed");
+            crate::metrics::reconnected("subscription");
             inner.reassert_registry(h).await;
         }
         let mut ping = tokio::time::interval(Duration::from_secs(5));
@@ -643,6 +644,14 @@ impl ChannelLayer for RedisPubSubLayer {
     async fn close(&self) -> Result<()> {
         self.inner.engine.close();
         let _ = self.guard.0.send(true);
+        Ok(())
+    }
+
+    async fn check(&self) -> Result<()> {
+        self.inner.engine.check_open()?;
+        for host in &self.inner.hosts {
+            conn::ping(host).await?;
+        }
         Ok(())
     }
 

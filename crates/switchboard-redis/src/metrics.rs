@@ -1,0 +1,34 @@
+//! What the Redis layers report through the `metrics` facade, beside the layer metrics of
+//! `switchboard_core::metrics`.
+//!
+//! | name | type | labels | meaning |
+//! |---|---|---|---|
+//! | `switchboard_redis_reconnects_total` | counter | `kind` | connections made again after Redis dropped them: `command` (a call found its connection closed and was sent again), `receive` (a receive loop), `subscription` (pub/sub, resubscribed), `failover` (Sentinel named a new master), `cluster` (a new cluster connection and slot map) |
+//! | `switchboard_redis_command_failures_total` | counter | | Redis commands of a layer operation that failed (the operation returned an error) |
+
+/// Counter of reconnections; label `kind`.
+pub const RECONNECTS: &str = "switchboard_redis_reconnects_total";
+/// Counter of failed commands.
+pub const COMMAND_FAILURES: &str = "switchboard_redis_command_failures_total";
+
+/// Counts a reconnection of this kind.
+pub(crate) fn reconnected(kind: &'static str) {
+    metrics::counter!(RECONNECTS, "kind" => kind).increment(1);
+}
+
+/// Counts a failed command.
+pub(crate) fn command_failed() {
+    metrics::counter!(COMMAND_FAILURES).increment(1);
+}
+
+/// Describes the Redis metrics (help text) to the installed exporter.
+pub fn describe() {
+    metrics::describe_counter!(
+        RECONNECTS,
+        "Redis connections made again after Redis dropped them, by kind"
+    );
+    metrics::describe_counter!(
+        COMMAND_FAILURES,
+        "Redis commands of a layer operation that failed"
+    );
+}

@@ -1,0 +1,99 @@
+//! What the server reports through the [`metrics`](https://docs.rs/metrics) facade.
+//!
+//! The library records; the application installs an exporter. Handles are looked up at the
+//! first connection: install the exporter before serving. The layer's metrics are in
+//! `switchboard_core::metrics`, the Redis layers' in `switchboard_redis::metrics`.
+//!
+//! | name | type | labels | meaning |
+//! |---|---|---|---|
+//! | `switchboard_connections_open` | gauge | | WebSocket connections open now |
+//! | `switchboard_connections_total` | counter | | WebSocket connections accepted (answered 101) |
+//! | `switchboard_connections_closed_total` | counter | `reason` | connections ended: `client` (the client closed or went away), `server` (the consumer closed), `shutdown` (a drain, or the layer closed), `idle` (idle timeout), `slow_client` (outbound queue full, 1008), `too_big` (1009), `bad_input` (1007, 1002 or the consumer's bad-input code), `handler_panic` (1011) |
+//! | `switchboard_handshakes_refused_total` | counter | `reason` | upgrades refused: `bad_request`, `origin`, `auth`, `consumer` (the factory or `connect` refused), `unavailable` (no channel from the layer), `shutting_down`, `internal` (a panic) |
+//! | `switchboard_frames_received_total` | counter | | data frames from clients |
+//! | `switchboard_bytes_received_total` | counter | | payload bytes of those frames |
+//! | `switchboard_frames_sent_total` | counter | | data frames written to clients |
+//! | `switchboard_bytes_sent_total` | counter | | payload bytes of those frames |
+//! | `switchboard_handler_errors_total` | counter | `handler`, `kind` | consumer handlers (`connect`, `receive`, `event`, `disconnect`) that returned an error (`kind="error"`) or panicked (`kind="panic"`) |
+
+use std::sync::OnceLock;
+
+use metrics::{Counter, Gauge};
+
+/// Gauge of open connections.
+pub const CONNECTIONS_OPEN: &str = "switchboard_connections_open";
+/// Counter of accepted connections.
+pub const CONNECTIONS_TOTAL: &str = "switchboard_connections_total";
+/// Counter of ended connections; label `reason`.
+pub const CONNECTIONS_CLOSED: &str = "switchboard_connections_closed_total";
+/// Counter of refused handshakes; label `reason`.
+pub const HANDSHAKES_REFUSED: &str = "switchboard_handshakes_refused_total";
+/// Counter of data frames received.
+pub const FRAMES_RECEIVED: &str = "switchboard_frames_received_total";
+/// Counter of payload bytes received.
+pub const BYTES_RECEIVED: &str = "switchboard_bytes_received_total";
+/// Counter of data frames sent.
+pub const FRAMES_SENT: &str = "switchboard_frames_sent_total";
+/// Counter of payload bytes sent.
+pub const BYTES_SENT: &str = "switchboard_bytes_sent_total";
+/// Counter of handler errors and panics; labels `handler`, `kind`.
+pub const HANDLER_ERRORS: &str = "switchboard_handler_errors_total";
+
+/// The handles every connection updates, looked up once.
+pub(crate) struct Handles {
+    pub(crate) open: Gauge,
+    pub(crate) total: Counter,
+    pub(crate) frames_in: Counter,
+    pub(crate) bytes_in: Counter,
+    pub(crate) frames_out: Counter,
+    pub(crate) bytes_out: Counter,
+}
+
+pub(crate) fn handles() -> &'static Handles {
+    static HANDLES: OnceLock<Handles> = OnceLock::new();
+    HANDLES.get_or_init(|| Handles {
+        open: metrics::gauge!(CONNECTIONS_OPEN),
+        total: metrics::counter!(CONNECTIONS_TOTAL),
+        frames_in: metrics::counter!(FRAMES_RECEIVED),
+        bytes_in: metrics::counter!(BYTES_RECEIVED),
+        frames_out: metrics::counter!(FRAMES_SENT),
+        bytes_out: metrics::counter!(BYTES_SENT),
+    })
+}
+
+/// Counts a refused handshake.
+pub(crate) fn refused(reason: &'static str) {
+    metrics::counter!(HANDSHAKES_REFUSED, "reason" => reason).increment(1);
+}
+
+/// Counts an ended connection.
+pub(crate) fn closed(reason: &'static str) {
+    metrics::counter!(CONNECTIONS_CLOSED, "reason" => reason).increment(1);
+}
+
+/// Counts a handler's error or panic.
+pub(crate) fn handler_error(handler: &'static str, panicked: bool) {
+    let kind = if panicked { "panic" } else { "error" };
+    metrics::counter!(HANDLER_ERRORS, "handler" => handler, "kind" => kind).increment(1);
+}
+
+/// Describes the server metrics (help text and units) to the installed exporter.
+pub fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge};
+    describe_gauge!(CONNECTIONS_OPEN, "WebSocket connections open now");
+    describe_counter!(CONNECTIONS_TOTAL, "WebSocket connections accepted");
+    describe_counter!(CONNECTIONS_CLOSED, "WebSocket connections ended, by reason");
+    describe_counter!(HANDSHAKES_REFUSED, "WebSocket upgrades refused, by reason");
+    describe_counter!(FRAMES_RECEIVED, "Data frames received from clients");
+    describe_counter!(
+        BYTES_RECEIVED,
+        Unit::Bytes,
+        "Payload bytes received from clients"
+    );
+    describe_counter!(FRAMES_SENT, "Data frames written to clients");
+    describe_counter!(BYTES_SENT, Unit::Bytes, "Payload bytes written to clients");
+    describe_counter!(
+        HANDLER_ERRORS,
+        "Consumer handlers that failed, by handler and kind"
+    );
+}
