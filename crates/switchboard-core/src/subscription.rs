@@ -285,7 +285,8 @@ impl Subscription {
         );
         let mut running: Pending = Box::pin(async move {
             for group in groups {
-                if let Err(e) = layer.backend().group_add(&group, &channel).await {
+                let add = layer.backend().group_add(&group, &channel);
+                if let Err(e) = metrics::timed(Op::GroupAdd, add).await {
                     tracing::warn!(%group, %channel, error = %e, "refreshing a group membership failed");
                 }
             }
@@ -298,7 +299,8 @@ impl Subscription {
 
 async fn cleanup(layer: &Layer, channel: &ChannelName, groups: Vec<GroupName>, owned: bool) {
     for group in groups {
-        if let Err(e) = layer.backend().group_discard(&group, channel).await {
+        let discard = layer.backend().group_discard(&group, channel);
+        if let Err(e) = metrics::timed(Op::GroupDiscard, discard).await {
             tracing::warn!(%group, %channel, error = %e, "leaving a group failed");
         }
     }

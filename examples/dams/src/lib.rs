@@ -74,6 +74,8 @@ pub struct Settings {
     /// that finds no slot free is answered 503 at once rather than queued. Clones of these
     /// settings share the slots.
     pub password_checks: Arc<Semaphore>,
+    /// Drains the WebSocket connections on shutdown (see `example_support::serve`).
+    pub shutdown: switchboard::Shutdown,
 }
 
 /// How many password checks may run at once by default.
@@ -89,6 +91,7 @@ impl Default for Settings {
             allow_missing_origin: true,
             connection: ConnectionConfig::default(),
             password_checks: Arc::new(Semaphore::new(DEFAULT_PASSWORD_CHECKS)),
+            shutdown: switchboard::Shutdown::new(),
         }
     }
 }
@@ -618,7 +621,8 @@ pub fn router(db: Db, users: Users, layer: Layer, settings: Settings) -> Router 
         })
         .origins(settings.origins.clone())
         .allow_missing_origin(settings.allow_missing_origin)
-        .config(settings.connection.clone());
+        .config(settings.connection.clone())
+        .shutdown(&settings.shutdown);
     let state = AppState {
         db,
         layer,

@@ -63,6 +63,8 @@ struct Args {
     max_password_checks: usize,
     #[command(flatten)]
     layer: LayerArgs,
+    #[command(flatten)]
+    ops: example_support::OpsArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -108,14 +110,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     }
     let users = load_users(&args)?;
     let db = dams::db::Db::open(&args.db, !args.no_demo_dams)?;
+    let ops = example_support::Ops::install(&args.ops)?;
     let layer = args.layer.build().await?;
     let settings = dams::Settings {
         max_dams: args.max_dams,
         secure_cookies: args.secure_cookies,
         password_checks: std::sync::Arc::new(tokio::sync::Semaphore::new(args.max_password_checks)),
+        shutdown: ops.shutdown.clone(),
         ..dams::Settings::default()
     };
-    let router = dams::router(db, users, layer, settings);
+    let router = dams::router(db, users, layer.clone(), settings).merge(ops.routes(layer));
     let listener = tokio::net::TcpListener::bind(args.addr).await?;
     tracing::info!(
         "dams on http://{} (database {}, at most {} dams, {})",
@@ -124,6 +128,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         args.max_dams,
         args.layer.describe()
     );
-    example_support::serve(listener, router).await?;
+    example_support::serve(listener, router, ops).await?;
     Ok(())
 }

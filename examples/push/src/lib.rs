@@ -72,6 +72,9 @@ pub struct Settings {
     pub publisher_token: Option<String>,
     /// Addresses that may publish without a token (default: loopback).
     pub publish_allow: Vec<IpNet>,
+    /// Ends subscriptions (WebSocket, streams, long polls) on shutdown; see
+    /// `example_support::serve`.
+    pub shutdown: switchboard::Shutdown,
 }
 
 /// The loopback networks: who may publish when nothing else is configured.
@@ -103,6 +106,7 @@ impl Default for Settings {
             allowed_origins: Vec::new(),
             publisher_token: None,
             publish_allow: loopback_nets(),
+            shutdown: switchboard::Shutdown::new(),
         }
     }
 }
@@ -375,7 +379,8 @@ pub fn router(layer: Layer, store: Arc<dyn HistoryStore>, settings: Settings) ->
         .origins(Origins::Any) // checked in `admit`: same host or --allow-origin
         .allow_missing_origin(true)
         .authenticate(subscribe::WsAdmission(gw.clone()))
-        .config(connection);
+        .config(connection)
+        .shutdown(&gw.settings.shutdown);
     let app = Router::new()
         .route("/", get(|| async { Html(INDEX_HTML) }))
         .route("/ws/{*channels}", ws.into_route())

@@ -47,6 +47,8 @@ struct Args {
     addr: SocketAddr,
     #[command(flatten)]
     layer: LayerArgs,
+    #[command(flatten)]
+    ops: example_support::OpsArgs,
     /// Messages kept per channel for backtrack (`CH.b5`) and resume (0: none).
     #[arg(long, default_value_t = 10)]
     store_messages: usize,
@@ -131,6 +133,7 @@ impl Args {
             } else {
                 self.publish_allow.clone()
             },
+            shutdown: switchboard::Shutdown::new(),
         }
     }
 }
@@ -144,7 +147,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         Ok(n) => tracing::debug!(limit = n, "open file limit"),
         Err(e) => tracing::warn!(error = %e, "could not raise the open file limit"),
     }
-    let settings = args.settings();
+    let ops = example_support::Ops::install(&args.ops)?;
+    let settings = push::Settings {
+        shutdown: ops.shutdown.clone(),
+        ..args.settings()
+    };
     let layer = args.layer.build().await?;
     let store: Arc<dyn push::store::HistoryStore> = match &args.layer.redis {
         Some(url) => Arc::new(
@@ -168,13 +175,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         ),
         None => "history in memory".to_owned(),
     };
-    let app = push::router(layer, store, settings);
+    let app = push::router(layer.clone(), store, settings).merge(ops.routes(layer));
     let listener = tokio::net::TcpListener::bind(args.addr).await?;
     tracing::info!(
         "push gateway on http://{} ({}, {history})",
         listener.local_addr()?,
         args.layer.describe()
     );
-    example_support::serve(listener, app).await?;
+    example_support::serve(listener, app, ops).await?;
     Ok(())
 }

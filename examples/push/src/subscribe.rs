@@ -422,6 +422,9 @@ struct Streaming {
     ping_every: Option<Duration>,
     ends_at: Option<Instant>,
     ended: bool,
+    /// Told to close when the server drains: the stream ends, and the client reconnects
+    /// (to another process) and resumes.
+    shutdown: switchboard::shutdown::Guard,
 }
 
 fn sse_event(gw: &Gateway, item: &Item, out: &mut String) {
@@ -514,7 +517,11 @@ impl Streaming {
                 .flatten()
                 .min()
                 .unwrap_or_else(far_future);
-            match self.feed.next(deadline).await {
+            let next = tokio::select! {
+                next = self.feed.next(deadline) => next,
+                () = self.shutdown.closing() => return None,
+            };
+            match next {
                 Next::Items(items) => return Some(self.write(&items)),
                 Next::Deleted(notice, last) => {
                     self.ended = last;
@@ -538,6 +545,17 @@ impl Streaming {
     }
 }
 
+/// A registration with the shutdown handle for a streaming or long-poll subscriber; 503 once the
+/// server drains.
+fn draining_guard(gw: &Gateway) -> Result<switchboard::shutdown::Guard, ApiError> {
+    gw.settings.shutdown.guard().ok_or_else(|| {
+        ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "server shutting down",
+        )
+    })
+}
+
 async fn open_stream(
     gw: Arc<Gateway>,
     tail: &str,
@@ -545,6 +563,7 @@ async fn open_stream(
     query: Option<&str>,
     kind: Kind,
 ) -> Result<Response, ApiError> {
+    let shutdown = draining_guard(&gw)?;
     let admitted = gw.admit(tail, headers, query).await?;
     let (feed, backlog) = Feed::open(&gw, admitted, kind == Kind::EventSource).await?;
     let now = Instant::now();
@@ -557,6 +576,7 @@ async fn open_stream(
         ping_every,
         ends_at: gw.settings.subscriber_ttl.map(|t| now + t),
         ended: false,
+        shutdown,
     };
     // hyper sends the response head with the first chunk of the body: send one at once, so
     // the client knows it is subscribed before the first message.
@@ -633,11 +653,18 @@ async fn long_poll_inner(
     headers: &HeaderMap,
     query: Option<&str>,
 ) -> Result<Response, ApiError> {
+    let shutdown = draining_guard(&gw)?;
     let admitted = gw.admit(tail, headers, query).await?;
     let (mut feed, mut items) = Feed::open(&gw, admitted, false).await?;
     if items.is_empty() {
         let deadline = Instant::now() + gw.settings.longpoll_timeout;
-        match feed.next(deadline).await {
+        // A drain answers a waiting poll at once, as its timeout would (304 with the cursor):
+        // the client polls again, on another process.
+        let next = tokio::select! {
+            next = feed.next(deadline) => next,
+            () = shutdown.closing() => Next::Tick,
+        };
+        match next {
             Next::Items(got) => items = got,
             Next::Deleted(notice, _) => items.push(notice),
             Next::Tick | Next::Closed => {}

@@ -50,6 +50,8 @@ pub struct Settings {
     pub connection: ConnectionConfig,
     /// The corpus whose posts `/posts/{id}` shows (the corpus source's links point there).
     pub corpus: Option<Corpus>,
+    /// Drains the WebSocket connections on shutdown (see `example_support::serve`).
+    pub shutdown: switchboard::Shutdown,
 }
 
 impl Default for Settings {
@@ -59,6 +61,7 @@ impl Default for Settings {
             allow_missing_origin: true,
             connection: ConnectionConfig::default(),
             corpus: None,
+            shutdown: switchboard::Shutdown::new(),
         }
     }
 }
@@ -281,7 +284,8 @@ pub fn router(hub: Hub, layer: Layer, settings: Settings) -> Router {
     let ws = Endpoint::new(layer, move |_: &Scope| TweetsConsumer::new(ws_hub.clone()))
         .origins(settings.origins)
         .allow_missing_origin(settings.allow_missing_origin)
-        .config(settings.connection);
+        .config(settings.connection)
+        .shutdown(&settings.shutdown);
     Router::new()
         .route("/", get(|| async { Html(INDEX_HTML) }))
         .route(

@@ -75,6 +75,8 @@ struct Args {
     max_terms: usize,
     #[command(flatten)]
     layer: LayerArgs,
+    #[command(flatten)]
+    ops: example_support::OpsArgs,
 }
 
 fn positive_secs(s: &str) -> Result<f64, String> {
@@ -133,6 +135,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     example_support::init_tracing();
     let args = Args::parse();
     let (source, corpus) = build_source(&args)?;
+    let ops = example_support::Ops::install(&args.ops)?;
     let layer = args.layer.build().await?;
     let hub = tweets::hub::Hub::with_max_terms(
         layer.clone(),
@@ -142,9 +145,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     );
     let settings = tweets::Settings {
         corpus,
+        shutdown: ops.shutdown.clone(),
         ..tweets::Settings::default()
     };
-    let router = tweets::router(hub.clone(), layer, settings);
+    let router = tweets::router(hub.clone(), layer.clone(), settings).merge(ops.routes(layer));
     let listener = tokio::net::TcpListener::bind(args.addr).await?;
     tracing::info!(
         "tweets on http://{} ({}; {}; one post per {} s)",
@@ -153,6 +157,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         args.layer.describe(),
         args.interval
     );
-    example_support::serve(listener, router).await?;
+    example_support::serve(listener, router, ops).await?;
     Ok(())
 }
