@@ -2,6 +2,7 @@
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -11,6 +12,8 @@ use switchboard_core::{
     ChannelName, GroupName, IntoChannelName, IntoGroupName, IntoMessage, Layer, Message,
     Subscription, Text,
 };
+
+use tokio::task::{JoinError, JoinSet};
 
 use crate::consumer::{CloseCode, Frame};
 use crate::error::{Error, Result};
@@ -62,6 +65,12 @@ pub struct Connection {
     scope: Scope,
     pub(crate) out: Arc<Mutex<Outbound>>,
     limits: OutLimits,
+    /// `Consumer::CONCURRENCY`.
+    pub(crate) concurrency: usize,
+    /// Tasks handed to [`spawn`](Connection::spawn), while any runs.
+    pub(crate) tasks: Option<JoinSet<Result<()>>>,
+    /// Tasks that ended while `spawn` waited for room, for the runtime to report.
+    pub(crate) ended: Vec<std::result::Result<Result<()>, JoinError>>,
 }
 
 impl fmt::Debug for Connection {
@@ -88,6 +97,9 @@ impl Connection {
                 overflow: false,
             })),
             limits,
+            concurrency: 1,
+            tasks: None,
+            ended: Vec::new(),
         }
     }
 
@@ -146,21 +158,75 @@ impl Connection {
     /// [`outbound_bytes`](crate::ConnectionConfig::outbound_bytes). One frame of any size is
     /// taken while the backlog is under them: the limits never cap a single message.
     fn push(&mut self, frame: Frame) -> Result<()> {
-        let mut out = self.out.lock();
-        match out.phase {
-            // ASGI: sending before accepting accepts.
-            Phase::Handshake => out.phase = Phase::Open,
-            Phase::Open => {}
-            Phase::Closed => return Err(Error::ConnectionClosed),
+        push(&self.out, self.limits, frame)
+    }
+
+    /// Runs `task` beside the consumer's next inputs, if its
+    /// [`CONCURRENCY`](crate::Consumer::CONCURRENCY) allows: with the default, 1, it runs
+    /// `task` to the end here (and returns its result); with `N`, it waits until fewer than
+    /// `N − 1` spawned tasks run, starts `task` and returns, so the runtime takes the next
+    /// input while `task` runs. Give the task a [`handle`](Connection::handle) to reach the
+    /// client and the layer.
+    ///
+    /// What still holds with `N > 1`: handlers start one at a time, in arrival order (they
+    /// have `&mut self`); tasks start in the order they were spawned; the frames one task sends
+    /// reach the client in its order. What does not: tasks end in any order, and their frames
+    /// interleave with those of other tasks and handlers. A task's error is reported as a
+    /// handler's is (an error frame); a panic closes the connection with 1011. When the
+    /// connection ends, its tasks get `close_timeout` to finish, then are cancelled, and
+    /// `disconnect` runs after them.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use switchboard::{Connection, Consumer, Frame, Message, Result};
+    ///
+    /// /// Looks words up slowly, four at a time.
+    /// struct Lookup;
+    ///
+    /// impl Consumer for Lookup {
+    ///     type Incoming = Frame;
+    ///     type Event = Message;
+    ///     const CONCURRENCY: usize = 4;
+    ///
+    ///     async fn receive(&mut self, conn: &mut Connection, frame: Frame) -> Result<()> {
+    ///         let word = frame.text()?.to_owned();
+    ///         let client = conn.handle();
+    ///         conn.spawn(async move {
+    ///             tokio::time::sleep(Duration::from_millis(100)).await; // a slow service
+    ///             client.send_text(format!("{word}: found")).await
+    ///         })
+    ///         .await
+    ///     }
+    /// }
+    /// ```
+    pub async fn spawn<F>(&mut self, task: F) -> Result<()>
+    where
+        F: Future<Output = Result<()>> + Send + 'static,
+    {
+        let room = self.concurrency.saturating_sub(1);
+        if room == 0 {
+            return task.await;
         }
-        if out.overflow || out.frames.len() >= self.limits.frames || out.bytes >= self.limits.bytes
-        {
-            out.overflow = true;
-            return Err(Error::ConnectionClosed);
+        let tasks = self.tasks.get_or_insert_with(JoinSet::new);
+        while tasks.len() >= room {
+            match tasks.join_next().await {
+                Some(ended) => self.ended.push(ended),
+                None => break,
+            }
         }
-        out.bytes += frame.len();
-        out.frames.push_back(Out::Frame(frame));
+        tasks.spawn(tracing::Instrument::in_current_span(task));
         Ok(())
+    }
+
+    /// A handle on this connection for a spawned task: send to the client, to groups and to
+    /// channels.
+    pub fn handle(&self) -> ConnectionHandle {
+        ConnectionHandle {
+            out: self.out.clone(),
+            limits: self.limits,
+            layer: self.sub.layer().clone(),
+            channel: self.sub.channel_name().clone(),
+        }
     }
 
     /// Sends a text frame.
@@ -249,5 +315,96 @@ impl Connection {
 
     pub(crate) fn subscription(&mut self) -> &mut Subscription {
         &mut self.sub
+    }
+}
+
+/// Queues a frame for the socket (see `Connection::push`).
+fn push(out: &Mutex<Outbound>, limits: OutLimits, frame: Frame) -> Result<()> {
+    let mut out = out.lock();
+    match out.phase {
+        // ASGI: sending before accepting accepts.
+        Phase::Handshake => out.phase = Phase::Open,
+        Phase::Open => {}
+        Phase::Closed => return Err(Error::ConnectionClosed),
+    }
+    if out.overflow || out.frames.len() >= limits.frames || out.bytes >= limits.bytes {
+        out.overflow = true;
+        return Err(Error::ConnectionClosed);
+    }
+    out.bytes += frame.len();
+    out.frames.push_back(Out::Frame(frame));
+    Ok(())
+}
+
+/// A connection's handle for a task it [spawned](Connection::spawn): the client, groups and
+/// channels, without the consumer's `&mut`. Cheap to clone. Sends after the connection ended
+/// fail with [`Error::ConnectionClosed`].
+#[derive(Clone)]
+pub struct ConnectionHandle {
+    out: Arc<Mutex<Outbound>>,
+    limits: OutLimits,
+    layer: Layer,
+    channel: ChannelName,
+}
+
+impl fmt::Debug for ConnectionHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectionHandle")
+            .field("channel", &self.channel)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ConnectionHandle {
+    /// Sends a text frame.
+    pub async fn send_text(&self, text: impl Into<Text>) -> Result<()> {
+        push(&self.out, self.limits, Frame::Text(text.into()))
+    }
+
+    /// Sends a binary frame.
+    pub async fn send_bytes(&self, bytes: impl Into<Bytes>) -> Result<()> {
+        push(&self.out, self.limits, Frame::Binary(bytes.into()))
+    }
+
+    /// Sends a value as a JSON text frame.
+    pub async fn send_json<T: Serialize + ?Sized>(&self, value: &T) -> Result<()> {
+        let text = serde_json::to_string(value)?;
+        push(&self.out, self.limits, Frame::Text(text.into()))
+    }
+
+    /// Sends a layer message to the client as JSON.
+    pub async fn send_message(&self, message: &Message) -> Result<()> {
+        push(&self.out, self.limits, Frame::Text(message.to_json_text()))
+    }
+
+    /// Sends a message to every member of a group, as [`Connection::group_send`].
+    pub async fn group_send(
+        &self,
+        group: impl IntoGroupName,
+        message: impl IntoMessage,
+    ) -> Result<()> {
+        Ok(self
+            .layer
+            .group_send_from(&self.channel, group, message)
+            .await?)
+    }
+
+    /// Sends a message to a channel.
+    pub async fn send_to(
+        &self,
+        channel: impl IntoChannelName,
+        message: impl IntoMessage,
+    ) -> Result<()> {
+        Ok(self.layer.send(channel, message).await?)
+    }
+
+    /// The connection's channel name.
+    pub fn channel_name(&self) -> &ChannelName {
+        &self.channel
+    }
+
+    /// The channel layer.
+    pub fn layer(&self) -> &Layer {
+        &self.layer
     }
 }

@@ -183,6 +183,14 @@ pub trait Consumer: Send + 'static {
     /// or [`Decoded<T>`](switchboard_core::Decoded) (both).
     type Event: FromMessage;
 
+    /// How many of this consumer's handlers may be in progress at once: the handler running
+    /// now, plus the tasks handlers handed to [`Connection::spawn`]. The default, 1, is
+    /// Channels' model — one input at a time, in arrival order, and `spawn` runs its task to
+    /// the end before returning. With `N > 1`, up to `N − 1` spawned tasks run while the
+    /// consumer takes its next inputs (a slow lookup no longer holds up the rest); what
+    /// ordering still holds is in [`Connection::spawn`].
+    const CONCURRENCY: usize = 1;
+
     /// Runs during the handshake. The default accepts.
     fn connect(&mut self, conn: &mut Connection) -> impl Future<Output = Result<()>> + Send {
         async move { conn.accept().await }

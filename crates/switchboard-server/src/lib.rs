@@ -37,7 +37,7 @@ pub mod standalone;
 pub mod testing;
 
 pub use config::{BadInput, ConnectionConfig};
-pub use connection::Connection;
+pub use connection::{Connection, ConnectionHandle};
 pub use consumer::{CloseCode, Consumer, Frame, FromFrame, IntoConsumer};
 pub use endpoint::{Authenticate, Endpoint, Refusal};
 pub use error::{Error, Result};

@@ -59,6 +59,7 @@ pub(crate) async fn open<C: Consumer>(
         }
     };
     let mut conn = Connection::new(sub, scope, limits);
+    conn.concurrency = C::CONCURRENCY.max(1);
     match handshake(consumer, &mut conn).await {
         Handshake::Accepted(subprotocol) => Ok((conn, subprotocol)),
         Handshake::Refused(status, reason) => Err((status, reason)),
@@ -133,6 +134,8 @@ enum Input {
     Event(switchboard_core::Result<Message>),
     Tick,
     Shutdown,
+    /// A task handed to `Connection::spawn` ended.
+    Task(Result<crate::Result<()>, tokio::task::JoinError>),
 }
 
 /// Drains the outbound queue into the socket, then flushes.
@@ -338,6 +341,11 @@ pub(crate) async fn run<C, T>(
                 };
             }
         }
+        if !conn.ended.is_empty()
+            && let Some(end) = tasks_ended(&mut conn).await
+        {
+            break end;
+        }
         if broken {
             break Ending {
                 code: CloseCode::ABNORMAL,
@@ -380,6 +388,11 @@ pub(crate) async fn run<C, T>(
                 && g.poll_closing(tcx).is_ready()
             {
                 return Poll::Ready(Input::Shutdown);
+            }
+            if let Some(tasks) = conn.tasks.as_mut()
+                && let Poll::Ready(Some(ended)) = tasks.poll_join_next(tcx)
+            {
+                return Poll::Ready(Input::Task(ended));
             }
             if !broken && let Poll::Ready(Err(e)) = writer.poll_write(tcx, &mut ws, &out) {
                 return Poll::Ready(Input::WriteError(e));
@@ -539,6 +552,12 @@ pub(crate) async fn run<C, T>(
                     send_close: None,
                 };
             }
+            Input::Task(ended) => {
+                conn.ended.push(ended);
+                if let Some(end) = tasks_ended(&mut conn).await {
+                    break end;
+                }
+            }
             Input::Shutdown => {
                 break Ending {
                     code: CloseCode::GOING_AWAY,
@@ -569,6 +588,18 @@ pub(crate) async fn run<C, T>(
         }
     };
 
+    // Spawned tasks get `close_timeout` to finish (their sends still reach an open socket),
+    // then are cancelled; `disconnect` comes after them.
+    if let Some(mut tasks) = conn.tasks.take() {
+        let finish = async { while tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(config.close_timeout, finish)
+            .await
+            .is_err()
+        {
+            tracing::info!(%channel, running = tasks.len(), "cancelling the connection's tasks");
+        }
+        tasks.abort_all();
+    }
     // The connection is over for the consumer: no more sends, then disconnect and cleanup.
     {
         let mut o = out.lock();
@@ -648,6 +679,25 @@ async fn report(conn: &mut Connection, e: &Error, what: &str) {
         tracing::info!(channel = %conn.channel_name(), what, error = %e, "client error");
     }
     let _ = conn.send_error(e.client_message(&r)).await;
+}
+
+/// Reports how spawned tasks ended (those the runtime saw end, and those `spawn` reaped while it
+/// waited for room); returns how the connection ends if one panicked.
+async fn tasks_ended(conn: &mut Connection) -> Option<Ending> {
+    let mut end = None;
+    for e in std::mem::take(&mut conn.ended) {
+        let result = match e {
+            Ok(r) => Ok(r),
+            Err(join) => match join.try_into_panic() {
+                Ok(payload) => Err(payload),
+                Err(_) => continue, // cancelled: only when the connection ends
+            },
+        };
+        if let Some(e) = after_handler(conn, result, "task").await {
+            end.get_or_insert(e);
+        }
+    }
+    end
 }
 
 /// Reports a handler's outcome; returns how the connection ends if it must.

@@ -8,8 +8,8 @@ pub use switchboard_core::{
     Subscription,
 };
 pub use switchboard_server::{
-    CloseCode, Connection, ConnectionConfig, Consumer, DrainConfig, DrainReport, Endpoint, Error,
-    Frame, Origins, Refusal, Result, Scope, Shutdown,
+    CloseCode, Connection, ConnectionConfig, ConnectionHandle, Consumer, DrainConfig, DrainReport,
+    Endpoint, Error, Frame, Origins, Refusal, Result, Scope, Shutdown,
 };
 
 // The rest, by concept.
