@@ -10,7 +10,8 @@
 //! - [`Endpoint`]: a consumer factory with its origin check ([`Origins`]), authentication hook
 //!   ([`Authenticate`]) and limits, served by axum ([`axum`], feature `axum`) or by the
 //!   standalone server ([`standalone`], feature `standalone`);
-//! - [`testing::Communicator`] (feature `testing`): a consumer driven with no network.
+//! - [`testing::Communicator`] (feature `testing`): a consumer driven with no network;
+//! - [`Worker`]: background workers on named channels, as Channels' `runworker`.
 //!
 //! It depends on the channel layer *trait* only (`switchboard-core`): any layer serves it.
 //! Applications use the `switchboard` crate, which re-exports this one.
@@ -31,6 +32,7 @@ pub mod scope;
 pub mod standalone;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod worker;
 
 pub use config::{BadInput, ConnectionConfig};
 pub use connection::Connection;
@@ -39,6 +41,7 @@ pub use endpoint::{Authenticate, Endpoint, Refusal};
 pub use error::{Error, Result};
 pub use origin::Origins;
 pub use scope::Scope;
+pub use worker::{StopHandle, Worker, WorkerContext, WorkerStats};
 
 /// The `http` crate, whose types (`StatusCode`, `HeaderMap`) the API uses.
 #[doc(no_inline)]

@@ -9,12 +9,14 @@ pub use switchboard_core::{
 };
 pub use switchboard_server::{
     CloseCode, Connection, ConnectionConfig, Consumer, Endpoint, Error, Frame, Origins, Refusal,
-    Result, Scope,
+    Result, Scope, Worker, WorkerContext,
 };
 
 // The rest, by concept.
 pub use switchboard_core::{engine, layer, message, name, subscription, text, value};
-pub use switchboard_server::{config, connection, consumer, endpoint, error, http, origin, scope};
+pub use switchboard_server::{
+    config, connection, consumer, endpoint, error, http, origin, scope, worker,
+};
 
 #[cfg(feature = "axum")]
 pub use switchboard_server::axum;

@@ -61,3 +61,14 @@ pub async fn recv(layer: &Layer, ch: &switchboard_core::ChannelName) -> switchbo
 }
 
 pub use switchboard_core::layer::conformance::{all_value_types, msg};
+
+/// How many members the sorted set `key` holds on the Redis at `url` (a core-layer channel's
+/// queue: the messages waiting in Redis).
+pub async fn zcard(url: &str, key: &str) -> usize {
+    let mut c = raw(url).await;
+    redis::cmd("ZCARD")
+        .arg(key)
+        .query_async(&mut c)
+        .await
+        .unwrap() // ok: test harness, a panic fails the calling test
+}
