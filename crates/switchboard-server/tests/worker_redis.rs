@@ -1,6 +1,6 @@
 //! Background workers on the Redis layers: on the core layer, worker processes share a named
 //! channel's messages (each to one of them) and a busy worker leaves its queue in Redis; on the
-//! pub/sub layer, every subscribed worker gets every message, as documented.
+//! pub/sub and cluster layers, every subscribed worker gets every message, as documented.
 #![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
@@ -12,7 +12,7 @@ use serde_json::json;
 use switchboard::worker::{StopHandle, Worker, WorkerContext, WorkerStats};
 use switchboard::{Layer, LayerConfig, LayerError, Message};
 use test_support::eventually;
-use test_support::layers::{config, make_core, make_pubsub, zcard};
+use test_support::layers::{cluster, config, make_core, make_pubsub, zcard};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
@@ -166,6 +166,21 @@ async fn pubsub_layer_every_subscribed_worker_gets_every_message() {
     };
     let (a, b) = make_pubsub(rc.clone()).await;
     let (sender, _) = make_pubsub(rc).await;
+    every_subscribed_worker_gets_every_message(a, b, sender).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_layer_every_subscribed_worker_gets_every_message() {
+    let Some(layers) = cluster(3).await else {
+        return;
+    };
+    let [a, b, sender]: [Layer; 3] = layers.try_into().unwrap();
+    every_subscribed_worker_gets_every_message(a, b, sender).await;
+}
+
+/// Two worker processes `a` and `b` on one named channel of a pub/sub kind of layer: each
+/// handles each of the 5 messages `sender` sends.
+async fn every_subscribed_worker_gets_every_message(a: Layer, b: Layer, sender: Layer) {
     let (seen_a, seen_b) = (Arc::default(), Arc::default());
     // Pub/sub stores nothing: send only once both are subscribed. A receiver's making
     // subscribes its layer to the channel (once per process) and returns when Redis has

@@ -288,8 +288,8 @@ impl RunWorker {
 
     /// Panics if the worker process has exited (a broken project, a missing package).
     pub fn assert_running(&mut self) {
-        // ok: test harness, a panic fails the calling test
-        if let Some(status) = self.child.try_wait().unwrap() {
+        let exited = self.child.try_wait().unwrap(); // ok: test harness, a panic fails the calling test
+        if let Some(status) = exited {
             panic!(
                 "`manage.py runworker` exited: {status} (SWITCHBOARD_TEST_LOG=1 shows its output)"
             );

@@ -72,3 +72,15 @@ pub async fn zcard(url: &str, key: &str) -> usize {
         .await
         .unwrap() // ok: test harness, a panic fails the calling test
 }
+
+/// `n` cluster-layer instances ("processes") on the binary's shared Redis Cluster and one fresh
+/// prefix; `None` (a skip) without the binaries to make a cluster.
+pub async fn cluster(n: usize) -> Option<Vec<Layer>> {
+    let cfg = RedisConfig::hosts(crate::cluster::shared()?.urls()).prefix(fresh_prefix());
+    let mut layers = Vec::with_capacity(n);
+    for _ in 0..n {
+        let layer = switchboard_redis::RedisClusterLayer::connect(cfg.clone()).await;
+        layers.push(Layer::new(layer.unwrap())); // ok: test harness, a panic fails the calling test
+    }
+    Some(layers)
+}
