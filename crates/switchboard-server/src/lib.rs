@@ -12,6 +12,7 @@
 //!   standalone server ([`standalone`], feature `standalone`);
 //! - [`Shutdown`]: graceful shutdown, closing connections with 1001 in batches;
 //! - [`metrics`]: what the server reports through the `metrics` facade;
+//! - [`Worker`]: background workers on named channels, as Channels' `runworker`;
 //! - [`testing::Communicator`] (feature `testing`): a consumer driven with no network.
 //!
 //! It depends on the channel layer *trait* only (`switchboard-core`): any layer serves it.
@@ -35,6 +36,7 @@ pub mod shutdown;
 pub mod standalone;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod worker;
 
 pub use config::{BadInput, ConnectionConfig};
 pub use connection::{Connection, ConnectionHandle};
@@ -44,6 +46,7 @@ pub use error::{Error, Result};
 pub use origin::Origins;
 pub use scope::Scope;
 pub use shutdown::{DrainConfig, DrainReport, Shutdown};
+pub use worker::{StopHandle, Worker, WorkerContext, WorkerStats};
 
 /// The `http` crate, whose types (`StatusCode`, `HeaderMap`) the API uses.
 #[doc(no_inline)]

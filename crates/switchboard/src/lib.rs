@@ -9,13 +9,13 @@ pub use switchboard_core::{
 };
 pub use switchboard_server::{
     CloseCode, Connection, ConnectionConfig, ConnectionHandle, Consumer, DrainConfig, DrainReport,
-    Endpoint, Error, Frame, Origins, Refusal, Result, Scope, Shutdown,
+    Endpoint, Error, Frame, Origins, Refusal, Result, Scope, Shutdown, Worker, WorkerContext,
 };
 
 // The rest, by concept.
 pub use switchboard_core::{engine, layer, message, name, subscription, text, value};
 pub use switchboard_server::{
-    config, connection, consumer, endpoint, error, http, origin, scope, shutdown,
+    config, connection, consumer, endpoint, error, http, origin, scope, shutdown, worker,
 };
 
 /// What switchboard reports through the [`metrics`](https://docs.rs/metrics) facade: the names,

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The Django side of switchboard's interop tests (crates/switchboard-redis/tests/interop_django.rs, examples/chat/tests/chat_django.rs).
+"""The Django side of switchboard's interop tests (crates/switchboard-redis/tests/interop_django.rs, examples/chat/tests/chat_django.rs, crates/switchboard-server/tests/worker_django.rs).
 
 Configures Django with CHANNEL_LAYERS pointing at channels_redis, takes the layer from
 channels.layers.get_channel_layer() as a Django project would, then runs commands read as

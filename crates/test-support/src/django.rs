@@ -246,3 +246,53 @@ pub async fn exchange(django: &mut Django, layer: &Layer) {
     layer.send(py.as_str(), got).await.unwrap(); // ok: test harness, a panic fails the calling test
     assert_eq!(django.receive(&py).await, from_django);
 }
+
+/// Channels' own worker: `python manage.py runworker CHANNEL…` in the Django project
+/// `django/workersite` (a `ChannelNameRouter` sending `thumbnails-generate` to its
+/// `ThumbnailWorker` consumer), on a channels_redis layer of `kind` on `url` and `prefix`.
+/// Killed on drop.
+pub struct RunWorker {
+    child: Child,
+}
+
+impl RunWorker {
+    /// Starts one; `None` (a skip) without the Python environment.
+    pub async fn start(
+        kind: Kind,
+        url: &str,
+        prefix: &str,
+        channels: &[&str],
+    ) -> Option<RunWorker> {
+        let python = super::django_python()?;
+        let project = concat!(env!("CARGO_MANIFEST_DIR"), "/django/workersite");
+        let child = Command::new(python)
+            .current_dir(project)
+            .arg("manage.py")
+            .arg("runworker")
+            .args(channels)
+            .env(
+                "SWITCHBOARD_WORKER_LAYER",
+                if kind == Kind::Core { "core" } else { "pubsub" },
+            )
+            .env("SWITCHBOARD_WORKER_REDIS", url)
+            .env("SWITCHBOARD_WORKER_PREFIX", prefix)
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .stdin(Stdio::null())
+            .stdout(super::output())
+            .stderr(super::output())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap(); // ok: test harness, a panic fails the calling test
+        Some(RunWorker { child })
+    }
+
+    /// Panics if the worker process has exited (a broken project, a missing package).
+    pub fn assert_running(&mut self) {
+        let exited = self.child.try_wait().unwrap(); // ok: test harness, a panic fails the calling test
+        if let Some(status) = exited {
+            panic!(
+                "`manage.py runworker` exited: {status} (SWITCHBOARD_TEST_LOG=1 shows its output)"
+            );
+        }
+    }
+}

@@ -61,3 +61,26 @@ pub async fn recv(layer: &Layer, ch: &switchboard_core::ChannelName) -> switchbo
 }
 
 pub use switchboard_core::layer::conformance::{all_value_types, msg};
+
+/// How many members the sorted set `key` holds on the Redis at `url` (a core-layer channel's
+/// queue: the messages waiting in Redis).
+pub async fn zcard(url: &str, key: &str) -> usize {
+    let mut c = raw(url).await;
+    redis::cmd("ZCARD")
+        .arg(key)
+        .query_async(&mut c)
+        .await
+        .unwrap() // ok: test harness, a panic fails the calling test
+}
+
+/// `n` cluster-layer instances ("processes") on the binary's shared Redis Cluster and one fresh
+/// prefix; `None` (a skip) without the binaries to make a cluster.
+pub async fn cluster(n: usize) -> Option<Vec<Layer>> {
+    let cfg = RedisConfig::hosts(crate::cluster::shared()?.urls()).prefix(fresh_prefix());
+    let mut layers = Vec::with_capacity(n);
+    for _ in 0..n {
+        let layer = switchboard_redis::RedisClusterLayer::connect(cfg.clone()).await;
+        layers.push(Layer::new(layer.unwrap())); // ok: test harness, a panic fails the calling test
+    }
+    Some(layers)
+}

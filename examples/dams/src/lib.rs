@@ -11,9 +11,12 @@
 //! - WebSocket `/dams/notifications/ws/` — only for a logged-in user with the `view` permission
 //!   (anything else is refused with 403 by the endpoint's authentication hook); relays the
 //!   notifications to the page, which shows a "refresh?" dialog.
+//! - WebSocket `/dams/report/ws/` — same admission; relays the inventory report, which a
+//!   background worker recomputes after each add (the add only sends it the job: [`report`]).
 
 pub mod dam;
 pub mod db;
+pub mod report;
 pub mod users;
 
 use std::sync::Arc;
@@ -375,6 +378,10 @@ async fn add_submit(
             if let Err(e) = st.layer.group_send(notifications(), note).await {
                 tracing::warn!(error = %e, "the dam is stored but the notification was not sent");
             }
+            // The report is recomputed by a worker, off the request path (report.rs).
+            if let Err(e) = report::request(&st.layer, "dam added").await {
+                tracing::warn!(error = %e, "the dam is stored but the report was not requested");
+            }
             let added: String = form_urlencoded::byte_serialize(name.as_bytes()).collect();
             Redirect::to(&format!("/dams/?added={added}")).into_response()
         }
@@ -623,6 +630,15 @@ pub fn router(db: Db, users: Users, layer: Layer, settings: Settings) -> Router 
         .allow_missing_origin(settings.allow_missing_origin)
         .config(settings.connection.clone())
         .shutdown(&settings.shutdown);
+    let report_ws = Endpoint::new(layer.clone(), |_: &Scope| report::ReportConsumer)
+        .authenticate(SessionAuth {
+            db: db.clone(),
+            users: users.clone(),
+        })
+        .origins(settings.origins.clone())
+        .allow_missing_origin(settings.allow_missing_origin)
+        .config(settings.connection.clone())
+        .shutdown(&settings.shutdown);
     let state = AppState {
         db,
         layer,
@@ -637,6 +653,7 @@ pub fn router(db: Db, users: Users, layer: Layer, settings: Settings) -> Router 
         .route("/accounts/login/", get(login_form).post(login_submit))
         .route("/accounts/logout/", axum::routing::post(logout))
         .route("/dams/notifications/ws/", ws.into_route())
+        .route("/dams/report/ws/", report_ws.into_route())
         .route(
             "/static/dams.css",
             get(|| async {

@@ -61,6 +61,9 @@ struct Args {
     /// answered 503 "try again in a moment".
     #[arg(long, default_value_t = dams::DEFAULT_PASSWORD_CHECKS, value_parser = flags::at_least_one)]
     max_password_checks: usize,
+    /// Do not run the report worker in this process (a `dams runworker` process runs it).
+    #[arg(long)]
+    no_worker: bool,
     #[command(flatten)]
     layer: LayerArgs,
     #[command(flatten)]
@@ -71,6 +74,10 @@ struct Args {
 enum Command {
     /// Read a password from standard input and print its Argon2id hash for a users file.
     HashPassword,
+    /// Run only the report worker (Channels' `manage.py runworker dams-report`): consume the
+    /// `dams-report` channel until Ctrl-C, serving no HTTP. Use with `--no-worker` web
+    /// processes on a shared Redis layer.
+    Runworker,
 }
 
 fn load_users(args: &Args) -> Result<Users, String> {
@@ -108,10 +115,38 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         println!("{}", hash_password(password)?);
         return Ok(());
     }
-    let users = load_users(&args)?;
+    let runworker = matches!(args.command, Some(Command::Runworker));
+    // The worker serves no logins: it needs no users.
+    let users = if runworker {
+        None
+    } else {
+        Some(load_users(&args)?)
+    };
     let db = dams::db::Db::open(&args.db, !args.no_demo_dams)?;
     let ops = example_support::Ops::install(&args.ops)?;
     let layer = args.layer.build().await?;
+    let Some(users) = users else {
+        tracing::info!(
+            "dams report worker on {} (database {})",
+            args.layer.describe(),
+            args.db.display()
+        );
+        let stats = dams::report::worker(db, layer)
+            .run_until(example_support::stop_signal())
+            .await?;
+        tracing::info!(?stats, "dams report worker stopped");
+        return Ok(());
+    };
+    // The report worker, in this process unless told otherwise; it stops taking jobs when the
+    // drain begins (SIGTERM), before the drain closes the layer.
+    let worker = (!args.no_worker).then(|| {
+        let worker = dams::report::worker(db.clone(), layer.clone());
+        let draining = ops.shutdown.clone();
+        (
+            worker.stop_handle(),
+            tokio::spawn(worker.run_until(async move { draining.draining().await })),
+        )
+    });
     let settings = dams::Settings {
         max_dams: args.max_dams,
         secure_cookies: args.secure_cookies,
@@ -129,5 +164,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         args.layer.describe()
     );
     example_support::serve(listener, router, ops).await?;
+    if let Some((stop, running)) = worker {
+        stop.stop();
+        match running.await {
+            Ok(Ok(stats)) => tracing::info!(?stats, "report worker stopped"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "report worker ended"),
+            Err(e) => tracing::warn!(error = %e, "report worker task failed"),
+        }
+    }
     Ok(())
 }

@@ -13,7 +13,7 @@ use reqwest::StatusCode;
 use reqwest::redirect::Policy;
 use serde_json::json;
 use switchboard::{InMemoryLayer, Layer};
-use test_support::{TempDir, WsClient, try_ws_with};
+use test_support::{TempDir, WsClient, try_ws, try_ws_with};
 
 const NOTIFICATIONS: &str = "/dams/notifications/ws/";
 
@@ -695,4 +695,107 @@ async fn logins_past_the_password_check_limit_are_refused_with_503() {
         || slots.available_permits() == 1,
     )
     .await;
+}
+
+const REPORT: &str = "/dams/report/ws/";
+
+/// An app whose layer the test holds, to run the report worker on it (or not).
+async fn start_with_layer() -> (App, Layer) {
+    let dir = TempDir::new("dams-report");
+    let db = Db::open(&dir.path().join("dams.sqlite"), false).unwrap();
+    let layer = Layer::new(InMemoryLayer::default());
+    let addr = serve(&db, layer.clone(), 50).await;
+    let app = App {
+        addr,
+        db,
+        http: client(),
+        _dir: dir,
+    };
+    (app, layer)
+}
+
+async fn report_socket(app: &App, who: &Login) -> WsClient {
+    try_ws_with(app.addr, REPORT, &[("cookie", &who.cookie)])
+        .await
+        .unwrap_or_else(|s| panic!("report socket refused: {s}"))
+}
+
+#[tokio::test]
+async fn an_add_leaves_the_report_to_the_worker_which_sends_it_to_the_report_pages() {
+    let (app, layer) = start_with_layer().await;
+    let editor = login(&app, "editor").await;
+    let viewer = login(&app, "viewer").await;
+    let mut report = report_socket(&app, &viewer).await;
+    let mut notes = notifications(&app, &viewer).await;
+
+    // No worker yet: the add answers at once, the job waits in the `dams-report` channel.
+    assert_eq!(
+        add(&app, Some(&editor), &hoover()).await.0,
+        StatusCode::SEE_OTHER
+    );
+    assert_eq!(notes.recv_json().await["name"], "Hoover Dam");
+    assert!(report.recv_nothing(200).await, "nobody computed a report");
+
+    // The worker takes the job and group_sends the report.
+    let worker = dams::report::worker(app.db.clone(), layer.clone());
+    let stop = worker.stop_handle();
+    let running = tokio::spawn(worker.run());
+    let hoover_ref = json!({"name": "Hoover Dam", "built": "1936-03-01"});
+    assert_eq!(
+        report.recv_json().await,
+        json!({
+            "type": "report.ready", "reason": "dam added", "dams": 1,
+            "owners": {"Bureau of Reclamation": 1},
+            "oldest": hoover_ref, "newest": hoover_ref,
+        })
+    );
+
+    // The next add: a new report with both dams; the notifications socket still gets only
+    // its notification.
+    let mut grand_coulee = hoover();
+    grand_coulee[0].1 = "Grand Coulee Dam".into();
+    grand_coulee[1].1 = "State agency".into();
+    grand_coulee[3].1 = "1942-06-01".into();
+    assert_eq!(
+        add(&app, Some(&editor), &grand_coulee).await.0,
+        StatusCode::SEE_OTHER
+    );
+    let r = report.recv_json().await;
+    assert_eq!(r["dams"], 2);
+    assert_eq!(
+        r["owners"],
+        json!({"Bureau of Reclamation": 1, "State agency": 1})
+    );
+    assert_eq!(r["oldest"], hoover_ref);
+    assert_eq!(r["newest"]["name"], "Grand Coulee Dam");
+    assert_eq!(notes.recv_json().await["name"], "Grand Coulee Dam");
+    assert!(notes.recv_nothing(200).await);
+
+    stop.stop();
+    let stats = running.await.unwrap().unwrap();
+    assert_eq!((stats.handled, stats.failed), (2, 0));
+}
+
+#[tokio::test]
+async fn the_report_socket_admits_viewers_only_and_only_sends() {
+    let (app, _layer) = start_with_layer().await;
+    assert_eq!(try_ws(app.addr, REPORT).await.err(), Some(403));
+    let guest = login(&app, "guest").await;
+    assert_eq!(
+        try_ws_with(app.addr, REPORT, &[("cookie", &guest.cookie)])
+            .await
+            .err(),
+        Some(403)
+    );
+    let viewer = login(&app, "viewer").await;
+    let mut page = report_socket(&app, &viewer).await;
+    page.send_text("hello").await;
+    let err = page.recv_json().await;
+    assert_eq!(err["type"], "error");
+    assert!(
+        err["error"]
+            .as_str()
+            .unwrap()
+            .contains("only sends reports")
+    );
 }

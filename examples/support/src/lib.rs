@@ -9,4 +9,4 @@ pub mod layer_args;
 pub mod serve;
 
 pub use layer_args::LayerArgs;
-pub use serve::{Ops, OpsArgs, init_tracing, serve};
+pub use serve::{Ops, OpsArgs, init_tracing, serve, stop_signal};

@@ -157,7 +157,7 @@ async fn readyz(State((layer, shutdown)): State<(Layer, Shutdown)>) -> Response 
 }
 
 /// Completes on SIGTERM or SIGINT (Ctrl-C).
-async fn stop_signal() {
+pub async fn stop_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
