@@ -591,7 +591,21 @@ pub(crate) async fn run<C, T>(
     // Spawned tasks get `close_timeout` to finish (their sends still reach an open socket),
     // then are cancelled; `disconnect` comes after them.
     if let Some(mut tasks) = conn.tasks.take() {
-        let finish = async { while tasks.join_next().await.is_some() {} };
+        let finish = async {
+            while let Some(ended) = tasks.join_next().await {
+                match ended {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        metrics::handler_error("task", false);
+                        tracing::warn!(%channel, error = %e, "a connection task failed after the connection ended");
+                    }
+                    Err(e) => {
+                        metrics::handler_error("task", e.is_panic());
+                        tracing::error!(%channel, "a connection task panicked after the connection ended");
+                    }
+                }
+            }
+        };
         if tokio::time::timeout(config.close_timeout, finish)
             .await
             .is_err()
