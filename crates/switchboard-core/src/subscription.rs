@@ -153,7 +153,7 @@ impl Subscription {
             .layer
             .backend()
             .group_add(&group, self.receiver.channel_name());
-        metrics::timed(Op::GroupAdd, add).await?;
+        metrics::layer_op!(Op::GroupAdd, add)?;
         if !self.groups.contains(&group) {
             self.groups.push(group);
         }
@@ -179,7 +179,7 @@ impl Subscription {
             .layer
             .backend()
             .group_discard(&group, self.receiver.channel_name());
-        metrics::timed(Op::GroupDiscard, discard).await
+        metrics::layer_op!(Op::GroupDiscard, discard)
     }
 
     /// Sends `message` to every member of `group` (this subscription too, if it is one) as
@@ -286,7 +286,7 @@ impl Subscription {
         let mut running: Pending = Box::pin(async move {
             for group in groups {
                 let add = layer.backend().group_add(&group, &channel);
-                if let Err(e) = metrics::timed(Op::GroupAdd, add).await {
+                if let Err(e) = metrics::layer_op!(Op::GroupAdd, add) {
                     tracing::warn!(%group, %channel, error = %e, "refreshing a group membership failed");
                 }
             }
@@ -300,7 +300,7 @@ impl Subscription {
 async fn cleanup(layer: &Layer, channel: &ChannelName, groups: Vec<GroupName>, owned: bool) {
     for group in groups {
         let discard = layer.backend().group_discard(&group, channel);
-        if let Err(e) = metrics::timed(Op::GroupDiscard, discard).await {
+        if let Err(e) = metrics::layer_op!(Op::GroupDiscard, discard) {
             tracing::warn!(%group, %channel, error = %e, "leaving a group failed");
         }
     }

@@ -22,7 +22,8 @@ pub use switchboard_server::{
 /// their meanings ([`server`](metrics::server), [`layer`](metrics::layer),
 /// [`redis`](metrics::redis)), and [`describe`](metrics::describe) for the exporter's help
 /// texts. The application installs the exporter (`metrics-exporter-prometheus`, say) before it
-/// serves, and calls [`record_layer_stats`](metrics::record_layer_stats) before each scrape.
+/// serves, calls [`enable`](metrics::enable), and calls
+/// [`record_layer_stats`](metrics::record_layer_stats) before each scrape.
 pub mod metrics {
     pub use switchboard_core::metrics as layer;
     pub use switchboard_core::metrics::record_stats as record_layer_stats;
@@ -36,6 +37,14 @@ pub mod metrics {
         switchboard_server::metrics::describe();
         #[cfg(feature = "redis")]
         switchboard_redis::metrics::describe();
+    }
+
+    /// What an application calls once, after installing its exporter and before serving:
+    /// [`describe`], and the timing of layer operations turned on
+    /// ([`layer::enable_timing`]: two clock reads per operation, off until then).
+    pub fn enable() {
+        describe();
+        switchboard_core::metrics::enable_timing(true);
     }
 }
 

@@ -36,7 +36,8 @@ fn get(m: &HashMap<String, f64>, key: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_exactly_what_a_known_workload_did() {
-    let chat = Program::start(env!("CARGO_BIN_EXE_chat"), &[]).await;
+    let debug = [("RUST_LOG", "info,switchboard_server=debug")];
+    let chat = Program::start_with_env(env!("CARGO_BIN_EXE_chat"), &[], &debug).await;
     let addr = chat.addr;
     let path = |nick: &str| format!("/ws/chat/metrics/?nickname={nick}");
     let mut ann = ws(addr, &path("ann")).await;
@@ -131,6 +132,27 @@ async fn metrics_count_exactly_what_a_known_workload_did() {
             .any(|k| k.starts_with("switchboard_handler_errors_total")),
         "no handler failed"
     );
+
+    // The log: each connection's events in its span (path, channel, peer), with the close code.
+    let log = chat.output();
+    let accepted: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("connection accepted"))
+        .collect();
+    assert_eq!(accepted.len(), 3, "{log}");
+    for line in &accepted {
+        assert!(
+            line.contains("connection{path=\"/ws/chat/metrics/\" channel=specific.")
+                && line.contains("peer=127.0.0.1:"),
+            "{line}"
+        );
+    }
+    let closed = log
+        .lines()
+        .filter(|l| l.contains("connection closed code=1005 reason=\"client\""))
+        .count();
+    assert_eq!(closed, 3, "{log}");
+    assert!(log.contains("websocket handshake refused"), "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -62,7 +62,7 @@ impl Ops {
         let prometheus = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &LATENCY_BUCKETS)?
             .install_recorder()?;
-        switchboard::metrics::describe();
+        switchboard::metrics::enable();
         let upkeep = prometheus.clone();
         tokio::spawn(async move {
             let mut every = tokio::time::interval(Duration::from_secs(5));

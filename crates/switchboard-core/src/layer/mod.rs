@@ -257,7 +257,7 @@ impl Layer {
     ) -> Result<()> {
         let channel = channel.into_channel_name()?;
         let message = message.into_message()?;
-        metrics::timed(Op::Send, self.0.send(&channel, message)).await
+        metrics::layer_op!(Op::Send, self.0.send(&channel, message))
     }
 
     /// Receives from a channel; see [`ChannelLayer::receive`].
@@ -280,7 +280,7 @@ impl Layer {
     ) -> Result<()> {
         let group = group.into_group_name()?;
         let channel = channel.into_channel_name()?;
-        metrics::timed(Op::GroupAdd, self.0.group_add(&group, &channel)).await
+        metrics::layer_op!(Op::GroupAdd, self.0.group_add(&group, &channel))
     }
 
     /// Removes a channel from a group; see [`ChannelLayer::group_discard`].
@@ -291,7 +291,7 @@ impl Layer {
     ) -> Result<()> {
         let group = group.into_group_name()?;
         let channel = channel.into_channel_name()?;
-        metrics::timed(Op::GroupDiscard, self.0.group_discard(&group, &channel)).await
+        metrics::layer_op!(Op::GroupDiscard, self.0.group_discard(&group, &channel))
     }
 
     /// Sends to every member of a group; see [`ChannelLayer::group_send`].
@@ -302,7 +302,7 @@ impl Layer {
     ) -> Result<()> {
         let group = group.into_group_name()?;
         let message = message.into_message()?;
-        metrics::timed(Op::GroupSend, self.0.group_send(&group, message)).await
+        metrics::layer_op!(Op::GroupSend, self.0.group_send(&group, message))
     }
 
     /// Sends to every member of a group on behalf of `sender`'s consumer; see
@@ -315,11 +315,10 @@ impl Layer {
     ) -> Result<()> {
         let group = group.into_group_name()?;
         let message = message.into_message()?;
-        metrics::timed(
+        metrics::layer_op!(
             Op::GroupSend,
-            self.0.group_send_from(sender, &group, message),
+            self.0.group_send_from(sender, &group, message)
         )
-        .await
     }
 
     /// The live members of a group.
@@ -336,7 +335,7 @@ impl Layer {
 
     /// Deletes everything the layer holds.
     pub async fn flush(&self) -> Result<()> {
-        metrics::timed(Op::Flush, self.0.flush()).await
+        metrics::layer_op!(Op::Flush, self.0.flush())
     }
 
     /// Closes the layer.
