@@ -14,7 +14,8 @@
 //! | `switchboard_bytes_received_total` | counter | | payload bytes of those frames |
 //! | `switchboard_frames_sent_total` | counter | | data frames written to clients |
 //! | `switchboard_bytes_sent_total` | counter | | payload bytes of those frames |
-//! | `switchboard_handler_errors_total` | counter | `handler`, `kind` | consumer handlers (`connect`, `receive`, `event`, `disconnect`) that returned an error (`kind="error"`) or panicked (`kind="panic"`) |
+//! | `switchboard_handler_errors_total` | counter | `handler`, `kind` | consumer handlers (`connect`, `receive`, `event`, `disconnect`, `task`) that returned an error (`kind="error"`) or panicked (`kind="panic"`) |
+//! | `switchboard_worker_messages_total` | counter | `outcome` | messages [`Worker`](crate::Worker)s took (`received`) and how each ended: `handled`, `failed` (the handler's error), `panicked`, `skipped` (its handler does not take its type), `abandoned` (still running at the stop timeout) |
 
 use std::sync::OnceLock;
 
@@ -38,6 +39,9 @@ pub const FRAMES_SENT: &str = "switchboard_frames_sent_total";
 pub const BYTES_SENT: &str = "switchboard_bytes_sent_total";
 /// Counter of handler errors and panics; labels `handler`, `kind`.
 pub const HANDLER_ERRORS: &str = "switchboard_handler_errors_total";
+
+/// Counter of worker messages; label `outcome`.
+pub const WORKER_MESSAGES: &str = "switchboard_worker_messages_total";
 
 /// The handles every connection updates, looked up once.
 pub(crate) struct Handles {
@@ -75,6 +79,11 @@ pub(crate) fn closed(reason: &'static str) {
 pub(crate) fn handler_error(handler: &'static str, panicked: bool) {
     let kind = if panicked { "panic" } else { "error" };
     metrics::counter!(HANDLER_ERRORS, "handler" => handler, "kind" => kind).increment(1);
+}
+
+/// Counts a worker message's outcome.
+pub(crate) fn worker_message(outcome: &'static str) {
+    metrics::counter!(WORKER_MESSAGES, "outcome" => outcome).increment(1);
 }
 
 /// Describes the server metrics (help text and units) to the installed exporter.

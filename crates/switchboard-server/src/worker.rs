@@ -476,7 +476,10 @@ impl Worker {
             run.tasks.abort_all();
             while let Some(done) = run.tasks.join_next().await {
                 match done {
-                    Err(e) if e.is_cancelled() => run.stats.abandoned += 1,
+                    Err(e) if e.is_cancelled() => {
+                        run.stats.abandoned += 1;
+                        crate::metrics::worker_message("abandoned");
+                    }
                     done => run.finished(done),
                 }
             }
@@ -535,6 +538,7 @@ impl Run {
     /// Decodes `message`, taken from channel `i`, and starts its handler (or skips it).
     fn start(&mut self, i: usize, message: Message) {
         self.stats.received += 1;
+        crate::metrics::worker_message("received");
         let channel = &self.channels[i];
         let message_type = message.message_type().to_owned();
         let ctx = WorkerContext {
@@ -554,10 +558,12 @@ impl Run {
             }
             Ok(Err(e)) => {
                 self.stats.skipped += 1;
+                crate::metrics::worker_message("skipped");
                 tracing::warn!(channel = %channel.name, r#type = %message_type, error = %e, "worker: skipping a message its handler does not take");
             }
             Err(panic) => {
                 self.stats.panicked += 1;
+                crate::metrics::worker_message("panicked");
                 tracing::error!(channel = %channel.name, r#type = %message_type, panic = panic_text(&*panic), "worker: handler panicked; the message is not retried");
             }
         }
@@ -566,18 +572,24 @@ impl Run {
     /// Counts and logs a handler that ended.
     fn finished(&mut self, done: std::result::Result<Outcome, tokio::task::JoinError>) {
         match done {
-            Ok((_, _, Ok(Ok(())))) => self.stats.handled += 1,
+            Ok((_, _, Ok(Ok(())))) => {
+                self.stats.handled += 1;
+                crate::metrics::worker_message("handled");
+            }
             Ok((i, message_type, Ok(Err(e)))) => {
                 self.stats.failed += 1;
+                crate::metrics::worker_message("failed");
                 tracing::warn!(channel = %self.channels[i].name, r#type = %message_type, error = %e, "worker: handler failed; the message is not retried");
             }
             Ok((i, message_type, Err(panic))) => {
                 self.stats.panicked += 1;
+                crate::metrics::worker_message("panicked");
                 tracing::error!(channel = %self.channels[i].name, r#type = %message_type, panic = panic_text(&*panic), "worker: handler panicked; the message is not retried");
             }
             // The task's panic is caught inside it; only an abort ends it otherwise.
             Err(e) => {
                 self.stats.abandoned += 1;
+                crate::metrics::worker_message("abandoned");
                 tracing::warn!(error = %e, "worker: handler task ended abnormally");
             }
         }
