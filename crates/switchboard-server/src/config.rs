@@ -142,7 +142,8 @@ impl ConnectionConfig {
 
     pub(crate) fn out_limits(&self) -> OutLimits {
         OutLimits {
-            frames: self.outbound_frames,
+            frames: u32::try_from(self.outbound_frames).unwrap_or(u32::MAX),
+            concurrency: 1,
             bytes: self.outbound_bytes,
         }
     }

@@ -51,7 +51,9 @@ pub(crate) enum Out {
 /// Limits on what one connection may queue for a client that reads slowly.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct OutLimits {
-    pub(crate) frames: usize,
+    pub(crate) frames: u32,
+    /// `Consumer::CONCURRENCY` (kept here, where it costs no room).
+    pub(crate) concurrency: u32,
     pub(crate) bytes: usize,
 }
 
@@ -65,10 +67,14 @@ pub struct Connection {
     scope: Scope,
     pub(crate) out: Arc<Mutex<Outbound>>,
     limits: OutLimits,
-    /// `Consumer::CONCURRENCY`.
-    pub(crate) concurrency: usize,
-    /// Tasks handed to [`spawn`](Connection::spawn), while any runs.
-    pub(crate) tasks: Option<JoinSet<Result<()>>>,
+    /// Tasks handed to [`spawn`](Connection::spawn), once there have been any. Boxed: most
+    /// connections never spawn, and every idle connection's task holds this struct.
+    pub(crate) tasks: Option<Box<Tasks>>,
+}
+
+/// A connection's spawned tasks.
+pub(crate) struct Tasks {
+    pub(crate) set: JoinSet<Result<()>>,
     /// Tasks that ended while `spawn` waited for room, for the runtime to report.
     pub(crate) ended: Vec<std::result::Result<Result<()>, JoinError>>,
 }
@@ -97,9 +103,7 @@ impl Connection {
                 overflow: false,
             })),
             limits,
-            concurrency: 1,
             tasks: None,
-            ended: Vec::new(),
         }
     }
 
@@ -203,18 +207,23 @@ impl Connection {
     where
         F: Future<Output = Result<()>> + Send + 'static,
     {
-        let room = self.concurrency.saturating_sub(1);
+        let room = (self.limits.concurrency as usize).saturating_sub(1);
         if room == 0 {
             return task.await;
         }
-        let tasks = self.tasks.get_or_insert_with(JoinSet::new);
-        while tasks.len() >= room {
-            match tasks.join_next().await {
-                Some(ended) => self.ended.push(ended),
+        let tasks = self.tasks.get_or_insert_with(|| {
+            Box::new(Tasks {
+                set: JoinSet::new(),
+                ended: Vec::new(),
+            })
+        });
+        while tasks.set.len() >= room {
+            match tasks.set.join_next().await {
+                Some(ended) => tasks.ended.push(ended),
                 None => break,
             }
         }
-        tasks.spawn(tracing::Instrument::in_current_span(task));
+        tasks.set.spawn(tracing::Instrument::in_current_span(task));
         Ok(())
     }
 
@@ -327,7 +336,7 @@ fn push(out: &Mutex<Outbound>, limits: OutLimits, frame: Frame) -> Result<()> {
         Phase::Open => {}
         Phase::Closed => return Err(Error::ConnectionClosed),
     }
-    if out.overflow || out.frames.len() >= limits.frames || out.bytes >= limits.bytes {
+    if out.overflow || out.frames.len() >= limits.frames as usize || out.bytes >= limits.bytes {
         out.overflow = true;
         return Err(Error::ConnectionClosed);
     }

@@ -34,7 +34,7 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 
 use crate::config::ConnectionConfig;
-use crate::consumer::{CloseCode, IntoConsumer};
+use crate::consumer::IntoConsumer;
 use crate::error::reference;
 use crate::metrics;
 use crate::origin::{OriginCheck, Origins};
@@ -372,7 +372,7 @@ where
         let path = scope.path().to_owned();
         let opened =
             runtime::open(&self.layer, scope, &mut consumer, self.config.out_limits()).await;
-        let (mut conn, subprotocol) = match opened {
+        let (conn, subprotocol) = match opened {
             Ok(o) => o,
             Err((status, reason)) => {
                 // `open` logged why.
@@ -385,32 +385,32 @@ where
             }
         };
         let config = self.config.clone();
-        let span = tracing::info_span!(
+        let span = tracing::debug_span!(
             "connection",
             path,
             channel = %conn.channel_name(),
             peer = peer.map(tracing::field::display),
         );
-        let task = async move {
+        let ws_config = config.websocket_config();
+        let transport = async move {
             match on_upgrade.await {
-                Ok(upgraded) => {
-                    let ws = WebSocketStream::from_raw_socket(
+                Ok(upgraded) => Some(
+                    WebSocketStream::from_raw_socket(
                         TokioIo::new(upgraded),
                         Role::Server,
-                        Some(config.websocket_config()),
+                        Some(ws_config),
                     )
-                    .await;
-                    runtime::run(consumer, conn, ws, config, guard).await;
-                }
+                    .await,
+                ),
                 Err(e) => {
-                    // `connect` ran: `disconnect` runs too, whatever the reason the connection
-                    // ends, as for a client that vanished.
+                    // `connect` ran: `disconnect` runs too (in `run`), whatever the reason the
+                    // connection ends, as for a client that vanished.
                     tracing::debug!(error = %e, "websocket upgrade did not complete");
-                    runtime::disconnect(&mut consumer, &mut conn, CloseCode::ABNORMAL).await;
-                    drop(guard);
+                    None
                 }
             }
         };
+        let task = runtime::run(consumer, conn, transport, config, guard);
         tokio::spawn(task.instrument(span));
         let mut resp = Response::new(Full::new(Bytes::new()));
         *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;

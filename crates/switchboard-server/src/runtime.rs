@@ -58,8 +58,11 @@ pub(crate) async fn open<C: Consumer>(
             ));
         }
     };
+    let limits = OutLimits {
+        concurrency: u32::try_from(C::CONCURRENCY.max(1)).unwrap_or(u32::MAX),
+        ..limits
+    };
     let mut conn = Connection::new(sub, scope, limits);
-    conn.concurrency = C::CONCURRENCY.max(1);
     match handshake(consumer, &mut conn).await {
         Handshake::Accepted(subprotocol) => Ok((conn, subprotocol)),
         Handshake::Refused(status, reason) => Err((status, reason)),
@@ -292,16 +295,26 @@ fn data_frame(m: WsMessage) -> Option<Result<Frame, Ending>> {
 }
 
 /// Drives an accepted consumer until the connection ends, then runs `disconnect` and cleans up.
+///
+/// `transport` yields the socket (the HTTP upgrade completing), or `None` if the client went
+/// before it did: `disconnect` runs then too, as for a client that vanished. Taking it here,
+/// rather than awaiting it in a wrapper first, keeps the consumer and the connection stored once
+/// in the connection's task, not twice (a wrapper's captures and this future's arguments).
 pub(crate) async fn run<C, T>(
     mut consumer: C,
     mut conn: Connection,
-    mut ws: T,
+    transport: impl Future<Output = Option<T>>,
     config: Arc<ConnectionConfig>,
     guard: Option<Guard>,
 ) where
     C: Consumer,
     T: Stream<Item = Result<WsMessage, WsError>> + Sink<WsMessage, Error = WsError> + Unpin + Send,
 {
+    let Some(mut ws) = transport.await else {
+        disconnect(&mut consumer, &mut conn, CloseCode::ABNORMAL).await;
+        drop(guard);
+        return;
+    };
     let out = conn.out.clone();
     let channel = conn.channel_name().clone();
     if !config.refresh_groups {
@@ -341,8 +354,8 @@ pub(crate) async fn run<C, T>(
                 };
             }
         }
-        if !conn.ended.is_empty()
-            && let Some(end) = tasks_ended(&mut conn).await
+        if conn.tasks.as_ref().is_some_and(|t| !t.ended.is_empty())
+            && let Some(end) = Box::pin(tasks_ended(&mut conn)).await
         {
             break end;
         }
@@ -390,7 +403,7 @@ pub(crate) async fn run<C, T>(
                 return Poll::Ready(Input::Shutdown);
             }
             if let Some(tasks) = conn.tasks.as_mut()
-                && let Poll::Ready(Some(ended)) = tasks.poll_join_next(tcx)
+                && let Poll::Ready(Some(ended)) = tasks.set.poll_join_next(tcx)
             {
                 return Poll::Ready(Input::Task(ended));
             }
@@ -553,8 +566,10 @@ pub(crate) async fn run<C, T>(
                 };
             }
             Input::Task(ended) => {
-                conn.ended.push(ended);
-                if let Some(end) = tasks_ended(&mut conn).await {
+                if let Some(t) = conn.tasks.as_mut() {
+                    t.ended.push(ended);
+                }
+                if let Some(end) = Box::pin(tasks_ended(&mut conn)).await {
                     break end;
                 }
             }
@@ -590,29 +605,9 @@ pub(crate) async fn run<C, T>(
 
     // Spawned tasks get `close_timeout` to finish (their sends still reach an open socket),
     // then are cancelled; `disconnect` comes after them.
-    if let Some(mut tasks) = conn.tasks.take() {
-        let finish = async {
-            while let Some(ended) = tasks.join_next().await {
-                match ended {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => {
-                        metrics::handler_error("task", false);
-                        tracing::warn!(%channel, error = %e, "a connection task failed after the connection ended");
-                    }
-                    Err(e) => {
-                        metrics::handler_error("task", e.is_panic());
-                        tracing::error!(%channel, "a connection task panicked after the connection ended");
-                    }
-                }
-            }
-        };
-        if tokio::time::timeout(config.close_timeout, finish)
-            .await
-            .is_err()
-        {
-            tracing::info!(%channel, running = tasks.len(), "cancelling the connection's tasks");
-        }
-        tasks.abort_all();
+    if let Some(tasks) = conn.tasks.take() {
+        // Boxed: rare, and its timer would otherwise take room in every connection's task.
+        Box::pin(finish_tasks(*tasks, &channel, config.close_timeout)).await;
     }
     // The connection is over for the consumer: no more sends, then disconnect and cleanup.
     {
@@ -644,6 +639,45 @@ pub(crate) async fn run<C, T>(
         "connection closed"
     );
     drop(guard);
+}
+
+/// Gives a connection's spawned tasks `limit` to finish (their errors logged and counted), then
+/// cancels the rest.
+async fn finish_tasks(
+    tasks: crate::connection::Tasks,
+    channel: &switchboard_core::ChannelName,
+    limit: Duration,
+) {
+    let crate::connection::Tasks {
+        set: mut tasks,
+        ended,
+    } = tasks;
+    let finish = async {
+        let mut ended = ended.into_iter();
+        loop {
+            let Some(ended) = (match ended.next() {
+                Some(e) => Some(e),
+                None => tasks.join_next().await,
+            }) else {
+                break;
+            };
+            match ended {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    metrics::handler_error("task", false);
+                    tracing::warn!(%channel, error = %e, "a connection task failed after the connection ended");
+                }
+                Err(e) => {
+                    metrics::handler_error("task", e.is_panic());
+                    tracing::error!(%channel, "a connection task panicked after the connection ended");
+                }
+            }
+        }
+    };
+    if tokio::time::timeout(limit, finish).await.is_err() {
+        tracing::info!(%channel, running = tasks.len(), "cancelling the connection's tasks");
+    }
+    tasks.abort_all();
 }
 
 /// The end of a connection for its consumer: `disconnect` with `code` (its error or panic
@@ -699,7 +733,12 @@ async fn report(conn: &mut Connection, e: &Error, what: &str) {
 /// waited for room); returns how the connection ends if one panicked.
 async fn tasks_ended(conn: &mut Connection) -> Option<Ending> {
     let mut end = None;
-    for e in std::mem::take(&mut conn.ended) {
+    let ended = conn
+        .tasks
+        .as_mut()
+        .map(|t| std::mem::take(&mut t.ended))
+        .unwrap_or_default();
+    for e in ended {
         let result = match e {
             Ok(r) => Ok(r),
             Err(join) => match join.try_into_panic() {

@@ -145,8 +145,10 @@ struct State {
     open: BTreeMap<u64, Arc<Slot>>,
 }
 
-#[derive(Default)]
+/// One registration: what the drain sets and wakes, and what the guard removes when dropped.
 struct Slot {
+    shutdown: Shutdown,
+    id: u64,
     closing: AtomicBool,
     waker: AtomicWaker,
 }
@@ -193,13 +195,14 @@ impl Shutdown {
         }
         let id = s.next;
         s.next += 1;
-        let slot = Arc::new(Slot::default());
-        s.open.insert(id, slot.clone());
-        Some(Guard {
+        let slot = Arc::new(Slot {
             shutdown: self.clone(),
             id,
-            slot,
-        })
+            closing: AtomicBool::new(false),
+            waker: AtomicWaker::new(),
+        });
+        s.open.insert(id, slot.clone());
+        Some(Guard { slot })
     }
 
     /// Closes `layer` at the end of a drain (the endpoints given this handle register theirs).
@@ -281,17 +284,15 @@ impl Shutdown {
 }
 
 /// A registration with a [`Shutdown`]: told to close when the drain reaches it, deregistered
-/// when dropped.
+/// when dropped. One pointer: every connection's task holds one.
 pub struct Guard {
-    shutdown: Shutdown,
-    id: u64,
     slot: Arc<Slot>,
 }
 
 impl fmt::Debug for Guard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Guard")
-            .field("id", &self.id)
+            .field("id", &self.slot.id)
             .field("closing", &self.is_closing())
             .finish()
     }
@@ -324,13 +325,14 @@ impl Guard {
 
 impl Drop for Guard {
     fn drop(&mut self) {
+        let inner = &self.slot.shutdown.0;
         let empty = {
-            let mut s = self.shutdown.0.state.lock();
-            s.open.remove(&self.id);
+            let mut s = inner.state.lock();
+            s.open.remove(&self.slot.id);
             s.open.is_empty()
         };
         if empty {
-            self.shutdown.0.empty.notify_waiters();
+            inner.empty.notify_waiters();
         }
     }
 }

@@ -202,7 +202,7 @@ impl<C: Consumer> Communicator<C> {
                 self.task = Some(tokio::spawn(runtime::run(
                     consumer,
                     conn,
-                    transport,
+                    std::future::ready(Some(transport)),
                     self.config.clone(),
                     None,
                 )));

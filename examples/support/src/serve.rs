@@ -12,9 +12,9 @@ use axum::routing::get;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use switchboard::{DrainConfig, Layer, Shutdown};
 
-/// Logs to stderr; `RUST_LOG` chooses the level (`info` by default). Each WebSocket connection
-/// has a span (`connection{path channel peer}`); `RUST_LOG=info,switchboard_server=debug` also
-/// logs every accept and close with its code.
+/// Logs to stderr; `RUST_LOG` chooses the level (`info` by default).
+/// `RUST_LOG=info,switchboard_server=debug` adds each WebSocket connection's span
+/// (`connection{path channel peer}`) and logs every accept and close with its code.
 pub fn init_tracing() {
     tracing_subscriber::fmt()
         .with_env_filter(
