@@ -538,6 +538,7 @@ async fn logout(
 }
 
 /// Lets a notifications socket in only with a live session of a user who has `view`.
+#[derive(Clone)]
 struct SessionAuth {
     db: Db,
     users: Arc<Users>,
@@ -618,27 +619,41 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
     ([(header::CONTENT_TYPE, content_type)], body).into_response()
 }
 
+/// A socket of the app: the session check, the origins, the limits and the drain.
+fn guarded<F, R>(
+    endpoint: Endpoint<F>,
+    auth: &SessionAuth,
+    settings: &Settings,
+) -> Endpoint<F, SessionAuth>
+where
+    F: Fn(&Scope) -> R + Send + Sync + 'static,
+    R: switchboard::consumer::IntoConsumer,
+{
+    endpoint
+        .authenticate(auth.clone())
+        .origins(settings.origins.clone())
+        .allow_missing_origin(settings.allow_missing_origin)
+        .config(settings.connection.clone())
+        .shutdown(&settings.shutdown)
+}
+
 /// The whole app.
 pub fn router(db: Db, users: Users, layer: Layer, settings: Settings) -> Router {
     let users = Arc::new(users);
-    let ws = Endpoint::new(layer.clone(), |_: &Scope| NotificationsConsumer)
-        .authenticate(SessionAuth {
-            db: db.clone(),
-            users: users.clone(),
-        })
-        .origins(settings.origins.clone())
-        .allow_missing_origin(settings.allow_missing_origin)
-        .config(settings.connection.clone())
-        .shutdown(&settings.shutdown);
-    let report_ws = Endpoint::new(layer.clone(), |_: &Scope| report::ReportConsumer)
-        .authenticate(SessionAuth {
-            db: db.clone(),
-            users: users.clone(),
-        })
-        .origins(settings.origins.clone())
-        .allow_missing_origin(settings.allow_missing_origin)
-        .config(settings.connection.clone())
-        .shutdown(&settings.shutdown);
+    let auth = SessionAuth {
+        db: db.clone(),
+        users: users.clone(),
+    };
+    let ws = guarded(
+        Endpoint::new(layer.clone(), |_: &Scope| NotificationsConsumer),
+        &auth,
+        &settings,
+    );
+    let report_ws = guarded(
+        Endpoint::new(layer.clone(), |_: &Scope| report::ReportConsumer),
+        &auth,
+        &settings,
+    );
     let state = AppState {
         db,
         layer,

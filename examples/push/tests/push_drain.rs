@@ -8,9 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{Settings, long_poll, settings, sse, start, stream};
-use futures_util::StreamExt;
 use switchboard::{DrainConfig, Shutdown};
-use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 #[tokio::test]
 async fn a_drain_ends_websocket_eventsource_stream_and_long_poll_subscribers() {
@@ -39,19 +37,8 @@ async fn a_drain_ends_websocket_eventsource_stream_and_long_poll_subscribers() {
         .await;
     assert_eq!((report.told, report.remaining), (4, 0), "{report:?}");
 
-    let close = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            match ws.ws.next().await {
-                Some(Ok(WsMessage::Close(frame))) => return frame,
-                Some(Ok(_)) => continue,
-                other => panic!("expected a close frame, got {other:?}"),
-            }
-        }
-    })
-    .await
-    .unwrap()
-    .unwrap();
-    assert_eq!(u16::from(close.code), 1001);
+    let close = common::close_frame(&mut ws).await;
+    assert_eq!(close, (1001, "server shutting down".to_owned()));
     assert!(
         ev.ends_within(Duration::from_secs(2)).await,
         "sse still open"

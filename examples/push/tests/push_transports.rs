@@ -272,19 +272,7 @@ async fn subscriber_ttl_ends_streaming_subscriptions() {
         st.ends_within(Duration::from_secs(2)).await,
         "stream still open"
     );
-    let close = tokio::time::timeout(Duration::from_secs(2), async {
-        loop {
-            match ws.ws.next().await {
-                Some(Ok(WsMessage::Close(frame))) => return frame,
-                Some(Ok(_)) => continue,
-                other => panic!("expected a close frame, got {other:?}"),
-            }
-        }
-    })
-    .await
-    .unwrap();
-    let close = close.unwrap();
-    assert_eq!(u16::from(close.code), 1000);
-    assert_eq!(close.reason.as_str(), "subscriber TTL reached");
+    let close = common::close_frame(&mut ws).await;
+    assert_eq!(close, (1000, "subscriber TTL reached".to_owned()));
     common::wait_subscribers(&gw, "news", 0).await;
 }

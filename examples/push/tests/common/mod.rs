@@ -157,3 +157,23 @@ pub async fn long_poll(gw: &Gw, path: &str, etag: Option<&str>) -> (u16, String,
 pub fn ids(messages: &[Value]) -> Vec<u64> {
     messages.iter().map(|m| m["id"].as_u64().unwrap()).collect()
 }
+
+/// The close frame a WebSocket subscriber gets within 2 s (its code and reason); panics on
+/// anything else that ends the connection.
+pub async fn close_frame(ws: &mut test_support::WsClient) -> (u16, String) {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message as WsMessage;
+    let frame = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            match ws.ws.next().await {
+                Some(Ok(WsMessage::Close(frame))) => return frame,
+                Some(Ok(_)) => continue,
+                other => panic!("expected a close frame, got {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("no close frame within 2 s")
+    .expect("a close frame without a code");
+    (u16::from(frame.code), frame.reason.to_string())
+}
