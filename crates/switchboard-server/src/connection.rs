@@ -12,7 +12,6 @@ use switchboard_core::{
     ChannelName, GroupName, IntoChannelName, IntoGroupName, IntoMessage, Layer, Message,
     Subscription, Text,
 };
-
 use tokio::task::{JoinError, JoinSet};
 
 use crate::consumer::{CloseCode, Frame};

@@ -32,6 +32,7 @@ use switchboard_core::Layer;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
+use tracing::Instrument;
 
 use crate::config::ConnectionConfig;
 use crate::consumer::IntoConsumer;
@@ -41,7 +42,6 @@ use crate::origin::{OriginCheck, Origins};
 use crate::runtime;
 use crate::scope::Scope;
 use crate::shutdown::Shutdown;
-use tracing::Instrument;
 
 /// A refused handshake: the HTTP status, and the reason, which is the response's body and is
 /// logged.
@@ -288,23 +288,14 @@ where
             .and_then(|v| v.to_str().ok())
             .or_else(|| req.uri().authority().map(|a| a.as_str()));
         // Held from here to the connection's end: a drain waits for it, and tells it to close.
-        let guard = match &self.shutdown {
+        let guard = match self.shutdown.as_ref().map(Shutdown::guard) {
             None => None,
-            Some(s) => match s.guard() {
-                Some(g) => Some(g),
-                None => {
-                    let path = req.uri().path();
-                    let why = "server shutting down";
-                    let resp = refuse(
-                        path,
-                        peer,
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        why,
-                        "shutting_down",
-                    );
-                    return resp;
-                }
-            },
+            Some(Some(g)) => Some(g),
+            Some(None) => {
+                let why = "server shutting down";
+                let unavailable = StatusCode::SERVICE_UNAVAILABLE;
+                return refuse(req.uri().path(), peer, unavailable, why, "shutting_down");
+            }
         };
         if !self.origin.allows(origin, host) {
             let reason = match origin {
