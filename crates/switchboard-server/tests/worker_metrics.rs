@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use serde::Deserialize;
 use serde_json::json;
 use switchboard::worker::{Worker, WorkerContext};
@@ -17,29 +16,9 @@ enum Job {
     Run { id: u64 },
 }
 
-fn outcomes(snapshotter: &Snapshotter) -> Vec<(String, u64)> {
-    let mut out: Vec<(String, u64)> = snapshotter
-        .snapshot()
-        .into_vec()
-        .into_iter()
-        .filter(|(k, ..)| k.key().name() == "switchboard_worker_messages_total")
-        .filter_map(|(k, _, _, v)| {
-            let outcome = k.key().labels().find(|l| l.key() == "outcome")?;
-            match v {
-                DebugValue::Counter(n) => Some((outcome.value().to_owned(), n)),
-                _ => None,
-            }
-        })
-        .collect();
-    out.sort();
-    out
-}
-
 #[tokio::test]
 async fn worker_outcomes_are_counted() {
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    recorder.install().unwrap();
+    let mut m = test_support::metrics::Recorded::install();
 
     let layer = Layer::new(InMemoryLayer::new(LayerConfig::default()));
     let worker =
@@ -63,20 +42,30 @@ async fn worker_outcomes_are_counted() {
         .await
         .unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    let want = vec![
-        ("failed".to_owned(), 1),
-        ("handled".to_owned(), 2),
-        ("received".to_owned(), 4),
-        ("skipped".to_owned(), 1),
-    ];
-    while outcomes(&snapshotter) != want {
+    let outcome = |m: &mut test_support::metrics::Recorded, o: &str| {
+        m.counter("switchboard_worker_messages_total", &[("outcome", o)])
+    };
+    while outcome(&mut m, "received") < 4
+        || outcome(&mut m, "handled") + outcome(&mut m, "failed") + outcome(&mut m, "skipped") < 4
+    {
         assert!(
             tokio::time::Instant::now() < deadline,
-            "{:?}",
-            outcomes(&snapshotter)
+            "the worker did not take its 4 messages"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let got: Vec<u64> = [
+        "received",
+        "handled",
+        "failed",
+        "skipped",
+        "panicked",
+        "abandoned",
+    ]
+    .iter()
+    .map(|o| outcome(&mut m, o))
+    .collect();
+    assert_eq!(got, [4, 2, 1, 1, 0, 0]);
     stop.stop();
     let stats = running.await.unwrap().unwrap();
     assert_eq!(

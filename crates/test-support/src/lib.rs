@@ -29,6 +29,7 @@ pub mod cluster;
 pub mod django;
 pub mod http;
 pub mod layers;
+pub mod metrics;
 pub mod program;
 pub mod redis;
 pub mod sentinel;
@@ -180,6 +181,29 @@ pub struct ChildGuard(pub std::process::Child);
 pub fn spawn_group(program: &str, args: &[&str]) -> ChildGuard {
     use std::os::unix::process::CommandExt;
     launch(command(program, args).process_group(0), program)
+}
+
+impl ChildGuard {
+    /// Sends the process SIGTERM, as a service manager or Kubernetes does to stop it.
+    pub fn terminate(&self) {
+        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)
+            .unwrap_or_else(|e| panic!("SIGTERM to {pid}: {e}"));
+    }
+
+    /// Waits up to `within` for the process to exit; its status, or `None` if it still runs.
+    pub async fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Ok(Some(status)) = self.0.try_wait() {
+                return Some(status);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 impl Drop for ChildGuard {

@@ -87,26 +87,12 @@ impl Program {
 
     /// Sends the process SIGTERM, as a service manager or Kubernetes does to stop it.
     pub fn terminate(&self) {
-        let pid = self.child.0.id().to_string();
-        let status = std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap(); // ok: test harness, a panic fails the calling test
-        assert!(status.success(), "kill -TERM {pid} failed");
+        self.child.terminate();
     }
 
     /// Waits up to `within` for the process to exit; its status, or `None` if it still runs.
     pub async fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            if let Ok(Some(status)) = self.child.0.try_wait() {
-                return Some(status);
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        self.child.wait_exit(within).await
     }
 
     /// What the program wrote so far (empty when `SWITCHBOARD_TEST_LOG` sent it to the terminal).

@@ -75,7 +75,7 @@ enum Command {
     /// Read a password from standard input and print its Argon2id hash for a users file.
     HashPassword,
     /// Run only the report worker (Channels' `manage.py runworker dams-report`): consume the
-    /// `dams-report` channel until Ctrl-C, serving no HTTP. Use with `--no-worker` web
+    /// `dams-report` channel until SIGTERM or Ctrl-C, serving no HTTP. Use with `--no-worker` web
     /// processes on a shared Redis layer.
     Runworker,
 }

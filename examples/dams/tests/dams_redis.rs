@@ -3,7 +3,8 @@
 //! layer: a dam added through the form on one process is announced on the notifications sockets
 //! of both, with the exact message, once; a login made on one process works on the other. And
 //! in headless Chromium: a page on one process shows the "new dam" dialog when the other adds a
-//! dam, and Refresh shows it.
+//! dam, and Refresh shows it. And a `dams runworker` process doing a web process's reports,
+//! stopped by SIGTERM.
 #![allow(clippy::unwrap_used)]
 
 use std::net::SocketAddr;
@@ -236,4 +237,56 @@ async fn a_page_on_one_process_shows_the_dialog_when_the_other_adds_a_dam() {
     viewer.wait_for_text("#dams td.name", "Browser Dam").await;
     assert!(!viewer.is_displayed("#new-dam-modal").await);
     viewer.close().await;
+}
+
+/// A `--no-worker` web process and a `dams runworker` process on one Redis (core layer): the
+/// worker process does the web process's report job, and stops cleanly on SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runworker_process_does_the_reports_and_stops_on_sigterm() {
+    let Some(redis) = test_support::redis::url() else {
+        return;
+    };
+    let prefix = test_support::redis::fresh_prefix();
+    let dir = TempDir::new("dams-runworker");
+    let db = dir.path().join("dams.sqlite");
+    let db = db.to_str().unwrap();
+    let flags = ["--redis", &redis, "--redis-prefix", &prefix, "--db", db];
+    let web_flags: Vec<&str> = flags.iter().copied().chain(["--no-worker"]).collect();
+    let web = Program::start(env!("CARGO_BIN_EXE_dams"), &web_flags).await;
+    let log_path = dir.path().join("worker.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut worker = test_support::ChildGuard(
+        std::process::Command::new(env!("CARGO_BIN_EXE_dams"))
+            .args(flags)
+            .arg("runworker")
+            .env("NO_COLOR", "1")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+
+    let viewer = log_in(web.addr, "viewer", "dams-viewer").await;
+    let mut report = try_ws_with(web.addr, "/dams/report/ws/", &[("cookie", &viewer)])
+        .await
+        .unwrap_or_else(|s| panic!("report socket refused: {s}"));
+    let editor = log_in(web.addr, "editor", "dams-editor").await;
+    let token = form_token(web.addr, &editor).await;
+    assert_eq!(
+        add_dam(web.addr, &editor, &token, "Worker Dam").await,
+        StatusCode::SEE_OTHER
+    );
+    // The job waits in Redis until the worker process takes it (it may still be starting).
+    let ready = report.recv_json_within(20_000).await.expect("no report");
+    assert_eq!(ready["type"], "report.ready", "{ready}");
+    assert_eq!(ready["newest"]["name"], "Worker Dam", "{ready}");
+
+    worker.terminate();
+    let exit = worker
+        .wait_exit(std::time::Duration::from_secs(10))
+        .await
+        .expect("the worker did not stop on SIGTERM");
+    let out = std::fs::read_to_string(&log_path).unwrap();
+    assert!(exit.success(), "{exit:?}\n{out}");
+    assert!(out.contains("dams report worker stopped"), "{out}");
 }
