@@ -22,13 +22,27 @@ pub struct Program {
 impl Program {
     /// Starts the program at `binary` with `--addr 127.0.0.1:<free port>` and `args`, and waits
     /// (up to 20 s) until it accepts connections. Panics with the program's output if it exits
-    /// first.
+    /// first — unless it exited because another process took the port between `free_port` and
+    /// its bind (the kernel hands the same ephemeral ports to outgoing connections, and tests
+    /// run in parallel): then it starts again on another port, up to five times.
     pub async fn start(binary: &str, args: &[&str]) -> Program {
         Program::start_with_env(binary, args, &[]).await
     }
 
     /// [`start`](Program::start) with more environment variables.
     pub async fn start_with_env(binary: &str, args: &[&str], env: &[(&str, &str)]) -> Program {
+        for _ in 0..4 {
+            if let Some(p) = Program::try_start(binary, args, env).await {
+                return p;
+            }
+        }
+        Program::try_start(binary, args, env)
+            .await
+            .expect("the port was taken five times in a row") // ok: test harness, a panic fails the calling test
+    }
+
+    /// One start; `None` if the program exited because its port was in use.
+    async fn try_start(binary: &str, args: &[&str], env: &[(&str, &str)]) -> Option<Program> {
         let name = std::path::Path::new(binary)
             .file_name()
             .map_or_else(|| binary.to_owned(), |n| n.to_string_lossy().into_owned());
@@ -63,13 +77,16 @@ impl Program {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(Some(status)) = program.child.0.try_wait() {
+                if program.output().contains("Address already in use") {
+                    return None;
+                }
                 panic!(
                     "the {name} example exited ({status}) before listening on {addr}:\n{}",
                     program.output()
                 );
             }
             if tokio::net::TcpStream::connect(addr).await.is_ok() {
-                return program;
+                return Some(program);
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
