@@ -195,6 +195,33 @@ pub struct WorkerStats {
     pub abandoned: u64,
 }
 
+/// What happened to a message, for [`WorkerStats`] and the metrics.
+#[derive(Clone, Copy)]
+enum Counted {
+    Received,
+    Handled,
+    Failed,
+    Panicked,
+    Skipped,
+    Abandoned,
+}
+
+impl WorkerStats {
+    /// Counts `outcome` here and in `switchboard_worker_messages_total`.
+    fn count(&mut self, outcome: Counted) {
+        let (field, label) = match outcome {
+            Counted::Received => (&mut self.received, "received"),
+            Counted::Handled => (&mut self.handled, "handled"),
+            Counted::Failed => (&mut self.failed, "failed"),
+            Counted::Panicked => (&mut self.panicked, "panicked"),
+            Counted::Skipped => (&mut self.skipped, "skipped"),
+            Counted::Abandoned => (&mut self.abandoned, "abandoned"),
+        };
+        *field += 1;
+        crate::metrics::worker_message(label);
+    }
+}
+
 type HandlerFuture = Pin<Box<dyn Future<Output = Result<()>> + Send>>;
 
 /// A handler with its event type erased: decodes the message and starts the handler.
@@ -477,8 +504,7 @@ impl Worker {
             while let Some(done) = run.tasks.join_next().await {
                 match done {
                     Err(e) if e.is_cancelled() => {
-                        run.stats.abandoned += 1;
-                        crate::metrics::worker_message("abandoned");
+                        run.stats.count(Counted::Abandoned);
                     }
                     done => run.finished(done),
                 }
@@ -537,8 +563,7 @@ impl Run {
 
     /// Decodes `message`, taken from channel `i`, and starts its handler (or skips it).
     fn start(&mut self, i: usize, message: Message) {
-        self.stats.received += 1;
-        crate::metrics::worker_message("received");
+        self.stats.count(Counted::Received);
         let channel = &self.channels[i];
         let message_type = message.message_type().to_owned();
         let ctx = WorkerContext {
@@ -557,13 +582,11 @@ impl Run {
                 });
             }
             Ok(Err(e)) => {
-                self.stats.skipped += 1;
-                crate::metrics::worker_message("skipped");
+                self.stats.count(Counted::Skipped);
                 tracing::warn!(channel = %channel.name, r#type = %message_type, error = %e, "worker: skipping a message its handler does not take");
             }
             Err(panic) => {
-                self.stats.panicked += 1;
-                crate::metrics::worker_message("panicked");
+                self.stats.count(Counted::Panicked);
                 tracing::error!(channel = %channel.name, r#type = %message_type, panic = panic_text(&*panic), "worker: handler panicked; the message is not retried");
             }
         }
@@ -573,23 +596,19 @@ impl Run {
     fn finished(&mut self, done: std::result::Result<Outcome, tokio::task::JoinError>) {
         match done {
             Ok((_, _, Ok(Ok(())))) => {
-                self.stats.handled += 1;
-                crate::metrics::worker_message("handled");
+                self.stats.count(Counted::Handled);
             }
             Ok((i, message_type, Ok(Err(e)))) => {
-                self.stats.failed += 1;
-                crate::metrics::worker_message("failed");
+                self.stats.count(Counted::Failed);
                 tracing::warn!(channel = %self.channels[i].name, r#type = %message_type, error = %e, "worker: handler failed; the message is not retried");
             }
             Ok((i, message_type, Err(panic))) => {
-                self.stats.panicked += 1;
-                crate::metrics::worker_message("panicked");
+                self.stats.count(Counted::Panicked);
                 tracing::error!(channel = %self.channels[i].name, r#type = %message_type, panic = panic_text(&*panic), "worker: handler panicked; the message is not retried");
             }
             // The task's panic is caught inside it; only an abort ends it otherwise.
             Err(e) => {
-                self.stats.abandoned += 1;
-                crate::metrics::worker_message("abandoned");
+                self.stats.count(Counted::Abandoned);
                 tracing::warn!(error = %e, "worker: handler task ended abnormally");
             }
         }

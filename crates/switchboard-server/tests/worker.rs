@@ -2,18 +2,20 @@
 //! stop, failures that do not stop the worker, at-most-once.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use common::{spawn, stopped};
 use parking_lot::Mutex;
 use serde::Deserialize;
 use serde_json::json;
-use switchboard::worker::{StopHandle, Worker, WorkerContext, WorkerStats};
+use switchboard::worker::{Worker, WorkerContext};
 use switchboard::{Error, InMemoryLayer, Layer, LayerConfig, LayerError, Message, Result};
 use test_support::eventually;
 use tokio::sync::Semaphore;
-use tokio::task::JoinHandle;
 
 #[derive(Deserialize, Debug)]
 #[serde(tag = "type")]
@@ -33,24 +35,6 @@ fn job(id: u64) -> serde_json::Value {
 }
 
 const WITHIN: Duration = Duration::from_secs(5);
-
-/// What a worker's run ends with.
-type Run = std::result::Result<WorkerStats, LayerError>;
-
-/// Runs `worker` in a task; its stop handle and the task.
-fn spawn(worker: Worker) -> (StopHandle, JoinHandle<Run>) {
-    let stop = worker.stop_handle();
-    (stop, tokio::spawn(worker.run()))
-}
-
-async fn stopped(stop: StopHandle, task: JoinHandle<Run>) -> WorkerStats {
-    stop.stop();
-    tokio::time::timeout(WITHIN, task)
-        .await
-        .expect("the worker did not stop within 5 s")
-        .unwrap()
-        .unwrap()
-}
 
 /// Receives within 5 s.
 async fn recv(layer: &Layer, ch: impl switchboard::name::IntoChannelName) -> Message {
@@ -133,7 +117,7 @@ async fn messages_are_decoded_by_type_and_results_group_sent() {
         json!({"type": "audit.seen", "of": "anything.at.all", "on": "audit"})
     );
 
-    let stats = stopped(stop, task).await;
+    let stats = stopped(stop, task, WITHIN).await;
     assert_eq!(
         (
             stats.received,
@@ -192,7 +176,7 @@ async fn the_concurrency_limit_bounds_the_handlers_in_flight() {
     }
     let (stop, task) = spawn(probed(&layer, &probe, 3));
     eventually("12 handled", WITHIN, || probe.ended.lock().len() == 12).await;
-    let stats = stopped(stop, task).await;
+    let stats = stopped(stop, task, WITHIN).await;
     assert_eq!(stats.handled, 12);
     assert_eq!(
         probe.most.load(Ordering::SeqCst),
@@ -220,7 +204,7 @@ async fn by_default_one_handler_at_a_time_in_order() {
     }
     let (stop, task) = spawn(probed(&layer, &probe, 1));
     eventually("6 handled", WITHIN, || probe.ended.lock().len() == 6).await;
-    stopped(stop, task).await;
+    stopped(stop, task, WITHIN).await;
     assert_eq!(probe.most.load(Ordering::SeqCst), 1);
     assert_eq!(
         *probe.ended.lock(),
@@ -270,7 +254,10 @@ async fn a_busy_worker_leaves_messages_in_the_layer_for_other_workers() {
     })
     .await;
     gate.add_permits(5);
-    let (a, b) = (stopped(stop_a, a).await, stopped(stop_b, b).await);
+    let (a, b) = (
+        stopped(stop_a, a, WITHIN).await,
+        stopped(stop_b, b, WITHIN).await,
+    );
     assert_eq!((a.handled, b.handled), (2, 3), "each message to one worker");
     assert!(!holds_message(&layer, "jobs").await);
 }
@@ -369,7 +356,7 @@ async fn errors_and_panics_are_counted_not_retried_and_do_not_stop_the_worker() 
     eventually("all seen", WITHIN, || calls.lock().len() == 5).await;
     // Nothing comes back: a failed message is not retried.
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let stats = stopped(stop, task).await;
+    let stats = stopped(stop, task, WITHIN).await;
     assert_eq!(
         *calls.lock(),
         vec![0, 1, 2, 3, 4],
@@ -405,7 +392,10 @@ async fn two_workers_on_one_channel_share_its_messages() {
         layer.send("jobs", job(id)).await.unwrap();
     }
     eventually("40 handled", WITHIN, || seen.lock().len() == 40).await;
-    let (a, b) = (stopped(stop_a, a).await, stopped(stop_b, b).await);
+    let (a, b) = (
+        stopped(stop_a, a, WITHIN).await,
+        stopped(stop_b, b, WITHIN).await,
+    );
     let mut ids = seen.lock().clone();
     ids.sort_unstable();
     assert_eq!(ids, (0..40).collect::<Vec<_>>(), "every message once");
@@ -473,6 +463,6 @@ async fn a_handler_returning_result_can_use_the_question_mark_on_layer_calls() -
     let (stop, task) = spawn(worker);
     layer.send("jobs", job(1)).await?;
     recv(&layer, "results").await;
-    assert_eq!(stopped(stop, task).await.handled, 1);
+    assert_eq!(stopped(stop, task, WITHIN).await.handled, 1);
     Ok(())
 }

@@ -3,22 +3,22 @@
 //! pub/sub and cluster layers, every subscribed worker gets every message, as documented.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use common::{spawn, stopped};
 use parking_lot::Mutex;
 use serde_json::json;
-use switchboard::worker::{StopHandle, Worker, WorkerContext, WorkerStats};
-use switchboard::{Layer, LayerConfig, LayerError, Message};
+use switchboard::worker::{Worker, WorkerContext};
+use switchboard::{Layer, LayerConfig, Message};
 use test_support::eventually;
 use test_support::layers::{cluster, config, make_core, make_pubsub, zcard};
 use tokio::sync::Semaphore;
-use tokio::task::JoinHandle;
 
 const WITHIN: Duration = Duration::from_secs(10);
-
-type Run = std::result::Result<WorkerStats, LayerError>;
 
 /// A worker on `channel` that records the `id` of each message in `seen`, taking `pause`.
 fn recording(layer: &Layer, channel: &str, seen: &Arc<Mutex<Vec<i64>>>, pause: Duration) -> Worker {
@@ -32,20 +32,6 @@ fn recording(layer: &Layer, channel: &str, seen: &Arc<Mutex<Vec<i64>>>, pause: D
             Ok(())
         }
     })
-}
-
-fn spawn(worker: Worker) -> (StopHandle, JoinHandle<Run>) {
-    let stop = worker.stop_handle();
-    (stop, tokio::spawn(worker.run()))
-}
-
-async fn stopped(stop: StopHandle, task: JoinHandle<Run>) -> WorkerStats {
-    stop.stop();
-    tokio::time::timeout(WITHIN, task)
-        .await
-        .expect("the worker did not stop in time")
-        .unwrap()
-        .unwrap()
 }
 
 fn sorted(v: &Mutex<Vec<i64>>) -> Vec<i64> {
@@ -83,7 +69,10 @@ async fn core_layer_two_worker_processes_share_a_named_channel() {
     .await;
     // Nothing more arrives: no message was handled twice.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (sa, sb) = (stopped(stop_a, task_a).await, stopped(stop_b, task_b).await);
+    let (sa, sb) = (
+        stopped(stop_a, task_a, WITHIN).await,
+        stopped(stop_b, task_b, WITHIN).await,
+    );
     let mut all = sorted(&seen_a);
     all.extend(sorted(&seen_b));
     all.sort_unstable();
@@ -202,7 +191,10 @@ async fn every_subscribed_worker_gets_every_message(a: Layer, b: Layer, sender: 
         seen_a.lock().len() >= 5 && seen_b.lock().len() >= 5
     })
     .await;
-    let (sa, sb) = (stopped(stop_a, task_a).await, stopped(stop_b, task_b).await);
+    let (sa, sb) = (
+        stopped(stop_a, task_a, WITHIN).await,
+        stopped(stop_b, task_b, WITHIN).await,
+    );
     assert_eq!(sorted(&seen_a), (0..5).collect::<Vec<_>>());
     assert_eq!(sorted(&seen_b), (0..5).collect::<Vec<_>>());
     assert_eq!((sa.handled, sb.handled), (5, 5));
