@@ -63,7 +63,9 @@ pub struct ConnectionConfig {
     /// Close the connection (1001) when nothing — no frame, no pong — came from the client for
     /// this long. Default 60 s.
     pub idle_timeout: Duration,
-    /// How long to wait for the client's reply to our close frame. Default 2 s.
+    /// How long to wait for the client's reply to our close frame. Meanwhile what the client
+    /// still sends is read and discarded (up to 64 MiB), so that a client still writing a
+    /// message over the limit reads the 1009 instead of a TCP reset. Default 2 s.
     pub close_timeout: Duration,
     /// Bad client frames and unknown event types. Default: error frame, stay connected.
     pub bad_input: BadInput,

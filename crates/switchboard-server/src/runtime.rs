@@ -38,6 +38,32 @@ use crate::metrics;
 use crate::scope::Scope;
 use crate::shutdown::Guard;
 
+/// A WebSocket as the runtime drives it: frames both ways, and the raw bytes under them.
+pub(crate) trait Transport:
+    Stream<Item = Result<WsMessage, WsError>> + Sink<WsMessage, Error = WsError> + Unpin + Send
+{
+    /// Reads raw bytes the client sent and discards them; `Ready(Ok(0))` at the end of the
+    /// stream. Used after our close frame once the frames can no longer be read (a frame over
+    /// the size limit leaves the rest of itself unread).
+    fn poll_discard(&mut self, cx: &mut task::Context<'_>) -> Poll<std::io::Result<usize>>;
+}
+
+impl<S> Transport for tokio_tungstenite::WebSocketStream<S>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
+{
+    fn poll_discard(&mut self, cx: &mut task::Context<'_>) -> Poll<std::io::Result<usize>> {
+        let mut buf = [0u8; 8192];
+        let mut read = tokio::io::ReadBuf::new(&mut buf);
+        ready!(std::pin::Pin::new(self.get_mut()).poll_read(cx, &mut read))?;
+        Poll::Ready(Ok(read.filled().len()))
+    }
+}
+
+/// Bytes of a client's unread input the runtime reads and discards after its close frame, at
+/// most (and for `close_timeout` at most).
+const DISCARD_LIMIT: usize = 64 << 20;
+
 /// Opens a connection for `consumer`, as both servers and the `Communicator` do: its channel
 /// (a layer subscription), then the handshake (`connect`). `Ok` holds the connection and the
 /// subprotocol to answer 101 with; `Err` the HTTP status and body the client is refused with.
@@ -274,6 +300,9 @@ struct Ending {
     why: &'static str,
     /// The reason of the close frame we still owe the client, if we owe one.
     send_close: Option<String>,
+    /// The client's input stopped parsing as frames (a frame over the limit, a protocol
+    /// error): what is left of it is read as raw bytes, and discarded.
+    unread_input: bool,
 }
 
 /// A client frame as the consumer sees it; `None` for control frames.
@@ -287,6 +316,7 @@ fn data_frame(m: WsMessage) -> Option<Result<Frame, Ending>> {
                     code: CloseCode::INVALID_DATA,
                     why: "bad_input",
                     send_close: Some("invalid UTF-8 in a text frame".into()),
+                    unread_input: false,
                 }),
         ),
         WsMessage::Binary(b) => Some(Ok(Frame::Binary(b))),
@@ -308,7 +338,7 @@ pub(crate) async fn run<C, T>(
     guard: Option<Guard>,
 ) where
     C: Consumer,
-    T: Stream<Item = Result<WsMessage, WsError>> + Sink<WsMessage, Error = WsError> + Unpin + Send,
+    T: Transport,
 {
     let Some(mut ws) = transport.await else {
         disconnect(&mut consumer, &mut conn, CloseCode::ABNORMAL).await;
@@ -344,6 +374,7 @@ pub(crate) async fn run<C, T>(
                     code: CloseCode::POLICY,
                     why: "slow_client",
                     send_close: Some("outbound queue full".into()),
+                    unread_input: false,
                 };
             }
             if let (Phase::Closed, Some((code, _))) = (o.phase, &o.close) {
@@ -351,6 +382,7 @@ pub(crate) async fn run<C, T>(
                     code: *code,
                     why: "server",
                     send_close: None,
+                    unread_input: false,
                 };
             }
         }
@@ -364,6 +396,7 @@ pub(crate) async fn run<C, T>(
                 code: CloseCode::ABNORMAL,
                 why: "client",
                 send_close: None,
+                unread_input: false,
             };
         }
         socket_first = !socket_first;
@@ -431,6 +464,7 @@ pub(crate) async fn run<C, T>(
                             code,
                             why: "client",
                             send_close: None,
+                            unread_input: false,
                         };
                     }
                     other => match data_frame(other) {
@@ -502,6 +536,7 @@ pub(crate) async fn run<C, T>(
                     code: CloseCode::GOING_AWAY,
                     why: "shutdown",
                     send_close: Some("server shutting down".into()),
+                    unread_input: false,
                 };
             }
             Input::SocketError(e) => {
@@ -527,6 +562,7 @@ pub(crate) async fn run<C, T>(
                             code: CloseCode::ABNORMAL,
                             why: "client",
                             send_close: None,
+                            unread_input: false,
                         };
                     }
                     WsError::Protocol(p) => (CloseCode::PROTOCOL, p.to_string()),
@@ -536,6 +572,7 @@ pub(crate) async fn run<C, T>(
                             code: CloseCode::ABNORMAL,
                             why: "client",
                             send_close: None,
+                            unread_input: false,
                         };
                     }
                 };
@@ -548,6 +585,7 @@ pub(crate) async fn run<C, T>(
                     code,
                     why,
                     send_close: Some(reason),
+                    unread_input: true,
                 };
             }
             Input::SocketEnd => {
@@ -555,6 +593,7 @@ pub(crate) async fn run<C, T>(
                     code: CloseCode::ABNORMAL,
                     why: "client",
                     send_close: None,
+                    unread_input: false,
                 };
             }
             Input::WriteError(e) => {
@@ -563,6 +602,7 @@ pub(crate) async fn run<C, T>(
                     code: CloseCode::ABNORMAL,
                     why: "client",
                     send_close: None,
+                    unread_input: false,
                 };
             }
             Input::Task(ended) => {
@@ -578,6 +618,7 @@ pub(crate) async fn run<C, T>(
                     code: CloseCode::GOING_AWAY,
                     why: "shutdown",
                     send_close: Some("server shutting down".into()),
+                    unread_input: false,
                 };
             }
             Input::Tick => {
@@ -588,6 +629,7 @@ pub(crate) async fn run<C, T>(
                         code: CloseCode::GOING_AWAY,
                         why: "idle",
                         send_close: Some("idle timeout".into()),
+                        unread_input: false,
                     };
                 }
                 if let Some(every) = config.ping_interval
@@ -623,10 +665,22 @@ pub(crate) async fn run<C, T>(
 
     if ending.code != CloseCode::ABNORMAL && !broken {
         // Finish the close handshake: write our close frame (or the reply tungstenite queued)
-        // and wait, bounded, for the client to end the connection.
+        // and wait, bounded, for the client to end the connection. Its input is read to the
+        // end — as frames while they parse, then as raw bytes — because closing a socket with
+        // unread input makes the kernel send a reset, and a client still writing (a message
+        // over the limit, sent whole) would get that instead of our close frame.
         let finish = async {
             let _ = std::future::poll_fn(|tcx| writer.poll_write(tcx, &mut ws, &out)).await;
-            while let Some(Ok(_)) = ws.next().await {}
+            if !ending.unread_input {
+                while let Some(Ok(_)) = ws.next().await {}
+            }
+            let mut discarded = 0;
+            while discarded < DISCARD_LIMIT {
+                match std::future::poll_fn(|tcx| ws.poll_discard(tcx)).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => discarded += n,
+                }
+            }
         };
         let _ = tokio::time::timeout(config.close_timeout, finish).await;
     }
@@ -773,6 +827,7 @@ async fn after_handler(
                 code: CloseCode::INTERNAL,
                 why: "handler_panic",
                 send_close: Some("internal error".into()),
+                unread_input: false,
             })
         }
     }
@@ -791,6 +846,7 @@ async fn bad_input(conn: &mut Connection, config: &ConnectionConfig, e: Error) -
                 code,
                 why: "bad_input",
                 send_close: Some(e.client_message(&r).into_owned()),
+                unread_input: false,
             })
         }
     }

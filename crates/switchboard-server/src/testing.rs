@@ -340,6 +340,13 @@ struct MemoryTransport {
     outgoing: futures_channel::mpsc::UnboundedSender<WsMessage>,
 }
 
+impl crate::runtime::Transport for MemoryTransport {
+    fn poll_discard(&mut self, _: &mut task::Context<'_>) -> Poll<std::io::Result<usize>> {
+        // No bytes under these frames: nothing is left unread.
+        Poll::Ready(Ok(0))
+    }
+}
+
 impl Stream for MemoryTransport {
     type Item = Result<WsMessage, WsError>;
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut task::Context<'_>) -> Poll<Option<Self::Item>> {

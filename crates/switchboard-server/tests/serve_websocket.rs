@@ -346,6 +346,32 @@ async fn oversized_message_closes_with_1009() {
     }
 }
 
+/// A message far over the limit, sent whole: the server closes with 1009 while the client is
+/// still writing it, and keeps reading (and discarding) until the client has read the close
+/// frame, instead of closing a socket with unread data in it, which makes the kernel answer
+/// with a reset: the client's write fails, and a client that stops there (most do) never
+/// learns why.
+#[tokio::test]
+async fn a_huge_message_sent_whole_still_gets_1009() {
+    let layer = Layer::new(InMemoryLayer::default());
+    let cfg = ConnectionConfig::default().max_message_size(64 * 1024);
+    for addr in both(&layer, |e| e.allow_missing_origin(true).config(cfg.clone())).await {
+        for size in [2 << 20, 16 << 20] {
+            let mut ws = connect(addr, "/ws/huge/", None, &[]).await.unwrap();
+            // The whole message goes out: no reset while the client writes (a client that
+            // stops at a failed write, as most do, would never read the close frame).
+            let sent = ws.send(WsMessage::binary(vec![7u8; size])).await;
+            assert!(sent.is_ok(), "sending {size} bytes to {addr}: {sent:?}");
+            assert_eq!(
+                next_close(&mut ws).await,
+                Some(1009),
+                "a {size}-byte message to {addr}"
+            );
+        }
+        wait_until_empty(&layer, "huge").await;
+    }
+}
+
 #[tokio::test]
 async fn silent_clients_time_out_and_reading_clients_stay() {
     let layer = Layer::new(InMemoryLayer::default());
