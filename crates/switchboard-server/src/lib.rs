@@ -31,6 +31,7 @@ pub mod metrics;
 pub mod origin;
 mod runtime;
 pub mod scope;
+pub mod serve;
 pub mod shutdown;
 #[cfg(feature = "standalone")]
 pub mod standalone;
@@ -45,6 +46,9 @@ pub use endpoint::{Authenticate, Endpoint, Refusal};
 pub use error::{Error, Result};
 pub use origin::Origins;
 pub use scope::Scope;
+pub use serve::HttpLimits;
+#[cfg(feature = "axum")]
+pub use serve::serve;
 pub use shutdown::{DrainConfig, DrainReport, Shutdown};
 pub use worker::{StopHandle, Worker, WorkerContext, WorkerStats};
 

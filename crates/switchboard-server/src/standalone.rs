@@ -23,7 +23,6 @@
 //! # Ok(()) }
 //! ```
 
-use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -34,13 +33,12 @@ use futures_util::future::BoxFuture;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use crate::consumer::IntoConsumer;
 use crate::endpoint::{Authenticate, Endpoint, plain};
 use crate::scope::Scope;
+use crate::serve::{HttpLimits, accept_loop};
 use crate::shutdown::Shutdown;
 
 type Handler = Arc<
@@ -68,6 +66,7 @@ pub struct RouteError {
 pub struct Server {
     router: matchit::Router<Handler>,
     shutdown: Option<Shutdown>,
+    limits: HttpLimits,
 }
 
 impl fmt::Debug for Server {
@@ -113,6 +112,13 @@ impl Server {
         self
     }
 
+    /// Sets the limits on HTTP connections (header timeout, connections waiting for their
+    /// request): see [`HttpLimits`].
+    pub fn limits(mut self, limits: HttpLimits) -> Server {
+        self.limits = limits;
+        self
+    }
+
     /// Accepts connections until the listener fails (or the [`Shutdown`] drains).
     pub async fn serve(self, listener: TcpListener) -> std::io::Result<()> {
         self.serve_with_shutdown(listener, std::future::pending())
@@ -121,7 +127,7 @@ impl Server {
 
     /// Accepts connections until `shutdown` completes (or the [`Shutdown`] drains).
     /// Connections already upgraded keep running until they end, or until the drain closes
-    /// them.
+    /// them; plain HTTP requests in flight are answered first.
     pub async fn serve_with_shutdown(
         self,
         listener: TcpListener,
@@ -138,45 +144,15 @@ impl Server {
                 None => shutdown.await,
             }
         };
-        let mut shutdown = std::pin::pin!(shutdown);
-        loop {
-            let (stream, peer) = tokio::select! {
-                r = listener.accept() => match r {
-                    Ok(x) => x,
-                    Err(e) if is_transient(&e) => {
-                        tracing::warn!(error = %e, "accept failed; retrying");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        continue;
-                    }
-                    Err(e) => return Err(e),
-                },
-                () = &mut shutdown => return Ok(()),
-            };
-            let _ = stream.set_nodelay(true);
+        accept_loop(listener, self.limits, shutdown, move |peer: SocketAddr| {
             let router = router.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |req: Request<Incoming>| {
-                    let router = router.clone();
-                    async move { Ok::<_, Infallible>(dispatch(&router, req, peer).await) }
-                });
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .with_upgrades();
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, %peer, "http connection error");
-                }
-            });
-        }
+            move |req: Request<Incoming>| {
+                let router = router.clone();
+                async move { dispatch(&router, req, peer).await }
+            }
+        })
+        .await
     }
-}
-
-fn is_transient(e: &std::io::Error) -> bool {
-    use std::io::ErrorKind::*;
-    // EMFILE/ENFILE (too many open files) and aborted handshakes must not stop the server.
-    matches!(
-        e.kind(),
-        ConnectionAborted | ConnectionReset | Interrupted | WouldBlock
-    ) || e.raw_os_error().is_some_and(|c| c == 23 || c == 24)
 }
 
 async fn dispatch(

@@ -9,13 +9,15 @@ pub use switchboard_core::{
 };
 pub use switchboard_server::{
     CloseCode, Connection, ConnectionConfig, ConnectionHandle, Consumer, DrainConfig, DrainReport,
-    Endpoint, Error, Frame, Origins, Refusal, Result, Scope, Shutdown, Worker, WorkerContext,
+    Endpoint, Error, Frame, HttpLimits, Origins, Refusal, Result, Scope, Shutdown, Worker,
+    WorkerContext,
 };
 
-// The rest, by concept.
+// The rest, by concept (`serve` is both the module and, with `axum`, the function that serves
+// a router under `HttpLimits`).
 pub use switchboard_core::{engine, layer, message, name, subscription, text, value};
 pub use switchboard_server::{
-    config, connection, consumer, endpoint, error, http, origin, scope, shutdown, worker,
+    config, connection, consumer, endpoint, error, http, origin, scope, serve, shutdown, worker,
 };
 
 /// What switchboard reports through the [`metrics`](https://docs.rs/metrics) facade: the names,

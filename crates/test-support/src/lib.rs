@@ -81,12 +81,7 @@ pub async fn serve(app: axum::Router) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap(); // ok: test harness, a panic fails the calling test
     let addr = listener.local_addr().unwrap(); // ok: test harness, a panic fails the calling test
     tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-        .unwrap(); // ok: test harness, a panic fails the calling test
+        switchboard_server::serve(listener, app).await.unwrap(); // ok: test harness, a panic fails the calling test
     });
     addr
 }

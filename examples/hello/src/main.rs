@@ -8,8 +8,6 @@
 //! (A script without an `Origin` header is refused with 403 — see the guide's *Serving* for
 //! `allow_missing_origin`; the `chat` example allows it.)
 
-use std::net::SocketAddr;
-
 use switchboard::{InMemoryLayer, Layer, LayerConfig};
 
 #[tokio::main]
@@ -22,9 +20,5 @@ async fn main() -> std::io::Result<()> {
         .init();
     let layer = Layer::new(InMemoryLayer::new(LayerConfig::default()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:8000").await?;
-    axum::serve(
-        listener,
-        hello::router(layer).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .await
+    switchboard::serve(listener, hello::router(layer)).await
 }

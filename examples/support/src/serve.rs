@@ -10,7 +10,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use switchboard::{DrainConfig, Layer, Shutdown};
+use switchboard::{DrainConfig, HttpLimits, Layer, Shutdown};
 
 /// Logs to stderr; `RUST_LOG` chooses the level (`info` by default).
 /// `RUST_LOG=info,switchboard_server=debug` adds each WebSocket connection's span
@@ -38,6 +38,13 @@ pub struct OpsArgs {
     /// ...and exit after this many seconds even if some are still open.
     #[arg(long, default_value_t = 25)]
     pub drain_timeout_secs: u64,
+    /// Close an HTTP connection that has not sent a whole request head this many seconds
+    /// after opening (or after its last response).
+    #[arg(long, default_value_t = 10)]
+    pub header_timeout_secs: u64,
+    /// Stop accepting while this many connections wait for their first request head.
+    #[arg(long, default_value_t = 1024)]
+    pub max_pending: usize,
 }
 
 /// What `main` holds for serving: the shutdown handle the app's endpoints are given, and the
@@ -94,6 +101,12 @@ impl Ops {
                 "/readyz",
                 get(readyz).with_state((layer, self.shutdown.clone())),
             )
+    }
+
+    fn http_limits(&self) -> HttpLimits {
+        HttpLimits::default()
+            .header_timeout(Duration::from_secs(self.args.header_timeout_secs))
+            .max_pending(self.args.max_pending)
     }
 
     fn drain_config(&self) -> DrainConfig {
@@ -184,10 +197,6 @@ pub async fn serve(
     app: Router,
     ops: Ops,
 ) -> std::io::Result<()> {
-    // WebSocket frames are small and latency-sensitive: no Nagle delay.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
     let drain = tokio::spawn({
         let ops = ops.clone();
         async move {
@@ -195,13 +204,10 @@ pub async fn serve(
             ops.shutdown.drain(ops.drain_config()).await
         }
     });
-    let stop = ops.shutdown.clone();
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move { stop.draining().await })
-    .await?;
+    switchboard::serve(listener, app)
+        .limits(ops.http_limits())
+        .shutdown(&ops.shutdown)
+        .await?;
     match drain.await {
         Ok(report) if report.remaining == 0 => {
             tracing::info!(closed = report.told, elapsed = ?report.elapsed, "shut down cleanly");

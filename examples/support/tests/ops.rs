@@ -20,6 +20,8 @@ async fn metrics_health_and_readiness() {
         drain_batch: 10,
         drain_interval_ms: 10,
         drain_timeout_secs: 5,
+        header_timeout_secs: 10,
+        max_pending: 1024,
     };
     let ops = Ops::install(&args).unwrap();
     let layer = Layer::new(InMemoryLayer::default());
@@ -41,13 +43,7 @@ async fn metrics_health_and_readiness() {
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .into_future(),
-    );
+    tokio::spawn(switchboard::serve(listener, app).into_future());
     let (status, metrics) = get(addr, "/metrics").await;
     assert_eq!(status, 200);
     assert!(
