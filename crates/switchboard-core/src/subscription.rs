@@ -209,6 +209,26 @@ impl Subscription {
         std::future::poll_fn(|cx| self.poll_recv(cx)).await
     }
 
+    /// How many messages were missed right after the last one received, and forgets them; 0
+    /// when none were. A group message this channel could not take (its queue was full, the
+    /// sender's back-pressure wait ran out), a message that expired before it was received,
+    /// and a gap a backend knows of (a pub/sub subscription made again) count here once the
+    /// receiver reaches the place where they would have been: call it after each receive.
+    pub fn take_missed(&self) -> u64 {
+        self.receiver.take_missed()
+    }
+
+    /// Whether [`take_missed`](Subscription::take_missed) has something to tell.
+    pub fn has_missed(&self) -> bool {
+        self.receiver.has_missed()
+    }
+
+    /// Group messages the channel's queue could not take because it was full, since it was
+    /// made: it grows while a receiver that stopped receiving is losing messages.
+    pub fn dropped(&self) -> u64 {
+        self.receiver.dropped()
+    }
+
     /// Leaves the groups and discards the channel (if it is this subscription's own). Errors
     /// are logged: the layer forgets the memberships by itself when they expire. Later
     /// receives fail with [`LayerError::Closed`].

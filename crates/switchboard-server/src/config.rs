@@ -43,6 +43,13 @@ pub enum BadInput {
 ///   enough for an echo of big messages.
 /// - **keep-alive**: a ping every `ping_interval`; a client silent (no frame, no pong) for
 ///   `idle_timeout` is closed with 1001.
+/// - **rates**: a client sending more than `max_messages_per_second` or
+///   `max_bytes_per_second` is slowed down (its socket is not read until it is back under),
+///   not closed; `max_groups` bounds the groups a connection joins.
+/// - **before the WebSocket**: the HTTP side has its own limits ([`HttpLimits`](crate::HttpLimits):
+///   header timeout, connections waiting for their request) and so does the endpoint
+///   ([`EndpointLimits`](crate::endpoint::EndpointLimits): handshakes at once, connections
+///   per address and per user).
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct ConnectionConfig {
@@ -72,6 +79,16 @@ pub struct ConnectionConfig {
     /// Join the connection's groups again every `group_expiry / 2`, so a connection that lives
     /// longer than `group_expiry` keeps its memberships (Channels lets them lapse). Default on.
     pub refresh_groups: bool,
+    /// Groups one connection may be in at once; a `group_add` past it fails with an error
+    /// the client may be told (`too many groups`). Default 100.
+    pub max_groups: usize,
+    /// Messages per second a client may send, on average, in bursts of up to a second's
+    /// worth; past it the connection stops reading the client's socket until it is back
+    /// under (the client is slowed by TCP, and nothing is lost). Default none.
+    pub max_messages_per_second: Option<u32>,
+    /// Payload bytes per second a client may send, as `max_messages_per_second`. Default
+    /// none.
+    pub max_bytes_per_second: Option<u64>,
 }
 
 impl Default for ConnectionConfig {
@@ -87,6 +104,9 @@ impl Default for ConnectionConfig {
             close_timeout: Duration::from_secs(2),
             bad_input: BadInput::ErrorFrame,
             refresh_groups: true,
+            max_groups: 100,
+            max_messages_per_second: None,
+            max_bytes_per_second: None,
         }
     }
 }
@@ -126,6 +146,12 @@ setters! {
     bad_input: BadInput,
     /// Sets [`refresh_groups`](ConnectionConfig::refresh_groups).
     refresh_groups: bool,
+    /// Sets [`max_groups`](ConnectionConfig::max_groups).
+    max_groups: usize,
+    /// Sets [`max_messages_per_second`](ConnectionConfig::max_messages_per_second).
+    max_messages_per_second: Option<u32>,
+    /// Sets [`max_bytes_per_second`](ConnectionConfig::max_bytes_per_second).
+    max_bytes_per_second: Option<u64>,
 }
 
 impl ConnectionConfig {
@@ -146,6 +172,7 @@ impl ConnectionConfig {
         OutLimits {
             frames: u32::try_from(self.outbound_frames).unwrap_or(u32::MAX),
             concurrency: 1,
+            groups: u16::try_from(self.max_groups).unwrap_or(u16::MAX),
             bytes: self.outbound_bytes,
         }
     }

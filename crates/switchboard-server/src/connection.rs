@@ -52,7 +52,9 @@ pub(crate) enum Out {
 pub(crate) struct OutLimits {
     pub(crate) frames: u32,
     /// `Consumer::CONCURRENCY` (kept here, where it costs no room).
-    pub(crate) concurrency: u32,
+    pub(crate) concurrency: u16,
+    /// `ConnectionConfig::max_groups` (here for the same reason).
+    pub(crate) groups: u16,
     pub(crate) bytes: usize,
 }
 
@@ -268,7 +270,18 @@ impl Connection {
 
     /// Joins a group. Groups joined here are refreshed while the connection lives and left
     /// when it ends.
+    ///
+    /// Fails with `too many groups` (an error the client may be told) when the connection is
+    /// in [`ConnectionConfig::max_groups`](crate::ConnectionConfig::max_groups) groups already.
     pub async fn group_add(&mut self, group: impl IntoGroupName) -> Result<()> {
+        let group = group.into_group_name()?;
+        let groups = self.sub.groups();
+        if groups.len() >= usize::from(self.limits.groups) && !groups.contains(&group) {
+            return Err(Error::protocol(format!(
+                "too many groups: a connection may be in {} at most",
+                self.limits.groups
+            )));
+        }
         Ok(self.sub.group_add(group).await?)
     }
 

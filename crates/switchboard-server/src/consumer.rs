@@ -98,6 +98,8 @@ impl CloseCode {
     pub const TOO_BIG: CloseCode = CloseCode(1009);
     /// 1011: the server hit an unexpected condition.
     pub const INTERNAL: CloseCode = CloseCode(1011);
+    /// 1013: try again later (the connection fell behind and missed messages).
+    pub const TRY_AGAIN_LATER: CloseCode = CloseCode(1013);
 
     /// The code as a number.
     pub fn as_u16(self) -> u16 {
@@ -211,6 +213,28 @@ pub trait Consumer: Send + 'static {
     ) -> impl Future<Output = Result<()>> + Send {
         let _ = (conn, event);
         async { Ok(()) }
+    }
+
+    /// Runs when layer messages meant for this connection were lost, with how many (at
+    /// least), right after the last event received before the gap: its channel's queue was
+    /// full (this client, or this consumer, fell behind its group for longer than the layer's
+    /// back-pressure wait), they expired unread, or the layer lost its connection to where
+    /// they come from and made it again. The default closes the connection with 1013 (try
+    /// again later), so the client reconnects instead of showing a hole; override it to do
+    /// better (reload from a database, tell the client and go on).
+    fn missed(
+        &mut self,
+        conn: &mut Connection,
+        count: u64,
+    ) -> impl Future<Output = Result<()>> + Send {
+        let _ = count;
+        async move {
+            conn.close(
+                CloseCode::TRY_AGAIN_LATER,
+                "fell behind; messages were missed",
+            )
+            .await
+        }
     }
 
     /// Runs once when the connection ends, with the close code (1006 if the client vanished).

@@ -19,15 +19,18 @@
 //! the path and the reason: a client that cannot connect learns why, and so does whoever reads
 //! the server's log. Nothing internal (a backend's address) is ever in the body.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper_util::rt::TokioIo;
+use parking_lot::Mutex;
 use switchboard_core::Layer;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -125,6 +128,118 @@ impl Authenticate for () {
     }
 }
 
+/// What an endpoint lets in at once: handshakes in progress, and open connections per client
+/// address and per user. Past a limit an upgrade is refused — 503 with `Retry-After: 1` for
+/// handshakes, 429 for connections — with a body that says which limit, and the refusal is
+/// logged and counted (`switchboard_handshakes_refused_total{reason="limit"}`).
+///
+/// ```
+/// use switchboard::endpoint::EndpointLimits;
+///
+/// let limits = EndpointLimits::default()
+///     .max_connections_per_address(Some(50))
+///     .max_connections_per_user(Some(10));
+/// assert_eq!(limits.max_handshakes, 1024);
+/// ```
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct EndpointLimits {
+    /// Upgrades being handled at once (from the request to the 101: authentication, the
+    /// consumer's `connect`). Default 1,024.
+    pub max_handshakes: usize,
+    /// Open connections from one client IP address. Default none: behind a reverse proxy
+    /// every client has the proxy's address (set it where clients connect directly).
+    pub max_connections_per_address: Option<usize>,
+    /// Open connections of one user ([`Scope::user`], as the authentication hook set it);
+    /// anonymous connections are not counted. Default none.
+    pub max_connections_per_user: Option<usize>,
+}
+
+impl Default for EndpointLimits {
+    fn default() -> Self {
+        EndpointLimits {
+            max_handshakes: 1024,
+            max_connections_per_address: None,
+            max_connections_per_user: None,
+        }
+    }
+}
+
+impl EndpointLimits {
+    /// Sets [`max_handshakes`](EndpointLimits::max_handshakes) (at least 1).
+    pub fn max_handshakes(mut self, n: usize) -> Self {
+        self.max_handshakes = n.max(1);
+        self
+    }
+
+    /// Sets [`max_connections_per_address`](EndpointLimits::max_connections_per_address).
+    pub fn max_connections_per_address(mut self, n: Option<usize>) -> Self {
+        self.max_connections_per_address = n;
+        self
+    }
+
+    /// Sets [`max_connections_per_user`](EndpointLimits::max_connections_per_user).
+    pub fn max_connections_per_user(mut self, n: Option<usize>) -> Self {
+        self.max_connections_per_user = n;
+        self
+    }
+}
+
+/// The counts behind [`EndpointLimits`], shared by an endpoint's upgrades and connections.
+#[derive(Debug, Default)]
+struct Counts {
+    handshakes: AtomicUsize,
+    per_address: Mutex<HashMap<IpAddr, usize>>,
+    per_user: Mutex<HashMap<String, usize>>,
+}
+
+/// A handshake in progress; counted until dropped.
+struct Handshaking<'a>(&'a Counts);
+
+impl Drop for Handshaking<'_> {
+    fn drop(&mut self) {
+        self.0.handshakes.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A connection's places in the per-address and per-user counts, given back when it ends.
+struct Slot {
+    counts: Arc<Counts>,
+    address: Option<IpAddr>,
+    user: Option<String>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        fn release<K: std::hash::Hash + Eq>(map: &Mutex<HashMap<K, usize>>, key: &K) {
+            let mut map = map.lock();
+            if let Some(n) = map.get_mut(key) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(key);
+                }
+            }
+        }
+        if let Some(a) = &self.address {
+            release(&self.counts.per_address, a);
+        }
+        if let Some(u) = &self.user {
+            release(&self.counts.per_user, u);
+        }
+    }
+}
+
+/// Takes a place for `key` in `map` if it holds fewer than `max`.
+fn take_place<K: std::hash::Hash + Eq>(map: &Mutex<HashMap<K, usize>>, key: K, max: usize) -> bool {
+    let mut map = map.lock();
+    let n = map.entry(key).or_insert(0);
+    if *n >= max {
+        return false;
+    }
+    *n += 1;
+    true
+}
+
 /// A consumer factory with its guards and limits, ready to be mounted.
 ///
 /// The factory gets the connection's [`Scope`] and returns a consumer, or a
@@ -168,6 +283,8 @@ pub struct Endpoint<F, A = ()> {
     auth: A,
     config: Arc<ConnectionConfig>,
     shutdown: Option<Shutdown>,
+    limits: EndpointLimits,
+    counts: Arc<Counts>,
 }
 
 impl<F, A> fmt::Debug for Endpoint<F, A> {
@@ -178,6 +295,7 @@ impl<F, A> fmt::Debug for Endpoint<F, A> {
             .field("auth", &std::any::type_name::<A>())
             .field("config", &self.config)
             .field("shutdown", &self.shutdown)
+            .field("limits", &self.limits)
             .finish()
     }
 }
@@ -201,6 +319,8 @@ where
             auth: (),
             config: Arc::new(ConnectionConfig::default()),
             shutdown: None,
+            limits: EndpointLimits::default(),
+            counts: Arc::default(),
         }
     }
 }
@@ -239,7 +359,15 @@ where
             auth,
             config: self.config,
             shutdown: self.shutdown,
+            limits: self.limits,
+            counts: self.counts,
         }
+    }
+
+    /// Sets the limits on handshakes and on connections per address and per user.
+    pub fn limits(mut self, limits: EndpointLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// Sets the per-connection limits and keep-alive.
@@ -297,6 +425,22 @@ where
                 return refuse(req.uri().path(), peer, unavailable, why, "shutting_down");
             }
         };
+        let counts = &*self.counts;
+        if counts.handshakes.fetch_add(1, Ordering::AcqRel) >= self.limits.max_handshakes {
+            counts.handshakes.fetch_sub(1, Ordering::AcqRel);
+            let why = "too many connections are being opened; try again";
+            let mut resp = refuse(
+                req.uri().path(),
+                peer,
+                StatusCode::SERVICE_UNAVAILABLE,
+                why,
+                "limit",
+            );
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return resp;
+        }
+        let _handshaking = Handshaking(counts);
         if !self.origin.allows(origin, host) {
             let reason = match origin {
                 None => "the request has no Origin header, and this endpoint accepts only \
@@ -335,6 +479,13 @@ where
         if let Err(refusal) = self.auth.authenticate(&mut scope).await {
             return refuse(scope.path(), peer, refusal.status, &refusal.reason, "auth");
         }
+        let slot = match self.take_slot(&scope) {
+            Ok(slot) => slot,
+            Err(why) => {
+                let status = StatusCode::TOO_MANY_REQUESTS;
+                return refuse(scope.path(), peer, status, why, "limit");
+            }
+        };
         let made = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             (self.factory)(&scope).into_consumer()
         }));
@@ -402,7 +553,17 @@ where
             }
         };
         let task = runtime::run(consumer, conn, transport, config, guard);
-        tokio::spawn(task.instrument(span));
+        match slot {
+            // Its places are given back when the connection ends.
+            Some(slot) => tokio::spawn(
+                async move {
+                    task.await;
+                    drop(slot);
+                }
+                .instrument(span),
+            ),
+            None => tokio::spawn(task.instrument(span)),
+        };
         let mut resp = Response::new(Full::new(Bytes::new()));
         *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
         let h = resp.headers_mut();
@@ -417,6 +578,39 @@ where
             h.insert(header::SEC_WEBSOCKET_PROTOCOL, v);
         }
         resp
+    }
+}
+
+impl<F, A> Endpoint<F, A> {
+    /// Takes the connection's places in the per-address and per-user counts (none when
+    /// neither limit is set), or says which limit it is over.
+    fn take_slot(&self, scope: &Scope) -> Result<Option<Box<Slot>>, &'static str> {
+        let (by_address, by_user) = (
+            self.limits.max_connections_per_address,
+            self.limits.max_connections_per_user,
+        );
+        if by_address.is_none() && by_user.is_none() {
+            return Ok(None);
+        }
+        let mut slot = Box::new(Slot {
+            counts: self.counts.clone(),
+            address: None,
+            user: None,
+        });
+        if let (Some(max), Some(ip)) = (by_address, scope.peer_addr().map(|p| p.ip())) {
+            if !take_place(&self.counts.per_address, ip, max) {
+                return Err("too many connections from your address");
+            }
+            slot.address = Some(ip);
+        }
+        if let (Some(max), Some(user)) = (by_user, scope.user()) {
+            if !take_place(&self.counts.per_user, user.to_owned(), max) {
+                // Dropping `slot` gives back the address's place.
+                return Err("too many connections for this user");
+            }
+            slot.user = Some(user.to_owned());
+        }
+        Ok(Some(slot))
     }
 }
 

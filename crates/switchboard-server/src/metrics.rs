@@ -8,13 +8,14 @@
 //! |---|---|---|---|
 //! | `switchboard_connections_open` | gauge | | WebSocket connections open now |
 //! | `switchboard_connections_total` | counter | | WebSocket connections accepted (answered 101) |
-//! | `switchboard_connections_closed_total` | counter | `reason` | connections ended: `client` (the client closed or went away), `server` (the consumer closed), `shutdown` (a drain, or the layer closed), `idle` (idle timeout), `slow_client` (outbound queue full, 1008), `too_big` (1009), `bad_input` (1007, 1002 or the consumer's bad-input code), `handler_panic` (1011) |
-//! | `switchboard_handshakes_refused_total` | counter | `reason` | upgrades refused: `bad_request`, `origin`, `auth`, `consumer` (the factory or `connect` refused), `unavailable` (no channel from the layer), `shutting_down`, `internal` (a panic) |
+//! | `switchboard_connections_closed_total` | counter | `reason` | connections ended: `client` (the client closed or went away), `server` (the consumer closed), `shutdown` (a drain, or the layer closed), `idle` (idle timeout), `slow_client` (outbound queue full, or the client fell behind its group while its backlog was full, 1008), `missed` (the consumer's `missed` handler closed it, by default with 1013), `too_big` (1009), `bad_input` (1007, 1002 or the consumer's bad-input code), `handler_panic` (1011) |
+//! | `switchboard_handshakes_refused_total` | counter | `reason` | upgrades refused: `bad_request`, `origin`, `auth`, `consumer` (the factory or `connect` refused), `unavailable` (no channel from the layer), `shutting_down`, `limit` (an `EndpointLimits` limit), `internal` (a panic) |
 //! | `switchboard_frames_received_total` | counter | | data frames from clients |
 //! | `switchboard_bytes_received_total` | counter | | payload bytes of those frames |
 //! | `switchboard_frames_sent_total` | counter | | data frames written to clients |
 //! | `switchboard_bytes_sent_total` | counter | | payload bytes of those frames |
-//! | `switchboard_handler_errors_total` | counter | `handler`, `kind` | consumer handlers (`connect`, `receive`, `event`, `disconnect`, `task`) that returned an error (`kind="error"`) or panicked (`kind="panic"`) |
+//! | `switchboard_messages_missed_total` | counter | | layer messages connections were told they missed (`Consumer::missed`) |
+//! | `switchboard_handler_errors_total` | counter | `handler`, `kind` | consumer handlers (`connect`, `receive`, `event`, `missed`, `disconnect`, `task`) that returned an error (`kind="error"`) or panicked (`kind="panic"`) |
 //! | `switchboard_worker_messages_total` | counter | `outcome` | messages [`Worker`](crate::Worker)s took (`received`) and how each ended: `handled`, `failed` (the handler's error), `panicked`, `skipped` (its handler does not take its type), `abandoned` (still running at the stop timeout) |
 
 use std::sync::OnceLock;
@@ -37,6 +38,8 @@ pub const BYTES_RECEIVED: &str = "switchboard_bytes_received_total";
 pub const FRAMES_SENT: &str = "switchboard_frames_sent_total";
 /// Counter of payload bytes sent.
 pub const BYTES_SENT: &str = "switchboard_bytes_sent_total";
+/// Counter of layer messages connections were told they missed.
+pub const MESSAGES_MISSED: &str = "switchboard_messages_missed_total";
 /// Counter of handler errors and panics; labels `handler`, `kind`.
 pub const HANDLER_ERRORS: &str = "switchboard_handler_errors_total";
 
@@ -75,6 +78,11 @@ pub(crate) fn closed(reason: &'static str) {
     metrics::counter!(CONNECTIONS_CLOSED, "reason" => reason).increment(1);
 }
 
+/// Counts messages a connection was told it missed.
+pub(crate) fn missed(count: u64) {
+    metrics::counter!(MESSAGES_MISSED).increment(count);
+}
+
 /// Counts a handler's error or panic.
 pub(crate) fn handler_error(handler: &'static str, panicked: bool) {
     let kind = if panicked { "panic" } else { "error" };
@@ -101,6 +109,10 @@ pub fn describe() {
     );
     describe_counter!(FRAMES_SENT, "Data frames written to clients");
     describe_counter!(BYTES_SENT, Unit::Bytes, "Payload bytes written to clients");
+    describe_counter!(
+        MESSAGES_MISSED,
+        "Layer messages connections were told they missed"
+    );
     describe_counter!(
         HANDLER_ERRORS,
         "Consumer handlers that failed, by handler and kind"

@@ -85,7 +85,7 @@ pub(crate) async fn open<C: Consumer>(
         }
     };
     let limits = OutLimits {
-        concurrency: u32::try_from(C::CONCURRENCY.max(1)).unwrap_or(u32::MAX),
+        concurrency: u16::try_from(C::CONCURRENCY.max(1)).unwrap_or(u16::MAX),
         ..limits
     };
     let mut conn = Connection::new(sub, scope, limits);
@@ -161,6 +161,8 @@ enum Input {
     SocketEnd,
     WriteError(WsError),
     Event(switchboard_core::Result<Message>),
+    /// Messages for the consumer were lost at this point of its stream.
+    Missed,
     Tick,
     Shutdown,
     /// A task handed to `Connection::spawn` ended.
@@ -363,6 +365,16 @@ pub(crate) async fn run<C, T>(
     let mut socket_first = true;
     // Write once this much is queued even if more input is ready (well under the queue's limit).
     let batch_bytes = (config.outbound_bytes / 4).clamp(1, 64 * 1024);
+    // Past half its outbound limits the connection stops taking events: they wait in its
+    // channel, whose back-pressure slows the group's senders to this client's pace.
+    let (high_frames, high_bytes) = (
+        (config.outbound_frames / 2).max(1),
+        (config.outbound_bytes / 2).max(1),
+    );
+    let mut dropped_seen = conn.subscription().dropped();
+    // A client over its rates is not read until this instant.
+    let mut rates = Rates::new(&config);
+    let mut paused_until: Option<Instant> = None;
 
     let ending = loop {
         {
@@ -399,6 +411,26 @@ pub(crate) async fn run<C, T>(
                 unread_input: false,
             };
         }
+        let backlogged = {
+            let o = out.lock();
+            o.frames.len() >= high_frames || o.bytes >= high_bytes
+        };
+        if backlogged {
+            // Not taking events, and its channel overflowing: the client is not keeping up
+            // with its group, and would only see what it missed after the backlog. Cut it off.
+            let dropped = conn.subscription().dropped();
+            if dropped > dropped_seen {
+                tracing::info!(%channel, missed = dropped - dropped_seen, "client fell behind its group; closing with 1008");
+                break Ending {
+                    code: CloseCode::POLICY,
+                    why: "slow_client",
+                    send_close: Some("outbound queue full".into()),
+                    unread_input: false,
+                };
+            }
+        } else {
+            dropped_seen = conn.subscription().dropped();
+        }
         socket_first = !socket_first;
         let input = std::future::poll_fn(|tcx| {
             // Inputs first, writes when nothing more is ready (or a backlog has built up): the
@@ -418,13 +450,25 @@ pub(crate) async fn run<C, T>(
                 Poll::Ready(None) => Some(Input::SocketEnd),
                 Poll::Pending => None,
             };
-            if socket_first && let Some(i) = poll_socket(tcx) {
+            let reading = paused_until.is_none();
+            if reading
+                && socket_first
+                && let Some(i) = poll_socket(tcx)
+            {
                 return Poll::Ready(i);
             }
-            if let Poll::Ready(r) = conn.subscription().poll_recv(tcx) {
-                return Poll::Ready(Input::Event(r));
+            if !backlogged {
+                if conn.subscription().has_missed() {
+                    return Poll::Ready(Input::Missed);
+                }
+                if let Poll::Ready(r) = conn.subscription().poll_recv(tcx) {
+                    return Poll::Ready(Input::Event(r));
+                }
             }
-            if !socket_first && let Some(i) = poll_socket(tcx) {
+            if reading
+                && !socket_first
+                && let Some(i) = poll_socket(tcx)
+            {
                 return Poll::Ready(i);
             }
             if timer.as_mut().poll(tcx).is_ready() {
@@ -471,6 +515,13 @@ pub(crate) async fn run<C, T>(
                         Some(Ok(f)) => {
                             stats.frames_in.increment(1);
                             stats.bytes_in.increment(f.len() as u64);
+                            if let Some(r) = rates.as_mut()
+                                && let Some(until) = r.take(f.len())
+                            {
+                                paused_until = Some(until);
+                                let next = next_deadline(&config, last_heard, last_ping);
+                                timer.as_mut().reset(next.min(until));
+                            }
                             f
                         }
                         Some(Err(end)) => break end,
@@ -527,6 +578,32 @@ pub(crate) async fn run<C, T>(
                     }
                 }
             },
+            Input::Missed => {
+                let count = conn.subscription().take_missed();
+                tracing::info!(%channel, count, "messages for this connection were lost");
+                metrics::missed(count);
+                // Boxed: rare, as `receive`'s future is.
+                let result = drive(
+                    Box::pin(consumer.missed(&mut conn, count)),
+                    &mut ws,
+                    &out,
+                    &mut writer,
+                    &mut broken,
+                )
+                .await;
+                if let Some(end) = after_handler(&mut conn, result, "missed").await {
+                    break end;
+                }
+                let o = out.lock();
+                if let (Phase::Closed, Some((code, _))) = (o.phase, &o.close) {
+                    break Ending {
+                        code: *code,
+                        why: "missed",
+                        send_close: None,
+                        unread_input: false,
+                    };
+                }
+            }
             Input::Event(Err(e)) => {
                 // The layer closed (the server is shutting down), or the subscription did.
                 if !matches!(e, LayerError::Closed) {
@@ -623,6 +700,9 @@ pub(crate) async fn run<C, T>(
             }
             Input::Tick => {
                 let now = Instant::now();
+                if paused_until.is_some_and(|t| now >= t) {
+                    paused_until = None;
+                }
                 if now.duration_since(last_heard) >= config.idle_timeout {
                     tracing::debug!(%channel, "idle timeout");
                     break Ending {
@@ -638,9 +718,10 @@ pub(crate) async fn run<C, T>(
                     out.lock().frames.push_back(Out::Ping);
                     last_ping = now;
                 }
+                let next = next_deadline(&config, last_heard, last_ping);
                 timer
                     .as_mut()
-                    .reset(next_deadline(&config, last_heard, last_ping));
+                    .reset(paused_until.map_or(next, |t| next.min(t)));
             }
         }
     };
@@ -759,6 +840,51 @@ pub(crate) async fn disconnect<C: Consumer>(
         }
     }
     conn.subscription().close().await;
+}
+
+/// Token buckets for a client's message and byte rates
+/// ([`ConnectionConfig::max_messages_per_second`], `max_bytes_per_second`): each holds up to a
+/// second's worth, and a message that leaves one in debt pauses reading until it is paid.
+struct Rates {
+    /// (rate per second, tokens) for messages, then bytes.
+    buckets: [Option<(f64, f64)>; 2],
+    last: Instant,
+}
+
+impl Rates {
+    /// `None` when no rate is limited (boxed: most connections have none, and the task of
+    /// every idle connection holds this).
+    fn new(config: &ConnectionConfig) -> Option<Box<Rates>> {
+        let messages = config.max_messages_per_second.map(f64::from);
+        // A byte rate is far below 2^53: the conversion is exact enough.
+        let bytes = config.max_bytes_per_second.map(|b| b as f64);
+        if messages.is_none() && bytes.is_none() {
+            return None;
+        }
+        let full = |rate: f64| (rate.max(1.0), rate.max(1.0));
+        Some(Box::new(Rates {
+            buckets: [messages.map(full), bytes.map(full)],
+            last: Instant::now(),
+        }))
+    }
+
+    /// Takes one message of `len` bytes; the instant reading may resume, if a bucket is in
+    /// debt.
+    fn take(&mut self, len: usize) -> Option<Instant> {
+        let now = Instant::now();
+        let elapsed = now.duration_since(self.last).as_secs_f64();
+        self.last = now;
+        let mut wait = 0f64;
+        for (bucket, cost) in self.buckets.iter_mut().zip([1.0, len as f64]) {
+            if let Some((rate, tokens)) = bucket {
+                *tokens = (*tokens + *rate * elapsed).min(*rate) - cost;
+                if *tokens < 0.0 {
+                    wait = wait.max(-*tokens / *rate);
+                }
+            }
+        }
+        (wait > 0.0).then(|| now + Duration::from_secs_f64(wait.min(3600.0)))
+    }
 }
 
 fn next_deadline(config: &ConnectionConfig, heard: Instant, pinged: Instant) -> Instant {

@@ -647,7 +647,20 @@ impl Engine {
                 std::future::poll_fn(|cx| q.poll_drained(cx)).await;
             }
         };
-        let _ = tokio::time::timeout(self.0.config.group_backpressure, drained).await;
+        if tokio::time::timeout(self.0.config.group_backpressure, drained)
+            .await
+            .is_err()
+        {
+            // Waited the whole time for these: the ones still lagging are stalled. Senders stop
+            // waiting for them (until they drain below half); once full they miss messages,
+            // and their receivers are told ([`Queue::take_missed`]).
+            for q in &lagging.0 {
+                if q.lags_at(q.len()) {
+                    q.set_overrun();
+                    tracing::debug!(channel = %q.name, "group member did not drain within the back-pressure wait");
+                }
+            }
+        }
     }
 
     // -- upkeep -----------------------------------------------------------------------------
@@ -676,7 +689,7 @@ impl Engine {
         let mut evicted = Vec::new();
         self.0.channels.retain(|_, q| {
             let mut st = q.state.lock();
-            let (n, leave) = st.drop_expired(now);
+            let (n, leave) = st.drop_expired(now, &q.missed);
             // A receiver holds its own reference to the queue.
             let keep = !st.messages.is_empty()
                 || !leave.is_empty()
@@ -806,9 +819,116 @@ mod tests {
         assert_eq!(engine.stats().expired_messages, 1);
     }
 
+    fn numbered(n: i64) -> Message {
+        Message::builder("t")
+            .field("n", n)
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn n_of(m: &Message) -> i64 {
+        m.get("n").and_then(|v| v.as_i64()).unwrap_or(-1)
+    }
+
+    #[test]
+    fn a_full_member_is_told_what_it_missed_where_it_missed_it() {
+        let engine = Engine::new(LayerConfig::default().capacity(4));
+        let q = engine.queue(&name("a"));
+        engine.group_add(&group("room"), &q);
+        for n in 0..10 {
+            let _ = engine.group_send("room", &numbered(n));
+        }
+        assert_eq!(q.dropped(), 6);
+        let waker = futures_waker();
+        let mut cx = Context::from_waker(&waker);
+        let mut rx = engine.receiver(q.clone());
+        for n in 0..4 {
+            assert_eq!(rx.take_missed(), 0, "nothing missed before message {n}");
+            match rx.poll_recv(&mut cx) {
+                Poll::Ready(Ok(m)) => assert_eq!(n_of(&m), n),
+                other => panic!("expected message {n}, got {other:?}"),
+            }
+        }
+        assert_eq!(rx.take_missed(), 6, "the six dropped after the fourth");
+        assert_eq!(rx.take_missed(), 0, "told once");
+        // The gap closes: what comes next is received.
+        let _ = engine.group_send("room", &numbered(10));
+        assert!(matches!(rx.poll_recv(&mut cx), Poll::Ready(Ok(m)) if n_of(&m) == 10));
+        assert_eq!(rx.take_missed(), 0);
+        assert_eq!(engine.stats().group_full_drops, 6);
+    }
+
+    #[test]
+    fn a_gap_marked_by_a_backend_comes_after_what_is_queued() {
+        let engine = Engine::new(LayerConfig::default());
+        let q = engine.queue(&name("a"));
+        let at = engine.arrival(Duration::ZERO);
+        engine.deliver(&q, numbered(1), &at);
+        q.mark_gap();
+        let waker = futures_waker();
+        let mut cx = Context::from_waker(&waker);
+        let mut rx = engine.receiver(q.clone());
+        assert_eq!(rx.take_missed(), 0);
+        assert!(matches!(rx.poll_recv(&mut cx), Poll::Ready(Ok(m)) if n_of(&m) == 1));
+        assert_eq!(rx.take_missed(), 1);
+        q.mark_gap();
+        assert!(rx.has_missed(), "a gap on an empty queue is there at once");
+        assert_eq!(rx.take_missed(), 1);
+    }
+
+    #[test]
+    fn expired_messages_count_as_missed() {
+        let engine = Engine::new(LayerConfig::default().expiry(Duration::ZERO));
+        let q = engine.queue(&name("a"));
+        let at = engine.arrival(Duration::ZERO);
+        engine.deliver(&q, msg(), &at);
+        engine.deliver(&q, msg(), &at);
+        std::thread::sleep(Duration::from_millis(20));
+        let waker = futures_waker();
+        let mut cx = Context::from_waker(&waker);
+        let mut rx = engine.receiver(q.clone());
+        assert!(rx.poll_recv(&mut cx).is_pending());
+        assert_eq!(rx.take_missed(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_member_that_does_not_drain_is_waited_for_once() {
+        let wait = Duration::from_millis(100);
+        let engine = Engine::new(LayerConfig::default().capacity(10).group_backpressure(wait));
+        let q = engine.queue(&name("stalled"));
+        engine.group_add(&group("room"), &q);
+        let start = std::time::Instant::now();
+        for n in 0..30 {
+            let lagging = engine.group_send("room", &numbered(n));
+            engine.backpressure(lagging).await;
+        }
+        let took = start.elapsed();
+        // Waited once (from the fifth message on it lags), not once per message.
+        assert!(took >= wait, "{took:?}");
+        assert!(
+            took < wait * 4,
+            "{took:?}: waited for an overrun member again"
+        );
+        assert_eq!(q.dropped(), 20);
+        // Drained below half, it is waited for again.
+        let mut rx = engine.receiver(q.clone());
+        for _ in 0..10 {
+            let _ = rx.recv().await;
+        }
+        assert_eq!(rx.take_missed(), 20);
+        let lagging: Vec<bool> = (30..35)
+            .map(|n| !engine.group_send("room", &numbered(n)).is_empty())
+            .collect();
+        assert_eq!(
+            lagging,
+            [false, false, false, false, true],
+            "lags again at half full"
+        );
+    }
+
     fn futures_waker() -> std::task::Waker {
         std::task::Waker::noop().clone()
     }
 
-    use std::task::Context;
+    use std::task::{Context, Poll};
 }

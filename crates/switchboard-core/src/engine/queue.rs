@@ -2,7 +2,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll, Waker};
 
 use parking_lot::Mutex;
@@ -68,6 +68,9 @@ impl Demand {
 pub(crate) struct Entry {
     pub(crate) expires: Instant,
     pub(crate) message: Message,
+    /// Group messages that came after this one and were dropped (the queue was full): the
+    /// receiver learns of the gap when it takes this message ([`Queue::take_missed`]).
+    pub(crate) missed_after: u32,
 }
 
 #[derive(Default)]
@@ -84,13 +87,24 @@ pub(crate) struct State {
 }
 
 impl State {
-    /// Drops expired messages from the front. If any expired, the channel leaves its groups:
-    /// returns how many expired and the groups to leave.
-    pub(crate) fn drop_expired(&mut self, now: Instant) -> (usize, Vec<GroupName>) {
+    /// Drops expired messages from the front, counting them (and the gaps they carried) in
+    /// `missed`. If any expired, the channel leaves its groups: returns how many expired and
+    /// the groups to leave.
+    pub(crate) fn drop_expired(
+        &mut self,
+        now: Instant,
+        missed: &AtomicU64,
+    ) -> (usize, Vec<GroupName>) {
         let mut n = 0;
+        let mut lost = 0u64;
         while self.messages.front().is_some_and(|e| e.expires <= now) {
-            self.messages.pop_front();
+            if let Some(e) = self.messages.pop_front() {
+                lost += 1 + u64::from(e.missed_after);
+            }
             n += 1;
+        }
+        if lost > 0 {
+            missed.fetch_add(lost, Ordering::Relaxed);
         }
         if n > 0 {
             (n, std::mem::take(&mut self.groups))
@@ -134,6 +148,14 @@ pub struct Queue {
     /// The backend's feed of this queue, if it fetches only on demand.
     pub(crate) demand: Option<Arc<Demand>>,
     pub(crate) state: Mutex<State>,
+    /// Group messages this queue could not take (it was full), ever.
+    dropped: AtomicU64,
+    /// Messages missed at a place the receiver has now reached, not yet taken.
+    pub(crate) missed: AtomicU64,
+    /// A group sender waited the whole back-pressure wait for this queue to drain, in vain:
+    /// senders no longer wait for it until it drains below half (one stalled member must not
+    /// hold its group at one message per wait).
+    overrun: AtomicBool,
 }
 
 impl std::fmt::Debug for Queue {
@@ -153,6 +175,9 @@ impl Queue {
             capacity,
             demand,
             state: Mutex::new(State::default()),
+            dropped: AtomicU64::new(0),
+            missed: AtomicU64::new(0),
+            overrun: AtomicBool::new(false),
         }
     }
 
@@ -187,9 +212,49 @@ impl Queue {
     }
 
     /// Whether a queue that holds `len` messages is lagging: over half full, but not full
-    /// (waiting for a full one is pointless: it is skipped).
+    /// (waiting for a full one is pointless: it is skipped), and not already waited for in
+    /// vain (overrun).
     pub(crate) fn lags_at(&self, len: usize) -> bool {
-        len >= self.high_water() && len < self.capacity
+        len >= self.high_water() && len < self.capacity && !self.overrun.load(Ordering::Relaxed)
+    }
+
+    /// Marks the queue overrun: a sender waited for it to drain and it did not.
+    pub(crate) fn set_overrun(&self) {
+        self.overrun.store(true, Ordering::Relaxed);
+    }
+
+    /// Group messages this queue could not take because it was full, since it was made.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Messages missed at the place the receiver has reached (after the last message it
+    /// took), and forgets them: 0 when nothing was missed. A message dropped because the queue
+    /// was full is counted here once the receiver has taken the messages queued before it, so
+    /// a consumer learns of a gap exactly where it is.
+    pub fn take_missed(&self) -> u64 {
+        if self.missed.load(Ordering::Relaxed) == 0 {
+            return 0;
+        }
+        self.missed.swap(0, Ordering::Relaxed)
+    }
+
+    /// Records that messages may have been lost after what the queue holds now — a backend
+    /// that lost its connection to the messages' source (a pub/sub subscription made again)
+    /// calls it for every member it feeds. Counts as one missed message (at least one).
+    pub fn mark_gap(&self) {
+        let mut st = self.state.lock();
+        match st.messages.back_mut() {
+            Some(last) => last.missed_after = last.missed_after.saturating_add(1),
+            None => {
+                self.missed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let waiters = std::mem::take(&mut st.waiters);
+        drop(st);
+        for w in waiters {
+            w.wake();
+        }
     }
 
     /// Queues `message`, which expires at `expires`. Returns what happened, and what expired
@@ -202,7 +267,7 @@ impl Queue {
         mode: Mode<'_>,
     ) -> (Pushed, usize, Vec<GroupName>) {
         let mut st = self.state.lock();
-        let (expired, leave) = st.drop_expired(now);
+        let (expired, leave) = st.drop_expired(now, &self.missed);
         if matches!(mode, Mode::Group) && expired > 0 {
             return (Pushed::Left, expired, leave);
         }
@@ -212,9 +277,23 @@ impl Queue {
             return (Pushed::Unwanted, expired, leave);
         }
         if st.messages.len() >= self.capacity {
+            if matches!(mode, Mode::Group) {
+                // Dropped: the receiver is told where, when it gets there.
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                match st.messages.back_mut() {
+                    Some(last) => last.missed_after = last.missed_after.saturating_add(1),
+                    None => {
+                        self.missed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
             return (Pushed::Full, expired, leave);
         }
-        st.messages.push_back(Entry { expires, message });
+        st.messages.push_back(Entry {
+            expires,
+            message,
+            missed_after: 0,
+        });
         let len = st.messages.len();
         let waiters = std::mem::take(&mut st.waiters);
         drop(st);
@@ -230,13 +309,20 @@ impl Queue {
         let (expired, leave) = if st.messages.is_empty() {
             (0, Vec::new())
         } else {
-            st.drop_expired(Instant::now())
+            st.drop_expired(Instant::now(), &self.missed)
         };
         match st.messages.pop_front() {
             Some(e) => {
-                if !st.drain_waiters.is_empty() && st.messages.len() < self.high_water() {
-                    for w in std::mem::take(&mut st.drain_waiters) {
-                        w.wake();
+                if e.missed_after > 0 {
+                    self.missed
+                        .fetch_add(u64::from(e.missed_after), Ordering::Relaxed);
+                }
+                if st.messages.len() < self.high_water() {
+                    self.overrun.store(false, Ordering::Relaxed);
+                    if !st.drain_waiters.is_empty() {
+                        for w in std::mem::take(&mut st.drain_waiters) {
+                            w.wake();
+                        }
                     }
                 }
                 (Poll::Ready(e.message), expired, leave)
@@ -312,6 +398,21 @@ impl Receiver {
     /// Waits for the next message.
     pub async fn recv(&mut self) -> Result<Message> {
         std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    /// Whether messages were missed right after the last one received.
+    pub fn has_missed(&self) -> bool {
+        self.queue.missed.load(Ordering::Relaxed) > 0
+    }
+
+    /// Messages missed right after the last one received (see [`Queue::take_missed`]).
+    pub fn take_missed(&self) -> u64 {
+        self.queue.take_missed()
+    }
+
+    /// Group messages the channel's queue could not take because it was full, ever.
+    pub fn dropped(&self) -> u64 {
+        self.queue.dropped()
     }
 }
 

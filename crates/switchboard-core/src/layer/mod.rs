@@ -29,9 +29,14 @@ pub struct LayerConfig {
     /// How long a group membership lives after `group_add`. Default 86,400 s (one day).
     pub group_expiry: Duration,
     /// How long `group_send` may wait, after delivering, for members more than half full to
-    /// drain below half (back-pressure on a fast sender instead of drops). Members already full
-    /// are skipped without waiting. Zero disables it. Default 10 ms. Every layer honours it for
-    /// the members in this process (the Redis layers cannot see other processes' queues).
+    /// drain below half: back-pressure that slows a fast sender to its group's pace instead
+    /// of dropping messages (a WebSocket sender's socket is not read meanwhile). A member that
+    /// does not drain within it is *overrun*: senders stop waiting for it until it drains
+    /// below half, and once it is full the messages it cannot take are dropped — and counted
+    /// for its receiver ([`Subscription::take_missed`](crate::Subscription::take_missed)),
+    /// which is told (a WebSocket consumer closes with 1013 by default). Zero disables the
+    /// wait. Default 1 s. Every layer honours it for the members in this process (the Redis
+    /// layers cannot see other processes' queues).
     pub group_backpressure: Duration,
     /// Per-pattern capacities; the first matching glob wins.
     channel_capacity: Vec<(glob::Pattern, usize)>,
@@ -43,7 +48,7 @@ impl Default for LayerConfig {
             capacity: 100,
             expiry: Duration::from_secs(60),
             group_expiry: Duration::from_secs(86_400),
-            group_backpressure: Duration::from_millis(10),
+            group_backpressure: Duration::from_secs(1),
             channel_capacity: Vec::new(),
         }
     }
