@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use switchboard_core::engine::{Hasher, Leave};
-use tokio::sync::mpsc;
 
 use super::Inner;
 use crate::config::RedisConfig;
@@ -16,7 +15,10 @@ use crate::conn::unix_now;
 /// Background upkeep: channels whose messages expired leave their groups; expired messages
 /// of untouched channels are swept; a host that reconnected gets this process's memberships
 /// back.
-pub(super) async fn janitor(inner: Arc<Inner>, mut leave_rx: mpsc::UnboundedReceiver<Leave>) {
+pub(super) async fn janitor(inner: Arc<Inner>) {
+    let Ok(mut leave_rx) = inner.leaves.try_lock() else {
+        return; // another janitor runs
+    };
     let mut shutdown = inner.shutdown.clone();
     let sweep_every =
         (inner.cfg.layer.expiry / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
