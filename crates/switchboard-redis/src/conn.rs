@@ -885,6 +885,47 @@ pub(crate) async fn members_since(host: &Host, key: &str, cutoff: f64) -> Result
         .collect())
 }
 
+/// How long a process's [marker](lost_data) outlives the process (it is set again every
+/// second while the process runs).
+const MARKER_TTL_SECS: u64 = 60;
+
+/// The key of a process's marker: `PREFIX:process:<client id>`. (No channel name has a `:`,
+/// so no channel's queue has this name.)
+pub(crate) fn marker_key(prefix: &str, client: &str) -> String {
+    format!("{prefix}:process:{client}")
+}
+
+/// Whether Redis at `host` lost this process's data since the last call: its marker key, set
+/// then, is gone (`FLUSHALL`, `FLUSHDB`, a restart without persistence, a failover to a replica
+/// that had not got it, someone deleting keys). Sets the marker again; `was_set` carries
+/// whether that worked (it does not at `maxmemory`), so that a marker never set is not taken
+/// for a lost one. Each command is bounded by `limit`; a Redis that does not answer lost
+/// nothing that this can tell.
+pub(crate) async fn lost_data(host: &Host, key: &str, was_set: &mut bool, limit: Duration) -> bool {
+    let mut c = host.conn();
+    let exists = timed(
+        limit,
+        redis::cmd("EXISTS").arg(key).query_async::<bool>(&mut c),
+    )
+    .await;
+    let Ok(Ok(exists)) = exists else {
+        return false;
+    };
+    let lost = *was_set && !exists;
+    let set = timed(
+        limit,
+        redis::cmd("SET")
+            .arg(key)
+            .arg(1)
+            .arg("EX")
+            .arg(MARKER_TTL_SECS)
+            .query_async::<()>(&mut c),
+    )
+    .await;
+    *was_set = matches!(set, Ok(Ok(())));
+    lost
+}
+
 /// Glob-escapes `s` for `SCAN … MATCH` and `PSUBSCRIBE`.
 pub(crate) fn glob_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 4);

@@ -505,7 +505,8 @@ async fn subscription_loop(
 }
 
 /// Memberships the engine ended (expired messages, expired memberships) leave the registry and,
-/// when last, the group's subscription; untouched channels are swept.
+/// when last, the group's subscription; untouched channels are swept; a host that lost this
+/// process's keys (`FLUSHALL`) gets its registry entries back.
 async fn janitor(inner: Arc<Inner>) {
     let Ok(mut leaves) = inner.leaves.try_lock() else {
         return; // another janitor runs
@@ -515,9 +516,21 @@ async fn janitor(inner: Arc<Inner>) {
         (inner.cfg.layer.expiry / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
     let mut sweep = tokio::time::interval(sweep_every);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut health = tokio::time::interval(Duration::from_secs(1));
+    health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let marker = conn::marker_key(&inner.cfg.prefix, inner.client.as_str());
+    let mut marked = vec![false; inner.hosts.len()];
     loop {
         tokio::select! {
             _ = shutdown.changed() => return,
+            _ = health.tick() => {
+                for (h, host) in inner.hosts.iter().enumerate() {
+                    if conn::lost_data(host, &marker, &mut marked[h], inner.cfg.command_timeout).await {
+                        tracing::warn!(host = %host.name, "redis lost this process's keys (FLUSHALL, a restart without persistence?): writing its group registry again");
+                        inner.reassert_registry(h).await;
+                    }
+                }
+            }
             Some(leave) = leaves.recv() => {
                 for group in leave.groups {
                     if let Err(e) = inner.left(&group, &leave.channel).await {
