@@ -44,8 +44,9 @@
 //! - Several hosts: `send` and `receive` pick a process queue's host by the same hash
 //!   (channels_redis hashes the full name on send and the non-local name on receive, so its
 //!   sends can land where nobody reads: django/channels_redis#221).
-//! - After Redis comes back (a restart, a failover), the memberships this process added are
-//!   written again, with their original join times.
+//! - After Redis comes back (a restart, a failover) or lost this process's keys (`FLUSHALL`:
+//!   a marker key `PREFIX:process:<client>` that the janitor sets every second is gone), the
+//!   memberships this process added are written again, with their original join times.
 
 use std::collections::HashMap;
 use std::future::Future;
