@@ -27,12 +27,31 @@ use switchboard_core::{ChannelName, LayerError, Result};
 use crate::config::{RedisConfig, RedisHost, SentinelHost, TlsConfig};
 
 /// The command connection of a host: redis-rs's [`ConnectionManager`], which reconnects by
-/// itself — but hands the call that found its connection dead (`broken pipe`: Redis closed it,
-/// as `CLIENT KILL`, an idle timeout or a proxy does) its error and reconnects afterwards. This
-/// sends such a call once more, on the new connection, so the caller sees an error only when
-/// Redis is really away. A broken pipe means the connection was closed before the reply came;
-/// Redis closes a killed connection between commands, so the command was not run. (Only if the
-/// server itself died after running it and before answering could the retry run it twice.)
+/// itself — but hands the call that found its connection dead its error (`broken pipe`) and
+/// reconnects afterwards, on the caller's runtime. That happens when Redis closed the
+/// connection (`CLIENT KILL`, an idle timeout, a proxy, a failover) and when the runtime the
+/// connection was made on has ended (its driver task went with it; Django's `async_to_sync`
+/// runs each call on a loop of its own). This sends such a call once more, on the new
+/// connection, so the caller sees an error only when Redis is really away; the retry is inside
+/// the caller's `command_timeout`, so an error still comes within it.
+///
+/// What is retried, once: a call answered `broken pipe`, i.e. its connection was closed, or
+/// its driver gone, before the reply came. In the cases above the command was not run: it was
+/// never written (the driver had seen the connection end), or written to a connection Redis
+/// had already closed. Only a connection that dies with the command in flight — after Redis
+/// ran it and before its reply arrived — makes the retry run it a second time. For the layers'
+/// commands that is harmless but for `PUBLISH`: memberships (`ZADD`/`ZREM`/`EXPIRE`), flush
+/// (`SCAN`/`UNLINK`), reads and `PING` are idempotent, and the send and group-send scripts add
+/// the same member bytes (the message's random prefix is drawn before the call), so a second
+/// run moves that member's score instead of queueing the message twice (at worst it answers
+/// `ChannelFull` for the copy the first run queued). A `PUBLISH` run twice is delivered twice:
+/// the layers choose the first publish after an idle connection died succeeding (common) over
+/// at-most-once delivery in that window (rare: Redis must close the connection between running
+/// the publish and answering it).
+///
+/// Not retried: a response timeout (the command may still run; the caller gets the timeout),
+/// a refused or reset connection (Redis is away; the next call connects again) and errors
+/// Redis answers (`OOM`, `READONLY`, `NOPERM`, …).
 #[derive(Clone)]
 pub(crate) struct Conn(ConnectionManager);
 
@@ -713,6 +732,52 @@ impl Retry {
     }
 }
 
+/// A background task of a layer (a subscription loop, a janitor, a Sentinel follower) that
+/// must run while the layer is open, on whichever runtime uses the layer now. A tokio runtime
+/// drops its tasks when it shuts down, and the runtime a layer was made on can end while the
+/// layer lives on, used from others: Django's `async_to_sync` runs each call on an event loop
+/// of its own, and so does a program that makes a runtime per job. The layer calls
+/// [`ensure`](Task::ensure) at each of its calls, which starts the task again, on the caller's
+/// runtime, if it no longer runs.
+pub(crate) struct Task(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+/// Moved into the task's future: clears the flag when the future is dropped (the task ended,
+/// or its runtime shut down), however that happens.
+struct Alive(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        self.0.store(false, std::sync::atomic::Ordering::Release);
+    }
+}
+
+impl Task {
+    pub(crate) fn new() -> Task {
+        Task(std::sync::Arc::new(std::sync::atomic::AtomicBool::new(
+            false,
+        )))
+    }
+
+    /// Spawns `make()`'s future on the current runtime unless the task runs already; returns
+    /// whether it did. A task that ended by itself (at shutdown) is started again too: call
+    /// this only while the layer is open.
+    pub(crate) fn ensure<F>(&self, make: impl FnOnce() -> F) -> bool
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        if self.0.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            return false;
+        }
+        let alive = Alive(self.0.clone());
+        let fut = make();
+        tokio::spawn(async move {
+            let _alive = alive;
+            fut.await;
+        });
+        true
+    }
+}
+
 /// Held by every handle of a layer; stops the layer's background tasks when the last one goes.
 pub(crate) struct Guard(pub(crate) watch::Sender<bool>);
 
@@ -818,6 +883,47 @@ pub(crate) async fn members_since(host: &Host, key: &str, cutoff: f64) -> Result
                 .ok()
         })
         .collect())
+}
+
+/// How long a process's [marker](lost_data) outlives the process (it is set again every
+/// second while the process runs).
+const MARKER_TTL_SECS: u64 = 60;
+
+/// The key of a process's marker: `PREFIX:process:<client id>`. (No channel name has a `:`,
+/// so no channel's queue has this name.)
+pub(crate) fn marker_key(prefix: &str, client: &str) -> String {
+    format!("{prefix}:process:{client}")
+}
+
+/// Whether Redis at `host` lost this process's data since the last call: its marker key, set
+/// then, is gone (`FLUSHALL`, `FLUSHDB`, a restart without persistence, a failover to a replica
+/// that had not got it, someone deleting keys). Sets the marker again; `was_set` carries
+/// whether that worked (it does not at `maxmemory`), so that a marker never set is not taken
+/// for a lost one. Each command is bounded by `limit`; a Redis that does not answer lost
+/// nothing that this can tell.
+pub(crate) async fn lost_data(host: &Host, key: &str, was_set: &mut bool, limit: Duration) -> bool {
+    let mut c = host.conn();
+    let exists = timed(
+        limit,
+        redis::cmd("EXISTS").arg(key).query_async::<bool>(&mut c),
+    )
+    .await;
+    let Ok(Ok(exists)) = exists else {
+        return false;
+    };
+    let lost = *was_set && !exists;
+    let set = timed(
+        limit,
+        redis::cmd("SET")
+            .arg(key)
+            .arg(1)
+            .arg("EX")
+            .arg(MARKER_TTL_SECS)
+            .query_async::<()>(&mut c),
+    )
+    .await;
+    *was_set = matches!(set, Ok(Ok(())));
+    lost
 }
 
 /// Glob-escapes `s` for `SCAN … MATCH` and `PSUBSCRIBE`.

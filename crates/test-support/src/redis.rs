@@ -92,6 +92,23 @@ impl OwnRedis {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// Freezes the server (SIGSTOP): its connections stay open and nothing answers, as a
+    /// server stuck in a long command, swapping or paused by its host does.
+    pub fn freeze(&self) {
+        self.signal(nix::sys::signal::Signal::SIGSTOP);
+    }
+
+    /// Lets a [frozen](OwnRedis::freeze) server run again (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal(nix::sys::signal::Signal::SIGCONT);
+    }
+
+    fn signal(&self, signal: nix::sys::signal::Signal) {
+        let child = self.child.as_ref().expect("the server is not running"); // ok: test harness, a panic fails the calling test
+        let pid = nix::unistd::Pid::from_raw(child.0.id() as i32);
+        nix::sys::signal::kill(pid, signal).unwrap_or_else(|e| panic!("{signal} to {pid}: {e}"));
+    }
+
     /// Kills the server (SIGKILL: no goodbye to its clients).
     pub fn kill(&mut self) {
         self.child = None;

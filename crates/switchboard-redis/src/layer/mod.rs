@@ -44,8 +44,9 @@
 //! - Several hosts: `send` and `receive` pick a process queue's host by the same hash
 //!   (channels_redis hashes the full name on send and the non-local name on receive, so its
 //!   sends can land where nobody reads: django/channels_redis#221).
-//! - After Redis comes back (a restart, a failover), the memberships this process added are
-//!   written again, with their original join times.
+//! - After Redis comes back (a restart, a failover) or lost this process's keys (`FLUSHALL`:
+//!   a marker key `PREFIX:process:<client>` that the janitor sets every second is gone), the
+//!   memberships this process added are written again, with their original join times.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -55,15 +56,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use async_trait::async_trait;
 use dashmap::DashMap;
 use parking_lot::Mutex;
-use switchboard_core::engine::{Demand, Engine, Hasher, Queue, Receiver};
+use switchboard_core::engine::{Demand, Engine, Hasher, Leave, Queue, Receiver};
 use switchboard_core::{
     ChannelLayer, ChannelName, GroupName, LayerConfig, LayerError, LayerStats, Message, Result,
 };
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::codec::Codec;
 use crate::config::RedisConfig;
-use crate::conn::{self, Guard, Host, supervised, timed, unix_now};
+use crate::conn::{self, Guard, Host, Task, supervised, timed, unix_now};
 use crate::hash::consistent_hash;
 use crate::process::ClientId;
 
@@ -108,6 +109,12 @@ struct Inner {
     /// Named channels (`worker.jobs`) this process receives on, and their receive loops.
     named: DashMap<ChannelName, Arc<Loop>, Hasher>,
     shutdown: watch::Receiver<bool>,
+    /// The janitor, and the memberships the engine ended, which it takes out of Redis (kept
+    /// here, so that a janitor started again finds them).
+    janitor: Task,
+    leaves: tokio::sync::Mutex<mpsc::UnboundedReceiver<Leave>>,
+    /// Per host: the follower of its Sentinel master (started only for hosts behind Sentinel).
+    followers: Vec<Task>,
 }
 
 /// A receive loop: the receivers it feeds, and whether its task runs.
@@ -191,6 +198,7 @@ impl RedisLayer {
         );
         let (engine, leaves) = Engine::with_leaves(cfg.layer.clone());
         let (tx, rx) = watch::channel(false);
+        let followers = hosts.iter().map(|_| Task::new()).collect();
         let inner = Arc::new(Inner {
             cfg,
             hosts,
@@ -201,14 +209,11 @@ impl RedisLayer {
             loops: Mutex::new(HashMap::default()),
             named: DashMap::default(),
             shutdown: rx,
+            janitor: Task::new(),
+            leaves: tokio::sync::Mutex::new(leaves),
+            followers,
         });
-        tokio::spawn(upkeep::janitor(inner.clone(), leaves));
-        for h in (0..inner.hosts.len()).filter(|&h| inner.hosts[h].behind_sentinel()) {
-            let inner = inner.clone();
-            tokio::spawn(async move {
-                conn::follow_master(&inner.hosts[h], inner.shutdown.clone()).await;
-            });
-        }
+        inner.ensure_tasks();
         Ok(RedisLayer {
             inner,
             guard: Arc::new(Guard(tx)),
@@ -227,6 +232,25 @@ impl RedisLayer {
 }
 
 impl Inner {
+    /// Checks the layer is open, and starts the background tasks that do not run (at connect;
+    /// and again on the caller's runtime after the runtime they ran on ended, see [`Task`]).
+    /// Receive loops are started where they are needed ([`ensure_loop`](Inner::ensure_loop)).
+    fn open(self: &Arc<Self>) -> Result<()> {
+        self.engine.check_open()?;
+        self.ensure_tasks();
+        Ok(())
+    }
+
+    fn ensure_tasks(self: &Arc<Self>) {
+        for h in (0..self.hosts.len()).filter(|&h| self.hosts[h].behind_sentinel()) {
+            let inner = self.clone();
+            self.followers[h].ensure(|| async move {
+                conn::follow_master(&inner.hosts[h], inner.shutdown.clone()).await;
+            });
+        }
+        self.janitor.ensure(|| upkeep::janitor(self.clone()));
+    }
+
     fn host_for(&self, name: &str) -> &Host {
         &self.hosts[consistent_hash(name, self.hosts.len())]
     }
@@ -253,7 +277,7 @@ impl Inner {
         group: &GroupName,
         message: Message,
     ) -> Result<()> {
-        self.engine.check_open()?;
+        self.open()?;
         let lagging = self.timed(fanout::group_send(self, group, message)).await?;
         self.engine.backpressure(lagging.without(sender)).await;
         Ok(())
@@ -375,7 +399,7 @@ impl ChannelLayer for RedisLayer {
 
     async fn new_channel(&self, prefix: &str) -> Result<ChannelName> {
         let inner = &self.inner;
-        inner.engine.check_open()?;
+        inner.open()?;
         let name = inner.client.new_name(prefix)?;
         inner.own_queue(&name);
         Ok(name)
@@ -383,7 +407,7 @@ impl ChannelLayer for RedisLayer {
 
     async fn send(&self, channel: &ChannelName, message: Message) -> Result<()> {
         let inner = &self.inner;
-        inner.engine.check_open()?;
+        inner.open()?;
         if inner.client.owns(channel.as_str()) {
             return inner.engine.send(&inner.own_queue(channel), message);
         }
@@ -394,7 +418,7 @@ impl ChannelLayer for RedisLayer {
 
     async fn receive(&self, channel: &ChannelName) -> Result<Message> {
         let inner = &self.inner;
-        inner.engine.check_open()?;
+        inner.open()?;
         if inner.client.owns(channel.as_str()) {
             return inner.engine.receive(&inner.receive_queue(channel)).await;
         }
@@ -403,7 +427,7 @@ impl ChannelLayer for RedisLayer {
 
     async fn receiver(&self, channel: &ChannelName) -> Result<Receiver> {
         let inner = &self.inner;
-        inner.engine.check_open()?;
+        inner.open()?;
         if inner.client.owns(channel.as_str()) {
             return Ok(inner.engine.receiver(inner.receive_queue(channel)));
         }
@@ -417,7 +441,7 @@ impl ChannelLayer for RedisLayer {
 
     async fn group_add(&self, group: &GroupName, channel: &ChannelName) -> Result<()> {
         let inner = &self.inner;
-        inner.engine.check_open()?;
+        inner.open()?;
         let ttl = RedisConfig::ttl_secs(inner.cfg.layer.group_expiry);
         inner
             .timed(conn::add_member(
@@ -436,7 +460,7 @@ impl ChannelLayer for RedisLayer {
 
     async fn group_discard(&self, group: &GroupName, channel: &ChannelName) -> Result<()> {
         let inner = &self.inner;
-        inner.engine.check_open()?;
+        inner.open()?;
         inner.timed(inner.leave_group(group, channel)).await?;
         inner.engine.group_discard(group, channel);
         Ok(())
@@ -457,7 +481,7 @@ impl ChannelLayer for RedisLayer {
 
     async fn group_channels(&self, group: &GroupName) -> Result<Vec<ChannelName>> {
         let inner = &self.inner;
-        inner.engine.check_open()?;
+        inner.open()?;
         let cutoff = unix_now() - inner.cfg.layer.group_expiry.as_secs_f64();
         inner
             .timed(conn::members_since(
@@ -484,7 +508,7 @@ impl ChannelLayer for RedisLayer {
 
     async fn flush(&self) -> Result<()> {
         let inner = &self.inner;
-        inner.engine.check_open()?;
+        inner.open()?;
         let pattern = format!("{}*", conn::glob_escape(&inner.cfg.prefix));
         for host in &inner.hosts {
             inner.timed(conn::delete_matching(host, &pattern)).await?;
@@ -500,7 +524,7 @@ impl ChannelLayer for RedisLayer {
     }
 
     async fn check(&self) -> Result<()> {
-        self.inner.engine.check_open()?;
+        self.inner.open()?;
         for host in &self.inner.hosts {
             conn::ping(host).await?;
         }

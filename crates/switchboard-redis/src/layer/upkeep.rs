@@ -1,22 +1,24 @@
 //! Background upkeep: memberships the engine ended leave their Redis groups too; expired
 //! messages of untouched channels are swept; a host that reconnected (it may have restarted
-//! empty) gets this process's memberships back.
+//! empty) or lost this process's keys (`FLUSHALL`) gets this process's memberships back.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use switchboard_core::engine::{Hasher, Leave};
-use tokio::sync::mpsc;
 
 use super::Inner;
 use crate::config::RedisConfig;
-use crate::conn::unix_now;
+use crate::conn::{self, unix_now};
 
 /// Background upkeep: channels whose messages expired leave their groups; expired messages
 /// of untouched channels are swept; a host that reconnected gets this process's memberships
 /// back.
-pub(super) async fn janitor(inner: Arc<Inner>, mut leave_rx: mpsc::UnboundedReceiver<Leave>) {
+pub(super) async fn janitor(inner: Arc<Inner>) {
+    let Ok(mut leave_rx) = inner.leaves.try_lock() else {
+        return; // another janitor runs
+    };
     let mut shutdown = inner.shutdown.clone();
     let sweep_every =
         (inner.cfg.layer.expiry / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
@@ -25,6 +27,8 @@ pub(super) async fn janitor(inner: Arc<Inner>, mut leave_rx: mpsc::UnboundedRece
     let mut health = tokio::time::interval(Duration::from_secs(1));
     health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut client_ids: Vec<Option<i64>> = vec![None; inner.hosts.len()];
+    let marker = conn::marker_key(&inner.cfg.prefix, inner.client.as_str());
+    let mut marked = vec![false; inner.hosts.len()];
     loop {
         tokio::select! {
             _ = shutdown.changed() => return,
@@ -40,11 +44,16 @@ pub(super) async fn janitor(inner: Arc<Inner>, mut leave_rx: mpsc::UnboundedRece
                     .await;
                     match id {
                         Ok(Ok(id)) => {
-                            if client_ids[i].is_some_and(|old| old != id) {
-                                // A new connection: Redis may have restarted empty.
+                            // A new connection: Redis may have restarted empty.
+                            let reconnected = client_ids[i].is_some_and(|old| old != id);
+                            client_ids[i] = Some(id);
+                            let lost = conn::lost_data(host, &marker, &mut marked[i], inner.cfg.command_timeout).await;
+                            if lost {
+                                tracing::warn!(host = %host.name, "redis lost this process's keys (FLUSHALL, a restart without persistence?): writing its group memberships again; messages queued there are gone");
+                            }
+                            if reconnected || lost {
                                 reassert_memberships(&inner, Some(i)).await;
                             }
-                            client_ids[i] = Some(id);
                         }
                         _ => {
                             if client_ids[i].is_some() {

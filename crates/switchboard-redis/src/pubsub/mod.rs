@@ -49,7 +49,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::codec::{Codec, RouteRef};
 use crate::config::RedisConfig;
-use crate::conn::{self, Backoff, Guard, Host, timed, unix_now};
+use crate::conn::{self, Backoff, Guard, Host, Task, timed, unix_now};
 use crate::hash::consistent_hash;
 use crate::process::ClientId;
 
@@ -80,6 +80,8 @@ struct Sub {
     lock: tokio::sync::Mutex<()>,
     /// Named channels this process receives on (subscribed by name).
     channels: Mutex<HashSet<String>>,
+    /// The host's subscription loop.
+    task: Task,
 }
 
 struct Inner {
@@ -93,6 +95,12 @@ struct Inner {
     /// `PREFIX__group__`: the start of every group's Redis channel.
     group_prefix: String,
     shutdown: watch::Receiver<bool>,
+    /// The janitor, and the memberships the engine ended, which it takes out of Redis (kept
+    /// here, so that a janitor started again finds them).
+    janitor: Task,
+    leaves: tokio::sync::Mutex<mpsc::UnboundedReceiver<Leave>>,
+    /// Per host: the follower of its Sentinel master (started only for hosts behind Sentinel).
+    followers: Vec<Task>,
 }
 
 impl std::fmt::Debug for RedisPubSubLayer {
@@ -119,8 +127,10 @@ impl RedisPubSubLayer {
                 sink: Mutex::new(None),
                 lock: tokio::sync::Mutex::new(()),
                 channels: Mutex::new(HashSet::new()),
+                task: Task::new(),
             })
             .collect();
+        let followers = hosts.iter().map(|_| Task::new()).collect();
         let group_prefix = format!("{}__group__", cfg.prefix);
         let inner = Arc::new(Inner {
             cfg,
@@ -131,11 +141,16 @@ impl RedisPubSubLayer {
             client: ClientId::new(),
             group_prefix,
             shutdown: rx,
+            janitor: Task::new(),
+            leaves: tokio::sync::Mutex::new(leaves),
+            followers,
         });
         let mut ready = Vec::new();
         for h in 0..inner.hosts.len() {
             let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-            tokio::spawn(subscription_loop(inner.clone(), h, ready_tx));
+            inner.subs[h]
+                .task
+                .ensure(|| subscription_loop(inner.clone(), h, Some(ready_tx)));
             ready.push(ready_rx);
         }
         let limit = inner.cfg.connect_timeout + inner.cfg.command_timeout;
@@ -151,13 +166,7 @@ impl RedisPubSubLayer {
                 }
             }
         }
-        tokio::spawn(janitor(inner.clone(), leaves));
-        for h in (0..inner.hosts.len()).filter(|&h| inner.hosts[h].behind_sentinel()) {
-            let inner = inner.clone();
-            tokio::spawn(async move {
-                conn::follow_master(&inner.hosts[h], inner.shutdown.clone()).await;
-            });
-        }
+        inner.ensure_tasks();
         Ok(RedisPubSubLayer {
             inner,
             guard: Arc::new(Guard(tx)),
@@ -171,6 +180,37 @@ impl RedisPubSubLayer {
 }
 
 impl Inner {
+    /// Starts the background tasks that do not run (at connect; and again on the caller's
+    /// runtime after the runtime they ran on ended, see [`Task`]), and checks the layer is
+    /// open.
+    fn open(self: &Arc<Self>) -> Result<()> {
+        self.engine.check_open()?;
+        self.ensure_tasks();
+        Ok(())
+    }
+
+    fn ensure_tasks(self: &Arc<Self>) {
+        let mut restarted = false;
+        for h in 0..self.hosts.len() {
+            restarted |= self.subs[h]
+                .task
+                .ensure(|| subscription_loop(self.clone(), h, None));
+            if self.hosts[h].behind_sentinel() {
+                let inner = self.clone();
+                self.followers[h].ensure(|| async move {
+                    conn::follow_master(&inner.hosts[h], inner.shutdown.clone()).await;
+                });
+            }
+        }
+        let first = self.janitor.ensure(|| janitor(self.clone()));
+        if restarted && !first {
+            tracing::warn!(
+                "the pub/sub layer's background tasks had stopped (the runtime they ran on \
+                 ended); started again on the current runtime"
+            );
+        }
+    }
+
     fn host_index(&self, name: &str) -> usize {
         consistent_hash(name, self.hosts.len())
     }
@@ -194,12 +234,12 @@ impl Inner {
     /// One `PUBLISH` to the group's channel; then, since the fan-out runs in the subscription,
     /// a wait for the local members it left lagging (but `sender`).
     async fn group_send(
-        &self,
+        self: &Arc<Self>,
         sender: Option<&ChannelName>,
         group: &GroupName,
         message: Message,
     ) -> Result<()> {
-        self.engine.check_open()?;
+        self.open()?;
         self.publish(&self.group_channel(group.as_str()), &message)
             .await?;
         let lagging = self.engine.lagging_members(group.as_str());
@@ -345,12 +385,27 @@ impl Inner {
 
 use std::future::Future;
 
+/// Forgets the subscription connection's sink when the loop ends, however it ends (its runtime
+/// can drop it anywhere): a sink whose connection is gone must not be used.
+struct ClearSink<'a>(&'a Sub);
+
+impl Drop for ClearSink<'_> {
+    fn drop(&mut self) {
+        *self.0.sink.lock() = None;
+    }
+}
+
 /// One host's subscription: connects, subscribes to everything this process listens to,
-/// dispatches messages, and starts over after a disconnect.
-async fn subscription_loop(inner: Arc<Inner>, h: usize, ready: tokio::sync::oneshot::Sender<()>) {
-    let mut ready = Some(ready);
+/// dispatches messages, and starts over after a disconnect. `ready` hears of the first
+/// subscription (at connect).
+async fn subscription_loop(
+    inner: Arc<Inner>,
+    h: usize,
+    mut ready: Option<tokio::sync::oneshot::Sender<()>>,
+) {
     let host = &inner.hosts[h];
     let sub = &inner.subs[h];
+    let _clear = ClearSink(sub);
     let mut shutdown = inner.shutdown.clone();
     let mut backoff = Backoff::new();
     let mut was_down = false;
@@ -450,16 +505,32 @@ async fn subscription_loop(inner: Arc<Inner>, h: usize, ready: tokio::sync::ones
 }
 
 /// Memberships the engine ended (expired messages, expired memberships) leave the registry and,
-/// when last, the group's subscription; untouched channels are swept.
-async fn janitor(inner: Arc<Inner>, mut leaves: mpsc::UnboundedReceiver<Leave>) {
+/// when last, the group's subscription; untouched channels are swept; a host that lost this
+/// process's keys (`FLUSHALL`) gets its registry entries back.
+async fn janitor(inner: Arc<Inner>) {
+    let Ok(mut leaves) = inner.leaves.try_lock() else {
+        return; // another janitor runs
+    };
     let mut shutdown = inner.shutdown.clone();
     let sweep_every =
         (inner.cfg.layer.expiry / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
     let mut sweep = tokio::time::interval(sweep_every);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut health = tokio::time::interval(Duration::from_secs(1));
+    health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let marker = conn::marker_key(&inner.cfg.prefix, inner.client.as_str());
+    let mut marked = vec![false; inner.hosts.len()];
     loop {
         tokio::select! {
             _ = shutdown.changed() => return,
+            _ = health.tick() => {
+                for (h, host) in inner.hosts.iter().enumerate() {
+                    if conn::lost_data(host, &marker, &mut marked[h], inner.cfg.command_timeout).await {
+                        tracing::warn!(host = %host.name, "redis lost this process's keys (FLUSHALL, a restart without persistence?): writing its group registry again");
+                        inner.reassert_registry(h).await;
+                    }
+                }
+            }
             Some(leave) = leaves.recv() => {
                 for group in leave.groups {
                     if let Err(e) = inner.left(&group, &leave.channel).await {
@@ -479,7 +550,7 @@ impl ChannelLayer for RedisPubSubLayer {
     }
 
     async fn new_channel(&self, prefix: &str) -> Result<ChannelName> {
-        self.inner.engine.check_open()?;
+        self.inner.open()?;
         let name = self.inner.client.new_name(prefix)?;
         self.inner.own_queue(&name);
         Ok(name)
@@ -487,7 +558,7 @@ impl ChannelLayer for RedisPubSubLayer {
 
     async fn send(&self, channel: &ChannelName, message: Message) -> Result<()> {
         let inner = &self.inner;
-        inner.engine.check_open()?;
+        inner.open()?;
         if inner.client.owns(channel.as_str()) {
             return inner.engine.send_to(channel, message);
         }
@@ -496,7 +567,7 @@ impl ChannelLayer for RedisPubSubLayer {
 
     async fn receive(&self, channel: &ChannelName) -> Result<Message> {
         let inner = &self.inner;
-        inner.engine.check_open()?;
+        inner.open()?;
         if inner.client.owns(channel.as_str()) {
             return inner.engine.receive(&inner.own_queue(channel)).await;
         }
@@ -505,7 +576,7 @@ impl ChannelLayer for RedisPubSubLayer {
 
     async fn receiver(&self, channel: &ChannelName) -> Result<Receiver> {
         let inner = &self.inner;
-        inner.engine.check_open()?;
+        inner.open()?;
         if inner.client.owns(channel.as_str()) {
             return Ok(inner.engine.receiver(inner.own_queue(channel)));
         }
@@ -536,7 +607,7 @@ impl ChannelLayer for RedisPubSubLayer {
 
     async fn group_add(&self, group: &GroupName, channel: &ChannelName) -> Result<()> {
         let inner = &self.inner;
-        inner.engine.check_open()?;
+        inner.open()?;
         if !inner.client.owns(channel.as_str()) {
             return Err(LayerError::Unsupported(format!(
                 "the pub/sub layer keeps group membership in the process that owns the channel: \
@@ -575,7 +646,7 @@ impl ChannelLayer for RedisPubSubLayer {
 
     async fn group_discard(&self, group: &GroupName, channel: &ChannelName) -> Result<()> {
         let inner = &self.inner;
-        inner.engine.check_open()?;
+        inner.open()?;
         inner.engine.group_discard(group, channel);
         inner.left(group, channel).await
     }
@@ -595,7 +666,7 @@ impl ChannelLayer for RedisPubSubLayer {
 
     async fn group_channels(&self, group: &GroupName) -> Result<Vec<ChannelName>> {
         let inner = &self.inner;
-        inner.engine.check_open()?;
+        inner.open()?;
         let h = inner.host_index(&inner.group_channel(group.as_str()));
         let cutoff = unix_now() - inner.cfg.layer.group_expiry.as_secs_f64();
         inner
@@ -623,7 +694,7 @@ impl ChannelLayer for RedisPubSubLayer {
 
     async fn flush(&self) -> Result<()> {
         let inner = &self.inner;
-        inner.engine.check_open()?;
+        inner.open()?;
         let groups = inner.engine.group_names();
         inner.engine.flush();
         for group in groups {
@@ -648,7 +719,7 @@ impl ChannelLayer for RedisPubSubLayer {
     }
 
     async fn check(&self) -> Result<()> {
-        self.inner.engine.check_open()?;
+        self.inner.open()?;
         for host in &self.inner.hosts {
             conn::ping(host).await?;
         }
