@@ -82,17 +82,21 @@ async fn traffic(
     calls
 }
 
-/// What `ch` receives until `until` (from `t0`): each message's number and arrival.
+/// What `ch` receives until `until` (from `t0`): each message's number and arrival, and how
+/// many messages the receiver was told it missed.
 async fn collect(
     layer: Layer,
     ch: ChannelName,
     t0: Instant,
     until: Duration,
-) -> Vec<(i64, Duration)> {
+) -> (Vec<(i64, Duration)>, u64) {
     let mut got = Vec::new();
+    let mut rx = layer.receiver(&ch).await.unwrap();
+    let mut told = 0;
     while let Some(left) = until.checked_sub(t0.elapsed()) {
-        match tokio::time::timeout(left, layer.receive(&ch)).await {
+        match tokio::time::timeout(left, rx.recv()).await {
             Ok(Ok(m)) => {
+                told += rx.take_missed();
                 let n = m.get("n").and_then(|v| v.as_i64()).unwrap();
                 got.push((n, t0.elapsed()));
             }
@@ -103,7 +107,7 @@ async fn collect(
             Err(_) => break,
         }
     }
-    got
+    (got, told + rx.take_missed())
 }
 
 /// The figures of one fault (printed whole; some are only printed).
@@ -128,9 +132,13 @@ struct Figures {
     duplicates: usize,
     /// Sent without error in the last second of traffic and not received (0 once recovered).
     lost_at_the_end: usize,
+    /// Messages the receiver was told it missed (`take_missed`): at least one when any was
+    /// lost, or the loss was silent.
+    told: u64,
 }
 
-fn figures(calls: &[Call], got: &[(i64, Duration)], fault_end: Duration) -> Figures {
+fn figures(calls: &[Call], got: &(Vec<(i64, Duration)>, u64), fault_end: Duration) -> Figures {
+    let (got, told) = (&got.0, got.1);
     use std::collections::HashMap;
     let mut arrivals: HashMap<i64, Vec<Duration>> = HashMap::new();
     for &(n, at) in got {
@@ -172,7 +180,17 @@ fn figures(calls: &[Call], got: &[(i64, Duration)], fault_end: Duration) -> Figu
             .filter(|c| c.at + Duration::from_secs(1) >= last_at)
             .filter(|c| c.error.is_none() && !received(c.n))
             .count(),
+        told,
     }
+}
+
+/// A loss is never silent: the receiver was told of one if it lost any.
+fn assert_loss_told(f: &Figures) {
+    assert!(
+        f.lost == 0 || f.told > 0,
+        "{} messages lost and the receiver was not told: {f:?}",
+        f.lost
+    );
 }
 
 /// A sender and a receiving process (a member of `room`) on `redis`, traffic between them
@@ -184,7 +202,7 @@ async fn under_traffic(
     every: Duration,
     until: Duration,
     fault: impl AsyncFnOnce(Instant) -> Duration,
-) -> (Vec<Call>, Vec<(i64, Duration)>, Duration) {
+) -> (Vec<Call>, (Vec<(i64, Duration)>, u64), Duration) {
     let sender = make(pubsub, cfg).await;
     let receiver = make(pubsub, cfg).await;
     let ch = receiver.new_channel().await.unwrap();
@@ -259,6 +277,7 @@ async fn frozen(pubsub: bool) {
     let delivered = f.delivered_after.expect("nothing arrived after the thaw");
     assert!(delivered <= Duration::from_secs(5), "{f:?}");
     assert_eq!(f.lost_at_the_end, 0, "{f:?}");
+    assert_loss_told(&f);
     assert_eq!(
         TASK_PANICS.load(Ordering::Relaxed),
         0,
@@ -318,6 +337,7 @@ async fn pubsub_layer_resubscribes_after_its_subscription_is_killed() {
     let delivered = f.delivered_after.expect("nothing arrived after the kill");
     assert!(delivered <= Duration::from_secs(1), "{f:?}");
     assert_eq!(f.lost_at_the_end, 0, "{f:?}");
+    assert_loss_told(&f);
     assert_eq!(f.duplicates, 0, "{f:?}");
     assert_eq!(
         TASK_PANICS.load(Ordering::Relaxed),
@@ -366,6 +386,7 @@ async fn flushall(pubsub: bool) {
     let delivered = f.delivered_after.expect("nothing arrived after the flush");
     assert!(delivered <= Duration::from_millis(2500), "{f:?}");
     assert_eq!(f.lost_at_the_end, 0, "{f:?}");
+    assert_loss_told(&f);
     assert_eq!(
         TASK_PANICS.load(Ordering::Relaxed),
         0,

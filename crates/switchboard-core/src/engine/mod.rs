@@ -550,6 +550,39 @@ impl Engine {
         lagging
     }
 
+    /// Marks a gap ([`Queue::mark_gap`]) on every member here of `groups` and on the queues
+    /// of `channels`, once per queue: the backend lost messages meant for them (a pub/sub
+    /// subscription made again after its connection was lost). Returns how many it marked.
+    pub fn mark_gaps<'a>(
+        &self,
+        groups: impl IntoIterator<Item = &'a str>,
+        channels: impl IntoIterator<Item = &'a str>,
+    ) -> usize {
+        let mut queues: Vec<Arc<Queue>> = Vec::new();
+        for g in groups {
+            if let Some(members) = self.0.groups.get(g) {
+                queues.extend(members.map.values().map(|m| m.queue.clone()));
+            }
+        }
+        queues.extend(channels.into_iter().filter_map(|c| self.get(c)));
+        queues.sort_by_key(|q| Arc::as_ptr(q) as usize);
+        queues.dedup_by(|a, b| Arc::ptr_eq(a, b));
+        for q in &queues {
+            q.mark_gap();
+        }
+        queues.len()
+    }
+
+    /// Marks a gap on every queue here (the backend lost what it held for this process).
+    /// Returns how many it marked.
+    pub fn mark_gap_everywhere(&self) -> usize {
+        let queues: Vec<Arc<Queue>> = self.0.channels.iter().map(|q| q.value().clone()).collect();
+        for q in &queues {
+            q.mark_gap();
+        }
+        queues.len()
+    }
+
     /// Ends an expired membership: index, back-index, report.
     fn end_membership(&self, group: &GroupName, queue: &Arc<Queue>) {
         if self

@@ -49,7 +49,8 @@ pub(super) async fn janitor(inner: Arc<Inner>) {
                             client_ids[i] = Some(id);
                             let lost = conn::lost_data(host, &marker, &mut marked[i], inner.cfg.command_timeout).await;
                             if lost {
-                                tracing::warn!(host = %host.name, "redis lost this process's keys (FLUSHALL, a restart without persistence?): writing its group memberships again; messages queued there are gone");
+                                let told = inner.engine.mark_gap_everywhere();
+                                tracing::warn!(host = %host.name, told, "redis lost this process's keys (FLUSHALL, a restart without persistence?): writing its group memberships again; messages queued there are gone, and this process's receivers are told");
                             }
                             if reconnected || lost {
                                 reassert_memberships(&inner, Some(i)).await;

@@ -204,9 +204,12 @@ impl Inner {
         }
         let first = self.janitor.ensure(|| janitor(self.clone()));
         if restarted && !first {
+            let told = self.engine.mark_gap_everywhere();
             tracing::warn!(
+                told,
                 "the pub/sub layer's background tasks had stopped (the runtime they ran on \
-                 ended); started again on the current runtime"
+                 ended); started again on the current runtime, and the subscribers told they \
+                 may have missed messages"
             );
         }
     }
@@ -472,7 +475,19 @@ async fn subscription_loop(
             let _ = r.send(());
         }
         if was_down {
-            tracing::info!(host = %host.name, "pub/sub reconnected and resubscribed");
+            // What was published to this host meanwhile is gone: its subscribers are told.
+            let groups: Vec<_> = inner
+                .engine
+                .group_names()
+                .into_iter()
+                .filter(|g| inner.host_index(&inner.group_channel(g.as_str())) == h)
+                .collect();
+            let channels: Vec<String> = sub.channels.lock().iter().cloned().collect();
+            let told = inner.engine.mark_gaps(
+                groups.iter().map(|g| g.as_str()),
+                channels.iter().map(String::as_str),
+            );
+            tracing::info!(host = %host.name, told, "pub/sub reconnected and resubscribed; subscribers told they may have missed messages");
             crate::metrics::reconnected("subscription");
             inner.reassert_registry(h).await;
         }
