@@ -146,7 +146,7 @@ async fn churn_loop(l: usize, args: Arc<Args>, counts: Arc<Counts>, mut rng: Rng
         let url = &args.urls[(l + n as usize) % args.urls.len()];
         let url = format!("{url}?nickname={}-{l}-{n}", args.nickname_prefix.as_str());
         let stay = args.min_ms + rng.next() % (args.max_ms - args.min_ms + 1);
-        let drop = args.drop_every > 0 && rng.next() % args.drop_every == 0;
+        let drop = args.drop_every > 0 && rng.next().is_multiple_of(args.drop_every);
         n += 1;
         match one(&url, Duration::from_millis(stay), drop, &counts).await {
             Ok(()) => {
