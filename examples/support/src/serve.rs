@@ -117,6 +117,9 @@ impl Ops {
     }
 }
 
+/// The gauge of tasks alive on the tokio runtime, sampled when `/metrics` is read.
+pub const TOKIO_ALIVE_TASKS: &str = "switchboard_tokio_alive_tasks";
+
 #[derive(Clone)]
 struct MetricsState {
     prometheus: PrometheusHandle,
@@ -137,11 +140,17 @@ async fn metrics_page(State(st): State<MetricsState>, req: Request) -> Response 
             .into_response();
     }
     switchboard::metrics::record_layer_stats(&st.layer);
-    (
-        [("content-type", "text/plain; version=0.0.4")],
-        st.prometheus.render(),
-    )
-        .into_response()
+    let mut page = st.prometheus.render();
+    // Sampled at scrape time: tasks alive on this runtime (connections, their writers, the
+    // layer's loops, timers), which a soak watches for leaks.
+    let alive = tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks();
+    page.push_str(&format!(
+        "# HELP {TOKIO_ALIVE_TASKS} tasks alive on the tokio runtime\n\
+         # TYPE {TOKIO_ALIVE_TASKS} gauge\n{TOKIO_ALIVE_TASKS} {alive}\n"
+    ));
+    ([("content-type", "text/plain; version=0.0.4")], page).into_response()
 }
 
 async fn readyz(State((layer, shutdown)): State<(Layer, Shutdown)>) -> Response {
