@@ -28,7 +28,7 @@ pub mod subscription;
 pub mod text;
 pub mod value;
 
-pub use engine::Receiver;
+pub use engine::{Missed, Receiver};
 pub use error::{LayerError, Result};
 pub use layer::memory::InMemoryLayer;
 pub use layer::{ChannelLayer, Layer, LayerConfig, LayerStats};

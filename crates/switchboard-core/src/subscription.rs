@@ -209,12 +209,14 @@ impl Subscription {
         std::future::poll_fn(|cx| self.poll_recv(cx)).await
     }
 
-    /// How many messages were missed right after the last one received, and forgets them; 0
-    /// when none were. A group message this channel could not take (its queue was full, the
-    /// sender's back-pressure wait ran out), a message that expired before it was received,
-    /// and a gap a backend knows of (a pub/sub subscription made again) count here once the
-    /// receiver reaches the place where they would have been: call it after each receive.
-    pub fn take_missed(&self) -> u64 {
+    /// What was missed right after the last message received, and forgets it: group messages
+    /// this channel could not take (its queue was full, the senders' back-pressure wait ran
+    /// out) and messages that expired before they were received
+    /// ([`Missed::dropped`](crate::Missed::dropped)), and an interruption a backend knows of (a
+    /// pub/sub subscription made again: [`Missed::interrupted`](crate::Missed::interrupted)). Each
+    /// is told once the receiver reaches the place where it happened: call it after each
+    /// receive.
+    pub fn take_missed(&self) -> crate::Missed {
         self.receiver.take_missed()
     }
 
@@ -227,6 +229,13 @@ impl Subscription {
     /// made: it grows while a receiver that stopped receiving is losing messages.
     pub fn dropped(&self) -> u64 {
         self.receiver.dropped()
+    }
+
+    /// Ready with [`dropped`](Subscription::dropped) once it is past `seen`; else registers
+    /// `cx` to be woken at the next drop, taking nothing (for a consumer that has stopped
+    /// receiving for now, to know when it starts losing messages).
+    pub fn poll_dropped(&self, cx: &mut Context<'_>, seen: u64) -> Poll<u64> {
+        self.receiver.poll_dropped(cx, seen)
     }
 
     /// Leaves the groups and discards the channel (if it is this subscription's own). Errors

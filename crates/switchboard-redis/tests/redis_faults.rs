@@ -96,7 +96,7 @@ async fn collect(
     while let Some(left) = until.checked_sub(t0.elapsed()) {
         match tokio::time::timeout(left, rx.recv()).await {
             Ok(Ok(m)) => {
-                told += rx.take_missed();
+                told += told_of(rx.take_missed());
                 let n = m.get("n").and_then(|v| v.as_i64()).unwrap();
                 got.push((n, t0.elapsed()));
             }
@@ -107,7 +107,12 @@ async fn collect(
             Err(_) => break,
         }
     }
-    (got, told + rx.take_missed())
+    (got, told + told_of(rx.take_missed()))
+}
+
+/// What a receiver was told it missed, as a count (an interruption counts one).
+fn told_of(m: switchboard_core::Missed) -> u64 {
+    m.dropped + u64::from(m.interrupted)
 }
 
 /// The figures of one fault (printed whole; some are only printed).

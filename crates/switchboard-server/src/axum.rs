@@ -18,8 +18,10 @@
 //!     .route("/ws/echo/{room}/", switchboard::axum::consumer(layer, |_: &Scope| Echo));
 //! ```
 //!
-//! Serve the router with `into_make_service_with_connect_info::<SocketAddr>()` to give
-//! consumers the peer address in [`Scope::peer_addr`](crate::Scope::peer_addr).
+//! Serve the router with [`switchboard::serve`](crate::serve()) (it gives consumers the peer
+//! address in [`Scope::peer_addr`](crate::Scope::peer_addr), and closes connections that never
+//! send a whole request: see [`HttpLimits`](crate::HttpLimits)), or with `axum::serve` and
+//! `into_make_service_with_connect_info::<SocketAddr>()`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -27,7 +27,7 @@ use std::future::Future;
 
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
-use switchboard_core::{DecodeError, FromMessage, Text};
+use switchboard_core::{DecodeError, FromMessage, Missed, Text};
 
 use crate::connection::Connection;
 use crate::endpoint::Refusal;
@@ -215,25 +215,35 @@ pub trait Consumer: Send + 'static {
         async { Ok(()) }
     }
 
-    /// Runs when layer messages meant for this connection were lost, with how many (at
-    /// least), right after the last event received before the gap: its channel's queue was
-    /// full (this client, or this consumer, fell behind its group for longer than the layer's
-    /// back-pressure wait), they expired unread, or the layer lost its connection to where
-    /// they come from and made it again. The default closes the connection with 1013 (try
-    /// again later), so the client reconnects instead of showing a hole; override it to do
-    /// better (reload from a database, tell the client and go on).
+    /// Runs when layer messages meant for this connection were lost, right after the last
+    /// event received before the gap ([`Missed`]):
+    ///
+    /// - **dropped**: its channel was full — this client, or this consumer, fell behind its
+    ///   group for longer than the layer's back-pressure wait — or they expired unread. The
+    ///   default closes the connection with 1013 (try again later), so the client reconnects
+    ///   (and reloads) instead of showing a hole.
+    /// - **interrupted**: the layer's connection to where messages come from was lost and made
+    ///   again (a pub/sub subscription, a Redis that restarted empty); some messages may be
+    ///   missing, for every connection of the process at once. The default goes on (the
+    ///   runtime has logged and counted it): closing every connection at each Redis blip
+    ///   would be worse than the gap. Override it to tell the client (a "resync" frame).
+    ///
+    /// Override it to do better: reload from a database, tell the client and go on.
     fn missed(
         &mut self,
         conn: &mut Connection,
-        count: u64,
+        missed: Missed,
     ) -> impl Future<Output = Result<()>> + Send {
-        let _ = count;
         async move {
-            conn.close(
-                CloseCode::TRY_AGAIN_LATER,
-                "fell behind; messages were missed",
-            )
-            .await
+            if missed.dropped > 0 {
+                conn.close(
+                    CloseCode::TRY_AGAIN_LATER,
+                    "fell behind; messages were missed",
+                )
+                .await
+            } else {
+                Ok(())
+            }
         }
     }
 

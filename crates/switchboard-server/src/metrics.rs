@@ -14,7 +14,8 @@
 //! | `switchboard_bytes_received_total` | counter | | payload bytes of those frames |
 //! | `switchboard_frames_sent_total` | counter | | data frames written to clients |
 //! | `switchboard_bytes_sent_total` | counter | | payload bytes of those frames |
-//! | `switchboard_messages_missed_total` | counter | | layer messages connections were told they missed (`Consumer::missed`) |
+//! | `switchboard_messages_missed_total` | counter | | layer messages dropped for connections (full channel, expired), each connection told (`Consumer::missed`) |
+//! | `switchboard_stream_interruptions_total` | counter | | connections told the layer's stream was interrupted (a pub/sub subscription made again, Redis restarted empty): messages may be missing |
 //! | `switchboard_handler_errors_total` | counter | `handler`, `kind` | consumer handlers (`connect`, `receive`, `event`, `missed`, `disconnect`, `task`) that returned an error (`kind="error"`) or panicked (`kind="panic"`) |
 //! | `switchboard_worker_messages_total` | counter | `outcome` | messages [`Worker`](crate::Worker)s took (`received`) and how each ended: `handled`, `failed` (the handler's error), `panicked`, `skipped` (its handler does not take its type), `abandoned` (still running at the stop timeout) |
 
@@ -40,6 +41,8 @@ pub const FRAMES_SENT: &str = "switchboard_frames_sent_total";
 pub const BYTES_SENT: &str = "switchboard_bytes_sent_total";
 /// Counter of layer messages connections were told they missed.
 pub const MESSAGES_MISSED: &str = "switchboard_messages_missed_total";
+/// Counter of interruptions of the layer's stream connections were told of.
+pub const STREAM_INTERRUPTIONS: &str = "switchboard_stream_interruptions_total";
 /// Counter of handler errors and panics; labels `handler`, `kind`.
 pub const HANDLER_ERRORS: &str = "switchboard_handler_errors_total";
 
@@ -78,9 +81,14 @@ pub(crate) fn closed(reason: &'static str) {
     metrics::counter!(CONNECTIONS_CLOSED, "reason" => reason).increment(1);
 }
 
-/// Counts messages a connection was told it missed.
-pub(crate) fn missed(count: u64) {
-    metrics::counter!(MESSAGES_MISSED).increment(count);
+/// Counts what a connection was told it missed.
+pub(crate) fn missed(missed: switchboard_core::Missed) {
+    if missed.dropped > 0 {
+        metrics::counter!(MESSAGES_MISSED).increment(missed.dropped);
+    }
+    if missed.interrupted {
+        metrics::counter!(STREAM_INTERRUPTIONS).increment(1);
+    }
 }
 
 /// Counts a handler's error or panic.
@@ -111,7 +119,11 @@ pub fn describe() {
     describe_counter!(BYTES_SENT, Unit::Bytes, "Payload bytes written to clients");
     describe_counter!(
         MESSAGES_MISSED,
-        "Layer messages connections were told they missed"
+        "Layer messages dropped for connections, each told"
+    );
+    describe_counter!(
+        STREAM_INTERRUPTIONS,
+        "Connections told the layer's stream was interrupted"
     );
     describe_counter!(
         HANDLER_ERRORS,

@@ -163,6 +163,9 @@ enum Input {
     Event(switchboard_core::Result<Message>),
     /// Messages for the consumer were lost at this point of its stream.
     Missed,
+    /// Go round the loop again: the backlog drained, or messages for the consumer are being
+    /// dropped while it is not taking them.
+    Again,
     Tick,
     Shutdown,
     /// A task handed to `Connection::spawn` ended.
@@ -365,19 +368,12 @@ pub(crate) async fn run<C, T>(
     let mut socket_first = true;
     // Write once this much is queued even if more input is ready (well under the queue's limit).
     let batch_bytes = (config.outbound_bytes / 4).clamp(1, 64 * 1024);
-    // Past half its outbound limits the connection stops taking events: they wait in its
-    // channel, whose back-pressure slows the group's senders to this client's pace.
-    let (high_frames, high_bytes) = (
-        (config.outbound_frames / 2).max(1),
-        (config.outbound_bytes / 2).max(1),
-    );
     let mut dropped_seen = conn.subscription().dropped();
-    // A client over its rates is not read until this instant.
+    // A client over its rates is not read for a while (see `Rates`).
     let mut rates = Rates::new(&config);
-    let mut paused_until: Option<Instant> = None;
 
     let ending = loop {
-        {
+        let backlogged = {
             let o = out.lock();
             if o.overflow {
                 drop(o);
@@ -397,7 +393,8 @@ pub(crate) async fn run<C, T>(
                     unread_input: false,
                 };
             }
-        }
+            is_backlogged(&o, &config)
+        };
         if conn.tasks.as_ref().is_some_and(|t| !t.ended.is_empty())
             && let Some(end) = Box::pin(tasks_ended(&mut conn)).await
         {
@@ -411,10 +408,6 @@ pub(crate) async fn run<C, T>(
                 unread_input: false,
             };
         }
-        let backlogged = {
-            let o = out.lock();
-            o.frames.len() >= high_frames || o.bytes >= high_bytes
-        };
         if backlogged {
             // Not taking events, and its channel overflowing: the client is not keeping up
             // with its group, and would only see what it missed after the backlog. Cut it off.
@@ -450,7 +443,9 @@ pub(crate) async fn run<C, T>(
                 Poll::Ready(None) => Some(Input::SocketEnd),
                 Poll::Pending => None,
             };
-            let reading = paused_until.is_none();
+            let reading = rates.as_ref().is_none_or(|r| r.paused_until.is_none());
+            // Again here: the write above may have drained the backlog.
+            let backlogged = is_backlogged(&out.lock(), &config);
             if reading
                 && socket_first
                 && let Some(i) = poll_socket(tcx)
@@ -464,6 +459,13 @@ pub(crate) async fn run<C, T>(
                 if let Poll::Ready(r) = conn.subscription().poll_recv(tcx) {
                     return Poll::Ready(Input::Event(r));
                 }
+            } else if conn
+                .subscription()
+                .poll_dropped(tcx, dropped_seen)
+                .is_ready()
+            {
+                // Checked at the top of the loop: it is cut off.
+                return Poll::Ready(Input::Again);
             }
             if reading
                 && !socket_first
@@ -486,6 +488,11 @@ pub(crate) async fn run<C, T>(
             }
             if !broken && let Poll::Ready(Err(e)) = writer.poll_write(tcx, &mut ws, &out) {
                 return Poll::Ready(Input::WriteError(e));
+            }
+            if backlogged && !is_backlogged(&out.lock(), &config) {
+                // That write drained the backlog: take events again (nothing else would wake
+                // this task for them, its channel's waker was not registered).
+                return Poll::Ready(Input::Again);
             }
             Poll::Pending
         })
@@ -518,7 +525,6 @@ pub(crate) async fn run<C, T>(
                             if let Some(r) = rates.as_mut()
                                 && let Some(until) = r.take(f.len())
                             {
-                                paused_until = Some(until);
                                 let next = next_deadline(&config, last_heard, last_ping);
                                 timer.as_mut().reset(next.min(until));
                             }
@@ -578,13 +584,14 @@ pub(crate) async fn run<C, T>(
                     }
                 }
             },
+            Input::Again => continue,
             Input::Missed => {
-                let count = conn.subscription().take_missed();
-                tracing::info!(%channel, count, "messages for this connection were lost");
-                metrics::missed(count);
+                let missed = conn.subscription().take_missed();
+                tracing::info!(%channel, dropped = missed.dropped, interrupted = missed.interrupted, "messages for this connection were lost");
+                metrics::missed(missed);
                 // Boxed: rare, as `receive`'s future is.
                 let result = drive(
-                    Box::pin(consumer.missed(&mut conn, count)),
+                    Box::pin(consumer.missed(&mut conn, missed)),
                     &mut ws,
                     &out,
                     &mut writer,
@@ -700,9 +707,12 @@ pub(crate) async fn run<C, T>(
             }
             Input::Tick => {
                 let now = Instant::now();
-                if paused_until.is_some_and(|t| now >= t) {
-                    paused_until = None;
-                }
+                let paused_until = rates.as_mut().and_then(|r| {
+                    if r.paused_until.is_some_and(|t| now >= t) {
+                        r.paused_until = None;
+                    }
+                    r.paused_until
+                });
                 if now.duration_since(last_heard) >= config.idle_timeout {
                     tracing::debug!(%channel, "idle timeout");
                     break Ending {
@@ -752,11 +762,18 @@ pub(crate) async fn run<C, T>(
         // over the limit, sent whole) would get that instead of our close frame.
         let finish = async {
             let _ = std::future::poll_fn(|tcx| writer.poll_write(tcx, &mut ws, &out)).await;
-            if !ending.unread_input {
-                while let Some(Ok(_)) = ws.next().await {}
+            let mut raw = ending.unread_input;
+            while !raw {
+                match ws.next().await {
+                    Some(Ok(_)) => {}
+                    // The close handshake is done: the server closes the TCP connection first
+                    // (RFC 6455 §7.1.1), now.
+                    None => break,
+                    Some(Err(_)) => raw = true,
+                }
             }
             let mut discarded = 0;
-            while discarded < DISCARD_LIMIT {
+            while raw && discarded < DISCARD_LIMIT {
                 match std::future::poll_fn(|tcx| ws.poll_discard(tcx)).await {
                     Ok(0) | Err(_) => break,
                     Ok(n) => discarded += n,
@@ -842,6 +859,14 @@ pub(crate) async fn disconnect<C: Consumer>(
     conn.subscription().close().await;
 }
 
+/// Whether the outbound backlog is past half its limits: the connection then stops taking
+/// events, which wait in its channel, whose back-pressure slows the group's senders to this
+/// client's pace.
+fn is_backlogged(o: &Outbound, config: &ConnectionConfig) -> bool {
+    o.frames.len() >= (config.outbound_frames / 2).max(1)
+        || o.bytes >= (config.outbound_bytes / 2).max(1)
+}
+
 /// Token buckets for a client's message and byte rates
 /// ([`ConnectionConfig::max_messages_per_second`], `max_bytes_per_second`): each holds up to a
 /// second's worth, and a message that leaves one in debt pauses reading until it is paid.
@@ -849,6 +874,8 @@ struct Rates {
     /// (rate per second, tokens) for messages, then bytes.
     buckets: [Option<(f64, f64)>; 2],
     last: Instant,
+    /// The client is not read until then.
+    paused_until: Option<Instant>,
 }
 
 impl Rates {
@@ -865,11 +892,12 @@ impl Rates {
         Some(Box::new(Rates {
             buckets: [messages.map(full), bytes.map(full)],
             last: Instant::now(),
+            paused_until: None,
         }))
     }
 
-    /// Takes one message of `len` bytes; the instant reading may resume, if a bucket is in
-    /// debt.
+    /// Takes one message of `len` bytes; if a bucket is in debt, pauses reading and returns
+    /// the instant it may resume.
     fn take(&mut self, len: usize) -> Option<Instant> {
         let now = Instant::now();
         let elapsed = now.duration_since(self.last).as_secs_f64();
@@ -883,7 +911,8 @@ impl Rates {
                 }
             }
         }
-        (wait > 0.0).then(|| now + Duration::from_secs_f64(wait.min(3600.0)))
+        self.paused_until = (wait > 0.0).then(|| now + Duration::from_secs_f64(wait.min(3600.0)));
+        self.paused_until
     }
 }
 

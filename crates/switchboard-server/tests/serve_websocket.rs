@@ -406,9 +406,10 @@ async fn silent_clients_time_out_and_reading_clients_stay() {
 
 #[tokio::test]
 async fn a_client_that_does_not_read_is_dropped_and_leaves_its_group() {
-    let layer = Layer::new(InMemoryLayer::new(
-        switchboard::LayerConfig::default().capacity(100_000),
-    ));
+    // Its backlog past half the outbound limit, the sleeper stops taking events; its channel
+    // fills, the publisher waits for it once (the back-pressure wait), then goes on; once full
+    // it misses messages, and a connection with a full backlog that misses is cut off (1008).
+    let layer = Layer::new(InMemoryLayer::default());
     let cfg = ConnectionConfig::default()
         .outbound_bytes(256 * 1024)
         .close_timeout(Duration::from_millis(300));

@@ -43,7 +43,7 @@ use crate::name::{ChannelName, GroupName};
 
 use clock::Instant;
 use queue::Mode;
-pub use queue::{Demand, Pushed, Queue, Receiver};
+pub use queue::{Demand, Missed, Pushed, Queue, Receiver};
 
 /// The hasher of every map the layers look names up in: fast, and seeded at random per
 /// process (names can come from users).
@@ -876,18 +876,28 @@ mod tests {
         let mut cx = Context::from_waker(&waker);
         let mut rx = engine.receiver(q.clone());
         for n in 0..4 {
-            assert_eq!(rx.take_missed(), 0, "nothing missed before message {n}");
+            assert!(
+                rx.take_missed().is_empty(),
+                "nothing missed before message {n}"
+            );
             match rx.poll_recv(&mut cx) {
                 Poll::Ready(Ok(m)) => assert_eq!(n_of(&m), n),
                 other => panic!("expected message {n}, got {other:?}"),
             }
         }
-        assert_eq!(rx.take_missed(), 6, "the six dropped after the fourth");
-        assert_eq!(rx.take_missed(), 0, "told once");
+        assert_eq!(
+            rx.take_missed(),
+            Missed {
+                dropped: 6,
+                interrupted: false
+            },
+            "the six dropped after the fourth"
+        );
+        assert!(rx.take_missed().is_empty(), "told once");
         // The gap closes: what comes next is received.
         let _ = engine.group_send("room", &numbered(10));
         assert!(matches!(rx.poll_recv(&mut cx), Poll::Ready(Ok(m)) if n_of(&m) == 10));
-        assert_eq!(rx.take_missed(), 0);
+        assert!(rx.take_missed().is_empty());
         assert_eq!(engine.stats().group_full_drops, 6);
     }
 
@@ -901,12 +911,16 @@ mod tests {
         let waker = futures_waker();
         let mut cx = Context::from_waker(&waker);
         let mut rx = engine.receiver(q.clone());
-        assert_eq!(rx.take_missed(), 0);
+        let interrupted = Missed {
+            dropped: 0,
+            interrupted: true,
+        };
+        assert!(rx.take_missed().is_empty());
         assert!(matches!(rx.poll_recv(&mut cx), Poll::Ready(Ok(m)) if n_of(&m) == 1));
-        assert_eq!(rx.take_missed(), 1);
+        assert_eq!(rx.take_missed(), interrupted);
         q.mark_gap();
         assert!(rx.has_missed(), "a gap on an empty queue is there at once");
-        assert_eq!(rx.take_missed(), 1);
+        assert_eq!(rx.take_missed(), interrupted);
     }
 
     #[test]
@@ -921,7 +935,7 @@ mod tests {
         let mut cx = Context::from_waker(&waker);
         let mut rx = engine.receiver(q.clone());
         assert!(rx.poll_recv(&mut cx).is_pending());
-        assert_eq!(rx.take_missed(), 2);
+        assert_eq!(rx.take_missed().dropped, 2);
     }
 
     #[tokio::test]
@@ -948,7 +962,7 @@ mod tests {
         for _ in 0..10 {
             let _ = rx.recv().await;
         }
-        assert_eq!(rx.take_missed(), 20);
+        assert_eq!(rx.take_missed().dropped, 20);
         let lagging: Vec<bool> = (30..35)
             .map(|n| !engine.group_send("room", &numbered(n)).is_empty())
             .collect();

@@ -68,9 +68,60 @@ impl Demand {
 pub(crate) struct Entry {
     pub(crate) expires: Instant,
     pub(crate) message: Message,
-    /// Group messages that came after this one and were dropped (the queue was full): the
-    /// receiver learns of the gap when it takes this message ([`Queue::take_missed`]).
+    /// What was missed right after this message: group messages dropped because the queue
+    /// was full (the count, in the low 31 bits) and whether the backend's stream was
+    /// interrupted ([`ENTRY_INTERRUPTED`]). The receiver learns of it when it takes this
+    /// message ([`Queue::take_missed`]).
     pub(crate) missed_after: u32,
+}
+
+/// [`Entry::missed_after`]'s flag: the backend's stream was interrupted after this message.
+const ENTRY_INTERRUPTED: u32 = 1 << 31;
+/// [`Queue::missed`]'s flag: the backend's stream was interrupted at the receiver's place.
+const INTERRUPTED: u64 = 1 << 63;
+
+/// One more message dropped after an entry (its count saturates below the flag).
+fn add_dropped(missed_after: &mut u32) {
+    if *missed_after & !ENTRY_INTERRUPTED < !ENTRY_INTERRUPTED {
+        *missed_after += 1;
+    }
+}
+
+/// An entry's gap as `Queue::missed` counts it.
+fn gap_of(missed_after: u32) -> u64 {
+    let interrupted = if missed_after & ENTRY_INTERRUPTED != 0 {
+        INTERRUPTED
+    } else {
+        0
+    };
+    u64::from(missed_after & !ENTRY_INTERRUPTED) | interrupted
+}
+
+/// What a receiver missed right after the last message it received
+/// ([`Subscription::take_missed`](crate::Subscription::take_missed)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Missed {
+    /// Messages dropped for this receiver: its channel was full (it fell behind its group for
+    /// longer than the senders' back-pressure wait), or they expired unread.
+    pub dropped: u64,
+    /// The layer's connection to where messages come from was interrupted and made again (a
+    /// pub/sub subscription lost, Redis restarted empty): some messages may be missing, how
+    /// many is not known.
+    pub interrupted: bool,
+}
+
+impl Missed {
+    /// Whether nothing was missed.
+    pub fn is_empty(&self) -> bool {
+        self.dropped == 0 && !self.interrupted
+    }
+
+    fn from_bits(bits: u64) -> Missed {
+        Missed {
+            dropped: bits & !INTERRUPTED,
+            interrupted: bits & INTERRUPTED != 0,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -97,14 +148,18 @@ impl State {
     ) -> (usize, Vec<GroupName>) {
         let mut n = 0;
         let mut lost = 0u64;
+        let mut interrupted = 0u64;
         while self.messages.front().is_some_and(|e| e.expires <= now) {
             if let Some(e) = self.messages.pop_front() {
-                lost += 1 + u64::from(e.missed_after);
+                let gap = gap_of(e.missed_after);
+                lost += 1 + (gap & !INTERRUPTED);
+                interrupted |= gap & INTERRUPTED;
             }
             n += 1;
         }
         if lost > 0 {
             missed.fetch_add(lost, Ordering::Relaxed);
+            missed.fetch_or(interrupted, Ordering::Relaxed);
         }
         if n > 0 {
             (n, std::mem::take(&mut self.groups))
@@ -228,26 +283,42 @@ impl Queue {
         self.dropped.load(Ordering::Relaxed)
     }
 
-    /// Messages missed at the place the receiver has reached (after the last message it
-    /// took), and forgets them: 0 when nothing was missed. A message dropped because the queue
-    /// was full is counted here once the receiver has taken the messages queued before it, so
-    /// a consumer learns of a gap exactly where it is.
-    pub fn take_missed(&self) -> u64 {
-        if self.missed.load(Ordering::Relaxed) == 0 {
-            return 0;
+    /// Ready with [`dropped`](Queue::dropped) once it is past `seen`; else registers `cx` to
+    /// be woken by the next drop (or message), without taking anything: for a receiver that is
+    /// not receiving for now and must know when it starts losing messages.
+    pub fn poll_dropped(&self, cx: &mut Context<'_>, seen: u64) -> Poll<u64> {
+        let mut st = self.state.lock();
+        let dropped = self.dropped.load(Ordering::Relaxed);
+        if dropped > seen {
+            return Poll::Ready(dropped);
         }
-        self.missed.swap(0, Ordering::Relaxed)
+        if !st.waiters.iter().any(|w| w.will_wake(cx.waker())) {
+            st.waiters.push(cx.waker().clone());
+        }
+        Poll::Pending
     }
 
-    /// Records that messages may have been lost after what the queue holds now — a backend
-    /// that lost its connection to the messages' source (a pub/sub subscription made again)
-    /// calls it for every member it feeds. Counts as one missed message (at least one).
+    /// What was missed at the place the receiver has reached (after the last message it
+    /// took), and forgets it. A message dropped because the queue was full is counted here
+    /// once the receiver has taken the messages queued before it, so a consumer learns of a
+    /// gap exactly where it is.
+    pub fn take_missed(&self) -> Missed {
+        if self.missed.load(Ordering::Relaxed) == 0 {
+            return Missed::default();
+        }
+        Missed::from_bits(self.missed.swap(0, Ordering::Relaxed))
+    }
+
+    /// Records that the backend's stream of messages for this queue was interrupted after
+    /// what it holds now — a backend that lost its connection to the messages' source (a
+    /// pub/sub subscription made again) calls it for every member it feeds: the receiver
+    /// gets [`Missed::interrupted`] there.
     pub fn mark_gap(&self) {
         let mut st = self.state.lock();
         match st.messages.back_mut() {
-            Some(last) => last.missed_after = last.missed_after.saturating_add(1),
+            Some(last) => last.missed_after |= ENTRY_INTERRUPTED,
             None => {
-                self.missed.fetch_add(1, Ordering::Relaxed);
+                self.missed.fetch_or(INTERRUPTED, Ordering::Relaxed);
             }
         }
         let waiters = std::mem::take(&mut st.waiters);
@@ -278,13 +349,19 @@ impl Queue {
         }
         if st.messages.len() >= self.capacity {
             if matches!(mode, Mode::Group) {
-                // Dropped: the receiver is told where, when it gets there.
+                // Dropped: the receiver is told where, when it gets there; one that watches
+                // for drops (`poll_dropped`) is woken.
                 self.dropped.fetch_add(1, Ordering::Relaxed);
                 match st.messages.back_mut() {
-                    Some(last) => last.missed_after = last.missed_after.saturating_add(1),
+                    Some(last) => add_dropped(&mut last.missed_after),
                     None => {
                         self.missed.fetch_add(1, Ordering::Relaxed);
                     }
+                }
+                let waiters = std::mem::take(&mut st.waiters);
+                drop(st);
+                for w in waiters {
+                    w.wake();
                 }
             }
             return (Pushed::Full, expired, leave);
@@ -314,8 +391,9 @@ impl Queue {
         match st.messages.pop_front() {
             Some(e) => {
                 if e.missed_after > 0 {
-                    self.missed
-                        .fetch_add(u64::from(e.missed_after), Ordering::Relaxed);
+                    let gap = gap_of(e.missed_after);
+                    self.missed.fetch_add(gap & !INTERRUPTED, Ordering::Relaxed);
+                    self.missed.fetch_or(gap & INTERRUPTED, Ordering::Relaxed);
                 }
                 if st.messages.len() < self.high_water() {
                     self.overrun.store(false, Ordering::Relaxed);
@@ -405,14 +483,19 @@ impl Receiver {
         self.queue.missed.load(Ordering::Relaxed) > 0
     }
 
-    /// Messages missed right after the last one received (see [`Queue::take_missed`]).
-    pub fn take_missed(&self) -> u64 {
+    /// What was missed right after the last message received (see [`Queue::take_missed`]).
+    pub fn take_missed(&self) -> Missed {
         self.queue.take_missed()
     }
 
     /// Group messages the channel's queue could not take because it was full, ever.
     pub fn dropped(&self) -> u64 {
         self.queue.dropped()
+    }
+
+    /// See [`Queue::poll_dropped`].
+    pub fn poll_dropped(&self, cx: &mut Context<'_>, seen: u64) -> Poll<u64> {
+        self.queue.poll_dropped(cx, seen)
     }
 }
 
