@@ -153,20 +153,59 @@ impl Server {
                 () = &mut shutdown => return Ok(()),
             };
             let _ = stream.set_nodelay(true);
-            let router = router.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |req: Request<Incoming>| {
-                    let router = router.clone();
-                    async move { Ok::<_, Infallible>(dispatch(&router, req, peer).await) }
-                });
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .with_upgrades();
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, %peer, "http connection error");
-                }
-            });
+            tokio::spawn(serve_connection(router.clone(), stream, peer));
         }
+    }
+}
+
+/// Serves HTTP/1 on one accepted connection: routes its requests, hands upgrades on.
+async fn serve_connection<I>(router: Arc<matchit::Router<Handler>>, io: I, peer: SocketAddr)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req: Request<Incoming>| {
+        let router = router.clone();
+        async move { Ok::<_, Infallible>(dispatch(&router, req, peer).await) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    if let Err(e) = conn.await {
+        tracing::debug!(error = %e, %peer, "http connection error");
+    }
+}
+
+/// For the fuzz targets (`fuzz/` in the repository), behind the `fuzzing` feature: a server's
+/// routes, served on any stream. Not a stable API.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+#[derive(Clone)]
+pub struct Routes(Arc<matchit::Router<Handler>>);
+
+#[cfg(feature = "fuzzing")]
+impl fmt::Debug for Routes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Routes").finish_non_exhaustive()
+    }
+}
+
+#[cfg(feature = "fuzzing")]
+impl Routes {
+    /// Serves one connection as [`Server::serve`] serves each accepted one.
+    pub async fn serve_connection<I>(&self, io: I, peer: SocketAddr)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        serve_connection(self.0.clone(), io, peer).await;
+    }
+}
+
+#[cfg(feature = "fuzzing")]
+impl Server {
+    /// The routes, to serve connections over any stream (the fuzz targets' in-memory pipes).
+    #[doc(hidden)]
+    pub fn into_routes(self) -> Routes {
+        Routes(Arc::new(self.router))
     }
 }
 
