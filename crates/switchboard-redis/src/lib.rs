@@ -53,6 +53,9 @@ mod cluster;
 mod codec;
 mod config;
 mod conn;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod hash;
 mod layer;
 pub mod metrics;

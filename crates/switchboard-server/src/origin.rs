@@ -41,11 +41,14 @@ impl Origins {
         };
         match self {
             Origins::Any => true,
-            Origins::SameHost => host.is_some_and(|h| {
-                let (h_host, h_port) = split_host_port(h);
-                h_host.eq_ignore_ascii_case(&o_host)
-                    && h_port.or(default_port(&scheme)) == o_port.or(default_port(&scheme))
-            }),
+            // The Host header is read as the origin's authority is, by the same parser.
+            Origins::SameHost => host
+                .and_then(|h| h.parse::<http::uri::Authority>().ok())
+                .is_some_and(|h| {
+                    strip_brackets(h.host()).eq_ignore_ascii_case(&o_host)
+                        && h.port_u16().or(default_port(&scheme))
+                            == o_port.or(default_port(&scheme))
+                }),
             Origins::List(patterns) => patterns
                 .iter()
                 .any(|p| origin_matches(p, &scheme, &o_host, o_port)),
@@ -83,14 +86,18 @@ fn split_host_port(s: &str) -> (&str, Option<u16>) {
     }
 }
 
+/// An IPv6 literal's host without its brackets. They come off only as a pair:
+/// `http://evil.com]` is not `evil.com`.
+fn strip_brackets(host: &str) -> &str {
+    host.strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host)
+}
+
 fn parse_origin(origin: &str) -> Option<(String, String, Option<u16>)> {
     let uri: http::Uri = origin.parse().ok()?;
     let scheme = uri.scheme_str()?.to_ascii_lowercase();
-    let host = uri
-        .host()?
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_ascii_lowercase();
+    let host = strip_brackets(uri.host()?).to_ascii_lowercase();
     Some((scheme, host, uri.port_u16()))
 }
 
@@ -170,5 +177,23 @@ mod tests {
             !check(Origins::List(vec!["localhost:8000".into()]), false)
                 .allows(Some("http://localhost:9000"), None)
         );
+    }
+
+    /// Found by the `origin` fuzz target: a host with a stray `]` (which `http::Uri` takes) lost
+    /// it, so `http://![]` was not on host `![]`, and `http://example.com]` passed as
+    /// `example.com`; and the Host header was split by other rules than the origin.
+    #[test]
+    fn brackets_come_off_only_as_a_pair() {
+        assert!(Origins::SameHost.allows("HTTP://![]", Some("![]")));
+        let list = Origins::List(vec!["example.com".into()]);
+        assert!(!list.allows("http://example.com]", None));
+        assert!(!list.allows("http://[example.com", None));
+        assert!(Origins::SameHost.allows("http://[::1]:8000", Some("[::1]:8000")));
+        assert!(Origins::List(vec!["[::1]".into()]).allows("http://[::1]", None));
+        // The Host header is parsed as the origin's authority is (`[]!` is a host to
+        // `http::Uri`, not an IPv6 literal followed by junk).
+        assert!(Origins::SameHost.allows("HTTP://[]!:0", Some("[]!:0")));
+        assert!(!Origins::SameHost.allows("http://[::1]:80", Some("[::2]:80")));
+        assert!(!Origins::SameHost.allows("http://a.test", Some("a.test:8080")));
     }
 }

@@ -155,6 +155,51 @@ impl Server {
     }
 }
 
+/// For the fuzz targets (`fuzz/` in the repository), behind the `fuzzing` feature: a server's
+/// routes, served on any stream. Not a stable API.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+#[derive(Clone)]
+pub struct Routes(Arc<matchit::Router<Handler>>);
+
+#[cfg(feature = "fuzzing")]
+impl fmt::Debug for Routes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Routes").finish_non_exhaustive()
+    }
+}
+
+#[cfg(feature = "fuzzing")]
+impl Routes {
+    /// Serves one connection as [`Server::serve`] serves each accepted one (without the
+    /// accept loop's [`HttpLimits`] watchdog: the fuzz targets' input is all there).
+    pub async fn serve_connection<I>(&self, io: I, peer: SocketAddr)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let router = self.0.clone();
+        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let router = router.clone();
+            async move { Ok::<_, std::convert::Infallible>(dispatch(&router, req, peer).await) }
+        });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .serve_connection(hyper_util::rt::TokioIo::new(io), service)
+            .with_upgrades();
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, %peer, "http connection error");
+        }
+    }
+}
+
+#[cfg(feature = "fuzzing")]
+impl Server {
+    /// The routes, to serve connections over any stream (the fuzz targets' in-memory pipes).
+    #[doc(hidden)]
+    pub fn into_routes(self) -> Routes {
+        Routes(Arc::new(self.router))
+    }
+}
+
 async fn dispatch(
     router: &matchit::Router<Handler>,
     req: Request<Incoming>,
