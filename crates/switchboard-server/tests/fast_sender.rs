@@ -48,7 +48,7 @@ impl Consumer for Member {
             tokio::time::sleep(stall).await;
         }
         self.events += 1;
-        if self.pause_every > 0 && self.events % self.pause_every == 0 {
+        if self.pause_every > 0 && self.events.is_multiple_of(self.pause_every) {
             tokio::time::sleep(self.pause).await;
         }
         let text = msg.get("text").and_then(|v| v.as_str()).unwrap_or("");
@@ -112,7 +112,7 @@ async fn read(mut ws: Ws, count: usize, pause: Duration) -> (Vec<usize>, Option<
         match tokio::time::timeout_at(deadline, ws.next()).await {
             Ok(Some(Ok(WsMessage::Text(t)))) => {
                 got.push(t.as_str()[..6].parse().unwrap());
-                if !pause.is_zero() && got.len() % 4 == 0 {
+                if !pause.is_zero() && got.len().is_multiple_of(4) {
                     tokio::time::sleep(pause).await;
                 }
             }
