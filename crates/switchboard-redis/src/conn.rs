@@ -926,6 +926,14 @@ pub(crate) async fn lost_data(host: &Host, key: &str, was_set: &mut bool, limit:
     lost
 }
 
+/// Deletes this process's [marker](lost_data) on `host` when the layer closes, so that a
+/// process that stopped cleanly leaves no key behind (the marker's TTL covers one that did
+/// not). Best effort, bounded by `limit`.
+pub(crate) async fn clear_marker(host: &Host, key: &str, limit: Duration) {
+    let mut c = host.conn();
+    let _ = timed(limit, redis::cmd("DEL").arg(key).query_async::<()>(&mut c)).await;
+}
+
 /// Glob-escapes `s` for `SCAN … MATCH` and `PSUBSCRIBE`.
 pub(crate) fn glob_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 4);

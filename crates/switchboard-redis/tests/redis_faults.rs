@@ -557,3 +557,38 @@ async fn core_layer_writes_fail_clearly_at_maxmemory_and_recover() {
 async fn pubsub_layer_writes_fail_clearly_at_maxmemory_and_recover() {
     out_of_memory(true).await;
 }
+
+/// The marker a process keeps in Redis (to notice a `FLUSHALL`) goes with the layer when it
+/// closes: a process that stopped cleanly leaves no key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_layer_leaves_no_marker_behind() {
+    let Some(redis) = OwnRedis::start().await else {
+        return;
+    };
+    for pubsub in [false, true] {
+        let prefix = fresh_prefix();
+        let cfg = RedisConfig::new(redis.url()).prefix(prefix.clone());
+        let layer = make(pubsub, &cfg).await;
+        let ch = layer.new_channel().await.unwrap();
+        layer.group_add("room", &ch).await.unwrap();
+        let keys = async || -> Vec<String> {
+            redis::cmd("KEYS")
+                .arg(format!("{prefix}*process*"))
+                .query_async(&mut raw(&redis.url()).await)
+                .await
+                .unwrap()
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while keys().await.is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "no marker was set ({})",
+                name(pubsub)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        layer.group_discard("room", &ch).await.unwrap();
+        layer.close().await.unwrap();
+        assert_eq!(keys().await, Vec::<String>::new(), "{}", name(pubsub));
+    }
+}

@@ -730,6 +730,11 @@ impl ChannelLayer for RedisPubSubLayer {
     async fn close(&self) -> Result<()> {
         self.inner.engine.close();
         let _ = self.guard.0.send(true);
+        let inner = &self.inner;
+        let marker = conn::marker_key(&inner.cfg.prefix, inner.client.as_str());
+        for host in &inner.hosts {
+            conn::clear_marker(host, &marker, inner.cfg.command_timeout).await;
+        }
         Ok(())
     }
 
