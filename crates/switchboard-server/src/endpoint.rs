@@ -232,12 +232,19 @@ impl Drop for Slot {
 /// Takes a place for `key` in `map` if it holds fewer than `max`.
 fn take_place<K: std::hash::Hash + Eq>(map: &Mutex<HashMap<K, usize>>, key: K, max: usize) -> bool {
     let mut map = map.lock();
-    let n = map.entry(key).or_insert(0);
-    if *n >= max {
-        return false;
+    match map.get_mut(&key) {
+        Some(n) if *n >= max => false,
+        Some(n) => {
+            *n += 1;
+            true
+        }
+        // A refused key leaves no entry behind.
+        None if max == 0 => false,
+        None => {
+            map.insert(key, 1);
+            true
+        }
     }
-    *n += 1;
-    true
 }
 
 /// A consumer factory with its guards and limits, ready to be mounted.
