@@ -444,8 +444,10 @@ pub(crate) async fn run<C, T>(
                 Poll::Pending => None,
             };
             let reading = rates.as_ref().is_none_or(|r| r.paused_until.is_none());
-            // Again here: the write above may have drained the backlog.
-            let backlogged = is_backlogged(&out.lock(), &config);
+            // Again here if it was backlogged: the write above may have drained it. (Only
+            // handlers, which run outside this poll, add much to it: a connection that was not
+            // backlogged is not checked again.)
+            let backlogged = backlogged && is_backlogged(&out.lock(), &config);
             if reading
                 && socket_first
                 && let Some(i) = poll_socket(tcx)
