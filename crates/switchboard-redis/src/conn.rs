@@ -26,14 +26,13 @@ use switchboard_core::{ChannelName, LayerError, Result};
 
 use crate::config::{RedisConfig, RedisHost, SentinelHost, TlsConfig};
 
-/// The command connection of a host: redis-rs's [`ConnectionManager`], which reconnects by
-/// itself — but hands the call that found its connection dead its error (`broken pipe`) and
-/// reconnects afterwards, on the caller's runtime. That happens when Redis closed the
-/// connection (`CLIENT KILL`, an idle timeout, a proxy, a failover) and when the runtime the
-/// connection was made on has ended (its driver task went with it; Django's `async_to_sync`
-/// runs each call on a loop of its own). This sends such a call once more, on the new
-/// connection, so the caller sees an error only when Redis is really away; the retry is inside
-/// the caller's `command_timeout`, so an error still comes within it.
+/// The command connection of a host on the caller's runtime (see [`OnRuntime`]): redis-rs's
+/// [`ConnectionManager`], which reconnects by itself — but hands the call that found its
+/// connection dead its error (`broken pipe`) and reconnects afterwards. That happens when
+/// Redis closed the connection (`CLIENT KILL`, an idle timeout, a proxy, a failover). This
+/// sends such a call once more, on the new connection, so the caller sees an error only when
+/// Redis is really away; the retry is inside the caller's `command_timeout`, so an error still
+/// comes within it.
 ///
 /// What is retried, once: a call answered `broken pipe`, i.e. its connection was closed, or
 /// its driver gone, before the reply came. In the cases above the command was not run: it was
@@ -115,13 +114,70 @@ pub(crate) struct Host {
     connect_limit: Duration,
 }
 
-#[derive(Clone)]
 struct Target {
     client: Client,
-    /// Commands: pipelined over one connection, reconnected on failure.
-    conn: ConnectionManager,
+    /// Commands: pipelined over one connection per runtime that sends them, reconnected on
+    /// failure. The first is the one made (and checked) at connect.
+    home: ConnectionManager,
+    /// The command connection of each runtime that sends commands, `home` among them.
+    runtimes: RwLock<Vec<OnRuntime>>,
     /// `host:port`, for logs.
     addr: String,
+}
+
+impl Target {
+    fn new(client: Client, home: ConnectionManager, addr: String) -> Target {
+        let first = OnRuntime::here(home.clone());
+        Target {
+            client,
+            home,
+            runtimes: RwLock::new(first.into_iter().collect()),
+            addr,
+        }
+    }
+}
+
+/// A command connection made on one tokio runtime, while that runtime runs.
+///
+/// redis-rs's [`ConnectionManager`] belongs to the runtime it is used on: its reconnect is a
+/// shared future that whichever caller polls first drives, so the sockets and timers inside it
+/// (the connect timeout, the back-off between attempts) are that caller's runtime's. Polled
+/// from another runtime after that one ended — a layer used from short-lived runtimes, as
+/// Django's `async_to_sync` does with event loops — such a timer panics ("A Tokio 1.x context
+/// was found, but it is being shutdown"). So each runtime that sends commands gets a manager of
+/// its own, made lazily on it (no round trip until its first command), and forgotten once that
+/// runtime has ended.
+struct OnRuntime {
+    runtime: tokio::runtime::Id,
+    conn: ConnectionManager,
+    /// Cleared when the runtime shuts down (it drops the task that holds the [`Alive`]).
+    alive: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Dropped with this entry: ends that task when the runtime outlives the connection.
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl OnRuntime {
+    /// `conn`, as the current runtime's (`None` off a runtime).
+    fn here(conn: ConnectionManager) -> Option<OnRuntime> {
+        let runtime = tokio::runtime::Handle::try_current().ok()?.id();
+        let alive = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let guard = Alive(alive.clone());
+        tokio::spawn(async move {
+            let _guard = guard;
+            let _ = stopped.await;
+        });
+        Some(OnRuntime {
+            runtime,
+            conn,
+            alive,
+            _stop: stop,
+        })
+    }
+
+    fn alive(&self) -> bool {
+        self.alive.load(std::sync::atomic::Ordering::Acquire)
+    }
 }
 
 struct Sentinel {
@@ -132,9 +188,34 @@ struct Sentinel {
 }
 
 impl Host {
-    /// The command connection to the current server.
+    /// The command connection to the current server, of the caller's runtime (see
+    /// [`OnRuntime`]): one is made on the first call from a runtime.
     pub(crate) fn conn(&self) -> Conn {
-        Conn(self.current.read().conn.clone())
+        let target = self.current.read();
+        let Ok(here) = tokio::runtime::Handle::try_current().map(|h| h.id()) else {
+            return Conn(target.home.clone());
+        };
+        let mine = |r: &OnRuntime| r.runtime == here && r.alive();
+        if let Some(r) = target.runtimes.read().iter().find(|r| mine(r)) {
+            return Conn(r.conn.clone());
+        }
+        let mut runtimes = target.runtimes.write();
+        if let Some(r) = runtimes.iter().find(|r| mine(r)) {
+            return Conn(r.conn.clone());
+        }
+        let conn = match ConnectionManager::new_lazy_with_config(
+            target.client.clone(),
+            self.manager.clone(),
+        ) {
+            Ok(conn) => conn,
+            Err(e) => {
+                tracing::warn!(host = %self.name, error = %e, "could not make a command connection for this runtime; using the first");
+                return Conn(target.home.clone());
+            }
+        };
+        runtimes.retain(OnRuntime::alive);
+        runtimes.extend(OnRuntime::here(conn.clone()));
+        Conn(conn)
     }
 
     /// A client for the current server, for connections of their own (blocking pops,
@@ -245,7 +326,7 @@ pub(crate) async fn connect_hosts(cfg: &RedisConfig) -> Result<Vec<Host>> {
         }
         hosts.push(Host {
             name,
-            current: RwLock::new(Target { client, conn, addr }),
+            current: RwLock::new(Target::new(client, conn, addr)),
             sentinel,
             moved: watch::channel(0).0,
             manager: manager.clone(),
@@ -607,11 +688,7 @@ async fn ask_master(host: &Host, sentinel: &Sentinel) -> std::result::Result<(),
     .map_err(|e| e.to_string())?;
     let old = std::mem::replace(
         &mut *host.current.write(),
-        Target {
-            client,
-            conn,
-            addr: addr.clone(),
-        },
+        Target::new(client, conn, addr.clone()),
     );
     host.moved.send_modify(|n| *n += 1);
     crate::metrics::reconnected("failover");

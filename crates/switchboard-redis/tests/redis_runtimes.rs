@@ -2,8 +2,9 @@
 //! both Redis layers: `test_double_receive` and `test_repeated_group_send_with_async_to_sync`
 //! (Django's `async_to_sync` runs each call on an event loop of its own: here, a layer made on
 //! one tokio runtime that has ended, used from new ones), and `test_auto_reconnect` (the
-//! layer's connections closed under it, twice). Each test has a redis-server of its own, so
-//! that `CLIENT KILL` touches no other test.
+//! layer's connections closed under it, twice); and a reconnect that an ended runtime left
+//! half done. Each test has a redis-server of its own, so that `CLIENT KILL` and a restart
+//! touch no other test.
 #![allow(clippy::unwrap_used)]
 
 use std::future::Future;
@@ -132,9 +133,13 @@ fn repeated_group_send(pubsub: bool) {
 /// each subscribes one pattern, and the layer whose runtime ended subscribes again on the
 /// receive's runtime.
 async fn wait_listening(url: &str, pubsub: bool) {
-    if !pubsub {
-        return;
+    if pubsub {
+        wait_patterns(url, 2).await;
     }
+}
+
+/// Waits (up to 5 s) until the server has at least `n` pattern subscriptions.
+async fn wait_patterns(url: &str, n: i64) {
     let mut c = raw(url).await;
     for _ in 0..500 {
         let numpat: i64 = redis::cmd("PUBSUB")
@@ -142,12 +147,12 @@ async fn wait_listening(url: &str, pubsub: bool) {
             .query_async(&mut c)
             .await
             .unwrap();
-        if numpat >= 2 {
+        if numpat >= n {
             return;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    panic!("the layer did not subscribe again within 5 s");
+    panic!("{n} pattern subscriptions were not there within 5 s");
 }
 
 /// Closes every client connection of the server but the one asking (`SKIPME yes`): the
@@ -232,4 +237,60 @@ async fn core_layer_auto_reconnect() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pubsub_layer_auto_reconnect() {
     auto_reconnect(true).await;
+}
+
+/// A reconnect that an ended runtime left half done. The layer is made on a runtime that has
+/// ended (its command connection went with it); Redis is away; a send on a new runtime starts
+/// connecting again, is refused, and that runtime ends (the call cut short) while the
+/// reconnect waits its back-off (100–200 ms). Redis back, a send from yet another runtime goes
+/// through. redis-rs's reconnect is a future shared by its callers, with the timers of the
+/// runtime that polled it: while one connection served every runtime, this second send polled
+/// the ended runtime's timer and panicked ("A Tokio 1.x context was found, but it is being
+/// shutdown").
+fn reconnect_left_by_an_ended_runtime(pubsub: bool) {
+    let main = harness();
+    let Some(mut redis) = main.block_on(OwnRedis::start()) else {
+        return;
+    };
+    let cfg = RedisConfig::new(redis.url()).prefix(fresh_prefix());
+    let layer = on_new_runtime("connect", make(pubsub, &cfg));
+    let other = main.block_on(make(pubsub, &cfg));
+    let back = main.block_on(other.new_channel()).unwrap();
+
+    redis.kill();
+    let cut_short = on_new_runtime("a send cut short", async {
+        tokio::time::timeout(
+            Duration::from_millis(50),
+            layer.send(&back, msg("cut.short", 1)),
+        )
+        .await
+    });
+    assert!(
+        cut_short.is_err(),
+        "a send with Redis away did not wait for the reconnect: {cut_short:?}"
+    );
+    main.block_on(async {
+        redis.restart().await;
+        if pubsub {
+            wait_patterns(&redis.url(), 1).await;
+        }
+    });
+
+    let sent = on_new_runtime("send", layer.send(&back, msg("after", 2)));
+    assert!(
+        sent.is_ok(),
+        "send after the ended runtime's reconnect: {sent:?}"
+    );
+    let got = main.block_on(async { tokio::time::timeout(CALL_LIMIT, other.receive(&back)).await });
+    assert_eq!(got.unwrap().unwrap(), msg("after", 2));
+}
+
+#[test]
+fn core_layer_reconnect_left_by_an_ended_runtime() {
+    reconnect_left_by_an_ended_runtime(false);
+}
+
+#[test]
+fn pubsub_layer_reconnect_left_by_an_ended_runtime() {
+    reconnect_left_by_an_ended_runtime(true);
 }
