@@ -17,6 +17,9 @@
 //! - `multi_thread/receiver`: two worker threads, so sender and receivers run on different cores
 //!   and a delivery may cost a cross-thread wake-up.
 //!
+//! - `memory_group_send_history`: fan-out with the group's history on and off, side by side
+//!   (`--bench layer_memory -- history`).
+//!
 //! Messages are built before the clock starts; the clock covers the layer calls and the tasks'
 //! scheduling. Every round checks what was received: counts, order, and no full drops.
 //! Throughput is reported per delivered message.
@@ -157,7 +160,11 @@ struct Room {
 
 impl Room {
     async fn new(members: u64, use_receiver: bool) -> Room {
-        let layer = Layer::new(InMemoryLayer::new(LayerConfig::default()));
+        Room::with_config(members, use_receiver, LayerConfig::default()).await
+    }
+
+    async fn with_config(members: u64, use_receiver: bool, config: LayerConfig) -> Room {
+        let layer = Layer::new(InMemoryLayer::new(config));
         let progress = Arc::new(Notify::new());
         let mut tasks = Vec::new();
         let mut received = Vec::new();
@@ -205,10 +212,18 @@ impl Room {
     /// Sends `messages` to the group with at most `WINDOW` outstanding for any member; returns
     /// when every member has received all of them.
     async fn round(&self, messages: &[Message]) -> Duration {
+        self.round_owned(messages.to_vec(), false).await
+    }
+
+    /// [`round`](Room::round), the messages moved into the layer (`owned`) or sent as shared
+    /// handles (a copy the caller keeps).
+    async fn round_owned(&self, messages: Vec<Message>, owned: bool) -> Duration {
         let base = self.slowest();
+        let total = messages.len() as u64;
+        let kept = if owned { Vec::new() } else { messages.clone() };
         let start = Instant::now();
         let mut slowest = base;
-        for (i, m) in messages.iter().enumerate() {
+        for (i, m) in messages.into_iter().enumerate() {
             let sent = base + i as u64;
             while sent - slowest >= WINDOW {
                 self.progress.notified().await;
@@ -216,13 +231,14 @@ impl Room {
             }
             self.layer.group_send("room", m).await.expect("group_send"); // ok: benchmark harness, not reachable from the wire: a panic ends the run
         }
-        let target = base + messages.len() as u64;
+        let target = base + total;
         while self.slowest() < target {
             tokio::time::timeout(Duration::from_millis(10), self.progress.notified())
                 .await
                 .ok();
         }
         let elapsed = start.elapsed();
+        drop(kept);
         assert_eq!(
             self.layer.stats().group_full_drops,
             0,
@@ -270,6 +286,56 @@ fn fan_out(c: &mut Criterion) {
     group.finish();
 }
 
+/// `group_send` with the group's history on (`LayerConfig::group_history("room", 100, 60 s)`:
+/// each message gets a position and is kept) and off, side by side, messages moved into the
+/// layer as an application's freshly built messages are.
+fn history(c: &mut Criterion) {
+    let mut group = c.benchmark_group("memory_group_send_history");
+    for (variant, rt, use_receiver) in variants().into_iter().skip(1) {
+        for members in [1u64, 100, 1000] {
+            for on in [false, true] {
+                let m = (100_000 / members).max(100) as i64;
+                let config = if on {
+                    LayerConfig::default()
+                        .group_history("room", 100, Duration::from_secs(60))
+                        .expect("history config") // ok: benchmark harness, not reachable from the wire: a panic ends the run
+                } else {
+                    LayerConfig::default()
+                };
+                let room = rt.block_on(Room::with_config(members, use_receiver, config));
+                let seq = std::cell::Cell::new(0i64);
+                let name = format!("{variant}/history_{}", if on { "on" } else { "off" });
+                group.throughput(Throughput::Elements(members * m as u64));
+                group.bench_with_input(BenchmarkId::new(name, members), &members, |b, _| {
+                    b.iter_custom(|iters| {
+                        let rounds: Vec<Vec<Message>> = (0..iters)
+                            .map(|_| {
+                                let first = seq.get();
+                                seq.set(first + m);
+                                (first..first + m).map(message).collect()
+                            })
+                            .collect();
+                        rt.block_on(async {
+                            let mut total = Duration::ZERO;
+                            for messages in rounds {
+                                total += room.round_owned(messages, true).await;
+                            }
+                            total
+                        })
+                    })
+                });
+                rt.block_on(async {
+                    room.layer.close().await.expect("close"); // ok: benchmark harness, not reachable from the wire: a panic ends the run
+                    for t in room.tasks {
+                        t.await.expect("member task"); // ok: benchmark harness, not reachable from the wire: a panic ends the run
+                    }
+                });
+            }
+        }
+    }
+    group.finish();
+}
+
 // criterion_group! generates an undocumented function.
 #[allow(missing_docs)]
 mod group {
@@ -280,7 +346,7 @@ mod group {
             .sample_size(20)
             .measurement_time(Duration::from_secs(4))
             .warm_up_time(Duration::from_secs(1));
-        targets = p2p, fan_out
+        targets = p2p, fan_out, history
     }
 }
 criterion_main!(group::benches);

@@ -9,7 +9,8 @@
 //! - the local delivery [`engine`] every layer delivers through, and [`InMemoryLayer`], which is
 //!   that engine alone;
 //! - [`Subscription`]: a channel and the groups joined through it, refreshed while it lives and
-//!   left when it goes;
+//!   left when it goes, joined "since" a [`Position`] to get what it missed from a group's
+//!   [`history`];
 //! - the layer conformance suite (feature `testing`), which holds every layer to the semantics
 //!   in [`layer`].
 //!
@@ -20,6 +21,7 @@
 
 pub mod engine;
 pub mod error;
+pub mod history;
 pub mod layer;
 pub mod message;
 pub mod metrics;
@@ -30,6 +32,7 @@ pub mod value;
 
 pub use engine::{Missed, Receiver};
 pub use error::{LayerError, Result};
+pub use history::{HistoryConfig, Position, Recovery, Resumed};
 pub use layer::memory::InMemoryLayer;
 pub use layer::{ChannelLayer, Layer, LayerConfig, LayerStats};
 pub use message::{Decoded, FromMessage, IntoMessage, Message, MessageBuilder, MessageError};

@@ -13,6 +13,7 @@ use std::any::Any;
 use std::fmt;
 use std::sync::{Arc, OnceLock};
 
+use crate::history::Position;
 use crate::text::Text;
 use crate::value::{DecodeError, Map, Value};
 use serde::de::DeserializeOwned;
@@ -53,6 +54,8 @@ struct Inner {
     json: OnceLock<Text>,
     /// The first typed value a [`Decoded<T>`] decoded, shared by every clone.
     decoded: OnceLock<Box<dyn Any + Send + Sync>>,
+    /// Where the layer placed it in its group's history, if the group keeps one.
+    position: Option<Position>,
 }
 
 /// A validated message: a map of [`Value`]s with a non-empty string `"type"`.
@@ -83,7 +86,37 @@ impl Message {
             type_index,
             json: OnceLock::new(),
             decoded: OnceLock::new(),
+            position: None,
         })))
+    }
+
+    /// Where the layer placed this message in its group's history: set on a message sent to a
+    /// group that keeps history ([`LayerConfig::group_history`](crate::LayerConfig::group_history)),
+    /// `None` otherwise. Keep the last one a client saw to resume from it
+    /// ([`Subscription::group_add_since`](crate::Subscription::group_add_since)). It is not one
+    /// of the message's fields.
+    pub fn position(&self) -> Option<&Position> {
+        self.0.position.as_ref()
+    }
+
+    /// This message with `position` (what a layer does when it keeps it in history). Copies
+    /// the fields only if the message is shared.
+    pub fn with_position(mut self, position: Position) -> Message {
+        if let Some(inner) = Arc::get_mut(&mut self.0) {
+            inner.position = Some(position);
+            return self;
+        }
+        let json = OnceLock::new();
+        if let Some(t) = self.0.json.get() {
+            let _ = json.set(t.clone());
+        }
+        Message(Arc::new(Inner {
+            fields: self.0.fields.clone(),
+            type_index: self.0.type_index,
+            json,
+            decoded: OnceLock::new(),
+            position: Some(position),
+        }))
     }
 
     /// Builds a message from a [`Value`], which must be a map.

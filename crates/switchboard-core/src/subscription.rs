@@ -10,6 +10,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::engine::Receiver;
 use crate::error::{LayerError, Result};
+use crate::history::{Position, Resumed};
 use crate::layer::Layer;
 use crate::message::{IntoMessage, Message};
 use crate::metrics::{self, Op};
@@ -59,6 +60,12 @@ pub struct Subscription {
     owns_channel: bool,
     refresh: Refresh,
     closed: bool,
+    /// Messages a resume read from history, received before the channel's.
+    replay: std::collections::VecDeque<Message>,
+    /// For each group joined "since" a position: its history's epoch and the last offset the
+    /// replay covered. A live message of that history at or before it is a copy of one the
+    /// replay had (it was sent between the join and the read), and is dropped.
+    resumed: Vec<(GroupName, Box<str>, u64)>,
 }
 
 struct Refresh {
@@ -118,6 +125,8 @@ impl Subscription {
                 running: None,
             },
             closed: false,
+            replay: std::collections::VecDeque::new(),
+            resumed: Vec::new(),
         }
     }
 
@@ -161,6 +170,72 @@ impl Subscription {
         Ok(())
     }
 
+    /// Joins `group` "since" `since` — the position of the last message of the group this
+    /// subscriber saw (a client's `Last-Event-ID`, say) — for a group that keeps history
+    /// ([`LayerConfig::group_history`](crate::LayerConfig::group_history)): what was sent to
+    /// the group after it is received first, oldest first, then what comes live, with no gap
+    /// and no message twice across the switch (the join comes before the history is read; a
+    /// live message the replay already had is dropped). With `since` `None` it joins from now.
+    ///
+    /// When the history cannot give everything after `since` — the position is from another
+    /// epoch, or older than the history holds — nothing is replayed and
+    /// [`Resumed::recovered`] is `false`: the app should reload its state rather than show a
+    /// hole. The subscription is in the group either way. A group without history fails with
+    /// [`LayerError::Unsupported`](crate::LayerError::Unsupported) (and is not joined).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use switchboard_core::{InMemoryLayer, Layer, LayerConfig};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> switchboard_core::Result<()> {
+    /// let cfg = LayerConfig::default().group_history("chat_*", 100, Duration::from_secs(60))?;
+    /// let layer = Layer::new(InMemoryLayer::new(cfg));
+    /// let mut sub = layer.subscribe().await?;
+    /// sub.group_add("chat_lobby").await?;
+    /// layer.group_send("chat_lobby", serde_json::json!({"type": "chat", "n": 1})).await?;
+    /// let seen = sub.recv().await?.position().cloned();
+    /// sub.close().await; // away for a while
+    /// layer.group_send("chat_lobby", serde_json::json!({"type": "chat", "n": 2})).await?;
+    ///
+    /// let mut back = layer.subscribe().await?;
+    /// let resumed = back.group_add_since("chat_lobby", seen.as_ref()).await?;
+    /// assert!(resumed.recovered);
+    /// assert_eq!(back.recv().await?.get("n").and_then(|n| n.as_i64()), Some(2));
+    /// # Ok(()) }
+    /// ```
+    pub async fn group_add_since(
+        &mut self,
+        group: impl IntoGroupName,
+        since: Option<&Position>,
+    ) -> Result<Resumed> {
+        self.check_open()?;
+        let group = group.into_group_name()?;
+        let add = self
+            .layer
+            .backend()
+            .group_add_since(&group, self.receiver.channel_name(), since);
+        let recovery = metrics::layer_op!(Op::GroupAdd, add)?;
+        if !self.groups.contains(&group) {
+            self.groups.push(group.clone());
+        }
+        self.arm();
+        let replayed = recovery.messages.len();
+        let last = recovery
+            .messages
+            .last()
+            .and_then(Message::position)
+            .map_or(recovery.position.offset(), Position::offset);
+        self.resumed.retain(|(g, _, _)| g != &group);
+        self.resumed
+            .push((group, recovery.position.epoch().into(), last));
+        self.replay.extend(recovery.messages);
+        Ok(Resumed {
+            recovered: recovery.recovered,
+            replayed,
+            position: recovery.position,
+        })
+    }
+
     /// Leaves `group`.
     pub async fn group_discard(&mut self, group: impl IntoGroupName) -> Result<()> {
         self.check_open()?;
@@ -175,6 +250,7 @@ impl Subscription {
             }
         }
         self.groups.retain(|g| g != &group);
+        self.resumed.retain(|(g, _, _)| g != &group);
         let discard = self
             .layer
             .backend()
@@ -201,7 +277,28 @@ impl Subscription {
             return Poll::Ready(Err(LayerError::Closed));
         }
         self.poll_refresh(cx);
-        self.receiver.poll_recv(cx)
+        if let Some(m) = self.replay.pop_front() {
+            return Poll::Ready(Ok(m));
+        }
+        loop {
+            match self.receiver.poll_recv(cx) {
+                Poll::Ready(Ok(m)) if self.replayed_already(&m) => continue,
+                other => return other,
+            }
+        }
+    }
+
+    /// Whether `m` is a live copy of a message a resume replayed.
+    fn replayed_already(&self, m: &Message) -> bool {
+        if self.resumed.is_empty() {
+            return false;
+        }
+        let Some(p) = m.position() else {
+            return false;
+        };
+        self.resumed
+            .iter()
+            .any(|(_, epoch, last)| **epoch == *p.epoch() && p.offset() <= *last)
     }
 
     /// Waits for the next message.

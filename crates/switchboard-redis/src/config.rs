@@ -385,6 +385,19 @@ pub(crate) fn redact(url: &str) -> String {
     }
 }
 
+/// Group history ([`LayerConfig::group_history`]) is kept by the in-memory layer only so far:
+/// a Redis layer given one refuses to connect rather than send messages without positions.
+pub(crate) fn refuse_history(cfg: &RedisConfig) -> switchboard_core::Result<()> {
+    if cfg.layer.has_history() {
+        return Err(switchboard_core::LayerError::Config(
+            "group history (LayerConfig::group_history) is kept by the in-memory layer only so \
+             far; the Redis layers do not keep it yet"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

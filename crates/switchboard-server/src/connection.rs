@@ -285,6 +285,28 @@ impl Connection {
         Ok(self.sub.group_add(group).await?)
     }
 
+    /// Joins a group that keeps history "since" a position the client saw (it sent it back
+    /// on reconnecting): what the group got after it comes first, then live messages, with no
+    /// gap and no duplicate; see
+    /// [`Subscription::group_add_since`](switchboard_core::Subscription::group_add_since). A
+    /// message's position is [`Message::position`]; send it to the client with the message
+    /// for it to keep. The same group limit as [`group_add`](Connection::group_add) applies.
+    pub async fn group_add_since(
+        &mut self,
+        group: impl IntoGroupName,
+        since: Option<&switchboard_core::Position>,
+    ) -> Result<switchboard_core::Resumed> {
+        let group = group.into_group_name()?;
+        let groups = self.sub.groups();
+        if groups.len() >= usize::from(self.limits.groups) && !groups.contains(&group) {
+            return Err(Error::protocol(format!(
+                "too many groups: a connection may be in {} at most",
+                self.limits.groups
+            )));
+        }
+        Ok(self.sub.group_add_since(group, since).await?)
+    }
+
     /// Leaves a group.
     pub async fn group_discard(&mut self, group: impl IntoGroupName) -> Result<()> {
         Ok(self.sub.group_discard(group).await?)

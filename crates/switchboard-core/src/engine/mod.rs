@@ -37,6 +37,7 @@ use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
 use crate::error::{LayerError, Result};
+use crate::history::{HistoryConfig, Position, Recovery, Ring};
 use crate::layer::{LayerConfig, LayerStats};
 use crate::message::Message;
 use crate::name::{ChannelName, GroupName};
@@ -63,6 +64,8 @@ struct Shared {
     closed: AtomicBool,
     last_sweep: Mutex<Instant>,
     leaves: Option<mpsc::UnboundedSender<Leave>>,
+    /// The history of each group that keeps one ([`LayerConfig::group_history`]).
+    histories: DashMap<GroupName, Arc<Mutex<Ring>>>,
 }
 
 #[derive(Default)]
@@ -168,6 +171,7 @@ impl Engine {
             closed: AtomicBool::new(false),
             last_sweep: Mutex::new(Instant::now()),
             leaves,
+            histories: DashMap::default(),
         }))
     }
 
@@ -550,6 +554,69 @@ impl Engine {
         lagging
     }
 
+    // -- history ----------------------------------------------------------------------------
+
+    /// The history of `group`, made (with a fresh epoch) if it has none.
+    fn ring(&self, group: &GroupName, config: HistoryConfig) -> Arc<Mutex<Ring>> {
+        if let Some(r) = self.0.histories.get(group) {
+            return r.clone();
+        }
+        self.0
+            .histories
+            .entry(group.clone())
+            .or_insert_with(|| Arc::new(Mutex::new(Ring::new(config))))
+            .clone()
+    }
+
+    /// [`group_send`](Engine::group_send) for a group that keeps history: `message` gets the
+    /// group's next [`Position`] and is kept, then delivered. Sends to one group are numbered
+    /// and delivered one at a time, so every member gets them in offset order. Returns the
+    /// message as delivered (with its position) and the members left lagging.
+    pub fn group_send_kept(
+        &self,
+        group: &GroupName,
+        message: Message,
+        config: HistoryConfig,
+    ) -> (Message, Lagging) {
+        let ring = self.ring(group, config);
+        let mut ring = ring.lock();
+        let stamped = ring.push(message, tokio::time::Instant::now());
+        let lagging = self.group_send(group.as_str(), &stamped);
+        drop(ring);
+        (stamped, lagging)
+    }
+
+    /// Adds `queue`'s channel to `group` and reads the group's history after `since`, at one
+    /// moment: a message is either in the returned [`Recovery`] or delivered to the queue
+    /// after this returns, never neither (and never both, here).
+    pub fn group_add_since(
+        &self,
+        group: &GroupName,
+        queue: &Arc<Queue>,
+        since: Option<&Position>,
+        config: HistoryConfig,
+    ) -> Recovery {
+        let ring = self.ring(group, config);
+        let mut ring = ring.lock();
+        self.group_add(group, queue);
+        ring.since(since, tokio::time::Instant::now())
+    }
+
+    /// The group's position now, if it keeps a history here.
+    pub fn history_position(&self, group: &str) -> Option<Position> {
+        self.0.histories.get(group).map(|r| r.lock().position())
+    }
+
+    /// Forgets the histories whose messages have all expired and whose group has no member
+    /// here (a new one starts a new epoch).
+    fn sweep_histories(&self) {
+        let now = tokio::time::Instant::now();
+        let groups = &self.0.groups;
+        self.0
+            .histories
+            .retain(|g, r| groups.contains_key(g) || !r.lock().is_idle(now));
+    }
+
     /// Marks a gap ([`Queue::mark_gap`]) on every member here of `groups` and on the queues
     /// of `channels`, once per queue: the backend lost messages meant for them (a pub/sub
     /// subscription made again after its connection was lost). Returns how many it marked.
@@ -748,11 +815,14 @@ impl Engine {
         for (group, q) in stale {
             self.end_membership(&group, &q);
         }
+        self.sweep_histories();
     }
 
-    /// `flush`: every message and membership is dropped; receivers keep their channels.
+    /// `flush`: every message, membership and history is dropped (a group's next history has
+    /// a new epoch); receivers keep their channels.
     pub fn flush(&self) {
         self.0.groups.clear();
+        self.0.histories.clear();
         self.0.channels.retain(|_, q| {
             let mut st = q.state.lock();
             st.messages.clear();

@@ -38,6 +38,7 @@ use crate::error::LayerError;
 use crate::layer::{Layer, LayerConfig};
 use crate::message::Message;
 use crate::name::ChannelName;
+use crate::subscription::Subscription;
 use crate::value::{Map, Value};
 
 /// How long a case waits for a message that should arrive.
@@ -869,6 +870,298 @@ pub async fn fast_sender_slow_members(layer: &Layer, members: usize, messages: i
     drops
 }
 
+// -- group history and resume ---------------------------------------------------------------
+//
+// For layers that keep group history (`LayerConfig::group_history`); run them with
+// `history_conformance_tests!`. Groups `hist_*` keep their last 5 messages, `long_*` their
+// last 1,000, for a minute.
+
+/// The configuration the history cases give `make`.
+pub fn history_config() -> LayerConfig {
+    let cfg = LayerConfig::default()
+        .group_history("hist_*", 5, Duration::from_secs(60))
+        .and_then(|c| c.group_history("long_*", 1_000, Duration::from_secs(60)));
+    ok(cfg, "group_history")
+}
+
+async fn next(sub: &mut Subscription, what: &str) -> Message {
+    match tokio::time::timeout(ARRIVES, sub.recv()).await {
+        Ok(r) => ok(r, what),
+        Err(_) => panic!("{what}: no message within {ARRIVES:?}"),
+    }
+}
+
+async fn none_left(sub: &mut Subscription, what: &str) {
+    if let Ok(r) = tokio::time::timeout(ABSENT, sub.recv()).await {
+        panic!("{what}: expected nothing, received {r:?}");
+    }
+}
+
+fn n_of(m: &Message) -> i64 {
+    m.get("n").and_then(Value::as_i64).unwrap_or(-1)
+}
+
+fn offset_of(m: &Message, what: &str) -> u64 {
+    match m.position() {
+        Some(p) => p.offset(),
+        None => panic!("{what}: a message of a group with history has no position: {m:?}"),
+    }
+}
+
+/// A group with history numbers its messages 1, 2, 3… in one epoch, whichever instance sends
+/// them; a group without history gives no position.
+pub async fn history_numbers_group_messages<F, Fut>(make: F)
+where
+    F: Fn(LayerConfig) -> Fut,
+    Fut: Future<Output = Option<(Layer, Layer)>>,
+{
+    let Some((layer, peer)) = make(history_config()).await else {
+        return;
+    };
+    let mut sub = ok(layer.subscribe().await, "subscribe");
+    let start = ok(sub.group_add_since("hist_n", None).await, "group_add_since");
+    assert!(start.recovered && start.replayed == 0, "{start:?}");
+    assert_eq!(start.position.offset(), 0, "a new history starts at 0");
+    ok(sub.group_add("plain").await, "group_add");
+    for i in 1..=3 {
+        let from = if i % 2 == 0 { &peer } else { &layer };
+        ok(from.group_send("hist_n", msg("h", i)).await, "group_send");
+    }
+    ok(peer.group_send("plain", msg("p", 9)).await, "group_send");
+    let mut epochs = Vec::new();
+    for i in 1..=3u64 {
+        let m = next(&mut sub, "history message").await;
+        assert_eq!(offset_of(&m, "history"), i, "offsets grow by one: {m:?}");
+        epochs.extend(m.position().map(|p| p.epoch().to_owned()));
+    }
+    epochs.dedup();
+    assert_eq!(epochs, [start.position.epoch()], "one epoch");
+    let plain = next(&mut sub, "plain message").await;
+    assert!(
+        plain.position().is_none(),
+        "no history, no position: {plain:?}"
+    );
+    sub.close().await;
+}
+
+/// Joining "since" a position replays what came after it, then goes live: nothing missing,
+/// nothing twice.
+pub async fn resume_replays_then_goes_live<F, Fut>(make: F)
+where
+    F: Fn(LayerConfig) -> Fut,
+    Fut: Future<Output = Option<(Layer, Layer)>>,
+{
+    let Some((layer, peer)) = make(history_config()).await else {
+        return;
+    };
+    let mut first = ok(layer.subscribe().await, "subscribe");
+    ok(
+        first.group_add_since("hist_r", None).await,
+        "group_add_since",
+    );
+    ok(peer.group_send("hist_r", msg("m", 1)).await, "group_send");
+    let seen = next(&mut first, "first message").await;
+    let Some(seen) = seen.position().cloned() else {
+        panic!("no position on {seen:?}");
+    };
+    first.close().await;
+    for i in 2..=4 {
+        ok(
+            peer.group_send("hist_r", msg("m", i)).await,
+            "group_send while away",
+        );
+    }
+    let mut back = ok(layer.subscribe().await, "subscribe");
+    let resumed = ok(
+        back.group_add_since("hist_r", Some(&seen)).await,
+        "group_add_since",
+    );
+    assert!(resumed.recovered, "{resumed:?}");
+    assert_eq!(resumed.replayed, 3, "{resumed:?}");
+    assert_eq!(resumed.position.offset(), 4);
+    ok(
+        peer.group_send("hist_r", msg("m", 5)).await,
+        "group_send live",
+    );
+    for i in 2..=5 {
+        let m = next(&mut back, "replay, then live").await;
+        assert_eq!(n_of(&m), i, "in order: {m:?}");
+        assert_eq!(offset_of(&m, "resume"), i as u64);
+    }
+    none_left(&mut back, "after the replay and the live message").await;
+    back.close().await;
+}
+
+/// A position the history cannot continue from — older than it holds, from another epoch,
+/// ahead of it — is "not recovered": nothing is replayed, and the subscription is in the group
+/// anyway.
+pub async fn resume_from_a_lost_position_is_not_recovered<F, Fut>(make: F)
+where
+    F: Fn(LayerConfig) -> Fut,
+    Fut: Future<Output = Option<(Layer, Layer)>>,
+{
+    let Some((layer, peer)) = make(history_config()).await else {
+        return;
+    };
+    let mut watch = ok(layer.subscribe().await, "subscribe");
+    ok(
+        watch.group_add_since("hist_old", None).await,
+        "group_add_since",
+    );
+    let mut positions = Vec::new();
+    for i in 1..=8 {
+        ok(peer.group_send("hist_old", msg("m", i)).await, "group_send");
+        positions.extend(next(&mut watch, "watch").await.position().cloned());
+    }
+    watch.close().await;
+    let (Some(at1), Some(at3)) = (positions.first(), positions.get(2)) else {
+        panic!("positions: {positions:?}");
+    };
+    let epoch = at1.epoch().to_owned();
+    // History holds 4..=8: from 3 is whole, from 1 is not.
+    let mut whole = ok(layer.subscribe().await, "subscribe");
+    let r = ok(
+        whole.group_add_since("hist_old", Some(at3)).await,
+        "since 3",
+    );
+    assert!(
+        r.recovered && r.replayed == 5,
+        "after 3, 4..=8 are held: {r:?}"
+    );
+    whole.close().await;
+    let lost = [
+        at1.clone(),
+        ok(crate::Position::new("another-epoch", 3), "position"),
+        ok(crate::Position::new(&epoch, 99), "position"),
+    ];
+    for (i, since) in (0..).zip(lost) {
+        let mut sub = ok(layer.subscribe().await, "subscribe");
+        let r = ok(
+            sub.group_add_since("hist_old", Some(&since)).await,
+            "group_add_since",
+        );
+        assert!(!r.recovered, "since {since}: {r:?}");
+        assert_eq!(
+            r.replayed, 0,
+            "since {since}: nothing is replayed when not recovered"
+        );
+        assert_eq!(r.position.offset(), 8 + i, "the group's position now");
+        ok(
+            peer.group_send("hist_old", msg("live", 0)).await,
+            "group_send",
+        );
+        let live = next(&mut sub, "a live message after a failed resume").await;
+        assert_eq!(n_of(&live), 0, "{live:?}");
+        sub.close().await;
+    }
+}
+
+/// `flush` loses the history: the group's next message starts a new epoch at offset 1, and a
+/// position from before is not recovered.
+pub async fn flush_starts_a_new_epoch<F, Fut>(make: F)
+where
+    F: Fn(LayerConfig) -> Fut,
+    Fut: Future<Output = Option<(Layer, Layer)>>,
+{
+    let Some((layer, peer)) = make(history_config()).await else {
+        return;
+    };
+    let mut sub = ok(layer.subscribe().await, "subscribe");
+    ok(sub.group_add_since("hist_f", None).await, "group_add_since");
+    ok(peer.group_send("hist_f", msg("m", 1)).await, "group_send");
+    let before = next(&mut sub, "before the flush").await;
+    let Some(before) = before.position().cloned() else {
+        panic!("no position on {before:?}");
+    };
+    sub.close().await;
+    ok(layer.flush().await, "flush");
+    let mut after = ok(layer.subscribe().await, "subscribe");
+    let r = ok(
+        after.group_add_since("hist_f", Some(&before)).await,
+        "group_add_since",
+    );
+    assert!(!r.recovered, "a position from before a flush: {r:?}");
+    assert_ne!(
+        r.position.epoch(),
+        before.epoch(),
+        "a flush starts a new epoch"
+    );
+    ok(peer.group_send("hist_f", msg("m", 2)).await, "group_send");
+    let m = next(&mut after, "after the flush").await;
+    assert_eq!(offset_of(&m, "after the flush"), 1);
+    after.close().await;
+}
+
+/// Joining "since" a group without history fails with `Unsupported` and does not join.
+pub async fn resume_without_history_is_unsupported<F, Fut>(make: F)
+where
+    F: Fn(LayerConfig) -> Fut,
+    Fut: Future<Output = Option<(Layer, Layer)>>,
+{
+    let Some((layer, _)) = make(history_config()).await else {
+        return;
+    };
+    let mut sub = ok(layer.subscribe().await, "subscribe");
+    match sub.group_add_since("plain", None).await {
+        Err(LayerError::Unsupported(e)) => assert!(e.contains("history"), "{e}"),
+        other => panic!("group_add_since on a group without history: {other:?}"),
+    }
+    assert!(sub.groups().is_empty(), "{:?}", sub.groups());
+    assert!(ok(layer.group_channels("plain").await, "group_channels").is_empty());
+    sub.close().await;
+}
+
+/// A resume while a sender keeps sending: the subscriber gets every offset after its position
+/// exactly once, in order, across the switch from history to live.
+pub async fn resume_under_traffic_loses_and_repeats_nothing<F, Fut>(make: F)
+where
+    F: Fn(LayerConfig) -> Fut,
+    Fut: Future<Output = Option<(Layer, Layer)>>,
+{
+    const TOTAL: i64 = 300;
+    let Some((layer, peer)) = make(history_config()).await else {
+        return;
+    };
+    let mut watch = ok(layer.subscribe().await, "subscribe");
+    ok(
+        watch.group_add_since("long_t", None).await,
+        "group_add_since",
+    );
+    let sender = tokio::spawn(async move {
+        for i in 1..=TOTAL {
+            ok(peer.group_send("long_t", msg("m", i)).await, "group_send");
+            if i % 10 == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+    });
+    let mut at = None;
+    while at.is_none() {
+        let m = next(&mut watch, "watch").await;
+        if offset_of(&m, "watch") == 20 {
+            at = m.position().cloned();
+        }
+    }
+    watch.close().await;
+    let mut sub = ok(layer.subscribe().await, "subscribe");
+    let r = ok(
+        sub.group_add_since("long_t", at.as_ref()).await,
+        "group_add_since",
+    );
+    assert!(r.recovered, "{r:?}");
+    let mut offsets = Vec::new();
+    while offsets.last() != Some(&(TOTAL as u64)) {
+        offsets.push(offset_of(&next(&mut sub, "resumed").await, "resumed"));
+    }
+    let expected: Vec<u64> = (21..=TOTAL as u64).collect();
+    assert_eq!(offsets, expected, "every offset after 20, once, in order");
+    none_left(&mut sub, "after the last").await;
+    if let Err(e) = sender.await {
+        panic!("the sender failed: {e}");
+    }
+    sub.close().await;
+}
+
 /// Expands to one `#[tokio::test]` per conformance case, for the layer built by `$make`
 /// (an `async fn(LayerConfig) -> Option<(Layer, Layer)>` returning two handles on a fresh, empty
 /// backend on every call, or `None` to skip).
@@ -892,5 +1185,18 @@ macro_rules! layer_conformance_tests {
                 $crate::layer::conformance::$case($make).await
             }
         )*
+    };
+}
+
+/// The history cases of the suite (group history, positions, resume), one `#[tokio::test]`
+/// each, for a layer that keeps history; `make` as for
+/// [`layer_conformance_tests!`](crate::layer_conformance_tests).
+#[macro_export]
+macro_rules! history_conformance_tests {
+    ($make:path) => {
+        $crate::layer_conformance_tests!(@cases $make;
+            history_numbers_group_messages, resume_replays_then_goes_live,
+            resume_from_a_lost_position_is_not_recovered, flush_starts_a_new_epoch,
+            resume_without_history_is_unsupported, resume_under_traffic_loses_and_repeats_nothing);
     };
 }

@@ -5,14 +5,17 @@
 //! [`Engine`] with no transport around it: no global lock, a fan-out that shares one message
 //! allocation among its members, back-pressure on fast senders, lazy expiry (a channel's expired
 //! messages are dropped when it is touched, memberships when their group is sent to, and what
-//! nobody touches is swept at most once per `expiry`, when a channel is made).
+//! nobody touches is swept at most once per `expiry`, when a channel is made), and the group
+//! histories of [`LayerConfig::group_history`] as rings in memory (a new layer is a new
+//! epoch).
 //!
 //! The semantics are those of [`crate::layer`].
 
 use async_trait::async_trait;
 
 use crate::engine::{Engine, Receiver};
-use crate::error::Result;
+use crate::error::{LayerError, Result};
+use crate::history::{Position, Recovery};
 use crate::layer::{ChannelLayer, LayerConfig, LayerStats};
 use crate::message::Message;
 use crate::name::{ChannelName, GroupName, validate_channel_name};
@@ -44,7 +47,10 @@ impl InMemoryLayer {
         message: Message,
     ) -> Result<()> {
         self.engine.check_open()?;
-        let lagging = self.engine.group_send(group.as_str(), &message);
+        let lagging = match self.engine.config().history_for(group.as_str()) {
+            Some(h) => self.engine.group_send_kept(group, message, h).1,
+            None => self.engine.group_send(group.as_str(), &message),
+        };
         self.engine.backpressure(lagging.without(sender)).await;
         Ok(())
     }
@@ -88,6 +94,22 @@ impl ChannelLayer for InMemoryLayer {
         self.engine.check_open()?;
         self.engine.group_add(group, &self.engine.queue(channel));
         Ok(())
+    }
+
+    async fn group_add_since(
+        &self,
+        group: &GroupName,
+        channel: &ChannelName,
+        since: Option<&Position>,
+    ) -> Result<Recovery> {
+        self.engine.check_open()?;
+        let Some(h) = self.engine.config().history_for(group.as_str()) else {
+            return Err(LayerError::Unsupported(format!(
+                "group {group} keeps no history (see LayerConfig::group_history)"
+            )));
+        };
+        let queue = self.engine.queue(channel);
+        Ok(self.engine.group_add_since(group, &queue, since, h))
     }
 
     async fn group_discard(&self, group: &GroupName, channel: &ChannelName) -> Result<()> {

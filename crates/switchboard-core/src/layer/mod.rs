@@ -8,6 +8,7 @@ use async_trait::async_trait;
 
 use crate::engine::Receiver;
 use crate::error::{LayerError, Result};
+use crate::history::{HistoryConfig, Position, Recovery};
 use crate::message::{IntoMessage, Message};
 use crate::metrics::{self, Op};
 use crate::name::{ChannelName, GroupName, IntoChannelName, IntoGroupName};
@@ -40,6 +41,8 @@ pub struct LayerConfig {
     pub group_backpressure: Duration,
     /// Per-pattern capacities; the first matching glob wins.
     channel_capacity: Vec<(glob::Pattern, usize)>,
+    /// Per-pattern group histories; the first matching glob wins. None by default.
+    group_history: Vec<(glob::Pattern, HistoryConfig)>,
 }
 
 impl Default for LayerConfig {
@@ -50,6 +53,7 @@ impl Default for LayerConfig {
             group_expiry: Duration::from_secs(86_400),
             group_backpressure: Duration::from_secs(1),
             channel_capacity: Vec::new(),
+            group_history: Vec::new(),
         }
     }
 }
@@ -96,6 +100,49 @@ impl LayerConfig {
         })?;
         self.channel_capacity.push((p, capacity));
         Ok(self)
+    }
+
+    /// Keeps the last `size` messages (each for at most `ttl`) of every group whose name
+    /// matches the glob `pattern`, with a [`Position`](crate::Position) on each, so that a
+    /// subscriber can join "since" the last one it saw and get what it missed
+    /// ([`Subscription::group_add_since`]). Patterns are tried in the order added; the first
+    /// match wins. A `size` of 0 numbers the group's messages without keeping them.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use switchboard_core::LayerConfig;
+    /// let cfg = LayerConfig::default().group_history("chat_*", 100, Duration::from_secs(300))?;
+    /// assert_eq!(cfg.history_for("chat_lobby").map(|h| h.size), Some(100));
+    /// assert!(cfg.history_for("tweets").is_none());
+    /// # Ok::<(), switchboard_core::LayerError>(())
+    /// ```
+    pub fn group_history(mut self, pattern: &str, size: usize, ttl: Duration) -> Result<Self> {
+        let p = glob::Pattern::new(pattern).map_err(|e| {
+            LayerError::Config(format!("bad group_history pattern {pattern:?}: {e}"))
+        })?;
+        if ttl.is_zero() {
+            return Err(LayerError::Config(format!(
+                "group_history {pattern:?}: the ttl must be more than zero"
+            )));
+        }
+        self.group_history.push((p, HistoryConfig { size, ttl }));
+        Ok(self)
+    }
+
+    /// The history kept for the named group, if any.
+    pub fn history_for(&self, group: &str) -> Option<HistoryConfig> {
+        if self.group_history.is_empty() {
+            return None;
+        }
+        self.group_history
+            .iter()
+            .find(|(p, _)| p.matches(group))
+            .map(|&(_, h)| h)
+    }
+
+    /// Whether any group keeps history.
+    pub fn has_history(&self) -> bool {
+        !self.group_history.is_empty()
     }
 
     /// The capacity of the named channel.
@@ -177,6 +224,25 @@ pub trait ChannelLayer: Send + Sync + 'static {
     ) -> Result<()> {
         let _ = sender;
         self.group_send(group, message).await
+    }
+
+    /// Adds `channel` to `group` as [`group_add`](ChannelLayer::group_add) does and, for a
+    /// group that keeps history ([`LayerConfig::group_history`]), returns what was sent to it
+    /// after `since` (see [`Recovery`]): everything sent after the join reaches the channel
+    /// live, everything before it is in the returned messages, and what is in both is told
+    /// apart by its position ([`Subscription::group_add_since`] drops the copy). A layer
+    /// without history for the group answers [`LayerError::Unsupported`]; the default does
+    /// for every group.
+    async fn group_add_since(
+        &self,
+        group: &GroupName,
+        channel: &ChannelName,
+        since: Option<&Position>,
+    ) -> Result<Recovery> {
+        let _ = (channel, since);
+        Err(LayerError::Unsupported(format!(
+            "group {group} keeps no history on this layer"
+        )))
     }
 
     /// The channels in `group` whose membership has not expired.

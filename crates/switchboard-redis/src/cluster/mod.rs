@@ -107,6 +107,7 @@ impl RedisClusterLayer {
     /// Connects to the cluster through its seed nodes, subscribes this process's inbox and
     /// starts the background tasks on the current tokio runtime.
     pub async fn connect(cfg: RedisConfig) -> Result<RedisClusterLayer> {
+        crate::config::refuse_history(&cfg)?;
         let mut seeds = Vec::with_capacity(cfg.hosts.len());
         for h in &cfg.hosts {
             match h {

@@ -191,6 +191,7 @@ impl RedisLayer {
     /// Connects to every host and starts the layer's background tasks on the current tokio
     /// runtime. Fails if a host cannot be reached within the timeouts.
     pub async fn connect(cfg: RedisConfig) -> Result<RedisLayer> {
+        crate::config::refuse_history(&cfg)?;
         let hosts = conn::connect_hosts(&cfg).await?;
         let codec = Codec::core(
             &cfg.symmetric_encryption_keys,

@@ -117,6 +117,7 @@ impl RedisPubSubLayer {
     /// Connects to every host, subscribes this process's channel pattern and starts the
     /// background tasks on the current tokio runtime.
     pub async fn connect(cfg: RedisConfig) -> Result<RedisPubSubLayer> {
+        crate::config::refuse_history(&cfg)?;
         let hosts = conn::connect_hosts(&cfg).await?;
         let codec = Codec::pubsub(&cfg.symmetric_encryption_keys);
         let (engine, leaves) = Engine::with_leaves(cfg.layer.clone());
