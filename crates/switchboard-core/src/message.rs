@@ -104,16 +104,13 @@ impl Message {
     pub fn with_position(mut self, position: Position) -> Message {
         if let Some(inner) = Arc::get_mut(&mut self.0) {
             inner.position = Some(position);
+            inner.json = OnceLock::new(); // its JSON text carries the position
             return self;
-        }
-        let json = OnceLock::new();
-        if let Some(t) = self.0.json.get() {
-            let _ = json.set(t.clone());
         }
         Message(Arc::new(Inner {
             fields: self.0.fields.clone(),
             type_index: self.0.type_index,
-            json,
+            json: OnceLock::new(),
             decoded: OnceLock::new(),
             position: Some(position),
         }))
@@ -200,12 +197,34 @@ impl Message {
 
     /// The message as JSON text. Rendered once and shared by every clone of this message, so a
     /// group message written to a thousand sockets is serialized once.
+    ///
+    /// A message with a [`position`](Message::position) gets it as one more key, last:
+    /// `"position":"EPOCH:OFFSET"` (unless it has a field of that name), so that a client keeps
+    /// it to resume from (as `switchboard.js` does).
+    ///
+    /// ```
+    /// use switchboard_core::{Message, Position};
+    /// let m = Message::builder("chat").field("n", 1).build()?;
+    /// assert_eq!(m.to_json_text(), r#"{"type":"chat","n":1}"#);
+    /// let m = m.with_position(Position::new("e1", 7)?);
+    /// assert_eq!(m.to_json_text(), r#"{"type":"chat","n":1,"position":"e1:7"}"#);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn to_json_text(&self) -> Text {
         self.0
             .json
             .get_or_init(|| {
                 // Serializing a Value map into a String cannot fail: keys are strings, no I/O.
-                Text::from(serde_json::to_string(&self.0.fields).unwrap_or_default()) // ok: infallible
+                let mut json = serde_json::to_string(&self.0.fields).unwrap_or_default(); // ok: infallible
+                if let Some(p) = &self.0.position
+                    && !self.0.fields.contains_key("position")
+                    && json.ends_with('}')
+                {
+                    // An epoch is letters, digits, '-' and '_': nothing to escape.
+                    json.pop();
+                    json.push_str(&format!(",\"position\":\"{p}\"}}"));
+                }
+                Text::from(json)
             })
             .clone()
     }

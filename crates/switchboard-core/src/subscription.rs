@@ -181,7 +181,7 @@ impl Subscription {
     /// epoch, or older than the history holds — nothing is replayed and
     /// [`Resumed::recovered`] is `false`: the app should reload its state rather than show a
     /// hole. The subscription is in the group either way. A group without history fails with
-    /// [`LayerError::Unsupported`](crate::LayerError::Unsupported) (and is not joined).
+    /// [`LayerError::Unsupported`] (and is not joined).
     ///
     /// ```
     /// use std::time::Duration;

@@ -5,7 +5,7 @@
 // layer and its messages and names, and the errors.
 pub use switchboard_core::{
     ChannelName, Decoded, GroupName, InMemoryLayer, Layer, LayerConfig, LayerError, Message,
-    Subscription,
+    Position, Resumed, Subscription,
 };
 pub use switchboard_server::{
     CloseCode, Connection, ConnectionConfig, ConnectionHandle, Consumer, DrainConfig, DrainReport,
@@ -15,7 +15,7 @@ pub use switchboard_server::{
 
 // The rest, by concept (`serve` is both the module and, with `axum`, the function that serves
 // a router under `HttpLimits`).
-pub use switchboard_core::{engine, layer, message, name, subscription, text, value};
+pub use switchboard_core::{engine, history, layer, message, name, subscription, text, value};
 pub use switchboard_server::{
     config, connection, consumer, endpoint, error, http, origin, scope, serve, shutdown, worker,
 };
@@ -50,6 +50,8 @@ pub mod metrics {
     }
 }
 
+pub mod js;
+
 #[cfg(feature = "axum")]
 pub use switchboard_server::axum;
 #[cfg(feature = "standalone")]
@@ -61,7 +63,7 @@ pub use switchboard_server::standalone;
 #[cfg(feature = "testing")]
 pub mod testing {
     pub use switchboard_core::layer::conformance;
-    pub use switchboard_core::layer_conformance_tests;
+    pub use switchboard_core::{history_conformance_tests, layer_conformance_tests};
     pub use switchboard_server::testing::*;
 }
 

@@ -8,6 +8,12 @@
 //! - `{"type":"private","to":NICK,"message":TEXT}` → only NICK's connections (any room) get
 //!   `{"type":"chat.private","from":…,"to":…,"message":…}`; an unknown NICK gets an error frame.
 //! - `POST /chat/rooms/{room}/user/{username}/` with `{"message": TEXT}` publishes into the room.
+//! - Rooms whose layer keeps history ([`with_history`]): each room message carries
+//!   `"position":"EPOCH:OFFSET"`; a client that reconnects with `&since=POSITION` gets what it
+//!   missed first. A client that sends `since` (empty: from now) gets, right after the
+//!   handshake, `{"type":"chat.joined","room":…,"top":POSITION,"recovered":BOOL,"replayed":N}`
+//!   — `recovered: false` when the room could not give everything after its position (too long
+//!   away, a restarted server, a layer without history); `top` is the room's position now.
 
 use axum::Router;
 use axum::body::Bytes;
@@ -19,7 +25,7 @@ use serde::Deserialize;
 use serde_json::json;
 use switchboard::{
     Connection, ConnectionConfig, Consumer, Decoded, Endpoint, Error, GroupName, Layer, LayerError,
-    Origins, Refusal, Result, Scope, Shutdown,
+    Origins, Position, Refusal, Result, Scope, Shutdown,
 };
 
 /// The page: plain HTML and JavaScript, no build step.
@@ -54,6 +60,16 @@ impl Default for Settings {
 /// group name cannot hold.
 pub fn room_group(room: &str) -> Option<GroupName> {
     GroupName::new(format!("chat_{room}")).ok()
+}
+
+/// `config` with the rooms' history: the last `size` messages of every room, each kept for
+/// `ttl`, for clients that reconnect (`chat_*` groups).
+pub fn with_history(
+    config: switchboard::LayerConfig,
+    size: usize,
+    ttl: std::time::Duration,
+) -> switchboard::Result<switchboard::LayerConfig> {
+    Ok(config.group_history("chat_*", size, ttl)?)
 }
 
 /// The group every connection of one nickname joins, for private messages (`nick` is valid:
@@ -114,6 +130,8 @@ pub struct ChatConsumer {
     room: String,
     group: GroupName,
     nickname: Option<String>,
+    /// `since`: the position of the last room message the client saw (it reconnects).
+    since: Option<String>,
 }
 
 impl ChatConsumer {
@@ -130,6 +148,7 @@ impl ChatConsumer {
             group,
             room,
             nickname: scope.query("nickname"),
+            since: scope.query("since"),
         })
     }
 
@@ -159,8 +178,34 @@ impl Consumer for ChatConsumer {
     type Event = Decoded<ChatEvent>;
 
     async fn connect(&mut self, conn: &mut Connection) -> Result<()> {
-        conn.group_add(&self.group).await?;
+        // `since=` (empty): from now. A position the client cannot have been given (garbled)
+        // is one the room cannot continue from: not recovered.
+        let since = self
+            .since
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .map(str::parse::<Position>);
+        let joined = if conn
+            .layer()
+            .config()
+            .history_for(self.group.as_str())
+            .is_some()
+        {
+            let from = since.as_ref().and_then(|s| s.as_ref().ok());
+            let r = conn.group_add_since(&self.group, from).await?;
+            let recovered = r.recovered && !matches!(since, Some(Err(_)));
+            json!({"type": "chat.joined", "room": self.room, "top": r.position.to_string(),
+                   "recovered": recovered, "replayed": r.replayed})
+        } else {
+            conn.group_add(&self.group).await?;
+            json!({"type": "chat.joined", "room": self.room, "recovered": since.is_none(), "replayed": 0})
+        };
         conn.accept().await?;
+        // Only for a client that asked (`since`, even empty): the protocol without it is
+        // the Channels tutorial's.
+        if self.since.is_some() {
+            conn.send_json(&joined).await?;
+        }
         if let Some(nick) = self.nickname.take()
             && let Err(e) = self.login(conn, nick).await
         {
@@ -308,6 +353,10 @@ pub fn router(layer: Layer, settings: Settings) -> Router {
         .shutdown(&settings.shutdown);
     Router::new()
         .route("/", get(|| async { Html(INDEX_HTML) }))
+        .route(
+            "/switchboard.js",
+            get(|| async { switchboard::js::response() }),
+        )
         .route("/ws/chat/{room}/", ws.into_route())
         .route("/chat/rooms/{room}/", get(room_info))
         .route("/chat/rooms/{room}/user/{username}/", post(publish))

@@ -38,6 +38,13 @@ struct Args {
     addr: SocketAddr,
     #[command(flatten)]
     layer: LayerArgs,
+    /// Messages each room keeps for clients that reconnect (the in-memory layer; 0: none). A
+    /// page away for less than this resumes where it left off.
+    #[arg(long, default_value_t = 100)]
+    history: usize,
+    /// How long a room keeps each message for clients that reconnect, in seconds.
+    #[arg(long, default_value_t = 300)]
+    history_ttl_secs: u64,
     #[command(flatten)]
     ops: OpsArgs,
 }
@@ -47,7 +54,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     example_support::init_tracing();
     let args = Args::parse();
     let ops = Ops::install(&args.ops)?;
-    let layer = args.layer.build().await?;
+    let (history, ttl) = (args.history, args.history_ttl_secs.max(1));
+    let layer = args
+        .layer
+        .build_with(|c| match history {
+            0 => Ok(c),
+            n => chat::with_history(c, n, std::time::Duration::from_secs(ttl)),
+        })
+        .await?;
     let settings = chat::Settings {
         shutdown: ops.shutdown.clone(),
         ..chat::Settings::default()

@@ -1,8 +1,12 @@
 //! The chat page in a real headless Chromium: two pages in one room see each other's
-//! messages; a private message shows only on its target.
+//! messages; a private message shows only on its target; a page whose connection drops
+//! reconnects by itself (`switchboard.js`) and shows what it missed, each message once and in
+//! order, or says it could not recover it.
 #![allow(clippy::unwrap_used)]
 
-use switchboard::{InMemoryLayer, Layer};
+use std::time::Duration;
+
+use switchboard::{InMemoryLayer, Layer, LayerConfig};
 use test_support::browser::Browser;
 
 async fn join(b: &Browser, base: &str, nick: &str, room: &str) {
@@ -10,7 +14,7 @@ async fn join(b: &Browser, base: &str, nick: &str, room: &str) {
     b.type_into("#nickname", nick).await;
     b.type_into("#room", room).await;
     b.click("#join").await;
-    b.wait_for_text("#status", "connected").await;
+    b.wait_for_text("#status.open", "connected").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -55,6 +59,92 @@ async fn two_pages_chat_and_a_private_message_shows_only_on_its_target() {
     );
 
     for b in [ann, bob, eve] {
+        b.close().await;
+    }
+}
+
+/// Publishes into a room from outside (as a Django view or another service would).
+async fn post(base: &str, room: &str, text: &str) {
+    let r = reqwest::Client::new()
+        .post(format!("{base}chat/rooms/{room}/user/carl/"))
+        .body(serde_json::json!({ "message": text }).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        r.status().is_success(),
+        "publishing {text:?}: {}",
+        r.status()
+    );
+}
+
+/// The room messages a page shows, in order (each line is "USERtext": name and text spans).
+async fn shown(b: &Browser) -> Vec<String> {
+    b.texts("#messages li.msg").await
+}
+
+/// Drops the page's WebSocket as a network blip would (the client did not ask to close it).
+async fn drop_connection(b: &Browser) {
+    b.client
+        .execute("window.chat.client.socket.close()", vec![])
+        .await
+        .unwrap();
+    b.wait_for_text("#status", "reconnecting").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_that_lost_its_connection_shows_what_it_missed_once_in_order() {
+    // Rooms keep their last 3 messages.
+    let cfg = chat::with_history(LayerConfig::default(), 3, Duration::from_secs(60)).unwrap();
+    let layer = Layer::new(InMemoryLayer::new(cfg));
+    let addr = test_support::serve(chat::router(layer, chat::Settings::default())).await;
+    let root = format!("http://{addr}/");
+    // The first reconnect comes 1.5–3 s after a drop: time for the messages it misses.
+    let page = format!("{root}?retry_ms=3000");
+    let (Some(ann), Some(bob)) = tokio::join!(Browser::start(), Browser::start()) else {
+        return;
+    };
+    join(&ann, &page, "ann", "lobby").await;
+    join(&bob, &page, "bob", "lobby").await;
+    ann.type_into("#message-input", "one").await;
+    ann.click("#send").await;
+    bob.wait_for_text("#messages li.msg", "one").await;
+
+    // Away for a moment: two messages sent meanwhile come back on the reconnect.
+    drop_connection(&bob).await;
+    post(&root, "lobby", "two").await;
+    post(&root, "lobby", "three").await;
+    bob.wait_for_text("#messages li.recovered", "2 missed message(s) recovered")
+        .await;
+    bob.wait_for_text("#status.open", "connected").await;
+    ann.type_into("#message-input", "four").await;
+    ann.click("#send").await;
+    bob.wait_for_text("#messages li.msg", "four").await;
+    assert_eq!(
+        shown(&bob).await,
+        ["annone", "carltwo", "carlthree", "annfour"],
+        "every message once, in order"
+    );
+    assert_eq!(shown(&ann).await, shown(&bob).await);
+
+    // Away while more was sent than the room keeps: the page says so instead of a hole.
+    drop_connection(&bob).await;
+    for text in ["five", "six", "seven", "eight"] {
+        post(&root, "lobby", text).await;
+    }
+    bob.wait_for_text("#messages li.lost", "could not be recovered")
+        .await;
+    bob.wait_for_text("#status.open", "connected").await;
+    post(&root, "lobby", "nine").await;
+    bob.wait_for_text("#messages li.msg", "nine").await;
+    let after: Vec<String> = shown(&bob).await;
+    assert_eq!(
+        after,
+        ["annone", "carltwo", "carlthree", "annfour", "carlnine"],
+        "nothing replayed when not recovered, live again after"
+    );
+
+    for b in [ann, bob] {
         b.close().await;
     }
 }

@@ -91,10 +91,24 @@ pub struct LayerArgs {
 impl LayerArgs {
     /// Builds the layer the flags describe.
     pub async fn build(&self) -> Result<Layer, Box<dyn std::error::Error + Send + Sync>> {
+        self.build_with(Ok).await
+    }
+
+    /// Whether the flags ask for the in-memory layer (no Redis).
+    pub fn in_memory(&self) -> bool {
+        self.redis.is_none() && self.redis_sentinel.is_none() && self.redis_cluster.is_none()
+    }
+
+    /// [`build`](LayerArgs::build), the in-memory layer's configuration passed through
+    /// `in_memory` first (group history, which only the in-memory layer keeps so far).
+    pub async fn build_with(
+        &self,
+        in_memory: impl FnOnce(LayerConfig) -> switchboard::Result<LayerConfig>,
+    ) -> Result<Layer, Box<dyn std::error::Error + Send + Sync>> {
         let config = LayerConfig::default().capacity(self.capacity);
         self.check().map_err(FlagError)?;
         let Some(redis) = self.redis_config(config.clone()) else {
-            return Ok(Layer::new(InMemoryLayer::new(config)));
+            return Ok(Layer::new(InMemoryLayer::new(in_memory(config)?)));
         };
         if self.redis_cluster.is_some() {
             return Ok(Layer::new(RedisClusterLayer::connect(redis).await?));

@@ -103,7 +103,7 @@ impl LayerConfig {
     }
 
     /// Keeps the last `size` messages (each for at most `ttl`) of every group whose name
-    /// matches the glob `pattern`, with a [`Position`](crate::Position) on each, so that a
+    /// matches the glob `pattern`, with a [`Position`] on each, so that a
     /// subscriber can join "since" the last one it saw and get what it missed
     /// ([`Subscription::group_add_since`]). Patterns are tried in the order added; the first
     /// match wins. A `size` of 0 numbers the group's messages without keeping them.
