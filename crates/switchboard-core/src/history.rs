@@ -1,12 +1,13 @@
-//! Group history: [`Position`]s, the ring a layer keeps per group, and what a resume gets
-//! back ([`Recovery`]). The semantics are in [`crate::layer`] ("Group history and resume").
+//! Group history: [`Position`]s, what a resume gets back ([`Recovery`], [`Resumed`]), and the
+//! ring the in-memory engine keeps per group. The semantics are in [`crate::layer`] ("Group history and resume").
 
 use std::collections::VecDeque;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::time::Instant;
+use crate::engine::clock::Instant;
 
 use crate::error::LayerError;
 use crate::message::Message;
@@ -29,7 +30,7 @@ use crate::message::Message;
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Position {
-    epoch: Box<str>,
+    epoch: Arc<str>,
     offset: u64,
 }
 
@@ -133,11 +134,11 @@ pub struct Resumed {
     pub position: Position,
 }
 
-/// The history a layer keeps in memory for one group: a ring of the last messages, with the
-/// offset of the next one and the epoch.
+/// The history the engine keeps in memory for one group: a ring of the last messages, with
+/// the last offset given out and the epoch. Times are the engine's coarse clock's.
 #[derive(Debug)]
-pub struct Ring {
-    epoch: Box<str>,
+pub(crate) struct Ring {
+    epoch: Arc<str>,
     /// The last offset given out (0: none yet).
     top: u64,
     entries: VecDeque<(Instant, Message)>,
@@ -146,7 +147,7 @@ pub struct Ring {
 
 impl Ring {
     /// An empty history with a fresh epoch.
-    pub fn new(config: HistoryConfig) -> Ring {
+    pub(crate) fn new(config: HistoryConfig) -> Ring {
         Ring {
             epoch: Position::new_epoch().into(),
             top: 0,
@@ -156,7 +157,7 @@ impl Ring {
     }
 
     /// The position of the last message (offset 0 if none was sent).
-    pub fn position(&self) -> Position {
+    pub(crate) fn position(&self) -> Position {
         Position {
             epoch: self.epoch.clone(),
             offset: self.top,
@@ -164,7 +165,7 @@ impl Ring {
     }
 
     /// Gives `message` the next position, keeps it, and returns it with its position.
-    pub fn push(&mut self, message: Message, now: Instant) -> Message {
+    pub(crate) fn push(&mut self, message: Message, now: Instant) -> Message {
         self.top += 1;
         let stamped = message.with_position(self.position());
         self.expire(now);
@@ -188,7 +189,7 @@ impl Ring {
     }
 
     /// What a subscriber that has seen up to `since` needs: see [`Recovery`].
-    pub fn since(&mut self, since: Option<&Position>, now: Instant) -> Recovery {
+    pub(crate) fn since(&mut self, since: Option<&Position>, now: Instant) -> Recovery {
         self.expire(now);
         let position = self.position();
         let Some(since) = since else {
@@ -222,7 +223,7 @@ impl Ring {
 
     /// Whether everything it held has expired (it can be forgotten: a new one starts a new
     /// epoch).
-    pub fn is_idle(&mut self, now: Instant) -> bool {
+    pub(crate) fn is_idle(&mut self, now: Instant) -> bool {
         self.expire(now);
         self.entries.is_empty()
     }

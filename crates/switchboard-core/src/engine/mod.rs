@@ -25,7 +25,7 @@
 //! The semantics are those of [`crate::layer`]; the conformance suite checks them on every
 //! layer.
 
-mod clock;
+pub(crate) mod clock;
 mod queue;
 
 use std::collections::HashMap;
@@ -568,22 +568,30 @@ impl Engine {
             .clone()
     }
 
-    /// [`group_send`](Engine::group_send) for a group that keeps history: `message` gets the
-    /// group's next [`Position`] and is kept, then delivered. Sends to one group are numbered
-    /// and delivered one at a time, so every member gets them in offset order. Returns the
-    /// message as delivered (with its position) and the members left lagging.
-    pub fn group_send_kept(
-        &self,
-        group: &GroupName,
-        message: Message,
-        config: HistoryConfig,
-    ) -> (Message, Lagging) {
-        let ring = self.ring(group, config);
+    /// The history of `group` if its name matches a [`LayerConfig::group_history`] pattern
+    /// (made if it has none yet); a group that has one already is not matched again.
+    fn ring_if_kept(&self, group: &GroupName) -> Option<Arc<Mutex<Ring>>> {
+        if !self.0.config.has_history() {
+            return None;
+        }
+        if let Some(r) = self.0.histories.get(group) {
+            return Some(r.clone());
+        }
+        let config = self.0.config.history_for(group.as_str())?;
+        Some(self.ring(group, config))
+    }
+
+    /// [`group_send`](Engine::group_send), for a group that keeps history
+    /// ([`LayerConfig::group_history`]) after giving `message` the group's next [`Position`]
+    /// and keeping it. Sends to one such group are numbered and delivered one at a time, so
+    /// every member gets them in offset order. Returns the members left lagging.
+    pub fn group_send_message(&self, group: &GroupName, message: Message) -> Lagging {
+        let Some(ring) = self.ring_if_kept(group) else {
+            return self.group_send(group.as_str(), &message);
+        };
         let mut ring = ring.lock();
-        let stamped = ring.push(message, tokio::time::Instant::now());
-        let lagging = self.group_send(group.as_str(), &stamped);
-        drop(ring);
-        (stamped, lagging)
+        let stamped = ring.push(message, Instant::now());
+        self.group_send(group.as_str(), &stamped)
     }
 
     /// Adds `queue`'s channel to `group` and reads the group's history after `since`, at one
@@ -599,7 +607,7 @@ impl Engine {
         let ring = self.ring(group, config);
         let mut ring = ring.lock();
         self.group_add(group, queue);
-        ring.since(since, tokio::time::Instant::now())
+        ring.since(since, Instant::now())
     }
 
     /// The group's position now, if it keeps a history here.
@@ -610,7 +618,7 @@ impl Engine {
     /// Forgets the histories whose messages have all expired and whose group has no member
     /// here (a new one starts a new epoch).
     fn sweep_histories(&self) {
-        let now = tokio::time::Instant::now();
+        let now = Instant::now();
         let groups = &self.0.groups;
         self.0
             .histories

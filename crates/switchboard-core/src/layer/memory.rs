@@ -47,10 +47,7 @@ impl InMemoryLayer {
         message: Message,
     ) -> Result<()> {
         self.engine.check_open()?;
-        let lagging = match self.engine.config().history_for(group.as_str()) {
-            Some(h) => self.engine.group_send_kept(group, message, h).1,
-            None => self.engine.group_send(group.as_str(), &message),
-        };
+        let lagging = self.engine.group_send_message(group, message);
         self.engine.backpressure(lagging.without(sender)).await;
         Ok(())
     }
