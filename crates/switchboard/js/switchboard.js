@@ -46,6 +46,11 @@ export class Switchboard {
     return this;
   }
 
+  /** Whether the socket is open now. */
+  get connected() {
+    return !!this.socket && this.socket.readyState === WebSocket.OPEN;
+  }
+
   /** Sends `message` as JSON; false if not connected (nothing is queued). */
   send(message) {
     if (!this.socket || this.socket.readyState !== WebSocket.OPEN) return false;

@@ -679,6 +679,10 @@ pub fn router(db: Db, users: Users, layer: Layer, settings: Settings) -> Router 
             }),
         )
         .route(
+            "/switchboard.js",
+            get(|| async { switchboard::js::response() }),
+        )
+        .route(
             "/static/dams.js",
             get(|| async {
                 asset(

@@ -1,6 +1,7 @@
-//! The dams app in a real headless Chromium: two logged-in pages; a dam added in one makes the
-//! other show the "new dam" dialog, whose Refresh shows the new dam and whose Nevermind closes
-//! it; a bad form shows its errors beside the fields and notifies nobody.
+//! The dams app in a real headless Chromium: two logged-in pages; the viewer's notification
+//! socket drops and reconnects; a dam added in one page makes the other show the "new dam"
+//! dialog, whose Refresh shows the new dam and whose Nevermind closes it; a bad form shows its
+//! errors beside the fields and notifies nobody.
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
@@ -59,6 +60,15 @@ async fn a_dam_added_in_one_page_pops_the_dialog_in_the_other() {
     };
     log_in(&editor, &base, "editor", "editor-pw").await;
     log_in(&viewer, &base, "viewer", "viewer-pw").await;
+    // The viewer's notification socket drops (a network blip): switchboard.js reconnects it,
+    // and the dialog below comes through the new one.
+    viewer
+        .client
+        .execute("window.dams.client.socket.close()", vec![])
+        .await
+        .unwrap();
+    viewer.wait_for_text("#live", "offline").await;
+    viewer.wait_for_text("#live", "live").await;
     viewer.wait_for_text("#dams td.name", "Hoover Dam").await;
     assert_eq!(
         viewer.texts(".dam-point").await.len(),

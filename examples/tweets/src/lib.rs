@@ -289,6 +289,10 @@ pub fn router(hub: Hub, layer: Layer, settings: Settings) -> Router {
     Router::new()
         .route("/", get(|| async { Html(INDEX_HTML) }))
         .route(
+            "/switchboard.js",
+            get(|| async { switchboard::js::response() }),
+        )
+        .route(
             "/static/app.js",
             get(|| async { asset("text/javascript; charset=utf-8", APP_JS) }),
         )

@@ -1,14 +1,15 @@
-"use strict";
-// The tweets page: one WebSocket to /ws/map/, a search at a time, posts shown as cards in a
-// carousel, newest in front. No build step, no dependencies.
+// The tweets page: one WebSocket to /ws/map/ (switchboard.js: reconnects with back-off and
+// jitter), a search at a time, posts shown as cards in a carousel, newest in front. No build
+// step, no dependencies.
+import { Switchboard } from "/switchboard.js";
 const $ = (id) => document.getElementById(id);
 const MAX_CARDS = 20;
-let socket = null;
+let sb = null;
 let listening = null;      // the term of the current search, or null
 let cards = [];            // card elements, oldest first
 let shown = -1;            // index in cards of the card in front
 let received = 0;
-let retry = 0;
+window.tweets = { get client() { return sb; } }; // for the browser tests
 
 function setConn(state, text) {
   $("conn").textContent = text;
@@ -25,42 +26,30 @@ function setState(text, error = false) {
 }
 
 function connect() {
-  const scheme = location.protocol === "https:" ? "wss" : "ws";
-  socket = new WebSocket(`${scheme}://${location.host}/ws/map/`);
+  sb = new Switchboard("/ws/map/", { minDelay: 1000, maxDelay: 30000 });
   setConn("", "connecting…");
-  socket.onopen = () => {
-    retry = 0;
+  sb.on("open", () => {
     setConn("open", "live");
     if (listening) listen(listening); // resume after a reconnect
-  };
-  socket.onclose = () => {
-    setConn("closed", "disconnected");
-    socket = null;
-    const wait = Math.min(30000, 1000 * 2 ** retry++);
-    setTimeout(connect, wait);
-  };
-  socket.onmessage = (e) => {
-    let m;
-    try { m = JSON.parse(e.data); } catch { return; }
-    if (m.type === "tweet") addPost(m);
-    else if (m.type === "listening") setState(`Listening for ${m.message}`);
-    else if (m.type === "stopped") setState(listening === null ? "Stopped." : `Listening for ${listening}`);
-    else if (m.type === "status") setState(m.message);
-    else if (m.type === "error") setState(m.error, true);
-  };
+  });
+  sb.on("close", (e) => setConn("closed", e.retryIn === null ? "disconnected" : "reconnecting…"));
+  sb.on("tweet", addPost);
+  sb.on("listening", (m) => setState(`Listening for ${m.message}`));
+  sb.on("stopped", () => setState(listening === null ? "Stopped." : `Listening for ${listening}`));
+  sb.on("status", (m) => setState(m.message));
+  sb.on("error", (m) => setState(m.error, true));
 }
 
 function listen(term) {
-  if (!socket || socket.readyState !== WebSocket.OPEN) return;
+  if (!sb || !sb.connected) return;
   listening = term;
   setState(`Searching for ${term}…`);
-  socket.send(JSON.stringify({ type: "listen", message: term }));
+  sb.send({ type: "listen", message: term });
 }
 
 function stop() {
   listening = null;
-  if (socket && socket.readyState === WebSocket.OPEN) {
-    socket.send(JSON.stringify({ type: "stop" }));
+  if (sb && sb.send({ type: "stop" })) {
     setState("Stopping…"); // "Stopped." when the server says so: no post comes after that
   } else {
     setState("Stopped.");
@@ -183,9 +172,9 @@ fetch("/config.json").then((r) => r.json()).then((c) => {
 // Leaving the page ends this page's search at once, even if the browser keeps the page in its
 // back/forward cache; coming back reconnects (and resumes the search).
 window.addEventListener("pagehide", () => {
-  if (socket) { socket.onclose = null; socket.close(1000, "page hidden"); socket = null; }
+  if (sb) { sb.close(1000, "page hidden"); sb = null; }
 });
-window.addEventListener("pageshow", (e) => { if (e.persisted && !socket) connect(); });
+window.addEventListener("pageshow", (e) => { if (e.persisted && !sb) connect(); });
 
 setConn("", "connecting…");
 connect();

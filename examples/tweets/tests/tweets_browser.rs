@@ -1,5 +1,6 @@
-//! The tweets page in a real headless Chromium: type a term, press Search, cards appear; press
-//! Stop, no new card. Two pages searching one term share one upstream.
+//! The tweets page in a real headless Chromium: type a term, press Search, cards appear; the
+//! connection drops and comes back, cards go on; press Stop, no new card. Two pages searching
+//! one term share one upstream.
 #![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
@@ -79,6 +80,25 @@ async fn search_shows_cards_stop_stops_them_and_two_pages_share_an_upstream() {
         assert!(
             tokio::time::Instant::now() < deadline,
             "cards stopped coming"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The page's connection drops (a network blip): switchboard.js reconnects and the page
+    // asks for its search again; cards keep coming.
+    ann.client
+        .execute("window.tweets.client.socket.close()", vec![])
+        .await
+        .unwrap();
+    ann.wait_for_text("#conn", "reconnecting").await;
+    ann.wait_for_text("#conn", "live").await;
+    ann.wait_for_text("#state", "Listening for #RustLang").await;
+    let at_reconnect = count(&ann).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while count(&ann).await < at_reconnect + 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no card after the reconnect"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
