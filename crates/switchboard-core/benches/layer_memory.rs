@@ -210,13 +210,8 @@ impl Room {
     }
 
     /// Sends `messages` to the group with at most `WINDOW` outstanding for any member; returns
-    /// when every member has received all of them.
-    async fn round(&self, messages: &[Message]) -> Duration {
-        self.round_owned(messages.to_vec(), false).await
-    }
-
-    /// [`round`](Room::round), the messages moved into the layer (`owned`) or sent as shared
-    /// handles (a copy the caller keeps).
+    /// when every member has received all of them. The messages are moved into the layer (`owned`) or sent as shared handles (a copy the
+    /// caller keeps until every member has them).
     async fn round_owned(&self, messages: Vec<Message>, owned: bool) -> Duration {
         let base = self.slowest();
         let total = messages.len() as u64;
@@ -248,39 +243,58 @@ impl Room {
     }
 }
 
+/// Benchmarks rounds of about 100,000 deliveries to `room`'s members, then closes it; `owned`
+/// as in [`Room::round_owned`].
+fn bench_room(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    id: BenchmarkId,
+    rt: &Runtime,
+    room: Room,
+    members: u64,
+    owned: bool,
+) {
+    let m = (100_000 / members).max(100) as i64;
+    let seq = std::cell::Cell::new(0i64);
+    group.throughput(Throughput::Elements(members * m as u64));
+    group.bench_with_input(id, &members, |b, _| {
+        b.iter_custom(|iters| {
+            let rounds: Vec<Vec<Message>> = (0..iters)
+                .map(|_| {
+                    let first = seq.get();
+                    seq.set(first + m);
+                    (first..first + m).map(message).collect()
+                })
+                .collect();
+            rt.block_on(async {
+                let mut total = Duration::ZERO;
+                for messages in rounds {
+                    total += room.round_owned(messages, owned).await;
+                }
+                total
+            })
+        })
+    });
+    rt.block_on(async {
+        room.layer.close().await.expect("close"); // ok: benchmark harness, not reachable from the wire: a panic ends the run
+        for t in room.tasks {
+            t.await.expect("member task"); // ok: benchmark harness, not reachable from the wire: a panic ends the run
+        }
+    });
+}
+
 fn fan_out(c: &mut Criterion) {
     let mut group = c.benchmark_group("memory_group_send");
     for (variant, rt, use_receiver) in variants() {
         for members in [1u64, 10, 100, 1000] {
-            // ~100,000 deliveries per round.
-            let m = (100_000 / members).max(100) as i64;
             let room = rt.block_on(Room::new(members, use_receiver));
-            let seq = std::cell::Cell::new(0i64);
-            group.throughput(Throughput::Elements(members * m as u64));
-            group.bench_with_input(BenchmarkId::new(variant, members), &members, |b, _| {
-                b.iter_custom(|iters| {
-                    let rounds: Vec<Vec<Message>> = (0..iters)
-                        .map(|_| {
-                            let first = seq.get();
-                            seq.set(first + m);
-                            (first..first + m).map(message).collect()
-                        })
-                        .collect();
-                    rt.block_on(async {
-                        let mut total = Duration::ZERO;
-                        for messages in &rounds {
-                            total += room.round(messages).await;
-                        }
-                        total
-                    })
-                })
-            });
-            rt.block_on(async {
-                room.layer.close().await.expect("close"); // ok: benchmark harness, not reachable from the wire: a panic ends the run
-                for t in room.tasks {
-                    t.await.expect("member task"); // ok: benchmark harness, not reachable from the wire: a panic ends the run
-                }
-            });
+            bench_room(
+                &mut group,
+                BenchmarkId::new(variant, members),
+                &rt,
+                room,
+                members,
+                false,
+            );
         }
     }
     group.finish();
@@ -294,7 +308,6 @@ fn history(c: &mut Criterion) {
     for (variant, rt, use_receiver) in variants().into_iter().skip(1) {
         for members in [1u64, 100, 1000] {
             for on in [false, true] {
-                let m = (100_000 / members).max(100) as i64;
                 let config = if on {
                     LayerConfig::default()
                         .group_history("room", 100, Duration::from_secs(60))
@@ -303,33 +316,15 @@ fn history(c: &mut Criterion) {
                     LayerConfig::default()
                 };
                 let room = rt.block_on(Room::with_config(members, use_receiver, config));
-                let seq = std::cell::Cell::new(0i64);
                 let name = format!("{variant}/history_{}", if on { "on" } else { "off" });
-                group.throughput(Throughput::Elements(members * m as u64));
-                group.bench_with_input(BenchmarkId::new(name, members), &members, |b, _| {
-                    b.iter_custom(|iters| {
-                        let rounds: Vec<Vec<Message>> = (0..iters)
-                            .map(|_| {
-                                let first = seq.get();
-                                seq.set(first + m);
-                                (first..first + m).map(message).collect()
-                            })
-                            .collect();
-                        rt.block_on(async {
-                            let mut total = Duration::ZERO;
-                            for messages in rounds {
-                                total += room.round_owned(messages, true).await;
-                            }
-                            total
-                        })
-                    })
-                });
-                rt.block_on(async {
-                    room.layer.close().await.expect("close"); // ok: benchmark harness, not reachable from the wire: a panic ends the run
-                    for t in room.tasks {
-                        t.await.expect("member task"); // ok: benchmark harness, not reachable from the wire: a panic ends the run
-                    }
-                });
+                bench_room(
+                    &mut group,
+                    BenchmarkId::new(name, members),
+                    &rt,
+                    room,
+                    members,
+                    true,
+                );
             }
         }
     }

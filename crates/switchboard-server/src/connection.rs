@@ -274,6 +274,14 @@ impl Connection {
     /// Fails with `too many groups` (an error the client may be told) when the connection is
     /// in [`ConnectionConfig::max_groups`](crate::ConnectionConfig::max_groups) groups already.
     pub async fn group_add(&mut self, group: impl IntoGroupName) -> Result<()> {
+        let group = self.may_join(group)?;
+        Ok(self.sub.group_add(group).await?)
+    }
+
+    /// `group`, if the connection may join it: it is in fewer than
+    /// [`ConnectionConfig::max_groups`](crate::ConnectionConfig::max_groups) groups, or in this
+    /// one already.
+    fn may_join(&self, group: impl IntoGroupName) -> Result<GroupName> {
         let group = group.into_group_name()?;
         let groups = self.sub.groups();
         if groups.len() >= usize::from(self.limits.groups) && !groups.contains(&group) {
@@ -282,7 +290,7 @@ impl Connection {
                 self.limits.groups
             )));
         }
-        Ok(self.sub.group_add(group).await?)
+        Ok(group)
     }
 
     /// Joins a group that keeps history "since" a position the client saw (it sent it back
@@ -296,14 +304,7 @@ impl Connection {
         group: impl IntoGroupName,
         since: Option<&switchboard_core::Position>,
     ) -> Result<switchboard_core::Resumed> {
-        let group = group.into_group_name()?;
-        let groups = self.sub.groups();
-        if groups.len() >= usize::from(self.limits.groups) && !groups.contains(&group) {
-            return Err(Error::protocol(format!(
-                "too many groups: a connection may be in {} at most",
-                self.limits.groups
-            )));
-        }
+        let group = self.may_join(group)?;
         Ok(self.sub.group_add_since(group, since).await?)
     }
 
