@@ -1,5 +1,6 @@
 //! Group history: [`Position`]s, what a resume gets back ([`Recovery`], [`Resumed`]), and the
-//! ring the in-memory engine keeps per group. The semantics are in [`crate::layer`] ("Group history and resume").
+//! ring the in-memory engine keeps per group. The semantics are in [`crate::layer`] ("Group
+//! history and resume").
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -98,7 +99,8 @@ impl FromStr for Position {
 }
 
 /// How much of a group's history a layer keeps: the last `size` messages, each for at most
-/// `ttl`. Set per group pattern with [`LayerConfig::group_history`](crate::LayerConfig::group_history).
+/// `ttl`. Set per group pattern with
+/// [`LayerConfig::group_history`](crate::LayerConfig::group_history).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HistoryConfig {
     /// Messages kept.
@@ -107,7 +109,8 @@ pub struct HistoryConfig {
     pub ttl: Duration,
 }
 
-/// What joining a group "since" a position found ([`Subscription::group_add_since`](crate::Subscription::group_add_since)).
+/// What joining a group "since" a position found
+/// ([`Subscription::group_add_since`](crate::Subscription::group_add_since)).
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub struct Recovery {

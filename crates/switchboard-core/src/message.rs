@@ -91,8 +91,8 @@ impl Message {
     }
 
     /// Where the layer placed this message in its group's history: set on a message sent to a
-    /// group that keeps history ([`LayerConfig::group_history`](crate::LayerConfig::group_history)),
-    /// `None` otherwise. Keep the last one a client saw to resume from it
+    /// group that keeps history
+    /// ([`LayerConfig::group_history`](crate::LayerConfig::group_history)), `None` otherwise. Keep the last one a client saw to resume from it
     /// ([`Subscription::group_add_since`](crate::Subscription::group_add_since)). It is not one
     /// of the message's fields.
     pub fn position(&self) -> Option<&Position> {

@@ -610,11 +610,6 @@ impl Engine {
         ring.since(since, Instant::now())
     }
 
-    /// The group's position now, if it keeps a history here.
-    pub fn history_position(&self, group: &str) -> Option<Position> {
-        self.0.histories.get(group).map(|r| r.lock().position())
-    }
-
     /// Forgets the histories whose messages have all expired and whose group has no member
     /// here (a new one starts a new epoch).
     fn sweep_histories(&self) {
