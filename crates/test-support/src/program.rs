@@ -21,7 +21,7 @@ pub struct Program {
 
 impl Program {
     /// Starts the program at `binary` with `--addr 127.0.0.1:<free port>` and `args`, and waits
-    /// (up to 20 s) until it accepts connections. Panics with the program's output if it exits
+    /// (up to 20 s) until it says it listens there (its start-up line) and accepts connections. Panics with the program's output if it exits
     /// first — unless it exited because another process took the port between `free_port` and
     /// its bind (the kernel hands the same ephemeral ports to outgoing connections, and tests
     /// run in parallel): then it starts again on another port, up to five times.
@@ -75,6 +75,11 @@ impl Program {
             _dir: dir,
         };
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        // An example logs `… on http://ADDR` once it is bound. A connection alone is no proof:
+        // until then another test may hold the port for a moment (`free_port`'s own listener,
+        // a server of its own that the kernel gave the port), and the probe reaches that one —
+        // the test then found the port refusing, or reset, right after "it listens".
+        let announced = format!("on http://{addr}");
         loop {
             if let Ok(Some(status)) = program.child.0.try_wait() {
                 if program.output().contains("Address already in use") {
@@ -85,12 +90,14 @@ impl Program {
                     program.output()
                 );
             }
-            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            // With SWITCHBOARD_TEST_LOG the output goes to the terminal: the probe alone.
+            let bound = program.log.is_none() || program.output().contains(&announced);
+            if bound && tokio::net::TcpStream::connect(addr).await.is_ok() {
                 return Some(program);
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "the {name} example does not listen on {addr} after 20 s:\n{}",
+                "the {name} example does not say it listens on {addr} after 20 s:\n{}",
                 program.output()
             );
             tokio::time::sleep(Duration::from_millis(25)).await;
