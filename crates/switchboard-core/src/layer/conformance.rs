@@ -897,6 +897,17 @@ async fn none_left(sub: &mut Subscription, what: &str) {
     }
 }
 
+/// A new subscription that joined `group` since `since`, and what the join said.
+async fn joined(
+    layer: &Layer,
+    group: &str,
+    since: Option<&crate::Position>,
+) -> (Subscription, crate::Resumed) {
+    let mut sub = ok(layer.subscribe().await, "subscribe");
+    let r = ok(sub.group_add_since(group, since).await, "group_add_since");
+    (sub, r)
+}
+
 fn n_of(m: &Message) -> i64 {
     m.get("n").and_then(Value::as_i64).unwrap_or(-1)
 }
@@ -918,8 +929,7 @@ where
     let Some((layer, peer)) = make(history_config()).await else {
         return;
     };
-    let mut sub = ok(layer.subscribe().await, "subscribe");
-    let start = ok(sub.group_add_since("hist_n", None).await, "group_add_since");
+    let (mut sub, start) = joined(&layer, "hist_n", None).await;
     assert!(start.recovered && start.replayed == 0, "{start:?}");
     assert_eq!(start.position.offset(), 0, "a new history starts at 0");
     ok(sub.group_add("plain").await, "group_add");
@@ -954,11 +964,7 @@ where
     let Some((layer, peer)) = make(history_config()).await else {
         return;
     };
-    let mut first = ok(layer.subscribe().await, "subscribe");
-    ok(
-        first.group_add_since("hist_r", None).await,
-        "group_add_since",
-    );
+    let (mut first, _) = joined(&layer, "hist_r", None).await;
     ok(peer.group_send("hist_r", msg("m", 1)).await, "group_send");
     let seen = next(&mut first, "first message").await;
     let Some(seen) = seen.position().cloned() else {
@@ -971,11 +977,7 @@ where
             "group_send while away",
         );
     }
-    let mut back = ok(layer.subscribe().await, "subscribe");
-    let resumed = ok(
-        back.group_add_since("hist_r", Some(&seen)).await,
-        "group_add_since",
-    );
+    let (mut back, resumed) = joined(&layer, "hist_r", Some(&seen)).await;
     assert!(resumed.recovered, "{resumed:?}");
     assert_eq!(resumed.replayed, 3, "{resumed:?}");
     assert_eq!(resumed.position.offset(), 4);
@@ -1003,11 +1005,7 @@ where
     let Some((layer, peer)) = make(history_config()).await else {
         return;
     };
-    let mut watch = ok(layer.subscribe().await, "subscribe");
-    ok(
-        watch.group_add_since("hist_old", None).await,
-        "group_add_since",
-    );
+    let (mut watch, _) = joined(&layer, "hist_old", None).await;
     let mut positions = Vec::new();
     for i in 1..=8 {
         ok(peer.group_send("hist_old", msg("m", i)).await, "group_send");
@@ -1019,11 +1017,7 @@ where
     };
     let epoch = at1.epoch().to_owned();
     // History holds 4..=8: from 3 is whole, from 1 is not.
-    let mut whole = ok(layer.subscribe().await, "subscribe");
-    let r = ok(
-        whole.group_add_since("hist_old", Some(at3)).await,
-        "since 3",
-    );
+    let (mut whole, r) = joined(&layer, "hist_old", Some(at3)).await;
     assert!(
         r.recovered && r.replayed == 5,
         "after 3, 4..=8 are held: {r:?}"
@@ -1035,11 +1029,7 @@ where
         ok(crate::Position::new(&epoch, 99), "position"),
     ];
     for (i, since) in (0..).zip(lost) {
-        let mut sub = ok(layer.subscribe().await, "subscribe");
-        let r = ok(
-            sub.group_add_since("hist_old", Some(&since)).await,
-            "group_add_since",
-        );
+        let (mut sub, r) = joined(&layer, "hist_old", Some(&since)).await;
         assert!(!r.recovered, "since {since}: {r:?}");
         assert_eq!(
             r.replayed, 0,
@@ -1066,8 +1056,7 @@ where
     let Some((layer, peer)) = make(history_config()).await else {
         return;
     };
-    let mut sub = ok(layer.subscribe().await, "subscribe");
-    ok(sub.group_add_since("hist_f", None).await, "group_add_since");
+    let (mut sub, _) = joined(&layer, "hist_f", None).await;
     ok(peer.group_send("hist_f", msg("m", 1)).await, "group_send");
     let before = next(&mut sub, "before the flush").await;
     let Some(before) = before.position().cloned() else {
@@ -1075,11 +1064,7 @@ where
     };
     sub.close().await;
     ok(layer.flush().await, "flush");
-    let mut after = ok(layer.subscribe().await, "subscribe");
-    let r = ok(
-        after.group_add_since("hist_f", Some(&before)).await,
-        "group_add_since",
-    );
+    let (mut after, r) = joined(&layer, "hist_f", Some(&before)).await;
     assert!(!r.recovered, "a position from before a flush: {r:?}");
     assert_ne!(
         r.position.epoch(),
@@ -1122,11 +1107,7 @@ where
     let Some((layer, peer)) = make(history_config()).await else {
         return;
     };
-    let mut watch = ok(layer.subscribe().await, "subscribe");
-    ok(
-        watch.group_add_since("long_t", None).await,
-        "group_add_since",
-    );
+    let (mut watch, _) = joined(&layer, "long_t", None).await;
     let sender = tokio::spawn(async move {
         for i in 1..=TOTAL {
             ok(peer.group_send("long_t", msg("m", i)).await, "group_send");
@@ -1143,11 +1124,7 @@ where
         }
     }
     watch.close().await;
-    let mut sub = ok(layer.subscribe().await, "subscribe");
-    let r = ok(
-        sub.group_add_since("long_t", at.as_ref()).await,
-        "group_add_since",
-    );
+    let (mut sub, r) = joined(&layer, "long_t", at.as_ref()).await;
     assert!(r.recovered, "{r:?}");
     let mut offsets = Vec::new();
     while offsets.last() != Some(&(TOTAL as u64)) {

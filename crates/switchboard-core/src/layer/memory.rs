@@ -14,7 +14,7 @@
 use async_trait::async_trait;
 
 use crate::engine::{Engine, Receiver};
-use crate::error::{LayerError, Result};
+use crate::error::Result;
 use crate::history::{Position, Recovery};
 use crate::layer::{ChannelLayer, LayerConfig, LayerStats};
 use crate::message::Message;
@@ -101,9 +101,7 @@ impl ChannelLayer for InMemoryLayer {
     ) -> Result<Recovery> {
         self.engine.check_open()?;
         let Some(h) = self.engine.config().history_for(group.as_str()) else {
-            return Err(LayerError::Unsupported(format!(
-                "group {group} keeps no history (see LayerConfig::group_history)"
-            )));
+            return Err(crate::layer::no_history(group));
         };
         let queue = self.engine.queue(channel);
         Ok(self.engine.group_add_since(group, &queue, since, h))

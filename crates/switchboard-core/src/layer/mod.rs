@@ -240,9 +240,7 @@ pub trait ChannelLayer: Send + Sync + 'static {
         since: Option<&Position>,
     ) -> Result<Recovery> {
         let _ = (channel, since);
-        Err(LayerError::Unsupported(format!(
-            "group {group} keeps no history on this layer"
-        )))
+        Err(no_history(group))
     }
 
     /// The channels in `group` whose membership has not expired.
@@ -268,6 +266,13 @@ pub trait ChannelLayer: Send + Sync + 'static {
     async fn check(&self) -> Result<()> {
         Ok(())
     }
+}
+
+/// The error for `group_add_since` on a group that keeps no history.
+pub(crate) fn no_history(group: &GroupName) -> LayerError {
+    LayerError::Unsupported(format!(
+        "group {group} keeps no history (see LayerConfig::group_history)"
+    ))
 }
 
 /// A cheap, cloneable handle to a channel layer, for consumers and for code outside consumers
