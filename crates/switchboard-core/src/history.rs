@@ -125,6 +125,17 @@ pub struct Recovery {
     pub position: Position,
 }
 
+impl Recovery {
+    /// What a layer's [`group_add_since`](crate::ChannelLayer::group_add_since) found.
+    pub fn new(recovered: bool, messages: Vec<Message>, position: Position) -> Recovery {
+        Recovery {
+            recovered,
+            messages,
+            position,
+        }
+    }
+}
+
 /// What [`Subscription::group_add_since`](crate::Subscription::group_add_since) did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]

@@ -17,12 +17,16 @@ use base64::Engine as _;
 use rand::Rng as _;
 use sha2::Digest as _;
 use switchboard_core::message::RESERVED_KEY;
-use switchboard_core::{Map, Message, Value};
+use switchboard_core::{Map, Message, Position, Value};
 
 /// Why stored bytes could not be turned into a message (or a message into bytes).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub(crate) struct CodecError(pub(crate) String);
+
+/// The key under which a message of a group with history carries its position
+/// (`"EPOCH:OFFSET"`) over Redis. A Django process receives it as one more key of the event.
+pub(crate) const POSITION_KEY: &str = "__switchboard_position__";
 
 /// Where a decoded core-layer message goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,6 +152,29 @@ impl Codec {
         Ok(out)
     }
 
+    /// The start of a message of a group that keeps history: the map header counts one more
+    /// entry, and the fields end with the key [`POSITION_KEY`]; the history script appends
+    /// the position's text (a msgpack string) once it has numbered the message. Unencrypted
+    /// codecs only (the script cannot append inside a Fernet token).
+    pub(crate) fn encode_positioned_head(
+        &self,
+        fields: &EncodedFields,
+    ) -> Result<Vec<u8>, CodecError> {
+        if !self.fernets.is_empty() {
+            return Err(CodecError(
+                "group history cannot number encrypted messages".into(),
+            ));
+        }
+        let mut packed = vec![0; self.random_prefix];
+        rand::rng().fill_bytes(&mut packed);
+        let count = u32::try_from(fields.count + 1)
+            .map_err(|_| CodecError("message has too many fields".into()))?;
+        rmp::encode::write_map_len(&mut packed, count).map_err(write_error)?;
+        packed.extend_from_slice(&fields.bytes);
+        rmp::encode::write_str(&mut packed, POSITION_KEY).map_err(write_error)?;
+        Ok(packed)
+    }
+
     /// Decodes stored bytes into a message and its routing. Never panics on bad input.
     pub(crate) fn decode(&self, stored: &[u8]) -> Result<(Message, Route), CodecError> {
         let body = stored.get(self.random_prefix..).ok_or_else(|| {
@@ -188,7 +215,20 @@ impl Codec {
                 ));
             }
         };
+        // A group with history numbers its messages (`encode_positioned_head`); a value that
+        // is not a position stays a field.
+        let position = match map.get(POSITION_KEY) {
+            Some(Value::String(p)) => p.parse::<Position>().ok(),
+            _ => None,
+        };
+        if position.is_some() {
+            map.shift_remove(POSITION_KEY);
+        }
         let message = Message::from_map(map).map_err(|e| CodecError(e.to_string()))?;
+        let message = match position {
+            Some(p) => message.with_position(p),
+            None => message,
+        };
         Ok((message, route))
     }
 

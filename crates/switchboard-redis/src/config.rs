@@ -385,13 +385,27 @@ pub(crate) fn redact(url: &str) -> String {
     }
 }
 
-/// Group history ([`LayerConfig::group_history`]) is kept by the in-memory layer only so far:
-/// a Redis layer given one refuses to connect rather than send messages without positions.
+/// Group history ([`LayerConfig::group_history`]) is kept by the in-memory layer and the
+/// pub/sub layer so far: another layer given one refuses to connect rather than send messages
+/// without positions.
 pub(crate) fn refuse_history(cfg: &RedisConfig) -> switchboard_core::Result<()> {
     if cfg.layer.has_history() {
         return Err(switchboard_core::LayerError::Config(
-            "group history (LayerConfig::group_history) is kept by the in-memory layer only so \
-             far; the Redis layers do not keep it yet"
+            "group history (LayerConfig::group_history) is kept by the in-memory layer and \
+             RedisPubSubLayer; this layer does not keep it yet"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Group history numbers messages inside Redis, which cannot write into a Fernet token.
+pub(crate) fn refuse_encrypted_history(cfg: &RedisConfig) -> switchboard_core::Result<()> {
+    if cfg.layer.has_history() && !cfg.symmetric_encryption_keys.is_empty() {
+        return Err(switchboard_core::LayerError::Config(
+            "group history (LayerConfig::group_history) cannot be kept with \
+             symmetric_encryption_keys: Redis numbers each message and cannot write into an \
+             encrypted one"
                 .into(),
         ));
     }

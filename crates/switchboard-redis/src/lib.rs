@@ -57,6 +57,7 @@ mod conn;
 #[doc(hidden)]
 pub mod fuzzing;
 mod hash;
+mod history;
 mod layer;
 pub mod metrics;
 mod process;

@@ -14,6 +14,130 @@ async fn make(cfg: LayerConfig) -> Option<(Layer, Layer)> {
 
 switchboard_core::layer_conformance_tests!(make);
 
+mod history {
+    switchboard_core::history_conformance_tests!(super::make);
+}
+
+/// A group with history: the message published carries its position as one more msgpack key
+/// (what a Django subscriber sees), the same bytes are kept in the group's Stream under ID
+/// `0-<offset>`, and the hash holds the epoch and the last offset.
+#[tokio::test]
+async fn history_is_a_stream_beside_the_channels_redis_names() {
+    let Some(cfg) = config(switchboard_core::layer::conformance::history_config()) else {
+        return;
+    };
+    let layer = Layer::new(pubsub(&cfg).await);
+    let client = redis::Client::open(cfg.hosts[0].url().unwrap()).unwrap();
+    let mut sub = client.get_async_pubsub().await.unwrap();
+    let group_channel = format!("{}__group__hist_wire", cfg.prefix);
+    sub.subscribe(&group_channel).await.unwrap();
+    for n in 1..=3 {
+        layer
+            .group_send("hist_wire", msg("numbered", n))
+            .await
+            .unwrap();
+    }
+    let mut stream = sub.on_message();
+    let mut published = Vec::new();
+    for _ in 1..=3 {
+        let m = tokio::time::timeout(Duration::from_secs(5), stream.next())
+            .await
+            .unwrap()
+            .unwrap();
+        published.push(m.get_payload_bytes().to_vec());
+    }
+    drop(stream);
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let meta: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+        .arg(format!("{}:history:hist_wire", cfg.prefix))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(meta.get("top").map(String::as_str), Some("3"), "{meta:?}");
+    let epoch = meta.get("epoch").unwrap().clone();
+    for (i, bytes) in published.iter().enumerate() {
+        let v: serde_json::Value = rmp_serde::from_slice(bytes).unwrap();
+        assert_eq!(v["type"], "numbered");
+        assert_eq!(v["n"], i as i64 + 1);
+        assert_eq!(
+            v["__switchboard_position__"],
+            format!("{epoch}:{}", i + 1),
+            "the position travels in the message: {v}"
+        );
+    }
+    let entries: Vec<(String, Vec<(String, Vec<u8>)>)> = redis::cmd("XRANGE")
+        .arg(format!("{}:history:hist_wire:log", cfg.prefix))
+        .arg("-")
+        .arg("+")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let ids: Vec<&str> = entries.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(ids, ["0-1", "0-2", "0-3"]);
+    for ((_, fields), bytes) in entries.iter().zip(&published) {
+        let kept = fields.iter().find(|(k, _)| k == "p").map(|(_, v)| v);
+        assert_eq!(kept, Some(bytes), "the Stream keeps the bytes published");
+    }
+    // Both keys live for the history's ttl (60 s) after the last send.
+    for key in ["", ":log"] {
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(format!("{}:history:hist_wire{key}", cfg.prefix))
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        assert!((50_000..=60_000).contains(&ttl), "{key}: {ttl}");
+    }
+}
+
+/// A message sent by a Django process (no position) to a group with history reaches the
+/// members live, without a position, and is not in the history.
+#[tokio::test]
+async fn a_message_published_without_the_script_has_no_position() {
+    let Some(cfg) = config(switchboard_core::layer::conformance::history_config()) else {
+        return;
+    };
+    let layer = Layer::new(pubsub(&cfg).await);
+    let mut s = layer.subscribe().await.unwrap();
+    let resumed = s.group_add_since("hist_django", None).await.unwrap();
+    let client = redis::Client::open(cfg.hosts[0].url().unwrap()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    // channels_redis's bytes: a bare msgpack map.
+    let bytes =
+        rmp_serde::to_vec_named(&serde_json::json!({"type": "from.django", "n": 1})).unwrap();
+    let _: () = redis::cmd("PUBLISH")
+        .arg(format!("{}__group__hist_django", cfg.prefix))
+        .arg(bytes)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let m = tokio::time::timeout(Duration::from_secs(5), s.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(m.message_type(), "from.django");
+    assert!(m.position().is_none(), "{m:?}");
+    let mut again = layer.subscribe().await.unwrap();
+    let r = again
+        .group_add_since("hist_django", Some(&resumed.position))
+        .await
+        .unwrap();
+    assert!(r.recovered && r.replayed == 0, "{r:?}");
+}
+
+/// Group history cannot number encrypted messages (Redis would have to write inside the
+/// Fernet token): a configuration asking for both is refused, saying why.
+#[tokio::test]
+async fn history_with_encryption_is_refused() {
+    let Some(cfg) = config(switchboard_core::layer::conformance::history_config()) else {
+        return;
+    };
+    let cfg = cfg.symmetric_encryption_keys([b"key".to_vec()]);
+    match switchboard_redis::RedisPubSubLayer::connect(cfg).await {
+        Err(LayerError::Config(e)) => assert!(e.contains("encrypt"), "{e}"),
+        other => panic!("history with encryption: {:?}", other.map(|_| ())),
+    }
+}
+
 #[tokio::test]
 async fn publishes_bare_msgpack_on_channels_redis_names() {
     let Some(cfg) = config(LayerConfig::default()) else {

@@ -43,7 +43,8 @@ use redis::aio::PubSubSink;
 use switchboard_core::engine::{Engine, Leave, Queue, Receiver};
 use switchboard_core::message::MessageError;
 use switchboard_core::{
-    ChannelLayer, ChannelName, GroupName, LayerConfig, LayerError, LayerStats, Message, Result,
+    ChannelLayer, ChannelName, GroupName, LayerConfig, LayerError, LayerStats, Message, Position,
+    Recovery, Result,
 };
 use tokio::sync::{mpsc, watch};
 
@@ -51,6 +52,7 @@ use crate::codec::{Codec, RouteRef};
 use crate::config::RedisConfig;
 use crate::conn::{self, Backoff, Guard, Host, Task, timed, unix_now};
 use crate::hash::consistent_hash;
+use crate::history::Histories;
 use crate::process::ClientId;
 
 /// A channel layer on Redis pub/sub that Django processes running channels_redis's
@@ -101,6 +103,8 @@ struct Inner {
     leaves: tokio::sync::Mutex<mpsc::UnboundedReceiver<Leave>>,
     /// Per host: the follower of its Sentinel master (started only for hosts behind Sentinel).
     followers: Vec<Task>,
+    /// The group histories' keys ([`LayerConfig::group_history`]).
+    histories: Histories,
 }
 
 impl std::fmt::Debug for RedisPubSubLayer {
@@ -117,7 +121,7 @@ impl RedisPubSubLayer {
     /// Connects to every host, subscribes this process's channel pattern and starts the
     /// background tasks on the current tokio runtime.
     pub async fn connect(cfg: RedisConfig) -> Result<RedisPubSubLayer> {
-        crate::config::refuse_history(&cfg)?;
+        crate::config::refuse_encrypted_history(&cfg)?;
         let hosts = conn::connect_hosts(&cfg).await?;
         let codec = Codec::pubsub(&cfg.symmetric_encryption_keys);
         let (engine, leaves) = Engine::with_leaves(cfg.layer.clone());
@@ -133,6 +137,7 @@ impl RedisPubSubLayer {
             .collect();
         let followers = hosts.iter().map(|_| Task::new()).collect();
         let group_prefix = format!("{}__group__", cfg.prefix);
+        let (cfg_prefix, n_hosts) = (cfg.prefix.clone(), hosts.len());
         let inner = Arc::new(Inner {
             cfg,
             hosts,
@@ -145,6 +150,7 @@ impl RedisPubSubLayer {
             janitor: Task::new(),
             leaves: tokio::sync::Mutex::new(leaves),
             followers,
+            histories: Histories::new(&cfg_prefix, n_hosts),
         });
         let mut ready = Vec::new();
         for h in 0..inner.hosts.len() {
@@ -235,8 +241,9 @@ impl Inner {
         timed(self.cfg.command_timeout, fut).await?
     }
 
-    /// One `PUBLISH` to the group's channel; then, since the fan-out runs in the subscription,
-    /// a wait for the local members it left lagging (but `sender`).
+    /// One `PUBLISH` to the group's channel (numbered and kept by the history script for a
+    /// group with history); then, since the fan-out runs in the subscription, a wait for the
+    /// local members it left lagging (but `sender`).
     async fn group_send(
         self: &Arc<Self>,
         sender: Option<&ChannelName>,
@@ -244,8 +251,24 @@ impl Inner {
         message: Message,
     ) -> Result<()> {
         self.open()?;
-        self.publish(&self.group_channel(group.as_str()), &message)
-            .await?;
+        let gchan = self.group_channel(group.as_str());
+        match self.cfg.layer.history_for(group.as_str()) {
+            None => self.publish(&gchan, &message).await?,
+            Some(history) => {
+                let fields = Codec::fields(&message).map_err(|e| MessageError::Serialize(e.0))?;
+                let h = self.host_index(&gchan);
+                let publish = self.histories.publish(
+                    &self.hosts[h],
+                    h,
+                    &self.codec,
+                    group.as_str(),
+                    &gchan,
+                    &fields,
+                    history,
+                );
+                self.timed(publish).await?;
+            }
+        }
         let lagging = self.engine.lagging_members(group.as_str());
         self.engine.backpressure(lagging.without(sender)).await;
         Ok(())
@@ -414,6 +437,7 @@ async fn subscription_loop(
     let mut backoff = Backoff::new();
     let mut was_down = false;
     let mut moved = host.moved();
+    let mut failed_over = false;
     loop {
         moved.mark_unchanged();
         let client = host.client();
@@ -492,6 +516,9 @@ async fn subscription_loop(
             crate::metrics::reconnected("subscription");
             inner.reassert_registry(h).await;
         }
+        if std::mem::take(&mut failed_over) {
+            inner.histories.failed_over(host, h).await;
+        }
         let mut ping = tokio::time::interval(Duration::from_secs(5));
         ping.tick().await;
         loop {
@@ -505,7 +532,10 @@ async fn subscription_loop(
                     None => break,
                 },
                 // The master moved (Sentinel): subscribe there.
-                _ = moved.changed() => break,
+                _ = moved.changed() => {
+                    failed_over = true;
+                    break;
+                }
                 _ = ping.tick() => {
                     let alive = timed(inner.cfg.command_timeout, sink.ping::<RValue>()).await;
                     if !matches!(alive, Ok(Ok(_))) {
@@ -660,6 +690,33 @@ impl ChannelLayer for RedisPubSubLayer {
         added
     }
 
+    async fn group_add_since(
+        &self,
+        group: &GroupName,
+        channel: &ChannelName,
+        since: Option<&Position>,
+    ) -> Result<Recovery> {
+        let inner = &self.inner;
+        let Some(history) = inner.cfg.layer.history_for(group.as_str()) else {
+            return Err(LayerError::Unsupported(format!(
+                "group {group} keeps no history (see LayerConfig::group_history)"
+            )));
+        };
+        // Subscribed first: what is published from now on arrives live; what was before is in
+        // the history read next (the subscription drops what is in both, by position).
+        self.group_add(group, channel).await?;
+        let h = inner.host_index(&inner.group_channel(group.as_str()));
+        let read = inner.histories.since(
+            &inner.hosts[h],
+            h,
+            &inner.codec,
+            group.as_str(),
+            since,
+            history,
+        );
+        inner.timed(read).await
+    }
+
     async fn group_discard(&self, group: &GroupName, channel: &ChannelName) -> Result<()> {
         let inner = &self.inner;
         inner.open()?;
@@ -722,8 +779,10 @@ impl ChannelLayer for RedisPubSubLayer {
             }
         }
         let pattern = format!("{}:pubsub:group:*", conn::glob_escape(&inner.cfg.prefix));
+        let histories = inner.histories.pattern();
         for host in &inner.hosts {
             inner.timed(conn::delete_matching(host, &pattern)).await?;
+            inner.timed(conn::delete_matching(host, &histories)).await?;
         }
         Ok(())
     }
