@@ -65,7 +65,8 @@ async fn history_is_a_stream_beside_the_channels_redis_names() {
             "the position travels in the message: {v}"
         );
     }
-    let entries: Vec<(String, Vec<(String, Vec<u8>)>)> = redis::cmd("XRANGE")
+    type Entry = (String, Vec<(String, Vec<u8>)>);
+    let entries: Vec<Entry> = redis::cmd("XRANGE")
         .arg(format!("{}:history:hist_wire:log", cfg.prefix))
         .arg("-")
         .arg("+")
