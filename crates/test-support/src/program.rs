@@ -13,6 +13,8 @@ use super::{ChildGuard, TempDir, free_port};
 pub struct Program {
     pub addr: SocketAddr,
     name: String,
+    /// How it was started, for [`restart`](Program::restart).
+    command: (String, Vec<String>, Vec<(String, String)>),
     log: Option<PathBuf>,
     // Killed before its directory is removed.
     child: ChildGuard,
@@ -32,22 +34,55 @@ impl Program {
     /// [`start`](Program::start) with more environment variables.
     pub async fn start_with_env(binary: &str, args: &[&str], env: &[(&str, &str)]) -> Program {
         for _ in 0..4 {
-            if let Some(p) = Program::try_start(binary, args, env).await {
+            if let Some(p) = Program::try_start(binary, args, env, None).await {
                 return p;
             }
         }
-        Program::try_start(binary, args, env)
+        Program::try_start(binary, args, env, None)
             .await
             .expect("the port was taken five times in a row") // ok: test harness, a panic fails the calling test
     }
 
-    /// One start; `None` if the program exited because its port was in use.
-    async fn try_start(binary: &str, args: &[&str], env: &[(&str, &str)]) -> Option<Program> {
+    /// Kills the process with SIGKILL — a crash: no drain, no goodbye — and waits for it.
+    pub fn kill(&mut self) {
+        let _ = self.child.0.kill();
+        let _ = self.child.0.wait();
+    }
+
+    /// Starts the program again (after [`kill`](Program::kill), or once it exited) on the same
+    /// address with the same arguments, waiting as [`start`](Program::start) does; its output
+    /// starts afresh. Retries for up to 10 s while the port is still taken.
+    pub async fn restart(&mut self) {
+        self.kill();
+        let (binary, args, env) = self.command.clone();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        for _ in 0..40 {
+            if let Some(p) = Program::try_start(&binary, &args, &env, Some(self.addr)).await {
+                *self = p;
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        panic!(
+            "{} could not listen on {} again within 10 s",
+            self.name, self.addr
+        );
+    }
+
+    /// One start, on `addr` or a free port; `None` if the program exited because its port was
+    /// in use.
+    async fn try_start(
+        binary: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        addr: Option<SocketAddr>,
+    ) -> Option<Program> {
         let name = std::path::Path::new(binary)
             .file_name()
             .map_or_else(|| binary.to_owned(), |n| n.to_string_lossy().into_owned());
         let name = name.as_str();
-        let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let addr: SocketAddr = addr.unwrap_or_else(|| ([127, 0, 0, 1], free_port()).into());
         let dir = TempDir::new(&format!("{name}-program"));
         let verbose = std::env::var_os("SWITCHBOARD_TEST_LOG").is_some();
         let log = (!verbose).then(|| dir.path().join("output.log"));
@@ -70,6 +105,13 @@ impl Program {
         let mut program = Program {
             addr,
             name: name.to_owned(),
+            command: (
+                binary.to_owned(),
+                args.iter().map(|a| (*a).to_owned()).collect(),
+                env.iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+            ),
             log,
             child: ChildGuard(child),
             _dir: dir,

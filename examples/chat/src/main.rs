@@ -38,8 +38,8 @@ struct Args {
     addr: SocketAddr,
     #[command(flatten)]
     layer: LayerArgs,
-    /// Messages each room keeps for clients that reconnect (the in-memory layer; 0: none). A
-    /// page away for less than this resumes where it left off.
+    /// Messages each room keeps for clients that reconnect (the in-memory and pub/sub layers;
+    /// 0: none). A page away for less than this resumes where it left off.
     #[arg(long, default_value_t = 100)]
     history: usize,
     /// How long a room keeps each message for clients that reconnect, in seconds.

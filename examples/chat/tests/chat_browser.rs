@@ -1,13 +1,15 @@
 //! The chat page in a real headless Chromium: two pages in one room see each other's
 //! messages; a private message shows only on its target; a page whose connection drops
 //! reconnects by itself (`switchboard.js`) and shows what it missed, each message once and in
-//! order, or says it could not recover it.
+//! order, or says it could not recover it — also when its chat process was killed and
+//! started again, the history kept in Redis.
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
 
 use switchboard::{InMemoryLayer, Layer, LayerConfig};
 use test_support::browser::Browser;
+use test_support::program::Program;
 
 async fn join(b: &Browser, base: &str, nick: &str, room: &str) {
     b.client.goto(base).await.unwrap();
@@ -141,6 +143,90 @@ async fn a_page_that_lost_its_connection_shows_what_it_missed_once_in_order() {
     assert_eq!(
         after,
         ["annone", "carltwo", "carlthree", "annfour", "carlnine"],
+        "nothing replayed when not recovered, live again after"
+    );
+
+    for b in [ann, bob] {
+        b.close().await;
+    }
+}
+
+/// Sends a room message from the page's form.
+async fn say(b: &Browser, text: &str) {
+    b.type_into("#message-input", text).await;
+    b.click("#send").await;
+    b.wait_for_text("#messages li.msg", text).await;
+}
+
+/// Two chat processes on one Redis (the pub/sub layer, rooms keeping 5 messages). ann's page
+/// is on process one, bob's on process two. Process one is killed (SIGKILL: no drain, no
+/// goodbye) while bob keeps publishing, and started again on its address: ann's page
+/// reconnects by itself and shows every message exactly once, in order. Away while more was
+/// sent than the room keeps, it says it could not recover instead of showing a hole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_whose_process_was_killed_recovers_from_redis_once_in_order() {
+    let Some(redis) = test_support::redis::url() else {
+        return;
+    };
+    let prefix = test_support::redis::fresh_prefix();
+    let args = [
+        "--redis",
+        &redis,
+        "--redis-prefix",
+        &prefix,
+        "--layer",
+        "pubsub",
+        "--history",
+        "5",
+    ];
+    let bin = env!("CARGO_BIN_EXE_chat");
+    let (mut one, two) = tokio::join!(Program::start(bin, &args), Program::start(bin, &args));
+    let (Some(ann), Some(bob)) = tokio::join!(Browser::start(), Browser::start()) else {
+        return;
+    };
+    join(
+        &ann,
+        &format!("http://{}/?retry_ms=300", one.addr),
+        "ann",
+        "lobby",
+    )
+    .await;
+    join(&bob, &format!("http://{}/", two.addr), "bob", "lobby").await;
+    say(&bob, "one").await;
+    ann.wait_for_text("#messages li.msg", "one").await;
+
+    one.kill();
+    ann.wait_for_text("#status", "reconnecting").await;
+    for text in ["two", "three", "four"] {
+        say(&bob, text).await;
+    }
+    one.restart().await;
+    ann.wait_for_text("#messages li.recovered", "3 missed message(s) recovered")
+        .await;
+    ann.wait_for_text("#status.open", "connected").await;
+    say(&bob, "five").await;
+    ann.wait_for_text("#messages li.msg", "five").await;
+    let all = ["bobone", "bobtwo", "bobthree", "bobfour", "bobfive"];
+    assert_eq!(shown(&ann).await, all, "every message once, in order");
+    assert_eq!(shown(&bob).await, all);
+
+    // Away while six messages pass a five-message history.
+    one.kill();
+    ann.wait_for_text("#status", "reconnecting").await;
+    for text in ["six", "seven", "eight", "nine", "ten", "eleven"] {
+        say(&bob, text).await;
+    }
+    one.restart().await;
+    ann.wait_for_text("#messages li.lost", "could not be recovered")
+        .await;
+    ann.wait_for_text("#status.open", "connected").await;
+    say(&bob, "twelve").await;
+    ann.wait_for_text("#messages li.msg", "twelve").await;
+    let mut expected = all.to_vec();
+    expected.push("bobtwelve");
+    assert_eq!(
+        shown(&ann).await,
+        expected,
         "nothing replayed when not recovered, live again after"
     );
 

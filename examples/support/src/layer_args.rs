@@ -99,16 +99,25 @@ impl LayerArgs {
         self.redis.is_none() && self.redis_sentinel.is_none() && self.redis_cluster.is_none()
     }
 
-    /// [`build`](LayerArgs::build), the in-memory layer's configuration passed through
-    /// `in_memory` first (group history, which only the in-memory layer keeps so far).
+    /// Whether the layer the flags describe keeps group history: the in-memory layer and the
+    /// pub/sub layer do so far.
+    pub fn keeps_history(&self) -> bool {
+        self.in_memory() || (self.redis_cluster.is_none() && self.layer == RedisKind::Pubsub)
+    }
+
+    /// [`build`](LayerArgs::build), the configuration passed through `history` first when the
+    /// layer keeps group history ([`keeps_history`](LayerArgs::keeps_history)).
     pub async fn build_with(
         &self,
-        in_memory: impl FnOnce(LayerConfig) -> switchboard::Result<LayerConfig>,
+        history: impl FnOnce(LayerConfig) -> switchboard::Result<LayerConfig>,
     ) -> Result<Layer, Box<dyn std::error::Error + Send + Sync>> {
-        let config = LayerConfig::default().capacity(self.capacity);
+        let mut config = LayerConfig::default().capacity(self.capacity);
         self.check().map_err(FlagError)?;
+        if self.keeps_history() {
+            config = history(config)?;
+        }
         let Some(redis) = self.redis_config(config.clone()) else {
-            return Ok(Layer::new(InMemoryLayer::new(in_memory(config)?)));
+            return Ok(Layer::new(InMemoryLayer::new(config)));
         };
         if self.redis_cluster.is_some() {
             return Ok(Layer::new(RedisClusterLayer::connect(redis).await?));
