@@ -181,6 +181,13 @@ macro_rules! name_type {
             }
         }
 
+        impl<'de> serde::Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+                $ty::new(&*s).map_err(serde::de::Error::custom)
+            }
+        }
+
         #[doc = concat!("Anything that names a [`", stringify!($ty), "`]: the type itself or a string to validate.")]
         pub trait $into {
             /// Converts, validating if needed.

@@ -15,6 +15,7 @@ use crate::layer::Layer;
 use crate::message::{IntoMessage, Message};
 use crate::metrics::{self, Op};
 use crate::name::{ChannelName, GroupName, IntoGroupName};
+use crate::presence::{PresenceEntry, PresenceInfo, Verdict};
 
 type Pending = Pin<Box<dyn Future<Output = ()> + Send>>;
 
@@ -66,6 +67,9 @@ pub struct Subscription {
     /// replay covered. A live message of that history at or before it is a copy of one the
     /// replay had (it was sent between the join and the read), and is dropped.
     resumed: Vec<(GroupName, Box<str>, u64)>,
+    /// The presence entries this subscription holds ([`Subscription::presence_join`]),
+    /// refreshed with its groups.
+    presence: Vec<(GroupName, PresenceEntry)>,
 }
 
 struct Refresh {
@@ -127,6 +131,7 @@ impl Subscription {
             closed: false,
             replay: std::collections::VecDeque::new(),
             resumed: Vec::new(),
+            presence: Vec::new(),
         }
     }
 
@@ -146,7 +151,9 @@ impl Subscription {
     }
 
     /// How often groups are joined again (`None`: never). Default `group_expiry / 2`, at least
-    /// one second.
+    /// one second; while the subscription holds presence entries, at most a third of
+    /// [`presence_ttl`](crate::LayerConfig::presence_ttl) (their heartbeat). `None` stops the
+    /// heartbeat too: the entries then expire.
     pub fn set_refresh(&mut self, every: Option<Duration>) {
         self.refresh.every = every;
         self.refresh.timer = None;
@@ -236,10 +243,79 @@ impl Subscription {
         })
     }
 
-    /// Leaves `group`.
+    /// Joins `group` (if this subscription is not in it yet) and its presence: `info` is
+    /// listed by [`Layer::presence`] in every process until this subscription leaves the group,
+    /// leaves its presence, or is closed or dropped — or, if its process crashed, until
+    /// [`presence_ttl`](crate::LayerConfig::presence_ttl) has passed without a heartbeat (the
+    /// subscription refreshes its entries every third of it while it is received from). A
+    /// second call for the same group replaces the entry. For a group with presence events
+    /// ([`LayerConfig::presence_events`](crate::LayerConfig::presence_events)) the first join
+    /// sends `presence.join` to the group.
+    ///
+    /// ```
+    /// use switchboard_core::{InMemoryLayer, Layer, PresenceInfo};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> switchboard_core::Result<()> {
+    /// let layer = Layer::new(InMemoryLayer::default());
+    /// let mut ann = layer.subscribe().await?;
+    /// ann.presence_join("chat_lobby", PresenceInfo::new("tab-1").user("ann")).await?;
+    /// assert_eq!(layer.presence_count("chat_lobby").await?, 1);
+    /// let here = layer.presence("chat_lobby").await?;
+    /// assert_eq!(here[0].user.as_deref(), Some("ann"));
+    /// ann.close().await;
+    /// assert_eq!(layer.presence_count("chat_lobby").await?, 0);
+    /// # Ok(()) }
+    /// ```
+    pub async fn presence_join(
+        &mut self,
+        group: impl IntoGroupName,
+        info: PresenceInfo,
+    ) -> Result<()> {
+        self.check_open()?;
+        info.check()?;
+        let group = group.into_group_name()?;
+        if !self.groups.contains(&group) {
+            self.group_add(&group).await?;
+        }
+        let mut entry = PresenceEntry::new(self.channel_name().clone(), &info);
+        if let Some((_, held)) = self.presence.iter().find(|(g, _)| g == &group) {
+            entry.since_ms = held.since_ms; // a new entry, the same arrival
+        }
+        self.layer.backend().presence_add(&group, &entry).await?;
+        let first = !self.presence.iter().any(|(g, _)| g == &group);
+        self.presence.retain(|(g, _)| g != &group);
+        self.presence.push((group.clone(), entry.clone()));
+        if first {
+            presence_event(&self.layer, &group, "presence.join", &entry).await;
+            // The heartbeat may be due sooner than the groups' refresh.
+            self.refresh.timer = None;
+            self.arm();
+        }
+        Ok(())
+    }
+
+    /// Leaves `group`'s presence (staying in the group); sends `presence.leave` for a group
+    /// with presence events. Leaving a presence it does not hold is not an error.
+    pub async fn presence_leave(&mut self, group: impl IntoGroupName) -> Result<()> {
+        self.check_open()?;
+        let group = group.into_group_name()?;
+        let Some(i) = self.presence.iter().position(|(g, _)| g == &group) else {
+            return Ok(());
+        };
+        let (group, entry) = self.presence.swap_remove(i);
+        leave_presence(&self.layer, &group, &entry).await
+    }
+
+    /// Leaves `group` (and its presence, if this subscription holds an entry there).
     pub async fn group_discard(&mut self, group: impl IntoGroupName) -> Result<()> {
         self.check_open()?;
         let group = group.into_group_name()?;
+        if let Some(i) = self.presence.iter().position(|(g, _)| g == &group) {
+            let (group, entry) = self.presence.swap_remove(i);
+            if let Err(e) = leave_presence(&self.layer, &group, &entry).await {
+                tracing::warn!(%group, error = %e, "leaving a group's presence failed");
+            }
+        }
         if self.refresh.running.take().is_some() {
             // The cancelled refresh may not have reached every group: do it again at once,
             // without this one. (What it already sent reaches the layer before the discard
@@ -349,10 +425,12 @@ impl Subscription {
             running: None,
         };
         let groups = std::mem::take(&mut self.groups);
+        let presence = std::mem::take(&mut self.presence);
         cleanup(
             &self.layer,
             self.receiver.channel_name(),
             groups,
+            presence,
             self.owns_channel,
         )
         .await;
@@ -366,19 +444,28 @@ impl Subscription {
         }
     }
 
+    /// How often the groups (and presence entries) are refreshed.
+    fn interval(&self) -> Option<Duration> {
+        let every = self.refresh.every?;
+        if self.presence.is_empty() {
+            return Some(every);
+        }
+        let heartbeat = (self.layer.config().presence_ttl / 3).max(Duration::from_millis(30));
+        Some(every.min(heartbeat))
+    }
+
     /// Arms the refresh timer when there are groups to refresh and it is not armed.
     fn arm(&mut self) {
-        if let (Some(every), None, false) = (
-            self.refresh.every,
-            &self.refresh.timer,
-            self.groups.is_empty(),
-        ) {
+        if let (Some(every), None, false) =
+            (self.interval(), &self.refresh.timer, self.groups.is_empty())
+        {
             self.refresh.timer = Some(Box::pin(tokio::time::sleep(every)));
             self.refresh.polled = false;
         }
     }
 
     fn poll_refresh(&mut self, cx: &mut Context<'_>) {
+        let interval = self.interval();
         let r = &mut self.refresh;
         if let Some(f) = r.running.as_mut()
             && f.get_mut()
@@ -389,7 +476,7 @@ impl Subscription {
         {
             r.running = None;
         }
-        let (Some(timer), Some(every)) = (r.timer.as_mut(), r.every) else {
+        let (Some(timer), Some(every)) = (r.timer.as_mut(), interval) else {
             return;
         };
         if r.polled && !timer.is_elapsed() {
@@ -404,16 +491,22 @@ impl Subscription {
         if r.running.is_some() || self.groups.is_empty() {
             return;
         }
-        let (layer, channel, groups) = (
+        let (layer, channel, groups, presence) = (
             self.layer.clone(),
             self.receiver.channel_name().clone(),
             self.groups.clone(),
+            self.presence.clone(),
         );
         let mut running: Pending = Box::pin(async move {
             for group in groups {
                 let add = layer.backend().group_add(&group, &channel);
                 if let Err(e) = metrics::layer_op!(Op::GroupAdd, add) {
                     tracing::warn!(%group, %channel, error = %e, "refreshing a group membership failed");
+                }
+            }
+            for (group, entry) in presence {
+                if let Err(e) = layer.backend().presence_add(&group, &entry).await {
+                    tracing::warn!(%group, %channel, error = %e, "refreshing a presence entry failed");
                 }
             }
         });
@@ -423,7 +516,68 @@ impl Subscription {
     }
 }
 
-async fn cleanup(layer: &Layer, channel: &ChannelName, groups: Vec<GroupName>, owned: bool) {
+/// Takes `entry` out of `group`'s presence and tells the group if it has presence events.
+async fn leave_presence(layer: &Layer, group: &GroupName, entry: &PresenceEntry) -> Result<()> {
+    let r = layer.backend().presence_remove(group, &entry.channel).await;
+    presence_event(layer, group, "presence.leave", entry).await;
+    r
+}
+
+/// Sends `presence.join` / `presence.leave` for `entry` to `group` if the group has presence
+/// events, within the throttle; a suppressed event's window ends with one `presence.sync`.
+async fn presence_event(layer: &Layer, group: &GroupName, kind: &str, entry: &PresenceEntry) {
+    let config = layer.config();
+    if !config.presence_events_for(group.as_str()) {
+        return;
+    }
+    match layer.throttle().check(group, config.presence_event_rate) {
+        Verdict::Send => {
+            let event = serde_json::json!({
+                "type": kind,
+                "group": group.as_str(),
+                "client_id": entry.client_id,
+                "user": entry.user,
+                "meta": entry.meta,
+                "since_ms": entry.since_ms,
+            });
+            if let Err(e) = layer.group_send(group, event).await {
+                tracing::warn!(%group, error = %e, "a presence event could not be sent");
+            }
+        }
+        Verdict::Suppress { first: None } => {}
+        Verdict::Suppress { first: Some(after) } => {
+            let (layer, group) = (layer.clone(), group.clone());
+            let Ok(rt) = tokio::runtime::Handle::try_current() else {
+                return;
+            };
+            rt.spawn(async move {
+                tokio::time::sleep(after).await;
+                let missed = layer.throttle().take_suppressed(&group);
+                let sync = serde_json::json!({
+                    "type": "presence.sync",
+                    "group": group.as_str(),
+                    "missed_events": missed,
+                });
+                if let Err(e) = layer.group_send(&group, sync).await {
+                    tracing::warn!(%group, error = %e, "presence.sync could not be sent");
+                }
+            });
+        }
+    }
+}
+
+async fn cleanup(
+    layer: &Layer,
+    channel: &ChannelName,
+    groups: Vec<GroupName>,
+    presence: Vec<(GroupName, PresenceEntry)>,
+    owned: bool,
+) {
+    for (group, entry) in presence {
+        if let Err(e) = leave_presence(layer, &group, &entry).await {
+            tracing::warn!(%group, %channel, error = %e, "leaving a group's presence failed");
+        }
+    }
     for group in groups {
         let discard = layer.backend().group_discard(&group, channel);
         if let Err(e) = metrics::layer_op!(Op::GroupDiscard, discard) {
@@ -441,6 +595,7 @@ impl Drop for Subscription {
             return;
         }
         let groups = std::mem::take(&mut self.groups);
+        let presence = std::mem::take(&mut self.presence);
         if groups.is_empty() && !self.owns_channel {
             return;
         }
@@ -451,7 +606,7 @@ impl Drop for Subscription {
         );
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
-                rt.spawn(async move { cleanup(&layer, &channel, groups, owned).await });
+                rt.spawn(async move { cleanup(&layer, &channel, groups, presence, owned).await });
             }
             Err(_) => {
                 tracing::debug!(%channel, "subscription dropped outside a runtime; its memberships expire by themselves");

@@ -12,6 +12,7 @@ async fn make(cfg: LayerConfig) -> Option<(Layer, Layer)> {
 
 switchboard_core::layer_conformance_tests!(make);
 switchboard_core::history_conformance_tests!(make);
+switchboard_core::presence_conformance_tests!(make);
 
 fn msg(n: i64) -> Message {
     Message::builder("test.message")

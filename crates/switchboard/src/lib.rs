@@ -63,7 +63,9 @@ pub use switchboard_server::standalone;
 #[cfg(feature = "testing")]
 pub mod testing {
     pub use switchboard_core::layer::conformance;
-    pub use switchboard_core::{history_conformance_tests, layer_conformance_tests};
+    pub use switchboard_core::{
+        history_conformance_tests, layer_conformance_tests, presence_conformance_tests,
+    };
     pub use switchboard_server::testing::*;
 }
 

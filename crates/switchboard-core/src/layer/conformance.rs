@@ -1165,6 +1165,299 @@ macro_rules! layer_conformance_tests {
     };
 }
 
+// -- presence ------------------------------------------------------------------------------
+
+// For layers that keep presence; run them with `presence_conformance_tests!`. Groups `ev_*`
+// send presence events, at most 3 a second per instance; entries live 1 s without a heartbeat.
+
+/// The configuration the presence cases give `make`.
+pub fn presence_config() -> LayerConfig {
+    let mut cfg = ok(
+        LayerConfig::default().presence_events("ev_*"),
+        "presence_events",
+    )
+    .presence_ttl(Duration::from_secs(1));
+    cfg.presence_event_rate = 3;
+    cfg
+}
+
+fn info(client: &str, user: &str) -> crate::PresenceInfo {
+    crate::PresenceInfo::new(client).user(user)
+}
+
+async fn listed(layer: &Layer, group: &str) -> Vec<crate::PresenceEntry> {
+    let mut all = ok(layer.presence(group).await, "presence");
+    all.sort_by(|a, b| a.client_id.cmp(&b.client_id));
+    all
+}
+
+/// Waits up to `ARRIVES` for `group`'s presence count, seen from `layer`, to be `n`.
+async fn count_becomes(layer: &Layer, group: &str, n: usize, what: &str) {
+    let deadline = tokio::time::Instant::now() + ARRIVES;
+    loop {
+        let c = ok(layer.presence_count(group).await, "presence_count");
+        if c == n {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: presence count {c}, expected {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Subscribers joined on either instance are listed by both, with what they said about
+/// themselves; counted alike; joining again replaces the entry but keeps when it joined.
+pub async fn presence_lists_every_instance<F, Fut>(make: F)
+where
+    F: Fn(LayerConfig) -> Fut,
+    Fut: Future<Output = Option<(Layer, Layer)>>,
+{
+    let Some((layer, peer)) = make(presence_config()).await else {
+        return;
+    };
+    let mut a = ok(layer.subscribe().await, "subscribe");
+    let mut b = ok(peer.subscribe().await, "subscribe");
+    let phone = ok(info("tab-a", "ann").meta("device", "phone"), "meta");
+    ok(a.presence_join("room", phone).await, "presence_join");
+    ok(
+        b.presence_join("room", info("tab-b", "bob")).await,
+        "presence_join",
+    );
+    for l in [&layer, &peer] {
+        let all = listed(l, "room").await;
+        let who: Vec<(&str, Option<&str>)> = all
+            .iter()
+            .map(|e| (e.client_id.as_str(), e.user.as_deref()))
+            .collect();
+        assert_eq!(who, [("tab-a", Some("ann")), ("tab-b", Some("bob"))]);
+        assert_eq!(&all[0].channel, a.channel_name());
+        assert_eq!(&all[1].channel, b.channel_name());
+        assert_eq!(
+            all[0].meta.get("device").and_then(Value::as_str),
+            Some("phone")
+        );
+        assert_eq!(ok(l.presence_count("room").await, "presence_count"), 2);
+    }
+    assert!(
+        ok(layer.group_channels("room").await, "group_channels").contains(a.channel_name()),
+        "presence_join joins the group"
+    );
+    let since = listed(&peer, "room").await[0].since_ms;
+    let tablet = ok(info("tab-a", "ann").meta("device", "tablet"), "meta");
+    ok(a.presence_join("room", tablet).await, "presence_join again");
+    let all = listed(&peer, "room").await;
+    assert_eq!(all.len(), 2, "one entry per subscriber: {all:?}");
+    assert_eq!(
+        all[0].meta.get("device").and_then(Value::as_str),
+        Some("tablet")
+    );
+    assert_eq!(all[0].since_ms, since, "a new entry keeps when it joined");
+    assert_eq!(ok(layer.presence_count("elsewhere").await, "count"), 0);
+    a.close().await;
+    b.close().await;
+}
+
+/// An entry goes when its subscriber leaves the presence (staying in the group), leaves the
+/// group, is closed, or is dropped.
+pub async fn presence_ends_with_its_subscriber<F, Fut>(make: F)
+where
+    F: Fn(LayerConfig) -> Fut,
+    Fut: Future<Output = Option<(Layer, Layer)>>,
+{
+    let Some((layer, peer)) = make(presence_config()).await else {
+        return;
+    };
+    let mut subs = Vec::new();
+    for (i, l) in [&layer, &peer, &layer, &peer].into_iter().enumerate() {
+        let mut s = ok(l.subscribe().await, "subscribe");
+        ok(
+            s.presence_join("room", info(&format!("c{i}"), "u")).await,
+            "join",
+        );
+        subs.push(s);
+    }
+    count_becomes(&peer, "room", 4, "four joined").await;
+    ok(subs[0].presence_leave("room").await, "presence_leave");
+    count_becomes(&peer, "room", 3, "after presence_leave").await;
+    assert!(
+        ok(layer.group_channels("room").await, "group_channels").contains(subs[0].channel_name()),
+        "presence_leave stays in the group"
+    );
+    ok(subs[1].group_discard("room").await, "group_discard");
+    count_becomes(&layer, "room", 2, "after group_discard").await;
+    subs[2].close().await;
+    count_becomes(&peer, "room", 1, "after close").await;
+    drop(subs.pop());
+    count_becomes(&layer, "room", 0, "after drop").await;
+}
+
+/// A process that crashed sends no heartbeat: its entries vanish after `presence_ttl`, while a
+/// subscriber that is received from keeps its own alive past it.
+pub async fn presence_expires_without_a_heartbeat<F, Fut>(make: F)
+where
+    F: Fn(LayerConfig) -> Fut,
+    Fut: Future<Output = Option<(Layer, Layer)>>,
+{
+    let Some((layer, peer)) = make(presence_config()).await else {
+        return;
+    };
+    // The crashed one: an entry written once, as its process did before it died.
+    let ghost = channel(&peer).await;
+    let entry = crate::PresenceEntry::new(ghost, &info("ghost", "gone"));
+    let group = ok(
+        crate::GroupName::new("room").map_err(LayerError::from),
+        "group name",
+    );
+    ok(
+        peer.backend().presence_add(&group, &entry).await,
+        "presence_add",
+    );
+    let mut alive = ok(layer.subscribe().await, "subscribe");
+    ok(
+        alive.presence_join("room", info("alive", "here")).await,
+        "join",
+    );
+    count_becomes(&layer, "room", 2, "both").await;
+    // Received from for 2.5 ttl: its heartbeat runs.
+    let _ = tokio::time::timeout(Duration::from_millis(2_500), alive.recv()).await;
+    let all = listed(&peer, "room").await;
+    let who: Vec<&str> = all.iter().map(|e| e.client_id.as_str()).collect();
+    assert_eq!(
+        who,
+        ["alive"],
+        "the entry without heartbeat expired, the other stayed"
+    );
+    assert_eq!(ok(peer.presence_count("room").await, "count"), 1);
+    alive.close().await;
+}
+
+/// A group with presence events gets `presence.join` and `presence.leave` from every
+/// instance; a group without them gets none.
+pub async fn presence_events_reach_the_group<F, Fut>(make: F)
+where
+    F: Fn(LayerConfig) -> Fut,
+    Fut: Future<Output = Option<(Layer, Layer)>>,
+{
+    let Some((layer, peer)) = make(presence_config()).await else {
+        return;
+    };
+    let mut watch = ok(layer.subscribe().await, "subscribe");
+    ok(watch.group_add("ev_room").await, "group_add");
+    ok(watch.group_add("quiet").await, "group_add");
+    let mut ann = ok(peer.subscribe().await, "subscribe");
+    ok(
+        ann.presence_join("ev_room", info("tab-a", "ann")).await,
+        "join",
+    );
+    let joined = next(&mut watch, "presence.join").await;
+    assert_eq!(joined.message_type(), "presence.join");
+    assert_eq!(
+        joined.get("client_id").and_then(Value::as_str),
+        Some("tab-a")
+    );
+    assert_eq!(joined.get("user").and_then(Value::as_str), Some("ann"));
+    assert_eq!(joined.get("group").and_then(Value::as_str), Some("ev_room"));
+    ok(
+        ann.presence_join("quiet", info("tab-a", "ann")).await,
+        "join quiet",
+    );
+    ok(ann.presence_leave("ev_room").await, "leave");
+    let left = next(&mut watch, "presence.leave").await;
+    assert_eq!(left.message_type(), "presence.leave", "{left:?}");
+    assert_eq!(left.get("client_id").and_then(Value::as_str), Some("tab-a"));
+    none_left(&mut watch, "a group without presence events").await;
+    ann.close().await;
+    watch.close().await;
+}
+
+/// Past `presence_event_rate` events a second from one instance, events are not sent; one
+/// `presence.sync` at the end of the second says how many were not.
+pub async fn presence_events_are_throttled<F, Fut>(make: F)
+where
+    F: Fn(LayerConfig) -> Fut,
+    Fut: Future<Output = Option<(Layer, Layer)>>,
+{
+    let Some((layer, peer)) = make(presence_config()).await else {
+        return;
+    };
+    let mut watch = ok(layer.subscribe().await, "subscribe");
+    ok(watch.group_add("ev_busy").await, "group_add");
+    let mut crowd = Vec::new();
+    for i in 0..6 {
+        let mut s = ok(peer.subscribe().await, "subscribe");
+        ok(
+            s.presence_join("ev_busy", info(&format!("c{i}"), "u"))
+                .await,
+            "join",
+        );
+        crowd.push(s);
+    }
+    // (Counted now: the crowd is not received from, so its entries get no heartbeat.)
+    assert_eq!(
+        ok(layer.presence_count("ev_busy").await, "count"),
+        6,
+        "all are present"
+    );
+    let mut types = Vec::new();
+    for _ in 0..4 {
+        types.push(next(&mut watch, "presence event").await);
+    }
+    let joins = types
+        .iter()
+        .filter(|m| m.message_type() == "presence.join")
+        .count();
+    assert_eq!(joins, 3, "the rate's worth of joins: {types:?}");
+    let sync = &types[3];
+    assert_eq!(sync.message_type(), "presence.sync", "{types:?}");
+    assert_eq!(sync.get("missed_events").and_then(Value::as_i64), Some(3));
+    for mut s in crowd {
+        s.close().await;
+    }
+    watch.close().await;
+}
+
+/// Presence that says too much is refused, and nothing is listed.
+pub async fn presence_refuses_oversized_info<F, Fut>(make: F)
+where
+    F: Fn(LayerConfig) -> Fut,
+    Fut: Future<Output = Option<(Layer, Layer)>>,
+{
+    let Some((layer, _)) = make(presence_config()).await else {
+        return;
+    };
+    let mut s = ok(layer.subscribe().await, "subscribe");
+    let mut big = crate::PresenceInfo::new("tab");
+    big.meta
+        .insert("blob".into(), Value::from("x".repeat(5_000)));
+    match s.presence_join("room", big).await {
+        Err(LayerError::Config(e)) => assert!(e.contains("metadata"), "{e}"),
+        other => panic!("oversized presence: {other:?}"),
+    }
+    assert!(
+        matches!(
+            s.presence_join("room", crate::PresenceInfo::new("")).await,
+            Err(LayerError::Config(_))
+        ),
+        "an empty client id"
+    );
+    assert_eq!(ok(layer.presence_count("room").await, "count"), 0);
+    s.close().await;
+}
+
+/// The presence cases of the suite, one `#[tokio::test]` each, for a layer that keeps
+/// presence; `make` as for [`layer_conformance_tests!`](crate::layer_conformance_tests).
+#[macro_export]
+macro_rules! presence_conformance_tests {
+    ($make:path) => {
+        $crate::layer_conformance_tests!(@cases $make;
+            presence_lists_every_instance, presence_ends_with_its_subscriber,
+            presence_expires_without_a_heartbeat, presence_events_reach_the_group,
+            presence_events_are_throttled, presence_refuses_oversized_info);
+    };
+}
+
 /// The history cases of the suite (group history, positions, resume), one `#[tokio::test]`
 /// each, for a layer that keeps history; `make` as for
 /// [`layer_conformance_tests!`](crate::layer_conformance_tests).

@@ -19,11 +19,13 @@ use crate::history::{Position, Recovery};
 use crate::layer::{ChannelLayer, LayerConfig, LayerStats};
 use crate::message::Message;
 use crate::name::{ChannelName, GroupName, validate_channel_name};
+use crate::presence::{PresenceEntry, Presences};
 
 /// The in-memory layer. Cheap to clone: clones share the same channels and groups.
 #[derive(Clone, Debug)]
 pub struct InMemoryLayer {
     engine: Engine,
+    presence: Presences,
 }
 
 impl Default for InMemoryLayer {
@@ -37,6 +39,7 @@ impl InMemoryLayer {
     pub fn new(config: LayerConfig) -> InMemoryLayer {
         InMemoryLayer {
             engine: Engine::new(config),
+            presence: Presences::default(),
         }
     }
 
@@ -138,6 +141,7 @@ impl ChannelLayer for InMemoryLayer {
 
     async fn flush(&self) -> Result<()> {
         self.engine.flush();
+        self.presence.clear();
         Ok(())
     }
 
@@ -152,5 +156,28 @@ impl ChannelLayer for InMemoryLayer {
 
     fn stats(&self) -> LayerStats {
         self.engine.stats()
+    }
+
+    async fn presence_add(&self, group: &GroupName, entry: &PresenceEntry) -> Result<()> {
+        self.engine.check_open()?;
+        let ttl = self.engine.config().presence_ttl;
+        self.presence.add(group, entry.clone(), ttl);
+        Ok(())
+    }
+
+    async fn presence_remove(&self, group: &GroupName, channel: &ChannelName) -> Result<()> {
+        self.engine.check_open()?;
+        self.presence.remove(group, channel);
+        Ok(())
+    }
+
+    async fn presence(&self, group: &GroupName) -> Result<Vec<PresenceEntry>> {
+        self.engine.check_open()?;
+        Ok(self.presence.list(group.as_str()))
+    }
+
+    async fn presence_count(&self, group: &GroupName) -> Result<usize> {
+        self.engine.check_open()?;
+        Ok(self.presence.count(group.as_str()))
     }
 }

@@ -12,6 +12,7 @@ use crate::history::{HistoryConfig, Position, Recovery};
 use crate::message::{IntoMessage, Message};
 use crate::metrics::{self, Op};
 use crate::name::{ChannelName, GroupName, IntoChannelName, IntoGroupName};
+use crate::presence::{PresenceEntry, Throttle};
 use crate::subscription::Subscription;
 
 pub mod memory;
@@ -43,6 +44,15 @@ pub struct LayerConfig {
     channel_capacity: Vec<(glob::Pattern, usize)>,
     /// Per-pattern group histories; the first matching glob wins. None by default.
     group_history: Vec<(glob::Pattern, HistoryConfig)>,
+    /// How long a presence entry lives without a heartbeat: a subscription refreshes its
+    /// entries every third of it, so the entries of a process that crashed vanish within it.
+    /// Default 60 s.
+    pub presence_ttl: Duration,
+    /// Presence events (`presence.join`, `presence.leave`) each process may send to one group
+    /// per second; past that one `presence.sync` follows the second. Default 20.
+    pub presence_event_rate: u32,
+    /// Groups whose presence changes are sent to the group as events. None by default.
+    presence_events: Vec<glob::Pattern>,
 }
 
 impl Default for LayerConfig {
@@ -54,6 +64,9 @@ impl Default for LayerConfig {
             group_backpressure: Duration::from_secs(1),
             channel_capacity: Vec::new(),
             group_history: Vec::new(),
+            presence_ttl: Duration::from_secs(60),
+            presence_event_rate: 20,
+            presence_events: Vec::new(),
         }
     }
 }
@@ -127,6 +140,38 @@ impl LayerConfig {
         }
         self.group_history.push((p, HistoryConfig { size, ttl }));
         Ok(self)
+    }
+
+    /// Sets how long a presence entry lives without a heartbeat
+    /// ([`presence_ttl`](LayerConfig::presence_ttl)).
+    pub fn presence_ttl(mut self, ttl: Duration) -> Self {
+        self.presence_ttl = ttl.max(Duration::from_millis(100));
+        self
+    }
+
+    /// Sends presence changes of every group whose name matches the glob `pattern` to the
+    /// group as messages: `presence.join` and `presence.leave` (see "Presence" in
+    /// [`crate::layer`]), at most [`presence_event_rate`](LayerConfig::presence_event_rate) a
+    /// second per group and process.
+    ///
+    /// ```
+    /// use switchboard_core::LayerConfig;
+    /// let cfg = LayerConfig::default().presence_events("chat_*")?;
+    /// assert!(cfg.presence_events_for("chat_lobby"));
+    /// assert!(!cfg.presence_events_for("tweets"));
+    /// # Ok::<(), switchboard_core::LayerError>(())
+    /// ```
+    pub fn presence_events(mut self, pattern: &str) -> Result<Self> {
+        let p = glob::Pattern::new(pattern).map_err(|e| {
+            LayerError::Config(format!("bad presence_events pattern {pattern:?}: {e}"))
+        })?;
+        self.presence_events.push(p);
+        Ok(self)
+    }
+
+    /// Whether the named group's presence changes are sent to it as events.
+    pub fn presence_events_for(&self, group: &str) -> bool {
+        self.presence_events.iter().any(|p| p.matches(group))
     }
 
     /// The history kept for the named group, if any.
@@ -266,6 +311,35 @@ pub trait ChannelLayer: Send + Sync + 'static {
     async fn check(&self) -> Result<()> {
         Ok(())
     }
+
+    /// Adds `entry` to `group`'s presence, or refreshes it (the entry of its channel), for
+    /// [`presence_ttl`](LayerConfig::presence_ttl). The default answers
+    /// [`LayerError::Unsupported`].
+    async fn presence_add(&self, group: &GroupName, entry: &PresenceEntry) -> Result<()> {
+        let _ = entry;
+        Err(no_presence(group))
+    }
+
+    /// Removes `channel`'s entry from `group`'s presence; removing none is not an error.
+    async fn presence_remove(&self, group: &GroupName, channel: &ChannelName) -> Result<()> {
+        let _ = channel;
+        Err(no_presence(group))
+    }
+
+    /// The entries of `group`'s presence that have not expired, from every process.
+    async fn presence(&self, group: &GroupName) -> Result<Vec<PresenceEntry>> {
+        Err(no_presence(group))
+    }
+
+    /// How many entries [`presence`](ChannelLayer::presence) would list, without listing them.
+    async fn presence_count(&self, group: &GroupName) -> Result<usize> {
+        Err(no_presence(group))
+    }
+}
+
+/// The error for presence on a layer that keeps none.
+fn no_presence(group: &GroupName) -> LayerError {
+    LayerError::Unsupported(format!("this layer keeps no presence (group {group})"))
 }
 
 /// The error for `group_add_since` on a group that keeps no history.
@@ -291,17 +365,36 @@ pub(crate) fn no_history(group: &GroupName) -> LayerError {
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]
-pub struct Layer(Arc<dyn ChannelLayer>);
+pub struct Layer(Arc<dyn ChannelLayer>, Arc<Throttle>);
 
 impl Layer {
     /// Wraps a layer backend.
     pub fn new(layer: impl ChannelLayer) -> Layer {
-        Layer(Arc::new(layer))
+        Layer(Arc::new(layer), Arc::default())
     }
 
     /// Wraps an already shared layer backend.
     pub fn from_arc(layer: Arc<dyn ChannelLayer>) -> Layer {
-        Layer(layer)
+        Layer(layer, Arc::default())
+    }
+
+    /// This handle's presence-event throttle (shared by its clones).
+    pub(crate) fn throttle(&self) -> &Throttle {
+        &self.1
+    }
+
+    /// Who is in `group`, from every process: the entries of subscribers that joined its
+    /// presence ([`Subscription::presence_join`]) and have not expired.
+    pub async fn presence(&self, group: impl IntoGroupName) -> Result<Vec<PresenceEntry>> {
+        let group = group.into_group_name()?;
+        self.0.presence(&group).await
+    }
+
+    /// How many are in `group` ([`presence`](Layer::presence) without the list): one Redis
+    /// command on the Redis layers.
+    pub async fn presence_count(&self, group: impl IntoGroupName) -> Result<usize> {
+        let group = group.into_group_name()?;
+        self.0.presence_count(&group).await
     }
 
     /// The backend.
