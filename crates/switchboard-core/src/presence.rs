@@ -126,6 +126,12 @@ impl PresenceEntry {
         }
     }
 
+    /// An entry from its JSON text ([`to_json`](PresenceEntry::to_json)).
+    pub fn from_json(json: &[u8]) -> Result<PresenceEntry> {
+        serde_json::from_slice(json)
+            .map_err(|e| LayerError::backend_msg(format!("a presence entry does not decode: {e}")))
+    }
+
     /// Its JSON text, as the Redis layers keep it.
     pub fn to_json(&self) -> Result<String> {
         serde_json::to_string(self)

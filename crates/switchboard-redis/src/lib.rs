@@ -60,6 +60,7 @@ mod hash;
 mod history;
 mod layer;
 pub mod metrics;
+mod presence;
 mod process;
 mod pubsub;
 

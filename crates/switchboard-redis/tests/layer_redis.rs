@@ -14,6 +14,10 @@ async fn make(cfg: LayerConfig) -> Option<(Layer, Layer)> {
 
 switchboard_core::layer_conformance_tests!(make);
 
+mod presence {
+    switchboard_core::presence_conformance_tests!(super::make);
+}
+
 #[tokio::test]
 async fn stores_what_channels_redis_stores() {
     let Some(cfg) = config(LayerConfig::default()) else {
@@ -320,4 +324,62 @@ async fn the_core_redis_layer_refuses_group_history_for_now() {
         }
         other => panic!("RedisLayer with group history: {:?}", other.map(|_| ())),
     }
+}
+
+/// Presence lives beside channels_redis's keys: a hash of entries and a sorted set of when each
+/// expires, both expiring `presence_ttl` after the last heartbeat.
+#[tokio::test]
+async fn presence_is_a_hash_and_a_sorted_set_beside_the_channels_redis_keys() {
+    let Some(cfg) = config(LayerConfig::default().presence_ttl(Duration::from_secs(30))) else {
+        return;
+    };
+    let layer = Layer::new(core(&cfg).await);
+    let mut s = layer.subscribe().await.unwrap();
+    s.presence_join(
+        "room",
+        switchboard_core::PresenceInfo::new("tab-1").user("ann"),
+    )
+    .await
+    .unwrap();
+    let mut c = raw(cfg.hosts[0].url().unwrap()).await;
+    let hash = format!("{}:presence:room", cfg.prefix);
+    let json: String = redis::cmd("HGET")
+        .arg(&hash)
+        .arg(s.channel_name().as_str())
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["client_id"], "tab-1");
+    assert_eq!(v["user"], "ann");
+    assert_eq!(v["channel"], s.channel_name().as_str());
+    let (expires, now): (f64, Vec<String>) = redis::pipe()
+        .cmd("ZSCORE")
+        .arg(format!("{hash}:exp"))
+        .arg(s.channel_name().as_str())
+        .cmd("TIME")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let now_ms = now[0].parse::<f64>().unwrap() * 1000.0 + now[1].parse::<f64>().unwrap() / 1000.0;
+    assert!(
+        (29_000.0..=30_500.0).contains(&(expires - now_ms)),
+        "{}",
+        expires - now_ms
+    );
+    for key in [hash.clone(), format!("{hash}:exp")] {
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(&key)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        assert!((29_000..=30_000).contains(&ttl), "{key}: {ttl}");
+    }
+    s.close().await;
+    let left: i64 = redis::cmd("HLEN")
+        .arg(&hash)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
 }

@@ -14,6 +14,10 @@ async fn make(cfg: LayerConfig) -> Option<(Layer, Layer)> {
 
 switchboard_core::layer_conformance_tests!(make);
 
+mod presence {
+    switchboard_core::presence_conformance_tests!(super::make);
+}
+
 mod history {
     switchboard_core::history_conformance_tests!(super::make);
 }

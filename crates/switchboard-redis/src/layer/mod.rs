@@ -58,7 +58,8 @@ use dashmap::DashMap;
 use parking_lot::Mutex;
 use switchboard_core::engine::{Demand, Engine, Hasher, Leave, Queue, Receiver};
 use switchboard_core::{
-    ChannelLayer, ChannelName, GroupName, LayerConfig, LayerError, LayerStats, Message, Result,
+    ChannelLayer, ChannelName, GroupName, LayerConfig, LayerError, LayerStats, Message,
+    PresenceEntry, Result,
 };
 use tokio::sync::{mpsc, watch};
 
@@ -539,5 +540,40 @@ impl ChannelLayer for RedisLayer {
 
     fn stats(&self) -> LayerStats {
         self.inner.engine.stats()
+    }
+
+    async fn presence_add(&self, group: &GroupName, entry: &PresenceEntry) -> Result<()> {
+        let inner = &self.inner;
+        inner.open()?;
+        let host = inner.host_for(group.as_str());
+        let ttl = inner.cfg.layer.presence_ttl;
+        let add = crate::presence::add(host, &inner.cfg.prefix, group, entry, ttl);
+        inner.timed(add).await
+    }
+
+    async fn presence_remove(&self, group: &GroupName, channel: &ChannelName) -> Result<()> {
+        let inner = &self.inner;
+        inner.open()?;
+        let host = inner.host_for(group.as_str());
+        let remove = crate::presence::remove(host, &inner.cfg.prefix, group, channel);
+        inner.timed(remove).await
+    }
+
+    async fn presence(&self, group: &GroupName) -> Result<Vec<PresenceEntry>> {
+        let inner = &self.inner;
+        inner.open()?;
+        let host = inner.host_for(group.as_str());
+        inner
+            .timed(crate::presence::list(host, &inner.cfg.prefix, group))
+            .await
+    }
+
+    async fn presence_count(&self, group: &GroupName) -> Result<usize> {
+        let inner = &self.inner;
+        inner.open()?;
+        let host = inner.host_for(group.as_str());
+        inner
+            .timed(crate::presence::count(host, &inner.cfg.prefix, group))
+            .await
     }
 }

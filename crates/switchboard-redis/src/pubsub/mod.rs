@@ -44,7 +44,7 @@ use switchboard_core::engine::{Engine, Leave, Queue, Receiver};
 use switchboard_core::message::MessageError;
 use switchboard_core::{
     ChannelLayer, ChannelName, GroupName, LayerConfig, LayerError, LayerStats, Message, Position,
-    Recovery, Result,
+    PresenceEntry, Recovery, Result,
 };
 use tokio::sync::{mpsc, watch};
 
@@ -780,9 +780,11 @@ impl ChannelLayer for RedisPubSubLayer {
         }
         let pattern = format!("{}:pubsub:group:*", conn::glob_escape(&inner.cfg.prefix));
         let histories = inner.histories.pattern();
+        let presence = crate::presence::pattern(&inner.cfg.prefix);
         for host in &inner.hosts {
-            inner.timed(conn::delete_matching(host, &pattern)).await?;
-            inner.timed(conn::delete_matching(host, &histories)).await?;
+            for p in [&pattern, &histories, &presence] {
+                inner.timed(conn::delete_matching(host, p)).await?;
+            }
         }
         Ok(())
     }
@@ -808,5 +810,40 @@ impl ChannelLayer for RedisPubSubLayer {
 
     fn stats(&self) -> LayerStats {
         self.inner.engine.stats()
+    }
+
+    async fn presence_add(&self, group: &GroupName, entry: &PresenceEntry) -> Result<()> {
+        let inner = &self.inner;
+        inner.open()?;
+        let host = &inner.hosts[inner.host_index(&inner.group_channel(group.as_str()))];
+        let ttl = inner.cfg.layer.presence_ttl;
+        let add = crate::presence::add(host, &inner.cfg.prefix, group, entry, ttl);
+        inner.timed(add).await
+    }
+
+    async fn presence_remove(&self, group: &GroupName, channel: &ChannelName) -> Result<()> {
+        let inner = &self.inner;
+        inner.open()?;
+        let host = &inner.hosts[inner.host_index(&inner.group_channel(group.as_str()))];
+        let remove = crate::presence::remove(host, &inner.cfg.prefix, group, channel);
+        inner.timed(remove).await
+    }
+
+    async fn presence(&self, group: &GroupName) -> Result<Vec<PresenceEntry>> {
+        let inner = &self.inner;
+        inner.open()?;
+        let host = &inner.hosts[inner.host_index(&inner.group_channel(group.as_str()))];
+        inner
+            .timed(crate::presence::list(host, &inner.cfg.prefix, group))
+            .await
+    }
+
+    async fn presence_count(&self, group: &GroupName) -> Result<usize> {
+        let inner = &self.inner;
+        inner.open()?;
+        let host = &inner.hosts[inner.host_index(&inner.group_channel(group.as_str()))];
+        inner
+            .timed(crate::presence::count(host, &inner.cfg.prefix, group))
+            .await
     }
 }

@@ -1,0 +1,160 @@
+//! Presence on Redis, beside channels_redis's keys (Django neither reads nor writes them), on
+//! the host of the group:
+//!
+//! - `PREFIX:presence:<group>`: a hash, channel name → the entry's JSON;
+//! - `PREFIX:presence:<group>:exp`: a sorted set, channel name → when the entry expires (ms,
+//!   Redis's clock).
+//!
+//! An add writes both and pushes both keys' expiry to `presence_ttl` from now, so a group whose
+//! every process crashed vanishes whole; a listing drops the expired entries first; a count is
+//! one `ZCOUNT` of the entries not expired.
+
+use std::sync::LazyLock;
+
+use redis::Script;
+use switchboard_core::{ChannelName, GroupName, LayerError, PresenceEntry, Result};
+
+use crate::conn::Host;
+
+/// KEYS: hash, zset. ARGV: channel, entry JSON, ttl (ms). A refresh keeps the entry's first
+/// `since_ms` (the JSON is the refresher's; Redis cannot parse it cheaply, so the caller's
+/// subscription keeps `since_ms` the same across refreshes).
+static ADD: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+",
+    )
+});
+
+/// KEYS: hash, zset. ARGV: channel.
+static REMOVE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+",
+    )
+});
+
+/// KEYS: hash, zset. Drops expired entries (1,000 at a time), returns the hash's values.
+static LIST: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+while true do
+    local gone = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 1000)
+    if #gone == 0 then break end
+    redis.call('HDEL', KEYS[1], unpack(gone))
+    redis.call('ZREM', KEYS[2], unpack(gone))
+end
+return redis.call('HVALS', KEYS[1])
+",
+    )
+});
+
+/// KEYS: zset. The entries not expired.
+static COUNT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+return redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf')
+",
+    )
+});
+
+fn keys(prefix: &str, group: &GroupName) -> (String, String) {
+    (
+        format!("{prefix}:presence:{group}"),
+        format!("{prefix}:presence:{group}:exp"),
+    )
+}
+
+/// The pattern of every presence key under `prefix` (for `flush`).
+pub(crate) fn pattern(prefix: &str) -> String {
+    format!("{}:presence:*", crate::conn::glob_escape(prefix))
+}
+
+fn ttl_ms(ttl: std::time::Duration) -> u64 {
+    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+pub(crate) async fn add(
+    host: &Host,
+    prefix: &str,
+    group: &GroupName,
+    entry: &PresenceEntry,
+    ttl: std::time::Duration,
+) -> Result<()> {
+    let (hash, zset) = keys(prefix, group);
+    let mut c = host.conn();
+    ADD.key(hash)
+        .key(zset)
+        .arg(entry.channel.as_str())
+        .arg(entry.to_json()?)
+        .arg(ttl_ms(ttl))
+        .invoke_async::<()>(&mut c)
+        .await
+        .map_err(|e| host.error(e))
+}
+
+pub(crate) async fn remove(
+    host: &Host,
+    prefix: &str,
+    group: &GroupName,
+    channel: &ChannelName,
+) -> Result<()> {
+    let (hash, zset) = keys(prefix, group);
+    let mut c = host.conn();
+    REMOVE
+        .key(hash)
+        .key(zset)
+        .arg(channel.as_str())
+        .invoke_async::<()>(&mut c)
+        .await
+        .map_err(|e| host.error(e))
+}
+
+pub(crate) async fn list(
+    host: &Host,
+    prefix: &str,
+    group: &GroupName,
+) -> Result<Vec<PresenceEntry>> {
+    let (hash, zset) = keys(prefix, group);
+    let mut c = host.conn();
+    let values: Vec<Vec<u8>> = LIST
+        .key(hash)
+        .key(zset)
+        .invoke_async(&mut c)
+        .await
+        .map_err(|e| host.error(e))?;
+    let mut entries = Vec::with_capacity(values.len());
+    for v in values {
+        match PresenceEntry::from_json(&v) {
+            Ok(e) => entries.push(e),
+            // Not ours to delete: skipped, and said once per listing.
+            Err(e) => {
+                tracing::warn!(%group, error = %e, "skipping a presence entry that does not decode")
+            }
+        }
+    }
+    Ok(entries)
+}
+
+pub(crate) async fn count(host: &Host, prefix: &str, group: &GroupName) -> Result<usize> {
+    let (_, zset) = keys(prefix, group);
+    let mut c = host.conn();
+    let n: i64 = COUNT
+        .key(zset)
+        .invoke_async(&mut c)
+        .await
+        .map_err(|e| host.error(e))?;
+    usize::try_from(n).map_err(|_| LayerError::backend_msg("a negative presence count"))
+}
