@@ -98,6 +98,14 @@ impl FromStr for Position {
     }
 }
 
+/// Whether a message sent to a group with history is numbered and kept: every message but the
+/// presence events (`presence.*`, see [`crate::presence`]), which describe who is here now —
+/// state that [`Layer::presence`](crate::Layer::presence) lists — rather than what happened;
+/// they reach the members live, without a position.
+pub fn kept_in_history(message: &Message) -> bool {
+    !message.message_type().starts_with("presence.")
+}
+
 /// How much of a group's history a layer keeps: the last `size` messages, each for at most
 /// `ttl`. Set per group pattern with
 /// [`LayerConfig::group_history`](crate::LayerConfig::group_history).

@@ -586,8 +586,9 @@ impl Engine {
     /// and keeping it. Sends to one such group are numbered and delivered one at a time, so
     /// every member gets them in offset order. Returns the members left lagging.
     pub fn group_send_message(&self, group: &GroupName, message: Message) -> Lagging {
-        let Some(ring) = self.ring_if_kept(group) else {
-            return self.group_send(group.as_str(), &message);
+        let ring = match self.ring_if_kept(group) {
+            Some(ring) if crate::history::kept_in_history(&message) => ring,
+            _ => return self.group_send(group.as_str(), &message),
         };
         let mut ring = ring.lock();
         let stamped = ring.push(message, Instant::now());

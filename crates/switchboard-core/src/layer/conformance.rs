@@ -1165,6 +1165,41 @@ macro_rules! layer_conformance_tests {
     };
 }
 
+/// Presence events describe state, not history: in a group with history they reach members
+/// live, without a position, and a resume does not replay them.
+pub async fn history_skips_presence_events<F, Fut>(make: F)
+where
+    F: Fn(LayerConfig) -> Fut,
+    Fut: Future<Output = Option<(Layer, Layer)>>,
+{
+    let cfg = ok(
+        history_config().presence_events("hist_*"),
+        "presence_events",
+    );
+    let Some((layer, peer)) = make(cfg).await else {
+        return;
+    };
+    let (mut watch, start) = joined(&layer, "hist_pres", None).await;
+    let mut ann = ok(peer.subscribe().await, "subscribe");
+    ok(
+        ann.presence_join("hist_pres", crate::PresenceInfo::new("tab-a"))
+            .await,
+        "presence_join",
+    );
+    let join = next(&mut watch, "presence.join").await;
+    assert_eq!(join.message_type(), "presence.join");
+    assert!(join.position().is_none(), "{join:?}");
+    ok(
+        peer.group_send("hist_pres", msg("hist.after", 1)).await,
+        "group_send",
+    );
+    let after = next(&mut watch, "after").await;
+    assert_eq!(offset_of(&after, "after"), 1, "the event took no offset");
+    let (_again, r) = joined(&layer, "hist_pres", Some(&start.position)).await;
+    assert_eq!(r.replayed, 1, "only the message is replayed: {r:?}");
+    ann.close().await;
+}
+
 // -- presence ------------------------------------------------------------------------------
 
 // For layers that keep presence; run them with `presence_conformance_tests!`. Groups `ev_*`
@@ -1467,6 +1502,7 @@ macro_rules! history_conformance_tests {
         $crate::layer_conformance_tests!(@cases $make;
             history_numbers_group_messages, resume_replays_then_goes_live,
             resume_from_a_lost_position_is_not_recovered, flush_starts_a_new_epoch,
-            resume_without_history_is_unsupported, resume_under_traffic_loses_and_repeats_nothing);
+            resume_without_history_is_unsupported, resume_under_traffic_loses_and_repeats_nothing,
+            history_skips_presence_events);
     };
 }

@@ -253,8 +253,7 @@ impl Inner {
         self.open()?;
         let gchan = self.group_channel(group.as_str());
         match self.cfg.layer.history_for(group.as_str()) {
-            None => self.publish(&gchan, &message).await?,
-            Some(history) => {
+            Some(history) if switchboard_core::history::kept_in_history(&message) => {
                 let fields = Codec::fields(&message).map_err(|e| MessageError::Serialize(e.0))?;
                 let h = self.host_index(&gchan);
                 let publish = self.histories.publish(
@@ -268,6 +267,7 @@ impl Inner {
                 );
                 self.timed(publish).await?;
             }
+            _ => self.publish(&gchan, &message).await?,
         }
         let lagging = self.engine.lagging_members(group.as_str());
         self.engine.backpressure(lagging.without(sender)).await;
