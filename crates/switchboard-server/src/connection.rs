@@ -308,9 +308,27 @@ impl Connection {
         Ok(self.sub.group_add_since(group, since).await?)
     }
 
-    /// Leaves a group.
+    /// Leaves a group (and its presence, if this connection joined it).
     pub async fn group_discard(&mut self, group: impl IntoGroupName) -> Result<()> {
         Ok(self.sub.group_discard(group).await?)
+    }
+
+    /// Joins a group (within the same limit as [`group_add`](Connection::group_add)) and its
+    /// presence: the connection is listed by
+    /// [`Layer::presence`](switchboard_core::Layer::presence) in every process until it leaves
+    /// or closes; see [`Subscription::presence_join`](switchboard_core::Subscription::presence_join).
+    pub async fn presence_join(
+        &mut self,
+        group: impl IntoGroupName,
+        info: switchboard_core::PresenceInfo,
+    ) -> Result<()> {
+        let group = self.may_join(group)?;
+        Ok(self.sub.presence_join(group, info).await?)
+    }
+
+    /// Leaves a group's presence, staying in the group.
+    pub async fn presence_leave(&mut self, group: impl IntoGroupName) -> Result<()> {
+        Ok(self.sub.presence_leave(group).await?)
     }
 
     /// Sends a message to every member of a group (this connection too, if it is a member);

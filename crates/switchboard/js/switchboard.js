@@ -13,6 +13,11 @@
 // - The consumer's welcome frame (`welcome`, e.g. "chat.joined") says whether what was missed
 //   could be recovered (`recovered`) and, as `top`, the group's position at the join: a client
 //   that has seen nothing yet resumes from there.
+// - Presence: `sb.present` maps each client id in the group's presence to its entry
+//   (`{client_id, user, since_ms, meta}`), seeded from the welcome frame's `present` list (or
+//   `sb.setPresent(list)`) and kept by the `presence.join` / `presence.leave` events; a
+//   `"presence"` event follows each change. A `presence.sync` (events were throttled) is
+//   passed on for the app to ask for the list again.
 //
 // The semantics (positions, epochs, resume) are in switchboard's layer documentation.
 
@@ -36,7 +41,14 @@ export class Switchboard {
     this.socket = null;
     this.closed = false;
     this.timer = null;
+    this.present = new Map();
     this.connect();
+  }
+
+  /** Replaces the presence with `list` (entries with a `client_id`); emits `"presence"`. */
+  setPresent(list) {
+    this.present = new Map((Array.isArray(list) ? list : []).map((e) => [e.client_id, e]));
+    this.emit("presence", { type: "presence", present: this.present });
   }
 
   /** Calls `handler(message)` for every frame of `type` (`"*"`: every frame). */
@@ -89,6 +101,13 @@ export class Switchboard {
       if (m === null || typeof m !== "object") return this.emit("unreadable", { type: "unreadable", data: e.data });
       if (this.options.welcome && m.type === this.options.welcome) {
         if (!this.position || m.recovered === false) this.position = typeof m.top === "string" ? m.top : null;
+        if (Array.isArray(m.present)) this.setPresent(m.present);
+      } else if (m.type === "presence.join" && typeof m.client_id === "string") {
+        this.present.set(m.client_id, m);
+        this.emit("presence", { type: "presence", present: this.present });
+      } else if (m.type === "presence.leave" && typeof m.client_id === "string") {
+        this.present.delete(m.client_id);
+        this.emit("presence", { type: "presence", present: this.present });
       } else if (typeof m.position === "string") {
         if (this.seen(m.position)) return;
         this.position = m.position;
@@ -122,7 +141,7 @@ export class Switchboard {
 
   emit(type, m) {
     for (const h of this.handlers.get(type) ?? []) h(m);
-    if (type !== "open" && type !== "close") for (const h of this.handlers.get("*") ?? []) h(m);
+    if (type !== "open" && type !== "close" && type !== "presence") for (const h of this.handlers.get("*") ?? []) h(m);
   }
 }
 

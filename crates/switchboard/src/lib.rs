@@ -5,7 +5,7 @@
 // layer and its messages and names, and the errors.
 pub use switchboard_core::{
     ChannelName, Decoded, GroupName, InMemoryLayer, Layer, LayerConfig, LayerError, Message,
-    Position, Resumed, Subscription,
+    Position, PresenceEntry, PresenceInfo, Resumed, Subscription,
 };
 pub use switchboard_server::{
     CloseCode, Connection, ConnectionConfig, ConnectionHandle, Consumer, DrainConfig, DrainReport,
@@ -15,7 +15,9 @@ pub use switchboard_server::{
 
 // The rest, by concept (`serve` is both the module and, with `axum`, the function that serves
 // a router under `HttpLimits`).
-pub use switchboard_core::{engine, history, layer, message, name, subscription, text, value};
+pub use switchboard_core::{
+    engine, history, layer, message, name, presence, subscription, text, value,
+};
 pub use switchboard_server::{
     config, connection, consumer, endpoint, error, http, origin, scope, serve, shutdown, worker,
 };

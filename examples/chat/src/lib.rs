@@ -14,6 +14,12 @@
 //!   handshake, `{"type":"chat.joined","room":…,"top":POSITION,"recovered":BOOL,"replayed":N}`
 //!   — `recovered: false` when the room could not give everything after its position (too long
 //!   away, a restarted server, a layer without history); `top` is the room's position now.
+//! - Presence (every layer but the cluster's): a logged-in connection is in its room's presence
+//!   as its nickname (`&client=ID` names the browser tab; else a random id). A client that
+//!   sends `since` also gets `"present":[{"client_id","user","since_ms"}…]` in `chat.joined`,
+//!   the room's `presence.join` / `presence.leave` events as they happen (and `presence.sync`
+//!   when some were throttled), and `{"type":"chat.presence","room":…,"present":[…]}` in
+//!   answer to `{"type":"who"}`.
 
 use axum::Router;
 use axum::body::Bytes;
@@ -25,7 +31,7 @@ use serde::Deserialize;
 use serde_json::json;
 use switchboard::{
     Connection, ConnectionConfig, Consumer, Decoded, Endpoint, Error, GroupName, Layer, LayerError,
-    Origins, Position, Refusal, Result, Scope, Shutdown,
+    Origins, Position, PresenceInfo, Refusal, Result, Scope, Shutdown,
 };
 
 /// The page: plain HTML and JavaScript, no build step.
@@ -60,6 +66,14 @@ impl Default for Settings {
 /// group name cannot hold.
 pub fn room_group(room: &str) -> Option<GroupName> {
     GroupName::new(format!("chat_{room}")).ok()
+}
+
+/// `config` with the rooms' presence events (`chat_*` groups): `presence.join` and
+/// `presence.leave` as members come and go.
+pub fn with_presence_events(
+    config: switchboard::LayerConfig,
+) -> switchboard::Result<switchboard::LayerConfig> {
+    Ok(config.presence_events("chat_*")?)
 }
 
 /// `config` with the rooms' history: the last `size` messages of every room, each kept for
@@ -97,6 +111,11 @@ pub struct ClientFrame {
     nickname: Option<String>,
 }
 
+/// A presence event of a room (`presence.join`, `presence.leave`, `presence.sync`), relayed
+/// as it came to the clients that asked for them.
+#[derive(Deserialize, Debug)]
+pub struct PresenceEvent {}
+
 /// What a room's group carries: a room message or a private one. Each consumer relays it as
 /// it came (decoded once per message, rendered once per message, however many members).
 #[derive(Deserialize, Debug)]
@@ -122,6 +141,23 @@ pub enum ChatEvent {
         /// The text.
         message: String,
     },
+    /// `{"type":"presence.join","client_id":…,"user":…,…}`
+    #[serde(rename = "presence.join")]
+    PresenceJoin(PresenceEvent),
+    /// `{"type":"presence.leave",…}`
+    #[serde(rename = "presence.leave")]
+    PresenceLeave(PresenceEvent),
+    /// `{"type":"presence.sync","missed_events":N}`: ask again (`{"type":"who"}`).
+    #[serde(rename = "presence.sync")]
+    PresenceSync(PresenceEvent),
+}
+
+/// A client id from the page (`&client=`): 1–64 letters, digits, `-` or `_`.
+fn valid_client_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
 }
 
 /// One chat connection.
@@ -132,6 +168,8 @@ pub struct ChatConsumer {
     nickname: Option<String>,
     /// `since`: the position of the last room message the client saw (it reconnects).
     since: Option<String>,
+    /// The id in the room's presence.
+    client_id: String,
 }
 
 impl ChatConsumer {
@@ -144,12 +182,47 @@ impl ChatConsumer {
                 "no room {room:?}: a room name has letters, digits, '-', '_' or '.'"
             ))
         })?;
+        let client_id = scope
+            .query("client")
+            .filter(|c| valid_client_id(c))
+            .unwrap_or_else(|| {
+                use std::hash::BuildHasher;
+                let random = std::collections::hash_map::RandomState::new();
+                format!(
+                    "anon-{:016x}",
+                    random.hash_one(std::time::SystemTime::now())
+                )
+            });
         Ok(ChatConsumer {
             group,
             room,
             nickname: scope.query("nickname"),
             since: scope.query("since"),
+            client_id,
         })
+    }
+
+    /// Whether the client asked for the protocol beyond the Channels tutorial's (it sent
+    /// `since`, even empty).
+    fn extended(&self) -> bool {
+        self.since.is_some()
+    }
+
+    /// Who is in the room: `[{"client_id","user","since_ms"}…]`, oldest first (empty where the
+    /// layer keeps no presence).
+    async fn present(&self, conn: &Connection) -> serde_json::Value {
+        match conn.layer().presence(&self.group).await {
+            Ok(mut all) => {
+                all.sort_by_key(|e| e.since_ms);
+                all.into_iter()
+                    .map(|e| json!({"client_id": e.client_id, "user": e.user, "since_ms": e.since_ms}))
+                    .collect()
+            }
+            Err(e) => {
+                tracing::debug!(room = %self.room, error = %e, "no presence to list");
+                json!([])
+            }
+        }
     }
 
     async fn login(&mut self, conn: &mut Connection, nick: String) -> Result<()> {
@@ -162,6 +235,14 @@ impl ChatConsumer {
             conn.group_discard(user_group(&old)?).await?;
         }
         conn.group_add(user_group(&nick)?).await?;
+        let me = PresenceInfo::new(self.client_id.clone()).user(nick.clone());
+        match conn.presence_join(&self.group, me).await {
+            Ok(()) => {}
+            Err(Error::Layer(LayerError::Unsupported(_))) => {} // the cluster layer: no presence
+            Err(e) => {
+                tracing::warn!(room = %self.room, error = %e, "could not join the room's presence")
+            }
+        }
         self.nickname = Some(nick);
         Ok(())
     }
@@ -185,7 +266,7 @@ impl Consumer for ChatConsumer {
             .as_deref()
             .filter(|s| !s.is_empty())
             .map(str::parse::<Position>);
-        let joined = if conn
+        let mut joined = if conn
             .layer()
             .config()
             .history_for(self.group.as_str())
@@ -201,14 +282,17 @@ impl Consumer for ChatConsumer {
             json!({"type": "chat.joined", "room": self.room, "recovered": since.is_none(), "replayed": 0})
         };
         conn.accept().await?;
+        let login = match self.nickname.take() {
+            Some(nick) => self.login(conn, nick).await,
+            None => Ok(()),
+        };
         // Only for a client that asked (`since`, even empty): the protocol without it is
         // the Channels tutorial's.
-        if self.since.is_some() {
+        if self.extended() {
+            joined["present"] = self.present(conn).await;
             conn.send_json(&joined).await?;
         }
-        if let Some(nick) = self.nickname.take()
-            && let Err(e) = self.login(conn, nick).await
-        {
+        if let Err(e) = login {
             // A bad nickname in the URL is not fatal: the client can still log in by frame.
             conn.send_error(e).await?;
         }
@@ -222,6 +306,13 @@ impl Consumer for ChatConsumer {
                     .nickname
                     .ok_or_else(|| Error::protocol("login needs a \"nickname\""))?;
                 self.login(conn, nick).await
+            }
+            Some("who") => {
+                let present = self.present(conn).await;
+                conn.send_json(
+                    &json!({"type": "chat.presence", "room": self.room, "present": present}),
+                )
+                .await
             }
             None | Some("message") => {
                 let text = frame
@@ -255,7 +346,7 @@ impl Consumer for ChatConsumer {
                 .await
             }
             Some(other) => Err(Error::protocol(format!(
-                "unknown message type {other:?}: use \"message\", \"private\" or \"login\""
+                "unknown message type {other:?}: use \"message\", \"private\", \"login\" or \"who\""
             ))),
         }
     }
@@ -265,6 +356,14 @@ impl Consumer for ChatConsumer {
             // Relayed as it came: the JSON text is rendered once per message, not per member.
             ChatEvent::Message { .. } | ChatEvent::Private { .. } => {
                 conn.send_message(event.message()).await
+            }
+            ChatEvent::PresenceJoin(_)
+            | ChatEvent::PresenceLeave(_)
+            | ChatEvent::PresenceSync(_) => {
+                if self.extended() {
+                    conn.send_message(event.message()).await?;
+                }
+                Ok(())
             }
         }
     }
@@ -338,10 +437,16 @@ async fn room_info(
             format_args!("invalid room {room:?}"),
         );
     };
-    match layer.group_channels(&group).await {
-        Ok(members) => Json(json!({"room": room, "members": members.len()})).into_response(),
-        Err(e) => layer_error("counting the room's members", e),
+    let members = match layer.group_channels(&group).await {
+        Ok(members) => members.len(),
+        Err(e) => return layer_error("counting the room's members", e),
+    };
+    // Logged-in connections (a count, not a listing); absent where the layer keeps no presence.
+    match layer.presence_count(&group).await {
+        Ok(present) => Json(json!({"room": room, "members": members, "present": present})),
+        Err(_) => Json(json!({"room": room, "members": members})),
     }
+    .into_response()
 }
 
 /// The whole app on one layer.

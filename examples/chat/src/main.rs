@@ -57,9 +57,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let (history, ttl) = (args.history, args.history_ttl_secs.max(1));
     let layer = args
         .layer
-        .build_with(|c| match history {
-            0 => Ok(c),
-            n => chat::with_history(c, n, std::time::Duration::from_secs(ttl)),
+        .build_with(|c, keeps_history| {
+            let c = chat::with_presence_events(c)?;
+            match history {
+                n if n > 0 && keeps_history => {
+                    chat::with_history(c, n, std::time::Duration::from_secs(ttl))
+                }
+                _ => Ok(c),
+            }
         })
         .await?;
     let settings = chat::Settings {

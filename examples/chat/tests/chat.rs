@@ -187,16 +187,22 @@ async fn closing_connections_leaves_no_memberships() {
         .json()
         .await
         .unwrap();
-    assert_eq!(info, json!({"room": "lobby", "members": 20}));
+    assert_eq!(info, json!({"room": "lobby", "members": 20, "present": 20}));
     for c in clients {
         c.close().await;
     }
     for _ in 0..100 {
-        if layer.group_channels("chat_lobby").await.unwrap().is_empty() && layer.stats().groups == 0
+        if layer.group_channels("chat_lobby").await.unwrap().is_empty()
+            && layer.stats().groups == 0
+            && layer.presence_count("chat_lobby").await.unwrap() == 0
         {
             return;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    panic!("memberships left behind: {:?}", layer.stats());
+    panic!(
+        "memberships or presence left behind: {:?}, {:?}",
+        layer.stats(),
+        layer.presence("chat_lobby").await
+    );
 }

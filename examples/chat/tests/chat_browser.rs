@@ -234,3 +234,53 @@ async fn a_page_whose_process_was_killed_recovers_from_redis_once_in_order() {
         b.close().await;
     }
 }
+
+/// Waits up to 10 s for the texts of `css` to be `want`.
+async fn texts_become(b: &Browser, css: &str, want: &[&str]) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let have = b.texts(css).await;
+        if have == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{css}: {have:?}, expected {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The page shows who is in the room (the layer's presence, kept by switchboard.js from the
+/// welcome frame and the room's `presence.join` / `presence.leave` events): each page sees
+/// both nicknames, and one that leaves goes from the other's list; the room's HTTP info counts
+/// them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_shows_who_is_in_the_room() {
+    let cfg = chat::with_presence_events(LayerConfig::default()).unwrap();
+    let layer = Layer::new(InMemoryLayer::new(cfg));
+    let addr = test_support::serve(chat::router(layer, chat::Settings::default())).await;
+    let root = format!("http://{addr}/");
+    let (Some(ann), Some(bob)) = tokio::join!(Browser::start(), Browser::start()) else {
+        return;
+    };
+    join(&ann, &root, "ann", "lobby").await;
+    texts_become(&ann, "#present li", &["ann"]).await;
+    join(&bob, &root, "bob", "lobby").await;
+    texts_become(&ann, "#present li", &["ann", "bob"]).await;
+    texts_become(&bob, "#present li", &["ann", "bob"]).await;
+    let info: serde_json::Value = reqwest::get(format!("{root}chat/rooms/lobby/"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(info["present"], 2, "{info}");
+
+    bob.click("#leave").await;
+    texts_become(&ann, "#present li", &["ann"]).await;
+    texts_become(&bob, "#present li", &[]).await;
+    for b in [ann, bob] {
+        b.close().await;
+    }
+}

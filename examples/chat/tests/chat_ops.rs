@@ -34,15 +34,37 @@ fn get(m: &HashMap<String, f64>, key: &str) -> f64 {
         .unwrap_or_else(|| panic!("{key} is not in /metrics: {m:#?}"))
 }
 
+/// Waits until the room's presence (its HTTP info) counts `n`: each connection's presence
+/// event then reaches a known set of members.
+async fn present_becomes(addr: std::net::SocketAddr, room: &str, n: u64) {
+    for _ in 0..200 {
+        let info: serde_json::Value = reqwest::get(format!("http://{addr}/chat/rooms/{room}/"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if info["present"] == n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the presence of {room} did not become {n}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_exactly_what_a_known_workload_did() {
     let debug = [("RUST_LOG", "info,switchboard_server=debug")];
     let chat = Program::start_with_env(env!("CARGO_BIN_EXE_chat"), &[], &debug).await;
     let addr = chat.addr;
     let path = |nick: &str| format!("/ws/chat/metrics/?nickname={nick}");
+    // One at a time, each in the room's presence before the next (see `present_becomes`).
     let mut ann = ws(addr, &path("ann")).await;
+    present_becomes(addr, "metrics", 1).await;
     let mut bob = ws(addr, &path("bob")).await;
+    present_becomes(addr, "metrics", 2).await;
     let mut cat = ws(addr, &path("cat")).await;
+    present_becomes(addr, "metrics", 3).await;
     // Two refusals: a foreign origin, and a room name no group can hold.
     let evil = [("origin", "http://evil.example")];
     assert_eq!(
@@ -70,8 +92,11 @@ async fn metrics_count_exactly_what_a_known_workload_did() {
         }
     }
     ann.close().await;
+    present_becomes(addr, "metrics", 2).await;
     bob.close().await;
+    present_becomes(addr, "metrics", 1).await;
     cat.close().await;
+    present_becomes(addr, "metrics", 0).await;
 
     let mut m = scrape(addr).await;
     for _ in 0..100 {
@@ -100,7 +125,10 @@ async fn metrics_count_exactly_what_a_known_workload_did() {
         ("switchboard_bytes_received_total", sent_bytes as f64),
         ("switchboard_frames_sent_total", 12.0),
         ("switchboard_bytes_sent_total", received_bytes as f64),
-        ("switchboard_group_deliveries_total", 12.0),
+        // 4 messages to 3 members; presence events (the room has them, these clients do not
+        // ask for them: delivered, not relayed): joins reach 1, 2 and 3 members, leaves 3, 2
+        // and 1 (a leaving member is in the room until its presence has gone).
+        ("switchboard_group_deliveries_total", 12.0 + 12.0),
         (
             "switchboard_messages_dropped_total{reason=\"channel_full\"}",
             0.0,
@@ -109,10 +137,11 @@ async fn metrics_count_exactly_what_a_known_workload_did() {
             "switchboard_messages_dropped_total{reason=\"expired\"}",
             0.0,
         ),
-        // 4 sends; a room and a user group joined and left by each of the three.
+        // 4 sends and 6 presence events; a room and a user group joined and left by each of
+        // the three.
         (
             "switchboard_layer_operation_seconds_count{op=\"group_send\"}",
-            4.0,
+            4.0 + 6.0,
         ),
         (
             "switchboard_layer_operation_seconds_count{op=\"group_add\"}",

@@ -91,7 +91,7 @@ pub struct LayerArgs {
 impl LayerArgs {
     /// Builds the layer the flags describe.
     pub async fn build(&self) -> Result<Layer, Box<dyn std::error::Error + Send + Sync>> {
-        self.build_with(Ok).await
+        self.build_with(|c, _| Ok(c)).await
     }
 
     /// Whether the flags ask for the in-memory layer (no Redis).
@@ -105,17 +105,17 @@ impl LayerArgs {
         self.in_memory() || (self.redis_cluster.is_none() && self.layer == RedisKind::Pubsub)
     }
 
-    /// [`build`](LayerArgs::build), the configuration passed through `history` first when the
-    /// layer keeps group history ([`keeps_history`](LayerArgs::keeps_history)).
+    /// [`build`](LayerArgs::build), the configuration passed through `configure` first with
+    /// whether the layer keeps group history ([`keeps_history`](LayerArgs::keeps_history)).
     pub async fn build_with(
         &self,
-        history: impl FnOnce(LayerConfig) -> switchboard::Result<LayerConfig>,
+        configure: impl FnOnce(LayerConfig, bool) -> switchboard::Result<LayerConfig>,
     ) -> Result<Layer, Box<dyn std::error::Error + Send + Sync>> {
-        let mut config = LayerConfig::default().capacity(self.capacity);
         self.check().map_err(FlagError)?;
-        if self.keeps_history() {
-            config = history(config)?;
-        }
+        let config = configure(
+            LayerConfig::default().capacity(self.capacity),
+            self.keeps_history(),
+        )?;
         let Some(redis) = self.redis_config(config.clone()) else {
             return Ok(Layer::new(InMemoryLayer::new(config)));
         };
