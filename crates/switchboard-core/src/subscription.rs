@@ -63,13 +63,23 @@ pub struct Subscription {
     closed: bool,
     /// Messages a resume read from history, received before the channel's.
     replay: std::collections::VecDeque<Message>,
-    /// For each group joined "since" a position: its history's epoch and the last offset the
-    /// replay covered. A live message of that history at or before it is a copy of one the
-    /// replay had (it was sent between the join and the read), and is dropped.
-    resumed: Vec<(GroupName, Box<str>, u64)>,
+    /// The groups joined "since" a position (see [`Resume`]).
+    resumed: Vec<Resume>,
     /// The presence entries this subscription holds ([`Subscription::presence_join`]),
     /// refreshed with its groups.
     presence: Vec<(GroupName, PresenceEntry)>,
+}
+
+/// A group joined "since" a position.
+struct Resume {
+    group: GroupName,
+    /// Its history's epoch.
+    epoch: Box<str>,
+    /// The last offset a replay covered: a live message of this history at or before it is a
+    /// copy of one the replay had (it was sent between the join and the read), and is dropped.
+    boundary: u64,
+    /// The last offset received (where [`Subscription::recover`] reads again from).
+    delivered: u64,
 }
 
 struct Refresh {
@@ -232,9 +242,16 @@ impl Subscription {
             .last()
             .and_then(Message::position)
             .map_or(recovery.position.offset(), Position::offset);
-        self.resumed.retain(|(g, _, _)| g != &group);
-        self.resumed
-            .push((group, recovery.position.epoch().into(), last));
+        self.resumed.retain(|r| r.group != group);
+        let delivered = since
+            .filter(|s| recovery.recovered && s.epoch() == recovery.position.epoch())
+            .map_or(recovery.position.offset(), Position::offset);
+        self.resumed.push(Resume {
+            group,
+            epoch: recovery.position.epoch().into(),
+            boundary: last,
+            delivered,
+        });
         self.replay.extend(recovery.messages);
         Ok(Resumed {
             recovered: recovery.recovered,
@@ -326,7 +343,7 @@ impl Subscription {
             }
         }
         self.groups.retain(|g| g != &group);
-        self.resumed.retain(|(g, _, _)| g != &group);
+        self.resumed.retain(|r| r.group != group);
         let discard = self
             .layer
             .backend()
@@ -354,14 +371,76 @@ impl Subscription {
         }
         self.poll_refresh(cx);
         if let Some(m) = self.replay.pop_front() {
+            self.received(&m);
             return Poll::Ready(Ok(m));
         }
         loop {
             match self.receiver.poll_recv(cx) {
                 Poll::Ready(Ok(m)) if self.replayed_already(&m) => continue,
+                Poll::Ready(Ok(m)) => {
+                    self.received(&m);
+                    return Poll::Ready(Ok(m));
+                }
                 other => return other,
             }
         }
+    }
+
+    /// Notes the position of a message handed out, for [`recover`](Subscription::recover).
+    fn received(&mut self, m: &Message) {
+        if self.resumed.is_empty() {
+            return;
+        }
+        if let Some(p) = m.position()
+            && let Some(r) = self.resumed.iter_mut().find(|r| *r.epoch == *p.epoch())
+        {
+            r.delivered = r.delivered.max(p.offset());
+        }
+    }
+
+    /// Whether the subscription joined a group "since" a position
+    /// ([`group_add_since`](Subscription::group_add_since)), so that
+    /// [`recover`](Subscription::recover) has something to read.
+    pub fn has_history(&self) -> bool {
+        !self.resumed.is_empty()
+    }
+
+    /// After a gap ([`take_missed`](Subscription::take_missed)): reads every group joined
+    /// "since" a position again from the last message received from it, so that what was
+    /// missed comes next — in order, once (what the channel still holds of it is dropped as a
+    /// copy). Returns whether that covers everything: every group of the subscription keeps
+    /// history, and every history could give what followed (a group whose history moved to
+    /// another epoch or lost what followed is joined from its position now, and the answer is
+    /// `false`). Messages sent to the channel itself or to groups without history are not
+    /// recovered.
+    pub async fn recover(&mut self) -> Result<bool> {
+        self.check_open()?;
+        let mut whole = self.resumed.len() == self.groups.len();
+        for i in 0..self.resumed.len() {
+            let (group, from) = {
+                let r = &self.resumed[i];
+                (r.group.clone(), Position::new(&r.epoch, r.delivered)?)
+            };
+            let add = self.layer.backend().group_add_since(
+                &group,
+                self.receiver.channel_name(),
+                Some(&from),
+            );
+            let recovery = metrics::layer_op!(Op::GroupAdd, add)?;
+            let r = &mut self.resumed[i];
+            r.epoch = recovery.position.epoch().into();
+            r.boundary = recovery
+                .messages
+                .last()
+                .and_then(Message::position)
+                .map_or(recovery.position.offset(), Position::offset);
+            if !recovery.recovered {
+                r.delivered = recovery.position.offset();
+                whole = false;
+            }
+            self.replay.extend(recovery.messages);
+        }
+        Ok(whole)
     }
 
     /// Whether `m` is a live copy of a message a resume replayed.
@@ -374,7 +453,7 @@ impl Subscription {
         };
         self.resumed
             .iter()
-            .any(|(_, epoch, last)| **epoch == *p.epoch() && p.offset() <= *last)
+            .any(|r| *r.epoch == *p.epoch() && p.offset() <= r.boundary)
     }
 
     /// Waits for the next message.

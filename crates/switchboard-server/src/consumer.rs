@@ -221,7 +221,11 @@ pub trait Consumer: Send + 'static {
     /// - **dropped**: its channel was full — this client, or this consumer, fell behind its
     ///   group for longer than the layer's back-pressure wait — or they expired unread. The
     ///   default closes the connection with 1013 (try again later), so the client reconnects
-    ///   (and reloads) instead of showing a hole.
+    ///   (and reloads) instead of showing a hole — unless **recovered**: every group of the
+    ///   connection keeps history and was joined "since" a position
+    ///   ([`Connection::group_add_since`]), and the runtime has read what was missed again
+    ///   from history ([`Subscription::recover`](switchboard_core::Subscription::recover)): it
+    ///   comes next, in order, and the default goes on.
     /// - **interrupted**: the layer's connection to where messages come from was lost and made
     ///   again (a pub/sub subscription, a Redis that restarted empty); some messages may be
     ///   missing, for every connection of the process at once. The default goes on (the
@@ -235,7 +239,7 @@ pub trait Consumer: Send + 'static {
         missed: Missed,
     ) -> impl Future<Output = Result<()>> + Send {
         async move {
-            if missed.dropped > 0 {
+            if missed.dropped > 0 && !missed.recovered {
                 conn.close(
                     CloseCode::TRY_AGAIN_LATER,
                     "fell behind; messages were missed",

@@ -588,8 +588,17 @@ pub(crate) async fn run<C, T>(
             },
             Input::Again => continue,
             Input::Missed => {
-                let missed = conn.subscription().take_missed();
-                tracing::info!(%channel, dropped = missed.dropped, interrupted = missed.interrupted, "messages for this connection were lost");
+                let mut missed = conn.subscription().take_missed();
+                // Where the groups keep history, what was missed is read again (boxed: rare).
+                if conn.subscription().has_history() {
+                    match Box::pin(conn.subscription().recover()).await {
+                        Ok(whole) => missed.recovered = whole,
+                        Err(e) => {
+                            tracing::warn!(%channel, error = %e, "could not recover from history")
+                        }
+                    }
+                }
+                tracing::info!(%channel, dropped = missed.dropped, interrupted = missed.interrupted, recovered = missed.recovered, "messages for this connection were lost");
                 metrics::missed(missed);
                 // Boxed: rare, as `receive`'s future is.
                 let result = drive(

@@ -963,7 +963,8 @@ mod tests {
             rx.take_missed(),
             Missed {
                 dropped: 6,
-                interrupted: false
+                interrupted: false,
+                recovered: false,
             },
             "the six dropped after the fourth"
         );
@@ -988,6 +989,7 @@ mod tests {
         let interrupted = Missed {
             dropped: 0,
             interrupted: true,
+            recovered: false,
         };
         assert!(rx.take_missed().is_empty());
         assert!(matches!(rx.poll_recv(&mut cx), Poll::Ready(Ok(m)) if n_of(&m) == 1));

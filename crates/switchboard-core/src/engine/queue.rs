@@ -108,6 +108,11 @@ pub struct Missed {
     /// pub/sub subscription lost, Redis restarted empty): some messages may be missing, how
     /// many is not known.
     pub interrupted: bool,
+    /// Every group the subscription is in keeps history and was read again from the last
+    /// position it received ([`Subscription::recover`](crate::Subscription::recover)): what
+    /// was missed comes next, in order, once. Set by the WebSocket runtime, which tries that
+    /// before it tells the consumer; never by a receiver.
+    pub recovered: bool,
 }
 
 impl Missed {
@@ -120,6 +125,7 @@ impl Missed {
         Missed {
             dropped: bits & !INTERRUPTED,
             interrupted: bits & INTERRUPTED != 0,
+            recovered: false,
         }
     }
 }

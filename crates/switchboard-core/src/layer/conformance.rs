@@ -1165,6 +1165,49 @@ macro_rules! layer_conformance_tests {
     };
 }
 
+/// A subscriber that fell behind (its channel full, messages dropped) and is told so recovers
+/// by itself from history: `recover` replays what it missed, in order, once, then live.
+pub async fn history_recovers_a_subscriber_that_fell_behind<F, Fut>(make: F)
+where
+    F: Fn(LayerConfig) -> Fut,
+    Fut: Future<Output = Option<(Layer, Layer)>>,
+{
+    let cfg = history_config()
+        .capacity(2)
+        .group_backpressure(Duration::ZERO);
+    let Some((layer, peer)) = make(cfg).await else {
+        return;
+    };
+    let (mut sub, _) = joined(&layer, "long_behind", None).await;
+    for i in 1..=6 {
+        ok(
+            peer.group_send("long_behind", msg("hist.n", i)).await,
+            "group_send",
+        );
+    }
+    // Its channel took 2 of the 6 (delivered to this process in order).
+    let mut got = vec![n_of(&next(&mut sub, "first").await)];
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    got.push(n_of(&next(&mut sub, "second").await));
+    assert_eq!(got, [1, 2]);
+    let missed = sub.take_missed();
+    assert_eq!(missed.dropped, 4, "told of the gap: {missed:?}");
+    assert!(
+        ok(sub.recover().await, "recover"),
+        "the history holds the gap"
+    );
+    for i in 3..=6 {
+        assert_eq!(n_of(&next(&mut sub, "recovered").await), i);
+    }
+    ok(
+        peer.group_send("long_behind", msg("hist.n", 7)).await,
+        "group_send",
+    );
+    assert_eq!(n_of(&next(&mut sub, "live").await), 7);
+    none_left(&mut sub, "each once").await;
+    assert!(sub.take_missed().is_empty());
+}
+
 /// Presence events describe state, not history: in a group with history they reach members
 /// live, without a position, and a resume does not replay them.
 pub async fn history_skips_presence_events<F, Fut>(make: F)
@@ -1503,6 +1546,6 @@ macro_rules! history_conformance_tests {
             history_numbers_group_messages, resume_replays_then_goes_live,
             resume_from_a_lost_position_is_not_recovered, flush_starts_a_new_epoch,
             resume_without_history_is_unsupported, resume_under_traffic_loses_and_repeats_nothing,
-            history_skips_presence_events);
+            history_skips_presence_events, history_recovers_a_subscriber_that_fell_behind);
     };
 }
