@@ -19,6 +19,8 @@
 //!
 //! - `memory_group_send_history`: fan-out with the group's history on and off, side by side
 //!   (`--bench layer_memory -- history`).
+//! - `memory_presence/{count,list}/10000`: a group's presence of 10,000 entries counted and
+//!   listed (`--bench layer_memory -- presence`).
 //!
 //! Messages are built before the clock starts; the clock covers the layer calls and the tasks'
 //! scheduling. Every round checks what was received: counts, order, and no full drops.
@@ -331,6 +333,48 @@ fn history(c: &mut Criterion) {
     group.finish();
 }
 
+/// A presence query and count on a group of 10,000 entries.
+fn presence(c: &mut Criterion) {
+    const ENTRIES: usize = 10_000;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime"); // ok: benchmark harness, not reachable from the wire: a panic ends the run
+    let layer = Layer::new(InMemoryLayer::new(
+        LayerConfig::default().presence_ttl(Duration::from_secs(3600)),
+    ));
+    rt.block_on(async {
+        let group = switchboard_core::GroupName::new("room").expect("group"); // ok: benchmark harness
+        for i in 0..ENTRIES {
+            let ch = layer.new_channel().await.expect("channel"); // ok: benchmark harness
+            let info = switchboard_core::PresenceInfo::new(format!("client-{i}"))
+                .user(format!("user-{i}"));
+            let entry = switchboard_core::PresenceEntry::new(ch, &info);
+            layer
+                .backend()
+                .presence_add(&group, &entry)
+                .await
+                .expect("presence_add"); // ok: benchmark harness
+        }
+    });
+    let mut group = c.benchmark_group("memory_presence");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function(format!("count/{ENTRIES}"), |b| {
+        b.to_async(&rt).iter(|| async {
+            let n = layer.presence_count("room").await.expect("count"); // ok: benchmark harness
+            assert_eq!(n, ENTRIES);
+        });
+    });
+    group.throughput(Throughput::Elements(ENTRIES as u64));
+    group.bench_function(format!("list/{ENTRIES}"), |b| {
+        b.to_async(&rt).iter(|| async {
+            let all = layer.presence("room").await.expect("list"); // ok: benchmark harness
+            assert_eq!(all.len(), ENTRIES);
+        });
+    });
+    group.finish();
+}
+
 // criterion_group! generates an undocumented function.
 #[allow(missing_docs)]
 mod group {
@@ -341,7 +385,7 @@ mod group {
             .sample_size(20)
             .measurement_time(Duration::from_secs(4))
             .warm_up_time(Duration::from_secs(1));
-        targets = p2p, fan_out, history
+        targets = p2p, fan_out, history, presence
     }
 }
 criterion_main!(group::benches);

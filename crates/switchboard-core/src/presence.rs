@@ -149,10 +149,34 @@ pub(crate) fn unix_ms() -> u64 {
 /// The presence of every group of an in-memory layer: entries with the time they expire.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Presences {
-    groups: Arc<Mutex<HashMap<GroupName, HashMap<ChannelName, Held>>>>,
+    groups: Arc<Mutex<HashMap<GroupName, Members>>>,
     /// Adds since the last sweep of every group: one sweep per 1,024 adds forgets the groups
     /// nobody lists any more.
     adds: Arc<std::sync::atomic::AtomicU32>,
+}
+
+/// One group's entries, and no later than when the first of them expires: until then a count
+/// is the map's length, with no scan.
+#[derive(Debug)]
+struct Members {
+    entries: HashMap<ChannelName, Held>,
+    next_expiry: std::time::Instant,
+}
+
+impl Members {
+    /// Drops the expired entries if one may have expired by `now`.
+    fn expire(&mut self, now: std::time::Instant) {
+        if now < self.next_expiry {
+            return;
+        }
+        self.entries.retain(|_, h| h.expires > now);
+        self.next_expiry = self
+            .entries
+            .values()
+            .map(|h| h.expires)
+            .min()
+            .unwrap_or(now + Duration::from_secs(3600));
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -169,15 +193,21 @@ impl Presences {
         }
         let expires = std::time::Instant::now() + ttl;
         let mut all = self.groups.lock();
-        let members = all.entry(group.clone()).or_default();
-        match members.get_mut(&entry.channel) {
+        let members = all.entry(group.clone()).or_insert_with(|| Members {
+            entries: HashMap::new(),
+            next_expiry: expires,
+        });
+        members.next_expiry = members.next_expiry.min(expires);
+        match members.entries.get_mut(&entry.channel) {
             Some(held) => {
                 let since_ms = held.entry.since_ms;
                 held.entry = PresenceEntry { since_ms, ..entry };
                 held.expires = expires;
             }
             None => {
-                members.insert(entry.channel.clone(), Held { entry, expires });
+                members
+                    .entries
+                    .insert(entry.channel.clone(), Held { entry, expires });
             }
         }
     }
@@ -185,8 +215,8 @@ impl Presences {
     pub(crate) fn remove(&self, group: &GroupName, channel: &ChannelName) {
         let mut all = self.groups.lock();
         if let Some(members) = all.get_mut(group) {
-            members.remove(channel);
-            if members.is_empty() {
+            members.entries.remove(channel);
+            if members.entries.is_empty() {
                 all.remove(group);
             }
         }
@@ -200,12 +230,12 @@ impl Presences {
         let Some(members) = all.get_mut(group) else {
             return f(&empty);
         };
-        members.retain(|_, h| h.expires > now);
-        if members.is_empty() {
+        members.expire(now);
+        if members.entries.is_empty() {
             all.remove(group);
             return f(&empty);
         }
-        f(members)
+        f(&members.entries)
     }
 
     pub(crate) fn list(&self, group: &str) -> Vec<PresenceEntry> {
@@ -224,8 +254,8 @@ impl Presences {
     pub(crate) fn sweep(&self) {
         let now = std::time::Instant::now();
         self.groups.lock().retain(|_, members| {
-            members.retain(|_, h| h.expires > now);
-            !members.is_empty()
+            members.expire(now);
+            !members.entries.is_empty()
         });
     }
 }

@@ -10,7 +10,14 @@
 //! - `group_send_1000/other_process`: 1,000 members in another process: every group message
 //!   crosses Redis once, naming the 1,000 channels.
 //!
-//! Throughput is reported in elements: messages for `p2p`, deliveries for `group_send`.
+//! - `redis_pubsub_history/group_send_1000/history_{off,on}`: the pub/sub fan-out to 1,000
+//!   members in the sender's process, with the group's history off and on (each message
+//!   numbered, kept in a Stream and published by one script), side by side.
+//! - `redis_presence/{count,list}/10000` on both layers: a group's presence holding 10,000
+//!   entries, counted (`ZCOUNT`) and listed (expired entries dropped first, then `HVALS`).
+//!
+//! Throughput is reported in elements: messages for `p2p`, deliveries for `group_send`,
+//! entries for `presence`.
 //!
 //! ```text
 //! SWITCHBOARD_REDIS_URL=redis://127.0.0.1:6393 cargo bench -p switchboard-redis --bench layer_redis
@@ -27,7 +34,8 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 #[path = "support/redis.rs"]
 mod support;
 
-use support::{Kind, fan_out, layer, p2p, prefix, room, runtime};
+use support::{Kind, fan_out, layer, layer_with, p2p, prefix, room, room_with, runtime};
+use switchboard_core::{LayerConfig, PresenceEntry, PresenceInfo};
 
 const MEMBERS: usize = 1000;
 
@@ -74,6 +82,88 @@ fn bench_layer(c: &mut Criterion, kind: Kind, name: &str) {
     g.finish();
 }
 
+/// Group history's cost on the pub/sub fan-out.
+fn redis_pubsub_history(c: &mut Criterion) {
+    let rt = runtime();
+    let mut g = c.benchmark_group("redis_pubsub_history");
+    g.sample_size(10)
+        .warm_up_time(Duration::from_secs(2))
+        .measurement_time(Duration::from_secs(8))
+        .throughput(Throughput::Elements(MEMBERS as u64));
+    for on in [false, true] {
+        let config = if on {
+            LayerConfig::default()
+                .group_history("benchroom", 100, Duration::from_secs(60))
+                .unwrap_or_else(|e| panic!("{e}"))
+        } else {
+            LayerConfig::default()
+        };
+        let room = rt.block_on(room_with(Kind::PubSub, MEMBERS, true, config));
+        let id = format!("group_send_1000/history_{}", if on { "on" } else { "off" });
+        g.bench_function(id, |bench| {
+            bench.to_async(&rt).iter_custom(|iters| {
+                let room = &room;
+                async move { fan_out(room, iters, None).await.elapsed }
+            });
+        });
+    }
+    g.finish();
+}
+
+/// A presence query and count on a group of 10,000 entries.
+fn redis_presence(c: &mut Criterion) {
+    const ENTRIES: usize = 10_000;
+    let rt = runtime();
+    let mut g = c.benchmark_group("redis_presence");
+    g.sample_size(20)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(5));
+    for kind in [Kind::Core, Kind::PubSub] {
+        let config = LayerConfig::default().presence_ttl(Duration::from_secs(3600));
+        let layer = rt.block_on(async {
+            let layer = layer_with(kind, &prefix(), config).await;
+            let group =
+                switchboard_core::GroupName::new("benchroom").unwrap_or_else(|e| panic!("{e}"));
+            for i in 0..ENTRIES {
+                let ch = layer.new_channel().await.unwrap_or_else(|e| panic!("{e}"));
+                let info = PresenceInfo::new(format!("client-{i}")).user(format!("user-{i}"));
+                let entry = PresenceEntry::new(ch, &info);
+                layer
+                    .backend()
+                    .presence_add(&group, &entry)
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"));
+            }
+            layer
+        });
+        let name = match kind {
+            Kind::Core => "redis_layer",
+            Kind::PubSub => "redis_pubsub_layer",
+        };
+        g.throughput(Throughput::Elements(1));
+        g.bench_function(format!("{name}/count/{ENTRIES}"), |bench| {
+            bench.to_async(&rt).iter(|| async {
+                let n = layer
+                    .presence_count("benchroom")
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"));
+                assert_eq!(n, ENTRIES);
+            });
+        });
+        g.throughput(Throughput::Elements(ENTRIES as u64));
+        g.bench_function(format!("{name}/list/{ENTRIES}"), |bench| {
+            bench.to_async(&rt).iter(|| async {
+                let all = layer
+                    .presence("benchroom")
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"));
+                assert_eq!(all.len(), ENTRIES);
+            });
+        });
+    }
+    g.finish();
+}
+
 fn redis_layer(c: &mut Criterion) {
     bench_layer(c, Kind::Core, "redis_layer");
 }
@@ -82,5 +172,11 @@ fn redis_pubsub_layer(c: &mut Criterion) {
     bench_layer(c, Kind::PubSub, "redis_pubsub_layer");
 }
 
-criterion_group!(benches, redis_layer, redis_pubsub_layer);
+criterion_group!(
+    benches,
+    redis_layer,
+    redis_pubsub_layer,
+    redis_pubsub_history,
+    redis_presence
+);
 criterion_main!(benches);

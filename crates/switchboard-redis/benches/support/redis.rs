@@ -56,9 +56,14 @@ impl Kind {
 }
 
 pub async fn layer(kind: Kind, prefix: &str) -> Layer {
+    layer_with(kind, prefix, LayerConfig::default()).await
+}
+
+/// [`layer`] with `config` (its capacity raised to the benchmarks' `CAPACITY`).
+pub async fn layer_with(kind: Kind, prefix: &str, config: LayerConfig) -> Layer {
     let cfg = RedisConfig::new(url())
         .prefix(prefix)
-        .layer(LayerConfig::default().capacity(CAPACITY));
+        .layer(config.capacity(CAPACITY));
     let r = match kind {
         Kind::Core => RedisLayer::connect(cfg).await.map(Layer::new),
         Kind::PubSub => RedisPubSubLayer::connect(cfg).await.map(Layer::new),
@@ -121,12 +126,18 @@ pub struct Room {
 
 /// `n` members in one process; the sender is that process (`same_process`) or another one.
 pub async fn room(kind: Kind, n: usize, same_process: bool) -> Room {
+    room_with(kind, n, same_process, LayerConfig::default()).await
+}
+
+/// [`room`] on layers made with `config` (the group is `benchroom`).
+#[allow(dead_code)] // not every benchmark that includes this file uses it
+pub async fn room_with(kind: Kind, n: usize, same_process: bool, config: LayerConfig) -> Room {
     let p = prefix();
-    let home = layer(kind, &p).await;
+    let home = layer_with(kind, &p, config.clone()).await;
     let sender = if same_process {
         home.clone()
     } else {
-        layer(kind, &p).await
+        layer_with(kind, &p, config).await
     };
     let mut members = Vec::with_capacity(n);
     for _ in 0..n {
