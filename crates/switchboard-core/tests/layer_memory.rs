@@ -195,3 +195,8 @@ async fn group_send_pushes_back_on_a_fast_sender_instead_of_dropping() {
         "without back-pressure a fast sender overflows slow members"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_recovers_a_subscriber_that_fell_behind() {
+    switchboard_core::layer::conformance::history_recovers_a_subscriber_that_fell_behind(make).await
+}

@@ -10,9 +10,11 @@
 //! - `group_send_1000/other_process`: 1,000 members in another process: every group message
 //!   crosses Redis once, naming the 1,000 channels.
 //!
-//! - `redis_pubsub_history/group_send_1000/history_{off,on}`: the pub/sub fan-out to 1,000
-//!   members in the sender's process, with the group's history off and on (each message
-//!   numbered, kept in a Stream and published by one script), side by side.
+//! - `redis_history/{redis_layer,redis_pubsub_layer}/group_send_1000/history_{off,on}`: the
+//!   fan-out to 1,000 members in the sender's process, with the group's history off and on,
+//!   side by side. Pub/sub: each message numbered, kept in a Stream and published by one
+//!   script. Core: one script numbers, keeps and queues it for every member's process — this
+//!   one's too, so with history the local members are served through Redis, not directly.
 //! - `redis_presence/{count,list}/10000` on both layers: a group's presence holding 10,000
 //!   entries, counted (`ZCOUNT`) and listed (expired entries dropped first, then `HVALS`).
 //!
@@ -82,15 +84,20 @@ fn bench_layer(c: &mut Criterion, kind: Kind, name: &str) {
     g.finish();
 }
 
-/// Group history's cost on the pub/sub fan-out.
-fn redis_pubsub_history(c: &mut Criterion) {
+/// Group history's cost on the fan-out.
+fn redis_history(c: &mut Criterion) {
     let rt = runtime();
-    let mut g = c.benchmark_group("redis_pubsub_history");
+    let mut g = c.benchmark_group("redis_history");
     g.sample_size(10)
         .warm_up_time(Duration::from_secs(2))
         .measurement_time(Duration::from_secs(8))
         .throughput(Throughput::Elements(MEMBERS as u64));
-    for on in [false, true] {
+    for (kind, on) in [
+        (Kind::PubSub, false),
+        (Kind::PubSub, true),
+        (Kind::Core, false),
+        (Kind::Core, true),
+    ] {
         let config = if on {
             LayerConfig::default()
                 .group_history("benchroom", 100, Duration::from_secs(60))
@@ -98,8 +105,15 @@ fn redis_pubsub_history(c: &mut Criterion) {
         } else {
             LayerConfig::default()
         };
-        let room = rt.block_on(room_with(Kind::PubSub, MEMBERS, true, config));
-        let id = format!("group_send_1000/history_{}", if on { "on" } else { "off" });
+        let room = rt.block_on(room_with(kind, MEMBERS, true, config));
+        let layer = match kind {
+            Kind::Core => "redis_layer",
+            Kind::PubSub => "redis_pubsub_layer",
+        };
+        let id = format!(
+            "{layer}/group_send_1000/history_{}",
+            if on { "on" } else { "off" }
+        );
         g.bench_function(id, |bench| {
             bench.to_async(&rt).iter_custom(|iters| {
                 let room = &room;
@@ -176,7 +190,7 @@ criterion_group!(
     benches,
     redis_layer,
     redis_pubsub_layer,
-    redis_pubsub_history,
+    redis_history,
     redis_presence
 );
 criterion_main!(benches);

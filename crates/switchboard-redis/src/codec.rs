@@ -46,6 +46,18 @@ pub(crate) struct EncodedFields {
     bytes: Vec<u8>,
 }
 
+impl EncodedFields {
+    /// How many fields.
+    pub(crate) fn count(&self) -> usize {
+        self.count
+    }
+
+    /// The fields, msgpack key then value each, without a map header.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
 /// Serializer settings: random prefix, encryption, and the token lifetime checked on decryption.
 pub(crate) struct Codec {
     random_prefix: usize,
@@ -173,6 +185,13 @@ impl Codec {
         packed.extend_from_slice(&fields.bytes);
         rmp::encode::write_str(&mut packed, POSITION_KEY).map_err(write_error)?;
         Ok(packed)
+    }
+
+    /// Fresh random bytes to start a stored message with (none on the pub/sub wire).
+    pub(crate) fn random_prefix(&self) -> Vec<u8> {
+        let mut bytes = vec![0; self.random_prefix];
+        rand::rng().fill_bytes(&mut bytes);
+        bytes
     }
 
     /// Decodes stored bytes into a message and its routing. Never panics on bad input.

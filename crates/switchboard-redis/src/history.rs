@@ -103,6 +103,128 @@ return out
     )
 });
 
+/// `RedisLayer`'s group send for a group with history, on a layer with one host: numbers the
+/// message, keeps it, and adds it to the queue of every process with a member (and every
+/// named channel member), as channels_redis's group send does — in one script, so that a
+/// member who joined before the history was read gets the message live, and every queue gets
+/// the messages of one group in offset order (each is scored after the queue's last message).
+/// Lua writes the msgpack around the encoded fields: map, string and array headers.
+///
+/// KEYS: group, meta, log, era. ARGV: key prefix, random prefix bytes, field count, field
+/// bytes, candidate epoch, candidate era, size, ttl (ms), capacity, expiry (s), queue TTL (s),
+/// group expiry (s), '1' to drop stalled members. Returns {position, era, channels skipped
+/// because full, channels dropped as stalled}. It touches queue keys it computes from the
+/// members (a single Redis, never a cluster).
+static CORE_GROUP_SEND: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local function be(n, bytes)
+    local out = {}
+    for i = bytes - 1, 0, -1 do out[#out + 1] = string.char(math.floor(n / 256 ^ i) % 256) end
+    return table.concat(out)
+end
+local function mpstr(s)
+    local n = #s
+    if n < 32 then return string.char(0xa0 + n) .. s end
+    if n < 256 then return string.char(0xd9, n) .. s end
+    if n < 65536 then return string.char(0xda) .. be(n, 2) .. s end
+    return string.char(0xdb) .. be(n, 4) .. s
+end
+local function header(n, fix, limit, c16, c32)
+    if n < limit then return string.char(fix + n) end
+    if n < 65536 then return string.char(c16) .. be(n, 2) end
+    return string.char(c32) .. be(n, 4)
+end
+local function map(n) return header(n, 0x80, 16, 0xde, 0xdf) end
+local function array(n) return header(n, 0x90, 16, 0xdc, 0xdd) end
+
+local era = redis.call('GET', KEYS[4])
+if not era then
+    era = ARGV[6]
+    redis.call('SET', KEYS[4], era)
+end
+local meta = redis.call('HMGET', KEYS[2], 'epoch', 'era')
+local epoch = meta[1]
+if not epoch or meta[2] ~= era then
+    epoch = ARGV[5]
+    redis.call('DEL', KEYS[3])
+    redis.call('HSET', KEYS[2], 'epoch', epoch, 'era', era, 'top', 0)
+end
+local top = redis.call('HINCRBY', KEYS[2], 'top', 1)
+local position = epoch .. ':' .. top
+local tail = mpstr('__switchboard_position__') .. mpstr(position)
+local nf = tonumber(ARGV[3])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+if tonumber(ARGV[7]) > 0 then
+    local now_ms = t[1] * 1000 + math.floor(t[2] / 1000)
+    redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[7], '0-' .. top, 't', now_ms,
+        'p', ARGV[2] .. map(nf + 1) .. ARGV[4] .. tail)
+    redis.call('PEXPIRE', KEYS[3], ARGV[8])
+end
+redis.call('PEXPIRE', KEYS[2], ARGV[8])
+
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%.6f', now - tonumber(ARGV[12])))
+local queues, order = {}, {}
+for _, m in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+    local bang = string.find(m, '!', 1, true)
+    local q = bang and string.sub(m, 1, bang) or m
+    if not queues[q] then
+        queues[q] = { routed = bang ~= nil, channels = {} }
+        order[#order + 1] = q
+    end
+    table.insert(queues[q].channels, m)
+end
+local cut = string.format('%.6f', now - tonumber(ARGV[10]))
+local capacity, check = tonumber(ARGV[9]), ARGV[13] == '1'
+local full, stalled = 0, {}
+for _, q in ipairs(order) do
+    local key, e = ARGV[1] .. q, queues[q]
+    local expired = redis.call('ZCOUNT', key, '-inf', cut)
+    if check and expired > 0 then
+        for _, c in ipairs(e.channels) do stalled[#stalled + 1] = c end
+    elseif redis.call('ZCARD', key) - expired < capacity then
+        local body
+        if e.routed then
+            local names = {}
+            for i, c in ipairs(e.channels) do names[i] = mpstr(c) end
+            body = map(nf + 2) .. ARGV[4] .. mpstr('__asgi_channel__') .. array(#e.channels)
+                .. table.concat(names) .. tail
+        else
+            body = map(nf + 1) .. ARGV[4] .. tail
+        end
+        local score = now
+        local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
+        if last[2] and tonumber(last[2]) >= score then score = tonumber(last[2]) + 0.000001 end
+        redis.call('ZADD', key, string.format('%.6f', score), ARGV[2] .. body)
+        redis.call('EXPIRE', key, ARGV[11])
+    else
+        full = full + #e.channels
+    end
+    if expired > 0 then
+        redis.call('ZREMRANGEBYSCORE', key, '-inf', cut)
+    end
+end
+for i = 1, #stalled, 1000 do
+    redis.call('ZREM', KEYS[1], unpack(stalled, i, math.min(i + 999, #stalled)))
+end
+return {position, era, full, #stalled}
+",
+    )
+});
+
+/// What [`Histories::core_group_send`] needs of the layer.
+pub(crate) struct CoreSend<'a> {
+    pub(crate) host: &'a Host,
+    pub(crate) group_key: &'a str,
+    pub(crate) key_prefix: &'a str,
+    pub(crate) capacity: usize,
+    pub(crate) expiry_secs: f64,
+    pub(crate) queue_ttl: u64,
+    pub(crate) group_expiry_secs: f64,
+    pub(crate) drop_stalled: bool,
+}
+
 /// Replaces a host's era if it is still the one this process knew. KEYS: era. ARGV: old, new.
 static ROTATE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -190,6 +312,52 @@ impl Histories {
             .and_then(text)
             .and_then(|p| p.parse::<Position>().ok())
             .ok_or_else(|| LayerError::backend_msg("the history script answered no position"))
+    }
+
+    /// `RedisLayer`'s group send for `group` with history (see [`CORE_GROUP_SEND`]): the
+    /// message's position, the member channels skipped because their queue was full, and those
+    /// dropped from the group as stalled.
+    pub(crate) async fn core_group_send(
+        &self,
+        send: CoreSend<'_>,
+        codec: &Codec,
+        group: &str,
+        fields: &EncodedFields,
+        cfg: HistoryConfig,
+    ) -> Result<(Position, u64, u64)> {
+        let [meta, log, era] = self.keys(group);
+        let mut c = send.host.conn();
+        let r: Vec<RValue> = CORE_GROUP_SEND
+            .key(send.group_key)
+            .key(meta)
+            .key(log)
+            .key(era)
+            .arg(send.key_prefix)
+            .arg(codec.random_prefix())
+            .arg(fields.count())
+            .arg(fields.bytes())
+            .arg(Position::new_epoch())
+            .arg(Position::new_epoch())
+            .arg(cfg.size)
+            .arg(ttl_ms(cfg))
+            .arg(send.capacity)
+            .arg(send.expiry_secs)
+            .arg(send.queue_ttl)
+            .arg(send.group_expiry_secs)
+            .arg(if send.drop_stalled { "1" } else { "0" })
+            .invoke_async(&mut c)
+            .await
+            .map_err(|e| send.host.error(e))?;
+        if let Some(e) = r.get(1) {
+            self.saw_era(0, e);
+        }
+        let position = r
+            .first()
+            .and_then(text)
+            .and_then(|p| p.parse::<Position>().ok())
+            .ok_or_else(|| LayerError::backend_msg("the history script answered no position"))?;
+        let count = |i: usize| r.get(i).and_then(int).unwrap_or(0);
+        Ok((position, count(2), count(3)))
     }
 
     /// What `group`'s history holds after `since` (see [`Recovery`]); makes the history if there

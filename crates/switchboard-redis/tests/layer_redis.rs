@@ -18,6 +18,10 @@ mod presence {
     switchboard_core::presence_conformance_tests!(super::make);
 }
 
+mod history {
+    switchboard_core::history_conformance_tests!(super::make);
+}
+
 #[tokio::test]
 async fn stores_what_channels_redis_stores() {
     let Some(cfg) = config(LayerConfig::default()) else {
@@ -310,20 +314,92 @@ async fn group_send_pushes_back_on_a_fast_sender_for_local_members() {
     );
 }
 
-/// Group history is kept by the in-memory and pub/sub layers so far: the core Redis layer
-/// refuses a configuration that asks for it, saying so, rather than send messages without
-/// positions.
+/// A group send with history is one script on one Redis: the core layer refuses group history
+/// with several hosts, and with encryption keys (Redis cannot number a Fernet token), saying so.
 #[tokio::test]
-async fn the_core_redis_layer_refuses_group_history_for_now() {
+async fn the_core_layer_refuses_history_on_several_hosts_or_encrypted() {
     let Some(cfg) = config(switchboard_core::layer::conformance::history_config()) else {
         return;
     };
-    match switchboard_redis::RedisLayer::connect(cfg).await {
-        Err(switchboard_core::LayerError::Config(e)) => {
-            assert!(e.contains("group history"), "{e}")
+    let url = cfg.hosts[0].url().unwrap();
+    let two = switchboard_redis::RedisConfig::hosts([url, url])
+        .prefix(cfg.prefix.clone())
+        .layer(cfg.layer.clone());
+    let encrypted = cfg.symmetric_encryption_keys([b"key".to_vec()]);
+    for (what, cfg, says) in [
+        ("two hosts", two, "one host"),
+        ("encrypted", encrypted, "encrypt"),
+    ] {
+        match switchboard_redis::RedisLayer::connect(cfg).await {
+            Err(switchboard_core::LayerError::Config(e)) => {
+                assert!(e.contains(says), "{what}: {e}")
+            }
+            other => panic!(
+                "RedisLayer with group history, {what}: {:?}",
+                other.map(|_| ())
+            ),
         }
-        other => panic!("RedisLayer with group history: {:?}", other.map(|_| ())),
     }
+}
+
+/// A group with history on the core layer: one queue entry per process, its msgpack map
+/// carrying `__asgi_channel__` (the member channels, as channels_redis writes it) and the
+/// position; the Stream keeps the unrouted bytes; scores grow in offset order.
+#[tokio::test]
+async fn history_messages_are_channels_redis_queue_entries_with_a_position() {
+    let Some(cfg) = config(switchboard_core::layer::conformance::history_config()) else {
+        return;
+    };
+    let (a, b) = make_core(cfg.clone()).await;
+    let mut c = raw(cfg.hosts[0].url().unwrap()).await;
+    // A Django-style member of another process: nobody reads its queue here.
+    let django = "specific.django0000000000000000000000000000!abc";
+    let _: () = c
+        .zadd(format!("{}:group:hist_q", cfg.prefix), django, 1.0e12)
+        .await
+        .unwrap();
+    let mut s = b.subscribe().await.unwrap();
+    s.group_add_since("hist_q", None).await.unwrap();
+    for n in 1..=3 {
+        a.group_send("hist_q", msg("numbered", n)).await.unwrap();
+    }
+    for n in 1..=3 {
+        let m = recv_sub(&mut s).await;
+        assert_eq!(m.get("n").and_then(|v| v.as_i64()), Some(n));
+        assert_eq!(m.position().map(|p| p.offset()), Some(n as u64));
+    }
+    let queue = format!("{}specific.django0000000000000000000000000000!", cfg.prefix);
+    let entries: Vec<(Vec<u8>, f64)> = c.zrange_withscores(&queue, 0, -1).await.unwrap();
+    assert_eq!(entries.len(), 3);
+    for (i, (bytes, _)) in entries.iter().enumerate() {
+        let v: serde_json::Value = rmp_serde::from_slice(&bytes[12..]).unwrap();
+        assert_eq!(v["__asgi_channel__"], serde_json::json!([django]), "{v}");
+        assert_eq!(v["n"], i as i64 + 1);
+        let p = v["__switchboard_position__"].as_str().unwrap();
+        assert!(p.ends_with(&format!(":{}", i + 1)), "{p}");
+    }
+    assert!(
+        entries.windows(2).all(|w| w[0].1 < w[1].1),
+        "scores in offset order"
+    );
+    let log: Vec<(String, Vec<(String, Vec<u8>)>)> = redis::cmd("XRANGE")
+        .arg(format!("{}:history:hist_q:log", cfg.prefix))
+        .arg("-")
+        .arg("+")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(log.len(), 3);
+    let kept: serde_json::Value = rmp_serde::from_slice(&log[0].1[1].1[12..]).unwrap();
+    assert!(kept.get("__asgi_channel__").is_none(), "{kept}");
+    s.close().await;
+}
+
+async fn recv_sub(s: &mut switchboard_core::Subscription) -> switchboard_core::Message {
+    tokio::time::timeout(Duration::from_secs(5), s.recv())
+        .await
+        .unwrap()
+        .unwrap()
 }
 
 /// Presence lives beside channels_redis's keys: a hash of entries and a sorted set of when each

@@ -293,3 +293,8 @@ async fn group_send_pushes_back_on_a_fast_sender_for_local_members() {
         "back-pressure: {with} drops with it, {without} without"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_recovers_a_subscriber_that_fell_behind() {
+    switchboard_core::layer::conformance::history_recovers_a_subscriber_that_fell_behind(make).await
+}

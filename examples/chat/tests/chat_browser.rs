@@ -158,13 +158,12 @@ async fn say(b: &Browser, text: &str) {
     b.wait_for_text("#messages li.msg", text).await;
 }
 
-/// Two chat processes on one Redis (the pub/sub layer, rooms keeping 5 messages). ann's page
-/// is on process one, bob's on process two. Process one is killed (SIGKILL: no drain, no
-/// goodbye) while bob keeps publishing, and started again on its address: ann's page
-/// reconnects by itself and shows every message exactly once, in order. Away while more was
-/// sent than the room keeps, it says it could not recover instead of showing a hole.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_page_whose_process_was_killed_recovers_from_redis_once_in_order() {
+/// Two chat processes on one Redis (rooms keeping 5 messages). ann's page is on process one,
+/// bob's on process two. Process one is killed (SIGKILL: no drain, no goodbye) while bob keeps
+/// publishing, and started again on its address: ann's page reconnects by itself and shows
+/// every message exactly once, in order. Away while more was sent than the room keeps, it says
+/// it could not recover instead of showing a hole.
+async fn a_page_whose_process_was_killed_recovers_from_redis(layer: &str) {
     let Some(redis) = test_support::redis::url() else {
         return;
     };
@@ -175,7 +174,7 @@ async fn a_page_whose_process_was_killed_recovers_from_redis_once_in_order() {
         "--redis-prefix",
         &prefix,
         "--layer",
-        "pubsub",
+        layer,
         "--history",
         "5",
     ];
@@ -283,4 +282,14 @@ async fn the_page_shows_who_is_in_the_room() {
     for b in [ann, bob] {
         b.close().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_whose_process_was_killed_recovers_on_the_pubsub_layer() {
+    a_page_whose_process_was_killed_recovers_from_redis("pubsub").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_whose_process_was_killed_recovers_on_the_core_layer() {
+    a_page_whose_process_was_killed_recovers_from_redis("core").await;
 }

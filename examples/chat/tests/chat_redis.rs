@@ -14,6 +14,26 @@ async fn start_chat(redis: &str, prefix: &str, layer: &str) -> Program {
     .await
 }
 
+/// A room message as a client sees it, without its `position` (the rooms keep history in
+/// Redis), and the position's offset; `epoch` is the room's epoch, set by its first message.
+fn without_position(
+    mut frame: serde_json::Value,
+    epoch: &mut Option<String>,
+) -> (serde_json::Value, u64) {
+    let position = frame
+        .as_object_mut()
+        .and_then(|f| f.remove("position"))
+        .and_then(|p| p.as_str().map(str::to_owned))
+        .unwrap_or_else(|| panic!("a room message without a position: {frame}"));
+    let (e, offset) = position.rsplit_once(':').unwrap();
+    assert_eq!(
+        epoch.get_or_insert_with(|| e.to_owned()),
+        e,
+        "one epoch for the room"
+    );
+    (frame, offset.parse().unwrap())
+}
+
 async fn rooms_and_private_messages_cross_processes(layer: &str) {
     let Some(redis) = test_support::redis::url() else {
         return;
@@ -27,20 +47,32 @@ async fn rooms_and_private_messages_cross_processes(layer: &str) {
     let mut bob = ws(two.addr, "/ws/chat/lobby/?nickname=bob").await;
     let mut eve = ws(two.addr, "/ws/chat/other/?nickname=eve").await;
 
+    // Each room message reaches both processes with one position: offsets 1, 2, 3 of one
+    // epoch, whichever process sent it.
+    let mut epoch = None;
     ann.send_json(json!({"message": "hello from process one"}))
         .await;
     let expected = json!({"type": "chat.message", "room": "lobby", "user": "ann", "message": "hello from process one"});
-    assert_eq!(ann.recv_json().await, expected);
     assert_eq!(
-        bob.recv_json().await,
-        expected,
+        without_position(ann.recv_json().await, &mut epoch),
+        (expected.clone(), 1)
+    );
+    assert_eq!(
+        without_position(bob.recv_json().await, &mut epoch),
+        (expected, 1),
         "a room spans both processes"
     );
 
     bob.send_json(json!({"message": "and back from two"})).await;
     let expected = json!({"type": "chat.message", "room": "lobby", "user": "bob", "message": "and back from two"});
-    assert_eq!(ann.recv_json().await, expected);
-    assert_eq!(bob.recv_json().await, expected);
+    assert_eq!(
+        without_position(ann.recv_json().await, &mut epoch),
+        (expected.clone(), 2)
+    );
+    assert_eq!(
+        without_position(bob.recv_json().await, &mut epoch),
+        (expected, 2)
+    );
 
     eve.send_json(json!({"type": "private", "to": "ann", "message": "psst"}))
         .await;
@@ -61,8 +93,14 @@ async fn rooms_and_private_messages_cross_processes(layer: &str) {
         .unwrap();
     assert_eq!(resp.status(), 200);
     let expected = json!({"type": "chat.message", "room": "lobby", "user": "webhook", "message": "posted to two"});
-    assert_eq!(ann.recv_json().await, expected);
-    assert_eq!(bob.recv_json().await, expected);
+    assert_eq!(
+        without_position(ann.recv_json().await, &mut epoch),
+        (expected.clone(), 3)
+    );
+    assert_eq!(
+        without_position(bob.recv_json().await, &mut epoch),
+        (expected, 3)
+    );
 
     assert!(eve.recv_nothing(200).await, "another room hears nothing");
     assert!(bob.recv_nothing(50).await, "nothing twice");

@@ -99,10 +99,10 @@ impl LayerArgs {
         self.redis.is_none() && self.redis_sentinel.is_none() && self.redis_cluster.is_none()
     }
 
-    /// Whether the layer the flags describe keeps group history: the in-memory layer and the
-    /// pub/sub layer do so far.
+    /// Whether the layer the flags describe keeps group history: every layer but the
+    /// cluster's does so far.
     pub fn keeps_history(&self) -> bool {
-        self.in_memory() || (self.redis_cluster.is_none() && self.layer == RedisKind::Pubsub)
+        self.redis_cluster.is_none()
     }
 
     /// [`build`](LayerArgs::build), the configuration passed through `configure` first with

@@ -1166,7 +1166,11 @@ macro_rules! layer_conformance_tests {
 }
 
 /// A subscriber that fell behind (its channel full, messages dropped) and is told so recovers
-/// by itself from history: `recover` replays what it missed, in order, once, then live.
+/// by itself from history: `recover` replays what it missed, in order, once, then live. For
+/// layers whose channels overflow in the process (the in-memory and pub/sub layers), which
+/// tell the receiver: not in [`history_conformance_tests!`](crate::history_conformance_tests)
+/// — `RedisLayer`'s queues overflow inside Redis, in channels_redis's script, and the receiver
+/// is not told.
 pub async fn history_recovers_a_subscriber_that_fell_behind<F, Fut>(make: F)
 where
     F: Fn(LayerConfig) -> Fut,
@@ -1190,8 +1194,10 @@ where
     tokio::time::sleep(Duration::from_millis(200)).await;
     got.push(n_of(&next(&mut sub, "second").await));
     assert_eq!(got, [1, 2]);
+    // How many of 3..=6 were dropped depends on when the first receive ran (a pub/sub layer
+    // delivers while it runs); that some were, and that it is told, does not.
     let missed = sub.take_missed();
-    assert_eq!(missed.dropped, 4, "told of the gap: {missed:?}");
+    assert!(missed.dropped > 0, "told of the gap: {missed:?}");
     assert!(
         ok(sub.recover().await, "recover"),
         "the history holds the gap"
@@ -1546,6 +1552,6 @@ macro_rules! history_conformance_tests {
             history_numbers_group_messages, resume_replays_then_goes_live,
             resume_from_a_lost_position_is_not_recovered, flush_starts_a_new_epoch,
             resume_without_history_is_unsupported, resume_under_traffic_loses_and_repeats_nothing,
-            history_skips_presence_events, history_recovers_a_subscriber_that_fell_behind);
+            history_skips_presence_events);
     };
 }

@@ -212,6 +212,41 @@ pub(super) async fn group_send(
     Ok(lagging)
 }
 
+/// `group_send` to a group with history: one script numbers the message, keeps it and queues
+/// it for every member's process (this one's too, through its receive loop), so members get a
+/// group's messages in offset order whichever process sends them. This process's members are
+/// not served without Redis, nor waited for (back-pressure).
+pub(super) async fn group_send_history(
+    inner: &Arc<Inner>,
+    group: &GroupName,
+    message: Message,
+    history: switchboard_core::HistoryConfig,
+) -> Result<()> {
+    let fields = Codec::fields(&message).map_err(|e| MessageError::Serialize(e.0))?;
+    let send = crate::history::CoreSend {
+        host: inner.host_for(group.as_str()),
+        group_key: &inner.group_key(group.as_str()),
+        key_prefix: &inner.cfg.prefix,
+        capacity: inner.cfg.layer.capacity,
+        expiry_secs: inner.expiry_secs(),
+        queue_ttl: inner.queue_ttl(),
+        group_expiry_secs: inner.cfg.layer.group_expiry.as_secs_f64(),
+        drop_stalled: inner.cfg.drop_stalled_members,
+    };
+    let (_, full, stalled) = inner
+        .histories
+        .core_group_send(send, &inner.codec, group.as_str(), &fields, history)
+        .await?;
+    if full > 0 {
+        inner.engine.count_group_full_drops(full);
+        tracing::debug!(group = %group, skipped = full, "group_send skipped full channels");
+    }
+    if stalled > 0 {
+        tracing::info!(group = %group, stalled, "group members whose queues hold expired messages left the group");
+    }
+    Ok(())
+}
+
 fn indexes(value: Option<&RValue>) -> Vec<usize> {
     match value {
         Some(RValue::Array(items)) => items

@@ -58,8 +58,8 @@ use dashmap::DashMap;
 use parking_lot::Mutex;
 use switchboard_core::engine::{Demand, Engine, Hasher, Leave, Queue, Receiver};
 use switchboard_core::{
-    ChannelLayer, ChannelName, GroupName, LayerConfig, LayerError, LayerStats, Message,
-    PresenceEntry, Result,
+    ChannelLayer, ChannelName, GroupName, LayerConfig, LayerError, LayerStats, Message, Position,
+    PresenceEntry, Recovery, Result,
 };
 use tokio::sync::{mpsc, watch};
 
@@ -67,6 +67,7 @@ use crate::codec::Codec;
 use crate::config::RedisConfig;
 use crate::conn::{self, Guard, Host, Task, supervised, timed, unix_now};
 use crate::hash::consistent_hash;
+use crate::history::Histories;
 use crate::process::ClientId;
 
 mod fanout;
@@ -116,6 +117,10 @@ struct Inner {
     leaves: tokio::sync::Mutex<mpsc::UnboundedReceiver<Leave>>,
     /// Per host: the follower of its Sentinel master (started only for hosts behind Sentinel).
     followers: Vec<Task>,
+    /// The group histories' keys ([`LayerConfig::group_history`]; one host only).
+    histories: Histories,
+    /// Per host behind Sentinel: starts new history epochs when its master moves.
+    era_watch: Vec<Task>,
 }
 
 /// A receive loop: the receivers it feeds, and whether its task runs.
@@ -192,7 +197,14 @@ impl RedisLayer {
     /// Connects to every host and starts the layer's background tasks on the current tokio
     /// runtime. Fails if a host cannot be reached within the timeouts.
     pub async fn connect(cfg: RedisConfig) -> Result<RedisLayer> {
-        crate::config::refuse_history(&cfg)?;
+        crate::config::refuse_encrypted_history(&cfg)?;
+        if cfg.layer.has_history() && cfg.hosts.len() > 1 {
+            return Err(LayerError::Config(
+                "group history (LayerConfig::group_history) on RedisLayer needs one host (or \
+                 one Sentinel master): a group send with history is one script on one Redis"
+                    .into(),
+            ));
+        }
         let hosts = conn::connect_hosts(&cfg).await?;
         let codec = Codec::core(
             &cfg.symmetric_encryption_keys,
@@ -201,6 +213,8 @@ impl RedisLayer {
         let (engine, leaves) = Engine::with_leaves(cfg.layer.clone());
         let (tx, rx) = watch::channel(false);
         let followers = hosts.iter().map(|_| Task::new()).collect();
+        let era_watch = hosts.iter().map(|_| Task::new()).collect();
+        let histories = Histories::new(&cfg.prefix, hosts.len());
         let inner = Arc::new(Inner {
             cfg,
             hosts,
@@ -214,6 +228,8 @@ impl RedisLayer {
             janitor: Task::new(),
             leaves: tokio::sync::Mutex::new(leaves),
             followers,
+            histories,
+            era_watch,
         });
         inner.ensure_tasks();
         Ok(RedisLayer {
@@ -249,6 +265,24 @@ impl Inner {
             self.followers[h].ensure(|| async move {
                 conn::follow_master(&inner.hosts[h], inner.shutdown.clone()).await;
             });
+            if self.cfg.layer.has_history() {
+                let inner = self.clone();
+                self.era_watch[h].ensure(|| async move {
+                    let (host, mut shutdown) = (&inner.hosts[h], inner.shutdown.clone());
+                    let mut moved = host.moved();
+                    loop {
+                        tokio::select! {
+                            _ = shutdown.changed() => return,
+                            r = moved.changed() => {
+                                if r.is_err() {
+                                    return;
+                                }
+                                inner.histories.failed_over(host, h).await;
+                            }
+                        }
+                    }
+                });
+            }
         }
         self.janitor.ensure(|| upkeep::janitor(self.clone()));
     }
@@ -280,6 +314,14 @@ impl Inner {
         message: Message,
     ) -> Result<()> {
         self.open()?;
+        if let Some(history) = self.cfg.layer.history_for(group.as_str())
+            && switchboard_core::history::kept_in_history(&message)
+        {
+            // Every member, this process's too, through Redis: one order for all.
+            return self
+                .timed(fanout::group_send_history(self, group, message, history))
+                .await;
+        }
         let lagging = self.timed(fanout::group_send(self, group, message)).await?;
         self.engine.backpressure(lagging.without(sender)).await;
         Ok(())
@@ -470,6 +512,32 @@ impl ChannelLayer for RedisLayer {
 
     async fn group_send(&self, group: &GroupName, message: Message) -> Result<()> {
         self.inner.group_send(None, group, message).await
+    }
+
+    async fn group_add_since(
+        &self,
+        group: &GroupName,
+        channel: &ChannelName,
+        since: Option<&Position>,
+    ) -> Result<Recovery> {
+        let inner = &self.inner;
+        let Some(history) = inner.cfg.layer.history_for(group.as_str()) else {
+            return Err(LayerError::Unsupported(format!(
+                "group {group} keeps no history (see LayerConfig::group_history)"
+            )));
+        };
+        // A member first: the group send's script, which reads the members, reaches it from
+        // now on; what came before is in the history read next.
+        self.group_add(group, channel).await?;
+        let read = inner.histories.since(
+            inner.host_for(group.as_str()),
+            0,
+            &inner.codec,
+            group.as_str(),
+            since,
+            history,
+        );
+        inner.timed(read).await
     }
 
     async fn group_send_from(
