@@ -110,6 +110,17 @@ pub(crate) fn unavailable(what: &str, error: &switchboard_core::LayerError) -> R
     plain(StatusCode::SERVICE_UNAVAILABLE, "service unavailable")
 }
 
+/// The answer to a layer error while subscribing: a bad group name is the request's fault
+/// (400), a closed layer is a server going away (503 `server shutting down`), the rest is the
+/// server's (503 `service unavailable`, logged).
+pub(crate) fn refuse(what: &str, e: &switchboard_core::LayerError) -> Response {
+    match e {
+        switchboard_core::LayerError::Name(_) => plain(StatusCode::BAD_REQUEST, "bad group name"),
+        switchboard_core::LayerError::Closed => shutting_down(),
+        other => unavailable(what, other),
+    }
+}
+
 /// The answer once a drain has begun.
 pub(crate) fn shutting_down() -> Response {
     plain(StatusCode::SERVICE_UNAVAILABLE, "server shutting down")

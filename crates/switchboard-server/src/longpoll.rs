@@ -71,7 +71,7 @@ use http::{HeaderValue, StatusCode, header};
 use switchboard_core::{Layer, LayerError, Message, Position};
 use tokio::time::Instant;
 
-use crate::feed::{plain, shutting_down, unavailable};
+use crate::feed::{plain, refuse, shutting_down};
 use crate::shutdown::Shutdown;
 
 /// A long-poll answer for one group: see the [module docs](self).
@@ -134,20 +134,18 @@ impl LongPoll {
         };
         let mut sub = match self.layer.subscribe().await {
             Ok(s) => s,
-            Err(e) => return unavailable("long poll", &e),
+            Err(e) => return refuse("long poll", &e),
         };
         let resumed = match sub
             .group_add_since(self.group.as_str(), self.since.as_ref())
             .await
         {
             Ok(r) => r,
-            Err(LayerError::Name(_)) => return plain(StatusCode::BAD_REQUEST, "bad group name"),
             Err(LayerError::Unsupported(_)) => {
                 tracing::error!(group = %self.group, "long poll on a group without history (see LayerConfig::group_history)");
                 return plain(StatusCode::INTERNAL_SERVER_ERROR, "feed without history");
             }
-            Err(LayerError::Closed) => return shutting_down(),
-            Err(e) => return unavailable("long poll", &e),
+            Err(e) => return refuse("long poll", &e),
         };
         let mut messages: Vec<Message> = Vec::new();
         let mut position = resumed.position.clone();

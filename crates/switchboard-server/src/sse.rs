@@ -79,8 +79,8 @@
 //!
 //! Plain-text answers, nothing internal in them (the layer's error is logged at `warn`):
 //! `400 bad group name` for a group the layer refuses (a name built from a bad path segment),
-//! `503 server shutting down` once the drain has begun, `503 service unavailable` when the
-//! layer fails. A bad `Last-Event-ID` or `since` is refused by the [`Since`](crate::feed::Since)
+//! `503 server shutting down` once the drain has begun or the layer is closed, `503 service
+//! unavailable` when the layer fails. A bad `Last-Event-ID` or `since` is refused by the [`Since`](crate::feed::Since)
 //! extractor (`400`) before the handler runs.
 //!
 //! # Memory
@@ -106,11 +106,11 @@ use axum::body::Body;
 use axum::response::Response;
 use bytes::Bytes;
 use futures_util::FutureExt as _;
-use http::{HeaderValue, StatusCode, header};
+use http::{HeaderValue, header};
 use switchboard_core::{Layer, LayerError, Message, Position, Subscription};
 use tokio::time::Instant;
 
-use crate::feed::{plain, shutting_down, unavailable};
+use crate::feed::{refuse, shutting_down};
 use crate::shutdown::{Guard, Shutdown};
 
 /// Messages rendered into one body chunk at most.
@@ -181,7 +181,7 @@ impl EventStream {
         };
         let mut sub = match self.layer.subscribe().await {
             Ok(s) => s,
-            Err(e) => return unavailable("event stream", &e),
+            Err(e) => return refuse("event stream", &e),
         };
         let mut head = String::from(": ok\n\n");
         match sub
@@ -203,14 +203,14 @@ impl EventStream {
             Err(LayerError::Unsupported(_)) => {
                 // A group without history: live only.
                 if let Err(e) = sub.group_add(self.group.as_str()).await {
-                    return refuse(&e);
+                    return refuse("event stream", &e);
                 }
                 if self.since.is_some() {
                     let data = r#"{"recovered":false,"replayed":0,"position":null}"#;
                     write_event(&mut head, None, Some("recovery"), data);
                 }
             }
-            Err(e) => return refuse(&e),
+            Err(e) => return refuse("event stream", &e),
         }
         let now = Instant::now();
         let mut state = State {
@@ -241,27 +241,39 @@ impl EventStream {
     }
 }
 
-/// The answer to a layer error at the join: a bad name is the request's fault, the rest the
-/// server's.
-fn refuse(e: &LayerError) -> Response {
-    match e {
-        LayerError::Name(_) => plain(StatusCode::BAD_REQUEST, "bad group name"),
-        LayerError::Closed => shutting_down(),
-        other => unavailable("event stream", other),
-    }
-}
-
-/// Appends one event. `event` is left out when it could break the framing (a line break in a
-/// message type); `data` is split into `data:` lines at every line break.
-pub(crate) fn write_event(out: &mut String, id: Option<&str>, event: Option<&str>, data: &str) {
+/// Appends one server-sent event to `out`: `id:` and `event:` lines when given, one `data:`
+/// line per line of `data`, and the blank line that ends the event.
+///
+/// Contents cannot break the framing: `data` is split where a browser's EventSource parser ends
+/// a line (`\r\n`, `\r` and `\n` alike), so the client receives each line break as `\n`
+/// and no line of `data` can add a field of its own; an `id` or `event` containing a line break
+/// (or an `id` with a NUL, which browsers ignore) is left out.
+///
+/// ```
+/// let mut out = String::new();
+/// switchboard::sse::write_event(&mut out, Some("e1:7"), Some("chat"), "one\r\ntwo");
+/// assert_eq!(out, "id: e1:7\nevent: chat\ndata: one\ndata: two\n\n");
+/// ```
+pub fn write_event(out: &mut String, id: Option<&str>, event: Option<&str>, data: &str) {
     if let Some(id) = id.filter(|i| !i.contains(['\r', '\n', '\0'])) {
         let _ = writeln!(out, "id: {id}");
     }
     if let Some(event) = event.filter(|e| !e.is_empty() && !e.contains(['\r', '\n'])) {
         let _ = writeln!(out, "event: {event}");
     }
-    for line in data.split(['\r', '\n']) {
-        let _ = writeln!(out, "data: {line}");
+    let mut rest = data;
+    loop {
+        match rest.find(['\r', '\n']) {
+            Some(i) => {
+                let _ = writeln!(out, "data: {}", &rest[..i]);
+                let skip = if rest[i..].starts_with("\r\n") { 2 } else { 1 };
+                rest = &rest[i + skip..];
+            }
+            None => {
+                let _ = writeln!(out, "data: {rest}");
+                break;
+            }
+        }
     }
     out.push('\n');
 }
@@ -364,7 +376,18 @@ mod tests {
     #[test]
     fn events_cannot_be_broken_by_their_contents() {
         let mut out = String::new();
-        write_event(&mut out, Some("e:1"), Some("a\nid: x"), "one\ntwo\rthree");
-        assert_eq!(out, "id: e:1\ndata: one\ndata: two\ndata: three\n\n");
+        write_event(
+            &mut out,
+            Some("e:1"),
+            Some("a\nid: x"),
+            "one\ntwo\rthree\r\n\nfour",
+        );
+        assert_eq!(
+            out,
+            "id: e:1\ndata: one\ndata: two\ndata: three\ndata: \ndata: four\n\n"
+        );
+        let mut out = String::new();
+        write_event(&mut out, Some("x\r"), None, "");
+        assert_eq!(out, "data: \n\n");
     }
 }
