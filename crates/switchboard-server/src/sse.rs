@@ -34,7 +34,8 @@
 //! The response is `200`, `Content-Type: text/event-stream`, `Cache-Control: no-store`,
 //! `X-Accel-Buffering: no` (nginx passes it on at once). Its body:
 //!
-//! 1. `: ok` — a comment, so the client has the response head at once;
+//! 1. `: ok` — a comment, so the client has the response head at once — and, when set with
+//!    [`retry`](EventStream::retry), `retry: MILLISECONDS`;
 //! 2. for a group that keeps history ([`LayerConfig::group_history`]), one `recovery` event
 //!    (left out for a group without history and no position asked for):
 //!    ```text
@@ -124,6 +125,7 @@ pub struct EventStream {
     since: Option<Position>,
     keep_alive: Option<Duration>,
     typed: bool,
+    retry: Option<Duration>,
     shutdown: Option<Shutdown>,
 }
 
@@ -136,8 +138,16 @@ impl EventStream {
             since: None,
             keep_alive: Some(Duration::from_secs(15)),
             typed: true,
+            retry: None,
             shutdown: None,
         }
+    }
+
+    /// Sends `retry:` first: how long a browser waits before it reconnects after the stream
+    /// ended or broke (browsers default to a few seconds). Default: not sent.
+    pub fn retry(mut self, after: Option<Duration>) -> EventStream {
+        self.retry = after;
+        self
     }
 
     /// Resumes after `since` (the client's `Last-Event-ID` or `since`, as the
@@ -184,6 +194,9 @@ impl EventStream {
             Err(e) => return refuse("event stream", &e),
         };
         let mut head = String::from(": ok\n\n");
+        if let Some(after) = self.retry {
+            let _ = write!(head, "retry: {}\n\n", after.as_millis());
+        }
         match sub
             .group_add_since(self.group.as_str(), self.since.as_ref())
             .await

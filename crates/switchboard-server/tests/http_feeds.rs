@@ -730,3 +730,36 @@ async fn sse_resumes_on_another_process_redis_pubsub() {
     assert_eq!(n(&on_b.next_event().await), 2);
     assert_eq!(n(&on_b.next_event().await), 3);
 }
+
+/// A client that goes away leaves nothing behind: its stream's and its poll's subscriptions
+/// leave the group.
+#[tokio::test]
+async fn a_client_that_goes_away_leaves_the_group() {
+    let s = mem_server().await;
+    let members = || async { s.layer.group_channels("room.gone").await.unwrap().len() };
+    let mut body = s.stream("gone", None).await;
+    body.next_event().await;
+    let (_, first) = s.poll("gone", None).await;
+    let pos = first["position"].as_str().unwrap().to_owned();
+    let waiting = {
+        let url = s.url(&format!("/poll/gone?since={pos}"));
+        tokio::spawn(async move { client().get(url).send().await })
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while members().await < 2 {
+        assert!(Instant::now() < deadline, "the stream and the poll joined");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(body);
+    waiting.abort();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while members().await > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "{} members left after the clients went away",
+            members().await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(s.shutdown.open(), 0, "their guards are gone too");
+}
