@@ -51,8 +51,9 @@
 //! The client loops: `since = answer.position`. Each poll joins the group since the position
 //! and leaves it when it answers ([`Subscription::group_add_since`]), so nothing published
 //! between two polls is lost while the history holds it, and nothing is answered twice. When
-//! the subscription's queue dropped messages while the poll waited, the answer stops at the
-//! last message before the hole: the next poll gets the rest from history.
+//! the subscription's queue dropped messages while the poll waited (or the layer's connection
+//! was interrupted), the answer stops before the hole — and before the message received with
+//! it, which may lie on either side — and the next poll gets the rest from history.
 //!
 //! The group must keep history ([`LayerConfig::group_history`]); for one that does not, the
 //! answer is `500 feed without history` (a server configuration error; logged). Other
@@ -175,6 +176,9 @@ impl LongPoll {
             // What is ready now (the replay, messages that came with the first), without
             // waiting, up to the limit and the first hole.
             while !hole && messages.len() < self.max_messages {
+                if sub.has_missed() {
+                    break; // a hole before the next message
+                }
                 match sub.recv().now_or_never() {
                     Some(Ok(m)) => hole = take(&mut messages, &mut position, m, &sub),
                     _ => break,
@@ -187,18 +191,23 @@ impl LongPoll {
     }
 }
 
-/// Keeps `m` and moves `position` to it; whether a hole follows it.
+/// Keeps `m` and moves `position` to it, unless a hole is next to it (before or after: the
+/// queue cannot say which), in which case `m` is left to the next poll's replay. Whether there
+/// was a hole.
 fn take(
     messages: &mut Vec<Message>,
     position: &mut Position,
     m: Message,
     sub: &switchboard_core::Subscription,
 ) -> bool {
+    if sub.has_missed() {
+        return true;
+    }
     if let Some(p) = m.position() {
         *position = p.clone();
     }
     messages.push(m);
-    !sub.take_missed().is_empty()
+    false
 }
 
 fn answer(messages: &[Message], position: &Position, recovered: bool) -> Response {

@@ -66,10 +66,13 @@
 //!    so that proxies do not close an idle stream;
 //! 5. a `gap` event when the subscription's bounded queue dropped messages or the layer's
 //!    connection was interrupted ([`Subscription::take_missed`]):
-//!    `event: gap` / `data: {"dropped":12,"interrupted":false}`, after which the stream **ends**:
-//!    the browser reconnects with the `Last-Event-ID` of the last message it got, and the
-//!    history replays what was dropped (if it still holds it; else the `recovery` event says
-//!    `recovered: false`).
+//!    `id:` the last message delivered / `event: gap` /
+//!    `data: {"dropped":12,"interrupted":false}`, after which the stream **ends**: the browser
+//!    reconnects with that `Last-Event-ID`, and the history replays what was dropped (if it
+//!    still holds it; else the `recovery` event says `recovered: false`). The queue tells a
+//!    hole when the receiver reaches it but not whether it lies just before or just after the
+//!    message received with it, so that message is left to the replay too (a message without
+//!    a position, which nothing could replay, is delivered before the `gap`).
 //!
 //! The stream ends (the body finishes) when a [`Shutdown`] given with
 //! [`shutdown`](EventStream::shutdown) drains, when the layer is closed, after a gap, and when
@@ -197,6 +200,7 @@ impl EventStream {
         if let Some(after) = self.retry {
             let _ = write!(head, "retry: {}\n\n", after.as_millis());
         }
+        let mut last = None;
         match sub
             .group_add_since(self.group.as_str(), self.since.as_ref())
             .await
@@ -206,6 +210,7 @@ impl EventStream {
                     (Some(since), true) => since.to_string(),
                     _ => resumed.position.to_string(),
                 };
+                last = Some(id.clone());
                 let data = serde_json::json!({
                     "recovered": resumed.recovered,
                     "replayed": resumed.replayed,
@@ -234,6 +239,7 @@ impl EventStream {
             next_ping: self.keep_alive.map(|every| now + every),
             pending: VecDeque::from([Bytes::from(head)]),
             ended: false,
+            last,
         };
         // The replay is in the subscription already: render it at once, behind the head.
         state.drain_ready();
@@ -299,6 +305,8 @@ struct State {
     next_ping: Option<Instant>,
     pending: VecDeque<Bytes>,
     ended: bool,
+    /// The position of the last message delivered (or the one the stream started from).
+    last: Option<String>,
 }
 
 impl State {
@@ -310,32 +318,57 @@ impl State {
         for _ in 0..BATCH {
             let m = match next.take() {
                 Some(m) => m,
-                None => match self.sub.recv().now_or_never() {
-                    Some(Ok(m)) => m,
-                    Some(Err(_)) => {
-                        self.ended = true; // the layer closed
+                None => {
+                    if self.sub.has_missed() {
+                        self.gap(&mut out); // a hole before the next message
                         break;
                     }
-                    None => break,
-                },
+                    match self.sub.recv().now_or_never() {
+                        Some(Ok(m)) => m,
+                        Some(Err(_)) => {
+                            self.ended = true; // the layer closed
+                            break;
+                        }
+                        None => break,
+                    }
+                }
             };
-            let id = m.position().map(Position::to_string);
-            let event = self.typed.then(|| m.message_type());
-            write_event(&mut out, id.as_deref(), event, m.to_json_text().as_str());
-            let missed = self.sub.take_missed();
-            if !missed.is_empty() {
-                let data = serde_json::json!({
-                    "dropped": missed.dropped,
-                    "interrupted": missed.interrupted,
-                });
-                write_event(&mut out, None, Some("gap"), &data.to_string());
-                self.ended = true;
+            if self.sub.has_missed() {
+                // A hole right before `m` or right after it: which, the queue cannot say. A
+                // message with a position is left to the history (the client resumes from
+                // the one before it); one without is delivered, as nothing could replay it.
+                if m.position().is_none() {
+                    self.write(&mut out, &m);
+                }
+                self.gap(&mut out);
                 break;
             }
+            self.write(&mut out, &m);
         }
         if !out.is_empty() {
             self.pending.push_back(Bytes::from(out));
         }
+    }
+
+    fn write(&mut self, out: &mut String, m: &Message) {
+        let id = m.position().map(Position::to_string);
+        let event = self.typed.then(|| m.message_type());
+        write_event(out, id.as_deref(), event, m.to_json_text().as_str());
+        if id.is_some() {
+            self.last = id;
+        }
+    }
+
+    /// The `gap` event, with the `id:` of the last message delivered (where the client resumes
+    /// from), and the end.
+    fn gap(&mut self, out: &mut String) {
+        let missed = self.sub.take_missed();
+        let data = serde_json::json!({
+            "dropped": missed.dropped,
+            "interrupted": missed.interrupted,
+        });
+        write_event(out, self.last.as_deref(), Some("gap"), &data.to_string());
+        self.ended = true;
     }
 
     /// Renders what is ready without waiting.

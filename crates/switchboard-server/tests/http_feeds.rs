@@ -624,6 +624,7 @@ async fn slow_client_gets_a_gap_then_resumes_from_history() {
     while gap.is_none() {
         let block = body.next_block().await.expect("a gap before the end");
         if block.event.as_deref() == Some("gap") {
+            assert_eq!(block.id, last_id, "the gap names the last id delivered");
             gap = Some(block.json());
         } else if block.data.is_some() {
             got.push(n(&block));
@@ -762,4 +763,57 @@ async fn a_client_that_goes_away_leaves_the_group() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(s.shutdown.open(), 0, "their guards are gone too");
+}
+
+/// Redis restarting under a stream: the pub/sub layer's subscription is interrupted, the stream
+/// tells a `gap` (`interrupted: true`) with the last id delivered, and ends; resuming from it
+/// is told truthfully (the restarted Redis lost the history: not recovered) and goes on live.
+#[tokio::test]
+async fn redis_restart_is_told_as_a_gap_then_not_recovered() {
+    let Some(mut redis) = test_support::redis::OwnRedis::start().await else {
+        return;
+    };
+    let rc = switchboard::redis::RedisConfig::new(redis.url())
+        .prefix(test_support::redis::fresh_prefix())
+        .layer(config());
+    let layer = Layer::new(
+        switchboard::redis::RedisPubSubLayer::connect(rc)
+            .await
+            .unwrap(),
+    );
+    let s = start(layer, None, Duration::from_secs(1)).await;
+    let mut body = s.stream("restart", None).await;
+    body.next_event().await;
+    s.send("restart", 1).await;
+    let seen = body.next_event().await;
+    assert_eq!(n(&seen), 1);
+    redis.kill();
+    redis.restart().await;
+    // Publish until the layer is back; the stream tells the gap and ends.
+    let mut gap = None;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut i = 2;
+    while gap.is_none() {
+        assert!(Instant::now() < deadline, "no gap within 15 s");
+        let _ = s
+            .layer
+            .group_send("room.restart", json!({"type": "chat.message", "n": i}))
+            .await;
+        i += 1;
+        if let Ok(Some(block)) =
+            tokio::time::timeout(Duration::from_millis(300), body.next_block()).await
+            && block.event.as_deref() == Some("gap")
+        {
+            gap = Some(block);
+        }
+    }
+    let gap = gap.unwrap();
+    assert_eq!(gap.json()["interrupted"], true, "{gap:?}");
+    assert_eq!(gap.id, seen.id, "resume from the last message delivered");
+    assert!(body.ends_within(Duration::from_secs(2)).await);
+    let mut back = s.stream("restart", seen.id.as_deref()).await;
+    let rec = back.next_event().await.json();
+    assert_eq!(rec["recovered"], false, "{rec}");
+    s.send("restart", 1000).await;
+    assert_eq!(n(&back.next_event().await), 1000);
 }
