@@ -153,7 +153,8 @@ impl LongPoll {
         if let (Some(since), true) = (&self.since, resumed.recovered) {
             // Until a message is taken, the client is where it said.
             position = since.clone();
-            let deadline = Instant::now() + self.timeout;
+            // A timeout too long to add is no timeout.
+            let deadline = Instant::now().checked_add(self.timeout);
             // A hole (the queue dropped, the layer's connection was interrupted) stops the
             // answer before it: the next poll gets the rest from history.
             let mut hole = false;
@@ -170,7 +171,7 @@ impl LongPoll {
                     r = sub.recv() => if let Ok(m) = r {
                         hole = take(&mut messages, &mut position, m, &sub);
                     },
-                    () = tokio::time::sleep_until(deadline) => {}
+                    () = sleep_until(deadline) => {}
                 }
             }
             // What is ready now (the replay, messages that came with the first), without
@@ -208,6 +209,14 @@ fn take(
     }
     messages.push(m);
     false
+}
+
+/// Sleeps until `deadline`, or for ever.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 fn answer(messages: &[Message], position: &Position, recovered: bool) -> Response {

@@ -161,7 +161,7 @@ impl EventStream {
         self
     }
 
-    /// The keep-alive comment's interval (`None`: none). Default 15 s.
+    /// The keep-alive comment's interval (`None`, or zero: none). Default 15 s.
     pub fn keep_alive(mut self, every: Option<Duration>) -> EventStream {
         self.keep_alive = every.filter(|d| !d.is_zero());
         self
@@ -236,7 +236,7 @@ impl EventStream {
             guard,
             typed: self.typed,
             keep_alive: self.keep_alive,
-            next_ping: self.keep_alive.map(|every| now + every),
+            next_ping: self.keep_alive.and_then(|every| now.checked_add(every)),
             pending: VecDeque::from([Bytes::from(head)]),
             ended: false,
             last,
@@ -407,7 +407,9 @@ impl State {
                     Err(_) => return None, // the layer closed
                 },
                 () = ping => {
-                    self.next_ping = self.keep_alive.map(|every| Instant::now() + every);
+                    self.next_ping = self
+                        .keep_alive
+                        .and_then(|every| Instant::now().checked_add(every));
                     return Some(Bytes::from_static(b": keep-alive\n\n"));
                 }
             }

@@ -817,3 +817,99 @@ async fn redis_restart_is_told_as_a_gap_then_not_recovered() {
     s.send("restart", 1000).await;
     assert_eq!(n(&back.next_event().await), 1000);
 }
+
+/// Settings too large to add to a clock reading mean "never", not a panic.
+#[tokio::test]
+async fn huge_timeouts_mean_never() {
+    let s = start(memory(), Some(Duration::MAX), Duration::MAX).await;
+    let mut body = s.stream("huge", None).await;
+    body.next_event().await;
+    let (_, first) = s.poll("huge", None).await;
+    let pos = first["position"].as_str().unwrap().to_owned();
+    let waiting = {
+        let url = s.url(&format!("/poll/huge?since={pos}"));
+        tokio::spawn(async move {
+            client()
+                .get(url)
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    s.send("huge", 1).await;
+    assert_eq!(n(&body.next_event().await), 1);
+    assert_eq!(waiting.await.unwrap().unwrap()["messages"][0]["n"], 1);
+}
+
+/// `typed_events(false)`: no `event:` line (every message reaches `onmessage`); `max_messages`
+/// caps an answer, and the next poll goes on from its position.
+#[tokio::test]
+async fn untyped_events_and_capped_answers() {
+    let layer = memory();
+    let router = Router::new()
+        .route(
+            "/untyped",
+            get(|State(layer): State<Layer>| async move {
+                EventStream::new(layer, "room.opts")
+                    .typed_events(false)
+                    .open()
+                    .await
+            }),
+        )
+        .route(
+            "/capped",
+            get(
+                |State(layer): State<Layer>, Since(since): Since| async move {
+                    LongPoll::new(layer, "room.opts")
+                        .since(since)
+                        .max_messages(2)
+                        .timeout(Duration::from_millis(200))
+                        .open()
+                        .await
+                },
+            ),
+        )
+        .with_state(layer.clone());
+    let addr = test_support::serve(router).await;
+    let mut body = Body::new(
+        client()
+            .get(format!("http://{addr}/untyped"))
+            .send()
+            .await
+            .unwrap(),
+    );
+    body.next_block().await; // : ok
+    let rec = body.next_event().await;
+    assert_eq!(rec.event.as_deref(), Some("recovery"), "named either way");
+    let start = rec.json()["position"].as_str().unwrap().to_owned();
+    for i in 1..=5 {
+        layer
+            .group_send("room.opts", json!({"type": "chat.message", "n": i}))
+            .await
+            .unwrap();
+    }
+    let ev = body.next_event().await;
+    assert_eq!((ev.event.as_deref(), n(&ev)), (None, 1));
+    let mut pos = start;
+    let mut sizes = Vec::new();
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let a: Value = client()
+            .get(format!("http://{addr}/capped?since={pos}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let ms = a["messages"].as_array().unwrap();
+        sizes.push(ms.len());
+        got.extend(ms.iter().map(|m| m["n"].as_i64().unwrap()));
+        pos = a["position"].as_str().unwrap().to_owned();
+    }
+    assert_eq!(sizes, [2, 2, 1]);
+    assert_eq!(got, [1, 2, 3, 4, 5]);
+}
