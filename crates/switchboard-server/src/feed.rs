@@ -80,6 +80,7 @@ impl std::error::Error for BadSince {}
 
 impl IntoResponse for BadSince {
     fn into_response(self) -> Response {
+        crate::metrics::http_refused("bad_request");
         plain(StatusCode::BAD_REQUEST, &self.to_string())
     }
 }
@@ -107,6 +108,7 @@ pub(crate) fn plain(status: StatusCode, text: &str) -> Response {
 /// The answer when the layer fails (logged with its error; the client learns nothing of it).
 pub(crate) fn unavailable(what: &str, error: &switchboard_core::LayerError) -> Response {
     tracing::warn!(error = %error, "{what}: the channel layer failed");
+    crate::metrics::http_refused("unavailable");
     plain(StatusCode::SERVICE_UNAVAILABLE, "service unavailable")
 }
 
@@ -115,7 +117,10 @@ pub(crate) fn unavailable(what: &str, error: &switchboard_core::LayerError) -> R
 /// server's (503 `service unavailable`, logged).
 pub(crate) fn refuse(what: &str, e: &switchboard_core::LayerError) -> Response {
     match e {
-        switchboard_core::LayerError::Name(_) => plain(StatusCode::BAD_REQUEST, "bad group name"),
+        switchboard_core::LayerError::Name(_) => {
+            crate::metrics::http_refused("bad_request");
+            plain(StatusCode::BAD_REQUEST, "bad group name")
+        }
         switchboard_core::LayerError::Closed => shutting_down(),
         other => unavailable(what, other),
     }
@@ -123,5 +128,6 @@ pub(crate) fn refuse(what: &str, e: &switchboard_core::LayerError) -> Response {
 
 /// The answer once a drain has begun.
 pub(crate) fn shutting_down() -> Response {
+    crate::metrics::http_refused("shutting_down");
     plain(StatusCode::SERVICE_UNAVAILABLE, "server shutting down")
 }

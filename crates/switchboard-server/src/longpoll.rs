@@ -144,6 +144,7 @@ impl LongPoll {
             Ok(r) => r,
             Err(LayerError::Unsupported(_)) => {
                 tracing::error!(group = %self.group, "long poll on a group without history (see LayerConfig::group_history)");
+                crate::metrics::http_refused("no_history");
                 return plain(StatusCode::INTERNAL_SERVER_ERROR, "feed without history");
             }
             Err(e) => return refuse("long poll", &e),
@@ -178,6 +179,7 @@ impl LongPoll {
             // waiting, up to the limit and the first hole.
             while !hole && messages.len() < self.max_messages {
                 if sub.has_missed() {
+                    crate::metrics::missed(sub.take_missed());
                     break; // a hole before the next message
                 }
                 match sub.recv().now_or_never() {
@@ -188,6 +190,11 @@ impl LongPoll {
         }
         sub.close().await;
         drop(guard);
+        crate::metrics::http_poll(match (resumed.recovered, messages.is_empty()) {
+            (false, _) => "not_recovered",
+            (true, true) => "empty",
+            (true, false) => "messages",
+        });
         answer(&messages, &position, resumed.recovered)
     }
 }
@@ -202,6 +209,7 @@ fn take(
     sub: &switchboard_core::Subscription,
 ) -> bool {
     if sub.has_missed() {
+        crate::metrics::missed(sub.take_missed());
         return true;
     }
     if let Some(p) = m.position() {

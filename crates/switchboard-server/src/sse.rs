@@ -240,7 +240,9 @@ impl EventStream {
             pending: VecDeque::from([Bytes::from(head)]),
             ended: false,
             last,
+            end: None,
         };
+        crate::metrics::http_stream_opened();
         // The replay is in the subscription already: render it at once, behind the head.
         state.drain_ready();
         let body = Body::from_stream(futures_util::stream::unfold(state, |mut st| async move {
@@ -307,6 +309,15 @@ struct State {
     ended: bool,
     /// The position of the last message delivered (or the one the stream started from).
     last: Option<String>,
+    /// Why the stream ended, for the metrics (`None` when the response was dropped first: the
+    /// client went away).
+    end: Option<&'static str>,
+}
+
+impl Drop for State {
+    fn drop(&mut self) {
+        crate::metrics::http_stream_closed(self.end.unwrap_or("client"));
+    }
 }
 
 impl State {
@@ -327,6 +338,7 @@ impl State {
                         Some(Ok(m)) => m,
                         Some(Err(_)) => {
                             self.ended = true; // the layer closed
+                            self.end = Some("shutdown");
                             break;
                         }
                         None => break,
@@ -363,12 +375,14 @@ impl State {
     /// from), and the end.
     fn gap(&mut self, out: &mut String) {
         let missed = self.sub.take_missed();
+        crate::metrics::missed(missed);
         let data = serde_json::json!({
             "dropped": missed.dropped,
             "interrupted": missed.interrupted,
         });
         write_event(out, self.last.as_deref(), Some("gap"), &data.to_string());
         self.ended = true;
+        self.end = Some("gap");
     }
 
     /// Renders what is ready without waiting.
@@ -401,10 +415,16 @@ impl State {
             };
             tokio::select! {
                 biased;
-                () = closing => return None,
+                () = closing => {
+                    self.end = Some("shutdown");
+                    return None;
+                }
                 r = self.sub.recv() => match r {
                     Ok(m) => self.render(Some(m)),
-                    Err(_) => return None, // the layer closed
+                    Err(_) => {
+                        self.end = Some("shutdown"); // the layer closed
+                        return None;
+                    }
                 },
                 () = ping => {
                     self.next_ping = self
