@@ -95,7 +95,9 @@
 //! client stops reading, hyper stops asking the body for chunks once its write buffer is full:
 //! nothing more is read from the subscription, its queue fills, the layer drops what does not
 //! fit, and when the client reads again it gets what was queued, then the `gap` event, then the
-//! end. (While it does not read at all, the connection stays open until TCP gives up on it.)
+//! end. While it does not read at all, its connection stays open until TCP gives up on it —
+//! unless the server has a [`write_timeout`](crate::HttpLimits::write_timeout), which closes a
+//! connection whose writes have made no progress for that long.
 //!
 //! [`LayerConfig::group_history`]: switchboard_core::LayerConfig::group_history
 //! [`Subscription::group_add_since`]: switchboard_core::Subscription::group_add_since

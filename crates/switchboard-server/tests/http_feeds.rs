@@ -913,3 +913,73 @@ async fn untyped_events_and_capped_answers() {
     assert_eq!(sizes, [2, 2, 1]);
     assert_eq!(got, [1, 2, 3, 4, 5]);
 }
+
+/// A client that reads nothing at all: with `HttpLimits::write_timeout` the server closes its
+/// connection once writes have made no progress for that long, and the stream's subscription
+/// leaves the group; without it the stream stays (the control).
+#[tokio::test]
+async fn write_timeout_closes_a_stream_whose_client_reads_nothing() {
+    async fn members_after_stall(write_timeout: Option<Duration>) -> usize {
+        let cfg = LayerConfig::default()
+            // Room for everything sent: no drop, no gap — only the stall can end the stream.
+            .capacity(1000)
+            .group_backpressure(Duration::ZERO)
+            .group_history("room.*", 10, Duration::from_secs(60))
+            .unwrap();
+        let layer = Layer::new(InMemoryLayer::new(cfg));
+        let app = App {
+            layer: layer.clone(),
+            shutdown: Shutdown::new(),
+            keep_alive: None,
+            poll_timeout: Duration::from_secs(1),
+        };
+        let router = Router::new()
+            .route("/events/{room}", get(events))
+            .with_state(app);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let limits = switchboard::HttpLimits::default().write_timeout(write_timeout);
+        tokio::spawn(async move { switchboard::serve(listener, router).limits(limits).await });
+        // A client with a small receive buffer that sends its request and never reads.
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut stream = socket.connect(addr).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(
+            &mut stream,
+            b"GET /events/stall HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let members = || async { layer.group_channels("room.stall").await.unwrap().len() };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while members().await == 0 {
+            assert!(Instant::now() < deadline, "the stream joined");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Fill the socket's buffers, then wait past the timeout.
+        let text = "x".repeat(64 * 1024);
+        for i in 0..200 {
+            layer
+                .group_send("room.stall", json!({"type": "t", "n": i, "text": text}))
+                .await
+                .unwrap();
+            if i % 50 == 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let left = members().await;
+        drop(stream);
+        left
+    }
+    assert_eq!(
+        members_after_stall(Some(Duration::from_millis(500))).await,
+        0,
+        "the stalled stream was closed and left the group"
+    );
+    assert_eq!(
+        members_after_stall(None).await,
+        1,
+        "without a write timeout the stalled stream stays"
+    );
+}
