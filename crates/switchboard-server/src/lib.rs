@@ -10,6 +10,9 @@
 //! - [`Endpoint`]: a consumer factory with its origin check ([`Origins`]), authentication hook
 //!   ([`Authenticate`]) and limits, served by axum ([`axum`], feature `axum`) or by the
 //!   standalone server ([`standalone`], feature `standalone`);
+//! - [`sse::EventStream`] and [`longpoll::LongPoll`] (feature `axum`): a group's messages as
+//!   server-sent events or long-poll answers, resumable from its history ([`feed::Since`]
+//!   reads `Last-Event-ID` / `?since=`);
 //! - [`Shutdown`]: graceful shutdown, closing connections with 1001 in batches;
 //! - [`metrics`]: what the server reports through the `metrics` facade;
 //! - [`Worker`]: background workers on named channels, as Channels' `runworker`;
@@ -27,12 +30,18 @@ pub mod connection;
 pub mod consumer;
 pub mod endpoint;
 pub mod error;
+#[cfg(feature = "axum")]
+pub mod feed;
+#[cfg(feature = "axum")]
+pub mod longpoll;
 pub mod metrics;
 pub mod origin;
 mod runtime;
 pub mod scope;
 pub mod serve;
 pub mod shutdown;
+#[cfg(feature = "axum")]
+pub mod sse;
 #[cfg(feature = "standalone")]
 pub mod standalone;
 #[cfg(feature = "testing")]

@@ -14,9 +14,14 @@
 //! | `switchboard_bytes_received_total` | counter | | payload bytes of those frames |
 //! | `switchboard_frames_sent_total` | counter | | data frames written to clients |
 //! | `switchboard_bytes_sent_total` | counter | | payload bytes of those frames |
-//! | `switchboard_messages_missed_total` | counter | | layer messages dropped for connections (full channel, expired), each connection told (`Consumer::missed`) |
-//! | `switchboard_stream_interruptions_total` | counter | | connections told the layer's stream was interrupted (a pub/sub subscription made again, Redis restarted empty): messages may be missing |
+//! | `switchboard_messages_missed_total` | counter | | layer messages dropped for connections (full channel, expired), each connection told (`Consumer::missed`); event streams and long polls count theirs here too |
+//! | `switchboard_stream_interruptions_total` | counter | | connections (and event streams, long polls) told the layer's stream was interrupted (a pub/sub subscription made again, Redis restarted empty): messages may be missing |
 //! | `switchboard_handler_errors_total` | counter | `handler`, `kind` | consumer handlers (`connect`, `receive`, `event`, `missed`, `disconnect`, `task`) that returned an error (`kind="error"`) or panicked (`kind="panic"`) |
+//! | `switchboard_http_streams_open` | gauge | | event streams ([`sse::EventStream`](crate::sse::EventStream)) open now |
+//! | `switchboard_http_streams_total` | counter | | event streams answered (200) |
+//! | `switchboard_http_streams_closed_total` | counter | `reason` | event streams ended: `client` (the client went away), `shutdown` (a drain, or the layer closed), `gap` (messages were dropped or the layer's stream interrupted: the client resumes from history) |
+//! | `switchboard_http_polls_total` | counter | `outcome` | long polls ([`longpoll::LongPoll`](crate::longpoll::LongPoll)) answered: `messages`, `empty` (the timeout, a drain, or a hole before any message), `not_recovered` |
+//! | `switchboard_http_refused_total` | counter | `reason` | event streams and long polls refused: `bad_request` (a bad `Last-Event-ID`/`since`, a bad group name), `shutting_down`, `unavailable` (the layer failed), `no_history` (a long poll on a group without history) |
 //! | `switchboard_worker_messages_total` | counter | `outcome` | messages [`Worker`](crate::Worker)s took (`received`) and how each ended: `handled`, `failed` (the handler's error), `panicked`, `skipped` (its handler does not take its type), `abandoned` (still running at the stop timeout) |
 
 use std::sync::OnceLock;
@@ -45,6 +50,17 @@ pub const MESSAGES_MISSED: &str = "switchboard_messages_missed_total";
 pub const STREAM_INTERRUPTIONS: &str = "switchboard_stream_interruptions_total";
 /// Counter of handler errors and panics; labels `handler`, `kind`.
 pub const HANDLER_ERRORS: &str = "switchboard_handler_errors_total";
+
+/// Gauge of open event streams.
+pub const HTTP_STREAMS_OPEN: &str = "switchboard_http_streams_open";
+/// Counter of event streams answered.
+pub const HTTP_STREAMS_TOTAL: &str = "switchboard_http_streams_total";
+/// Counter of ended event streams; label `reason`.
+pub const HTTP_STREAMS_CLOSED: &str = "switchboard_http_streams_closed_total";
+/// Counter of long polls answered; label `outcome`.
+pub const HTTP_POLLS: &str = "switchboard_http_polls_total";
+/// Counter of refused event streams and long polls; label `reason`.
+pub const HTTP_REFUSED: &str = "switchboard_http_refused_total";
 
 /// Counter of worker messages; label `outcome`.
 pub const WORKER_MESSAGES: &str = "switchboard_worker_messages_total";
@@ -91,6 +107,32 @@ pub(crate) fn missed(missed: switchboard_core::Missed) {
     }
 }
 
+/// Counts an event stream answered: the gauge goes up until [`http_stream_closed`].
+#[cfg(feature = "axum")]
+pub(crate) fn http_stream_opened() {
+    metrics::gauge!(HTTP_STREAMS_OPEN).increment(1.0);
+    metrics::counter!(HTTP_STREAMS_TOTAL).increment(1);
+}
+
+/// Counts an ended event stream.
+#[cfg(feature = "axum")]
+pub(crate) fn http_stream_closed(reason: &'static str) {
+    metrics::gauge!(HTTP_STREAMS_OPEN).decrement(1.0);
+    metrics::counter!(HTTP_STREAMS_CLOSED, "reason" => reason).increment(1);
+}
+
+/// Counts a long poll answered.
+#[cfg(feature = "axum")]
+pub(crate) fn http_poll(outcome: &'static str) {
+    metrics::counter!(HTTP_POLLS, "outcome" => outcome).increment(1);
+}
+
+/// Counts a refused event stream or long poll.
+#[cfg(feature = "axum")]
+pub(crate) fn http_refused(reason: &'static str) {
+    metrics::counter!(HTTP_REFUSED, "reason" => reason).increment(1);
+}
+
 /// Counts a handler's error or panic.
 pub(crate) fn handler_error(handler: &'static str, panicked: bool) {
     let kind = if panicked { "panic" } else { "error" };
@@ -124,6 +166,14 @@ pub fn describe() {
     describe_counter!(
         STREAM_INTERRUPTIONS,
         "Connections told the layer's stream was interrupted"
+    );
+    describe_gauge!(HTTP_STREAMS_OPEN, "Event streams open now");
+    describe_counter!(HTTP_STREAMS_TOTAL, "Event streams answered");
+    describe_counter!(HTTP_STREAMS_CLOSED, "Event streams ended, by reason");
+    describe_counter!(HTTP_POLLS, "Long polls answered, by outcome");
+    describe_counter!(
+        HTTP_REFUSED,
+        "Event streams and long polls refused, by reason"
     );
     describe_counter!(
         HANDLER_ERRORS,

@@ -16,7 +16,13 @@
 //! - at most [`max_pending`](HttpLimits::max_pending) connections may be waiting for their
 //!   first request head at once: past it the server stops accepting until one of them sends
 //!   its request or times out, so the kernel's listen backlog holds the rest instead of the
-//!   process's descriptor table.
+//!   process's descriptor table;
+//! - with [`write_timeout`](HttpLimits::write_timeout) set, a connection whose writes make no
+//!   progress for that long — its client stopped reading, and the socket's buffers are full —
+//!   is closed: an event stream ([`sse`](crate::sse)) to a client that reads nothing would
+//!   otherwise hold its socket and its subscription until TCP gives up. (It applies to
+//!   upgraded WebSocket connections too; their runtime has limits of its own that usually
+//!   act first.)
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -69,6 +75,9 @@ pub struct HttpLimits {
     /// Connections waiting for their first request head at most; past it the server stops
     /// accepting until one sends its request or times out. Default 1,024.
     pub max_pending: usize,
+    /// How long a write may wait for the socket to take any of it before the connection is
+    /// closed (`None`: as long as it takes). Default `None`.
+    pub write_timeout: Option<Duration>,
 }
 
 impl Default for HttpLimits {
@@ -76,6 +85,7 @@ impl Default for HttpLimits {
         HttpLimits {
             header_timeout: Duration::from_secs(10),
             max_pending: 1024,
+            write_timeout: None,
         }
     }
 }
@@ -91,6 +101,113 @@ impl HttpLimits {
     pub fn max_pending(mut self, n: usize) -> Self {
         self.max_pending = n.max(1);
         self
+    }
+
+    /// Sets [`write_timeout`](HttpLimits::write_timeout) (`None`, or zero: none).
+    pub fn write_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.write_timeout = timeout.filter(|t| !t.is_zero());
+        self
+    }
+}
+
+/// A connection's I/O that fails a write the socket has taken nothing of for `timeout` (see
+/// [`HttpLimits::write_timeout`]). The timer exists only while a write is waiting.
+struct StallLimit<T> {
+    io: T,
+    timeout: Option<Duration>,
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<T> StallLimit<T> {
+    fn new(io: T, timeout: Option<Duration>) -> StallLimit<T> {
+        StallLimit {
+            io,
+            timeout,
+            stalled: None,
+        }
+    }
+
+    /// After the socket took nothing: pending until the timeout, then an error.
+    fn stall<R>(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<R>> {
+        let Some(timeout) = self.timeout else {
+            return Poll::Pending;
+        };
+        let timer = self.stalled.get_or_insert_with(|| {
+            Box::pin(tokio::time::sleep_until(
+                Instant::now()
+                    .checked_add(timeout)
+                    .unwrap_or_else(far_future),
+            ))
+        });
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client read nothing within the write timeout",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn progress<R>(
+        &mut self,
+        p: Poll<std::io::Result<R>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<R>> {
+        match p {
+            Poll::Pending => self.stall(cx),
+            ready => {
+                self.stalled = None;
+                ready
+            }
+        }
+    }
+}
+
+/// A year from now: "no deadline" for a timeout too long to add to the clock.
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(365 * 86_400)
+}
+
+impl<T: hyper::rt::Read + Unpin> hyper::rt::Read for StallLimit<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for StallLimit<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let p = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.progress(p, cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let p = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.progress(p, cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let p = Pin::new(&mut self.io).poll_flush(cx);
+        self.progress(p, cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 
@@ -218,6 +335,7 @@ where
         let handler = make(peer);
         let mut closing = closing_rx.clone();
         let timeout = limits.header_timeout;
+        let write_timeout = limits.write_timeout;
         tokio::spawn(async move {
             let on_request = activity.clone();
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
@@ -229,7 +347,10 @@ where
                 }
             });
             let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
+                .serve_connection(
+                    StallLimit::new(TokioIo::new(stream), write_timeout),
+                    service,
+                )
                 .with_upgrades();
             let mut conn = std::pin::pin!(conn);
             let result = tokio::select! {

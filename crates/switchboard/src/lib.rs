@@ -54,10 +54,10 @@ pub mod metrics {
 
 pub mod js;
 
-#[cfg(feature = "axum")]
-pub use switchboard_server::axum;
 #[cfg(feature = "standalone")]
 pub use switchboard_server::standalone;
+#[cfg(feature = "axum")]
+pub use switchboard_server::{axum, feed, longpoll, sse};
 
 /// Test helpers (feature `testing`): [`Communicator`](testing::Communicator) drives a consumer
 /// with no network; [`conformance`](testing::conformance) holds a channel layer to the

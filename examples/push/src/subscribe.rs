@@ -427,48 +427,15 @@ struct Streaming {
     shutdown: switchboard::shutdown::Guard,
 }
 
+/// One EventSource event: `id:` the cursor, `event:` the publisher's `Event-Type`, the rendered
+/// message as `data:` lines — framed by the library's [`write_event`](switchboard::sse::write_event),
+/// which splits the text where a browser's EventSource parser ends a line (`\r\n`, `\r`,
+/// `\n`), so that a text (through a template) cannot end its `data:` line early and add fields
+/// of its own.
 fn sse_event(gw: &Gateway, item: &Item, out: &mut String) {
-    out.push_str("id: ");
-    out.push_str(&item.cursor);
-    out.push('\n');
-    if let Some(e) = item.message.get("event_type").and_then(Value::as_str) {
-        out.push_str("event: ");
-        out.push_str(e);
-        out.push('\n');
-    }
+    let event = item.message.get("event_type").and_then(Value::as_str);
     let text = gw.format.render(&item.message);
-    for line in sse_lines(text.as_str()) {
-        out.push_str("data: ");
-        out.push_str(line);
-        out.push('\n');
-    }
-    out.push('\n');
-}
-
-/// The lines of `text` as an EventSource parser sees them: `\r\n`, `\r` and `\n` each end a
-/// line. (Splitting on `\n` alone would leave a bare `\r` in a `data:` line, and the browser
-/// would read what follows it as a field of its own — `id:`, `event:` — that the publisher
-/// chose.)
-pub fn sse_lines(text: &str) -> impl Iterator<Item = &str> {
-    let mut rest = Some(text);
-    std::iter::from_fn(move || {
-        let current = rest?;
-        match current.find(['\r', '\n']) {
-            Some(i) => {
-                let end = if current[i..].starts_with("\r\n") {
-                    i + 2
-                } else {
-                    i + 1
-                };
-                rest = Some(&current[end..]);
-                Some(&current[..i])
-            }
-            None => {
-                rest = None;
-                Some(current)
-            }
-        }
-    })
+    switchboard::sse::write_event(out, Some(&item.cursor), event, text.as_str());
 }
 
 impl Streaming {
