@@ -12,7 +12,8 @@
 use std::sync::LazyLock;
 
 use redis::Script;
-use switchboard_core::{ChannelName, GroupName, LayerError, PresenceEntry, Result};
+use redis::aio::ConnectionLike;
+use switchboard_core::{ChannelName, GroupName, PresenceEntry, Result};
 
 use crate::conn::Host;
 
@@ -70,10 +71,17 @@ return redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf')
     )
 });
 
-fn keys(prefix: &str, group: &GroupName) -> (String, String) {
+/// A group's presence keys: `PREFIX:presence:<group>` and `…:exp`; with `tagged`, the group in
+/// braces (`PREFIX:presence:{<group>}`), so that on a Redis Cluster both are in one slot.
+pub(crate) fn keys(prefix: &str, group: &GroupName, tagged: bool) -> (String, String) {
+    let g = if tagged {
+        format!("{{{group}}}")
+    } else {
+        group.to_string()
+    };
     (
-        format!("{prefix}:presence:{group}"),
-        format!("{prefix}:presence:{group}:exp"),
+        format!("{prefix}:presence:{g}"),
+        format!("{prefix}:presence:{g}:exp"),
     )
 }
 
@@ -86,60 +94,48 @@ fn ttl_ms(ttl: std::time::Duration) -> u64 {
     u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
-pub(crate) async fn add(
-    host: &Host,
-    prefix: &str,
-    group: &GroupName,
+/// Adds or refreshes `entry` (on any connection: a host's, or a cluster's).
+pub(crate) async fn add<C: ConnectionLike + Send>(
+    c: &mut C,
+    (hash, zset): (String, String),
     entry: &PresenceEntry,
     ttl: std::time::Duration,
-) -> Result<()> {
-    let (hash, zset) = keys(prefix, group);
-    let mut c = host.conn();
-    ADD.key(hash)
+) -> Result<redis::RedisResult<()>> {
+    let json = entry.to_json()?;
+    Ok(ADD
+        .key(hash)
         .key(zset)
         .arg(entry.channel.as_str())
-        .arg(entry.to_json()?)
+        .arg(json)
         .arg(ttl_ms(ttl))
-        .invoke_async::<()>(&mut c)
-        .await
-        .map_err(|e| host.error(e))
+        .invoke_async::<()>(c)
+        .await)
 }
 
-pub(crate) async fn remove(
-    host: &Host,
-    prefix: &str,
-    group: &GroupName,
+pub(crate) async fn remove<C: ConnectionLike + Send>(
+    c: &mut C,
+    (hash, zset): (String, String),
     channel: &ChannelName,
-) -> Result<()> {
-    let (hash, zset) = keys(prefix, group);
-    let mut c = host.conn();
+) -> redis::RedisResult<()> {
     REMOVE
         .key(hash)
         .key(zset)
         .arg(channel.as_str())
-        .invoke_async::<()>(&mut c)
+        .invoke_async::<()>(c)
         .await
-        .map_err(|e| host.error(e))
 }
 
-pub(crate) async fn list(
-    host: &Host,
-    prefix: &str,
+/// The entries; one that does not decode is skipped and logged.
+pub(crate) async fn list<C: ConnectionLike + Send>(
+    c: &mut C,
+    (hash, zset): (String, String),
     group: &GroupName,
-) -> Result<Vec<PresenceEntry>> {
-    let (hash, zset) = keys(prefix, group);
-    let mut c = host.conn();
-    let values: Vec<Vec<u8>> = LIST
-        .key(hash)
-        .key(zset)
-        .invoke_async(&mut c)
-        .await
-        .map_err(|e| host.error(e))?;
+) -> redis::RedisResult<Vec<PresenceEntry>> {
+    let values: Vec<Vec<u8>> = LIST.key(hash).key(zset).invoke_async(c).await?;
     let mut entries = Vec::with_capacity(values.len());
     for v in values {
         match PresenceEntry::from_json(&v) {
             Ok(e) => entries.push(e),
-            // Not ours to delete: skipped, and said once per listing.
             Err(e) => {
                 tracing::warn!(%group, error = %e, "skipping a presence entry that does not decode")
             }
@@ -148,13 +144,58 @@ pub(crate) async fn list(
     Ok(entries)
 }
 
-pub(crate) async fn count(host: &Host, prefix: &str, group: &GroupName) -> Result<usize> {
-    let (_, zset) = keys(prefix, group);
-    let mut c = host.conn();
-    let n: i64 = COUNT
-        .key(zset)
-        .invoke_async(&mut c)
-        .await
-        .map_err(|e| host.error(e))?;
-    usize::try_from(n).map_err(|_| LayerError::backend_msg("a negative presence count"))
+pub(crate) async fn count<C: ConnectionLike + Send>(
+    c: &mut C,
+    (_, zset): (String, String),
+) -> redis::RedisResult<usize> {
+    let n: i64 = COUNT.key(zset).invoke_async(c).await?;
+    Ok(usize::try_from(n).unwrap_or(0))
+}
+
+/// The presence operations of a layer on `Host`s (the core and pub/sub layers).
+pub(crate) mod on_host {
+    use super::*;
+
+    pub(crate) async fn add(
+        host: &Host,
+        prefix: &str,
+        group: &GroupName,
+        entry: &PresenceEntry,
+        ttl: std::time::Duration,
+    ) -> Result<()> {
+        let mut c = host.conn();
+        super::add(&mut c, keys(prefix, group, false), entry, ttl)
+            .await?
+            .map_err(|e| host.error(e))
+    }
+
+    pub(crate) async fn remove(
+        host: &Host,
+        prefix: &str,
+        group: &GroupName,
+        channel: &ChannelName,
+    ) -> Result<()> {
+        let mut c = host.conn();
+        super::remove(&mut c, keys(prefix, group, false), channel)
+            .await
+            .map_err(|e| host.error(e))
+    }
+
+    pub(crate) async fn list(
+        host: &Host,
+        prefix: &str,
+        group: &GroupName,
+    ) -> Result<Vec<PresenceEntry>> {
+        let mut c = host.conn();
+        super::list(&mut c, keys(prefix, group, false), group)
+            .await
+            .map_err(|e| host.error(e))
+    }
+
+    pub(crate) async fn count(host: &Host, prefix: &str, group: &GroupName) -> Result<usize> {
+        let mut c = host.conn();
+        super::count(&mut c, keys(prefix, group, false))
+            .await
+            .map_err(|e| host.error(e))
+    }
 }

@@ -28,6 +28,10 @@ async fn make(layer: LayerConfig) -> Option<(Layer, Layer)> {
 
 switchboard_core::layer_conformance_tests!(make);
 
+mod presence {
+    switchboard_core::presence_conformance_tests!(super::make);
+}
+
 fn slot_of(port: u16, name: &str) -> u16 {
     let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
     redis::cmd("CLUSTER")

@@ -14,7 +14,7 @@
 //!   handshake, `{"type":"chat.joined","room":…,"top":POSITION,"recovered":BOOL,"replayed":N}`
 //!   — `recovered: false` when the room could not give everything after its position (too long
 //!   away, a restarted server, a layer without history); `top` is the room's position now.
-//! - Presence (every layer but the cluster's): a logged-in connection is in its room's presence
+//! - Presence: a logged-in connection is in its room's presence
 //!   as its nickname (`&client=ID` names the browser tab; else a random id). A client that
 //!   sends `since` also gets `"present":[{"client_id","user","since_ms"}…]` in `chat.joined`,
 //!   the room's `presence.join` / `presence.leave` events as they happen (and `presence.sync`
@@ -238,7 +238,8 @@ impl ChatConsumer {
         let me = PresenceInfo::new(self.client_id.clone()).user(nick.clone());
         match conn.presence_join(&self.group, me).await {
             Ok(()) => {}
-            Err(Error::Layer(LayerError::Unsupported(_))) => {} // the cluster layer: no presence
+            // A layer of the app's own that keeps no presence: the chat works without it.
+            Err(Error::Layer(LayerError::Unsupported(_))) => {}
             Err(e) => {
                 tracing::warn!(room = %self.room, error = %e, "could not join the room's presence")
             }

@@ -39,7 +39,8 @@ use redis::{ProtocolVersion, PushInfo, PushKind, RedisError};
 use switchboard_core::engine::{Engine, Leave, Queue, Receiver};
 use switchboard_core::message::MessageError;
 use switchboard_core::{
-    ChannelLayer, ChannelName, GroupName, LayerConfig, LayerError, LayerStats, Message, Result,
+    ChannelLayer, ChannelName, GroupName, LayerConfig, LayerError, LayerStats, Message,
+    PresenceEntry, Result,
 };
 use tokio::sync::{mpsc, watch};
 
@@ -755,8 +756,10 @@ impl ChannelLayer for RedisClusterLayer {
             }
         }
         let pattern = format!("{}:cluster:group:*", conn::glob_escape(&inner.cfg.prefix));
+        let presence = crate::presence::pattern(&inner.cfg.prefix);
         for (host, port) in inner.masters().await? {
             inner.timed(inner.delete_on(&host, port, &pattern)).await?;
+            inner.timed(inner.delete_on(&host, port, &presence)).await?;
         }
         Ok(())
     }
@@ -783,6 +786,62 @@ impl ChannelLayer for RedisClusterLayer {
 
     fn stats(&self) -> LayerStats {
         self.inner.engine.stats()
+    }
+
+    // Presence: the core layer's keys with the group as the hash tag, so a group's two keys
+    // are in one slot (see `crate::presence`).
+
+    async fn presence_add(&self, group: &GroupName, entry: &PresenceEntry) -> Result<()> {
+        let inner = &self.inner;
+        inner.engine.check_open()?;
+        let keys = crate::presence::keys(&inner.cfg.prefix, group, true);
+        let mut c = inner.conn();
+        let ttl = inner.cfg.layer.presence_ttl;
+        let add = async {
+            crate::presence::add(&mut c, keys, entry, ttl)
+                .await?
+                .map_err(|e| inner.error(e))
+        };
+        inner.timed(add).await
+    }
+
+    async fn presence_remove(&self, group: &GroupName, channel: &ChannelName) -> Result<()> {
+        let inner = &self.inner;
+        inner.engine.check_open()?;
+        let keys = crate::presence::keys(&inner.cfg.prefix, group, true);
+        let mut c = inner.conn();
+        let remove = async {
+            crate::presence::remove(&mut c, keys, channel)
+                .await
+                .map_err(|e| inner.error(e))
+        };
+        inner.timed(remove).await
+    }
+
+    async fn presence(&self, group: &GroupName) -> Result<Vec<PresenceEntry>> {
+        let inner = &self.inner;
+        inner.engine.check_open()?;
+        let keys = crate::presence::keys(&inner.cfg.prefix, group, true);
+        let mut c = inner.conn();
+        let list = async {
+            crate::presence::list(&mut c, keys, group)
+                .await
+                .map_err(|e| inner.error(e))
+        };
+        inner.timed(list).await
+    }
+
+    async fn presence_count(&self, group: &GroupName) -> Result<usize> {
+        let inner = &self.inner;
+        inner.engine.check_open()?;
+        let keys = crate::presence::keys(&inner.cfg.prefix, group, true);
+        let mut c = inner.conn();
+        let count = async {
+            crate::presence::count(&mut c, keys)
+                .await
+                .map_err(|e| inner.error(e))
+        };
+        inner.timed(count).await
     }
 }
 

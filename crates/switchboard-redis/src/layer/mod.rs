@@ -615,7 +615,7 @@ impl ChannelLayer for RedisLayer {
         inner.open()?;
         let host = inner.host_for(group.as_str());
         let ttl = inner.cfg.layer.presence_ttl;
-        let add = crate::presence::add(host, &inner.cfg.prefix, group, entry, ttl);
+        let add = crate::presence::on_host::add(host, &inner.cfg.prefix, group, entry, ttl);
         inner.timed(add).await
     }
 
@@ -623,7 +623,7 @@ impl ChannelLayer for RedisLayer {
         let inner = &self.inner;
         inner.open()?;
         let host = inner.host_for(group.as_str());
-        let remove = crate::presence::remove(host, &inner.cfg.prefix, group, channel);
+        let remove = crate::presence::on_host::remove(host, &inner.cfg.prefix, group, channel);
         inner.timed(remove).await
     }
 
@@ -632,7 +632,11 @@ impl ChannelLayer for RedisLayer {
         inner.open()?;
         let host = inner.host_for(group.as_str());
         inner
-            .timed(crate::presence::list(host, &inner.cfg.prefix, group))
+            .timed(crate::presence::on_host::list(
+                host,
+                &inner.cfg.prefix,
+                group,
+            ))
             .await
     }
 
@@ -641,7 +645,11 @@ impl ChannelLayer for RedisLayer {
         inner.open()?;
         let host = inner.host_for(group.as_str());
         inner
-            .timed(crate::presence::count(host, &inner.cfg.prefix, group))
+            .timed(crate::presence::on_host::count(
+                host,
+                &inner.cfg.prefix,
+                group,
+            ))
             .await
     }
 }

@@ -817,7 +817,7 @@ impl ChannelLayer for RedisPubSubLayer {
         inner.open()?;
         let host = &inner.hosts[inner.host_index(&inner.group_channel(group.as_str()))];
         let ttl = inner.cfg.layer.presence_ttl;
-        let add = crate::presence::add(host, &inner.cfg.prefix, group, entry, ttl);
+        let add = crate::presence::on_host::add(host, &inner.cfg.prefix, group, entry, ttl);
         inner.timed(add).await
     }
 
@@ -825,7 +825,7 @@ impl ChannelLayer for RedisPubSubLayer {
         let inner = &self.inner;
         inner.open()?;
         let host = &inner.hosts[inner.host_index(&inner.group_channel(group.as_str()))];
-        let remove = crate::presence::remove(host, &inner.cfg.prefix, group, channel);
+        let remove = crate::presence::on_host::remove(host, &inner.cfg.prefix, group, channel);
         inner.timed(remove).await
     }
 
@@ -834,7 +834,11 @@ impl ChannelLayer for RedisPubSubLayer {
         inner.open()?;
         let host = &inner.hosts[inner.host_index(&inner.group_channel(group.as_str()))];
         inner
-            .timed(crate::presence::list(host, &inner.cfg.prefix, group))
+            .timed(crate::presence::on_host::list(
+                host,
+                &inner.cfg.prefix,
+                group,
+            ))
             .await
     }
 
@@ -843,7 +847,11 @@ impl ChannelLayer for RedisPubSubLayer {
         inner.open()?;
         let host = &inner.hosts[inner.host_index(&inner.group_channel(group.as_str()))];
         inner
-            .timed(crate::presence::count(host, &inner.cfg.prefix, group))
+            .timed(crate::presence::on_host::count(
+                host,
+                &inner.cfg.prefix,
+                group,
+            ))
             .await
     }
 }
