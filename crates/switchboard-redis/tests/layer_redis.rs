@@ -382,7 +382,8 @@ async fn history_messages_are_channels_redis_queue_entries_with_a_position() {
         entries.windows(2).all(|w| w[0].1 < w[1].1),
         "scores in offset order"
     );
-    let log: Vec<(String, Vec<(String, Vec<u8>)>)> = redis::cmd("XRANGE")
+    type Entry = (String, Vec<(String, Vec<u8>)>);
+    let log: Vec<Entry> = redis::cmd("XRANGE")
         .arg(format!("{}:history:hist_q:log", cfg.prefix))
         .arg("-")
         .arg("+")
