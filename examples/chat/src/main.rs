@@ -45,6 +45,10 @@ struct Args {
     /// How long a room keeps each message for clients that reconnect, in seconds.
     #[arg(long, default_value_t = 300)]
     history_ttl_secs: u64,
+    /// How long a connection stays in its room's presence without a heartbeat, in seconds: the
+    /// connections of a chat process that crashed leave the presence within it.
+    #[arg(long, default_value_t = 60)]
+    presence_ttl_secs: u64,
     #[command(flatten)]
     ops: OpsArgs,
 }
@@ -55,10 +59,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let args = Args::parse();
     let ops = Ops::install(&args.ops)?;
     let (history, ttl) = (args.history, args.history_ttl_secs.max(1));
+    let presence_ttl = std::time::Duration::from_secs(args.presence_ttl_secs.max(1));
     let layer = args
         .layer
         .build_with(|c, keeps_history| {
-            let c = chat::with_presence_events(c)?;
+            let c = chat::with_presence_events(c)?.presence_ttl(presence_ttl);
             match history {
                 n if n > 0 && keeps_history => {
                     chat::with_history(c, n, std::time::Duration::from_secs(ttl))

@@ -1,5 +1,6 @@
 //! Two chat processes (the built `chat` example binary) on one Redis share rooms and private
-//! messages, with the core layer and with the pub/sub layer.
+//! messages, with the core layer and with the pub/sub layer; a killed process's connections
+//! leave the room's presence within its TTL.
 #![allow(clippy::unwrap_used)]
 
 use serde_json::json;
@@ -114,4 +115,71 @@ async fn two_processes_share_rooms_on_the_core_layer() {
 #[tokio::test]
 async fn two_processes_share_rooms_on_the_pubsub_layer() {
     rooms_and_private_messages_cross_processes("pubsub").await;
+}
+
+/// The room's presence as process `addr` counts it (its HTTP room info).
+async fn present(addr: std::net::SocketAddr) -> u64 {
+    let info: serde_json::Value = reqwest::get(format!("http://{addr}/chat/rooms/lobby/"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    info["present"].as_u64().unwrap()
+}
+
+/// A chat process killed with SIGKILL cannot take its connections out of the room's presence:
+/// they vanish when their entries' TTL (2 s here) runs out without a heartbeat, while the other
+/// process's connections, whose heartbeats go on, stay.
+async fn a_crashed_process_leaves_the_presence(layer: &str) {
+    let Some(redis) = test_support::redis::url() else {
+        return;
+    };
+    let prefix = test_support::redis::fresh_prefix();
+    let args = [
+        "--redis",
+        redis.as_str(),
+        "--redis-prefix",
+        prefix.as_str(),
+        "--layer",
+        layer,
+        "--presence-ttl-secs",
+        "2",
+    ];
+    let bin = env!("CARGO_BIN_EXE_chat");
+    let (mut one, two) = tokio::join!(Program::start(bin, &args), Program::start(bin, &args));
+    let _ann = ws(one.addr, "/ws/chat/lobby/?nickname=ann").await;
+    let _bob = ws(two.addr, "/ws/chat/lobby/?nickname=bob").await;
+    let _cat = ws(two.addr, "/ws/chat/lobby/?nickname=cat").await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while present(two.addr).await != 3 {
+        assert!(std::time::Instant::now() < deadline, "never 3 present");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    one.kill();
+    let killed = std::time::Instant::now();
+    while present(two.addr).await != 2 {
+        assert!(
+            killed.elapsed() < std::time::Duration::from_millis(3_500),
+            "the crashed process's entry outlived its 2 s TTL"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    eprintln!(
+        "ann left the presence {:?} after the kill",
+        killed.elapsed()
+    );
+    // Past two more TTLs the living connections are still there: their heartbeat runs.
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    assert_eq!(present(two.addr).await, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_process_leaves_the_presence_on_the_core_layer() {
+    a_crashed_process_leaves_the_presence("core").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_process_leaves_the_presence_on_the_pubsub_layer() {
+    a_crashed_process_leaves_the_presence("pubsub").await;
 }
