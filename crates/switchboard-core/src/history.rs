@@ -106,6 +106,14 @@ pub fn kept_in_history(message: &Message) -> bool {
     !message.message_type().starts_with("presence.")
 }
 
+/// The error of `group_add_since` on a group that keeps no history
+/// ([`LayerError::Unsupported`]).
+pub fn no_history(group: &crate::GroupName) -> LayerError {
+    LayerError::Unsupported(format!(
+        "group {group} keeps no history (see LayerConfig::group_history)"
+    ))
+}
+
 /// How much of a group's history a layer keeps: the last `size` messages, each for at most
 /// `ttl`. Set per group pattern with
 /// [`LayerConfig::group_history`](crate::LayerConfig::group_history).

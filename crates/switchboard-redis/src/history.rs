@@ -26,42 +26,66 @@ use switchboard_core::{HistoryConfig, LayerError, Position, Recovery, Result};
 use crate::codec::{Codec, EncodedFields};
 use crate::conn::Host;
 
-/// Numbers, keeps and publishes one message. KEYS: meta, log, era. ARGV: Redis channel, the
-/// message's head (`Codec::encode_positioned_head`), candidate epoch, size, ttl (ms),
-/// candidate era. Returns {position, era}.
-static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-local function mpstr(s)
-    if #s < 32 then return string.char(0xa0 + #s) .. s end
-    return string.char(0xd9, #s) .. s
+/// Lua shared by the scripts that send: msgpack headers (`mpstr`, `map`, `array`), and the
+/// numbering — the era checked (KEYS[3], made from ARGV[2] if missing), the history made anew
+/// from ARGV[1] if it is missing or from another era (KEYS[1] the hash, KEYS[2] the Stream),
+/// the next offset taken: `epoch`, `era` and `top` are set after it.
+const NUMBER: &str = r"
+local function be(n, bytes)
+    local out = {}
+    for i = bytes - 1, 0, -1 do out[#out + 1] = string.char(math.floor(n / 256 ^ i) % 256) end
+    return table.concat(out)
 end
+local function mpstr(s)
+    local n = #s
+    if n < 32 then return string.char(0xa0 + n) .. s end
+    if n < 256 then return string.char(0xd9, n) .. s end
+    if n < 65536 then return string.char(0xda) .. be(n, 2) .. s end
+    return string.char(0xdb) .. be(n, 4) .. s
+end
+local function header(n, fix, c16, c32)
+    if n < 16 then return string.char(fix + n) end
+    if n < 65536 then return string.char(c16) .. be(n, 2) end
+    return string.char(c32) .. be(n, 4)
+end
+local function map(n) return header(n, 0x80, 0xde, 0xdf) end
+local function array(n) return header(n, 0x90, 0xdc, 0xdd) end
+
 local era = redis.call('GET', KEYS[3])
 if not era then
-    era = ARGV[6]
+    era = ARGV[2]
     redis.call('SET', KEYS[3], era)
 end
 local meta = redis.call('HMGET', KEYS[1], 'epoch', 'era')
 local epoch = meta[1]
 if not epoch or meta[2] ~= era then
-    epoch = ARGV[3]
+    epoch = ARGV[1]
     redis.call('DEL', KEYS[2])
     redis.call('HSET', KEYS[1], 'epoch', epoch, 'era', era, 'top', 0)
 end
 local top = redis.call('HINCRBY', KEYS[1], 'top', 1)
-local pos = epoch .. ':' .. top
-local payload = ARGV[2] .. mpstr(pos)
-if tonumber(ARGV[4]) > 0 then
-    local t = redis.call('TIME')
-    local now = t[1] * 1000 + math.floor(t[2] / 1000)
-    redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], '0-' .. top, 't', now, 'p', payload)
-    redis.call('PEXPIRE', KEYS[2], ARGV[5])
+local position = epoch .. ':' .. top
+local t = redis.call('TIME')
+local now_ms = t[1] * 1000 + math.floor(t[2] / 1000)
+";
+
+/// Numbers, keeps and publishes one message (the pub/sub layer). KEYS: meta, log, era. ARGV:
+/// candidate epoch, candidate era, Redis channel, the message's head
+/// (`Codec::encode_positioned_head`), size, ttl (ms). Returns {position, era}.
+static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{NUMBER}{}",
+        r"
+local payload = ARGV[4] .. mpstr(position)
+if tonumber(ARGV[5]) > 0 then
+    redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[5], '0-' .. top, 't', now_ms, 'p', payload)
+    redis.call('PEXPIRE', KEYS[2], ARGV[6])
 end
-redis.call('PEXPIRE', KEYS[1], ARGV[5])
-redis.call('PUBLISH', ARGV[1], payload)
-return {pos, era}
-",
-    )
+redis.call('PEXPIRE', KEYS[1], ARGV[6])
+redis.call('PUBLISH', ARGV[3], payload)
+return {position, era}
+"
+    ))
 });
 
 /// Reads what followed a position. KEYS: meta, log, era. ARGV: candidate epoch, candidate era,
@@ -110,63 +134,28 @@ return out
 /// the messages of one group in offset order (each is scored after the queue's last message).
 /// Lua writes the msgpack around the encoded fields: map, string and array headers.
 ///
-/// KEYS: group, meta, log, era. ARGV: key prefix, random prefix bytes, field count, field
-/// bytes, candidate epoch, candidate era, size, ttl (ms), capacity, expiry (s), queue TTL (s),
-/// group expiry (s), '1' to drop stalled members. Returns {position, era, channels skipped
-/// because full, channels dropped as stalled}. It touches queue keys it computes from the
-/// members (a single Redis, never a cluster).
+/// KEYS: meta, log, era, group. ARGV: candidate epoch, candidate era, key prefix, random
+/// prefix bytes, field count, field bytes, size, ttl (ms), capacity, expiry (s), queue TTL
+/// (s), group expiry (s), '1' to drop stalled members. Returns {position, era, channels
+/// skipped because full, channels dropped as stalled}. It touches queue keys it computes from
+/// the members (a single Redis, never a cluster).
 static CORE_GROUP_SEND: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::new(&format!(
+        "{NUMBER}{}",
         r"
-local function be(n, bytes)
-    local out = {}
-    for i = bytes - 1, 0, -1 do out[#out + 1] = string.char(math.floor(n / 256 ^ i) % 256) end
-    return table.concat(out)
-end
-local function mpstr(s)
-    local n = #s
-    if n < 32 then return string.char(0xa0 + n) .. s end
-    if n < 256 then return string.char(0xd9, n) .. s end
-    if n < 65536 then return string.char(0xda) .. be(n, 2) .. s end
-    return string.char(0xdb) .. be(n, 4) .. s
-end
-local function header(n, fix, limit, c16, c32)
-    if n < limit then return string.char(fix + n) end
-    if n < 65536 then return string.char(c16) .. be(n, 2) end
-    return string.char(c32) .. be(n, 4)
-end
-local function map(n) return header(n, 0x80, 16, 0xde, 0xdf) end
-local function array(n) return header(n, 0x90, 16, 0xdc, 0xdd) end
-
-local era = redis.call('GET', KEYS[4])
-if not era then
-    era = ARGV[6]
-    redis.call('SET', KEYS[4], era)
-end
-local meta = redis.call('HMGET', KEYS[2], 'epoch', 'era')
-local epoch = meta[1]
-if not epoch or meta[2] ~= era then
-    epoch = ARGV[5]
-    redis.call('DEL', KEYS[3])
-    redis.call('HSET', KEYS[2], 'epoch', epoch, 'era', era, 'top', 0)
-end
-local top = redis.call('HINCRBY', KEYS[2], 'top', 1)
-local position = epoch .. ':' .. top
 local tail = mpstr('__switchboard_position__') .. mpstr(position)
-local nf = tonumber(ARGV[3])
-local t = redis.call('TIME')
+local nf = tonumber(ARGV[5])
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 if tonumber(ARGV[7]) > 0 then
-    local now_ms = t[1] * 1000 + math.floor(t[2] / 1000)
-    redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[7], '0-' .. top, 't', now_ms,
-        'p', ARGV[2] .. map(nf + 1) .. ARGV[4] .. tail)
-    redis.call('PEXPIRE', KEYS[3], ARGV[8])
+    redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[7], '0-' .. top, 't', now_ms,
+        'p', ARGV[4] .. map(nf + 1) .. ARGV[6] .. tail)
+    redis.call('PEXPIRE', KEYS[2], ARGV[8])
 end
-redis.call('PEXPIRE', KEYS[2], ARGV[8])
+redis.call('PEXPIRE', KEYS[1], ARGV[8])
 
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%.6f', now - tonumber(ARGV[12])))
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', string.format('%.6f', now - tonumber(ARGV[12])))
 local queues, order = {}, {}
-for _, m in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+for _, m in ipairs(redis.call('ZRANGE', KEYS[4], 0, -1)) do
     local bang = string.find(m, '!', 1, true)
     local q = bang and string.sub(m, 1, bang) or m
     if not queues[q] then
@@ -179,7 +168,7 @@ local cut = string.format('%.6f', now - tonumber(ARGV[10]))
 local capacity, check = tonumber(ARGV[9]), ARGV[13] == '1'
 local full, stalled = 0, {}
 for _, q in ipairs(order) do
-    local key, e = ARGV[1] .. q, queues[q]
+    local key, e = ARGV[3] .. q, queues[q]
     local expired = redis.call('ZCOUNT', key, '-inf', cut)
     if check and expired > 0 then
         for _, c in ipairs(e.channels) do stalled[#stalled + 1] = c end
@@ -188,15 +177,15 @@ for _, q in ipairs(order) do
         if e.routed then
             local names = {}
             for i, c in ipairs(e.channels) do names[i] = mpstr(c) end
-            body = map(nf + 2) .. ARGV[4] .. mpstr('__asgi_channel__') .. array(#e.channels)
+            body = map(nf + 2) .. ARGV[6] .. mpstr('__asgi_channel__') .. array(#e.channels)
                 .. table.concat(names) .. tail
         else
-            body = map(nf + 1) .. ARGV[4] .. tail
+            body = map(nf + 1) .. ARGV[6] .. tail
         end
         local score = now
         local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
         if last[2] and tonumber(last[2]) >= score then score = tonumber(last[2]) + 0.000001 end
-        redis.call('ZADD', key, string.format('%.6f', score), ARGV[2] .. body)
+        redis.call('ZADD', key, string.format('%.6f', score), ARGV[4] .. body)
         redis.call('EXPIRE', key, ARGV[11])
     else
         full = full + #e.channels
@@ -206,11 +195,11 @@ for _, q in ipairs(order) do
     end
 end
 for i = 1, #stalled, 1000 do
-    redis.call('ZREM', KEYS[1], unpack(stalled, i, math.min(i + 999, #stalled)))
+    redis.call('ZREM', KEYS[4], unpack(stalled, i, math.min(i + 999, #stalled)))
 end
 return {position, era, full, #stalled}
-",
-    )
+"
+    ))
 });
 
 /// What [`Histories::core_group_send`] needs of the layer.
@@ -296,12 +285,12 @@ impl Histories {
             .key(meta)
             .key(log)
             .key(era)
+            .arg(Position::new_epoch())
+            .arg(Position::new_epoch())
             .arg(channel)
             .arg(head)
-            .arg(Position::new_epoch())
             .arg(cfg.size)
             .arg(ttl_ms(cfg))
-            .arg(Position::new_epoch())
             .invoke_async(&mut c)
             .await
             .map_err(|e| host.error(e))?;
@@ -328,16 +317,16 @@ impl Histories {
         let [meta, log, era] = self.keys(group);
         let mut c = send.host.conn();
         let r: Vec<RValue> = CORE_GROUP_SEND
-            .key(send.group_key)
             .key(meta)
             .key(log)
             .key(era)
+            .key(send.group_key)
+            .arg(Position::new_epoch())
+            .arg(Position::new_epoch())
             .arg(send.key_prefix)
             .arg(codec.random_prefix())
             .arg(fields.count())
             .arg(fields.bytes())
-            .arg(Position::new_epoch())
-            .arg(Position::new_epoch())
             .arg(cfg.size)
             .arg(ttl_ms(cfg))
             .arg(send.capacity)

@@ -103,9 +103,7 @@ impl ChannelLayer for InMemoryLayer {
         since: Option<&Position>,
     ) -> Result<Recovery> {
         self.engine.check_open()?;
-        let Some(h) = self.engine.config().history_for(group.as_str()) else {
-            return Err(crate::layer::no_history(group));
-        };
+        let h = self.engine.config().history_of(group)?;
         let queue = self.engine.queue(channel);
         Ok(self.engine.group_add_since(group, &queue, since, h))
     }

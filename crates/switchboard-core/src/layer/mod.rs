@@ -8,7 +8,7 @@ use async_trait::async_trait;
 
 use crate::engine::Receiver;
 use crate::error::{LayerError, Result};
-use crate::history::{HistoryConfig, Position, Recovery};
+use crate::history::{HistoryConfig, Position, Recovery, no_history};
 use crate::message::{IntoMessage, Message};
 use crate::metrics::{self, Op};
 use crate::name::{ChannelName, GroupName, IntoChannelName, IntoGroupName};
@@ -185,6 +185,13 @@ impl LayerConfig {
             .map(|&(_, h)| h)
     }
 
+    /// The history kept for `group`, or the error of a layer asked to resume a group that
+    /// keeps none ([`no_history`](crate::history::no_history)).
+    pub fn history_of(&self, group: &GroupName) -> Result<HistoryConfig> {
+        self.history_for(group.as_str())
+            .ok_or_else(|| no_history(group))
+    }
+
     /// Whether any group keeps history.
     pub fn has_history(&self) -> bool {
         !self.group_history.is_empty()
@@ -340,13 +347,6 @@ pub trait ChannelLayer: Send + Sync + 'static {
 /// The error for presence on a layer that keeps none.
 fn no_presence(group: &GroupName) -> LayerError {
     LayerError::Unsupported(format!("this layer keeps no presence (group {group})"))
-}
-
-/// The error for `group_add_since` on a group that keeps no history.
-pub(crate) fn no_history(group: &GroupName) -> LayerError {
-    LayerError::Unsupported(format!(
-        "group {group} keeps no history (see LayerConfig::group_history)"
-    ))
 }
 
 /// A cheap, cloneable handle to a channel layer, for consumers and for code outside consumers

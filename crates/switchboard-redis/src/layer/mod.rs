@@ -521,11 +521,7 @@ impl ChannelLayer for RedisLayer {
         since: Option<&Position>,
     ) -> Result<Recovery> {
         let inner = &self.inner;
-        let Some(history) = inner.cfg.layer.history_for(group.as_str()) else {
-            return Err(LayerError::Unsupported(format!(
-                "group {group} keeps no history (see LayerConfig::group_history)"
-            )));
-        };
+        let history = inner.cfg.layer.history_of(group)?;
         // A member first: the group send's script, which reads the members, reaches it from
         // now on; what came before is in the history read next.
         self.group_add(group, channel).await?;

@@ -697,11 +697,7 @@ impl ChannelLayer for RedisPubSubLayer {
         since: Option<&Position>,
     ) -> Result<Recovery> {
         let inner = &self.inner;
-        let Some(history) = inner.cfg.layer.history_for(group.as_str()) else {
-            return Err(LayerError::Unsupported(format!(
-                "group {group} keeps no history (see LayerConfig::group_history)"
-            )));
-        };
+        let history = inner.cfg.layer.history_of(group)?;
         // Subscribed first: what is published from now on arrives live; what was before is in
         // the history read next (the subscription drops what is in both, by position).
         self.group_add(group, channel).await?;
