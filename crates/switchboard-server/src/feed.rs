@@ -131,3 +131,24 @@ pub(crate) fn shutting_down() -> Response {
     crate::metrics::http_refused("shutting_down");
     plain(StatusCode::SERVICE_UNAVAILABLE, "server shutting down")
 }
+
+/// What a stream or poll starts with: its drain guard (refused once the drain has begun) and
+/// a subscription (refused when the layer fails); `what` names it in the log.
+pub(crate) async fn start(
+    layer: &switchboard_core::Layer,
+    shutdown: Option<&crate::shutdown::Shutdown>,
+    what: &str,
+) -> Result<
+    (
+        Option<crate::shutdown::Guard>,
+        switchboard_core::Subscription,
+    ),
+    Response,
+> {
+    let guard = match shutdown {
+        Some(s) => Some(s.guard().ok_or_else(shutting_down)?),
+        None => None,
+    };
+    let sub = layer.subscribe().await.map_err(|e| refuse(what, &e))?;
+    Ok((guard, sub))
+}

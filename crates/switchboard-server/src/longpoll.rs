@@ -72,7 +72,7 @@ use http::{HeaderValue, StatusCode, header};
 use switchboard_core::{Layer, LayerError, Message, Position};
 use tokio::time::Instant;
 
-use crate::feed::{plain, refuse, shutting_down};
+use crate::feed::{plain, refuse};
 use crate::shutdown::Shutdown;
 
 /// A long-poll answer for one group: see the [module docs](self).
@@ -126,17 +126,11 @@ impl LongPoll {
 
     /// Waits as the [module docs](self) say, and answers.
     pub async fn open(self) -> Response {
-        let guard = match &self.shutdown {
-            Some(s) => match s.guard() {
-                Some(g) => Some(g),
-                None => return shutting_down(),
-            },
-            None => None,
-        };
-        let mut sub = match self.layer.subscribe().await {
-            Ok(s) => s,
-            Err(e) => return refuse("long poll", &e),
-        };
+        let (guard, mut sub) =
+            match crate::feed::start(&self.layer, self.shutdown.as_ref(), "long poll").await {
+                Ok(started) => started,
+                Err(refused) => return refused,
+            };
         let resumed = match sub
             .group_add_since(self.group.as_str(), self.since.as_ref())
             .await

@@ -116,7 +116,7 @@ use http::{HeaderValue, header};
 use switchboard_core::{Layer, LayerError, Message, Position, Subscription};
 use tokio::time::Instant;
 
-use crate::feed::{refuse, shutting_down};
+use crate::feed::refuse;
 use crate::shutdown::{Guard, Shutdown};
 
 /// Messages rendered into one body chunk at most.
@@ -187,17 +187,11 @@ impl EventStream {
     /// Subscribes and answers: the event stream, or a plain-text refusal (see the
     /// [module docs](self)).
     pub async fn open(self) -> Response {
-        let guard = match &self.shutdown {
-            Some(s) => match s.guard() {
-                Some(g) => Some(g),
-                None => return shutting_down(),
-            },
-            None => None,
-        };
-        let mut sub = match self.layer.subscribe().await {
-            Ok(s) => s,
-            Err(e) => return refuse("event stream", &e),
-        };
+        let (guard, mut sub) =
+            match crate::feed::start(&self.layer, self.shutdown.as_ref(), "event stream").await {
+                Ok(started) => started,
+                Err(refused) => return refused,
+            };
         let mut head = String::from(": ok\n\n");
         if let Some(after) = self.retry {
             let _ = write!(head, "retry: {}\n\n", after.as_millis());
