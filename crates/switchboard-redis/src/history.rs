@@ -424,6 +424,28 @@ impl Histories {
         Ok(Recovery::new(recovered, messages, position))
     }
 
+    /// Replaces host `h`'s era each time its master moves (a task for each host behind
+    /// Sentinel, while the layer keeps history), until `shutdown`.
+    pub(crate) async fn follow_failovers(
+        &self,
+        host: &Host,
+        h: usize,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let mut moved = host.moved();
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                r = moved.changed() => {
+                    if r.is_err() {
+                        return;
+                    }
+                    self.failed_over(host, h).await;
+                }
+            }
+        }
+    }
+
     /// After host `h`'s master moved: a new era there, so every history on it starts a new
     /// epoch (the new master may lack the last messages; their offsets would be given out
     /// again). Only the first process to notice replaces the era; the others find it replaced.

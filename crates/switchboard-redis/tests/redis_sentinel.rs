@@ -256,3 +256,79 @@ async fn passwords_on_the_master_and_on_the_sentinels() {
         );
     }
 }
+
+/// Group history across a failover: Redis replicates asynchronously, so the new master may
+/// lack the last messages of a history, and their offsets would be given out again. The layer
+/// that sees its master move replaces the host's era, so the history starts a new epoch there:
+/// a position from before the failover is answered "not recovered" instead of recovered with
+/// a hole, and the new epoch numbers from 1.
+async fn history_starts_a_new_epoch_after_a_failover(kind: Kind) {
+    let Some(mut set) = SentinelSet::start().await else {
+        return;
+    };
+    let cfg = RedisConfig::new(SentinelHost::new(set.sentinel_addrs(), MASTER))
+        .prefix(fresh_prefix())
+        .layer(switchboard_core::layer::conformance::history_config());
+    let layer = rust_layer_with(kind, cfg).await;
+    let mut sub = layer.subscribe().await.unwrap();
+    let start = sub.group_add_since("hist_fo", None).await.unwrap();
+    for n in 1..=3 {
+        layer.group_send("hist_fo", msg("before", n)).await.unwrap();
+    }
+    let mut before = None;
+    for _ in 1..=3 {
+        let m = tokio::time::timeout(Duration::from_secs(5), sub.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        before = m.position().cloned();
+    }
+    let before = before.unwrap();
+    assert_eq!(before.epoch(), start.position.epoch());
+    assert_eq!(before.offset(), 3);
+
+    let old = set.kill_master().await;
+    set.wait_for_new_master(old, Duration::from_secs(40)).await;
+    // Sends until one is numbered in a new epoch (the first ones after the switch may come
+    // before the layer has seen its master move).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let after = loop {
+        assert!(
+            Instant::now() < deadline,
+            "no new epoch 30 s after the failover"
+        );
+        if layer.group_send("hist_fo", msg("after", 1)).await.is_ok() {
+            let mut probe = layer.subscribe().await.unwrap();
+            let r = probe.group_add_since("hist_fo", None).await.unwrap();
+            if r.position.epoch() != before.epoch() {
+                break r.position;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut again = layer.subscribe().await.unwrap();
+    let r = again
+        .group_add_since("hist_fo", Some(&before))
+        .await
+        .unwrap();
+    assert!(!r.recovered, "a position from before the failover: {r:?}");
+    assert_eq!(r.position.epoch(), after.epoch());
+    layer.group_send("hist_fo", msg("after", 2)).await.unwrap();
+    let m = tokio::time::timeout(Duration::from_secs(5), again.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let p = m.position().unwrap();
+    assert_eq!(p.epoch(), after.epoch());
+    assert!(p.offset() <= 3, "the new epoch numbers from 1: {p}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn core_layer_history_starts_a_new_epoch_after_a_failover() {
+    history_starts_a_new_epoch_after_a_failover(Kind::Core).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pubsub_layer_history_starts_a_new_epoch_after_a_failover() {
+    history_starts_a_new_epoch_after_a_failover(Kind::PubSub).await;
+}

@@ -268,19 +268,10 @@ impl Inner {
             if self.cfg.layer.has_history() {
                 let inner = self.clone();
                 self.era_watch[h].ensure(|| async move {
-                    let (host, mut shutdown) = (&inner.hosts[h], inner.shutdown.clone());
-                    let mut moved = host.moved();
-                    loop {
-                        tokio::select! {
-                            _ = shutdown.changed() => return,
-                            r = moved.changed() => {
-                                if r.is_err() {
-                                    return;
-                                }
-                                inner.histories.failed_over(host, h).await;
-                            }
-                        }
-                    }
+                    let shutdown = inner.shutdown.clone();
+                    (inner.histories)
+                        .follow_failovers(&inner.hosts[h], h, shutdown)
+                        .await;
                 });
             }
         }

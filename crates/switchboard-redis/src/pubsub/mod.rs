@@ -105,6 +105,8 @@ struct Inner {
     followers: Vec<Task>,
     /// The group histories' keys ([`LayerConfig::group_history`]).
     histories: Histories,
+    /// Per host behind Sentinel: starts new history epochs when its master moves.
+    era_watch: Vec<Task>,
 }
 
 impl std::fmt::Debug for RedisPubSubLayer {
@@ -151,6 +153,7 @@ impl RedisPubSubLayer {
             leaves: tokio::sync::Mutex::new(leaves),
             followers,
             histories: Histories::new(&cfg_prefix, n_hosts),
+            era_watch: (0..n_hosts).map(|_| Task::new()).collect(),
         });
         let mut ready = Vec::new();
         for h in 0..inner.hosts.len() {
@@ -207,6 +210,15 @@ impl Inner {
                 self.followers[h].ensure(|| async move {
                     conn::follow_master(&inner.hosts[h], inner.shutdown.clone()).await;
                 });
+                if self.cfg.layer.has_history() {
+                    let inner = self.clone();
+                    self.era_watch[h].ensure(|| async move {
+                        let shutdown = inner.shutdown.clone();
+                        (inner.histories)
+                            .follow_failovers(&inner.hosts[h], h, shutdown)
+                            .await;
+                    });
+                }
             }
         }
         let first = self.janitor.ensure(|| janitor(self.clone()));
@@ -437,7 +449,6 @@ async fn subscription_loop(
     let mut backoff = Backoff::new();
     let mut was_down = false;
     let mut moved = host.moved();
-    let mut failed_over = false;
     loop {
         moved.mark_unchanged();
         let client = host.client();
@@ -516,9 +527,6 @@ async fn subscription_loop(
             crate::metrics::reconnected("subscription");
             inner.reassert_registry(h).await;
         }
-        if std::mem::take(&mut failed_over) {
-            inner.histories.failed_over(host, h).await;
-        }
         let mut ping = tokio::time::interval(Duration::from_secs(5));
         ping.tick().await;
         loop {
@@ -532,10 +540,7 @@ async fn subscription_loop(
                     None => break,
                 },
                 // The master moved (Sentinel): subscribe there.
-                _ = moved.changed() => {
-                    failed_over = true;
-                    break;
-                }
+                _ = moved.changed() => break,
                 _ = ping.tick() => {
                     let alive = timed(inner.cfg.command_timeout, sink.ping::<RValue>()).await;
                     if !matches!(alive, Ok(Ok(_))) {
