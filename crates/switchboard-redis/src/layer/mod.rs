@@ -47,6 +47,15 @@
 //! - After Redis comes back (a restart, a failover) or lost this process's keys (`FLUSHALL`:
 //!   a marker key `PREFIX:process:<client>` that the janitor sets every second is gone), the
 //!   memberships this process added are written again, with their original join times.
+//!
+//! # Beside channels_redis's keys
+//!
+//! - **Group history** ([`LayerConfig::group_history`], one host): a group send to such a group
+//!   is one script that numbers the message, keeps it (`PREFIX:history:NAME`, a hash, and
+//!   `…:log`, a Stream) and writes channels_redis's entry, plus the key
+//!   `__switchboard_position__`, into each member process's queue — this process's too, so
+//!   every member gets a group's messages in offset order (`crate::history`).
+//! - **Presence**: `PREFIX:presence:NAME` and `…:exp` (`crate::presence`).
 
 use std::collections::HashMap;
 use std::future::Future;

@@ -30,6 +30,12 @@
 //! waits for this process's lagging members (back-pressure), and [`group_channels`](ChannelLayer::group_channels)
 //! answers across processes from a registry of Rust members (`PREFIX:pubsub:group:<g>`, a
 //! sorted set Django neither reads nor writes; Django members are not in it).
+//!
+//! Group history ([`LayerConfig::group_history`]): a group send to such a group is one script
+//! that numbers the message, keeps it (`PREFIX:history:NAME`, a hash, and `…:log`, a Stream)
+//! and `PUBLISH`es it with the key `__switchboard_position__` added to its map, so offsets
+//! follow the order of publication (`crate::history`). Presence: `PREFIX:presence:NAME` and
+//! `…:exp` (`crate::presence`).
 
 use std::collections::HashSet;
 use std::sync::Arc;
