@@ -444,10 +444,14 @@ async fn room_info(
     };
     // Logged-in connections (a count, not a listing); absent where the layer keeps no presence.
     match layer.presence_count(&group).await {
-        Ok(present) => Json(json!({"room": room, "members": members, "present": present})),
-        Err(_) => Json(json!({"room": room, "members": members})),
+        Ok(present) => {
+            Json(json!({"room": room, "members": members, "present": present})).into_response()
+        }
+        Err(LayerError::Unsupported(_)) => {
+            Json(json!({"room": room, "members": members})).into_response()
+        }
+        Err(e) => layer_error("counting the room's presence", e),
     }
-    .into_response()
 }
 
 /// The whole app on one layer.
