@@ -251,6 +251,16 @@ impl Ring {
         }
     }
 
+    /// Everything it holds, oldest first (recovered).
+    pub(crate) fn all(&mut self, now: Instant) -> Recovery {
+        self.expire(now);
+        Recovery {
+            recovered: true,
+            messages: self.entries.iter().map(|(_, m)| m.clone()).collect(),
+            position: self.position(),
+        }
+    }
+
     /// Whether everything it held has expired (it can be forgotten: a new one starts a new
     /// epoch).
     pub(crate) fn is_idle(&mut self, now: Instant) -> bool {

@@ -89,7 +89,7 @@ return {position, era}
 });
 
 /// Reads what followed a position. KEYS: meta, log, era. ARGV: candidate epoch, candidate era,
-/// the position's epoch ('' for none), its offset, ttl (ms), size. Makes the history (offset 0
+/// the position's epoch ('' for none, '*' for everything held), its offset, ttl (ms), size. Makes the history (offset 0
 /// of a new epoch) if there is none. Returns {epoch, top, now (ms), era, then id, t, payload of
 /// each entry after the offset when the epoch is the history's}.
 static SINCE: LazyLock<Script> = LazyLock::new(|| {
@@ -110,7 +110,7 @@ if not epoch or meta[2] ~= era then
 end
 local t = redis.call('TIME')
 local out = {epoch, top, t[1] * 1000 + math.floor(t[2] / 1000), era}
-if ARGV[3] == epoch then
+if ARGV[3] == epoch or ARGV[3] == '*' then
     local since = tonumber(ARGV[4])
     if since < top then
         local entries = redis.call('XRANGE', KEYS[2], '0-' .. (since + 1), '+', 'COUNT', ARGV[6])
@@ -226,6 +226,14 @@ return 0
 ",
     )
 });
+
+/// What [`Histories::read`] reads.
+enum Read<'a> {
+    /// What followed a position (`None`: nothing, the position now).
+    Since(Option<&'a Position>),
+    /// Everything held.
+    All,
+}
 
 /// A layer's history keys and the era it last saw on each host.
 #[derive(Debug)]
@@ -360,6 +368,47 @@ impl Histories {
         since: Option<&Position>,
         cfg: HistoryConfig,
     ) -> Result<Recovery> {
+        self.read(host, h, codec, group, Read::Since(since), cfg)
+            .await
+    }
+
+    /// Everything `group`'s history holds (not expired), oldest first.
+    pub(crate) async fn all(
+        &self,
+        host: &Host,
+        h: usize,
+        codec: &Codec,
+        group: &str,
+        cfg: HistoryConfig,
+    ) -> Result<Recovery> {
+        self.read(host, h, codec, group, Read::All, cfg).await
+    }
+
+    /// Forgets `group`'s history (its next message starts a new epoch).
+    pub(crate) async fn clear(&self, host: &Host, group: &str) -> Result<()> {
+        let [meta, log, _] = self.keys(group);
+        let mut c = host.conn();
+        redis::cmd("DEL")
+            .arg(meta)
+            .arg(log)
+            .query_async::<()>(&mut c)
+            .await
+            .map_err(|e| host.error(e))
+    }
+
+    async fn read(
+        &self,
+        host: &Host,
+        h: usize,
+        codec: &Codec,
+        group: &str,
+        read: Read<'_>,
+        cfg: HistoryConfig,
+    ) -> Result<Recovery> {
+        let (since, all) = match read {
+            Read::Since(since) => (since, false),
+            Read::All => (None, true),
+        };
         let [meta, log, era] = self.keys(group);
         let mut c = host.conn();
         let r: Vec<RValue> = SINCE
@@ -368,7 +417,11 @@ impl Histories {
             .key(era)
             .arg(Position::new_epoch())
             .arg(Position::new_epoch())
-            .arg(since.map_or("", Position::epoch))
+            .arg(if all {
+                "*"
+            } else {
+                since.map_or("", Position::epoch)
+            })
             .arg(since.map_or(0, Position::offset))
             .arg(ttl_ms(cfg))
             .arg(cfg.size.max(1))
@@ -387,13 +440,32 @@ impl Histories {
             self.saw_era(h, e);
         }
         let position = Position::new(&epoch, top).map_err(|_| bad())?;
+        let cutoff = now.saturating_sub(ttl_ms(cfg));
+        if all {
+            let mut messages = Vec::new();
+            for entry in r.get(4..).unwrap_or_default().chunks_exact(3) {
+                // Expired entries are the oldest: skipped.
+                if int(&entry[1]).is_none_or(|t| t < cutoff) {
+                    continue;
+                }
+                let RValue::BulkString(bytes) = &entry[2] else {
+                    return Err(bad());
+                };
+                match codec.decode(bytes) {
+                    Ok((m, _)) => messages.push(m),
+                    Err(e) => {
+                        tracing::warn!(group, error = %e, "skipping a history entry that does not decode")
+                    }
+                }
+            }
+            return Ok(Recovery::new(true, messages, position));
+        }
         let Some(since) = since else {
             return Ok(Recovery::new(true, Vec::new(), position));
         };
         if since.epoch() != epoch || since.offset() > top {
             return Ok(Recovery::new(false, Vec::new(), position));
         }
-        let cutoff = now.saturating_sub(ttl_ms(cfg));
         let mut messages = Vec::new();
         let mut expected = since.offset() + 1;
         for entry in r.get(4..).unwrap_or_default().chunks_exact(3) {

@@ -584,15 +584,42 @@ impl Engine {
     /// [`group_send`](Engine::group_send), for a group that keeps history
     /// ([`LayerConfig::group_history`]) after giving `message` the group's next [`Position`]
     /// and keeping it. Sends to one such group are numbered and delivered one at a time, so
-    /// every member gets them in offset order. Returns the members left lagging.
-    pub fn group_send_message(&self, group: &GroupName, message: Message) -> Lagging {
+    /// every member gets them in offset order. Returns the members left lagging, and the
+    /// position the message got (`None`: the group keeps no history).
+    pub fn group_send_message(
+        &self,
+        group: &GroupName,
+        message: Message,
+    ) -> (Lagging, Option<Position>) {
         let ring = match self.ring_if_kept(group) {
             Some(ring) if crate::history::kept_in_history(&message) => ring,
-            _ => return self.group_send(group.as_str(), &message),
+            _ => return (self.group_send(group.as_str(), &message), None),
         };
         let mut ring = ring.lock();
         let stamped = ring.push(message, Instant::now());
-        self.group_send(group.as_str(), &stamped)
+        let position = stamped.position().cloned();
+        (self.group_send(group.as_str(), &stamped), position)
+    }
+
+    /// What `group`'s history holds after `since` (everything it holds for `None`), without
+    /// joining; see [`ChannelLayer::history`](crate::ChannelLayer::history).
+    pub fn history(
+        &self,
+        group: &GroupName,
+        since: Option<&Position>,
+        config: HistoryConfig,
+    ) -> Recovery {
+        let ring = self.ring(group, config);
+        let mut ring = ring.lock();
+        match since {
+            Some(since) => ring.since(Some(since), Instant::now()),
+            None => ring.all(Instant::now()),
+        }
+    }
+
+    /// Forgets `group`'s history: its next message starts a new epoch at offset 1.
+    pub fn history_clear(&self, group: &GroupName) {
+        self.0.histories.remove(group);
     }
 
     /// Adds `queue`'s channel to `group` and reads the group's history after `since`, at one

@@ -1214,6 +1214,75 @@ where
     assert!(sub.take_missed().is_empty());
 }
 
+/// A history read without joining, the position a send got, and a cleared history: a send
+/// answers its position; `history(None)` gives everything held, `history(since)` what
+/// followed; `history_clear` starts a new epoch (offset 1 next, the old position not
+/// recovered); a group without history answers `Unsupported`.
+pub async fn history_is_read_and_cleared_without_joining<F, Fut>(make: F)
+where
+    F: Fn(LayerConfig) -> Fut,
+    Fut: Future<Output = Option<(Layer, Layer)>>,
+{
+    let Some((layer, peer)) = make(history_config()).await else {
+        return;
+    };
+    let mut sent = Vec::new();
+    for i in 1..=3 {
+        let p = ok(
+            peer.group_send_positioned("hist_read", msg("hist.n", i))
+                .await,
+            "group_send_positioned",
+        );
+        match p {
+            Some(p) => sent.push(p),
+            None => panic!("a send to a group with history answered no position"),
+        }
+    }
+    let offsets: Vec<u64> = sent.iter().map(crate::Position::offset).collect();
+    assert_eq!(offsets, [1, 2, 3]);
+    let all = ok(layer.history("hist_read", None).await, "history");
+    assert!(all.recovered);
+    assert_eq!(all.messages.iter().map(n_of).collect::<Vec<_>>(), [1, 2, 3]);
+    assert_eq!(all.position, sent[2]);
+    let after1 = ok(
+        layer.history("hist_read", Some(&sent[0])).await,
+        "history since",
+    );
+    assert_eq!(after1.messages.iter().map(n_of).collect::<Vec<_>>(), [2, 3]);
+    assert!(
+        ok(layer.group_channels("hist_read").await, "group_channels").is_empty(),
+        "reading history joins nothing"
+    );
+    assert_eq!(
+        ok(
+            peer.group_send_positioned("plain", msg("plain", 1)).await,
+            "send"
+        ),
+        None,
+        "no history, no position"
+    );
+    ok(layer.history_clear("hist_read").await, "history_clear");
+    let cleared = ok(peer.history("hist_read", None).await, "history");
+    assert!(cleared.messages.is_empty(), "{cleared:?}");
+    assert_eq!(cleared.position.offset(), 0);
+    assert_ne!(cleared.position.epoch(), sent[0].epoch(), "a new epoch");
+    let next = ok(
+        layer
+            .group_send_positioned("hist_read", msg("hist.n", 4))
+            .await,
+        "send",
+    );
+    assert_eq!(next.as_ref().map(crate::Position::offset), Some(1));
+    let old = ok(layer.history("hist_read", Some(&sent[2])).await, "history");
+    assert!(!old.recovered, "a position from before the clear: {old:?}");
+    for r in [
+        layer.history("plain", None).await.map(drop),
+        layer.history_clear("plain").await,
+    ] {
+        assert!(matches!(r, Err(LayerError::Unsupported(_))), "{r:?}");
+    }
+}
+
 /// Presence events describe state, not history: in a group with history they reach members
 /// live, without a position, and a resume does not replay them.
 pub async fn history_skips_presence_events<F, Fut>(make: F)
@@ -1552,6 +1621,6 @@ macro_rules! history_conformance_tests {
             history_numbers_group_messages, resume_replays_then_goes_live,
             resume_from_a_lost_position_is_not_recovered, flush_starts_a_new_epoch,
             resume_without_history_is_unsupported, resume_under_traffic_loses_and_repeats_nothing,
-            history_skips_presence_events);
+            history_skips_presence_events, history_is_read_and_cleared_without_joining);
     };
 }

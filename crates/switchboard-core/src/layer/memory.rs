@@ -48,11 +48,11 @@ impl InMemoryLayer {
         sender: Option<&ChannelName>,
         group: &GroupName,
         message: Message,
-    ) -> Result<()> {
+    ) -> Result<Option<Position>> {
         self.engine.check_open()?;
-        let lagging = self.engine.group_send_message(group, message);
+        let (lagging, position) = self.engine.group_send_message(group, message);
         self.engine.backpressure(lagging.without(sender)).await;
-        Ok(())
+        Ok(position)
     }
 }
 
@@ -115,7 +115,28 @@ impl ChannelLayer for InMemoryLayer {
     }
 
     async fn group_send(&self, group: &GroupName, message: Message) -> Result<()> {
+        self.fan_out(None, group, message).await.map(drop)
+    }
+
+    async fn group_send_positioned(
+        &self,
+        group: &GroupName,
+        message: Message,
+    ) -> Result<Option<Position>> {
         self.fan_out(None, group, message).await
+    }
+
+    async fn history(&self, group: &GroupName, since: Option<&Position>) -> Result<Recovery> {
+        self.engine.check_open()?;
+        let h = self.engine.config().history_of(group)?;
+        Ok(self.engine.history(group, since, h))
+    }
+
+    async fn history_clear(&self, group: &GroupName) -> Result<()> {
+        self.engine.check_open()?;
+        self.engine.config().history_of(group)?;
+        self.engine.history_clear(group);
+        Ok(())
     }
 
     async fn group_send_from(
@@ -124,7 +145,7 @@ impl ChannelLayer for InMemoryLayer {
         group: &GroupName,
         message: Message,
     ) -> Result<()> {
-        self.fan_out(Some(sender), group, message).await
+        self.fan_out(Some(sender), group, message).await.map(drop)
     }
 
     async fn group_channels(&self, group: &GroupName) -> Result<Vec<ChannelName>> {

@@ -186,7 +186,7 @@ impl LayerConfig {
     }
 
     /// The history kept for `group`, or the error of a layer asked to resume a group that
-    /// keeps none ([`no_history`](crate::history::no_history)).
+    /// keeps none ([`no_history`]).
     pub fn history_of(&self, group: &GroupName) -> Result<HistoryConfig> {
         self.history_for(group.as_str())
             .ok_or_else(|| no_history(group))
@@ -276,6 +276,34 @@ pub trait ChannelLayer: Send + Sync + 'static {
     ) -> Result<()> {
         let _ = sender;
         self.group_send(group, message).await
+    }
+
+    /// [`group_send`](ChannelLayer::group_send), answering the [`Position`] the message got in
+    /// the group's history (`None` for a group without history; the default always answers
+    /// `None`). A publisher that tells its caller an id — an HTTP `POST` answer — uses this.
+    async fn group_send_positioned(
+        &self,
+        group: &GroupName,
+        message: Message,
+    ) -> Result<Option<Position>> {
+        self.group_send(group, message).await.map(|()| None)
+    }
+
+    /// What `group`'s history holds after `since`, oldest first — everything it holds for
+    /// `None` — without joining the group: `recovered` as for
+    /// [`group_add_since`](ChannelLayer::group_add_since), and the group's position now. A
+    /// backtrack ("the last 5") is the tail of it. [`LayerError::Unsupported`] for a group
+    /// without history (and from the default).
+    async fn history(&self, group: &GroupName, since: Option<&Position>) -> Result<Recovery> {
+        let _ = since;
+        Err(no_history(group))
+    }
+
+    /// Forgets `group`'s history: its next message starts a new epoch at offset 1, and a
+    /// position from before is not recovered. [`LayerError::Unsupported`] for a group without
+    /// history (and from the default).
+    async fn history_clear(&self, group: &GroupName) -> Result<()> {
+        Err(no_history(group))
     }
 
     /// Adds `channel` to `group` as [`group_add`](ChannelLayer::group_add) does and, for a
@@ -472,6 +500,35 @@ impl Layer {
         let group = group.into_group_name()?;
         let message = message.into_message()?;
         metrics::layer_op!(Op::GroupSend, self.0.group_send(&group, message))
+    }
+
+    /// Sends to every member of a group and answers the position the message got in its
+    /// history; see [`ChannelLayer::group_send_positioned`].
+    pub async fn group_send_positioned(
+        &self,
+        group: impl IntoGroupName,
+        message: impl IntoMessage,
+    ) -> Result<Option<Position>> {
+        let group = group.into_group_name()?;
+        let message = message.into_message()?;
+        metrics::layer_op!(Op::GroupSend, self.0.group_send_positioned(&group, message))
+    }
+
+    /// What a group's history holds after a position (all of it for `None`), without joining;
+    /// see [`ChannelLayer::history`].
+    pub async fn history(
+        &self,
+        group: impl IntoGroupName,
+        since: Option<&Position>,
+    ) -> Result<Recovery> {
+        let group = group.into_group_name()?;
+        self.0.history(&group, since).await
+    }
+
+    /// Forgets a group's history (a new epoch); see [`ChannelLayer::history_clear`].
+    pub async fn history_clear(&self, group: impl IntoGroupName) -> Result<()> {
+        let group = group.into_group_name()?;
+        self.0.history_clear(&group).await
     }
 
     /// Sends to every member of a group on behalf of `sender`'s consumer; see

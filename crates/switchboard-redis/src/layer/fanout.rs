@@ -221,7 +221,7 @@ pub(super) async fn group_send_history(
     group: &GroupName,
     message: Message,
     history: switchboard_core::HistoryConfig,
-) -> Result<()> {
+) -> Result<switchboard_core::Position> {
     let fields = Codec::fields(&message).map_err(|e| MessageError::Serialize(e.0))?;
     let send = crate::history::CoreSend {
         host: inner.host_for(group.as_str()),
@@ -233,7 +233,7 @@ pub(super) async fn group_send_history(
         group_expiry_secs: inner.cfg.layer.group_expiry.as_secs_f64(),
         drop_stalled: inner.cfg.drop_stalled_members,
     };
-    let (_, full, stalled) = inner
+    let (position, full, stalled) = inner
         .histories
         .core_group_send(send, &inner.codec, group.as_str(), &fields, history)
         .await?;
@@ -244,7 +244,7 @@ pub(super) async fn group_send_history(
     if stalled > 0 {
         tracing::info!(group = %group, stalled, "group members whose queues hold expired messages left the group");
     }
-    Ok(())
+    Ok(position)
 }
 
 fn indexes(value: Option<&RValue>) -> Vec<usize> {

@@ -312,19 +312,18 @@ impl Inner {
         sender: Option<&ChannelName>,
         group: &GroupName,
         message: Message,
-    ) -> Result<()> {
+    ) -> Result<Option<Position>> {
         self.open()?;
         if let Some(history) = self.cfg.layer.history_for(group.as_str())
             && switchboard_core::history::kept_in_history(&message)
         {
             // Every member, this process's too, through Redis: one order for all.
-            return self
-                .timed(fanout::group_send_history(self, group, message, history))
-                .await;
+            let send = fanout::group_send_history(self, group, message, history);
+            return self.timed(send).await.map(Some);
         }
         let lagging = self.timed(fanout::group_send(self, group, message)).await?;
         self.engine.backpressure(lagging.without(sender)).await;
-        Ok(())
+        Ok(None)
     }
 
     fn expiry_secs(&self) -> f64 {
@@ -511,7 +510,44 @@ impl ChannelLayer for RedisLayer {
     }
 
     async fn group_send(&self, group: &GroupName, message: Message) -> Result<()> {
+        self.inner.group_send(None, group, message).await.map(drop)
+    }
+
+    async fn group_send_positioned(
+        &self,
+        group: &GroupName,
+        message: Message,
+    ) -> Result<Option<Position>> {
         self.inner.group_send(None, group, message).await
+    }
+
+    async fn history(&self, group: &GroupName, since: Option<&Position>) -> Result<Recovery> {
+        let inner = &self.inner;
+        inner.open()?;
+        let history = inner.cfg.layer.history_of(group)?;
+        let (host, codec, g) = (inner.host_for(group.as_str()), &inner.codec, group.as_str());
+        match since {
+            Some(_) => {
+                inner
+                    .timed(inner.histories.since(host, 0, codec, g, since, history))
+                    .await
+            }
+            None => {
+                inner
+                    .timed(inner.histories.all(host, 0, codec, g, history))
+                    .await
+            }
+        }
+    }
+
+    async fn history_clear(&self, group: &GroupName) -> Result<()> {
+        let inner = &self.inner;
+        inner.open()?;
+        inner.cfg.layer.history_of(group)?;
+        let host = inner.host_for(group.as_str());
+        inner
+            .timed(inner.histories.clear(host, group.as_str()))
+            .await
     }
 
     async fn group_add_since(
@@ -542,7 +578,10 @@ impl ChannelLayer for RedisLayer {
         group: &GroupName,
         message: Message,
     ) -> Result<()> {
-        self.inner.group_send(Some(sender), group, message).await
+        self.inner
+            .group_send(Some(sender), group, message)
+            .await
+            .map(drop)
     }
 
     async fn group_channels(&self, group: &GroupName) -> Result<Vec<ChannelName>> {

@@ -267,10 +267,10 @@ impl Inner {
         sender: Option<&ChannelName>,
         group: &GroupName,
         message: Message,
-    ) -> Result<()> {
+    ) -> Result<Option<Position>> {
         self.open()?;
         let gchan = self.group_channel(group.as_str());
-        match self.cfg.layer.history_for(group.as_str()) {
+        let position = match self.cfg.layer.history_for(group.as_str()) {
             Some(history) if switchboard_core::history::kept_in_history(&message) => {
                 let fields = Codec::fields(&message).map_err(|e| MessageError::Serialize(e.0))?;
                 let h = self.host_index(&gchan);
@@ -283,13 +283,16 @@ impl Inner {
                     &fields,
                     history,
                 );
-                self.timed(publish).await?;
+                Some(self.timed(publish).await?)
             }
-            _ => self.publish(&gchan, &message).await?,
-        }
+            _ => {
+                self.publish(&gchan, &message).await?;
+                None
+            }
+        };
         let lagging = self.engine.lagging_members(group.as_str());
         self.engine.backpressure(lagging.without(sender)).await;
-        Ok(())
+        Ok(position)
     }
 
     async fn publish(&self, channel: &str, message: &Message) -> Result<()> {
@@ -732,7 +735,45 @@ impl ChannelLayer for RedisPubSubLayer {
     }
 
     async fn group_send(&self, group: &GroupName, message: Message) -> Result<()> {
+        self.inner.group_send(None, group, message).await.map(drop)
+    }
+
+    async fn group_send_positioned(
+        &self,
+        group: &GroupName,
+        message: Message,
+    ) -> Result<Option<Position>> {
         self.inner.group_send(None, group, message).await
+    }
+
+    async fn history(&self, group: &GroupName, since: Option<&Position>) -> Result<Recovery> {
+        let inner = &self.inner;
+        inner.open()?;
+        let history = inner.cfg.layer.history_of(group)?;
+        let h = inner.host_index(&inner.group_channel(group.as_str()));
+        let (host, codec, g) = (&inner.hosts[h], &inner.codec, group.as_str());
+        match since {
+            Some(_) => {
+                inner
+                    .timed(inner.histories.since(host, h, codec, g, since, history))
+                    .await
+            }
+            None => {
+                inner
+                    .timed(inner.histories.all(host, h, codec, g, history))
+                    .await
+            }
+        }
+    }
+
+    async fn history_clear(&self, group: &GroupName) -> Result<()> {
+        let inner = &self.inner;
+        inner.open()?;
+        inner.cfg.layer.history_of(group)?;
+        let h = inner.host_index(&inner.group_channel(group.as_str()));
+        inner
+            .timed(inner.histories.clear(&inner.hosts[h], group.as_str()))
+            .await
     }
 
     async fn group_send_from(
@@ -741,7 +782,10 @@ impl ChannelLayer for RedisPubSubLayer {
         group: &GroupName,
         message: Message,
     ) -> Result<()> {
-        self.inner.group_send(Some(sender), group, message).await
+        self.inner
+            .group_send(Some(sender), group, message)
+            .await
+            .map(drop)
     }
 
     async fn group_channels(&self, group: &GroupName) -> Result<Vec<ChannelName>> {
