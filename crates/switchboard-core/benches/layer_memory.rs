@@ -19,6 +19,12 @@
 //!
 //! - `memory_group_send_history`: fan-out with the group's history on and off, side by side
 //!   (`--bench layer_memory -- history`).
+//! - `memory_group_send_bare`: the fan-out beside two baselines with no semantics at all, in
+//!   one run (`--bench layer_memory -- bare`): `bare_queues` pushes the message handle (an
+//!   `Arc` clone) into each member's bounded `tokio::sync::mpsc` queue and each member's task
+//!   pops it; `bare_broadcast` sends it once on a `tokio::sync::broadcast` channel that every
+//!   member's task receives from. Same members, window, order check and counting as the
+//!   fan-out.
 //! - `memory_presence/{count,list}/10000`: a group's presence of 10,000 entries counted and
 //!   listed (`--bench layer_memory -- presence`).
 //!
@@ -302,6 +308,166 @@ fn fan_out(c: &mut Criterion) {
     group.finish();
 }
 
+/// What carries a bare baseline's messages to its members.
+enum Bare {
+    /// One bounded queue per member.
+    Queues(Vec<tokio::sync::mpsc::Sender<Message>>),
+    /// One broadcast channel.
+    Broadcast(tokio::sync::broadcast::Sender<Message>),
+}
+
+/// A baseline room: members that only pop and count, as `Room`'s do.
+struct BareRoom {
+    carrier: Bare,
+    received: Vec<Arc<AtomicU64>>,
+    progress: Arc<Notify>,
+}
+
+impl BareRoom {
+    fn new(members: u64, broadcast: bool) -> BareRoom {
+        let progress = Arc::new(Notify::new());
+        let mut received = Vec::new();
+        // A member's task: checks order, counts, wakes the sender; ends when the carrier does.
+        let member = |count: Arc<AtomicU64>, progress: Arc<Notify>| {
+            let mut last = -1;
+            move |m: Message| {
+                let seq = seq_of(&m);
+                assert_eq!(seq, last + 1, "in order, none missing");
+                last = seq;
+                count.fetch_add(1, Ordering::Release);
+                progress.notify_one();
+            }
+        };
+        let carrier = if broadcast {
+            let (tx, _) = tokio::sync::broadcast::channel(2 * WINDOW as usize);
+            for _ in 0..members {
+                let count = Arc::new(AtomicU64::new(0));
+                received.push(count.clone());
+                let mut rx = tx.subscribe();
+                let mut each = member(count, progress.clone());
+                tokio::spawn(async move {
+                    loop {
+                        match rx.recv().await {
+                            Ok(m) => each(m),
+                            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                            Err(e) => panic!("a broadcast member lagged under the window: {e}"),
+                        }
+                    }
+                });
+            }
+            Bare::Broadcast(tx)
+        } else {
+            let mut queues = Vec::new();
+            for _ in 0..members {
+                let count = Arc::new(AtomicU64::new(0));
+                received.push(count.clone());
+                let (tx, mut rx) = tokio::sync::mpsc::channel(2 * WINDOW as usize);
+                queues.push(tx);
+                let mut each = member(count, progress.clone());
+                tokio::spawn(async move {
+                    while let Some(m) = rx.recv().await {
+                        each(m);
+                    }
+                });
+            }
+            Bare::Queues(queues)
+        };
+        BareRoom {
+            carrier,
+            received,
+            progress,
+        }
+    }
+
+    fn slowest(&self) -> u64 {
+        self.received
+            .iter()
+            .map(|c| c.load(Ordering::Acquire))
+            .min()
+            .unwrap_or(0)
+    }
+
+    /// As [`Room::round_owned`] with shared handles: `WINDOW` outstanding at most.
+    async fn round(&self, messages: Vec<Message>) -> Duration {
+        let base = self.slowest();
+        let total = messages.len() as u64;
+        let start = Instant::now();
+        let mut slowest = base;
+        for (i, m) in messages.iter().enumerate() {
+            let sent = base + i as u64;
+            while sent - slowest >= WINDOW {
+                self.progress.notified().await;
+                slowest = self.slowest();
+            }
+            match &self.carrier {
+                Bare::Queues(queues) => {
+                    for q in queues {
+                        q.try_send(m.clone()).expect("room under the window"); // ok: benchmark harness, not reachable from the wire: a panic ends the run
+                    }
+                }
+                Bare::Broadcast(tx) => {
+                    let _ = tx.send(m.clone());
+                }
+            }
+        }
+        let target = base + total;
+        while self.slowest() < target {
+            tokio::time::timeout(Duration::from_millis(10), self.progress.notified())
+                .await
+                .ok();
+        }
+        start.elapsed()
+    }
+}
+
+/// switchboard's fan-out beside the bare baselines (see the module docs), in one run.
+fn bare(c: &mut Criterion) {
+    let mut group = c.benchmark_group("memory_group_send_bare");
+    for (variant, rt, use_receiver) in variants().into_iter().skip(1) {
+        for members in [1u64, 100, 1000] {
+            let room = rt.block_on(Room::new(members, use_receiver));
+            let id = BenchmarkId::new(format!("{variant}/switchboard"), members);
+            bench_room(&mut group, id, &rt, room, members, false);
+            for broadcast in [false, true] {
+                let kind = if broadcast {
+                    "bare_broadcast"
+                } else {
+                    "bare_queues"
+                };
+                let room = {
+                    let _entered = rt.enter();
+                    BareRoom::new(members, broadcast)
+                };
+                let m = (100_000 / members).max(100) as i64;
+                let seq = std::cell::Cell::new(0i64);
+                group.throughput(Throughput::Elements(members * m as u64));
+                let id = BenchmarkId::new(format!("{variant}/{kind}"), members);
+                group.bench_with_input(id, &members, |b, _| {
+                    b.iter_custom(|iters| {
+                        let rounds: Vec<Vec<Message>> = (0..iters)
+                            .map(|_| {
+                                let first = seq.get();
+                                seq.set(first + m);
+                                (first..first + m).map(message).collect()
+                            })
+                            .collect();
+                        rt.block_on(async {
+                            let mut total = Duration::ZERO;
+                            for messages in rounds {
+                                total += room.round(messages).await;
+                            }
+                            total
+                        })
+                    })
+                });
+                // Dropping the carrier ends the members' tasks.
+                drop(room);
+            }
+        }
+    }
+    group.finish();
+}
+
 /// `group_send` with the group's history on (`LayerConfig::group_history("room", 100, 60 s)`:
 /// each message gets a position and is kept) and off, side by side, messages moved into the
 /// layer as an application's freshly built messages are.
@@ -385,7 +551,7 @@ mod group {
             .sample_size(20)
             .measurement_time(Duration::from_secs(4))
             .warm_up_time(Duration::from_secs(1));
-        targets = p2p, fan_out, history, presence
+        targets = p2p, fan_out, history, presence, bare
     }
 }
 criterion_main!(group::benches);
