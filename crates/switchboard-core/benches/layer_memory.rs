@@ -157,12 +157,65 @@ fn p2p(c: &mut Criterion) {
     group.finish();
 }
 
+/// What the members of a room have received: a count per member, and a wake-up for the
+/// sender each time one grows.
+#[derive(Default)]
+struct Tally {
+    received: Vec<Arc<AtomicU64>>,
+    progress: Arc<Notify>,
+}
+
+impl Tally {
+    /// A count for one more member.
+    fn member(&mut self) -> Arc<AtomicU64> {
+        let count = Arc::new(AtomicU64::new(0));
+        self.received.push(count.clone());
+        count
+    }
+
+    /// The fewest messages any member has received.
+    fn slowest(&self) -> u64 {
+        self.received
+            .iter()
+            .map(|c| c.load(Ordering::Acquire))
+            .min()
+            .unwrap_or(0)
+    }
+
+    /// Waits until message `sent` (counted from the start) is under `WINDOW` ahead of the
+    /// slowest member; `slowest` is the last count seen.
+    async fn window(&self, sent: u64, slowest: &mut u64) {
+        while sent - *slowest >= WINDOW {
+            self.progress.notified().await;
+            *slowest = self.slowest();
+        }
+    }
+
+    /// Waits until every member has received `target` messages.
+    async fn all(&self, target: u64) {
+        while self.slowest() < target {
+            tokio::time::timeout(Duration::from_millis(10), self.progress.notified())
+                .await
+                .ok();
+        }
+    }
+}
+
+/// `iters` rounds of `m` messages each, numbered on from `seq`.
+fn rounds(seq: &std::cell::Cell<i64>, iters: u64, m: i64) -> Vec<Vec<Message>> {
+    (0..iters)
+        .map(|_| {
+            let first = seq.get();
+            seq.set(first + m);
+            (first..first + m).map(message).collect()
+        })
+        .collect()
+}
+
 /// A group of members, each drained by a task that checks order and counts deliveries.
 struct Room {
     layer: Layer,
-    /// Messages received so far, per member.
-    received: Vec<Arc<AtomicU64>>,
-    progress: Arc<Notify>,
+    tally: Tally,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -173,15 +226,13 @@ impl Room {
 
     async fn with_config(members: u64, use_receiver: bool, config: LayerConfig) -> Room {
         let layer = Layer::new(InMemoryLayer::new(config));
-        let progress = Arc::new(Notify::new());
+        let mut tally = Tally::default();
         let mut tasks = Vec::new();
-        let mut received = Vec::new();
         for _ in 0..members {
             let ch = layer.new_channel().await.expect("channel"); // ok: benchmark harness, not reachable from the wire: a panic ends the run
             layer.group_add("room", &ch).await.expect("group_add"); // ok: benchmark harness, not reachable from the wire: a panic ends the run
-            let count = Arc::new(AtomicU64::new(0));
-            received.push(count.clone());
-            let (layer, progress) = (layer.clone(), progress.clone());
+            let count = tally.member();
+            let (layer, progress) = (layer.clone(), tally.progress.clone());
             tasks.push(tokio::spawn(async move {
                 let mut last = -1;
                 // Runs until the layer is closed at the end of the benchmark.
@@ -202,44 +253,25 @@ impl Room {
         }
         Room {
             layer,
-            received,
-            progress,
+            tally,
             tasks,
         }
-    }
-
-    /// The fewest messages any member has received.
-    fn slowest(&self) -> u64 {
-        self.received
-            .iter()
-            .map(|c| c.load(Ordering::Acquire))
-            .min()
-            .unwrap_or(0)
     }
 
     /// Sends `messages` to the group with at most `WINDOW` outstanding for any member; returns
     /// when every member has received all of them. The messages are moved into the layer (`owned`) or sent as shared handles (a copy the
     /// caller keeps until every member has them).
     async fn round_owned(&self, messages: Vec<Message>, owned: bool) -> Duration {
-        let base = self.slowest();
+        let base = self.tally.slowest();
         let total = messages.len() as u64;
         let kept = if owned { Vec::new() } else { messages.clone() };
         let start = Instant::now();
         let mut slowest = base;
         for (i, m) in messages.into_iter().enumerate() {
-            let sent = base + i as u64;
-            while sent - slowest >= WINDOW {
-                self.progress.notified().await;
-                slowest = self.slowest();
-            }
+            self.tally.window(base + i as u64, &mut slowest).await;
             self.layer.group_send("room", m).await.expect("group_send"); // ok: benchmark harness, not reachable from the wire: a panic ends the run
         }
-        let target = base + total;
-        while self.slowest() < target {
-            tokio::time::timeout(Duration::from_millis(10), self.progress.notified())
-                .await
-                .ok();
-        }
+        self.tally.all(base + total).await;
         let elapsed = start.elapsed();
         drop(kept);
         assert_eq!(
@@ -266,13 +298,7 @@ fn bench_room(
     group.throughput(Throughput::Elements(members * m as u64));
     group.bench_with_input(id, &members, |b, _| {
         b.iter_custom(|iters| {
-            let rounds: Vec<Vec<Message>> = (0..iters)
-                .map(|_| {
-                    let first = seq.get();
-                    seq.set(first + m);
-                    (first..first + m).map(message).collect()
-                })
-                .collect();
+            let rounds = rounds(&seq, iters, m);
             rt.block_on(async {
                 let mut total = Duration::ZERO;
                 for messages in rounds {
@@ -319,14 +345,12 @@ enum Bare {
 /// A baseline room: members that only pop and count, as `Room`'s do.
 struct BareRoom {
     carrier: Bare,
-    received: Vec<Arc<AtomicU64>>,
-    progress: Arc<Notify>,
+    tally: Tally,
 }
 
 impl BareRoom {
     fn new(members: u64, broadcast: bool) -> BareRoom {
-        let progress = Arc::new(Notify::new());
-        let mut received = Vec::new();
+        let mut tally = Tally::default();
         // A member's task: checks order, counts, wakes the sender; ends when the carrier does.
         let member = |count: Arc<AtomicU64>, progress: Arc<Notify>| {
             let mut last = -1;
@@ -341,10 +365,8 @@ impl BareRoom {
         let carrier = if broadcast {
             let (tx, _) = tokio::sync::broadcast::channel(2 * WINDOW as usize);
             for _ in 0..members {
-                let count = Arc::new(AtomicU64::new(0));
-                received.push(count.clone());
                 let mut rx = tx.subscribe();
-                let mut each = member(count, progress.clone());
+                let mut each = member(tally.member(), tally.progress.clone());
                 tokio::spawn(async move {
                     loop {
                         match rx.recv().await {
@@ -359,11 +381,9 @@ impl BareRoom {
         } else {
             let mut queues = Vec::new();
             for _ in 0..members {
-                let count = Arc::new(AtomicU64::new(0));
-                received.push(count.clone());
                 let (tx, mut rx) = tokio::sync::mpsc::channel(2 * WINDOW as usize);
                 queues.push(tx);
-                let mut each = member(count, progress.clone());
+                let mut each = member(tally.member(), tally.progress.clone());
                 tokio::spawn(async move {
                     while let Some(m) = rx.recv().await {
                         each(m);
@@ -372,33 +392,17 @@ impl BareRoom {
             }
             Bare::Queues(queues)
         };
-        BareRoom {
-            carrier,
-            received,
-            progress,
-        }
-    }
-
-    fn slowest(&self) -> u64 {
-        self.received
-            .iter()
-            .map(|c| c.load(Ordering::Acquire))
-            .min()
-            .unwrap_or(0)
+        BareRoom { carrier, tally }
     }
 
     /// As [`Room::round_owned`] with shared handles: `WINDOW` outstanding at most.
     async fn round(&self, messages: Vec<Message>) -> Duration {
-        let base = self.slowest();
+        let base = self.tally.slowest();
         let total = messages.len() as u64;
         let start = Instant::now();
         let mut slowest = base;
         for (i, m) in messages.iter().enumerate() {
-            let sent = base + i as u64;
-            while sent - slowest >= WINDOW {
-                self.progress.notified().await;
-                slowest = self.slowest();
-            }
+            self.tally.window(base + i as u64, &mut slowest).await;
             match &self.carrier {
                 Bare::Queues(queues) => {
                     for q in queues {
@@ -410,12 +414,7 @@ impl BareRoom {
                 }
             }
         }
-        let target = base + total;
-        while self.slowest() < target {
-            tokio::time::timeout(Duration::from_millis(10), self.progress.notified())
-                .await
-                .ok();
-        }
+        self.tally.all(base + total).await;
         start.elapsed()
     }
 }
@@ -444,13 +443,7 @@ fn bare(c: &mut Criterion) {
                 let id = BenchmarkId::new(format!("{variant}/{kind}"), members);
                 group.bench_with_input(id, &members, |b, _| {
                     b.iter_custom(|iters| {
-                        let rounds: Vec<Vec<Message>> = (0..iters)
-                            .map(|_| {
-                                let first = seq.get();
-                                seq.set(first + m);
-                                (first..first + m).map(message).collect()
-                            })
-                            .collect();
+                        let rounds = rounds(&seq, iters, m);
                         rt.block_on(async {
                             let mut total = Duration::ZERO;
                             for messages in rounds {

@@ -295,18 +295,20 @@ impl Subscription {
             self.group_add(&group).await?;
         }
         let mut entry = PresenceEntry::new(self.channel_name().clone(), &info);
-        if let Some((_, held)) = self.presence.iter().find(|(g, _)| g == &group) {
-            entry.since_ms = held.since_ms; // a new entry, the same arrival
+        let held = self.presence.iter().position(|(g, _)| g == &group);
+        if let Some(i) = held {
+            entry.since_ms = self.presence[i].1.since_ms; // a new entry, the same arrival
         }
         self.layer.backend().presence_add(&group, &entry).await?;
-        let first = !self.presence.iter().any(|(g, _)| g == &group);
-        self.presence.retain(|(g, _)| g != &group);
-        self.presence.push((group.clone(), entry.clone()));
-        if first {
-            presence_event(&self.layer, &group, "presence.join", &entry).await;
-            // The heartbeat may be due sooner than the groups' refresh.
-            self.refresh.timer = None;
-            self.arm();
+        match held {
+            Some(i) => self.presence[i].1 = entry,
+            None => {
+                self.presence.push((group.clone(), entry.clone()));
+                presence_event(&self.layer, &group, "presence.join", &entry).await;
+                // The heartbeat may be due sooner than the groups' refresh.
+                self.refresh.timer = None;
+                self.arm();
+            }
         }
         Ok(())
     }

@@ -26,10 +26,29 @@ use switchboard_core::{HistoryConfig, LayerError, Position, Recovery, Result};
 use crate::codec::{Codec, EncodedFields};
 use crate::conn::Host;
 
-/// Lua shared by the scripts that send: msgpack headers (`mpstr`, `map`, `array`), and the
-/// numbering — the era checked (KEYS[3], made from ARGV[2] if missing), the history made anew
-/// from ARGV[1] if it is missing or from another era (KEYS[1] the hash, KEYS[2] the Stream),
-/// the next offset taken: `epoch`, `era` and `top` are set after it.
+/// Lua every history script starts with: the era checked (KEYS[3], made from ARGV[2] if
+/// missing), and the history (KEYS[1] the hash, KEYS[2] the Stream) made anew from ARGV[1] if
+/// it is missing or from another era. Sets `era`, `epoch`, `top` (the last offset given out)
+/// and `made` (whether it was made now).
+const HISTORY: &str = r"
+local era = redis.call('GET', KEYS[3])
+if not era then
+    era = ARGV[2]
+    redis.call('SET', KEYS[3], era)
+end
+local meta = redis.call('HMGET', KEYS[1], 'epoch', 'era', 'top')
+local epoch, top, made = meta[1], tonumber(meta[3]), false
+if not epoch or meta[2] ~= era then
+    epoch, top, made = ARGV[1], 0, true
+    redis.call('DEL', KEYS[2])
+    redis.call('HSET', KEYS[1], 'epoch', epoch, 'era', era, 'top', 0)
+end
+local t = redis.call('TIME')
+local now_ms = t[1] * 1000 + math.floor(t[2] / 1000)
+";
+
+/// Lua the sending scripts add after [`HISTORY`]: msgpack headers (`mpstr`, `map`, `array`)
+/// and the next offset taken (`top`, `position`).
 const NUMBER: &str = r"
 local function be(n, bytes)
     local out = {}
@@ -50,23 +69,8 @@ local function header(n, fix, c16, c32)
 end
 local function map(n) return header(n, 0x80, 0xde, 0xdf) end
 local function array(n) return header(n, 0x90, 0xdc, 0xdd) end
-
-local era = redis.call('GET', KEYS[3])
-if not era then
-    era = ARGV[2]
-    redis.call('SET', KEYS[3], era)
-end
-local meta = redis.call('HMGET', KEYS[1], 'epoch', 'era')
-local epoch = meta[1]
-if not epoch or meta[2] ~= era then
-    epoch = ARGV[1]
-    redis.call('DEL', KEYS[2])
-    redis.call('HSET', KEYS[1], 'epoch', epoch, 'era', era, 'top', 0)
-end
-local top = redis.call('HINCRBY', KEYS[1], 'top', 1)
+top = redis.call('HINCRBY', KEYS[1], 'top', 1)
 local position = epoch .. ':' .. top
-local t = redis.call('TIME')
-local now_ms = t[1] * 1000 + math.floor(t[2] / 1000)
 ";
 
 /// Numbers, keeps and publishes one message (the pub/sub layer). KEYS: meta, log, era. ARGV:
@@ -74,7 +78,7 @@ local now_ms = t[1] * 1000 + math.floor(t[2] / 1000)
 /// (`Codec::encode_positioned_head`), size, ttl (ms). Returns {position, era}.
 static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        "{NUMBER}{}",
+        "{HISTORY}{NUMBER}{}",
         r"
 local payload = ARGV[4] .. mpstr(position)
 if tonumber(ARGV[5]) > 0 then
@@ -93,23 +97,11 @@ return {position, era}
 /// of a new epoch) if there is none. Returns {epoch, top, now (ms), era, then id, t, payload of
 /// each entry after the offset when the epoch is the history's}.
 static SINCE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::new(&format!(
+        "{HISTORY}{}",
         r"
-local era = redis.call('GET', KEYS[3])
-if not era then
-    era = ARGV[2]
-    redis.call('SET', KEYS[3], era)
-end
-local meta = redis.call('HMGET', KEYS[1], 'epoch', 'era', 'top')
-local epoch, top = meta[1], tonumber(meta[3])
-if not epoch or meta[2] ~= era then
-    epoch, top = ARGV[1], 0
-    redis.call('DEL', KEYS[2])
-    redis.call('HSET', KEYS[1], 'epoch', epoch, 'era', era, 'top', 0)
-    redis.call('PEXPIRE', KEYS[1], ARGV[5])
-end
-local t = redis.call('TIME')
-local out = {epoch, top, t[1] * 1000 + math.floor(t[2] / 1000), era}
+if made then redis.call('PEXPIRE', KEYS[1], ARGV[5]) end
+local out = {epoch, top, now_ms, era}
 if ARGV[3] == epoch or ARGV[3] == '*' then
     local since = tonumber(ARGV[4])
     if since < top then
@@ -123,8 +115,8 @@ if ARGV[3] == epoch or ARGV[3] == '*' then
     end
 end
 return out
-",
-    )
+"
+    ))
 });
 
 /// `RedisLayer`'s group send for a group with history, on a layer with one host: numbers the
@@ -141,7 +133,7 @@ return out
 /// the members (a single Redis, never a cluster).
 static CORE_GROUP_SEND: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        "{NUMBER}{}",
+        "{HISTORY}{NUMBER}{}",
         r"
 local tail = mpstr('__switchboard_position__') .. mpstr(position)
 local nf = tonumber(ARGV[5])
@@ -254,8 +246,13 @@ impl Histories {
         [
             format!("{}:history:{group}", self.prefix),
             format!("{}:history:{group}:log", self.prefix),
-            format!("{}:history-era", self.prefix),
+            self.era_key(),
         ]
+    }
+
+    /// The host's era (one per host, see the module docs).
+    fn era_key(&self) -> String {
+        format!("{}:history-era", self.prefix)
     }
 
     /// The pattern of every history key of the layer (for `flush`).
@@ -372,16 +369,22 @@ impl Histories {
             .await
     }
 
-    /// Everything `group`'s history holds (not expired), oldest first.
-    pub(crate) async fn all(
+    /// What `ChannelLayer::history` answers: what followed `since`, or everything the history
+    /// holds (not expired), oldest first, for `None`.
+    pub(crate) async fn history(
         &self,
         host: &Host,
         h: usize,
         codec: &Codec,
         group: &str,
+        since: Option<&Position>,
         cfg: HistoryConfig,
     ) -> Result<Recovery> {
-        self.read(host, h, codec, group, Read::All, cfg).await
+        let read = match since {
+            Some(_) => Read::Since(since),
+            None => Read::All,
+        };
+        self.read(host, h, codec, group, read, cfg).await
     }
 
     /// Forgets `group`'s history (its next message starts a new epoch).
@@ -527,7 +530,7 @@ impl Histories {
         };
         let mut c = host.conn();
         let r: redis::RedisResult<i64> = ROTATE
-            .key(format!("{}:history-era", self.prefix))
+            .key(self.era_key())
             .arg(&old)
             .arg(Position::new_epoch())
             .invoke_async(&mut c)

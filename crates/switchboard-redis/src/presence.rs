@@ -152,50 +152,57 @@ pub(crate) async fn count<C: ConnectionLike + Send>(
     Ok(usize::try_from(n).unwrap_or(0))
 }
 
-/// The presence operations of a layer on `Host`s (the core and pub/sub layers).
+/// The presence operations of a layer on `Host`s (the core and pub/sub layers): on the host
+/// that keeps `group`'s presence, within the layer's `command_timeout`.
 pub(crate) mod on_host {
     use super::*;
+    use crate::config::RedisConfig;
+    use crate::conn::timed;
 
     pub(crate) async fn add(
         host: &Host,
-        prefix: &str,
+        cfg: &RedisConfig,
         group: &GroupName,
         entry: &PresenceEntry,
-        ttl: std::time::Duration,
     ) -> Result<()> {
         let mut c = host.conn();
-        super::add(&mut c, keys(prefix, group, false), entry, ttl)
-            .await?
+        let keys = keys(&cfg.prefix, group, false);
+        let add = super::add(&mut c, keys, entry, cfg.layer.presence_ttl);
+        timed(cfg.command_timeout, add)
+            .await??
             .map_err(|e| host.error(e))
     }
 
     pub(crate) async fn remove(
         host: &Host,
-        prefix: &str,
+        cfg: &RedisConfig,
         group: &GroupName,
         channel: &ChannelName,
     ) -> Result<()> {
         let mut c = host.conn();
-        super::remove(&mut c, keys(prefix, group, false), channel)
-            .await
+        let remove = super::remove(&mut c, keys(&cfg.prefix, group, false), channel);
+        timed(cfg.command_timeout, remove)
+            .await?
             .map_err(|e| host.error(e))
     }
 
     pub(crate) async fn list(
         host: &Host,
-        prefix: &str,
+        cfg: &RedisConfig,
         group: &GroupName,
     ) -> Result<Vec<PresenceEntry>> {
         let mut c = host.conn();
-        super::list(&mut c, keys(prefix, group, false), group)
-            .await
+        let list = super::list(&mut c, keys(&cfg.prefix, group, false), group);
+        timed(cfg.command_timeout, list)
+            .await?
             .map_err(|e| host.error(e))
     }
 
-    pub(crate) async fn count(host: &Host, prefix: &str, group: &GroupName) -> Result<usize> {
+    pub(crate) async fn count(host: &Host, cfg: &RedisConfig, group: &GroupName) -> Result<usize> {
         let mut c = host.conn();
-        super::count(&mut c, keys(prefix, group, false))
-            .await
+        let count = super::count(&mut c, keys(&cfg.prefix, group, false));
+        timed(cfg.command_timeout, count)
+            .await?
             .map_err(|e| host.error(e))
     }
 }

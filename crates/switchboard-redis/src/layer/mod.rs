@@ -295,6 +295,11 @@ impl Inner {
         consistent_hash(name, self.hosts.len())
     }
 
+    /// The host that keeps `group`'s presence: the group's.
+    fn presence_host(&self, group: &GroupName) -> &Host {
+        self.host_for(group.as_str())
+    }
+
     fn group_key(&self, group: &str) -> String {
         format!("{}:group:{group}", self.cfg.prefix)
     }
@@ -526,18 +531,8 @@ impl ChannelLayer for RedisLayer {
         inner.open()?;
         let history = inner.cfg.layer.history_of(group)?;
         let (host, codec, g) = (inner.host_for(group.as_str()), &inner.codec, group.as_str());
-        match since {
-            Some(_) => {
-                inner
-                    .timed(inner.histories.since(host, 0, codec, g, since, history))
-                    .await
-            }
-            None => {
-                inner
-                    .timed(inner.histories.all(host, 0, codec, g, history))
-                    .await
-            }
-        }
+        let read = inner.histories.history(host, 0, codec, g, since, history);
+        inner.timed(read).await
     }
 
     async fn history_clear(&self, group: &GroupName) -> Result<()> {
@@ -648,43 +643,25 @@ impl ChannelLayer for RedisLayer {
     async fn presence_add(&self, group: &GroupName, entry: &PresenceEntry) -> Result<()> {
         let inner = &self.inner;
         inner.open()?;
-        let host = inner.host_for(group.as_str());
-        let ttl = inner.cfg.layer.presence_ttl;
-        let add = crate::presence::on_host::add(host, &inner.cfg.prefix, group, entry, ttl);
-        inner.timed(add).await
+        crate::presence::on_host::add(inner.presence_host(group), &inner.cfg, group, entry).await
     }
 
     async fn presence_remove(&self, group: &GroupName, channel: &ChannelName) -> Result<()> {
         let inner = &self.inner;
         inner.open()?;
-        let host = inner.host_for(group.as_str());
-        let remove = crate::presence::on_host::remove(host, &inner.cfg.prefix, group, channel);
-        inner.timed(remove).await
+        let host = inner.presence_host(group);
+        crate::presence::on_host::remove(host, &inner.cfg, group, channel).await
     }
 
     async fn presence(&self, group: &GroupName) -> Result<Vec<PresenceEntry>> {
         let inner = &self.inner;
         inner.open()?;
-        let host = inner.host_for(group.as_str());
-        inner
-            .timed(crate::presence::on_host::list(
-                host,
-                &inner.cfg.prefix,
-                group,
-            ))
-            .await
+        crate::presence::on_host::list(inner.presence_host(group), &inner.cfg, group).await
     }
 
     async fn presence_count(&self, group: &GroupName) -> Result<usize> {
         let inner = &self.inner;
         inner.open()?;
-        let host = inner.host_for(group.as_str());
-        inner
-            .timed(crate::presence::on_host::count(
-                host,
-                &inner.cfg.prefix,
-                group,
-            ))
-            .await
+        crate::presence::on_host::count(inner.presence_host(group), &inner.cfg, group).await
     }
 }

@@ -243,6 +243,11 @@ impl Inner {
         consistent_hash(name, self.hosts.len())
     }
 
+    /// The host that keeps `group`'s presence: its Redis channel's (and registry's).
+    fn presence_host(&self, group: &GroupName) -> &Host {
+        &self.hosts[self.host_index(&self.group_channel(group.as_str()))]
+    }
+
     fn group_channel(&self, group: &str) -> String {
         format!("{}{group}", self.group_prefix)
     }
@@ -752,18 +757,8 @@ impl ChannelLayer for RedisPubSubLayer {
         let history = inner.cfg.layer.history_of(group)?;
         let h = inner.host_index(&inner.group_channel(group.as_str()));
         let (host, codec, g) = (&inner.hosts[h], &inner.codec, group.as_str());
-        match since {
-            Some(_) => {
-                inner
-                    .timed(inner.histories.since(host, h, codec, g, since, history))
-                    .await
-            }
-            None => {
-                inner
-                    .timed(inner.histories.all(host, h, codec, g, history))
-                    .await
-            }
-        }
+        let read = inner.histories.history(host, h, codec, g, since, history);
+        inner.timed(read).await
     }
 
     async fn history_clear(&self, group: &GroupName) -> Result<()> {
@@ -866,43 +861,25 @@ impl ChannelLayer for RedisPubSubLayer {
     async fn presence_add(&self, group: &GroupName, entry: &PresenceEntry) -> Result<()> {
         let inner = &self.inner;
         inner.open()?;
-        let host = &inner.hosts[inner.host_index(&inner.group_channel(group.as_str()))];
-        let ttl = inner.cfg.layer.presence_ttl;
-        let add = crate::presence::on_host::add(host, &inner.cfg.prefix, group, entry, ttl);
-        inner.timed(add).await
+        crate::presence::on_host::add(inner.presence_host(group), &inner.cfg, group, entry).await
     }
 
     async fn presence_remove(&self, group: &GroupName, channel: &ChannelName) -> Result<()> {
         let inner = &self.inner;
         inner.open()?;
-        let host = &inner.hosts[inner.host_index(&inner.group_channel(group.as_str()))];
-        let remove = crate::presence::on_host::remove(host, &inner.cfg.prefix, group, channel);
-        inner.timed(remove).await
+        let host = inner.presence_host(group);
+        crate::presence::on_host::remove(host, &inner.cfg, group, channel).await
     }
 
     async fn presence(&self, group: &GroupName) -> Result<Vec<PresenceEntry>> {
         let inner = &self.inner;
         inner.open()?;
-        let host = &inner.hosts[inner.host_index(&inner.group_channel(group.as_str()))];
-        inner
-            .timed(crate::presence::on_host::list(
-                host,
-                &inner.cfg.prefix,
-                group,
-            ))
-            .await
+        crate::presence::on_host::list(inner.presence_host(group), &inner.cfg, group).await
     }
 
     async fn presence_count(&self, group: &GroupName) -> Result<usize> {
         let inner = &self.inner;
         inner.open()?;
-        let host = &inner.hosts[inner.host_index(&inner.group_channel(group.as_str()))];
-        inner
-            .timed(crate::presence::on_host::count(
-                host,
-                &inner.cfg.prefix,
-                group,
-            ))
-            .await
+        crate::presence::on_host::count(inner.presence_host(group), &inner.cfg, group).await
     }
 }
