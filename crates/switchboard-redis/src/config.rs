@@ -385,14 +385,13 @@ pub(crate) fn redact(url: &str) -> String {
     }
 }
 
-/// Group history ([`LayerConfig::group_history`]) is kept by the in-memory layer and the
-/// pub/sub layer so far: another layer given one refuses to connect rather than send messages
-/// without positions.
+/// Group history ([`LayerConfig::group_history`]) is not kept by `RedisClusterLayer` yet: given
+/// one it refuses to connect rather than send messages without positions.
 pub(crate) fn refuse_history(cfg: &RedisConfig) -> switchboard_core::Result<()> {
     if cfg.layer.has_history() {
         return Err(switchboard_core::LayerError::Config(
-            "group history (LayerConfig::group_history) is kept by the in-memory layer and \
-             RedisPubSubLayer; this layer does not keep it yet"
+            "group history (LayerConfig::group_history) is kept by the in-memory layer, \
+             RedisLayer and RedisPubSubLayer; RedisClusterLayer does not keep it yet"
                 .into(),
         ));
     }
