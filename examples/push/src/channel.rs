@@ -4,14 +4,15 @@
 //!   layer group is `push.<id>`. An id may not end in `.b<digits>`, which is the backtrack
 //!   suffix: `/ev/news.b5` subscribes to `news` and first delivers its last 5 stored messages.
 //! - Paths carry several channels separated by `/`: `/ws/user-7/project-3/global`.
-//! - A cursor says how far a subscriber got. For one channel it is that channel's last seen id
-//!   (`42`); for several it names each (`user-7:42,global:1093`). It is what SSE events carry in
-//!   `id:`, what long-poll answers carry in `Etag`, and what `Last-Event-ID`, `If-None-Match`
-//!   and `?last_id=` give back.
+//! - A cursor says how far a subscriber got: the history position (`EPOCH:OFFSET`, see
+//!   `history.rs`) of the last message it saw. For one channel it is that position
+//!   (`k3x9ab12cd34:42`); for several it names each (`user-7=k3x9ab12cd34:42,global=p0q1:1093`).
+//!   It is what SSE events carry in `id:`, what long-poll answers carry in `Etag`, and what
+//!   `Last-Event-ID`, `If-None-Match` and `?last_id=` give back.
 
 use std::fmt::Write as _;
 
-use switchboard::GroupName;
+use switchboard::{GroupName, Position};
 
 /// The layer group of a push channel; `None` for an id that is no channel's (see
 /// [`check_channel_id`]: every valid id makes a valid group name).
@@ -120,9 +121,13 @@ pub fn parse_channels(
     Ok(out)
 }
 
-/// Reads a cursor against the subscription's channels: for each, the last id the client saw,
-/// if the cursor names it. Quotes and a weak `W/` prefix (from `Etag`) are ignored.
-pub fn parse_cursor(text: &str, channels: &[ChannelSpec]) -> Result<Vec<Option<u64>>, BadRequest> {
+/// Reads a cursor against the subscription's channels: for each, the history position of the
+/// last message the client saw, if the cursor names it. Quotes and a weak `W/` prefix (from
+/// `Etag`) are ignored.
+pub fn parse_cursor(
+    text: &str,
+    channels: &[ChannelSpec],
+) -> Result<Vec<Option<Position>>, BadRequest> {
     let text = text.trim();
     let text = text.strip_prefix("W/").unwrap_or(text).trim_matches('"');
     let mut out = vec![None; channels.len()];
@@ -131,45 +136,50 @@ pub fn parse_cursor(text: &str, channels: &[ChannelSpec]) -> Result<Vec<Option<u
     }
     let bad = || {
         BadRequest(format!(
-            "bad event id {text:?}: expected a message id (42) or, for several channels, \
-             CHANNEL:ID pairs separated by commas (a:42,b:7)"
+            "bad event id {:?}: expected a position EPOCH:OFFSET (k3x9ab:42) or, for several \
+             channels, CHANNEL=EPOCH:OFFSET pairs separated by commas (a=k3x9ab:42,b=p0q1rs:7)",
+            text.chars().take(80).collect::<String>()
         ))
     };
-    if !text.contains(':') {
-        let id: u64 = text.parse().map_err(|_| bad())?;
+    if !text.contains('=') {
+        let position: Position = text.parse().map_err(|_| bad())?;
         if channels.len() != 1 {
             return Err(BadRequest(format!(
-                "event id {text:?} names no channel, but this subscription has {}: use \
-                 CHANNEL:ID pairs (a:42,b:7)",
+                "event id {:?} names no channel, but this subscription has {}: use \
+                 CHANNEL=EPOCH:OFFSET pairs (a=k3x9ab:42,b=p0q1rs:7)",
+                text.chars().take(80).collect::<String>(),
                 channels.len()
             )));
         }
-        out[0] = Some(id);
+        out[0] = Some(position);
         return Ok(out);
     }
     for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (name, id) = pair.rsplit_once(':').ok_or_else(bad)?;
-        let id: u64 = id.parse().map_err(|_| bad())?;
-        // Channels the subscription does not have are ignored (the client may have dropped one).
+        let (name, position) = pair.split_once('=').ok_or_else(bad)?;
+        let position: Position = position.parse().map_err(|_| bad())?;
         if let Some(i) = channels.iter().position(|c| c.id == name) {
-            out[i] = Some(id);
+            out[i] = Some(position);
         }
     }
     Ok(out)
 }
 
-/// Writes a cursor: the bare id for one channel, `a:1,b:2` for several.
-pub fn format_cursor<'a>(positions: impl Iterator<Item = (&'a str, u64)>) -> String {
-    let positions: Vec<(&str, u64)> = positions.collect();
-    if let [(_, id)] = positions[..] {
-        return id.to_string();
+/// Writes a cursor: the bare position for one channel, `a=E:1,b=E:2` for several (channels
+/// without a position yet are left out).
+pub fn format_cursor<'a>(
+    positions: impl Iterator<Item = (&'a str, Option<&'a Position>)>,
+) -> String {
+    let positions: Vec<(&str, Option<&Position>)> = positions.collect();
+    if let [(_, p)] = positions[..] {
+        return p.map(Position::to_string).unwrap_or_default();
     }
     let mut s = String::new();
-    for (i, (name, id)) in positions.iter().enumerate() {
-        if i > 0 {
+    for (name, p) in positions {
+        let Some(p) = p else { continue };
+        if !s.is_empty() {
             s.push(',');
         }
-        let _ = write!(s, "{name}:{id}");
+        let _ = write!(s, "{name}={p}");
     }
     s
 }

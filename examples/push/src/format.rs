@@ -1,12 +1,13 @@
 //! What subscribers receive: each message as JSON, or through a template.
 //!
 //! A published message travels through the layer as
-//! `{"type":"push.message","id":7,"channel":"news","text":"…","time":"2026-11-22T07:09:00.123Z","event_type":"…","epoch":1795331340000}`
-//! (`event_type` only when the publisher sent an `Event-Type` header; `epoch` names the
-//! channel's incarnation, see `store.rs`). By default subscribers
-//! receive exactly that JSON — rendered once per message and shared by every WebSocket that
-//! gets it. With `--message-template`, they receive the template with `~id~`, `~channel~`,
-//! `~text~`, `~time~` and `~event-type~` replaced.
+//! `{"type":"push.message","channel":"news","text":"…","time":"2026-11-22T07:09:00.123Z","event_type":"…"}`
+//! (`event_type` only when the publisher sent an `Event-Type` header), and the layer gives it
+//! its position in the channel's history (`history.rs`). By default subscribers receive that
+//! JSON with the position as one more key, `"position":"EPOCH:OFFSET"` — rendered once per
+//! message and shared by every WebSocket that gets it. With `--message-template`, they receive
+//! the template with `~id~` (the offset), `~position~`, `~channel~`, `~text~`, `~time~` and
+//! `~event-type~` replaced.
 //!
 //! Two notices share the format: a keep-alive ping on `/sub/` streams
 //! (`{"type":"push.ping","time":…}`; through a template: id `-1`, event type `ping`) and the
@@ -17,8 +18,6 @@ use switchboard::Message;
 use switchboard::text::Text;
 use switchboard::value::Value;
 use time::OffsetDateTime;
-
-use super::store::PushMessage;
 
 /// The layer message type of a published message.
 pub const MESSAGE: &str = "push.message";
@@ -43,36 +42,16 @@ pub fn rfc3339(time_ms: u64) -> String {
     )
 }
 
-/// The layer message carrying a published message.
-pub fn layer_message(m: &PushMessage) -> Message {
+/// The layer message carrying a published message (the layer adds its position).
+pub fn layer_message(channel: &str, text: &str, time_ms: u64, event_type: Option<&str>) -> Message {
     let mut b = Message::builder(MESSAGE)
-        .field("id", m.id)
-        .field("channel", m.channel.as_str())
-        .field("text", m.text.as_str())
-        .field("time", rfc3339(m.time_ms));
-    if let Some(e) = &m.event_type {
-        b = b.field("event_type", e.as_str());
+        .field("channel", channel)
+        .field("text", text)
+        .field("time", rfc3339(time_ms));
+    if let Some(e) = event_type {
+        b = b.field("event_type", e);
     }
-    b = b.field("epoch", m.epoch);
     b.build().expect("valid message") // ok: a fixed non-empty type and no reserved key
-}
-
-/// A message's id, if it carries a valid one.
-pub fn message_id(m: &Message) -> Option<u64> {
-    uint(m, "id")
-}
-
-/// A message's channel epoch (0 if it carries none).
-pub fn message_epoch(m: &Message) -> u64 {
-    uint(m, "epoch").unwrap_or(0)
-}
-
-fn uint(m: &Message, key: &str) -> Option<u64> {
-    match m.get(key)? {
-        Value::UInt(n) => Some(*n),
-        Value::Int(n) => u64::try_from(*n).ok(),
-        _ => None,
-    }
 }
 
 /// A string field of a message ("" when absent).
@@ -84,6 +63,7 @@ pub fn field<'a>(m: &'a Message, key: &str) -> &'a str {
 enum Part {
     Lit(String),
     Id,
+    Position,
     Channel,
     Text,
     Time,
@@ -105,6 +85,7 @@ impl Template {
             let token = after.find('~').map(|end| (&after[..end], end));
             let part = match token {
                 Some(("id", _)) => Some(Part::Id),
+                Some(("position", _)) => Some(Part::Position),
                 Some(("channel", _)) => Some(Part::Channel),
                 Some(("text", _)) => Some(Part::Text),
                 Some(("time", _)) => Some(Part::Time),
@@ -133,15 +114,23 @@ impl Template {
         Template(parts)
     }
 
-    fn render(&self, id: &str, channel: &str, text: &str, time: &str, event_type: &str) -> String {
+    fn render(
+        &self,
+        id: &str,
+        position: &str,
+        m: &Message,
+        text: &str,
+        event_type: &str,
+    ) -> String {
         let mut out = String::with_capacity(text.len() + 64);
         for p in &self.0 {
             out.push_str(match p {
                 Part::Lit(s) => s,
                 Part::Id => id,
-                Part::Channel => channel,
+                Part::Position => position,
+                Part::Channel => field(m, "channel"),
                 Part::Text => text,
-                Part::Time => time,
+                Part::Time => field(m, "time"),
                 Part::EventType => event_type,
             });
         }
@@ -172,19 +161,20 @@ impl Format {
         match self {
             Format::Json => m.to_json_text(),
             Format::Template(t) => {
-                let id = message_id(m).map(|i| i.to_string());
+                let position = m.position().filter(|_| m.message_type() == MESSAGE);
+                let id = position.map(|p| p.offset().to_string());
                 let id = id.as_deref().unwrap_or(match m.message_type() {
                     PING => "-1",
                     DELETED => "-2",
                     _ => "0",
                 });
+                let position = position.map(ToString::to_string).unwrap_or_default();
                 let (text, event_type) = match m.message_type() {
                     PING => ("", "ping"),
                     DELETED => ("channel deleted", "deleted"),
                     _ => (field(m, "text"), field(m, "event_type")),
                 };
-                t.render(id, field(m, "channel"), text, field(m, "time"), event_type)
-                    .into()
+                t.render(id, &position, m, text, event_type).into()
             }
         }
     }

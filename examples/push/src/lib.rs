@@ -2,12 +2,14 @@
 //! HTTP streaming — nginx-push-stream-module's model on switchboard's channel layer. `main.rs`
 //! parses flags and serves it; the tests mount it in-process.
 //!
-//! Every push channel `CH` is the layer group `push.CH`. A POST takes the channel's next id from
-//! the history store (which also keeps the last N messages), then `group_send`s the message;
-//! every subscriber — whatever its transport — owns a layer channel that joined the groups of its
-//! push channels, and writes what arrives to its client. So with a Redis layer a POST to one
-//! gateway reaches the subscribers of all of them, and with the Redis history store they share
-//! ids and history. The whole protocol is in this crate's README.md.
+//! Every push channel `CH` is the layer group `push.CH`, which keeps history (`history.rs`). A
+//! POST `group_send`s the message, and the layer gives it the channel's next position and keeps
+//! it; every subscriber — whatever its transport — owns a layer channel that joined the groups
+//! of its push channels (after its cursor, when it resumes), and writes what arrives to its
+//! client. So with a Redis layer a POST to one gateway reaches the subscribers of all of them,
+//! and every gateway numbers and replays from the one history in Redis. The channel registry
+//! behind `/stats` and `--max-channels` is the gateway's (`registry.rs`). The whole protocol is
+//! in this crate's README.md.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -23,17 +25,18 @@ use axum::routing::get;
 use ipnet::IpNet;
 use parking_lot::Mutex;
 use serde_json::{Value as Json, json};
-use switchboard::{ConnectionConfig, Endpoint, Layer, Origins};
+use switchboard::{ConnectionConfig, Endpoint, Layer, LayerConfig, Origins};
 
 pub mod channel;
 pub mod format;
-pub mod redis_store;
-pub mod store;
+pub mod history;
+pub mod redis_registry;
+pub mod registry;
 pub mod subscribe;
 
 use channel::{BadRequest, ChannelSpec, parse_channels};
 use format::Format;
-use store::{ChannelInfo, Draft, HistoryStore, MemoryStore, StoreConfig, now_ms};
+use registry::{Known, MemoryRegistry, Registry, RegistryConfig, now_ms};
 
 /// The demo page: plain HTML and JavaScript, no build step.
 const INDEX_HTML: &str = include_str!("../static/index.html");
@@ -41,7 +44,8 @@ const INDEX_HTML: &str = include_str!("../static/index.html");
 /// How the gateway is set up (every field has a command-line flag; see `main.rs`).
 #[derive(Clone, Debug)]
 pub struct Settings {
-    /// Messages kept per channel for backtrack and resume (0: none).
+    /// Messages the layer keeps per channel for backtrack and resume (0: none); the layer is
+    /// built with it ([`Settings::layer_config`]).
     pub store_messages: usize,
     /// How long a stored message is kept.
     pub message_ttl: Duration,
@@ -57,7 +61,7 @@ pub struct Settings {
     pub longpoll_timeout: Duration,
     /// Subscribers one channel may have on this gateway.
     pub max_subscribers_per_channel: Option<usize>,
-    /// Channels the store may know at once.
+    /// Channels the registry may know at once.
     pub max_channels: Option<u64>,
     /// Longest channel id (at most 94, what layer group names allow).
     pub max_channel_id_length: usize,
@@ -127,19 +131,27 @@ impl Settings {
         )
     }
 
-    /// The history store's part of the settings.
-    pub fn store_config(&self) -> StoreConfig {
-        StoreConfig {
-            keep: self.store_messages,
-            message_ttl: self.message_ttl,
+    /// The registry's part of the settings: a channel outlives what it stores.
+    pub fn registry_config(&self) -> RegistryConfig {
+        RegistryConfig {
             channel_ttl: self.channel_ttl,
+            publish_lifetime: if self.store_messages > 0 {
+                self.channel_ttl.max(self.message_ttl)
+            } else {
+                self.channel_ttl
+            },
         }
+    }
+
+    /// `config` with the history these settings ask for on push channels.
+    pub fn layer_config(&self, config: LayerConfig) -> switchboard::Result<LayerConfig> {
+        history::with_history(config, self.store_messages, self.message_ttl)
     }
 }
 
-/// An in-memory history store for these settings.
-pub fn memory_store(settings: &Settings) -> Arc<dyn HistoryStore> {
-    Arc::new(MemoryStore::new(settings.store_config()))
+/// An in-memory channel registry for these settings.
+pub fn memory_registry(settings: &Settings) -> Arc<dyn Registry> {
+    Arc::new(MemoryRegistry::new(settings.registry_config()))
 }
 
 /// An HTTP error with a message for the client: `{"error": "…"}`.
@@ -160,8 +172,8 @@ impl ApiError {
         }
     }
 
-    /// The history store or the layer failed: the client is told what failed and a
-    /// reference, the log the error itself (it can name hosts).
+    /// The registry or the layer failed: the client is told what failed and a reference, the
+    /// log the error itself (it can name hosts).
     pub fn unavailable(what: &str, e: impl std::fmt::Display) -> ApiError {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -189,8 +201,10 @@ impl IntoResponse for ApiError {
 pub struct Gateway {
     /// The channel layer the subscribers are on.
     pub layer: Layer,
-    /// The history store (ids, stored messages, stats).
-    pub store: Arc<dyn HistoryStore>,
+    /// The channel registry (stats, `--max-channels`).
+    pub registry: Arc<dyn Registry>,
+    /// Whether the layer keeps history for push channels ([`history::kept`]).
+    pub history: bool,
     /// The settings.
     pub settings: Settings,
     /// How messages are rendered for subscribers.
@@ -285,10 +299,10 @@ impl Gateway {
         for (ch, maybe) in channels.iter().zip(maybe_new) {
             if *maybe
                 && !self
-                    .store
+                    .registry
                     .exists(ch)
                     .await
-                    .map_err(|e| ApiError::unavailable("the history store", e))?
+                    .map_err(|e| ApiError::unavailable("the channel registry", e))?
             {
                 new += 1;
             }
@@ -297,10 +311,10 @@ impl Gateway {
             return Ok(());
         }
         let known = self
-            .store
+            .registry
             .channel_count()
             .await
-            .map_err(|e| ApiError::unavailable("the history store", e))?;
+            .map_err(|e| ApiError::unavailable("the channel registry", e))?;
         if known.saturating_add(new) > max {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
@@ -310,18 +324,26 @@ impl Gateway {
         Ok(())
     }
 
-    /// A channel's figures: from the store, plus this gateway's subscribers.
-    fn channel_json(&self, info: &ChannelInfo) -> Json {
-        json!({
-            "channel": info.channel,
-            "published_messages": info.published_messages,
-            "stored_messages": info.stored_messages,
-            "subscribers": self.subscribers(&info.channel),
-        })
+    /// A channel's figures: the registry's count, the history's position and what it holds,
+    /// this gateway's subscribers.
+    async fn channel_json(&self, known: &Known) -> Result<Json, ApiError> {
+        let (position, stored) = match channel::group_of(&known.channel) {
+            Some(group) => history::figures(&self.layer, &group)
+                .await
+                .map_err(|e| ApiError::unavailable("the channel layer", e))?,
+            None => (None, 0),
+        };
+        Ok(json!({
+            "channel": known.channel,
+            "published_messages": known.published,
+            "stored_messages": stored,
+            "position": position.map(|p| p.to_string()),
+            "subscribers": self.subscribers(&known.channel),
+        }))
     }
 
-    /// Keeps the channels subscribed here registered in the store, so a quiet channel with
-    /// subscribers is neither counted out nor restarted at id 1; and purges the channels whose
+    /// Keeps the channels subscribed here registered, so a quiet channel with subscribers is
+    /// not counted out; and purges the channels whose
     /// time is up, so names nobody uses any more do not pile up in the registry.
     fn spawn_keeper(self: &Arc<Self>) {
         let every = (self.settings.channel_ttl / 3).max(Duration::from_millis(100));
@@ -335,12 +357,12 @@ impl Gateway {
                 let Some(gw) = weak.upgrade() else { return };
                 let channels = gw.subscribed_channels();
                 for batch in channels.chunks(256) {
-                    if let Err(e) = gw.store.touch(batch).await {
+                    if let Err(e) = gw.registry.touch(batch).await {
                         tracing::warn!(error = %e, "refreshing subscribed channels failed");
                         break;
                     }
                 }
-                match gw.store.purge().await {
+                match gw.registry.purge().await {
                     Ok(0) => {}
                     Ok(n) => tracing::debug!(channels = n, "forgot idle channels"),
                     Err(e) => tracing::warn!(error = %e, "purging idle channels failed"),
@@ -350,15 +372,24 @@ impl Gateway {
     }
 }
 
-/// Builds the gateway on a layer and a history store. Must run inside a tokio runtime (it
-/// starts the task that keeps subscribed channels registered).
-pub fn router(layer: Layer, store: Arc<dyn HistoryStore>, settings: Settings) -> Router {
+/// Builds the gateway on a layer (whose push channels keep history when its configuration was
+/// made with [`Settings::layer_config`]) and a channel registry. Must run inside a tokio runtime
+/// (it starts the task that keeps subscribed channels registered).
+pub fn router(layer: Layer, registry: Arc<dyn Registry>, settings: Settings) -> Router {
+    let history = history::kept(&layer);
+    if !history && settings.store_messages > 0 {
+        tracing::warn!(
+            "the layer keeps no history for push channels: no ids, no backtrack, no resume \
+             (build its configuration with Settings::layer_config)"
+        );
+    }
     let gw = Arc::new(Gateway {
         format: Format::new(settings.message_template.as_deref()),
         allowed_origins: (!settings.allowed_origins.is_empty())
             .then(|| Origins::List(settings.allowed_origins.clone())),
         layer: layer.clone(),
-        store,
+        registry,
+        history,
         subscribers: Mutex::new(HashMap::new()),
         started: Instant::now(),
         hostname: gethostname::gethostname().to_string_lossy().into_owned(),
@@ -573,41 +604,35 @@ async fn publish_inner(gw: &Arc<Gateway>, tail: &str, req: Request) -> Result<Re
     let maybe_new: Vec<bool> = ids.iter().map(|c| gw.subscribers(c) == 0).collect();
     gw.check_channel_limit(&ids, &maybe_new).await?;
     let time_ms = now_ms();
-    let draft = Draft {
-        text: &text,
-        event_type: event_type.as_deref(),
-        time_ms,
-    };
     let mut infos = Vec::with_capacity(ids.len());
     for (ch, spec) in ids.iter().zip(&channels) {
-        let published = gw
-            .store
-            .publish(ch, draft)
+        let message = format::layer_message(ch, &text, time_ms, event_type.as_deref());
+        // The layer numbers it, keeps it and fans it out, in one step.
+        let position = gw
+            .layer
+            .group_send_positioned(&spec.group, message)
             .await
-            .map_err(|e| ApiError::unavailable("storing the message", e))?;
-        let message = format::layer_message(&store::PushMessage {
-            id: published.id,
-            channel: ch.clone(),
-            text: text.clone(),
-            time_ms,
-            event_type: event_type.clone(),
-            epoch: published.epoch,
-        });
-        if let Err(e) = gw.layer.group_send(&spec.group, message).await {
-            // Stored, so subscribers that resume will still get it.
-            return Err(ApiError::unavailable(
-                &format!(
-                    "fan-out of message {} on {ch:?} (it is stored)",
-                    published.id
-                ),
-                e,
-            ));
-        }
+            .map_err(|e| ApiError::unavailable("sending the message", e))?;
+        let published = gw.registry.published(ch).await.map_err(|e| {
+            ApiError::unavailable(&format!("counting the message on {ch:?} (it was sent)"), e)
+        })?;
+        let stored = match position {
+            Some(_) => {
+                history::figures(&gw.layer, &spec.group)
+                    .await
+                    .map_err(|e| {
+                        ApiError::unavailable("the channel layer (the message was sent)", e)
+                    })?
+                    .1
+            }
+            None => 0,
+        };
         infos.push(json!({
             "channel": ch,
-            "id": published.id,
-            "published_messages": published.id,
-            "stored_messages": published.stored,
+            "id": position.as_ref().map(switchboard::Position::offset),
+            "position": position.as_ref().map(ToString::to_string),
+            "published_messages": published,
+            "stored_messages": stored,
             "subscribers": gw.subscribers(ch),
         }));
     }
@@ -658,10 +683,10 @@ async fn delete_inner(
         let ch = &spec.id;
         let subscribers = gw.subscribers(ch);
         let known = gw
-            .store
+            .registry
             .delete(ch)
             .await
-            .map_err(|e| ApiError::unavailable("the history store", e))?;
+            .map_err(|e| ApiError::unavailable("the channel registry", e))?;
         let notice = switchboard::Message::builder(format::DELETE)
             .field("channel", ch.as_str())
             .build()
@@ -670,6 +695,14 @@ async fn delete_inner(
             .group_send(&spec.group, notice)
             .await
             .map_err(|e| ApiError::unavailable("telling the subscribers", e))?;
+        // After the notice (which the old history takes with it): the channel's next message
+        // starts a new history, at offset 1.
+        if gw.history {
+            gw.layer
+                .history_clear(&spec.group)
+                .await
+                .map_err(|e| ApiError::unavailable("clearing the channel's history", e))?;
+        }
         if channels.len() == 1 && !known && subscribers == 0 {
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -706,17 +739,19 @@ async fn channel_info(
 
 async fn one_channel(gw: &Gateway, ch: &str) -> Result<Json, ApiError> {
     let info = gw
-        .store
+        .registry
         .info(ch)
         .await
-        .map_err(|e| ApiError::unavailable("the history store", e))?;
+        .map_err(|e| ApiError::unavailable("the channel registry", e))?;
     match info {
-        Some(info) => Ok(gw.channel_json(&info)),
-        None if gw.subscribers(ch) > 0 => Ok(gw.channel_json(&ChannelInfo {
-            channel: ch.to_owned(),
-            published_messages: 0,
-            stored_messages: 0,
-        })),
+        Some(known) => gw.channel_json(&known).await,
+        None if gw.subscribers(ch) > 0 => {
+            gw.channel_json(&Known {
+                channel: ch.to_owned(),
+                published: 0,
+            })
+            .await
+        }
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             format!("no channel {ch:?}"),
@@ -749,12 +784,16 @@ async fn stats(
                 };
                 match prefix {
                     Some(prefix) => {
-                        let infos = gw
-                            .store
+                        let known = gw
+                            .registry
                             .channels(prefix)
                             .await
-                            .map_err(|e| ApiError::unavailable("the history store", e))?;
-                        listing(&gw, infos.iter().map(|i| gw.channel_json(i)).collect())
+                            .map_err(|e| ApiError::unavailable("the channel registry", e))?;
+                        let mut infos = Vec::with_capacity(known.len());
+                        for k in &known {
+                            infos.push(gw.channel_json(k).await?);
+                        }
+                        listing(&gw, infos)
                     }
                     None => one_channel(&gw, id).await?,
                 }
@@ -776,11 +815,19 @@ async fn stats(
 }
 
 async fn summary(gw: &Gateway) -> Result<Json, ApiError> {
-    let unavailable = |e| ApiError::unavailable("the history store", e);
-    let published = gw.store.published_total().await.map_err(unavailable)?;
-    // Every known channel with its figures: the count is their number.
-    let channels = gw.store.channels("").await.map_err(unavailable)?;
-    let stored: u64 = channels.iter().map(|c| c.stored_messages).sum();
+    let unavailable = |e| ApiError::unavailable("the channel registry", e);
+    let published = gw.registry.published_total().await.map_err(unavailable)?;
+    // Every known channel: the count is their number, the stored messages their sum.
+    let channels = gw.registry.channels("").await.map_err(unavailable)?;
+    let mut stored = 0u64;
+    for known in &channels {
+        if let Some(group) = channel::group_of(&known.channel) {
+            stored += history::figures(&gw.layer, &group)
+                .await
+                .map_err(|e| ApiError::unavailable("the channel layer", e))?
+                .1;
+        }
+    }
     Ok(json!({
         "hostname": gw.hostname,
         "time": format::rfc3339(now_ms()),

@@ -3,8 +3,8 @@
 //! EventSource, long-polling or HTTP streaming.
 //!
 //! Shows: HTTP handlers and non-WebSocket transports fed from layer groups, a consumer per
-//! WebSocket on switchboard's runtime, history (ids, backtrack, lossless resume) in memory or
-//! in Redis, limits, CORS and stats. The protocol is in this crate's README.md.
+//! WebSocket on switchboard's runtime, the layer's group history (positions, backtrack,
+//! lossless resume) in memory or in Redis, limits, CORS and stats. The protocol is in this crate's README.md.
 //!
 //! Run it (in-memory layer and history, no Redis needed), then open <http://127.0.0.1:8000/>:
 //!
@@ -17,7 +17,7 @@
 //! ```text
 //! curl -N http://127.0.0.1:8000/ev/news                     # EventSource
 //! curl -d 'hello' http://127.0.0.1:8000/pub/news            # publish (loopback only by default)
-//! curl -H 'If-None-Match: 0' http://127.0.0.1:8000/lp/news  # long-poll from id 0
+//! curl http://127.0.0.1:8000/lp/news.b10                    # long-poll: the last 10
 //! curl http://127.0.0.1:8000/stats
 //! ```
 //!
@@ -49,7 +49,7 @@ struct Args {
     layer: LayerArgs,
     #[command(flatten)]
     ops: example_support::OpsArgs,
-    /// Messages kept per channel for backtrack (`CH.b5`) and resume (0: none).
+    /// Messages the layer keeps per channel for backtrack (`CH.b5`) and resume (0: none).
     #[arg(long, default_value_t = 10)]
     store_messages: usize,
     /// Seconds a stored message is kept.
@@ -58,7 +58,8 @@ struct Args {
     /// Seconds a channel with no publish and no subscriber stays known (stats, --max-channels).
     #[arg(long, default_value_t = 300, value_name = "SECS")]
     channel_ttl: u64,
-    /// Send subscribers this instead of JSON: ~id~ ~channel~ ~text~ ~time~ ~event-type~.
+    /// Send subscribers this instead of JSON: ~id~ ~position~ ~channel~ ~text~ ~time~
+    /// ~event-type~.
     #[arg(long, value_name = "TEMPLATE")]
     message_template: Option<String>,
     /// Seconds between keep-alives (WebSocket ping, SSE comment, stream ping message); 0: off.
@@ -101,9 +102,9 @@ struct Args {
     /// A network allowed to publish without a token (CIDR); repeat for several. Default: loopback.
     #[arg(long, value_name = "CIDR")]
     publish_allow: Vec<IpNet>,
-    /// Redis key prefix of the history store (with --redis).
-    #[arg(long, default_value = push::redis_store::DEFAULT_PREFIX)]
-    history_prefix: String,
+    /// Redis key prefix of the channel registry (with --redis).
+    #[arg(long, default_value = push::redis_registry::DEFAULT_PREFIX)]
+    registry_prefix: String,
 }
 
 fn secs(n: u64) -> Option<Duration> {
@@ -152,33 +153,43 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         shutdown: ops.shutdown.clone(),
         ..args.settings()
     };
-    let layer = args.layer.build().await?;
-    let store: Arc<dyn push::store::HistoryStore> = match &args.layer.redis {
+    if settings.store_messages > 0 && !args.layer.keeps_history() {
+        return Err("this layer keeps no group history: run with --store-messages 0".into());
+    }
+    let layer = args
+        .layer
+        .build_with(|config, _| settings.layer_config(config))
+        .await?;
+    let registry: Arc<dyn push::registry::Registry> = match &args.layer.redis {
         Some(url) => Arc::new(
-            push::redis_store::RedisStore::connect(
+            push::redis_registry::RedisRegistry::connect(
                 url,
-                &args.history_prefix,
-                settings.store_config(),
+                &args.registry_prefix,
+                settings.registry_config(),
             )
             .await?,
         ),
-        None => push::memory_store(&settings),
+        None => push::memory_registry(&settings),
     };
-    let history = match &args.layer.redis {
+    let registry_at = match &args.layer.redis {
         Some(url) => format!(
-            "history in redis at {} (prefix {:?})",
+            "channel registry in redis at {} (prefix {:?})",
             // The URL with its password hidden.
             switchboard::redis::RedisConfig::new(url.as_str())
                 .host_names()
                 .join(", "),
-            args.history_prefix
+            args.registry_prefix
         ),
-        None => "history in memory".to_owned(),
+        None => "channel registry in memory".to_owned(),
     };
-    let app = push::router(layer.clone(), store, settings).merge(ops.routes(layer));
+    let history = match settings.store_messages {
+        0 => "no history".to_owned(),
+        n => format!("the layer keeps {n} messages per channel"),
+    };
+    let app = push::router(layer.clone(), registry, settings).merge(ops.routes(layer));
     let listener = tokio::net::TcpListener::bind(args.addr).await?;
     tracing::info!(
-        "push gateway on http://{} ({}, {history})",
+        "push gateway on http://{} ({}, {history}, {registry_at})",
         listener.local_addr()?,
         args.layer.describe()
     );

@@ -1,21 +1,20 @@
-//! Subscribers: admission, lossless delivery, and the four transports.
+//! Subscribers: admission, and the four transports on the layer's subscriptions.
 //!
 //! Every subscriber, whatever its transport, goes through the same steps:
 //!
 //! 1. **Admission** ([`Gateway::admit`]): the path's channels are checked (ids, how many), the
 //!    resume cursor is read (`Last-Event-ID`, `If-None-Match`, `?last_id=`, `?last_event_id=`),
 //!    a subscriber slot is taken on every channel (`--max-subscribers-per-channel`), new channels
-//!    are counted against `--max-channels`, and the channels are registered in the store.
-//! 2. **Subscription**: a fresh layer channel joins the group of every push channel — *before*
-//!    the store is read, so nothing published in between can slip past.
-//! 3. **Start** ([`Tracker::start`]): per channel, the stored messages the subscriber asked for —
-//!    newer than its cursor, or the last N (`CH.bN`) — and the channel's last id.
-//! 4. **Live**: each message from the layer goes through [`Tracker::live`]: ids the subscriber
-//!    already has are dropped; a message that skips ids (another publisher's message is still on
-//!    its way, or this subscriber's layer queue overflowed) makes the tracker fetch the missing
-//!    ones from the store first. Every channel's messages therefore reach the client once each,
-//!    in id order — as long as the store still holds them (`--store-messages`, `--message-ttl`).
-//!    Without history (`--store-messages 0`) messages are passed on as they come.
+//!    are counted against `--max-channels`, and the channels are registered.
+//! 2. **Joining** ([`history::join`]): a fresh layer channel joins the group of every push
+//!    channel, after the client's position where it gave one — the layer replays what followed
+//!    it — or with the last N held messages for a backtrack (`CH.bN`), or from now.
+//! 3. **Live**: each message from the layer is written to the client, and moves the cursor
+//!    (the position of the last message delivered, per channel). A subscriber that missed
+//!    messages reads them again from the history first (`Subscription::recover`; the WebSocket
+//!    runtime does it for WebSocket subscribers). Every channel's messages therefore reach the
+//!    client once each, in order — as long as the history still holds them
+//!    (`--store-messages`, `--message-ttl`).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -29,13 +28,14 @@ use switchboard::endpoint::Authenticate;
 use switchboard::http::StatusCode as Status;
 use switchboard::value::Value;
 use switchboard::{
-    CloseCode, Connection, Consumer, Frame, LayerError, Message, Refusal, Scope, Subscription,
+    CloseCode, Connection, Consumer, Frame, Message, Position, Refusal, Scope, Subscription,
 };
 use tokio::time::Instant;
 
 use super::channel::{ChannelSpec, format_cursor, group_of, parse_cursor};
-use super::format::{self, field, message_epoch, message_id};
-use super::store::{HistoryStore, PushMessage, Read, now_ms};
+use super::format::{self, field};
+use super::history::{self, Start};
+use super::registry::now_ms;
 use super::{ApiError, Gateway};
 
 /// Subscriber slots held on this gateway; given back when dropped.
@@ -76,8 +76,8 @@ impl Drop for Slots {
 pub struct Admitted {
     /// The channels.
     pub channels: Vec<ChannelSpec>,
-    /// Per channel: the last id the client has, if it said.
-    pub cursor: Vec<Option<u64>>,
+    /// Per channel: the position of the last message the client has, if it said.
+    pub cursor: Vec<Option<Position>>,
     /// The subscriber slots taken.
     pub slots: Slots,
 }
@@ -116,10 +116,10 @@ impl Gateway {
         let ids: Vec<String> = channels.iter().map(|c| c.id.clone()).collect();
         let (slots, fresh) = self.reserve(&ids)?;
         self.check_channel_limit(&ids, &fresh).await?;
-        self.store
+        self.registry
             .touch(&ids)
             .await
-            .map_err(|e| ApiError::unavailable("the history store", e))?;
+            .map_err(|e| ApiError::unavailable("the channel registry", e))?;
         Ok(Admitted {
             channels,
             cursor,
@@ -133,176 +133,79 @@ impl Gateway {
 pub struct Item {
     /// The message (or notice).
     pub message: Message,
-    /// Empty unless the tracker was started with `item_cursors` (EventSource writes it as `id:`).
+    /// Empty unless the cursor was asked for with each item (EventSource writes it as `id:`).
     pub cursor: String,
 }
 
+/// Where a subscriber stands on each of its channels: the position of the last message
+/// delivered (`None` without history).
 #[derive(Debug)]
-struct Tracked {
-    id: String,
-    /// The last id the client has (or has skipped because the store no longer holds it).
-    pos: u64,
-    /// The channel's epoch (0 while unknown: nothing was published yet).
-    epoch: u64,
-}
-
-/// Where a subscriber stands on each of its channels; see the module docs.
-#[derive(Debug)]
-pub struct Tracker {
-    chans: Vec<Tracked>,
-    history: bool,
+pub struct Cursor {
+    chans: Vec<(String, Option<Position>)>,
     item_cursors: bool,
 }
 
-impl Tracker {
-    /// Reads what the subscriber asked for from the store. Call after joining the groups.
-    /// `item_cursors`: whether each item carries the cursor after it — only EventSource sends
-    /// it, so the other transports skip writing one for every message delivered.
-    pub async fn start(
-        store: &dyn HistoryStore,
-        channels: &[ChannelSpec],
-        cursor: &[Option<u64>],
-        item_cursors: bool,
-    ) -> switchboard::Result<(Tracker, Vec<Item>)> {
-        let mut tracker = Tracker {
-            chans: Vec::with_capacity(channels.len()),
-            history: store.config().keep > 0,
-            item_cursors,
-        };
-        let mut backlog: Vec<(usize, PushMessage)> = Vec::new();
-        let mut last_ids = Vec::with_capacity(channels.len());
-        for (i, spec) in channels.iter().enumerate() {
-            let given = cursor.get(i).copied().flatten();
-            let read = match (given, spec.backtrack) {
-                (Some(c), _) => Read::Since(c),
-                (None, Some(n)) => Read::Last(n),
-                (None, None) => Read::Nothing,
-            };
-            let mut history = store.read(&spec.id, read).await?;
-            let mut pos = match read {
-                Read::Since(c) if c > history.last_id => {
-                    // Newer than anything the channel has: it was deleted or forgotten since.
-                    // Its ids started again; everything it stores now is new to the client.
-                    history = store.read(&spec.id, Read::Since(0)).await?;
-                    0
-                }
-                Read::Since(c) => c,
-                Read::Last(_) => history
-                    .messages
-                    .first()
-                    // Ids come from the store, written by any gateway: no arithmetic on
-                    // them may overflow.
-                    .map_or(history.last_id, |m| m.id.saturating_sub(1)),
-                Read::Nothing => history.last_id,
-            };
-            pos = pos.min(history.last_id);
-            last_ids.push(history.last_id);
-            tracker.chans.push(Tracked {
-                id: spec.id.clone(),
-                pos,
-                epoch: history.epoch,
-            });
-            backlog.extend(history.messages.into_iter().map(|m| (i, m)));
-        }
-        let mut items = Vec::with_capacity(backlog.len());
-        for (i, m) in backlog {
-            if m.id > tracker.chans[i].pos {
-                tracker.chans[i].pos = m.id;
-                items.push(tracker.item(format::layer_message(&m)));
-            }
-        }
-        // Messages the store no longer holds are behind the client now.
-        for (t, last) in tracker.chans.iter_mut().zip(last_ids) {
-            t.pos = t.pos.max(last);
-        }
-        Ok((tracker, items))
+impl Cursor {
+    /// The cursor text: how far the client got on each channel.
+    pub fn text(&self) -> String {
+        format_cursor(self.chans.iter().map(|(id, p)| (id.as_str(), p.as_ref())))
     }
 
-    fn item(&self, message: Message) -> Item {
+    /// `message`, delivered: the cursor moves on past it.
+    fn item(&mut self, message: Message) -> Item {
+        if message.message_type() == format::MESSAGE
+            && let Some((_, p)) = self
+                .chans
+                .iter_mut()
+                .find(|(id, _)| id == field(&message, "channel"))
+        {
+            history::advance(p, &message);
+        }
         let cursor = if self.item_cursors {
-            self.cursor()
+            self.text()
         } else {
             String::new()
         };
         Item { message, cursor }
     }
 
-    /// The cursor: how far the client got on each channel.
-    pub fn cursor(&self) -> String {
-        format_cursor(self.chans.iter().map(|t| (t.id.as_str(), t.pos)))
-    }
-
-    /// A published message from the layer: what to deliver for it (nothing, it, or the
-    /// messages it skipped and it).
-    pub async fn live(&mut self, store: &dyn HistoryStore, msg: Message) -> Vec<Item> {
-        let (Some(id), channel) = (message_id(&msg), field(&msg, "channel")) else {
-            tracing::warn!(?msg, "push.message without an id: dropped");
-            return Vec::new();
-        };
-        let Some(i) = self.chans.iter().position(|t| t.id == channel) else {
-            return Vec::new(); // a channel this subscriber has left
-        };
-        let epoch = message_epoch(&msg);
-        let t = &mut self.chans[i];
-        if epoch != 0 && epoch < t.epoch {
-            return Vec::new(); // late, from an incarnation of the channel that has ended
-        }
-        if epoch > t.epoch {
-            if t.epoch != 0 {
-                // The channel started again at id 1 (its history was lost, or it was deleted).
-                tracing::info!(%channel, old = t.epoch, new = epoch, "channel restarted; following it from id 1");
-                t.pos = 0;
-            }
-            t.epoch = epoch;
-        }
-        let pos = t.pos;
-        if !self.history {
-            self.chans[i].pos = pos.max(id);
-            return vec![self.item(msg)];
-        }
-        if id <= pos {
-            return Vec::new(); // already delivered (from the store, or a duplicate)
-        }
-        if pos.checked_add(1) == Some(id) {
-            self.chans[i].pos = id;
-            return vec![self.item(msg)];
-        }
-        // Ids pos+1 … id-1 are missing: they are in the store (stored before being sent).
-        let mut items = Vec::new();
-        match store.read(channel, Read::Since(pos)).await {
-            Ok(history) => {
-                for m in history.messages {
-                    if m.id > self.chans[i].pos {
-                        self.chans[i].pos = m.id;
-                        items.push(self.item(format::layer_message(&m)));
-                    }
-                }
-            }
-            Err(e) => {
-                tracing::warn!(%channel, from = pos, error = %e, "could not fetch skipped messages")
-            }
-        }
-        if self.chans[i].pos < id {
-            self.chans[i].pos = id;
-            items.push(self.item(msg));
-        }
-        items
-    }
-
     /// Stops following a deleted channel: whether no channel is left, or `None` if the
     /// subscriber did not follow it.
-    pub fn remove(&mut self, channel: &str) -> Option<bool> {
-        let i = self.chans.iter().position(|t| t.id == channel)?;
+    fn remove(&mut self, channel: &str) -> Option<bool> {
+        let i = self.chans.iter().position(|(id, _)| id == channel)?;
         self.chans.remove(i);
         Some(self.chans.is_empty())
     }
 }
 
+/// Joins every channel of `admitted` on `joins` (steps 2 of the module docs): the cursor, and
+/// the held messages to deliver first.
+async fn join_all(
+    gw: &Gateway,
+    joins: &mut impl history::Joins,
+    admitted: &Admitted,
+    item_cursors: bool,
+) -> switchboard::Result<(Cursor, Vec<Item>)> {
+    let mut cursor = Cursor {
+        chans: Vec::with_capacity(admitted.channels.len()),
+        item_cursors,
+    };
+    let mut backlog = Vec::new();
+    for (spec, given) in admitted.channels.iter().zip(&admitted.cursor) {
+        let start = Start::of(given.clone(), spec.backtrack);
+        let joined = history::join(joins, &gw.layer, gw.history, &spec.group, start).await?;
+        cursor.chans.push((spec.id.clone(), joined.position));
+        backlog.extend(joined.backlog);
+    }
+    let items = backlog.into_iter().map(|m| cursor.item(m)).collect();
+    Ok((cursor, items))
+}
+
 /// What [`Feed::next`] got.
 #[derive(Debug)]
 pub enum Next {
-    /// Messages for the client.
-    Items(Vec<Item>),
+    /// A message for the client.
+    Item(Item),
     /// A followed channel was deleted: the notice, and whether no channel is left.
     Deleted(Item, bool),
     /// The deadline passed first.
@@ -313,40 +216,35 @@ pub enum Next {
 
 /// A subscription of the HTTP transports (EventSource, stream, long-poll): the layer's
 /// [`Subscription`] (which refreshes its groups while it lives and leaves them when dropped,
-/// however the client went away), the tracker and the slots.
+/// however the client went away), the cursor and the slots.
 #[derive(Debug)]
 pub struct Feed {
     gw: Arc<Gateway>,
     sub: Subscription,
-    tracker: Tracker,
+    cursor: Cursor,
     slots: Slots,
 }
 
 impl Feed {
-    /// Subscribes (steps 2 and 3 of the module docs); returns the backlog to deliver first.
+    /// Subscribes (step 2 of the module docs); returns the held messages to deliver first.
     pub async fn open(
         gw: &Arc<Gateway>,
         admitted: Admitted,
         item_cursors: bool,
     ) -> Result<(Feed, Vec<Item>), ApiError> {
-        let unavailable = |e: LayerError| ApiError::unavailable("the channel layer", e);
-        let mut sub = gw.layer.subscribe().await.map_err(unavailable)?;
-        for spec in &admitted.channels {
-            sub.group_add(&spec.group).await.map_err(unavailable)?;
-        }
-        let (tracker, items) = Tracker::start(
-            gw.store.as_ref(),
-            &admitted.channels,
-            &admitted.cursor,
-            item_cursors,
-        )
-        .await
-        .map_err(|e| ApiError::unavailable("the history store", e))?;
+        let mut sub = gw
+            .layer
+            .subscribe()
+            .await
+            .map_err(|e| ApiError::unavailable("the channel layer", e))?;
+        let (cursor, items) = join_all(gw, &mut sub, &admitted, item_cursors)
+            .await
+            .map_err(|e| ApiError::unavailable("the channel layer", e))?;
         Ok((
             Feed {
                 gw: gw.clone(),
                 sub,
-                tracker,
+                cursor,
                 slots: admitted.slots,
             },
             items,
@@ -355,32 +253,46 @@ impl Feed {
 
     /// The cursor after everything delivered so far.
     pub fn cursor(&self) -> String {
-        self.tracker.cursor()
+        self.cursor.text()
     }
 
-    /// Waits for what to deliver next, or `deadline`. Cancel-safe only while waiting on the
-    /// layer, so callers pass the deadline instead of racing this future.
+    /// Waits for what to deliver next, or `deadline` (a deadline that has passed takes what
+    /// is ready and waits for nothing). Cancel-safe only while waiting on the layer, so
+    /// callers pass the deadline instead of racing this future.
     pub async fn next(&mut self, deadline: Instant) -> Next {
         loop {
+            if self.sub.has_missed() {
+                let missed = self.sub.take_missed();
+                // What the history still holds comes next; the rest is gone (the cursor
+                // skips it).
+                let recovered = if self.sub.has_history() {
+                    self.sub.recover().await.unwrap_or_else(|e| {
+                        tracing::warn!(error = %e, "could not recover from history");
+                        false
+                    })
+                } else {
+                    false
+                };
+                tracing::info!(
+                    dropped = missed.dropped,
+                    interrupted = missed.interrupted,
+                    recovered,
+                    "messages for a subscriber were lost"
+                );
+            }
             let received = tokio::select! {
+                biased; // what is ready goes first, even when the deadline has passed
                 r = self.sub.recv() => r,
                 () = tokio::time::sleep_until(deadline) => return Next::Tick,
             };
-            let msg = match received {
-                Ok(msg) => msg,
-                // The layer closed (the gateway is shutting down).
-                Err(_) => return Next::Closed,
+            let Ok(msg) = received else {
+                return Next::Closed; // the layer closed (the gateway is shutting down)
             };
             match msg.message_type() {
-                format::MESSAGE => {
-                    let items = self.tracker.live(self.gw.store.as_ref(), msg).await;
-                    if !items.is_empty() {
-                        return Next::Items(items);
-                    }
-                }
+                format::MESSAGE => return Next::Item(self.cursor.item(msg)),
                 format::DELETE => {
                     let channel = field(&msg, "channel");
-                    let Some(last) = self.tracker.remove(channel) else {
+                    let Some(last) = self.cursor.remove(channel) else {
                         continue;
                     };
                     self.slots.release_one(channel);
@@ -389,7 +301,7 @@ impl Feed {
                     {
                         tracing::debug!(channel, error = %e, "group_discard failed");
                     }
-                    let notice = self.tracker.item(format::deleted(channel, now_ms()));
+                    let notice = self.cursor.item(format::deleted(channel, now_ms()));
                     return Next::Deleted(notice, last);
                 }
                 other => tracing::debug!(message_type = other, "unexpected layer message ignored"),
@@ -397,6 +309,9 @@ impl Feed {
         }
     }
 }
+
+/// Messages written into one chunk of a stream, or one long-poll answer, at most.
+const BATCH: usize = 64;
 
 /// A long time from now, for "no deadline".
 fn far_future() -> Instant {
@@ -435,7 +350,8 @@ struct Streaming {
 fn sse_event(gw: &Gateway, item: &Item, out: &mut String) {
     let event = item.message.get("event_type").and_then(Value::as_str);
     let text = gw.format.render(&item.message);
-    switchboard::sse::write_event(out, Some(&item.cursor), event, text.as_str());
+    let id = Some(item.cursor.as_str()).filter(|c| !c.is_empty()); // none without history
+    switchboard::sse::write_event(out, id, event, text.as_str());
 }
 
 impl Streaming {
@@ -489,7 +405,28 @@ impl Streaming {
                 () = self.shutdown.closing() => return None,
             };
             match next {
-                Next::Items(items) => return Some(self.write(&items)),
+                Next::Item(item) => {
+                    // And whatever else is ready, in one chunk.
+                    let mut items = vec![item];
+                    let mut last = false;
+                    while items.len() < BATCH {
+                        match self.feed.next(Instant::now()).await {
+                            Next::Item(item) => items.push(item),
+                            Next::Deleted(notice, end) => {
+                                items.push(notice);
+                                last = end;
+                                break;
+                            }
+                            Next::Tick => break,
+                            Next::Closed => {
+                                last = true;
+                                break;
+                            }
+                        }
+                    }
+                    self.ended = last;
+                    return Some(self.write(&items));
+                }
                 Next::Deleted(notice, last) => {
                     self.ended = last;
                     return Some(self.write(&[notice]));
@@ -623,6 +560,19 @@ async fn long_poll_inner(
     let shutdown = draining_guard(&gw)?;
     let admitted = gw.admit(tail, headers, query).await?;
     let (mut feed, mut items) = Feed::open(&gw, admitted, false).await?;
+    // What is ready (the history replayed after the cursor) is answered at once; the next
+    // poll, from the answer's cursor, gets the rest.
+    let most = gw.settings.store_messages.max(BATCH);
+    while items.len() < most {
+        match feed.next(Instant::now()).await {
+            Next::Item(item) => items.push(item),
+            Next::Deleted(notice, _) => {
+                items.push(notice);
+                break;
+            }
+            Next::Tick | Next::Closed => break,
+        }
+    }
     if items.is_empty() {
         let deadline = Instant::now() + gw.settings.longpoll_timeout;
         // A drain answers a waiting poll at once, as its timeout would (304 with the cursor):
@@ -632,13 +582,16 @@ async fn long_poll_inner(
             () = shutdown.closing() => Next::Tick,
         };
         match next {
-            Next::Items(got) => items = got,
+            Next::Item(got) => items.push(got),
             Next::Deleted(notice, _) => items.push(notice),
             Next::Tick | Next::Closed => {}
         }
     }
-    let etag = HeaderValue::from_str(&format!("\"{}\"", feed.cursor()))
-        .unwrap_or_else(|_| HeaderValue::from_static("\"0\""));
+    // No cursor without history: no Etag.
+    let cursor = feed.cursor();
+    let etag = (!cursor.is_empty())
+        .then(|| HeaderValue::from_str(&format!("\"{cursor}\"")).ok())
+        .flatten();
     let mut response = if items.is_empty() {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
@@ -656,7 +609,9 @@ async fn long_poll_inner(
         r
     };
     let h = response.headers_mut();
-    h.insert(header::ETAG, etag);
+    if let Some(etag) = etag {
+        h.insert(header::ETAG, etag);
+    }
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     Ok(response)
 }
@@ -702,7 +657,7 @@ pub fn ws_factory(gw: Arc<Gateway>) -> impl Fn(&Scope) -> WsSubscriber + Send + 
             .extensions()
             .get::<Ticket>()
             .and_then(|t| t.0.lock().take()),
-        tracker: None,
+        cursor: None,
         slots: None,
         ttl: None,
     }
@@ -714,7 +669,7 @@ pub fn ws_factory(gw: Arc<Gateway>) -> impl Fn(&Scope) -> WsSubscriber + Send + 
 pub struct WsSubscriber {
     gw: Arc<Gateway>,
     admitted: Option<Admitted>,
-    tracker: Option<Tracker>,
+    cursor: Option<Cursor>,
     slots: Option<Slots>,
     ttl: Option<tokio::task::AbortHandle>,
 }
@@ -737,22 +692,13 @@ impl Consumer for WsSubscriber {
         let scope = conn.scope_mut();
         *scope.headers_mut() = HeaderMap::new();
         *scope.extensions_mut() = axum::http::Extensions::new();
-        for spec in &admitted.channels {
-            conn.group_add(&spec.group).await?;
-        }
-        let (tracker, backlog) = Tracker::start(
-            self.gw.store.as_ref(),
-            &admitted.channels,
-            &admitted.cursor,
-            false,
-        )
-        .await?;
+        let (cursor, backlog) = join_all(&self.gw, conn, &admitted, false).await?;
         self.slots = Some(admitted.slots);
         conn.accept().await?;
         for item in &backlog {
             self.send(conn, item).await?;
         }
-        self.tracker = Some(tracker);
+        self.cursor = Some(cursor);
         if let Some(ttl) = self.gw.settings.subscriber_ttl {
             let (layer, me) = (conn.layer().clone(), conn.channel_name().clone());
             let task = tokio::spawn(async move {
@@ -773,19 +719,14 @@ impl Consumer for WsSubscriber {
     }
 
     async fn event(&mut self, conn: &mut Connection, msg: Message) -> switchboard::Result<()> {
-        let Some(tracker) = self.tracker.as_mut() else {
+        let Some(cursor) = self.cursor.as_mut() else {
             return Ok(());
         };
         match msg.message_type() {
-            format::MESSAGE => {
-                let items = tracker.live(self.gw.store.as_ref(), msg).await;
-                for item in &items {
-                    self.send(conn, item).await?;
-                }
-            }
+            format::MESSAGE => conn.send_text(self.gw.format.render(&msg)).await?,
             format::DELETE => {
                 let channel = field(&msg, "channel");
-                let Some(last) = tracker.remove(channel) else {
+                let Some(last) = cursor.remove(channel) else {
                     return Ok(());
                 };
                 if let Some(slots) = self.slots.as_mut() {

@@ -33,12 +33,27 @@ async fn the_demo_page_subscribes_both_ways_and_publishes() {
     b.click("#publish").await;
     b.wait_for_text("#pub-result", "\"published_messages\":2")
         .await;
+    let (_, demo) = common::get_json(&gw, "/stats?id=demo").await;
+    let (_, other) = common::get_json(&gw, "/stats?id=other").await;
+    let (demo, other) = (
+        demo["position"].as_str().unwrap(),
+        other["position"].as_str().unwrap(),
+    );
+    assert!(
+        demo.ends_with(":2") && other.ends_with(":0"),
+        "{demo} {other}"
+    );
     b.wait_for_text("#es-messages li.msg", "hello from the form")
         .await;
     b.wait_for_text("#ws-messages li.msg", "hello from the form")
         .await;
     // The EventSource shows the event id it would resume from.
-    b.wait_for_text("#es-messages li.msg", "last event id demo:2,other:0")
+    b.wait_for_text(
+        "#es-messages li.msg",
+        &format!("last event id demo={demo},other={other}"),
+    )
+    .await;
+    b.wait_for_text("#ws-messages li.msg", &format!("demo #2 ({demo})"))
         .await;
 
     // A publish from outside the page, to the page's other channel.

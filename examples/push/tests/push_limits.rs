@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Settings, publish, publish_ok, settings, sse, start};
-use push::store::MemoryStore;
+use push::registry::MemoryRegistry;
 use serde_json::Value;
 use switchboard::{InMemoryLayer, Layer};
 
@@ -153,7 +153,7 @@ async fn cors_lets_the_allowed_origins_subscribe_and_read_the_etag() {
     let client = common::client();
     publish_ok(&gw, "news", "x").await;
     let r = client
-        .get(gw.url("/lp/news?last_id=0"))
+        .get(gw.url("/lp/news.b1"))
         .header("origin", "https://app.example.com")
         .send()
         .await
@@ -228,7 +228,7 @@ async fn without_allowed_origins_only_same_host_pages_subscribe() {
     assert_eq!(r.status(), 403);
     publish_ok(&gw, "news", "x").await;
     let r = common::client()
-        .get(gw.url("/lp/news?last_id=0"))
+        .get(gw.url("/lp/news.b1"))
         .header("origin", format!("http://{}", gw.addr))
         .send()
         .await
@@ -246,10 +246,10 @@ async fn idle_channels_are_forgotten_without_anyone_asking_for_stats() {
         longpoll_timeout: Duration::from_millis(100),
         ..settings()
     };
-    let store = Arc::new(MemoryStore::new(settings.store_config()));
+    let registry = Arc::new(MemoryRegistry::new(settings.registry_config()));
     let gw = common::start_on(
         Layer::new(InMemoryLayer::default()),
-        store.clone(),
+        registry.clone(),
         settings,
     )
     .await;
@@ -257,11 +257,11 @@ async fn idle_channels_are_forgotten_without_anyone_asking_for_stats() {
     let (status, _, _) = common::long_poll(&gw, &format!("/lp/{}", names.join("/")), None).await;
     assert_eq!(status, 304);
     // Each name is in the registry now, for two seconds.
-    assert_eq!(store.entries(), 16);
+    assert_eq!(registry.entries(), 16);
     test_support::eventually(
         "the idle channels are forgotten",
         Duration::from_secs(10),
-        || store.entries() == 0,
+        || registry.entries() == 0,
     )
     .await;
 }

@@ -1,8 +1,8 @@
 //! The push gateway as a program (the `push` binary, built by cargo for these tests): its
 //! flags, and two gateway processes on one Redis (the real redis-server at
 //! `SWITCHBOARD_REDIS_URL`), on the core layer and on the pub/sub layer — a POST to either
-//! reaches the subscribers of both over every transport, ids and history are shared, and a
-//! DELETE on one ends the subscribers of the other.
+//! reaches the subscribers of both over every transport, positions and history (the layer's)
+//! are shared, and a DELETE on one ends the subscribers of the other.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -20,12 +20,12 @@ const PUSH: &str = env!("CARGO_BIN_EXE_push");
 
 async fn spawn_gateway(extra: &[&str]) -> (Program, Gw) {
     let program = Program::start(PUSH, extra).await;
-    // The handle's layer and store are not used: the gateway is another process.
+    // The handle's layer and registry are not used: the gateway is another process.
     let settings = common::settings();
     let gw = Gw {
         addr: program.addr,
         layer: switchboard::Layer::new(switchboard::InMemoryLayer::default()),
-        store: push::memory_store(&settings),
+        registry: push::memory_registry(&settings),
     };
     (program, gw)
 }
@@ -54,7 +54,7 @@ async fn the_program_serves_the_page_and_honours_its_flags() {
         common::publish_ok(&gw, "news", text).await;
     }
     let r = common::client()
-        .get(gw.url("/lp/news?last_id=0"))
+        .get(gw.url("/lp/news.b10"))
         .send()
         .await
         .unwrap();
@@ -78,15 +78,14 @@ async fn the_program_says_what_is_wrong_with_a_bad_flag() {
     assert!(err.contains("--publish-allow"), "{err}");
 }
 
-/// The issue's scale-out check: two gateway processes with `--redis` on one Redis. Live fan-out
-/// goes through the channel layer (subscribers without a cursor get only what the layer brings
-/// them), ids and history through the Redis history store.
+/// The issue's scale-out check: two gateway processes with `--redis` on one Redis. Live fan-out,
+/// positions and history go through the channel layer, the channel registry through its keys.
 async fn two_gateway_processes_share_fan_out_ids_and_history(layer: &str) {
     let Some(url) = test_support::redis::url() else {
         return;
     };
     let prefix = test_support::redis::fresh_prefix();
-    let history = format!("{prefix}-history:");
+    let registry = format!("{prefix}-registry:");
     let flags = [
         "--redis",
         url.as_str(),
@@ -94,8 +93,8 @@ async fn two_gateway_processes_share_fan_out_ids_and_history(layer: &str) {
         layer,
         "--redis-prefix",
         prefix.as_str(),
-        "--history-prefix",
-        history.as_str(),
+        "--registry-prefix",
+        registry.as_str(),
         "--longpoll-timeout",
         "5",
     ];
@@ -110,8 +109,8 @@ async fn two_gateway_processes_share_fan_out_ids_and_history(layer: &str) {
     let mut ws_on_a = test_support::ws(a.addr, "/ws/news").await;
     let mut sse_on_a = sse(&a, "/ev/news", None).await;
 
-    // A long-poll on B from id 0: answered by the first message, whichever way it comes.
-    let (polled, answer) = tokio::join!(long_poll(&b, "/lp/news?last_id=0", None), async {
+    // A long-poll on B: answered by the first message.
+    let (polled, answer) = tokio::join!(long_poll(&b, "/lp/news", None), async {
         common::wait_subscribers(&b, "news", 4).await;
         publish_ok(&a, "news", "from a").await
     });
@@ -122,13 +121,14 @@ async fn two_gateway_processes_share_fan_out_ids_and_history(layer: &str) {
     let on_b = sse_on_b.next_event().await;
     assert_eq!(on_b.json()["text"], "from a");
     let cursor_after_one = on_b.id.unwrap();
-    assert_eq!(cursor_after_one, "1");
+    assert_eq!(Some(cursor_after_one.as_str()), answer["position"].as_str());
+    assert_eq!(polled.1, cursor_after_one, "the long-poll's Etag");
     assert_eq!(stream_on_b.next_message().await["text"], "from a");
     assert_eq!(ws_on_a.recv_json().await["text"], "from a");
     assert_eq!(sse_on_a.next_event().await.json()["text"], "from a");
 
     let answer = publish_ok(&b, "news", "from b").await;
-    assert_eq!(answer["id"], 2, "one id counter for both");
+    assert_eq!(answer["id"], 2, "one history for both");
     for (name, e) in [
         ("WebSocket on A", ws_on_a.recv_json().await),
         ("EventSource on A", sse_on_a.next_event().await.json()),
@@ -137,8 +137,8 @@ async fn two_gateway_processes_share_fan_out_ids_and_history(layer: &str) {
         ("stream on B", stream_on_b.next_message().await),
     ] {
         assert_eq!(
-            (e["id"].as_u64(), e["text"].as_str(), e["channel"].as_str()),
-            (Some(2), Some("from b"), Some("news")),
+            (&e["position"], e["text"].as_str(), e["channel"].as_str()),
+            (&answer["position"], Some("from b"), Some("news")),
             "{name}"
         );
     }
@@ -149,14 +149,17 @@ async fn two_gateway_processes_share_fan_out_ids_and_history(layer: &str) {
     // on A from the cursor B gave it.
     for gw in [&a, &b] {
         let (status, etag, messages) = long_poll(gw, "/lp/news.b5", None).await;
-        assert_eq!((status, etag.as_str()), (200, "2"));
+        assert_eq!(
+            (status, Some(etag.as_str())),
+            (200, answer["position"].as_str())
+        );
         assert_eq!(ids(&messages), [1, 2]);
         assert_eq!(texts(&messages), ["from a", "from b"]);
     }
     let mut resumed_on_a = sse(&a, "/ev/news", Some(&cursor_after_one)).await;
-    assert_eq!(resumed_on_a.next_event().await.json()["id"], 2);
+    assert_eq!(common::id(&resumed_on_a.next_event().await.json()), 2);
     let mut backtrack_on_b = test_support::ws(b.addr, "/ws/news.b1").await;
-    assert_eq!(backtrack_on_b.recv_json().await["id"], 2);
+    assert_eq!(common::id(&backtrack_on_b.recv_json().await), 2);
 
     let (keys, _) = test_support::redis::groups_left(&url, &prefix).await;
     assert!(!keys.is_empty(), "the subscribers' groups are in Redis");
@@ -199,7 +202,7 @@ async fn two_gateway_processes_on_the_pubsub_layer() {
     two_gateway_processes_share_fan_out_ids_and_history("pubsub").await;
 }
 
-/// The start-up log names the Redis it uses — with the password hidden, for the history store
+/// The start-up log names the Redis it uses — with the password hidden, for the channel registry
 /// as for the channel layer.
 #[tokio::test]
 async fn the_start_up_log_hides_the_redis_password() {
@@ -262,7 +265,7 @@ async fn the_start_up_log_hides_the_redis_password() {
     );
     assert!(
         out.contains(&format!(
-            "history in redis at redis://***@127.0.0.1:{redis_port}"
+            "channel registry in redis at redis://***@127.0.0.1:{redis_port}"
         )),
         "{out}"
     );

@@ -51,7 +51,8 @@ async fn one_post_reaches_several_channels_each_with_its_own_id() {
     );
 
     let m = user.recv_json().await;
-    assert_eq!((&m["channel"], &m["id"]), (&json!("user-7"), &json!(2)));
+    assert_eq!((&m["channel"], common::id(&m)), (&json!("user-7"), 2));
+    assert_eq!(m["position"], infos[0]["position"]);
     assert_eq!(m["text"], r#"{"task":42,"done":true}"#);
     assert_eq!(project.next_event().await.json()["channel"], "project-3");
     assert_eq!(global.next_message().await["channel"], "global");
@@ -83,7 +84,6 @@ async fn delete_ends_the_channels_subscribers_and_restarts_its_ids() {
         tokio::spawn(async move {
             common::client()
                 .get(url)
-                .header("if-none-match", "1")
                 .send()
                 .await
                 .unwrap()
@@ -229,7 +229,8 @@ async fn bad_subscriptions_get_clear_errors() {
     for (path, needle) in [
         ("/ev/bad%20id", "use ASCII letters"),
         ("/sub/a/b?last_id=x", "bad event id"),
-        ("/lp/a/b?last_id=3", "names no channel"),
+        ("/lp/a/b?last_id=e1:3", "names no channel"),
+        ("/lp/a?last_id=3", "bad event id"),
         ("/ev//", "no channel given"),
     ] {
         let r = common::client().get(gw.url(path)).send().await.unwrap();
@@ -302,8 +303,8 @@ async fn only_allowed_addresses_publish_unless_they_hold_the_token() {
 async fn by_default_only_loopback_may_publish() {
     let settings = settings();
     let layer = switchboard::Layer::new(switchboard::InMemoryLayer::default());
-    let store = push::memory_store(&settings);
-    let app = push::router(layer, store, settings);
+    let registry = push::memory_registry(&settings);
+    let app = push::router(layer, registry, settings);
     let status_from = |peer: &str, token: Option<&str>| {
         let mut req = Request::post("/pub/news");
         if let Some(t) = token {
@@ -329,11 +330,17 @@ async fn by_default_only_loopback_may_publish() {
 async fn get_on_a_publisher_path_shows_the_channels_figures() {
     let gw = start(settings()).await;
     publish_ok(&gw, "news", "a").await;
+    let answer = publish_ok(&gw, "news", "a").await;
     let (status, info) = common::get_json(&gw, "/pub/news").await;
     assert_eq!(status, 200);
+    assert!(
+        answer["position"].as_str().unwrap().ends_with(":2"),
+        "{answer}"
+    );
     assert_eq!(
         info,
-        json!({"channel": "news", "published_messages": 1, "stored_messages": 1, "subscribers": 0})
+        json!({"channel": "news", "published_messages": 2, "stored_messages": 2,
+               "position": answer["position"], "subscribers": 0})
     );
     assert_eq!(common::get_json(&gw, "/pub/nothing").await.0, 404);
     let (status, _) = publish(&gw, "news", "b").await;

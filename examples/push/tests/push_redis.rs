@@ -1,9 +1,8 @@
-//! Two push gateways sharing history through one Redis (the real redis-server at
-//! `SWITCHBOARD_REDIS_URL`): ids continue across gateways, backtrack and resume work on either,
-//! and stats agree. Also: what a publisher and a subscriber see while Redis is away.
-//!
-//! Each gateway here runs on its own in-memory layer, so live fan-out stays within a gateway;
-//! `push_program.rs` has the test of fan-out across gateways over the Redis channel layer.
+//! Two push gateways sharing one Redis (the real redis-server at `SWITCHBOARD_REDIS_URL`), each
+//! on its own Redis channel layer with history: positions continue across gateways, live
+//! messages cross, backtrack and resume work on either, and stats agree. Also: what a
+//! publisher and a subscriber see while Redis is away, and the registry trimmed in Redis.
+//! (`push_program.rs` runs the same with two gateway processes.)
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -12,44 +11,80 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Gw, Settings, ids, long_poll, publish, publish_ok, settings, sse, start_on};
-use push::redis_store::RedisStore;
-use push::store::HistoryStore;
-use switchboard::{InMemoryLayer, Layer};
+use push::redis_registry::RedisRegistry;
+use push::registry::Registry;
+use switchboard::Layer;
+use switchboard::redis::{RedisConfig, RedisLayer, RedisPubSubLayer};
 use test_support::redis::url as redis_url;
 
-/// A key prefix no other test uses (`…:` so the keys read `{prefix}channels`).
-fn fresh_prefix() -> String {
-    format!("{}:", test_support::redis::fresh_prefix())
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Core,
+    PubSub,
 }
 
-async fn gateway(url: &str, prefix: &str, settings: Settings) -> (Gw, Arc<RedisStore>) {
-    let store = Arc::new(
-        RedisStore::connect(url, prefix, settings.store_config())
+/// A gateway on `url`: a Redis layer of `kind` under `prefix` with the history the settings
+/// ask for, and the registry under `prefix:` (so that flushing the registry's prefix removes
+/// the layer's keys too).
+async fn gateway(
+    url: &str,
+    prefix: &str,
+    kind: Kind,
+    settings: Settings,
+) -> (Gw, Arc<RedisRegistry>) {
+    let registry = Arc::new(
+        RedisRegistry::connect(url, &format!("{prefix}:"), settings.registry_config())
             .await
             .unwrap(),
     );
-    let layer = Layer::new(InMemoryLayer::default());
-    let gw = start_on(layer, store.clone() as Arc<dyn HistoryStore>, settings).await;
-    (gw, store)
+    let config = RedisConfig::new(url)
+        .prefix(prefix)
+        .command_timeout(Duration::from_millis(500))
+        .layer(
+            settings
+                .layer_config(switchboard::LayerConfig::default())
+                .unwrap(),
+        );
+    let layer = match kind {
+        Kind::Core => Layer::new(RedisLayer::connect(config).await.unwrap()),
+        Kind::PubSub => Layer::new(RedisPubSubLayer::connect(config).await.unwrap()),
+    };
+    let gw = start_on(layer, registry.clone() as Arc<dyn Registry>, settings).await;
+    (gw, registry)
 }
 
-#[tokio::test]
-async fn two_gateways_on_one_redis_share_ids_history_and_stats() {
+fn offset(position: &str) -> u64 {
+    position.rsplit_once(':').unwrap().1.parse().unwrap()
+}
+
+async fn two_gateways_share_positions_history_and_stats(kind: Kind) {
     let Some(url) = redis_url() else {
         return;
     };
-    let prefix = fresh_prefix();
-    let (a, store) = gateway(&url, &prefix, settings()).await;
-    let (b, _) = gateway(&url, &prefix, settings()).await;
+    let prefix = test_support::redis::fresh_prefix();
+    let (a, registry) = gateway(&url, &prefix, kind, settings()).await;
+    let (b, _) = gateway(&url, &prefix, kind, settings()).await;
 
+    let mut epoch = String::new();
     for i in 1..=3 {
-        assert_eq!(publish_ok(&a, "news", &format!("a{i}")).await["id"], i);
+        let answer = publish_ok(&a, "news", &format!("a{i}")).await;
+        assert_eq!(answer["id"], i);
+        epoch = answer["position"]
+            .as_str()
+            .unwrap()
+            .rsplit_once(':')
+            .unwrap()
+            .0
+            .to_owned();
     }
-    // Ids go on from the other gateway.
+    // Positions go on from the other gateway.
     let answer = publish_ok(&b, "news", "b4").await;
     assert_eq!(
-        (answer["id"].as_u64(), answer["stored_messages"].as_u64()),
-        (Some(4), Some(4))
+        (
+            answer["position"].as_str(),
+            answer["stored_messages"].as_u64()
+        ),
+        (Some(format!("{epoch}:4").as_str()), Some(4))
     );
 
     // Backtrack on either gateway sees what both published.
@@ -68,27 +103,26 @@ async fn two_gateways_on_one_redis_share_ids_history_and_stats() {
     assert_eq!(ws.recv_json().await["text"], "a3");
     assert_eq!(ws.recv_json().await["text"], "b4");
 
-    // A client resumes on gateway A after messages were published on B while it was away.
-    let mut resumed = sse(&a, "/ev/news", Some("4")).await;
+    // A client resumes on gateway A from where it was; B's message reaches it live.
+    let mut resumed = sse(&a, "/ev/news", Some(&format!("{epoch}:4"))).await;
     publish_ok(&b, "news", "b5").await;
-    // (Live fan-out between gateways needs a shared layer; here the resume finds it stored.)
-    let (status, etag, messages) = long_poll(&a, "/lp/news", Some("4")).await;
-    assert_eq!((status, etag.as_str(), ids(&messages)), (200, "5", vec![5]));
+    assert_eq!(resumed.next_event().await.id, Some(format!("{epoch}:5")));
+    assert_eq!(ws.recv_json().await["text"], "b5");
+    assert_eq!(ev.next_event().await.json()["text"], "b5");
+    let (status, etag, messages) = long_poll(&a, "/lp/news", Some(&format!("{epoch}:4"))).await;
+    assert_eq!((status, offset(&etag), ids(&messages)), (200, 5, vec![5]));
     publish_ok(&a, "news", "a6").await;
-    // The live copy of 6 on A reveals that 5 was skipped: it is fetched from Redis first.
-    assert_eq!(resumed.next_event().await.id.as_deref(), Some("5"));
-    assert_eq!(resumed.next_event().await.id.as_deref(), Some("6"));
+    assert_eq!(resumed.next_event().await.id, Some(format!("{epoch}:6")));
 
     // Stats agree on the shared figures; subscribers are each gateway's own.
     let (_, sa) = common::get_json(&a, "/stats?id=news").await;
     let (_, sb) = common::get_json(&b, "/stats?id=news").await;
+    for key in ["published_messages", "stored_messages"] {
+        assert_eq!((&sa[key], &sb[key]), (&6.into(), &6.into()), "{key}");
+    }
     assert_eq!(
-        (&sa["published_messages"], &sb["published_messages"]),
-        (&6.into(), &6.into())
-    );
-    assert_eq!(
-        (&sa["stored_messages"], &sb["stored_messages"]),
-        (&6.into(), &6.into())
+        (&sa["position"], &sb["position"]),
+        (&sa["position"], &format!("{epoch}:6").into())
     );
     assert_eq!(
         (&sa["subscribers"], &sb["subscribers"]),
@@ -96,19 +130,42 @@ async fn two_gateways_on_one_redis_share_ids_history_and_stats() {
     );
     let (_, total) = common::get_json(&b, "/stats").await;
     assert_eq!(
-        (&total["channels"], &total["published_messages"]),
-        (&1.into(), &6.into())
+        (
+            &total["channels"],
+            &total["published_messages"],
+            &total["stored_messages"]
+        ),
+        (&1.into(), &6.into(), &6.into())
     );
 
-    // Deleting on one gateway deletes the shared history.
+    // Deleting on one gateway ends the subscribers of both and clears the shared history.
     let r = common::client()
         .delete(b.url("/pub/news"))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(publish_ok(&a, "news", "fresh").await["id"], 1);
-    store.flush().await.unwrap();
+    assert_eq!(resumed.next_event().await.json()["type"], "push.deleted");
+    assert!(resumed.ends_within(Duration::from_secs(2)).await);
+    let fresh = publish_ok(&a, "news", "fresh").await;
+    assert_eq!(fresh["id"], 1);
+    assert!(
+        !fresh["position"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{epoch}:"))
+    );
+    registry.flush().await.unwrap();
+}
+
+#[tokio::test]
+async fn two_gateways_share_positions_history_and_stats_on_the_core_layer() {
+    two_gateways_share_positions_history_and_stats(Kind::Core).await;
+}
+
+#[tokio::test]
+async fn two_gateways_share_positions_history_and_stats_on_the_pubsub_layer() {
+    two_gateways_share_positions_history_and_stats(Kind::PubSub).await;
 }
 
 #[tokio::test]
@@ -116,7 +173,7 @@ async fn while_redis_is_away_publishing_answers_503_and_then_recovers() {
     let Some(mut redis) = test_support::redis::OwnRedis::start().await else {
         return;
     };
-    let (gw, _) = gateway(&redis.url(), "push:", settings()).await;
+    let (gw, _) = gateway(&redis.url(), "push", Kind::PubSub, settings()).await;
     publish_ok(&gw, "news", "before").await;
     let mut ev = sse(&gw, "/ev/news", None).await;
 
@@ -155,10 +212,25 @@ async fn while_redis_is_away_publishing_answers_503_and_then_recovers() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    // The new Redis starts the channel afresh; the connected subscriber still gets it.
+    // The new Redis starts the channel's history afresh.
     assert_eq!(answer["id"], 1);
-    let e = ev.next_event().await;
-    assert_eq!(e.json()["text"], "after");
+    // The connected subscriber stays connected and gets what is published once its layer
+    // subscription is made again (which may come after the first publish that succeeds).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(Some(block)) =
+            tokio::time::timeout(Duration::from_millis(300), ev.next_block()).await
+            && block.data.is_some()
+        {
+            assert_eq!(block.json()["text"], "after");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the subscriber got nothing"
+        );
+        publish_ok(&gw, "news", "after").await;
+    }
 }
 
 /// Raw access to the test Redis, for what a gateway would not write itself.
@@ -177,108 +249,57 @@ async fn idle_channels_leave_the_redis_registry_without_anyone_asking_for_stats(
     let Some(url) = redis_url() else {
         return;
     };
-    let prefix = fresh_prefix();
+    let prefix = test_support::redis::fresh_prefix();
     let settings = Settings {
         channel_ttl: Duration::from_secs(2),
         longpoll_timeout: Duration::from_millis(100),
+        // Without history a published channel, too, is known for `channel_ttl` only.
+        store_messages: 0,
         ..settings()
     };
-    let (gw, store) = gateway(&url, &prefix, settings).await;
+    let (gw, registry) = gateway(&url, &prefix, Kind::PubSub, settings).await;
     let names: Vec<String> = (0..16).map(|i| format!("made-up-{i}")).collect();
     let (status, _, _) = long_poll(&gw, &format!("/lp/{}", names.join("/")), None).await;
     assert_eq!(status, 304);
+    publish_ok(&gw, "made-up-0", "counted").await;
     let mut conn = redis_conn(&url).await;
-    let registry = format!("{prefix}channels");
-    let n: u64 = redis::cmd("ZCARD")
-        .arg(&registry)
+    let key = format!("{prefix}:channels");
+    let counts = format!("{prefix}:counts");
+    let zcard = |conn: &mut redis::aio::MultiplexedConnection, key: String| {
+        let mut conn = conn.clone();
+        async move {
+            redis::cmd("ZCARD")
+                .arg(key)
+                .query_async::<u64>(&mut conn)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(zcard(&mut conn, key.clone()).await, 16);
+    let count: Option<u64> = redis::cmd("HGET")
+        .arg(&counts)
+        .arg("made-up-0")
         .query_async(&mut conn)
         .await
         .unwrap();
-    assert_eq!(n, 16);
+    assert_eq!(count, Some(1));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let n: u64 = redis::cmd("ZCARD")
-            .arg(&registry)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
+        let n = zcard(&mut conn, key.clone()).await;
         if n == 0 {
             break;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "{n} idle channels still in {registry}"
+            "{n} idle channels still in {key}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    store.flush().await.unwrap();
-}
-
-/// Ids in Redis are anyone's to write (another gateway, another version, an operator): a stored
-/// message with id 0, or a channel at the largest id, must not make arithmetic on them panic.
-#[tokio::test]
-async fn ids_at_the_ends_of_the_range_from_redis_do_not_break_subscribers() {
-    let Some(url) = redis_url() else {
-        return;
-    };
-    let prefix = fresh_prefix();
-    let (gw, store) = gateway(
-        &url,
-        &prefix,
-        Settings {
-            longpoll_timeout: Duration::from_millis(100),
-            ..settings()
-        },
-    )
-    .await;
-    let mut conn = redis_conn(&url).await;
-    let now = push::store::now_ms();
-    let until = now + 60_000;
-    let _: () = redis::pipe()
-        .cmd("HSET")
-        .arg(format!("{prefix}ch:zero"))
-        .arg("id")
-        .arg(1)
-        .arg("epoch")
-        .arg(now)
-        .ignore()
-        .cmd("ZADD")
-        .arg(format!("{prefix}msgs:zero"))
-        .arg(0)
-        .arg(format!("0:{now}:{{\"text\":\"zero\"}}"))
-        .arg(1)
-        .arg(format!("1:{now}:{{\"text\":\"one\"}}"))
-        .ignore()
-        .cmd("HSET")
-        .arg(format!("{prefix}ch:max"))
-        .arg("id")
-        .arg(u64::MAX)
-        .arg("epoch")
-        .arg(now)
-        .ignore()
-        .cmd("ZADD")
-        .arg(format!("{prefix}channels"))
-        .arg(until)
-        .arg("zero")
-        .arg(until)
-        .arg("max")
-        .ignore()
+    let left: u64 = redis::cmd("HLEN")
+        .arg(&counts)
         .query_async(&mut conn)
         .await
         .unwrap();
-    // Backtrack starts before the first stored id: 0 - 1 must not underflow.
-    let (status, _, messages) = long_poll(&gw, "/lp/zero.b5", None).await;
-    assert_eq!(status, 200);
-    assert_eq!(ids(&messages), [1]);
-    let mut ws = test_support::ws(gw.addr, "/ws/zero.b5").await;
-    assert_eq!(ws.recv_json().await["text"], "one");
-    // A channel at the largest id: subscribers follow it, a resume finds nothing newer.
-    let (status, etag, _) = long_poll(&gw, "/lp/max.b5", None).await;
-    assert_eq!((status, etag), (304, u64::MAX.to_string()));
-    let (status, etag, _) = long_poll(&gw, "/lp/max", Some(&u64::MAX.to_string())).await;
-    assert_eq!((status, etag), (304, u64::MAX.to_string()));
-    // The gateway still serves.
-    assert_eq!(publish_ok(&gw, "zero", "two").await["id"], 2);
-    assert_eq!(ws.recv_json().await["text"], "two");
-    store.flush().await.unwrap();
+    assert_eq!(left, 0, "the counts of forgotten channels go with them");
+    registry.flush().await.unwrap();
 }

@@ -56,9 +56,12 @@ async fn per_channel_figures_by_id_all_and_prefix() {
 
     let (status, one) = get_json(&gw, "/stats?id=user-1").await;
     assert_eq!(status, 200);
+    let position = one["position"].as_str().unwrap().to_owned();
+    assert!(position.ends_with(":2"), "{one}");
     assert_eq!(
         one,
-        json!({"channel": "user-1", "published_messages": 2, "stored_messages": 2, "subscribers": 0})
+        json!({"channel": "user-1", "published_messages": 2, "stored_messages": 2,
+               "position": position, "subscribers": 0})
     );
 
     let (_, all) = get_json(&gw, "/stats?id=ALL").await;
@@ -73,9 +76,12 @@ async fn per_channel_figures_by_id_all_and_prefix() {
 
     let (_, users) = get_json(&gw, "/stats?id=user-*").await;
     assert_eq!(users["channels"], 2);
+    let position = users["infos"][1]["position"].as_str().unwrap().to_owned();
+    assert!(position.ends_with(":1"), "{users}");
     assert_eq!(
         users["infos"][1],
-        json!({"channel": "user-2", "published_messages": 1, "stored_messages": 1, "subscribers": 1})
+        json!({"channel": "user-2", "published_messages": 1, "stored_messages": 1,
+               "position": position, "subscribers": 1})
     );
     let (_, none) = get_json(&gw, "/stats?id=nobody*").await;
     assert_eq!(none["channels"], 0);
@@ -108,10 +114,12 @@ async fn plain_text_when_accept_asks_for_it() {
     assert!(body.contains("published_messages: 1\n"), "{body}");
     assert!(body.lines().any(|l| l.starts_with("hostname: ")), "{body}");
     let (_, body) = text_of("/stats?id=ALL", "text/plain, */*").await;
-    assert!(
-        body.contains("infos: channel=news published_messages=1 stored_messages=1 subscribers=0"),
-        "{body}"
+    let (_, news) = get_json(&gw, "/stats?id=news").await;
+    let line = format!(
+        "infos: channel=news published_messages=1 stored_messages=1 position={} subscribers=0",
+        news["position"].as_str().unwrap()
     );
+    assert!(body.contains(&line), "{body}");
     let (ct, body) = text_of("/stats", "application/json, text/plain").await;
     assert_eq!(ct, "application/json");
     let _: Value = serde_json::from_str(&body).unwrap();

@@ -9,7 +9,7 @@ use serde_json::Value;
 use switchboard::{InMemoryLayer, Layer, LayerConfig};
 
 pub use push::Settings;
-pub use push::store::HistoryStore;
+pub use push::registry::Registry;
 
 /// Settings for tests: short timeouts, loopback publishing.
 pub fn settings() -> Settings {
@@ -19,11 +19,12 @@ pub fn settings() -> Settings {
     }
 }
 
-/// A gateway served on 127.0.0.1 with an in-memory layer and history.
+/// A gateway served on 127.0.0.1 with an in-memory layer (keeping the history the settings
+/// ask for) and registry.
 pub struct Gw {
     pub addr: SocketAddr,
     pub layer: Layer,
-    pub store: Arc<dyn HistoryStore>,
+    pub registry: Arc<dyn Registry>,
 }
 
 impl Gw {
@@ -33,14 +34,20 @@ impl Gw {
 }
 
 pub async fn start(settings: Settings) -> Gw {
-    let layer = Layer::new(InMemoryLayer::new(LayerConfig::default()));
-    let store = push::memory_store(&settings);
-    start_on(layer, store, settings).await
+    let layer = Layer::new(InMemoryLayer::new(
+        settings.layer_config(LayerConfig::default()).unwrap(),
+    ));
+    let registry = push::memory_registry(&settings);
+    start_on(layer, registry, settings).await
 }
 
-pub async fn start_on(layer: Layer, store: Arc<dyn HistoryStore>, settings: Settings) -> Gw {
-    let addr = test_support::serve(push::router(layer.clone(), store.clone(), settings)).await;
-    Gw { addr, layer, store }
+pub async fn start_on(layer: Layer, registry: Arc<dyn Registry>, settings: Settings) -> Gw {
+    let addr = test_support::serve(push::router(layer.clone(), registry.clone(), settings)).await;
+    Gw {
+        addr,
+        layer,
+        registry,
+    }
 }
 
 /// POSTs `body` to `/pub/{channels}`; the status and the JSON answer.
@@ -153,9 +160,21 @@ pub async fn long_poll(gw: &Gw, path: &str, etag: Option<&str>) -> (u16, String,
     (status, etag, messages)
 }
 
-/// The ids of a list of messages.
+/// The offset of a message's position (`"position":"EPOCH:OFFSET"`).
+pub fn id(message: &Value) -> u64 {
+    let position = message["position"].as_str().unwrap();
+    position.rsplit_once(':').unwrap().1.parse().unwrap()
+}
+
+/// The epoch of a message's position.
+pub fn epoch(message: &Value) -> String {
+    let position = message["position"].as_str().unwrap();
+    position.rsplit_once(':').unwrap().0.to_owned()
+}
+
+/// The offsets of a list of messages.
 pub fn ids(messages: &[Value]) -> Vec<u64> {
-    messages.iter().map(|m| m["id"].as_u64().unwrap()).collect()
+    messages.iter().map(id).collect()
 }
 
 /// The close frame a WebSocket subscriber gets within 2 s (its code and reason); panics on
