@@ -69,11 +69,11 @@ use std::time::Duration;
 use axum::response::{IntoResponse, Response};
 use futures_util::FutureExt as _;
 use http::{HeaderValue, StatusCode, header};
-use switchboard_core::{Layer, LayerError, Message, Position};
+use switchboard_core::{Layer, LayerError, Message, Position, Subscription};
 use tokio::time::Instant;
 
 use crate::feed::{plain, refuse};
-use crate::shutdown::Shutdown;
+use crate::shutdown::{Guard, Shutdown};
 
 /// A long-poll answer for one group: see the [module docs](self).
 #[derive(Debug, Clone)]
@@ -146,41 +146,14 @@ impl LongPoll {
         let mut messages: Vec<Message> = Vec::new();
         let mut position = resumed.position.clone();
         if let (Some(since), true) = (&self.since, resumed.recovered) {
+            messages = collect(&mut sub, self.timeout, self.max_messages, guard.as_ref()).await;
             // Until a message is taken, the client is where it said.
-            position = since.clone();
-            // A timeout too long to add is no timeout.
-            let deadline = Instant::now().checked_add(self.timeout);
-            // A hole (the queue dropped, the layer's connection was interrupted) stops the
-            // answer before it: the next poll gets the rest from history.
-            let mut hole = false;
-            if resumed.replayed == 0 {
-                let closing = async {
-                    match &guard {
-                        Some(g) => g.closing().await,
-                        None => std::future::pending().await,
-                    }
-                };
-                tokio::select! {
-                    biased;
-                    () = closing => {}
-                    r = sub.recv() => if let Ok(m) = r {
-                        hole = take(&mut messages, &mut position, m, &sub);
-                    },
-                    () = sleep_until(deadline) => {}
-                }
-            }
-            // What is ready now (the replay, messages that came with the first), without
-            // waiting, up to the limit and the first hole.
-            while !hole && messages.len() < self.max_messages {
-                if sub.has_missed() {
-                    crate::metrics::missed(sub.take_missed());
-                    break; // a hole before the next message
-                }
-                match sub.recv().now_or_never() {
-                    Some(Ok(m)) => hole = take(&mut messages, &mut position, m, &sub),
-                    _ => break,
-                }
-            }
+            position = messages
+                .iter()
+                .rev()
+                .find_map(Message::position)
+                .unwrap_or(since)
+                .clone();
         }
         sub.close().await;
         drop(guard);
@@ -193,21 +166,74 @@ impl LongPoll {
     }
 }
 
-/// Keeps `m` and moves `position` to it, unless a hole is next to it (before or after: the
-/// queue cannot say which), in which case `m` is left to the next poll's replay. Whether there
-/// was a hole.
-fn take(
-    messages: &mut Vec<Message>,
-    position: &mut Position,
-    m: Message,
-    sub: &switchboard_core::Subscription,
-) -> bool {
+/// What one poll answers with, from a subscription the caller joined: what is ready now (a
+/// replay from history, say) or, when nothing is, the first message to arrive within `timeout`
+/// and whatever came with it — at most `max` (at least 1), oldest first. A drain reaching
+/// `shutdown` ends the wait, as the timeout does. A hole (the subscription's queue dropped
+/// messages, the layer's connection was interrupted) ends the answer before it — and before the
+/// message received with it, which may lie on either side — so that a client polling again
+/// from the last position answered gets the rest from history. [`LongPoll`] answers with it;
+/// the push gateway example's long-poll, with its own protocol, too.
+pub async fn collect(
+    sub: &mut Subscription,
+    timeout: Duration,
+    max: usize,
+    shutdown: Option<&Guard>,
+) -> Vec<Message> {
+    let max = max.max(1);
+    let mut messages = Vec::new();
+    if ready(sub, &mut messages, max) || !messages.is_empty() {
+        return messages;
+    }
+    // A timeout too long to add is no timeout.
+    let deadline = Instant::now().checked_add(timeout);
+    let closing = async {
+        match shutdown {
+            Some(g) => g.closing().await,
+            None => std::future::pending().await,
+        }
+    };
+    let hole = tokio::select! {
+        biased;
+        () = closing => true,
+        r = sub.recv() => match r {
+            Ok(m) => take(&mut messages, m, sub),
+            Err(_) => true, // the layer closed: answer as a timeout does
+        },
+        () = sleep_until(deadline) => true,
+    };
+    if !hole {
+        // What came with the first, without waiting.
+        ready(sub, &mut messages, max);
+    }
+    messages
+}
+
+/// Takes what is ready without waiting, up to `max` and the first hole; whether it met a hole.
+fn ready(sub: &mut Subscription, messages: &mut Vec<Message>, max: usize) -> bool {
+    while messages.len() < max {
+        if sub.has_missed() {
+            crate::metrics::missed(sub.take_missed());
+            return true; // a hole before the next message
+        }
+        match sub.recv().now_or_never() {
+            Some(Ok(m)) => {
+                if take(messages, m, sub) {
+                    return true;
+                }
+            }
+            _ => return false,
+        }
+    }
+    false
+}
+
+/// Keeps `m`, unless a hole is next to it (before or after: the queue cannot say which), in
+/// which case `m` is left to the next poll's replay. Whether there was a hole.
+fn take(messages: &mut Vec<Message>, m: Message, sub: &Subscription) -> bool {
     if sub.has_missed() {
         crate::metrics::missed(sub.take_missed());
         return true;
-    }
-    if let Some(p) = m.position() {
-        *position = p.clone();
     }
     messages.push(m);
     false

@@ -75,9 +75,22 @@
 //!    a position, which nothing could replay, is delivered before the `gap`).
 //!
 //! The stream ends (the body finishes) when a [`Shutdown`] given with
-//! [`shutdown`](EventStream::shutdown) drains, when the layer is closed, after a gap, and when
-//! the client goes away (the subscription leaves its group and discards its channel on drop).
-//! A browser's EventSource reconnects by itself after an end, with `Last-Event-ID`.
+//! [`shutdown`](EventStream::shutdown) drains, when the layer is closed, after a gap, after
+//! [`max_duration`](EventStream::max_duration), and when the client goes away (the
+//! subscription leaves its group and discards its channel on drop). A browser's EventSource
+//! reconnects by itself after an end, with `Last-Event-ID`.
+//!
+//! # Your own subscription and events
+//!
+//! [`EventStream::subscribed`] streams a [`Subscription`] the handler joined itself — to several
+//! groups, "since" positions it chose, with presence — and [`render`](EventStream::render)
+//! decides what each message becomes: its `id:` (a cursor over several groups, say), its
+//! `event:`, its `data:` (HTML for htmx's SSE extension, a template…), nothing at all, or the
+//! last event of the stream. Messages given to [`backlog`](EventStream::backlog) (history the
+//! handler read) go first. Everything else — batching, keep-alive, the `gap` event and the end
+//! (with the `id:` of the last event rendered), drain, metrics — is as above; no `recovery`
+//! event is sent (the handler knows what it replayed). The push gateway example's EventSource
+//! transport is one (`examples/push/src/subscribe.rs`).
 //!
 //! # Refusals
 //!
@@ -113,7 +126,7 @@ use axum::response::Response;
 use bytes::Bytes;
 use futures_util::FutureExt as _;
 use http::{HeaderValue, header};
-use switchboard_core::{Layer, LayerError, Message, Position, Subscription};
+use switchboard_core::{Layer, LayerError, Message, Position, Subscription, Text};
 use tokio::time::Instant;
 
 use crate::feed::refuse;
@@ -122,30 +135,188 @@ use crate::shutdown::{Guard, Shutdown};
 /// Messages rendered into one body chunk at most.
 const BATCH: usize = 64;
 
-/// A `text/event-stream` response following one group: see the [module docs](self).
-#[derive(Debug, Clone)]
+/// What [`EventStream::render`] makes of a message: one event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SseEvent {
+    id: Option<String>,
+    event: Option<String>,
+    data: Text,
+    last: bool,
+}
+
+impl SseEvent {
+    /// An event carrying `data` (split into `data:` lines by [`write_event`]).
+    pub fn new(data: impl Into<Text>) -> SseEvent {
+        SseEvent {
+            id: None,
+            event: None,
+            data: data.into(),
+            last: false,
+        }
+    }
+
+    /// Its `id:` — what the browser sends back as `Last-Event-ID`; `None`: no `id:` line (the
+    /// browser keeps the last one).
+    pub fn id(mut self, id: Option<String>) -> SseEvent {
+        self.id = id;
+        self
+    }
+
+    /// Its `event:` (`None`: a plain `message` event).
+    pub fn event(mut self, event: Option<String>) -> SseEvent {
+        self.event = event;
+        self
+    }
+
+    /// Ends the stream after this event.
+    pub fn last(mut self) -> SseEvent {
+        self.last = true;
+        self
+    }
+}
+
+/// How messages become events ([`EventStream::render`]).
+type Renderer = Box<dyn FnMut(&Message) -> Option<SseEvent> + Send>;
+
+/// What a stream follows.
+enum Source {
+    /// One group, joined at `open`.
+    Group(String),
+    /// A subscription the handler joined, and what to send before what it receives.
+    Subscribed(Box<Subscription>, Vec<Message>),
+}
+
+/// A `text/event-stream` response following a group (or a subscription): see the
+/// [module docs](self).
 pub struct EventStream {
     layer: Layer,
-    group: String,
+    source: Source,
     since: Option<Position>,
     keep_alive: Option<Duration>,
     typed: bool,
     retry: Option<Duration>,
     shutdown: Option<Shutdown>,
+    render: Option<Renderer>,
+    max_duration: Option<Duration>,
+    hold: Option<Box<dyn std::any::Any + Send>>,
+}
+
+impl std::fmt::Debug for EventStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let source = match &self.source {
+            Source::Group(g) => format!("group {g}"),
+            Source::Subscribed(sub, backlog) => {
+                format!("{} (backlog {})", sub.channel_name(), backlog.len())
+            }
+        };
+        f.debug_struct("EventStream")
+            .field("source", &source)
+            .field("since", &self.since)
+            .field("keep_alive", &self.keep_alive)
+            .field("typed", &self.typed)
+            .field("retry", &self.retry)
+            .field("render", &self.render.is_some())
+            .field("max_duration", &self.max_duration)
+            .finish_non_exhaustive()
+    }
 }
 
 impl EventStream {
     /// A stream of `group`'s messages on `layer`, from now.
     pub fn new(layer: impl Into<Layer>, group: impl Into<String>) -> EventStream {
+        EventStream::from_source(layer.into(), Source::Group(group.into()))
+    }
+
+    /// A stream of what `sub` receives: groups the handler joined itself (see the
+    /// [module docs](self#your-own-subscription-and-events)). [`since`](EventStream::since)
+    /// does not apply: the handler joined "since" what it chose.
+    ///
+    /// A user's feed — their own group and the site-wide one — as HTML fragments for htmx's SSE
+    /// extension (`sse-swap="message"`):
+    ///
+    /// ```
+    /// use axum::{extract::State, http::StatusCode, response::{IntoResponse, Response}};
+    /// use switchboard::Layer;
+    /// use switchboard::sse::{EventStream, SseEvent};
+    ///
+    /// fn escape(s: &str) -> String {
+    ///     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    /// }
+    ///
+    /// async fn feed(State(layer): State<Layer>) -> Response {
+    ///     let Ok(mut sub) = layer.subscribe().await else {
+    ///         return (StatusCode::SERVICE_UNAVAILABLE, "service unavailable").into_response();
+    ///     };
+    ///     for group in ["user.7", "site"] {
+    ///         if sub.group_add(group).await.is_err() {
+    ///             return (StatusCode::SERVICE_UNAVAILABLE, "service unavailable").into_response();
+    ///         }
+    ///     }
+    ///     EventStream::subscribed(sub)
+    ///         .render(|m| {
+    ///             let text = m.get("text")?.as_str()?;
+    ///             let html = format!("<li>{}</li>", escape(text));
+    ///             Some(SseEvent::new(html).event(Some("message".into())))
+    ///         })
+    ///         .open()
+    ///         .await
+    /// }
+    /// let app: axum::Router = axum::Router::new()
+    ///     .route("/feed", axum::routing::get(feed))
+    ///     .with_state(Layer::new(switchboard::InMemoryLayer::default()));
+    /// ```
+    pub fn subscribed(sub: Subscription) -> EventStream {
+        let layer = sub.layer().clone();
+        EventStream::from_source(layer, Source::Subscribed(Box::new(sub), Vec::new()))
+    }
+
+    fn from_source(layer: Layer, source: Source) -> EventStream {
         EventStream {
-            layer: layer.into(),
-            group: group.into(),
+            layer,
+            source,
             since: None,
             keep_alive: Some(Duration::from_secs(15)),
             typed: true,
             retry: None,
             shutdown: None,
+            render: None,
+            max_duration: None,
+            hold: None,
         }
+    }
+
+    /// Messages to send first, oldest first (history the handler read; for a stream made with
+    /// [`subscribed`](EventStream::subscribed) only).
+    pub fn backlog(mut self, messages: Vec<Message>) -> EventStream {
+        if let Source::Subscribed(_, backlog) = &mut self.source {
+            *backlog = messages;
+        }
+        self
+    }
+
+    /// What each message becomes: an [`SseEvent`], or `None` to send nothing for it. Without
+    /// it, a message is the event the [module docs](self) describe (`id:` its position,
+    /// `event:` its type, `data:` its JSON).
+    pub fn render(
+        mut self,
+        render: impl FnMut(&Message) -> Option<SseEvent> + Send + 'static,
+    ) -> EventStream {
+        self.render = Some(Box::new(render));
+        self
+    }
+
+    /// Ends the stream after this long (`None`: never, the default): the browser reconnects
+    /// with `Last-Event-ID` — to another process, maybe, behind a load balancer.
+    pub fn max_duration(mut self, after: Option<Duration>) -> EventStream {
+        self.max_duration = after;
+        self
+    }
+
+    /// Keeps `value` as long as the stream lives, and drops it when the stream ends or the
+    /// client goes away (a slot, a permit, a count of subscribers).
+    pub fn hold(mut self, value: impl Send + 'static) -> EventStream {
+        self.hold = Some(Box::new(value));
+        self
     }
 
     /// Sends `retry:` first: how long a browser waits before it reconnects after the stream
@@ -187,44 +358,36 @@ impl EventStream {
     /// Subscribes and answers: the event stream, or a plain-text refusal (see the
     /// [module docs](self)).
     pub async fn open(self) -> Response {
-        let (guard, mut sub) =
-            match crate::feed::start(&self.layer, self.shutdown.as_ref(), "event stream").await {
-                Ok(started) => started,
-                Err(refused) => return refused,
-            };
+        let (guard, sub, backlog, group) = match self.source {
+            Source::Group(group) => {
+                match crate::feed::start(&self.layer, self.shutdown.as_ref(), "event stream").await
+                {
+                    Ok((guard, sub)) => (guard, sub, Vec::new(), Some(group)),
+                    Err(refused) => return refused,
+                }
+            }
+            Source::Subscribed(sub, backlog) => {
+                let guard = match &self.shutdown {
+                    Some(s) => match s.guard() {
+                        Some(g) => Some(g),
+                        None => return crate::feed::shutting_down(),
+                    },
+                    None => None,
+                };
+                (guard, *sub, backlog, None)
+            }
+        };
+        let mut sub = sub;
         let mut head = String::from(": ok\n\n");
         if let Some(after) = self.retry {
             let _ = write!(head, "retry: {}\n\n", after.as_millis());
         }
         let mut last = None;
-        match sub
-            .group_add_since(self.group.as_str(), self.since.as_ref())
-            .await
-        {
-            Ok(resumed) => {
-                let id = match (&self.since, resumed.recovered) {
-                    (Some(since), true) => since.to_string(),
-                    _ => resumed.position.to_string(),
-                };
-                last = Some(id.clone());
-                let data = serde_json::json!({
-                    "recovered": resumed.recovered,
-                    "replayed": resumed.replayed,
-                    "position": resumed.position.to_string(),
-                });
-                write_event(&mut head, Some(&id), Some("recovery"), &data.to_string());
+        if let Some(group) = group {
+            match join(&mut sub, &group, self.since.as_ref(), &mut head).await {
+                Ok(id) => last = id,
+                Err(refused) => return refused,
             }
-            Err(LayerError::Unsupported(_)) => {
-                // A group without history: live only.
-                if let Err(e) = sub.group_add(self.group.as_str()).await {
-                    return refuse("event stream", &e);
-                }
-                if self.since.is_some() {
-                    let data = r#"{"recovered":false,"replayed":0,"position":null}"#;
-                    write_event(&mut head, None, Some("recovery"), data);
-                }
-            }
-            Err(e) => return refuse("event stream", &e),
         }
         let now = Instant::now();
         let mut state = State {
@@ -233,14 +396,26 @@ impl EventStream {
             typed: self.typed,
             keep_alive: self.keep_alive,
             next_ping: self.keep_alive.and_then(|every| now.checked_add(every)),
-            pending: VecDeque::from([Bytes::from(head)]),
+            ends_at: self.max_duration.and_then(|d| now.checked_add(d)),
+            pending: VecDeque::new(),
             ended: false,
             last,
             end: None,
+            render: self.render,
+            _hold: self.hold,
         };
         crate::metrics::http_stream_opened();
+        for m in &backlog {
+            if state.ended {
+                break;
+            }
+            state.write(&mut head, m);
+        }
+        state.pending.push_back(Bytes::from(head));
         // The replay is in the subscription already: render it at once, behind the head.
-        state.drain_ready();
+        if !state.ended {
+            state.drain_ready();
+        }
         let body = Body::from_stream(futures_util::stream::unfold(state, |mut st| async move {
             st.step()
                 .await
@@ -256,6 +431,44 @@ impl EventStream {
         h.insert("x-accel-buffering", HeaderValue::from_static("no"));
         response
     }
+}
+
+/// Joins `group` "since" the client's position, writing the `recovery` event into `head`; the
+/// `id:` the stream starts from, or the refusal.
+async fn join(
+    sub: &mut Subscription,
+    group: &str,
+    since: Option<&Position>,
+    head: &mut String,
+) -> Result<Option<String>, Response> {
+    let mut last = None;
+    match sub.group_add_since(group, since).await {
+        Ok(resumed) => {
+            let id = match (since, resumed.recovered) {
+                (Some(since), true) => since.to_string(),
+                _ => resumed.position.to_string(),
+            };
+            last = Some(id.clone());
+            let data = serde_json::json!({
+                "recovered": resumed.recovered,
+                "replayed": resumed.replayed,
+                "position": resumed.position.to_string(),
+            });
+            write_event(head, Some(&id), Some("recovery"), &data.to_string());
+        }
+        Err(LayerError::Unsupported(_)) => {
+            // A group without history: live only.
+            if let Err(e) = sub.group_add(group).await {
+                return Err(refuse("event stream", &e));
+            }
+            if since.is_some() {
+                let data = r#"{"recovered":false,"replayed":0,"position":null}"#;
+                write_event(head, None, Some("recovery"), data);
+            }
+        }
+        Err(e) => return Err(refuse("event stream", &e)),
+    }
+    Ok(last)
 }
 
 /// Appends one server-sent event to `out`: `id:` and `event:` lines when given, one `data:`
@@ -301,6 +514,8 @@ struct State {
     typed: bool,
     keep_alive: Option<Duration>,
     next_ping: Option<Instant>,
+    /// When [`EventStream::max_duration`] ends the stream.
+    ends_at: Option<Instant>,
     pending: VecDeque<Bytes>,
     ended: bool,
     /// The position of the last message delivered (or the one the stream started from).
@@ -308,6 +523,9 @@ struct State {
     /// Why the stream ended, for the metrics (`None` when the response was dropped first: the
     /// client went away).
     end: Option<&'static str>,
+    render: Option<Renderer>,
+    /// [`EventStream::hold`]: dropped with the stream.
+    _hold: Option<Box<dyn std::any::Any + Send>>,
 }
 
 impl Drop for State {
@@ -348,10 +566,15 @@ impl State {
                 if m.position().is_none() {
                     self.write(&mut out, &m);
                 }
-                self.gap(&mut out);
+                if !self.ended {
+                    self.gap(&mut out);
+                }
                 break;
             }
             self.write(&mut out, &m);
+            if self.ended {
+                break; // the renderer's last event
+            }
         }
         if !out.is_empty() {
             self.pending.push_back(Bytes::from(out));
@@ -359,6 +582,18 @@ impl State {
     }
 
     fn write(&mut self, out: &mut String, m: &Message) {
+        if let Some(render) = &mut self.render {
+            let Some(ev) = render(m) else { return };
+            write_event(out, ev.id.as_deref(), ev.event.as_deref(), ev.data.as_str());
+            if ev.id.is_some() {
+                self.last = ev.id;
+            }
+            if ev.last {
+                self.ended = true;
+                self.end = Some("server");
+            }
+            return;
+        }
         let id = m.position().map(Position::to_string);
         let event = self.typed.then(|| m.message_type());
         write_event(out, id.as_deref(), event, m.to_json_text().as_str());
@@ -409,6 +644,13 @@ impl State {
                     None => std::future::pending().await,
                 }
             };
+            let ends_at = self.ends_at;
+            let expired = async {
+                match ends_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 biased;
                 () = closing => {
@@ -422,6 +664,10 @@ impl State {
                         return None;
                     }
                 },
+                () = expired => {
+                    self.end = Some("max_duration");
+                    return None;
+                }
                 () = ping => {
                     self.next_ping = self
                         .keep_alive

@@ -4,6 +4,8 @@
 #![allow(clippy::unwrap_used)]
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -13,7 +15,7 @@ use axum::routing::get;
 use serde_json::{Value, json};
 use switchboard::feed::Since;
 use switchboard::longpoll::LongPoll;
-use switchboard::sse::EventStream;
+use switchboard::sse::{EventStream, SseEvent};
 use switchboard::{DrainConfig, InMemoryLayer, Layer, LayerConfig, Shutdown};
 use test_support::http::{Body, Event, client};
 
@@ -982,4 +984,139 @@ async fn write_timeout_closes_a_stream_whose_client_reads_nothing() {
         1,
         "without a write timeout the stalled stream stays"
     );
+}
+
+/// `EventStream::subscribed`: the handler joins its own groups (two here), hands over what it
+/// read from history (`backlog`), and `render` decides each event — its own `id:` (a count of
+/// the events, here), `event:` and `data:`, nothing for some messages, the last event of the
+/// stream for another. What `hold` keeps is dropped when the stream ends; `max_duration` ends
+/// a stream by itself.
+#[tokio::test]
+async fn a_stream_of_the_handlers_own_subscription_renders_its_own_events() {
+    let layer = memory();
+    /// Counts its drops.
+    struct Held(Arc<AtomicUsize>);
+    impl Drop for Held {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let router = Router::new()
+        .route(
+            "/mine",
+            get(
+                |State((layer, dropped)): State<(Layer, Arc<AtomicUsize>)>| async move {
+                    let mut sub = layer.subscribe().await.unwrap();
+                    sub.group_add("room.a").await.unwrap();
+                    sub.group_add("room.b").await.unwrap();
+                    let backlog = vec![
+                        switchboard::Message::builder("note")
+                            .field("text", "from the handler")
+                            .build()
+                            .unwrap(),
+                    ];
+                    let mut count = 0u32;
+                    EventStream::subscribed(sub)
+                        .backlog(backlog)
+                        .hold(Held(dropped))
+                        .render(move |m| {
+                            let text = m.get("text").and_then(|t| t.as_str())?.to_owned();
+                            if text == "skip me" {
+                                return None;
+                            }
+                            count += 1;
+                            let ev = SseEvent::new(text.to_uppercase())
+                                .id(Some(format!("n{count}")))
+                                .event(Some(m.message_type().to_owned()));
+                            Some(if text == "bye" { ev.last() } else { ev })
+                        })
+                        .open()
+                        .await
+                },
+            ),
+        )
+        .route(
+            "/short",
+            get(
+                |State((layer, _)): State<(Layer, Arc<AtomicUsize>)>| async move {
+                    let sub = layer.subscribe().await.unwrap();
+                    EventStream::subscribed(sub)
+                        .max_duration(Some(Duration::from_millis(300)))
+                        .open()
+                        .await
+                },
+            ),
+        )
+        .with_state((layer.clone(), dropped.clone()));
+    let addr = test_support::serve(router).await;
+    let mut body = Body::new(
+        client()
+            .get(format!("http://{addr}/mine"))
+            .send()
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        body.next_block().await.unwrap().comment.as_deref(),
+        Some("ok")
+    );
+    let first = body.next_event().await;
+    assert_eq!(
+        (
+            first.id.as_deref(),
+            first.event.as_deref(),
+            first.data.as_deref()
+        ),
+        (Some("n1"), Some("note"), Some("FROM THE HANDLER")),
+        "the backlog first, through the renderer; no recovery event"
+    );
+    assert_eq!(dropped.load(Ordering::SeqCst), 0, "held by the stream");
+    for (group, text) in [
+        ("room.a", "one"),
+        ("room.b", "skip me"),
+        ("room.b", "two"),
+        ("room.a", "bye"),
+        ("room.a", "after"),
+    ] {
+        layer
+            .group_send(group, json!({"type": "chat.message", "text": text}))
+            .await
+            .unwrap();
+    }
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let ev = body.next_event().await;
+        got.push((ev.id.unwrap(), ev.data.unwrap()));
+    }
+    assert_eq!(
+        got,
+        [
+            ("n2".to_owned(), "ONE".to_owned()),
+            ("n3".into(), "TWO".into()),
+            ("n4".into(), "BYE".into())
+        ]
+    );
+    assert!(
+        body.ends_within(Duration::from_secs(2)).await,
+        "the last event ends it"
+    );
+    test_support::eventually("the held value is dropped", Duration::from_secs(2), || {
+        dropped.load(Ordering::SeqCst) == 1
+    })
+    .await;
+
+    let started = Instant::now();
+    let mut short = Body::new(
+        client()
+            .get(format!("http://{addr}/short"))
+            .send()
+            .await
+            .unwrap(),
+    );
+    assert!(
+        short.ends_within(Duration::from_secs(3)).await,
+        "max_duration"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(300));
 }

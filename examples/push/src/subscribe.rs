@@ -11,10 +11,16 @@
 //!    it — or with the last N held messages for a backtrack (`CH.bN`), or from now.
 //! 3. **Live**: each message from the layer is written to the client, and moves the cursor
 //!    (the position of the last message delivered, per channel). A subscriber that missed
-//!    messages reads them again from the history first (`Subscription::recover`; the WebSocket
-//!    runtime does it for WebSocket subscribers). Every channel's messages therefore reach the
-//!    client once each, in order — as long as the history still holds them
-//!    (`--store-messages`, `--message-ttl`).
+//!    messages gets them from the history: the WebSocket runtime and the `/sub/` stream read
+//!    them again at once (`Subscription::recover`); the EventSource stream (the library's
+//!    `EventStream`) sends a `gap` event and ends, and the browser resumes from its
+//!    `Last-Event-ID`; a long-poll answers before the hole, and the next poll resumes from
+//!    its `Etag`. Every channel's messages therefore reach the client once each, in order — as
+//!    long as the history still holds them (`--store-messages`, `--message-ttl`).
+//!
+//! EventSource is the library's [`EventStream`] and the long-poll waits with the library's
+//! [`longpoll::collect`]; WebSocket subscribers are consumers on the library's runtime; the
+//! `/sub/` stream is this module's own loop ([`Feed`]).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -26,6 +32,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use switchboard::endpoint::Authenticate;
 use switchboard::http::StatusCode as Status;
+use switchboard::longpoll;
+use switchboard::sse::{EventStream, SseEvent};
 use switchboard::value::Value;
 use switchboard::{
     CloseCode, Connection, Consumer, Frame, Message, Position, Refusal, Scope, Subscription,
@@ -128,21 +136,11 @@ impl Gateway {
     }
 }
 
-/// A message (or notice) for the client, and the cursor after it.
-#[derive(Debug, Clone)]
-pub struct Item {
-    /// The message (or notice).
-    pub message: Message,
-    /// Empty unless the cursor was asked for with each item (EventSource writes it as `id:`).
-    pub cursor: String,
-}
-
 /// Where a subscriber stands on each of its channels: the position of the last message
 /// delivered (`None` without history).
 #[derive(Debug)]
 pub struct Cursor {
     chans: Vec<(String, Option<Position>)>,
-    item_cursors: bool,
 }
 
 impl Cursor {
@@ -151,22 +149,16 @@ impl Cursor {
         format_cursor(self.chans.iter().map(|(id, p)| (id.as_str(), p.as_ref())))
     }
 
-    /// `message`, delivered: the cursor moves on past it.
-    fn item(&mut self, message: Message) -> Item {
+    /// `message` is delivered: the cursor moves on past it.
+    fn advance(&mut self, message: &Message) {
         if message.message_type() == format::MESSAGE
             && let Some((_, p)) = self
                 .chans
                 .iter_mut()
-                .find(|(id, _)| id == field(&message, "channel"))
+                .find(|(id, _)| id == field(message, "channel"))
         {
-            history::advance(p, &message);
+            history::advance(p, message);
         }
-        let cursor = if self.item_cursors {
-            self.text()
-        } else {
-            String::new()
-        };
-        Item { message, cursor }
     }
 
     /// Stops following a deleted channel: whether no channel is left, or `None` if the
@@ -178,17 +170,15 @@ impl Cursor {
     }
 }
 
-/// Joins every channel of `admitted` on `joins` (steps 2 of the module docs): the cursor, and
-/// the held messages to deliver first.
+/// Joins every channel of `admitted` on `joins` (step 2 of the module docs): the cursor (where
+/// the client stands before the held messages), and the held messages to deliver first.
 async fn join_all(
     gw: &Gateway,
     joins: &mut impl history::Joins,
     admitted: &Admitted,
-    item_cursors: bool,
-) -> switchboard::Result<(Cursor, Vec<Item>)> {
+) -> switchboard::Result<(Cursor, Vec<Message>)> {
     let mut cursor = Cursor {
         chans: Vec::with_capacity(admitted.channels.len()),
-        item_cursors,
     };
     let mut backlog = Vec::new();
     for (spec, given) in admitted.channels.iter().zip(&admitted.cursor) {
@@ -197,24 +187,23 @@ async fn join_all(
         cursor.chans.push((spec.id.clone(), joined.position));
         backlog.extend(joined.backlog);
     }
-    let items = backlog.into_iter().map(|m| cursor.item(m)).collect();
-    Ok((cursor, items))
+    Ok((cursor, backlog))
 }
 
 /// What [`Feed::next`] got.
 #[derive(Debug)]
 pub enum Next {
     /// A message for the client.
-    Item(Item),
+    Message(Message),
     /// A followed channel was deleted: the notice, and whether no channel is left.
-    Deleted(Item, bool),
+    Deleted(Message, bool),
     /// The deadline passed first.
     Tick,
     /// The layer closed (the gateway is shutting down).
     Closed,
 }
 
-/// A subscription of the HTTP transports (EventSource, stream, long-poll): the layer's
+/// A subscription of the stream and long-poll transports: the layer's
 /// [`Subscription`] (which refreshes its groups while it lives and leaves them when dropped,
 /// however the client went away), the cursor and the slots.
 #[derive(Debug)]
@@ -230,16 +219,16 @@ impl Feed {
     pub async fn open(
         gw: &Arc<Gateway>,
         admitted: Admitted,
-        item_cursors: bool,
-    ) -> Result<(Feed, Vec<Item>), ApiError> {
+    ) -> Result<(Feed, Vec<Message>), ApiError> {
         let mut sub = gw
             .layer
             .subscribe()
             .await
             .map_err(|e| ApiError::unavailable("the channel layer", e))?;
-        let (cursor, items) = join_all(gw, &mut sub, &admitted, item_cursors)
+        let (mut cursor, backlog) = join_all(gw, &mut sub, &admitted)
             .await
             .map_err(|e| ApiError::unavailable("the channel layer", e))?;
+        backlog.iter().for_each(|m| cursor.advance(m));
         Ok((
             Feed {
                 gw: gw.clone(),
@@ -247,13 +236,8 @@ impl Feed {
                 cursor,
                 slots: admitted.slots,
             },
-            items,
+            backlog,
         ))
-    }
-
-    /// The cursor after everything delivered so far.
-    pub fn cursor(&self) -> String {
-        self.cursor.text()
     }
 
     /// Waits for what to deliver next, or `deadline` (a deadline that has passed takes what
@@ -289,7 +273,10 @@ impl Feed {
                 return Next::Closed; // the layer closed (the gateway is shutting down)
             };
             match msg.message_type() {
-                format::MESSAGE => return Next::Item(self.cursor.item(msg)),
+                format::MESSAGE => {
+                    self.cursor.advance(&msg);
+                    return Next::Message(msg);
+                }
                 format::DELETE => {
                     let channel = field(&msg, "channel");
                     let Some(last) = self.cursor.remove(channel) else {
@@ -301,8 +288,7 @@ impl Feed {
                     {
                         tracing::debug!(channel, error = %e, "group_discard failed");
                     }
-                    let notice = self.cursor.item(format::deleted(channel, now_ms()));
-                    return Next::Deleted(notice, last);
+                    return Next::Deleted(format::deleted(channel, now_ms()), last);
                 }
                 other => tracing::debug!(message_type = other, "unexpected layer message ignored"),
             }
@@ -319,71 +305,122 @@ fn far_future() -> Instant {
 }
 
 // ---------------------------------------------------------------------------------------------
-// EventSource and streams
+// EventSource: the library's event stream
 // ---------------------------------------------------------------------------------------------
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Kind {
-    EventSource,
-    Stream,
+/// `GET /ev/CH[/CH2…]`: EventSource — the library's [`EventStream`] on the subscriber's own
+/// subscription (its channels joined as for every transport, the held messages first), which
+/// batches, keeps the stream alive, ends it on a gap (the browser resumes from its
+/// `Last-Event-ID`), on a drain and after `--subscriber-ttl`. Each message is rendered with its
+/// cursor as `id:` and its `Event-Type` as `event:`.
+pub async fn eventsource(
+    State(gw): State<Arc<Gateway>>,
+    Path(tail): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    eventsource_inner(gw, &tail, &headers, query.as_deref())
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
 }
 
-/// The state of one streaming body.
+async fn eventsource_inner(
+    gw: Arc<Gateway>,
+    tail: &str,
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Result<Response, ApiError> {
+    drop(draining_guard(&gw)?); // refused in the gateway's words; the stream registers again
+    let admitted = gw.admit(tail, headers, query).await?;
+    let mut sub = gw
+        .layer
+        .subscribe()
+        .await
+        .map_err(|e| ApiError::unavailable("the channel layer", e))?;
+    let (mut cursor, backlog) = join_all(&gw, &mut sub, &admitted)
+        .await
+        .map_err(|e| ApiError::unavailable("the channel layer", e))?;
+    let mut slots = admitted.slots;
+    let format = gw.format.clone();
+    Ok(EventStream::subscribed(sub)
+        .backlog(backlog)
+        .keep_alive(gw.settings.ping_interval)
+        .max_duration(gw.settings.subscriber_ttl)
+        .shutdown(&gw.settings.shutdown)
+        .render(move |m| render_event(&format, &mut cursor, &mut slots, m))
+        .open()
+        .await)
+}
+
+/// One EventSource event: `id:` the cursor after the message (none without history),
+/// `event:` the publisher's `Event-Type`, the rendered message as `data:` (split into lines by
+/// the library, so that a text cannot add fields of its own). The notice of a deletion is the
+/// stream's last event: the browser reconnects, with the channels of its URL.
+fn render_event(
+    format: &format::Format,
+    cursor: &mut Cursor,
+    slots: &mut Slots,
+    m: &Message,
+) -> Option<SseEvent> {
+    match m.message_type() {
+        format::MESSAGE => {
+            cursor.advance(m);
+            let id = Some(cursor.text()).filter(|c| !c.is_empty());
+            let event = m
+                .get("event_type")
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+            Some(SseEvent::new(format.render(m)).id(id).event(event))
+        }
+        format::DELETE => {
+            let channel = field(m, "channel");
+            cursor.remove(channel)?;
+            slots.release_one(channel);
+            Some(SseEvent::new(format.render(&format::deleted(channel, now_ms()))).last())
+        }
+        other => {
+            tracing::debug!(message_type = other, "unexpected layer message ignored");
+            None
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Streams
+// ---------------------------------------------------------------------------------------------
+
+/// The state of one `/sub/` streaming body.
 struct Streaming {
     feed: Feed,
-    kind: Kind,
     pending: VecDeque<Bytes>,
     next_ping: Option<Instant>,
     ping_every: Option<Duration>,
     ends_at: Option<Instant>,
     ended: bool,
     /// Told to close when the server drains: the stream ends, and the client reconnects
-    /// (to another process) and resumes.
+    /// (to another process).
     shutdown: switchboard::shutdown::Guard,
 }
 
-/// One EventSource event: `id:` the cursor, `event:` the publisher's `Event-Type`, the rendered
-/// message as `data:` lines — framed by the library's [`write_event`](switchboard::sse::write_event),
-/// which splits the text where a browser's EventSource parser ends a line (`\r\n`, `\r`,
-/// `\n`), so that a text (through a template) cannot end its `data:` line early and add fields
-/// of its own.
-fn sse_event(gw: &Gateway, item: &Item, out: &mut String) {
-    let event = item.message.get("event_type").and_then(Value::as_str);
-    let text = gw.format.render(&item.message);
-    let id = Some(item.cursor.as_str()).filter(|c| !c.is_empty()); // none without history
-    switchboard::sse::write_event(out, id, event, text.as_str());
-}
-
 impl Streaming {
-    fn write(&self, items: &[Item]) -> Bytes {
-        let gw = &self.feed.gw;
+    fn write(&self, messages: &[Message]) -> Bytes {
         let mut out = String::new();
-        for item in items {
-            match self.kind {
-                Kind::EventSource => sse_event(gw, item, &mut out),
-                Kind::Stream => {
-                    out.push_str(gw.format.render(&item.message).as_str());
-                    out.push('\n');
-                }
-            }
+        for m in messages {
+            out.push_str(self.feed.gw.format.render(m).as_str());
+            out.push('\n');
         }
         Bytes::from(out)
     }
 
     fn ping(&self) -> Bytes {
-        match self.kind {
-            Kind::EventSource => Bytes::from_static(b": ping\n\n"),
-            Kind::Stream => {
-                let mut s = self
-                    .feed
-                    .gw
-                    .format
-                    .render(&format::ping(now_ms()))
-                    .to_string();
-                s.push('\n');
-                Bytes::from(s)
-            }
-        }
+        let mut s = self
+            .feed
+            .gw
+            .format
+            .render(&format::ping(now_ms()))
+            .to_string();
+        s.push('\n');
+        Bytes::from(s)
     }
 
     /// The next chunk of the body, or `None` when the subscription ends.
@@ -405,15 +442,15 @@ impl Streaming {
                 () = self.shutdown.closing() => return None,
             };
             match next {
-                Next::Item(item) => {
+                Next::Message(m) => {
                     // And whatever else is ready, in one chunk.
-                    let mut items = vec![item];
+                    let mut messages = vec![m];
                     let mut last = false;
-                    while items.len() < BATCH {
+                    while messages.len() < BATCH {
                         match self.feed.next(Instant::now()).await {
-                            Next::Item(item) => items.push(item),
+                            Next::Message(m) => messages.push(m),
                             Next::Deleted(notice, end) => {
-                                items.push(notice);
+                                messages.push(notice);
                                 last = end;
                                 break;
                             }
@@ -425,7 +462,7 @@ impl Streaming {
                         }
                     }
                     self.ended = last;
-                    return Some(self.write(&items));
+                    return Some(self.write(&messages));
                 }
                 Next::Deleted(notice, last) => {
                     self.ended = last;
@@ -435,7 +472,7 @@ impl Streaming {
                 Next::Tick => {
                     let now = Instant::now();
                     if self.ends_at.is_some_and(|t| now >= t) {
-                        return None; // subscriber TTL: the client reconnects and resumes
+                        return None; // subscriber TTL: the client reconnects
                     }
                     if let (Some(at), Some(every)) = (self.next_ping, self.ping_every)
                         && now >= at
@@ -460,21 +497,31 @@ fn draining_guard(gw: &Gateway) -> Result<switchboard::shutdown::Guard, ApiError
     })
 }
 
-async fn open_stream(
+/// `GET /sub/CH[/CH2…]`: plain HTTP streaming (chunked), one message per line.
+pub async fn stream(
+    State(gw): State<Arc<Gateway>>,
+    Path(tail): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    stream_inner(gw, &tail, &headers, query.as_deref())
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn stream_inner(
     gw: Arc<Gateway>,
     tail: &str,
     headers: &HeaderMap,
     query: Option<&str>,
-    kind: Kind,
 ) -> Result<Response, ApiError> {
     let shutdown = draining_guard(&gw)?;
     let admitted = gw.admit(tail, headers, query).await?;
-    let (feed, backlog) = Feed::open(&gw, admitted, kind == Kind::EventSource).await?;
+    let (feed, backlog) = Feed::open(&gw, admitted).await?;
     let now = Instant::now();
     let ping_every = gw.settings.ping_interval;
     let mut state = Streaming {
         feed,
-        kind,
         pending: VecDeque::new(),
         next_ping: ping_every.map(|p| now + p),
         ping_every,
@@ -484,10 +531,7 @@ async fn open_stream(
     };
     // hyper sends the response head with the first chunk of the body: send one at once, so
     // the client knows it is subscribed before the first message.
-    state.pending.push_back(match kind {
-        Kind::EventSource => Bytes::from_static(b": subscribed\n\n"),
-        Kind::Stream => Bytes::from_static(b"\n"),
-    });
+    state.pending.push_back(Bytes::from_static(b"\n"));
     if !backlog.is_empty() {
         let chunk = state.write(&backlog);
         state.pending.push_back(chunk);
@@ -497,40 +541,15 @@ async fn open_stream(
             .await
             .map(|chunk| (Ok::<_, std::convert::Infallible>(chunk), st))
     }));
-    let content_type = match kind {
-        Kind::EventSource => "text/event-stream; charset=utf-8",
-        Kind::Stream => "text/plain; charset=utf-8",
-    };
     let mut response = Response::new(body);
     let h = response.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(response)
-}
-
-/// `GET /ev/CH[/CH2…]`: EventSource (`text/event-stream`), `id:` on every event.
-pub async fn eventsource(
-    State(gw): State<Arc<Gateway>>,
-    Path(tail): Path<String>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-) -> Response {
-    open_stream(gw, &tail, &headers, query.as_deref(), Kind::EventSource)
-        .await
-        .unwrap_or_else(IntoResponse::into_response)
-}
-
-/// `GET /sub/CH[/CH2…]`: plain HTTP streaming (chunked), one message per line.
-pub async fn stream(
-    State(gw): State<Arc<Gateway>>,
-    Path(tail): Path<String>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-) -> Response {
-    open_stream(gw, &tail, &headers, query.as_deref(), Kind::Stream)
-        .await
-        .unwrap_or_else(IntoResponse::into_response)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -559,36 +578,47 @@ async fn long_poll_inner(
 ) -> Result<Response, ApiError> {
     let shutdown = draining_guard(&gw)?;
     let admitted = gw.admit(tail, headers, query).await?;
-    let (mut feed, mut items) = Feed::open(&gw, admitted, false).await?;
-    // What is ready (the history replayed after the cursor) is answered at once; the next
-    // poll, from the answer's cursor, gets the rest.
+    let mut sub = gw
+        .layer
+        .subscribe()
+        .await
+        .map_err(|e| ApiError::unavailable("the channel layer", e))?;
+    let (mut cursor, backlog) = join_all(&gw, &mut sub, &admitted)
+        .await
+        .map_err(|e| ApiError::unavailable("the channel layer", e))?;
+    // The held messages, what the history replays after the cursor, or — when there is none of
+    // either — the next message within --longpoll-timeout (a drain answers at once, as the
+    // timeout would: 304 with the cursor, and the client polls again, on another process):
+    // the library's long-poll wait. The next poll, from the answer's cursor, gets the rest.
     let most = gw.settings.store_messages.max(BATCH);
-    while items.len() < most {
-        match feed.next(Instant::now()).await {
-            Next::Item(item) => items.push(item),
-            Next::Deleted(notice, _) => {
-                items.push(notice);
-                break;
+    let wait = if backlog.is_empty() {
+        gw.settings.longpoll_timeout
+    } else {
+        Duration::ZERO
+    };
+    let mut received = backlog;
+    received.extend(longpoll::collect(&mut sub, wait, most, Some(&shutdown)).await);
+    let mut items = Vec::with_capacity(received.len());
+    for m in received {
+        match m.message_type() {
+            format::MESSAGE => {
+                cursor.advance(&m);
+                items.push(m);
             }
-            Next::Tick | Next::Closed => break,
+            format::DELETE => {
+                let channel = field(&m, "channel");
+                if cursor.remove(channel).is_some() {
+                    items.push(format::deleted(channel, now_ms()));
+                    break; // the poll answers with the notice
+                }
+            }
+            _ => {}
         }
     }
-    if items.is_empty() {
-        let deadline = Instant::now() + gw.settings.longpoll_timeout;
-        // A drain answers a waiting poll at once, as its timeout would (304 with the cursor):
-        // the client polls again, on another process.
-        let next = tokio::select! {
-            next = feed.next(deadline) => next,
-            () = shutdown.closing() => Next::Tick,
-        };
-        match next {
-            Next::Item(got) => items.push(got),
-            Next::Deleted(notice, _) => items.push(notice),
-            Next::Tick | Next::Closed => {}
-        }
-    }
+    sub.close().await;
+    drop(admitted.slots);
     // No cursor without history: no Etag.
-    let cursor = feed.cursor();
+    let cursor = cursor.text();
     let etag = (!cursor.is_empty())
         .then(|| HeaderValue::from_str(&format!("\"{cursor}\"")).ok())
         .flatten();
@@ -597,7 +627,7 @@ async fn long_poll_inner(
     } else {
         let rendered: Vec<String> = items
             .iter()
-            .map(|i| gw.format.render(&i.message).to_string())
+            .map(|m| gw.format.render(m).to_string())
             .collect();
         let (body, content_type) = match gw.format {
             format::Format::Json => (format!("[{}]", rendered.join(",")), "application/json"),
@@ -674,12 +704,6 @@ pub struct WsSubscriber {
     ttl: Option<tokio::task::AbortHandle>,
 }
 
-impl WsSubscriber {
-    async fn send(&self, conn: &mut Connection, item: &Item) -> switchboard::Result<()> {
-        conn.send_text(self.gw.format.render(&item.message)).await
-    }
-}
-
 impl Consumer for WsSubscriber {
     type Incoming = Frame;
     type Event = Message;
@@ -692,11 +716,11 @@ impl Consumer for WsSubscriber {
         let scope = conn.scope_mut();
         *scope.headers_mut() = HeaderMap::new();
         *scope.extensions_mut() = axum::http::Extensions::new();
-        let (cursor, backlog) = join_all(&self.gw, conn, &admitted, false).await?;
+        let (cursor, backlog) = join_all(&self.gw, conn, &admitted).await?;
         self.slots = Some(admitted.slots);
         conn.accept().await?;
-        for item in &backlog {
-            self.send(conn, item).await?;
+        for message in &backlog {
+            conn.send_text(self.gw.format.render(message)).await?;
         }
         self.cursor = Some(cursor);
         if let Some(ttl) = self.gw.settings.subscriber_ttl {

@@ -174,8 +174,9 @@ async fn while_redis_is_away_publishing_answers_503_and_then_recovers() {
         return;
     };
     let (gw, _) = gateway(&redis.url(), "push", Kind::PubSub, settings()).await;
-    publish_ok(&gw, "news", "before").await;
-    let mut ev = sse(&gw, "/ev/news", None).await;
+    let before = publish_ok(&gw, "news", "before").await;
+    let mut ev = sse(&gw, "/ev/news.b1", None).await;
+    assert_eq!(ev.next_event().await.json()["text"], "before");
 
     redis.kill();
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -214,23 +215,30 @@ async fn while_redis_is_away_publishing_answers_503_and_then_recovers() {
     };
     // The new Redis starts the channel's history afresh.
     assert_eq!(answer["id"], 1);
-    // The connected subscriber stays connected and gets what is published once its layer
-    // subscription is made again (which may come after the first publish that succeeds).
+    // The connected subscriber is told of the interruption (a `gap` event with the last id it
+    // has) and its stream ends; reconnecting with that id, it gets what the new history holds.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Ok(Some(block)) =
-            tokio::time::timeout(Duration::from_millis(300), ev.next_block()).await
-            && block.data.is_some()
-        {
-            assert_eq!(block.json()["text"], "after");
-            break;
+    let gap = loop {
+        match tokio::time::timeout(Duration::from_millis(300), ev.next_block()).await {
+            Ok(Some(block)) if block.event.as_deref() == Some("gap") => break block,
+            Ok(Some(block)) => assert!(block.data.is_none(), "before the gap: {block:?}"),
+            Ok(None) => panic!("the stream ended without a gap event"),
+            Err(_) => {}
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the subscriber got nothing"
-        );
-        publish_ok(&gw, "news", "after").await;
-    }
+        assert!(tokio::time::Instant::now() < deadline, "no gap event");
+    };
+    assert_eq!(gap.json()["interrupted"], true, "{gap:?}");
+    assert_eq!(gap.id, before["position"].as_str().map(str::to_owned));
+    assert!(ev.ends_within(Duration::from_secs(2)).await);
+    let mut again = sse(&gw, "/ev/news", gap.id.as_deref()).await;
+    let e = again.next_event().await;
+    assert_eq!(
+        (e.json()["text"].clone(), e.id.clone()),
+        (
+            "after".into(),
+            answer["position"].as_str().map(str::to_owned)
+        )
+    );
 }
 
 /// Raw access to the test Redis, for what a gateway would not write itself.

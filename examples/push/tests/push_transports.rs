@@ -254,7 +254,7 @@ async fn keep_alives_reach_every_streaming_transport() {
     .await;
     assert!(ping.is_ok(), "no websocket ping");
     let block = ev.next_block().await.unwrap();
-    assert_eq!(block.comment.as_deref(), Some("ping"));
+    assert_eq!(block.comment.as_deref(), Some("keep-alive"));
     assert_eq!(block.data, None);
     let line: serde_json::Value = serde_json::from_str(&st.next_line().await.unwrap()).unwrap();
     assert_eq!(line["type"], "push.ping");
