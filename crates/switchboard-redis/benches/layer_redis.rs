@@ -9,6 +9,9 @@
 //!   one server (Django's `layer_bench.py` fan-out with `--instances 1`).
 //! - `group_send_1000/other_process`: 1,000 members in another process: every group message
 //!   crosses Redis once, naming the 1,000 channels.
+//! - `redis_layer/group_send_1000/{same,other}_process_uncached`: the same on `RedisLayer` with
+//!   its group members cache off (`RedisConfig::cache_groups(false)`): the members read for
+//!   every send, as channels_redis reads them — beside the cached runs, for the ratio.
 //!
 //! - `redis_history/{redis_layer,redis_pubsub_layer}/group_send_1000/history_{off,on}`: the
 //!   fan-out to 1,000 members in the sender's process, with the group's history off and on,
@@ -80,6 +83,15 @@ fn bench_layer(c: &mut Criterion, kind: Kind, name: &str) {
                 async move { fan_out(room, iters, None).await.elapsed }
             });
         });
+        if matches!(kind, Kind::Core) {
+            let plain = rt.block_on(support::room(Kind::CoreUncached, MEMBERS, same));
+            g.bench_function(format!("{id}_uncached"), |bench| {
+                bench.to_async(&rt).iter_custom(|iters| {
+                    let room = &plain;
+                    async move { fan_out(room, iters, None).await.elapsed }
+                });
+            });
+        }
     }
     g.finish();
 }
@@ -107,7 +119,7 @@ fn redis_history(c: &mut Criterion) {
         };
         let room = rt.block_on(room_with(kind, MEMBERS, true, config));
         let layer = match kind {
-            Kind::Core => "redis_layer",
+            Kind::Core | Kind::CoreUncached => "redis_layer",
             Kind::PubSub => "redis_pubsub_layer",
         };
         let id = format!(
@@ -151,7 +163,7 @@ fn redis_presence(c: &mut Criterion) {
             layer
         });
         let name = match kind {
-            Kind::Core => "redis_layer",
+            Kind::Core | Kind::CoreUncached => "redis_layer",
             Kind::PubSub => "redis_pubsub_layer",
         };
         g.throughput(Throughput::Elements(1));

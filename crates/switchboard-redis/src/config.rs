@@ -71,6 +71,11 @@ pub struct RedisConfig {
     /// (its process stopped reading or died), take that queue's channels out of the group.
     /// Default on. Off keeps channels_redis's behaviour: dead members stay for `group_expiry`.
     pub drop_stalled_members: bool,
+    /// Core layer: keep the groups' members in this process and let Redis tell when they
+    /// change (client tracking over RESP3), instead of reading them for every `group_send`.
+    /// Default on; without tracking on the server (Redis 6 or later) members are read as
+    /// channels_redis reads them. What goes over the wire to Django is the same either way.
+    pub cache_groups: bool,
 }
 
 impl fmt::Debug for RedisConfig {
@@ -88,6 +93,7 @@ impl fmt::Debug for RedisConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("blocking_timeout", &self.blocking_timeout)
             .field("drop_stalled_members", &self.drop_stalled_members)
+            .field("cache_groups", &self.cache_groups)
             .finish()
     }
 }
@@ -295,6 +301,7 @@ impl RedisConfig {
             connect_timeout: Duration::from_secs(1),
             blocking_timeout: Duration::from_secs(5),
             drop_stalled_members: true,
+            cache_groups: true,
         }
     }
 
@@ -362,6 +369,13 @@ impl RedisConfig {
     /// Whether a group send takes members whose queue holds expired messages out of the group.
     pub fn drop_stalled_members(mut self, on: bool) -> Self {
         self.drop_stalled_members = on;
+        self
+    }
+
+    /// Whether the core layer caches the groups' members, kept true by Redis's client
+    /// tracking ([`cache_groups`](RedisConfig::cache_groups)). Default on.
+    pub fn cache_groups(mut self, on: bool) -> Self {
+        self.cache_groups = on;
         self
     }
 

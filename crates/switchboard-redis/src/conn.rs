@@ -224,6 +224,22 @@ impl Host {
         self.current.read().client.clone()
     }
 
+    /// A client for the current server speaking RESP3 (for push messages: client-side
+    /// caching's invalidations), with the same address, credentials and TLS settings.
+    pub(crate) fn resp3_client(&self) -> redis::RedisResult<Client> {
+        let info = self.client().get_connection_info().clone();
+        let settings = info
+            .redis_settings()
+            .clone()
+            .set_protocol(redis::ProtocolVersion::RESP3);
+        Client::open(info.set_redis_settings(settings))
+    }
+
+    /// How long connecting (and the first answer) may take.
+    pub(crate) fn connect_limit(&self) -> Duration {
+        self.connect_limit
+    }
+
     /// Whether the host is a master found through Sentinel (and needs following).
     pub(crate) fn behind_sentinel(&self) -> bool {
         self.sentinel.is_some()

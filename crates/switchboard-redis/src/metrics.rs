@@ -5,11 +5,20 @@
 //! |---|---|---|---|
 //! | `switchboard_redis_reconnects_total` | counter | `kind` | connections made again after Redis dropped them: `command` (a call found its connection closed and was sent again), `receive` (a receive loop), `subscription` (pub/sub, resubscribed), `failover` (Sentinel named a new master), `cluster` (a new cluster connection and slot map) |
 //! | `switchboard_redis_command_failures_total` | counter | | Redis commands of a layer operation that failed (the operation returned an error) |
+//! | `switchboard_redis_group_cache_total` | counter | `result` | core layer: a `group_send`'s members `hit` in the members cache (client tracking) or read (`miss`) |
 
 /// Counter of reconnections; label `kind`.
 pub const RECONNECTS: &str = "switchboard_redis_reconnects_total";
 /// Counter of failed commands.
 pub const COMMAND_FAILURES: &str = "switchboard_redis_command_failures_total";
+
+/// Counter of group member reads; label `result` (`hit`, `miss`).
+pub const GROUP_CACHE: &str = "switchboard_redis_group_cache_total";
+
+/// Counts a group member read from the cache (`hit`) or from Redis.
+pub(crate) fn group_cache(hit: bool) {
+    metrics::counter!(GROUP_CACHE, "result" => if hit { "hit" } else { "miss" }).increment(1);
+}
 
 /// Counts a reconnection of this kind.
 pub(crate) fn reconnected(kind: &'static str) {
@@ -30,5 +39,9 @@ pub fn describe() {
     metrics::describe_counter!(
         COMMAND_FAILURES,
         "Redis commands of a layer operation that failed"
+    );
+    metrics::describe_counter!(
+        GROUP_CACHE,
+        "Core layer group sends whose members came from the members cache (hit) or Redis (miss)"
     );
 }

@@ -20,7 +20,11 @@ async fn reconnects_and_failures_are_counted() {
     // Killed connections: the next call is sent again (a `command` reconnect).
     let Some(server) = url() else { return };
     let user = AclUser::new(&server, &[]).await;
-    let cfg = RedisConfig::new(user.url()).prefix(fresh_prefix());
+    // Members read over the command connection every time (no cache), so that the send after
+    // the kill is one that finds its connection closed.
+    let cfg = RedisConfig::new(user.url())
+        .prefix(fresh_prefix())
+        .cache_groups(false);
     let layer = Layer::new(RedisLayer::connect(cfg).await.unwrap());
     let ch = layer.new_channel().await.unwrap();
     layer.group_add("room", &ch).await.unwrap();

@@ -43,6 +43,9 @@ fn field(m: &Message, k: &str) -> u64 {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     Core,
+    /// The core layer reading a group's members for every `group_send` (no members cache).
+    #[allow(dead_code)] // not every benchmark that includes this file uses it
+    CoreUncached,
     PubSub,
 }
 
@@ -50,6 +53,7 @@ impl Kind {
     pub fn name(self) -> &'static str {
         match self {
             Kind::Core => "RedisLayer",
+            Kind::CoreUncached => "RedisLayer (members read every send)",
             Kind::PubSub => "RedisPubSubLayer",
         }
     }
@@ -66,6 +70,9 @@ pub async fn layer_with(kind: Kind, prefix: &str, config: LayerConfig) -> Layer 
         .layer(config.capacity(CAPACITY));
     let r = match kind {
         Kind::Core => RedisLayer::connect(cfg).await.map(Layer::new),
+        Kind::CoreUncached => RedisLayer::connect(cfg.cache_groups(false))
+            .await
+            .map(Layer::new),
         Kind::PubSub => RedisPubSubLayer::connect(cfg).await.map(Layer::new),
     };
     r.unwrap_or_else(|e| panic!("connecting to {}: {e}", url()))

@@ -1,5 +1,6 @@
-//! Sends: one round trip per `send` to another process, two per `group_send` (the members,
-//! then one script per host), and this process's own members served without Redis.
+//! Sends: one round trip per `send` to another process, two per `group_send` (the members —
+//! a `PING` when they are cached, see `members.rs` — then one script per host), and this
+//! process's own members served without Redis.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -70,23 +71,53 @@ pub(super) async fn group_send(
     message: Message,
 ) -> Result<Lagging> {
     let gkey = inner.group_key(group.as_str());
-    let ghost = inner.host_for(group.as_str());
+    let gh = inner.host_index(group.as_str());
+    let ghost = &inner.hosts[gh];
     let score = inner.clock.next();
     let group_cutoff = score - inner.cfg.layer.group_expiry.as_secs_f64();
     let mut c = ghost.conn();
-    let (members,): (Vec<Vec<u8>>,) = redis::pipe()
-        .cmd("ZREMRANGEBYSCORE")
-        .arg(&gkey)
-        .arg("-inf")
-        .arg(group_cutoff)
-        .ignore()
-        .cmd("ZRANGE")
-        .arg(&gkey)
-        .arg(0)
-        .arg(-1)
-        .query_async(&mut c)
+    let members = match inner
+        .members
+        .get(gh, ghost, &gkey, inner.cfg.command_timeout)
         .await
-        .map_err(|e| ghost.error(e))?;
+    {
+        Some(read) => {
+            // Expired members are skipped below, and taken out of Redis here (which tells
+            // the cache), where channels_redis trims before every read.
+            if read.iter().any(|(_, s)| *s <= group_cutoff) {
+                let _: () = redis::cmd("ZREMRANGEBYSCORE")
+                    .arg(&gkey)
+                    .arg("-inf")
+                    .arg(group_cutoff)
+                    .query_async(&mut c)
+                    .await
+                    .map_err(|e| ghost.error(e))?;
+            }
+            read
+        }
+        None => {
+            let (names,): (Vec<Vec<u8>>,) = redis::pipe()
+                .cmd("ZREMRANGEBYSCORE")
+                .arg(&gkey)
+                .arg("-inf")
+                .arg(group_cutoff)
+                .ignore()
+                .cmd("ZRANGE")
+                .arg(&gkey)
+                .arg(0)
+                .arg(-1)
+                .query_async(&mut c)
+                .await
+                .map_err(|e| ghost.error(e))?;
+            Arc::new(
+                names
+                    .iter()
+                    .filter_map(|n| std::str::from_utf8(n).ok())
+                    .map(|n| (Box::<str>::from(n), f64::INFINITY))
+                    .collect(),
+            )
+        }
+    };
     let mut lagging = Lagging::default();
     if members.is_empty() {
         return Ok(lagging);
@@ -96,10 +127,11 @@ pub(super) async fn group_send(
     let mut gone: Vec<&str> = Vec::new();
     let mut queues: Vec<(String, usize, usize, Vec<&str>)> = Vec::new(); // key, host, capacity, channels
     let mut index: HashMap<&str, usize, Hasher> = HashMap::default();
-    for m in &members {
-        let Ok(name) = std::str::from_utf8(m) else {
-            continue;
-        };
+    for (name, joined) in members.iter() {
+        if *joined <= group_cutoff {
+            continue; // expired: taken out above
+        }
+        let name: &str = name;
         // Only this process's own channels skip Redis. A named channel (`worker.jobs`) this
         // process receives on has a local queue too, but other processes read it as well: its
         // message goes to its Redis queue.

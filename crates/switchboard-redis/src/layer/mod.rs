@@ -80,6 +80,7 @@ use crate::history::Histories;
 use crate::process::ClientId;
 
 mod fanout;
+mod members;
 mod receive;
 mod scripts;
 mod upkeep;
@@ -130,6 +131,8 @@ struct Inner {
     histories: Histories,
     /// Per host behind Sentinel: starts new history epochs when its master moves.
     era_watch: Vec<Task>,
+    /// Group members, cached per host and kept true by client tracking.
+    members: members::Members,
 }
 
 /// A receive loop: the receivers it feeds, and whether its task runs.
@@ -224,6 +227,7 @@ impl RedisLayer {
         let followers = hosts.iter().map(|_| Task::new()).collect();
         let era_watch = hosts.iter().map(|_| Task::new()).collect();
         let histories = Histories::new(&cfg.prefix, hosts.len());
+        let members = members::Members::new(hosts.len(), cfg.cache_groups);
         let inner = Arc::new(Inner {
             cfg,
             hosts,
@@ -239,6 +243,7 @@ impl RedisLayer {
             followers,
             histories,
             era_watch,
+            members,
         });
         inner.ensure_tasks();
         Ok(RedisLayer {
