@@ -81,7 +81,15 @@ async fn hand_written_peer_gets_every_message_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn socketio_peer_gets_every_message() {
-    let port = serve(peer_socketio::app(1024)).await;
+    // Pings every 100 ms, and a client that does not answer within 300 ms is dropped: the
+    // run (1 s idle, then 5 messages over 1 s) lasts long enough that a client without pongs
+    // would lose messages.
+    let settings = peer_socketio::Settings {
+        buffer: 1024,
+        ping_interval: Duration::from_millis(100),
+        ping_timeout: Duration::from_millis(300),
+    };
+    let port = serve(peer_socketio::app(&settings)).await;
     let url = format!("ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket&room=bench");
     let members = format!("http://127.0.0.1:{port}/chat/rooms/bench/");
     let report = load(
@@ -93,6 +101,10 @@ async fn socketio_peer_gets_every_message() {
             &url,
             "--members-url",
             &members,
+            "--hold",
+            "1",
+            "--rate",
+            "5",
         ],
     )
     .await;

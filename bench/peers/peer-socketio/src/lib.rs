@@ -22,6 +22,7 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Path, State};
@@ -96,11 +97,33 @@ pub fn dropped() -> u64 {
     DROPPED.load(Ordering::Relaxed)
 }
 
-/// The chat's routes: socket.io on `/socket.io/` (each socket's outgoing buffer holds `buffer`
-/// packets) and the members endpoint.
-pub fn app(buffer: usize) -> Router {
+/// How the socket.io side is set up.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Packets a socket's outgoing buffer holds (socketioxide's `max_buffer_size`).
+    pub buffer: usize,
+    /// How often the server pings each client (socketioxide's default: 25 s).
+    pub ping_interval: Duration,
+    /// How long it waits for the pong before closing (socketioxide's default: 20 s).
+    pub ping_timeout: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            buffer: 1024,
+            ping_interval: Duration::from_secs(25),
+            ping_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+/// The chat's routes: socket.io on `/socket.io/` and the members endpoint.
+pub fn app(settings: &Settings) -> Router {
     let (layer, io) = SocketIo::builder()
-        .max_buffer_size(buffer.max(1))
+        .max_buffer_size(settings.buffer.max(1))
+        .ping_interval(settings.ping_interval)
+        .ping_timeout(settings.ping_timeout)
         .build_layer();
     io.ns("/", on_connect);
     Router::new()

@@ -16,6 +16,9 @@ struct Args {
     /// is 128).
     #[arg(long, default_value_t = 1024)]
     buffer: usize,
+    /// Seconds between the server's pings to each client.
+    #[arg(long, default_value_t = 25)]
+    ping_interval_secs: u64,
 }
 
 #[tokio::main]
@@ -27,7 +30,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .init();
     let args = Args::parse();
-    let app = peer_socketio::app(args.buffer);
+    let app = peer_socketio::app(&peer_socketio::Settings {
+        buffer: args.buffer,
+        ping_interval: std::time::Duration::from_secs(args.ping_interval_secs.max(1)),
+        ..peer_socketio::Settings::default()
+    });
     let listener = tokio::net::TcpListener::bind(args.bind).await?;
     tracing::info!("peer-socketio listening on {}", args.bind);
     axum::serve(listener, app)
