@@ -49,6 +49,39 @@ pub(crate) struct Report {
     kb_per_conn: Option<f64>,
     members_after_close: Option<u64>,
     members_gone_s: Option<f64>,
+    /// The servers' CPU time (user + system) from the senders' start until every result was in.
+    server_cpu_s: Option<f64>,
+    /// `server_cpu_s` per message received, in µs.
+    server_cpu_us_per_delivery: Option<f64>,
+}
+
+/// A process's CPU time so far (user + system, `/proc/PID/stat`), in seconds.
+fn cpu_s(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    cpu_s_of_stat(&stat, clock_ticks()?)
+}
+
+/// utime + stime (fields 14 and 15, counted after the parenthesised command name, which may
+/// hold spaces) of a `/proc/PID/stat` line, in seconds at `ticks` per second.
+fn cpu_s_of_stat(stat: &str, ticks: f64) -> Option<f64> {
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    // After ")": state is field 3, so utime (14) and stime (15) are at 11 and 12.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) as f64 / ticks)
+}
+
+/// Clock ticks per second (`sysconf(_SC_CLK_TCK)`).
+fn clock_ticks() -> Option<f64> {
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok()??;
+    (ticks > 0).then_some(ticks as f64)
+}
+
+fn total_cpu_s(pids: &[u32]) -> Option<f64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|&p| cpu_s(p)).sum()
 }
 
 fn rss_kb(pid: u32) -> Option<u64> {
@@ -103,10 +136,14 @@ async fn warm_up(args: &Args) {
     // (pools, caches) exists before the memory baseline is taken.
     let spec = Spec {
         worker: usize::MAX,
+        protocol: args.protocol,
         urls: args
             .urls
             .iter()
-            .map(|u| u.replace("/bench/", "/warmup/"))
+            .map(|u| {
+                u.replace("/bench/", "/warmup/")
+                    .replace("room=bench", "room=warmup")
+            })
             .collect(),
         first_client: usize::MAX / 2,
         clients: 1,
@@ -206,6 +243,7 @@ pub(crate) async fn run(args: Args) -> Result<(), Error> {
         let senders = args.senders.saturating_sub(first_client).min(clients);
         let spec = Spec {
             worker: w,
+            protocol: args.protocol,
             urls: args.urls.clone(),
             first_client,
             clients,
@@ -314,6 +352,7 @@ pub(crate) async fn run(args: Args) -> Result<(), Error> {
     }
 
     // Phase 2: send and receive.
+    let cpu_before = total_cpu_s(&args.server_pids);
     tell(&mut workers, "go").await;
     let mut done: Vec<Option<Done>> = vec![None; n_workers];
     while done.iter().any(Option::is_none) {
@@ -336,6 +375,7 @@ pub(crate) async fn run(args: Args) -> Result<(), Error> {
             last_print = tokio::time::Instant::now();
         }
     }
+    let cpu_after = total_cpu_s(&args.server_pids);
     eprintln!();
 
     let mut hist = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)?;
@@ -364,6 +404,12 @@ pub(crate) async fn run(args: Args) -> Result<(), Error> {
     report.expected +=
         args.clients.saturating_sub(report.connected) as u64 * args.senders as u64 * args.messages;
     report.lost = report.expected.saturating_sub(report.received);
+    if let (Some(a), Some(b)) = (cpu_before, cpu_after) {
+        report.server_cpu_s = Some(b - a);
+        if report.received > 0 {
+            report.server_cpu_us_per_delivery = Some((b - a) * 1e6 / report.received as f64);
+        }
+    }
     if first_send != u64::MAX && last_recv > first_send {
         report.elapsed_s = (last_recv - first_send) as f64 / 1e9;
         report.deliveries_per_s = report.received as f64 / report.elapsed_s;
@@ -426,7 +472,8 @@ fn print_report(r: &Report) {
     let opt = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.1}"));
     println!(
         "{} | C={} S={}x{} {} | {:.0} deliveries/s | p50 {:.2} ms p90 {:.2} ms p99 {:.2} ms max {:.2} ms | \
-         {}/{} received, {} lost, {} out of order | connect {:.2} s ({} failed) | {} KB/conn | members after close: {}",
+         {}/{} received, {} lost, {} out of order | connect {:.2} s ({} failed) | {} KB/conn | \
+         server CPU {} s, {} µs/delivery | members after close: {}",
         if r.label.is_empty() { "run" } else { &r.label },
         r.clients,
         r.senders,
@@ -448,7 +495,25 @@ fn print_report(r: &Report) {
         r.connect_s,
         r.connect_failed,
         opt(r.kb_per_conn),
+        r.server_cpu_s.map_or("-".to_owned(), |v| format!("{v:.2}")),
+        r.server_cpu_us_per_delivery
+            .map_or("-".to_owned(), |v| format!("{v:.3}")),
         r.members_after_close
             .map_or("-".to_owned(), |m| m.to_string()),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cpu_s_of_stat;
+
+    #[test]
+    fn reads_cpu_time_from_stat() {
+        // A command name with a space and a parenthesis; utime 250, stime 50 ticks.
+        let stat = "4242 (my (chat) srv) S 1 4242 4242 0 -1 4194560 1033 0 0 0 250 50 0 0 20 0 \
+                    3 0 12345 123456789 2048 18446744073709551615";
+        assert_eq!(cpu_s_of_stat(stat, 100.0), Some(3.0));
+        assert_eq!(cpu_s_of_stat("4242 (x) S 1 2", 100.0), None);
+        assert_eq!(cpu_s_of_stat("garbage", 100.0), None);
+    }
 }

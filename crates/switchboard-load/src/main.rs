@@ -4,12 +4,14 @@
 //! (`--rate 0`, "blast") or at a fixed total rate. Every client, senders included, must receive
 //! every message, so C·S·M deliveries are expected. It reports deliveries/s, latency
 //! percentiles (HDR histogram, send → receipt on one monotonic clock), messages lost and out of
-//! order, connect time, the server's RSS growth per connection (`--server-pid`), and whether the
+//! order, connect time, the server's RSS growth per connection and its CPU time per delivery
+//! (`--server-pid`), and whether the
 //! room is empty again after every client left (`--members-url`).
 //!
 //! It speaks the protocol of switchboard's chat example and of the Channels tutorial chat
 //! (`{"message": TEXT}` in, a frame with a `"message"` field out), so the same run measures
-//! both (`bench/django/run.sh chat LAYER`).
+//! both (`bench/django/run.sh chat LAYER`); `--protocol socketio` speaks Socket.IO instead
+//! (the socketioxide peer in `bench/peers/`).
 //!
 //! ```text
 //! cargo run --release -p switchboard-load -- --url ws://127.0.0.1:8000/ws/chat/bench/ \
@@ -23,9 +25,25 @@
 
 mod clock;
 mod coordinator;
+mod socketio;
 mod worker;
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
+use serde::{Deserialize, Serialize};
+
+/// The chat protocol the clients speak.
+#[derive(ValueEnum, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Protocol {
+    /// WebSocket text frames: `{"message": TEXT}` out, a JSON object with a `"message"` field
+    /// in (switchboard's chat, the Channels tutorial chat, `peer-broadcast`).
+    #[default]
+    Channels,
+    /// Socket.IO v5 over Engine.IO v4, WebSocket transport only: event `"message"` with
+    /// `{"message": TEXT}` out, event `"chat.message"` in (`peer-socketio`). The URL is the
+    /// Engine.IO endpoint, e.g. `ws://127.0.0.1:8200/socket.io/?EIO=4&transport=websocket&room=bench`.
+    Socketio,
+}
 
 /// Options of a load run.
 #[derive(Parser, Debug, Clone)]
@@ -34,6 +52,9 @@ pub(crate) struct Args {
     /// WebSocket URL of the room. Repeat to spread clients over several servers (round-robin).
     #[arg(long = "url", default_value = "ws://127.0.0.1:8000/ws/chat/bench/")]
     pub(crate) urls: Vec<String>,
+    /// The protocol the clients speak.
+    #[arg(long, value_enum, default_value_t = Protocol::Channels)]
+    pub(crate) protocol: Protocol,
     /// Number of clients (C).
     #[arg(long, short = 'C', default_value_t = 100)]
     pub(crate) clients: usize,
@@ -61,7 +82,7 @@ pub(crate) struct Args {
     /// Handshakes in flight per worker.
     #[arg(long, default_value_t = 200)]
     pub(crate) connect_concurrency: usize,
-    /// PIDs of server processes whose RSS growth is measured (repeatable).
+    /// PIDs of server processes whose RSS growth and CPU time are measured (repeatable).
     #[arg(long = "server-pid")]
     pub(crate) server_pids: Vec<u32>,
     /// URL answering JSON with a "members" count, polled after all clients closed.

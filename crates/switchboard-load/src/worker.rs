@@ -15,14 +15,15 @@ use hdrhistogram::serialization::{Serializer, V2Serializer};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpSocket;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Mutex, Semaphore, watch};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{WebSocketStream, client_async_with_config};
 
-use crate::Error;
 use crate::clock::now_ns;
+use crate::socketio::{self, Frame};
+use crate::{Error, Protocol};
 
 /// How long one connection attempt (TCP connect and WebSocket handshake) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -34,6 +35,7 @@ pub(crate) const SPEC_ENV: &str = "SWITCHBOARD_LOAD_WORKER";
 #[derive(Serialize, Deserialize, Debug, Clone)]
 pub(crate) struct Spec {
     pub(crate) worker: usize,
+    pub(crate) protocol: Protocol,
     pub(crate) urls: Vec<String>,
     /// Index of this worker's first client among all clients.
     pub(crate) first_client: usize,
@@ -92,6 +94,10 @@ pub(crate) struct Done {
 
 type Ws = WebSocketStream<tokio::net::TcpStream>;
 
+/// A client's sending half: its sender task writes messages, its reader answers pings
+/// (socket.io), one frame at a time.
+type Sink = Arc<Mutex<SplitSink<Ws, Message>>>;
+
 fn emit(event: &Event) {
     if let Ok(line) = serde_json::to_string(event) {
         println!("{line}");
@@ -114,6 +120,20 @@ struct ClientResult {
     received: u64,
     misordered: u64,
     latencies_us: Vec<u32>,
+}
+
+/// The timing fields of a chat delivery in `frame` under `protocol`, if it is one.
+fn parse_delivery(protocol: Protocol, frame: &str) -> Option<(u64, usize, u64)> {
+    match protocol {
+        Protocol::Channels => parse(frame),
+        Protocol::Socketio => match socketio::parse(frame) {
+            Frame::Event {
+                name: "chat.message",
+                data,
+            } => parse(data),
+            _ => None,
+        },
+    }
 }
 
 /// Finds `"message":"<seq> <sender> <t_ns> …` in a frame; a frame without it (a notice, an
@@ -179,13 +199,41 @@ async fn connect(spec: &Spec, client: usize) -> Result<Ws, Error> {
     let config = WebSocketConfig::default()
         .read_buffer_size(4096)
         .write_buffer_size(0);
-    let (ws, _) = client_async_with_config(req, stream, Some(config)).await?;
+    let (mut ws, _) = client_async_with_config(req, stream, Some(config)).await?;
+    if spec.protocol == Protocol::Socketio {
+        socketio_handshake(&mut ws).await?;
+    }
     Ok(ws)
+}
+
+/// After the WebSocket handshake: the server's open packet, our connect to namespace `/`, its
+/// answer.
+async fn socketio_handshake(ws: &mut Ws) -> Result<(), Error> {
+    let mut opened = false;
+    while let Some(frame) = ws.next().await {
+        let Message::Text(text) = frame? else {
+            continue;
+        };
+        match socketio::parse(text.as_str()) {
+            Frame::Open if !opened => {
+                opened = true;
+                ws.send(Message::text(socketio::CONNECT)).await?;
+            }
+            Frame::Ping => ws.send(Message::text(socketio::PONG)).await?,
+            Frame::Connected if opened => return Ok(()),
+            Frame::ConnectError(why) => return Err(format!("socket.io refused: {why}").into()),
+            Frame::Closed => break,
+            _ => {}
+        }
+    }
+    Err("socket.io: the server closed during the handshake".into())
 }
 
 /// Reads one client's frames until `stop`, counting and timing chat deliveries.
 async fn read_client(
     mut stream: SplitStream<Ws>,
+    sink: Sink,
+    protocol: Protocol,
     expected: u64,
     total_senders: usize,
     counters: Arc<Counters>,
@@ -202,7 +250,16 @@ async fn read_client(
         let Some(Ok(frame)) = frame else { break };
         let Message::Text(text) = frame else { continue };
         let now = now_ns();
-        let Some((seq, sender, sent)) = parse(text.as_str()) else {
+        let Some((seq, sender, sent)) = parse_delivery(protocol, text.as_str()) else {
+            if protocol == Protocol::Socketio {
+                match socketio::parse(text.as_str()) {
+                    Frame::Ping => {
+                        let _ = sink.lock().await.send(Message::text(socketio::PONG)).await;
+                    }
+                    Frame::Closed => break,
+                    _ => {}
+                }
+            }
             continue;
         };
         if let Some(last) = last_seq.get_mut(sender) {
@@ -229,11 +286,7 @@ async fn read_client(
 }
 
 /// Sends `messages` messages from sender `id`; returns (first send, last send, errors).
-async fn send_messages(
-    sink: &mut SplitSink<Ws, Message>,
-    id: usize,
-    spec: &Spec,
-) -> (u64, u64, u64) {
+async fn send_messages(sink: &Sink, id: usize, spec: &Spec) -> (u64, u64, u64) {
     let pad = "x".repeat(spec.payload);
     let start = tokio::time::Instant::now();
     let interval =
@@ -247,8 +300,12 @@ async fn send_messages(
         if seq == 0 {
             first = t;
         }
-        let text = format!(r#"{{"message": "{seq} {id} {t} {pad}"}}"#);
-        if sink.send(Message::text(text)).await.is_err() {
+        let message = format!(r#"{{"message": "{seq} {id} {t} {pad}"}}"#);
+        let text = match spec.protocol {
+            Protocol::Channels => message,
+            Protocol::Socketio => socketio::event("message", &message),
+        };
+        if sink.lock().await.send(Message::text(text)).await.is_err() {
             errors += 1;
             break;
         }
@@ -318,10 +375,13 @@ pub(crate) async fn run(spec: &str) -> Result<(), Error> {
         match h.await {
             Ok(Ok(ws)) => {
                 let (sink, stream) = ws.split();
-                sinks.push(Some(sink));
+                let sink = Arc::new(Mutex::new(sink));
+                sinks.push(Some(sink.clone()));
                 counters.pending.fetch_add(1, Ordering::AcqRel);
                 readers.push(tokio::spawn(read_client(
                     stream,
+                    sink,
+                    spec.protocol,
                     expected,
                     spec.total_senders,
                     counters.clone(),
@@ -359,19 +419,17 @@ pub(crate) async fn run(spec: &str) -> Result<(), Error> {
 
     // Senders.
     let mut send_tasks = Vec::new();
-    for s in 0..spec.senders.min(sinks.len()) {
-        if let Some(mut sink) = sinks[s].take() {
+    for (s, sink) in sinks.iter().take(spec.senders).enumerate() {
+        if let Some(sink) = sink.clone() {
             let spec = spec.clone();
             send_tasks.push(tokio::spawn(async move {
-                let r = send_messages(&mut sink, spec.first_sender + s, &spec).await;
-                (s, sink, r)
+                send_messages(&sink, spec.first_sender + s, &spec).await
             }));
         }
     }
     let (mut first_send, mut last_send, mut send_errors) = (None::<u64>, None::<u64>, 0);
     for t in send_tasks {
-        if let Ok((s, sink, (first, last, errors))) = t.await {
-            sinks[s] = Some(sink);
+        if let Ok((first, last, errors)) = t.await {
             first_send = Some(first_send.map_or(first, |f| f.min(first)));
             last_send = Some(last_send.map_or(last, |l| l.max(last)));
             send_errors += errors;
@@ -446,10 +504,11 @@ pub(crate) async fn run(spec: &str) -> Result<(), Error> {
     let mut closing = Vec::new();
     for sink in sinks.into_iter().flatten() {
         closing.push(tokio::spawn(async move {
-            let mut sink = sink;
-            tokio::time::timeout(Duration::from_secs(5), sink.close())
-                .await
-                .is_ok()
+            tokio::time::timeout(Duration::from_secs(5), async {
+                sink.lock().await.close().await
+            })
+            .await
+            .is_ok()
         }));
     }
     for c in closing {
@@ -464,7 +523,8 @@ pub(crate) async fn run(spec: &str) -> Result<(), Error> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse;
+    use super::{parse, parse_delivery};
+    use crate::Protocol;
 
     #[test]
     fn parses_both_chats() {
@@ -474,5 +534,19 @@ mod tests {
         assert_eq!(parse(django), Some((7, 0, 123456)));
         assert_eq!(parse(r#"{"type":"error","error":"x"}"#), None);
         assert_eq!(parse(r#"{"message": "hello there"}"#), None);
+    }
+
+    #[test]
+    fn parses_deliveries_of_each_protocol() {
+        let ours = r#"{"type":"chat.message","room":"bench","user":"c1","message":"12 3 999 xxx"}"#;
+        assert_eq!(parse_delivery(Protocol::Channels, ours), Some((12, 3, 999)));
+        // The same object, as the socket.io peer emits it.
+        let sio = format!(r#"42["chat.message",{ours}]"#);
+        assert_eq!(parse_delivery(Protocol::Socketio, &sio), Some((12, 3, 999)));
+        // Another event with the same data, a ping, a frame of the other protocol: none.
+        let other = format!(r#"42["notice",{ours}]"#);
+        assert_eq!(parse_delivery(Protocol::Socketio, &other), None);
+        assert_eq!(parse_delivery(Protocol::Socketio, "2"), None);
+        assert_eq!(parse_delivery(Protocol::Socketio, ours), None);
     }
 }
