@@ -190,6 +190,23 @@ async fn join_all(
     Ok((cursor, backlog))
 }
 
+/// A fresh subscription joined to every channel of `admitted` ([`join_all`]): it, the cursor
+/// and the held messages to deliver first.
+async fn subscribe(
+    gw: &Gateway,
+    admitted: &Admitted,
+) -> Result<(Subscription, Cursor, Vec<Message>), ApiError> {
+    let mut sub = gw
+        .layer
+        .subscribe()
+        .await
+        .map_err(|e| ApiError::unavailable("the channel layer", e))?;
+    let (cursor, backlog) = join_all(gw, &mut sub, admitted)
+        .await
+        .map_err(|e| ApiError::unavailable("the channel layer", e))?;
+    Ok((sub, cursor, backlog))
+}
+
 /// What [`Feed::next`] got.
 #[derive(Debug)]
 pub enum Next {
@@ -220,14 +237,7 @@ impl Feed {
         gw: &Arc<Gateway>,
         admitted: Admitted,
     ) -> Result<(Feed, Vec<Message>), ApiError> {
-        let mut sub = gw
-            .layer
-            .subscribe()
-            .await
-            .map_err(|e| ApiError::unavailable("the channel layer", e))?;
-        let (mut cursor, backlog) = join_all(gw, &mut sub, &admitted)
-            .await
-            .map_err(|e| ApiError::unavailable("the channel layer", e))?;
+        let (sub, mut cursor, backlog) = subscribe(gw, &admitted).await?;
         backlog.iter().for_each(|m| cursor.advance(m));
         Ok((
             Feed {
@@ -332,14 +342,7 @@ async fn eventsource_inner(
 ) -> Result<Response, ApiError> {
     drop(draining_guard(&gw)?); // refused in the gateway's words; the stream registers again
     let admitted = gw.admit(tail, headers, query).await?;
-    let mut sub = gw
-        .layer
-        .subscribe()
-        .await
-        .map_err(|e| ApiError::unavailable("the channel layer", e))?;
-    let (mut cursor, backlog) = join_all(&gw, &mut sub, &admitted)
-        .await
-        .map_err(|e| ApiError::unavailable("the channel layer", e))?;
+    let (sub, mut cursor, backlog) = subscribe(&gw, &admitted).await?;
     let mut slots = admitted.slots;
     let format = gw.format.clone();
     Ok(EventStream::subscribed(sub)
@@ -578,14 +581,7 @@ async fn long_poll_inner(
 ) -> Result<Response, ApiError> {
     let shutdown = draining_guard(&gw)?;
     let admitted = gw.admit(tail, headers, query).await?;
-    let mut sub = gw
-        .layer
-        .subscribe()
-        .await
-        .map_err(|e| ApiError::unavailable("the channel layer", e))?;
-    let (mut cursor, backlog) = join_all(&gw, &mut sub, &admitted)
-        .await
-        .map_err(|e| ApiError::unavailable("the channel layer", e))?;
+    let (mut sub, mut cursor, backlog) = subscribe(&gw, &admitted).await?;
     // The held messages, what the history replays after the cursor, or — when there is none of
     // either — the next message within --longpoll-timeout (a drain answers at once, as the
     // timeout would: 304 with the cursor, and the client polls again, on another process):
