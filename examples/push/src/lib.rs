@@ -343,8 +343,8 @@ impl Gateway {
     }
 
     /// Keeps the channels subscribed here registered, so a quiet channel with subscribers is
-    /// not counted out; and purges the channels whose
-    /// time is up, so names nobody uses any more do not pile up in the registry.
+    /// not counted out; and purges the channels whose time is up, so names nobody uses any more
+    /// do not pile up in the registry.
     fn spawn_keeper(self: &Arc<Self>) {
         let every = (self.settings.channel_ttl / 3).max(Duration::from_millis(100));
         let weak: Weak<Gateway> = Arc::downgrade(self);
