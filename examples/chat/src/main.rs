@@ -49,6 +49,12 @@ struct Args {
     /// connections of a chat process that crashed leave the presence within it.
     #[arg(long, default_value_t = 60)]
     presence_ttl_secs: u64,
+    /// Whether rooms send `presence.join` / `presence.leave` to their members as people come
+    /// and go (throttled to 20 per second per room and process). Off, the presence is still
+    /// kept and listed; a room of 100,000 members is better off without a stream of events
+    /// each of them receives.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    presence_events: bool,
     #[command(flatten)]
     ops: OpsArgs,
 }
@@ -63,7 +69,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let layer = args
         .layer
         .build_with(|c, keeps_history| {
-            let c = chat::with_presence_events(c)?.presence_ttl(presence_ttl);
+            let c = if args.presence_events {
+                chat::with_presence_events(c)?
+            } else {
+                c
+            };
+            let c = c.presence_ttl(presence_ttl);
             match history {
                 n if n > 0 && keeps_history => {
                     chat::with_history(c, n, std::time::Duration::from_secs(ttl))
