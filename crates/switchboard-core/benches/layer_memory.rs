@@ -283,6 +283,35 @@ impl Room {
     }
 }
 
+/// Times rounds of about 100,000 deliveries to `members` members, each round run by `round`
+/// with its messages.
+fn bench_rounds<F, Fut>(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    id: BenchmarkId,
+    rt: &Runtime,
+    members: u64,
+    round: F,
+) where
+    F: Fn(Vec<Message>) -> Fut,
+    Fut: std::future::Future<Output = Duration>,
+{
+    let m = (100_000 / members).max(100) as i64;
+    let seq = std::cell::Cell::new(0i64);
+    group.throughput(Throughput::Elements(members * m as u64));
+    group.bench_with_input(id, &members, |b, _| {
+        b.iter_custom(|iters| {
+            let rounds = rounds(&seq, iters, m);
+            rt.block_on(async {
+                let mut total = Duration::ZERO;
+                for messages in rounds {
+                    total += round(messages).await;
+                }
+                total
+            })
+        })
+    });
+}
+
 /// Benchmarks rounds of about 100,000 deliveries to `room`'s members, then closes it; `owned`
 /// as in [`Room::round_owned`].
 fn bench_room(
@@ -293,20 +322,8 @@ fn bench_room(
     members: u64,
     owned: bool,
 ) {
-    let m = (100_000 / members).max(100) as i64;
-    let seq = std::cell::Cell::new(0i64);
-    group.throughput(Throughput::Elements(members * m as u64));
-    group.bench_with_input(id, &members, |b, _| {
-        b.iter_custom(|iters| {
-            let rounds = rounds(&seq, iters, m);
-            rt.block_on(async {
-                let mut total = Duration::ZERO;
-                for messages in rounds {
-                    total += room.round_owned(messages, owned).await;
-                }
-                total
-            })
-        })
+    bench_rounds(group, id, rt, members, |messages| {
+        room.round_owned(messages, owned)
     });
     rt.block_on(async {
         room.layer.close().await.expect("close"); // ok: benchmark harness, not reachable from the wire: a panic ends the run
@@ -437,21 +454,9 @@ fn bare(c: &mut Criterion) {
                     let _entered = rt.enter();
                     BareRoom::new(members, broadcast)
                 };
-                let m = (100_000 / members).max(100) as i64;
-                let seq = std::cell::Cell::new(0i64);
-                group.throughput(Throughput::Elements(members * m as u64));
                 let id = BenchmarkId::new(format!("{variant}/{kind}"), members);
-                group.bench_with_input(id, &members, |b, _| {
-                    b.iter_custom(|iters| {
-                        let rounds = rounds(&seq, iters, m);
-                        rt.block_on(async {
-                            let mut total = Duration::ZERO;
-                            for messages in rounds {
-                                total += room.round(messages).await;
-                            }
-                            total
-                        })
-                    })
+                bench_rounds(&mut group, id, &rt, members, |messages| {
+                    room.round(messages)
                 });
                 // Dropping the carrier ends the members' tasks.
                 drop(room);

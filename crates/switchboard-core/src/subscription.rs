@@ -445,6 +445,23 @@ impl Subscription {
         Ok(whole)
     }
 
+    /// [`take_missed`](Subscription::take_missed), and where the subscription has history
+    /// ([`has_history`](Subscription::has_history)) [`recover`](Subscription::recover) at once:
+    /// [`Missed::recovered`](crate::Missed::recovered) says whether what was missed comes next.
+    /// A recover that fails is logged, and the answer is "not recovered".
+    pub async fn take_missed_and_recover(&mut self) -> crate::Missed {
+        let mut missed = self.take_missed();
+        if self.has_history() {
+            match Box::pin(self.recover()).await {
+                Ok(whole) => missed.recovered = whole,
+                Err(e) => {
+                    tracing::warn!(channel = %self.channel_name(), error = %e, "could not recover from history")
+                }
+            }
+        }
+        missed
+    }
+
     /// Whether `m` is a live copy of a message a resume replayed.
     fn replayed_already(&self, m: &Message) -> bool {
         if self.resumed.is_empty() {

@@ -245,6 +245,11 @@ impl Host {
         self.sentinel.is_some()
     }
 
+    /// How many times the host moved to another server so far (see [`moved`](Host::moved)).
+    pub(crate) fn moves(&self) -> u64 {
+        *self.moved.borrow()
+    }
+
     /// Changes when the host moved to another server (a Sentinel failover): connections made
     /// from an earlier [`client`](Host::client) point at the old one.
     pub(crate) fn moved(&self) -> watch::Receiver<u64> {

@@ -145,10 +145,20 @@ pub(crate) async fn start(
     ),
     Response,
 > {
-    let guard = match shutdown {
-        Some(s) => Some(s.guard().ok_or_else(shutting_down)?),
-        None => None,
-    };
+    let guard = guard(shutdown).map_err(|Draining| shutting_down())?;
     let sub = layer.subscribe().await.map_err(|e| refuse(what, &e))?;
     Ok((guard, sub))
+}
+
+/// The drain has begun: a new stream or poll is refused ([`shutting_down`]).
+pub(crate) struct Draining;
+
+/// A stream's or poll's drain guard, refused once the drain has begun.
+pub(crate) fn guard(
+    shutdown: Option<&crate::shutdown::Shutdown>,
+) -> Result<Option<crate::shutdown::Guard>, Draining> {
+    match shutdown {
+        Some(s) => s.guard().map(Some).ok_or(Draining),
+        None => Ok(None),
+    }
 }

@@ -588,16 +588,8 @@ pub(crate) async fn run<C, T>(
             },
             Input::Again => continue,
             Input::Missed => {
-                let mut missed = conn.subscription().take_missed();
                 // Where the groups keep history, what was missed is read again (boxed: rare).
-                if conn.subscription().has_history() {
-                    match Box::pin(conn.subscription().recover()).await {
-                        Ok(whole) => missed.recovered = whole,
-                        Err(e) => {
-                            tracing::warn!(%channel, error = %e, "could not recover from history")
-                        }
-                    }
-                }
+                let missed = Box::pin(conn.subscription().take_missed_and_recover()).await;
                 tracing::info!(%channel, dropped = missed.dropped, interrupted = missed.interrupted, recovered = missed.recovered, "messages for this connection were lost");
                 metrics::missed(missed);
                 // Boxed: rare, as `receive`'s future is.

@@ -358,7 +358,7 @@ impl EventStream {
     /// Subscribes and answers: the event stream, or a plain-text refusal (see the
     /// [module docs](self)).
     pub async fn open(self) -> Response {
-        let (guard, sub, backlog, group) = match self.source {
+        let (guard, mut sub, backlog, group) = match self.source {
             Source::Group(group) => {
                 match crate::feed::start(&self.layer, self.shutdown.as_ref(), "event stream").await
                 {
@@ -366,18 +366,11 @@ impl EventStream {
                     Err(refused) => return refused,
                 }
             }
-            Source::Subscribed(sub, backlog) => {
-                let guard = match &self.shutdown {
-                    Some(s) => match s.guard() {
-                        Some(g) => Some(g),
-                        None => return crate::feed::shutting_down(),
-                    },
-                    None => None,
-                };
-                (guard, *sub, backlog, None)
-            }
+            Source::Subscribed(sub, backlog) => match crate::feed::guard(self.shutdown.as_ref()) {
+                Ok(guard) => (guard, *sub, backlog, None),
+                Err(crate::feed::Draining) => return crate::feed::shutting_down(),
+            },
         };
-        let mut sub = sub;
         let mut head = String::from(": ok\n\n");
         if let Some(after) = self.retry {
             let _ = write!(head, "retry: {}\n\n", after.as_millis());

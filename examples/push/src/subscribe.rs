@@ -256,21 +256,13 @@ impl Feed {
     pub async fn next(&mut self, deadline: Instant) -> Next {
         loop {
             if self.sub.has_missed() {
-                let missed = self.sub.take_missed();
                 // What the history still holds comes next; the rest is gone (the cursor
                 // skips it).
-                let recovered = if self.sub.has_history() {
-                    self.sub.recover().await.unwrap_or_else(|e| {
-                        tracing::warn!(error = %e, "could not recover from history");
-                        false
-                    })
-                } else {
-                    false
-                };
+                let missed = self.sub.take_missed_and_recover().await;
                 tracing::info!(
                     dropped = missed.dropped,
                     interrupted = missed.interrupted,
-                    recovered,
+                    recovered = missed.recovered,
                     "messages for a subscriber were lost"
                 );
             }
@@ -344,13 +336,13 @@ async fn eventsource_inner(
     let admitted = gw.admit(tail, headers, query).await?;
     let (sub, mut cursor, backlog) = subscribe(&gw, &admitted).await?;
     let mut slots = admitted.slots;
-    let format = gw.format.clone();
     Ok(EventStream::subscribed(sub)
         .backlog(backlog)
         .keep_alive(gw.settings.ping_interval)
         .max_duration(gw.settings.subscriber_ttl)
         .shutdown(&gw.settings.shutdown)
-        .render(move |m| render_event(&format, &mut cursor, &mut slots, m))
+        // The slots hold the gateway, and with it the format: nothing is copied per stream.
+        .render(move |m| render_event(&mut cursor, &mut slots, m))
         .open()
         .await)
 }
@@ -359,12 +351,8 @@ async fn eventsource_inner(
 /// `event:` the publisher's `Event-Type`, the rendered message as `data:` (split into lines by
 /// the library, so that a text cannot add fields of its own). The notice of a deletion is the
 /// stream's last event: the browser reconnects, with the channels of its URL.
-fn render_event(
-    format: &format::Format,
-    cursor: &mut Cursor,
-    slots: &mut Slots,
-    m: &Message,
-) -> Option<SseEvent> {
+fn render_event(cursor: &mut Cursor, slots: &mut Slots, m: &Message) -> Option<SseEvent> {
+    let format = &slots.gw.format;
     match m.message_type() {
         format::MESSAGE => {
             cursor.advance(m);
@@ -378,8 +366,9 @@ fn render_event(
         format::DELETE => {
             let channel = field(m, "channel");
             cursor.remove(channel)?;
+            let notice = format.render(&format::deleted(channel, now_ms()));
             slots.release_one(channel);
-            Some(SseEvent::new(format.render(&format::deleted(channel, now_ms()))).last())
+            Some(SseEvent::new(notice).last())
         }
         other => {
             tracing::debug!(message_type = other, "unexpected layer message ignored");

@@ -110,8 +110,9 @@ pub struct Missed {
     pub interrupted: bool,
     /// Every group the subscription is in keeps history and was read again from the last
     /// position it received ([`Subscription::recover`](crate::Subscription::recover)): what
-    /// was missed comes next, in order, once. Set by the WebSocket runtime, which tries that
-    /// before it tells the consumer; never by a receiver.
+    /// was missed comes next, in order, once. Set by
+    /// [`Subscription::take_missed_and_recover`](crate::Subscription::take_missed_and_recover)
+    /// (the WebSocket runtime calls it before it tells the consumer); never by a receiver.
     pub recovered: bool,
 }
 

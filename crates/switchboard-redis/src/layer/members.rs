@@ -34,7 +34,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::conn::Host;
+use crate::conn::{Host, timed};
 use parking_lot::Mutex;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, PushInfo, PushKind, Value as RValue};
@@ -54,16 +54,12 @@ pub(super) struct Members {
 
 struct HostCache {
     cache: Arc<Cache>,
-    /// The tracking connection (when up), and the Sentinel move it was made after.
-    conn: tokio::sync::Mutex<Tracker>,
-}
-
-#[derive(Default)]
-struct Tracker {
-    conn: Option<MultiplexedConnection>,
-    moved: u64,
-    /// When the last attempt to connect failed.
-    failed_at: Option<Instant>,
+    /// The tracking connection (when up) and the Sentinel move it was made after: read on
+    /// every send, so behind a plain lock.
+    conn: Mutex<Option<(MultiplexedConnection, u64)>>,
+    /// Held while a tracking connection is being made (one attempt at a time), and when the
+    /// last attempt failed.
+    connecting: tokio::sync::Mutex<Option<Instant>>,
 }
 
 /// What one host's tracking connection has read and not seen invalidated.
@@ -82,16 +78,25 @@ struct State {
     tracking: bool,
 }
 
+impl State {
+    /// Forgets every entry: the connection is new (`tracking`) or gone.
+    fn reset(&mut self, tracking: bool) {
+        self.groups.clear();
+        self.generation += 1;
+        self.tracking = tracking;
+    }
+}
+
 impl Cache {
     /// A push on the tracking connection: drops what it invalidates.
     fn invalidated(&self, info: PushInfo) {
         let mut st = self.state.lock();
         match info.kind {
             PushKind::Invalidate => {
-                st.generation += 1;
                 // `[keys]`, or null when everything is invalidated (a flush).
                 match info.data.first() {
                     Some(RValue::Array(keys)) => {
+                        st.generation += 1;
                         for key in keys {
                             if let RValue::BulkString(k) = key
                                 && let Ok(k) = std::str::from_utf8(k)
@@ -100,14 +105,13 @@ impl Cache {
                             }
                         }
                     }
-                    _ => st.groups.clear(),
+                    _ => {
+                        let tracking = st.tracking;
+                        st.reset(tracking);
+                    }
                 }
             }
-            PushKind::Disconnection => {
-                st.generation += 1;
-                st.tracking = false;
-                st.groups.clear();
-            }
+            PushKind::Disconnection => st.reset(false),
             _ => {}
         }
     }
@@ -120,7 +124,8 @@ impl Members {
             hosts: (0..hosts)
                 .map(|_| HostCache {
                     cache: Arc::new(Cache::default()),
-                    conn: tokio::sync::Mutex::new(Tracker::default()),
+                    conn: Mutex::new(None),
+                    connecting: tokio::sync::Mutex::new(None),
                 })
                 .collect(),
             enabled,
@@ -143,38 +148,28 @@ impl Members {
         let hc = &self.hosts[h];
         let mut conn = hc.connection(host, timeout).await?;
         // The barrier: invalidations of writes made before it are applied once it answers.
-        let generation = match timed(timeout, redis::cmd("PING").query_async::<()>(&mut conn)).await
-        {
-            Ok(()) => {
-                let st = hc.cache.state.lock();
-                if st.tracking
-                    && let Some(read) = st.groups.get(key)
-                {
-                    crate::metrics::group_cache(true);
-                    return Some(read.clone());
-                }
-                st.generation
+        let ping = redis::cmd("PING");
+        if let Err(e) = answered(timed(timeout, ping.query_async::<()>(&mut conn)).await) {
+            hc.lost(host, &e);
+            return None;
+        }
+        let generation = {
+            let st = hc.cache.state.lock();
+            if st.tracking
+                && let Some(read) = st.groups.get(key)
+            {
+                crate::metrics::group_cache(true);
+                return Some(read.clone());
             }
-            Err(e) => {
-                hc.lost(host, &e).await;
-                return None;
-            }
+            st.generation
         };
         crate::metrics::group_cache(false);
-        let reply = timed(
-            timeout,
-            redis::cmd("ZRANGE")
-                .arg(key)
-                .arg(0)
-                .arg(-1)
-                .arg("WITHSCORES")
-                .query_async::<RValue>(&mut conn),
-        )
-        .await;
-        let value = match reply {
+        let mut zrange = redis::cmd("ZRANGE");
+        zrange.arg(key).arg(0).arg(-1).arg("WITHSCORES");
+        let value = match answered(timed(timeout, zrange.query_async::<RValue>(&mut conn)).await) {
             Ok(v) => v,
             Err(e) => {
-                hc.lost(host, &e).await;
+                hc.lost(host, &e);
                 return None;
             }
         };
@@ -191,27 +186,40 @@ impl HostCache {
     /// The tracking connection, made when there is none (or the Sentinel master moved); `None`
     /// when it cannot be had now.
     async fn connection(&self, host: &Host, timeout: Duration) -> Option<MultiplexedConnection> {
-        let mut t = self.conn.lock().await;
-        let moved = *host.moved().borrow();
-        if t.conn.is_some() && t.moved == moved && self.cache.state.lock().tracking {
-            return t.conn.clone();
+        let moves = host.moves();
+        let current = || {
+            let conn = self.conn.lock();
+            match &*conn {
+                Some((c, made_after))
+                    if *made_after == moves && self.cache.state.lock().tracking =>
+                {
+                    Some(c.clone())
+                }
+                _ => None,
+            }
+        };
+        if let Some(c) = current() {
+            return Some(c);
         }
-        if t.failed_at.is_some_and(|at| at.elapsed() < RETRY) {
+        let mut failed_at = self.connecting.lock().await;
+        if let Some(c) = current() {
+            return Some(c); // made while this one waited
+        }
+        if failed_at.is_some_and(|at| at.elapsed() < RETRY) {
             return None;
         }
-        t.conn = None;
+        *self.conn.lock() = None;
         match self.connect(host, timeout).await {
             Ok(conn) => {
-                t.conn = Some(conn.clone());
-                t.moved = moved;
-                t.failed_at = None;
+                *self.conn.lock() = Some((conn.clone(), moves));
+                *failed_at = None;
                 Some(conn)
             }
             Err(e) => {
-                if t.failed_at.is_none() {
+                if failed_at.is_none() {
                     tracing::info!(host = %host.name, error = %e, "group members are read on every group_send: no client tracking on this host (Redis 6 or later, and the CLIENT command, are needed to cache them)");
                 }
-                t.failed_at = Some(Instant::now());
+                *failed_at = Some(Instant::now());
                 None
             }
         }
@@ -222,15 +230,9 @@ impl HostCache {
         host: &Host,
         timeout: Duration,
     ) -> std::result::Result<MultiplexedConnection, redis::RedisError> {
-        let cache = self.cache.clone();
-        {
-            let mut st = cache.state.lock();
-            st.tracking = false;
-            st.groups.clear();
-            st.generation += 1;
-        }
+        self.cache.state.lock().reset(false);
         let client = host.resp3_client()?;
-        let sink = cache.clone();
+        let sink = self.cache.clone();
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(host.connect_limit()))
             .set_response_timeout(Some(timeout))
@@ -246,22 +248,26 @@ impl HostCache {
             .arg("ON")
             .query_async::<()>(&mut conn)
             .await?;
-        let mut st = cache.state.lock();
-        st.tracking = true;
-        st.groups.clear();
-        st.generation += 1;
+        self.cache.state.lock().reset(true);
         Ok(conn)
     }
 
     /// The tracking connection failed: empty the cache, make a new one on a later send.
-    async fn lost(&self, host: &Host, e: &redis::RedisError) {
+    fn lost(&self, host: &Host, e: &dyn std::fmt::Display) {
         tracing::debug!(host = %host.name, error = %e, "the group members' tracking connection failed; reading members directly");
-        let mut t = self.conn.lock().await;
-        t.conn = None;
-        let mut st = self.cache.state.lock();
-        st.tracking = false;
-        st.groups.clear();
-        st.generation += 1;
+        *self.conn.lock() = None;
+        self.cache.state.lock().reset(false);
+    }
+}
+
+/// A command's answer within [`timed`]'s limit, or what went wrong (a timeout, a Redis error).
+fn answered<T>(
+    r: switchboard_core::Result<redis::RedisResult<T>>,
+) -> std::result::Result<T, Box<dyn std::fmt::Display + Send>> {
+    match r {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(Box::new(e)),
+        Err(e) => Err(Box::new(e)),
     }
 }
 
@@ -308,20 +314,6 @@ fn number(v: &RValue) -> Option<f64> {
         RValue::Int(i) => Some(*i as f64),
         RValue::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
         _ => None,
-    }
-}
-
-/// `fut` within `limit`, a timeout being an I/O error as a lost connection is.
-async fn timed<T>(
-    limit: Duration,
-    fut: impl std::future::Future<Output = redis::RedisResult<T>>,
-) -> redis::RedisResult<T> {
-    match tokio::time::timeout(limit, fut).await {
-        Ok(r) => r,
-        Err(_) => Err(redis::RedisError::from(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            "no answer in time",
-        ))),
     }
 }
 
