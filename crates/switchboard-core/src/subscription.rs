@@ -70,6 +70,16 @@ pub struct Subscription {
     presence: Vec<(GroupName, PresenceEntry)>,
 }
 
+/// Pushes `item`, making room for just it when `v` has none: most subscriptions hold one group
+/// (one presence entry), and `Vec`'s first growth (to four) would give every connection room
+/// for three it never uses.
+fn push_lean<T>(v: &mut Vec<T>, item: T) {
+    if v.capacity() == 0 {
+        v.reserve_exact(1);
+    }
+    v.push(item);
+}
+
 /// A group joined "since" a position.
 struct Resume {
     group: GroupName,
@@ -181,7 +191,7 @@ impl Subscription {
             .group_add(&group, self.receiver.channel_name());
         metrics::layer_op!(Op::GroupAdd, add)?;
         if !self.groups.contains(&group) {
-            self.groups.push(group);
+            push_lean(&mut self.groups, group);
         }
         self.arm();
         Ok(())
@@ -233,7 +243,7 @@ impl Subscription {
             .group_add_since(&group, self.receiver.channel_name(), since);
         let recovery = metrics::layer_op!(Op::GroupAdd, add)?;
         if !self.groups.contains(&group) {
-            self.groups.push(group.clone());
+            push_lean(&mut self.groups, group.clone());
         }
         self.arm();
         let replayed = recovery.messages.len();
@@ -246,12 +256,15 @@ impl Subscription {
         let delivered = since
             .filter(|s| recovery.recovered && s.epoch() == recovery.position.epoch())
             .map_or(recovery.position.offset(), Position::offset);
-        self.resumed.push(Resume {
-            group,
-            epoch: recovery.position.epoch().into(),
-            boundary: last,
-            delivered,
-        });
+        push_lean(
+            &mut self.resumed,
+            Resume {
+                group,
+                epoch: recovery.position.epoch().into(),
+                boundary: last,
+                delivered,
+            },
+        );
         self.replay.extend(recovery.messages);
         Ok(Resumed {
             recovered: recovery.recovered,
@@ -303,7 +316,7 @@ impl Subscription {
         match held {
             Some(i) => self.presence[i].1 = entry,
             None => {
-                self.presence.push((group.clone(), entry.clone()));
+                push_lean(&mut self.presence, (group.clone(), entry.clone()));
                 presence_event(&self.layer, &group, "presence.join", &entry).await;
                 // The heartbeat may be due sooner than the groups' refresh.
                 self.refresh.timer = None;

@@ -264,8 +264,14 @@ impl Connection {
 
     /// Sends `{"type":"error","error":TEXT}`.
     pub async fn send_error(&mut self, text: impl fmt::Display) -> Result<()> {
-        self.send_json(&serde_json::json!({"type": "error", "error": text.to_string()}))
-            .await
+        self.push_error(text)
+    }
+
+    /// [`send_error`](Connection::send_error) without the `async`: for the runtime, which
+    /// reports a handler's error inline.
+    pub(crate) fn push_error(&mut self, text: impl fmt::Display) -> Result<()> {
+        let value = serde_json::json!({"type": "error", "error": text.to_string()});
+        self.push(Frame::Text(serde_json::to_string(&value)?.into()))
     }
 
     /// Joins a group. Groups joined here are refreshed while the connection lives and left

@@ -16,6 +16,7 @@
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{self, Poll, ready};
 use std::time::Duration;
@@ -191,7 +192,17 @@ impl Writer {
         T: Sink<WsMessage, Error = WsError> + Unpin,
     {
         loop {
-            if out.lock().frames.is_empty() {
+            let empty = {
+                let mut o = out.lock();
+                let empty = o.frames.is_empty();
+                // What a burst grew the queue to is given back once it is written: an idle
+                // connection keeps no room for frames.
+                if empty && o.frames.capacity() > SMALL_OUTBOUND {
+                    o.frames.shrink_to_fit();
+                }
+                empty
+            };
+            if empty {
                 if self.need_flush {
                     ready!(ws.poll_flush_unpin(cx))?;
                     self.need_flush = false;
@@ -217,6 +228,9 @@ impl Writer {
         }
     }
 }
+
+/// The room (frames) an empty outbound queue may keep; past it, the writer frees it.
+const SMALL_OUTBOUND: usize = 8;
 
 impl Writer {
     fn new() -> Writer {
@@ -268,9 +282,12 @@ fn to_websocket(item: Out) -> WsMessage {
     }
 }
 
-/// Runs `fut` (a handler) to completion while writing what it queues.
+/// Runs `fut` (a handler) to completion while writing what it queues. It takes the handler
+/// pinned where the caller made it, so that the handler's future is kept once in the
+/// connection's task (moved in here, it would be kept twice: as the argument and as the pinned
+/// local).
 async fn drive<F, T>(
-    fut: F,
+    fut: Pin<&mut F>,
     ws: &mut T,
     out: &Mutex<Outbound>,
     writer: &mut Writer,
@@ -280,9 +297,9 @@ where
     F: Future,
     T: Sink<WsMessage, Error = WsError> + Unpin,
 {
-    let mut fut = std::pin::pin!(AssertUnwindSafe(fut).catch_unwind());
+    let mut fut = AssertUnwindSafe(fut).catch_unwind();
     std::future::poll_fn(|cx| {
-        if let Poll::Ready(r) = fut.as_mut().poll(cx) {
+        if let Poll::Ready(r) = Pin::new(&mut fut).poll(cx) {
             return Poll::Ready(r);
         }
         if !*broken && let Poll::Ready(Err(_)) = writer.poll_write(cx, ws, out) {
@@ -332,468 +349,482 @@ fn data_frame(m: WsMessage) -> Option<Result<Frame, Ending>> {
 /// Drives an accepted consumer until the connection ends, then runs `disconnect` and cleans up.
 ///
 /// `transport` yields the socket (the HTTP upgrade completing), or `None` if the client went
-/// before it did: `disconnect` runs then too, as for a client that vanished. Taking it here,
-/// rather than awaiting it in a wrapper first, keeps the consumer and the connection stored once
-/// in the connection's task, not twice (a wrapper's captures and this future's arguments).
-pub(crate) async fn run<C, T>(
+/// before it did: `disconnect` runs then too, as for a client that vanished.
+///
+/// The returned future is what every idle connection's task holds, so its size is memory per
+/// connection. It is an `async` block, not an `async fn`: an `async fn` keeps its arguments
+/// twice in its state (as it received them and as the locals they are moved into), where the
+/// block's captures are used in place. `transport` is boxed (it is done with once the socket is
+/// up, and would otherwise keep its room all along), and so are the futures that run once or
+/// rarely (`disconnect`, error reports): the state is the loop's locals and the event handler.
+pub(crate) fn run<C, T>(
     mut consumer: C,
     mut conn: Connection,
     transport: impl Future<Output = Option<T>>,
     config: Arc<ConnectionConfig>,
     guard: Option<Guard>,
-) where
+) -> impl Future<Output = ()>
+where
     C: Consumer,
     T: Transport,
 {
-    let Some(mut ws) = transport.await else {
-        disconnect(&mut consumer, &mut conn, CloseCode::ABNORMAL).await;
-        drop(guard);
-        return;
-    };
-    let out = conn.out.clone();
-    let channel = conn.channel_name().clone();
-    if !config.refresh_groups {
-        conn.subscription().set_refresh(None);
-    }
-    let mut writer = Writer::new();
-    let stats = metrics::handles();
-    stats.total.increment(1);
-    stats.open.increment(1.0);
-    tracing::debug!("connection accepted");
-    let mut broken = false;
-    let mut last_heard = Instant::now();
-    let mut last_ping = last_heard;
-    let timer = tokio::time::sleep_until(next_deadline(&config, last_heard, last_ping));
-    let mut timer = std::pin::pin!(timer);
-    let mut socket_first = true;
-    // Write once this much is queued even if more input is ready (well under the queue's limit).
-    let batch_bytes = (config.outbound_bytes / 4).clamp(1, 64 * 1024);
-    let mut dropped_seen = conn.subscription().dropped();
-    // A client over its rates is not read for a while (see `Rates`).
-    let mut rates = Rates::new(&config);
+    let transport = Box::pin(transport);
+    async move {
+        let Some(mut ws) = transport.await else {
+            Box::pin(disconnect(&mut consumer, &mut conn, CloseCode::ABNORMAL)).await;
+            drop(guard);
+            return;
+        };
+        let out = conn.out.clone();
+        let channel = conn.channel_name().clone();
+        if !config.refresh_groups {
+            conn.subscription().set_refresh(None);
+        }
+        let mut writer = Writer::new();
+        let stats = metrics::handles();
+        stats.total.increment(1);
+        stats.open.increment(1.0);
+        tracing::debug!("connection accepted");
+        let mut broken = false;
+        let mut last_heard = Instant::now();
+        let mut last_ping = last_heard;
+        let timer = tokio::time::sleep_until(next_deadline(&config, last_heard, last_ping));
+        let mut timer = std::pin::pin!(timer);
+        let mut socket_first = true;
+        // Write once this much is queued even if more input is ready (well under the queue's limit).
+        let batch_bytes = (config.outbound_bytes / 4).clamp(1, 64 * 1024);
+        let mut dropped_seen = conn.subscription().dropped();
+        // A client over its rates is not read for a while (see `Rates`).
+        let mut rates = Rates::new(&config);
 
-    let ending = loop {
-        let backlogged = {
-            let o = out.lock();
-            if o.overflow {
-                drop(o);
-                tracing::info!(%channel, "client is not reading; closing with 1008");
-                break Ending {
-                    code: CloseCode::POLICY,
-                    why: "slow_client",
-                    send_close: Some("outbound queue full".into()),
-                    unread_input: false,
-                };
+        let ending = loop {
+            let backlogged = {
+                let o = out.lock();
+                if o.overflow {
+                    drop(o);
+                    tracing::info!(%channel, "client is not reading; closing with 1008");
+                    break Ending {
+                        code: CloseCode::POLICY,
+                        why: "slow_client",
+                        send_close: Some("outbound queue full".into()),
+                        unread_input: false,
+                    };
+                }
+                if let (Phase::Closed, Some((code, _))) = (o.phase, &o.close) {
+                    break Ending {
+                        code: *code,
+                        why: "server",
+                        send_close: None,
+                        unread_input: false,
+                    };
+                }
+                is_backlogged(&o, &config)
+            };
+            if conn.tasks.as_ref().is_some_and(|t| !t.ended.is_empty())
+                && let Some(end) = Box::pin(tasks_ended(&mut conn)).await
+            {
+                break end;
             }
-            if let (Phase::Closed, Some((code, _))) = (o.phase, &o.close) {
+            if broken {
                 break Ending {
-                    code: *code,
-                    why: "server",
+                    code: CloseCode::ABNORMAL,
+                    why: "client",
                     send_close: None,
                     unread_input: false,
                 };
             }
-            is_backlogged(&o, &config)
-        };
-        if conn.tasks.as_ref().is_some_and(|t| !t.ended.is_empty())
-            && let Some(end) = Box::pin(tasks_ended(&mut conn)).await
-        {
-            break end;
-        }
-        if broken {
-            break Ending {
-                code: CloseCode::ABNORMAL,
-                why: "client",
-                send_close: None,
-                unread_input: false,
-            };
-        }
-        if backlogged {
-            // Not taking events, and its channel overflowing: the client is not keeping up
-            // with its group, and would only see what it missed after the backlog. Cut it off.
-            let dropped = conn.subscription().dropped();
-            if dropped > dropped_seen {
-                tracing::info!(%channel, missed = dropped - dropped_seen, "client fell behind its group; closing with 1008");
-                break Ending {
-                    code: CloseCode::POLICY,
-                    why: "slow_client",
-                    send_close: Some("outbound queue full".into()),
-                    unread_input: false,
+            if backlogged {
+                // Not taking events, and its channel overflowing: the client is not keeping up
+                // with its group, and would only see what it missed after the backlog. Cut it off.
+                let dropped = conn.subscription().dropped();
+                if dropped > dropped_seen {
+                    tracing::info!(%channel, missed = dropped - dropped_seen, "client fell behind its group; closing with 1008");
+                    break Ending {
+                        code: CloseCode::POLICY,
+                        why: "slow_client",
+                        send_close: Some("outbound queue full".into()),
+                        unread_input: false,
+                    };
+                }
+            } else {
+                dropped_seen = conn.subscription().dropped();
+            }
+            socket_first = !socket_first;
+            let input = std::future::poll_fn(|tcx| {
+                // Inputs first, writes when nothing more is ready (or a backlog has built up): the
+                // frames a burst of events produces go out in one write, not one syscall each.
+                if !broken
+                    && {
+                        let o = out.lock();
+                        o.frames.len() >= WRITE_BATCH || o.bytes >= batch_bytes
+                    }
+                    && let Poll::Ready(Err(e)) = writer.poll_write(tcx, &mut ws, &out)
+                {
+                    return Poll::Ready(Input::WriteError(e));
+                }
+                let mut poll_socket = |tcx: &mut task::Context<'_>| match ws.poll_next_unpin(tcx) {
+                    Poll::Ready(Some(Ok(m))) => Some(Input::Frame(m)),
+                    Poll::Ready(Some(Err(e))) => Some(Input::SocketError(e)),
+                    Poll::Ready(None) => Some(Input::SocketEnd),
+                    Poll::Pending => None,
                 };
-            }
-        } else {
-            dropped_seen = conn.subscription().dropped();
-        }
-        socket_first = !socket_first;
-        let input = std::future::poll_fn(|tcx| {
-            // Inputs first, writes when nothing more is ready (or a backlog has built up): the
-            // frames a burst of events produces go out in one write, not one syscall each.
-            if !broken
-                && {
-                    let o = out.lock();
-                    o.frames.len() >= WRITE_BATCH || o.bytes >= batch_bytes
+                let reading = rates.as_ref().is_none_or(|r| r.paused_until.is_none());
+                // Again here if it was backlogged: the write above may have drained it. (Only
+                // handlers, which run outside this poll, add much to it: a connection that was not
+                // backlogged is not checked again.)
+                let backlogged = backlogged && is_backlogged(&out.lock(), &config);
+                if reading
+                    && socket_first
+                    && let Some(i) = poll_socket(tcx)
+                {
+                    return Poll::Ready(i);
                 }
-                && let Poll::Ready(Err(e)) = writer.poll_write(tcx, &mut ws, &out)
-            {
-                return Poll::Ready(Input::WriteError(e));
-            }
-            let mut poll_socket = |tcx: &mut task::Context<'_>| match ws.poll_next_unpin(tcx) {
-                Poll::Ready(Some(Ok(m))) => Some(Input::Frame(m)),
-                Poll::Ready(Some(Err(e))) => Some(Input::SocketError(e)),
-                Poll::Ready(None) => Some(Input::SocketEnd),
-                Poll::Pending => None,
-            };
-            let reading = rates.as_ref().is_none_or(|r| r.paused_until.is_none());
-            // Again here if it was backlogged: the write above may have drained it. (Only
-            // handlers, which run outside this poll, add much to it: a connection that was not
-            // backlogged is not checked again.)
-            let backlogged = backlogged && is_backlogged(&out.lock(), &config);
-            if reading
-                && socket_first
-                && let Some(i) = poll_socket(tcx)
-            {
-                return Poll::Ready(i);
-            }
-            if !backlogged {
-                if conn.subscription().has_missed() {
-                    return Poll::Ready(Input::Missed);
+                if !backlogged {
+                    if conn.subscription().has_missed() {
+                        return Poll::Ready(Input::Missed);
+                    }
+                    if let Poll::Ready(r) = conn.subscription().poll_recv(tcx) {
+                        return Poll::Ready(Input::Event(r));
+                    }
+                } else if conn
+                    .subscription()
+                    .poll_dropped(tcx, dropped_seen)
+                    .is_ready()
+                {
+                    // Checked at the top of the loop: it is cut off.
+                    return Poll::Ready(Input::Again);
                 }
-                if let Poll::Ready(r) = conn.subscription().poll_recv(tcx) {
-                    return Poll::Ready(Input::Event(r));
+                if reading
+                    && !socket_first
+                    && let Some(i) = poll_socket(tcx)
+                {
+                    return Poll::Ready(i);
                 }
-            } else if conn
-                .subscription()
-                .poll_dropped(tcx, dropped_seen)
-                .is_ready()
-            {
-                // Checked at the top of the loop: it is cut off.
-                return Poll::Ready(Input::Again);
-            }
-            if reading
-                && !socket_first
-                && let Some(i) = poll_socket(tcx)
-            {
-                return Poll::Ready(i);
-            }
-            if timer.as_mut().poll(tcx).is_ready() {
-                return Poll::Ready(Input::Tick);
-            }
-            if let Some(g) = &guard
-                && g.poll_closing(tcx).is_ready()
-            {
-                return Poll::Ready(Input::Shutdown);
-            }
-            if let Some(tasks) = conn.tasks.as_mut()
-                && let Poll::Ready(Some(ended)) = tasks.set.poll_join_next(tcx)
-            {
-                return Poll::Ready(Input::Task(ended));
-            }
-            if !broken && let Poll::Ready(Err(e)) = writer.poll_write(tcx, &mut ws, &out) {
-                return Poll::Ready(Input::WriteError(e));
-            }
-            if backlogged && !is_backlogged(&out.lock(), &config) {
-                // That write drained the backlog: take events again (nothing else would wake
-                // this task for them, its channel's waker was not registered).
-                return Poll::Ready(Input::Again);
-            }
-            Poll::Pending
-        })
-        .await;
+                if timer.as_mut().poll(tcx).is_ready() {
+                    return Poll::Ready(Input::Tick);
+                }
+                if let Some(g) = &guard
+                    && g.poll_closing(tcx).is_ready()
+                {
+                    return Poll::Ready(Input::Shutdown);
+                }
+                if let Some(tasks) = conn.tasks.as_mut()
+                    && let Poll::Ready(Some(ended)) = tasks.set.poll_join_next(tcx)
+                {
+                    return Poll::Ready(Input::Task(ended));
+                }
+                if !broken && let Poll::Ready(Err(e)) = writer.poll_write(tcx, &mut ws, &out) {
+                    return Poll::Ready(Input::WriteError(e));
+                }
+                if backlogged && !is_backlogged(&out.lock(), &config) {
+                    // That write drained the backlog: take events again (nothing else would wake
+                    // this task for them, its channel's waker was not registered).
+                    return Poll::Ready(Input::Again);
+                }
+                Poll::Pending
+            })
+            .await;
 
-        match input {
-            Input::Frame(m) => {
-                last_heard = Instant::now();
-                let frame = match m {
-                    WsMessage::Ping(_) | WsMessage::Pong(_) => {
-                        // tungstenite queued the pong reply; make sure it is flushed.
-                        writer.need_flush = true;
-                        continue;
-                    }
-                    WsMessage::Close(frame) => {
-                        writer.need_flush = true;
-                        let code =
-                            frame.map_or(CloseCode::NO_STATUS, |f| CloseCode(u16::from(f.code)));
-                        break Ending {
-                            code,
-                            why: "client",
-                            send_close: None,
-                            unread_input: false,
-                        };
-                    }
-                    other => match data_frame(other) {
-                        Some(Ok(f)) => {
-                            stats.frames_in.increment(1);
-                            stats.bytes_in.increment(f.len() as u64);
-                            if let Some(r) = rates.as_mut()
-                                && let Some(until) = r.take(f.len())
-                            {
-                                let next = next_deadline(&config, last_heard, last_ping);
-                                timer.as_mut().reset(next.min(until));
+            match input {
+                Input::Frame(m) => {
+                    last_heard = Instant::now();
+                    let frame = match m {
+                        WsMessage::Ping(_) | WsMessage::Pong(_) => {
+                            // tungstenite queued the pong reply; make sure it is flushed.
+                            writer.need_flush = true;
+                            continue;
+                        }
+                        WsMessage::Close(frame) => {
+                            writer.need_flush = true;
+                            let code = frame
+                                .map_or(CloseCode::NO_STATUS, |f| CloseCode(u16::from(f.code)));
+                            break Ending {
+                                code,
+                                why: "client",
+                                send_close: None,
+                                unread_input: false,
+                            };
+                        }
+                        other => match data_frame(other) {
+                            Some(Ok(f)) => {
+                                stats.frames_in.increment(1);
+                                stats.bytes_in.increment(f.len() as u64);
+                                if let Some(r) = rates.as_mut()
+                                    && let Some(until) = r.take(f.len())
+                                {
+                                    let next = next_deadline(&config, last_heard, last_ping);
+                                    timer.as_mut().reset(next.min(until));
+                                }
+                                f
                             }
-                            f
+                            Some(Err(end)) => break end,
+                            None => continue,
+                        },
+                    };
+                    let msg = match C::Incoming::from_frame(frame) {
+                        Ok(msg) => msg,
+                        Err(e) => {
+                            if let Some(end) = bad_input(&mut conn, &config, Error::BadFrame(e)) {
+                                break end;
+                            }
+                            continue;
                         }
-                        Some(Err(end)) => break end,
-                        None => continue,
-                    },
-                };
-                let result = match C::Incoming::from_frame(frame) {
-                    Ok(msg) => {
-                        // Boxed: a client frame is rare beside the events it causes, and the
-                        // handler's future inline would make every idle connection's task
-                        // larger by its size.
-                        drive(
-                            Box::pin(consumer.receive(&mut conn, msg)),
-                            &mut ws,
-                            &out,
-                            &mut writer,
-                            &mut broken,
-                        )
-                        .await
-                    }
-                    Err(e) => {
-                        if let Some(end) = bad_input(&mut conn, &config, Error::BadFrame(e)).await {
-                            break end;
-                        }
-                        continue;
-                    }
-                };
-                if let Some(end) = after_handler(&mut conn, result, "receive").await {
-                    break end;
-                }
-                // Let the consumers this frame woke (a group send) run before this connection
-                // takes its next frame: a fast sender then waits in its own TCP buffer instead
-                // of overflowing its listeners' channels.
-                tokio::task::yield_now().await;
-            }
-            Input::Event(Ok(message)) => match C::Event::from_message(message) {
-                Ok(ev) => {
+                    };
+                    // Boxed: a client frame is rare beside the events it causes, and the handler's
+                    // future inline would make every idle connection's task larger by its size.
                     let result = drive(
-                        consumer.event(&mut conn, ev),
+                        Box::pin(consumer.receive(&mut conn, msg)).as_mut(),
                         &mut ws,
                         &out,
                         &mut writer,
                         &mut broken,
                     )
                     .await;
-                    if let Some(end) = after_handler(&mut conn, result, "event").await {
+                    if let Some(end) = after_handler(&mut conn, result, "receive") {
+                        break end;
+                    }
+                    // Let the consumers this frame woke (a group send) run before this connection
+                    // takes its next frame: a fast sender then waits in its own TCP buffer instead
+                    // of overflowing its listeners' channels.
+                    tokio::task::yield_now().await;
+                }
+                Input::Event(Ok(message)) => {
+                    // Bound by `let`, not matched on: a match's scrutinee would be kept in the
+                    // task beside the handler's future (which holds the event) while it runs.
+                    let ev = match C::Event::from_message(message) {
+                        Ok(ev) => ev,
+                        Err(source) => {
+                            let e = Error::BadEvent(source);
+                            if let Some(end) = bad_input(&mut conn, &config, e) {
+                                break end;
+                            }
+                            continue;
+                        }
+                    };
+                    // Inline, not boxed (the hot path): its size is in every connection's task.
+                    let result = drive(
+                        std::pin::pin!(consumer.event(&mut conn, ev)),
+                        &mut ws,
+                        &out,
+                        &mut writer,
+                        &mut broken,
+                    )
+                    .await;
+                    if let Some(end) = after_handler(&mut conn, result, "event") {
                         break end;
                     }
                 }
-                Err(source) => {
-                    let e = Error::BadEvent(source);
-                    if let Some(end) = bad_input(&mut conn, &config, e).await {
+                Input::Again => continue,
+                Input::Missed => {
+                    // Where the groups keep history, what was missed is read again (boxed: rare).
+                    let missed = Box::pin(conn.subscription().take_missed_and_recover()).await;
+                    tracing::info!(%channel, dropped = missed.dropped, interrupted = missed.interrupted, recovered = missed.recovered, "messages for this connection were lost");
+                    metrics::missed(missed);
+                    // Boxed: rare, as `receive`'s future is.
+                    let result = drive(
+                        Box::pin(consumer.missed(&mut conn, missed)).as_mut(),
+                        &mut ws,
+                        &out,
+                        &mut writer,
+                        &mut broken,
+                    )
+                    .await;
+                    if let Some(end) = after_handler(&mut conn, result, "missed") {
                         break end;
                     }
+                    let o = out.lock();
+                    if let (Phase::Closed, Some((code, _))) = (o.phase, &o.close) {
+                        break Ending {
+                            code: *code,
+                            why: "missed",
+                            send_close: None,
+                            unread_input: false,
+                        };
+                    }
                 }
-            },
-            Input::Again => continue,
-            Input::Missed => {
-                // Where the groups keep history, what was missed is read again (boxed: rare).
-                let missed = Box::pin(conn.subscription().take_missed_and_recover()).await;
-                tracing::info!(%channel, dropped = missed.dropped, interrupted = missed.interrupted, recovered = missed.recovered, "messages for this connection were lost");
-                metrics::missed(missed);
-                // Boxed: rare, as `receive`'s future is.
-                let result = drive(
-                    Box::pin(consumer.missed(&mut conn, missed)),
-                    &mut ws,
-                    &out,
-                    &mut writer,
-                    &mut broken,
-                )
-                .await;
-                if let Some(end) = after_handler(&mut conn, result, "missed").await {
-                    break end;
-                }
-                let o = out.lock();
-                if let (Phase::Closed, Some((code, _))) = (o.phase, &o.close) {
+                Input::Event(Err(e)) => {
+                    // The layer closed (the server is shutting down), or the subscription did.
+                    if !matches!(e, LayerError::Closed) {
+                        tracing::warn!(%channel, error = %e, "receiving from the channel layer failed");
+                    }
                     break Ending {
-                        code: *code,
-                        why: "missed",
+                        code: CloseCode::GOING_AWAY,
+                        why: "shutdown",
+                        send_close: Some("server shutting down".into()),
+                        unread_input: false,
+                    };
+                }
+                Input::SocketError(e) => {
+                    use tokio_tungstenite::tungstenite::error::{CapacityError, ProtocolError};
+                    let (code, reason) = match e {
+                        WsError::Capacity(CapacityError::MessageTooLong { size, max_size }) => {
+                            tracing::info!(%channel, size, max_size, "client message too big");
+                            (
+                                CloseCode::TOO_BIG,
+                                format!(
+                                    "message of {size} bytes is over the {max_size}-byte limit"
+                                ),
+                            )
+                        }
+                        WsError::Capacity(e) => (CloseCode::TOO_BIG, e.to_string()),
+                        WsError::Utf8(_) => (
+                            CloseCode::INVALID_DATA,
+                            "invalid UTF-8 in a text frame".to_owned(),
+                        ),
+                        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake)
+                        | WsError::ConnectionClosed
+                        | WsError::AlreadyClosed
+                        | WsError::Io(_) => {
+                            break Ending {
+                                code: CloseCode::ABNORMAL,
+                                why: "client",
+                                send_close: None,
+                                unread_input: false,
+                            };
+                        }
+                        WsError::Protocol(p) => (CloseCode::PROTOCOL, p.to_string()),
+                        other => {
+                            tracing::debug!(%channel, error = %other, "websocket error");
+                            break Ending {
+                                code: CloseCode::ABNORMAL,
+                                why: "client",
+                                send_close: None,
+                                unread_input: false,
+                            };
+                        }
+                    };
+                    let why = if code == CloseCode::TOO_BIG {
+                        "too_big"
+                    } else {
+                        "bad_input"
+                    };
+                    break Ending {
+                        code,
+                        why,
+                        send_close: Some(reason),
+                        unread_input: true,
+                    };
+                }
+                Input::SocketEnd => {
+                    break Ending {
+                        code: CloseCode::ABNORMAL,
+                        why: "client",
                         send_close: None,
                         unread_input: false,
                     };
                 }
-            }
-            Input::Event(Err(e)) => {
-                // The layer closed (the server is shutting down), or the subscription did.
-                if !matches!(e, LayerError::Closed) {
-                    tracing::warn!(%channel, error = %e, "receiving from the channel layer failed");
-                }
-                break Ending {
-                    code: CloseCode::GOING_AWAY,
-                    why: "shutdown",
-                    send_close: Some("server shutting down".into()),
-                    unread_input: false,
-                };
-            }
-            Input::SocketError(e) => {
-                use tokio_tungstenite::tungstenite::error::{CapacityError, ProtocolError};
-                let (code, reason) = match e {
-                    WsError::Capacity(CapacityError::MessageTooLong { size, max_size }) => {
-                        tracing::info!(%channel, size, max_size, "client message too big");
-                        (
-                            CloseCode::TOO_BIG,
-                            format!("message of {size} bytes is over the {max_size}-byte limit"),
-                        )
-                    }
-                    WsError::Capacity(e) => (CloseCode::TOO_BIG, e.to_string()),
-                    WsError::Utf8(_) => (
-                        CloseCode::INVALID_DATA,
-                        "invalid UTF-8 in a text frame".to_owned(),
-                    ),
-                    WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake)
-                    | WsError::ConnectionClosed
-                    | WsError::AlreadyClosed
-                    | WsError::Io(_) => {
-                        break Ending {
-                            code: CloseCode::ABNORMAL,
-                            why: "client",
-                            send_close: None,
-                            unread_input: false,
-                        };
-                    }
-                    WsError::Protocol(p) => (CloseCode::PROTOCOL, p.to_string()),
-                    other => {
-                        tracing::debug!(%channel, error = %other, "websocket error");
-                        break Ending {
-                            code: CloseCode::ABNORMAL,
-                            why: "client",
-                            send_close: None,
-                            unread_input: false,
-                        };
-                    }
-                };
-                let why = if code == CloseCode::TOO_BIG {
-                    "too_big"
-                } else {
-                    "bad_input"
-                };
-                break Ending {
-                    code,
-                    why,
-                    send_close: Some(reason),
-                    unread_input: true,
-                };
-            }
-            Input::SocketEnd => {
-                break Ending {
-                    code: CloseCode::ABNORMAL,
-                    why: "client",
-                    send_close: None,
-                    unread_input: false,
-                };
-            }
-            Input::WriteError(e) => {
-                tracing::debug!(%channel, error = %e, "write to the client failed");
-                break Ending {
-                    code: CloseCode::ABNORMAL,
-                    why: "client",
-                    send_close: None,
-                    unread_input: false,
-                };
-            }
-            Input::Task(ended) => {
-                if let Some(t) = conn.tasks.as_mut() {
-                    t.ended.push(ended);
-                }
-                if let Some(end) = Box::pin(tasks_ended(&mut conn)).await {
-                    break end;
-                }
-            }
-            Input::Shutdown => {
-                break Ending {
-                    code: CloseCode::GOING_AWAY,
-                    why: "shutdown",
-                    send_close: Some("server shutting down".into()),
-                    unread_input: false,
-                };
-            }
-            Input::Tick => {
-                let now = Instant::now();
-                let paused_until = rates.as_mut().and_then(|r| {
-                    if r.paused_until.is_some_and(|t| now >= t) {
-                        r.paused_until = None;
-                    }
-                    r.paused_until
-                });
-                if now.duration_since(last_heard) >= config.idle_timeout {
-                    tracing::debug!(%channel, "idle timeout");
+                Input::WriteError(e) => {
+                    tracing::debug!(%channel, error = %e, "write to the client failed");
                     break Ending {
-                        code: CloseCode::GOING_AWAY,
-                        why: "idle",
-                        send_close: Some("idle timeout".into()),
+                        code: CloseCode::ABNORMAL,
+                        why: "client",
+                        send_close: None,
                         unread_input: false,
                     };
                 }
-                if let Some(every) = config.ping_interval
-                    && now.duration_since(last_ping) >= every
-                {
-                    out.lock().frames.push_back(Out::Ping);
-                    last_ping = now;
+                Input::Task(ended) => {
+                    if let Some(t) = conn.tasks.as_mut() {
+                        t.ended.push(ended);
+                    }
+                    if let Some(end) = Box::pin(tasks_ended(&mut conn)).await {
+                        break end;
+                    }
                 }
-                let next = next_deadline(&config, last_heard, last_ping);
-                timer
-                    .as_mut()
-                    .reset(paused_until.map_or(next, |t| next.min(t)));
-            }
-        }
-    };
-
-    // Spawned tasks get `close_timeout` to finish (their sends still reach an open socket),
-    // then are cancelled; `disconnect` comes after them.
-    if let Some(tasks) = conn.tasks.take() {
-        // Boxed: rare, and its timer would otherwise take room in every connection's task.
-        Box::pin(finish_tasks(*tasks, &channel, config.close_timeout)).await;
-    }
-    // The connection is over for the consumer: no more sends, then disconnect and cleanup.
-    {
-        let mut o = out.lock();
-        if let Some(reason) = &ending.send_close
-            && o.phase != Phase::Closed
-        {
-            o.frames.push_back(Out::Close(ending.code, reason.clone()));
-        }
-        o.phase = Phase::Closed;
-    }
-    disconnect(&mut consumer, &mut conn, ending.code).await;
-
-    if ending.code != CloseCode::ABNORMAL && !broken {
-        // Finish the close handshake: write our close frame (or the reply tungstenite queued)
-        // and wait, bounded, for the client to end the connection. Its input is read to the
-        // end — as frames while they parse, then as raw bytes — because closing a socket with
-        // unread input makes the kernel send a reset, and a client still writing (a message
-        // over the limit, sent whole) would get that instead of our close frame.
-        let finish = async {
-            let _ = std::future::poll_fn(|tcx| writer.poll_write(tcx, &mut ws, &out)).await;
-            let mut raw = ending.unread_input;
-            while !raw {
-                match ws.next().await {
-                    Some(Ok(_)) => {}
-                    // The close handshake is done: the server closes the TCP connection first
-                    // (RFC 6455 §7.1.1), now.
-                    None => break,
-                    Some(Err(_)) => raw = true,
+                Input::Shutdown => {
+                    break Ending {
+                        code: CloseCode::GOING_AWAY,
+                        why: "shutdown",
+                        send_close: Some("server shutting down".into()),
+                        unread_input: false,
+                    };
                 }
-            }
-            let mut discarded = 0;
-            while raw && discarded < DISCARD_LIMIT {
-                match std::future::poll_fn(|tcx| ws.poll_discard(tcx)).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => discarded += n,
+                Input::Tick => {
+                    let now = Instant::now();
+                    let paused_until = rates.as_mut().and_then(|r| {
+                        if r.paused_until.is_some_and(|t| now >= t) {
+                            r.paused_until = None;
+                        }
+                        r.paused_until
+                    });
+                    if now.duration_since(last_heard) >= config.idle_timeout {
+                        tracing::debug!(%channel, "idle timeout");
+                        break Ending {
+                            code: CloseCode::GOING_AWAY,
+                            why: "idle",
+                            send_close: Some("idle timeout".into()),
+                            unread_input: false,
+                        };
+                    }
+                    if let Some(every) = config.ping_interval
+                        && now.duration_since(last_ping) >= every
+                    {
+                        out.lock().frames.push_back(Out::Ping);
+                        last_ping = now;
+                    }
+                    let next = next_deadline(&config, last_heard, last_ping);
+                    timer
+                        .as_mut()
+                        .reset(paused_until.map_or(next, |t| next.min(t)));
                 }
             }
         };
-        let _ = tokio::time::timeout(config.close_timeout, finish).await;
+
+        // Spawned tasks get `close_timeout` to finish (their sends still reach an open socket),
+        // then are cancelled; `disconnect` comes after them.
+        if let Some(tasks) = conn.tasks.take() {
+            // Boxed: rare, and its timer would otherwise take room in every connection's task.
+            Box::pin(finish_tasks(*tasks, &channel, config.close_timeout)).await;
+        }
+        // The connection is over for the consumer: no more sends, then disconnect and cleanup.
+        {
+            let mut o = out.lock();
+            if let Some(reason) = &ending.send_close
+                && o.phase != Phase::Closed
+            {
+                o.frames.push_back(Out::Close(ending.code, reason.clone()));
+            }
+            o.phase = Phase::Closed;
+        }
+        Box::pin(disconnect(&mut consumer, &mut conn, ending.code)).await;
+
+        if ending.code != CloseCode::ABNORMAL && !broken {
+            // Finish the close handshake: write our close frame (or the reply tungstenite queued)
+            // and wait, bounded, for the client to end the connection. Its input is read to the
+            // end — as frames while they parse, then as raw bytes — because closing a socket with
+            // unread input makes the kernel send a reset, and a client still writing (a message
+            // over the limit, sent whole) would get that instead of our close frame.
+            let finish = async {
+                let _ = std::future::poll_fn(|tcx| writer.poll_write(tcx, &mut ws, &out)).await;
+                let mut raw = ending.unread_input;
+                while !raw {
+                    match ws.next().await {
+                        Some(Ok(_)) => {}
+                        // The close handshake is done: the server closes the TCP connection first
+                        // (RFC 6455 §7.1.1), now.
+                        None => break,
+                        Some(Err(_)) => raw = true,
+                    }
+                }
+                let mut discarded = 0;
+                while raw && discarded < DISCARD_LIMIT {
+                    match std::future::poll_fn(|tcx| ws.poll_discard(tcx)).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => discarded += n,
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(config.close_timeout, finish).await;
+        }
+        writer.report();
+        stats.open.decrement(1.0);
+        metrics::closed(ending.why);
+        tracing::debug!(
+            code = ending.code.0,
+            reason = ending.why,
+            "connection closed"
+        );
+        drop(guard);
     }
-    writer.report();
-    stats.open.decrement(1.0);
-    metrics::closed(ending.why);
-    tracing::debug!(
-        code = ending.code.0,
-        reason = ending.why,
-        "connection closed"
-    );
-    drop(guard);
 }
 
 /// Gives a connection's spawned tasks `limit` to finish (their errors logged and counted), then
@@ -931,14 +962,14 @@ fn next_deadline(config: &ConnectionConfig, heard: Instant, pinged: Instant) -> 
 
 /// Tells the client about a handler's error (its text, or a reference for an internal one,
 /// which the log line carries too).
-async fn report(conn: &mut Connection, e: &Error, what: &str) {
+fn report(conn: &mut Connection, e: &Error, what: &str) {
     let r = reference_for(e);
     if e.is_internal() {
         tracing::warn!(channel = %conn.channel_name(), what, error = %e, reference = %r, "internal error");
     } else {
         tracing::info!(channel = %conn.channel_name(), what, error = %e, "client error");
     }
-    let _ = conn.send_error(e.client_message(&r)).await;
+    let _ = conn.push_error(e.client_message(&r));
 }
 
 /// Reports how spawned tasks ended (those the runtime saw end, and those `spawn` reaped while it
@@ -958,7 +989,7 @@ async fn tasks_ended(conn: &mut Connection) -> Option<Ending> {
                 Err(_) => continue, // cancelled: only when the connection ends
             },
         };
-        if let Some(e) = after_handler(conn, result, "task").await {
+        if let Some(e) = after_handler(conn, result, "task") {
             end.get_or_insert(e);
         }
     }
@@ -966,7 +997,7 @@ async fn tasks_ended(conn: &mut Connection) -> Option<Ending> {
 }
 
 /// Reports a handler's outcome; returns how the connection ends if it must.
-async fn after_handler(
+fn after_handler(
     conn: &mut Connection,
     result: std::thread::Result<crate::Result<()>>,
     which: &'static str,
@@ -975,7 +1006,7 @@ async fn after_handler(
         Ok(Ok(())) => None,
         Ok(Err(e)) => {
             metrics::handler_error(which, false);
-            report(conn, &e, which).await;
+            report(conn, &e, which);
             None
         }
         Err(_) => {
@@ -991,10 +1022,10 @@ async fn after_handler(
     }
 }
 
-async fn bad_input(conn: &mut Connection, config: &ConnectionConfig, e: Error) -> Option<Ending> {
+fn bad_input(conn: &mut Connection, config: &ConnectionConfig, e: Error) -> Option<Ending> {
     match config.bad_input {
         BadInput::ErrorFrame => {
-            report(conn, &e, "bad input").await;
+            report(conn, &e, "bad input");
             None
         }
         BadInput::Close(code) => {

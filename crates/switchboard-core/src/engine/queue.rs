@@ -75,6 +75,10 @@ pub(crate) struct Entry {
     pub(crate) missed_after: u32,
 }
 
+/// The room an empty queue may keep (entries): past it, a receiver that drained its queue
+/// frees it before it sleeps.
+const SMALL_QUEUE: usize = 8;
+
 /// [`Entry::missed_after`]'s flag: the backend's stream was interrupted after this message.
 const ENTRY_INTERRUPTED: u32 = 1 << 31;
 /// [`Queue::missed`]'s flag: the backend's stream was interrupted at the receiver's place.
@@ -413,6 +417,12 @@ impl Queue {
                 (Poll::Ready(e.message), expired, leave)
             }
             None => {
+                // Drained, and the receiver goes to sleep: give back what a burst grew the
+                // queue to (a channel keeps no room for messages it does not hold; every idle
+                // connection has one).
+                if st.messages.capacity() > SMALL_QUEUE {
+                    st.messages.shrink_to_fit();
+                }
                 if !st.waiters.iter().any(|w| w.will_wake(cx.waker())) {
                     st.waiters.push(cx.waker().clone());
                 }
