@@ -75,6 +75,40 @@ pub(crate) struct Entry {
     pub(crate) missed_after: u32,
 }
 
+/// The tasks waiting for a queue's next message: almost always one (its receiver), kept
+/// without an allocation, so that taking them to wake them frees nothing and registering again
+/// allocates nothing (a `Vec` would do both once per delivery).
+#[derive(Default)]
+struct Wakers {
+    one: Option<Waker>,
+    /// Any others (workers sharing a named channel); empty while `one` is.
+    more: Vec<Waker>,
+}
+
+impl Wakers {
+    /// Adds `waker` unless it, or one that wakes the same task, is here already.
+    fn register(&mut self, waker: &Waker) {
+        match &self.one {
+            None => self.one = Some(waker.clone()),
+            Some(w) if w.will_wake(waker) => {}
+            Some(_) => {
+                if !self.more.iter().any(|w| w.will_wake(waker)) {
+                    self.more.push(waker.clone());
+                }
+            }
+        }
+    }
+
+    fn wake(self) {
+        if let Some(w) = self.one {
+            w.wake();
+        }
+        for w in self.more {
+            w.wake();
+        }
+    }
+}
+
 /// The room an empty queue may keep (entries): past it, a receiver that drained its queue
 /// frees it before it sleeps.
 const SMALL_QUEUE: usize = 8;
@@ -143,7 +177,7 @@ pub(crate) struct State {
     /// Receivers waiting for a message. A push wakes them all: usually there is one (a
     /// consumer); with several (workers on one channel) the losers wait again, and a receiver
     /// that was woken and dropped cannot strand a message.
-    waiters: Vec<Waker>,
+    waiters: Wakers,
     /// Group senders waiting for this queue to drain below half its capacity (back-pressure).
     drain_waiters: Vec<Waker>,
 }
@@ -303,9 +337,7 @@ impl Queue {
         if dropped > seen {
             return Poll::Ready(dropped);
         }
-        if !st.waiters.iter().any(|w| w.will_wake(cx.waker())) {
-            st.waiters.push(cx.waker().clone());
-        }
+        st.waiters.register(cx.waker());
         Poll::Pending
     }
 
@@ -334,9 +366,7 @@ impl Queue {
         }
         let waiters = std::mem::take(&mut st.waiters);
         drop(st);
-        for w in waiters {
-            w.wake();
-        }
+        waiters.wake();
     }
 
     /// Queues `message`, which expires at `expires`. Returns what happened, and what expired
@@ -371,9 +401,7 @@ impl Queue {
                 }
                 let waiters = std::mem::take(&mut st.waiters);
                 drop(st);
-                for w in waiters {
-                    w.wake();
-                }
+                waiters.wake();
             }
             return (Pushed::Full, expired, leave);
         }
@@ -385,9 +413,7 @@ impl Queue {
         let len = st.messages.len();
         let waiters = std::mem::take(&mut st.waiters);
         drop(st);
-        for w in waiters {
-            w.wake();
-        }
+        waiters.wake();
         (Pushed::Queued(len), expired, leave)
     }
 
@@ -423,9 +449,7 @@ impl Queue {
                 if st.messages.capacity() > SMALL_QUEUE {
                     st.messages.shrink_to_fit();
                 }
-                if !st.waiters.iter().any(|w| w.will_wake(cx.waker())) {
-                    st.waiters.push(cx.waker().clone());
-                }
+                st.waiters.register(cx.waker());
                 (Poll::Pending, expired, leave)
             }
         }
@@ -445,9 +469,7 @@ impl Queue {
 
     pub(crate) fn wake_receivers(&self) {
         let waiters = std::mem::take(&mut self.state.lock().waiters);
-        for w in waiters {
-            w.wake();
-        }
+        waiters.wake();
     }
 }
 
