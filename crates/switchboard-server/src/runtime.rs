@@ -355,8 +355,9 @@ fn data_frame(m: WsMessage) -> Option<Result<Frame, Ending>> {
 /// connection. It is an `async` block, not an `async fn`: an `async fn` keeps its arguments
 /// twice in its state (as it received them and as the locals they are moved into), where the
 /// block's captures are used in place. `transport` is boxed (it is done with once the socket is
-/// up, and would otherwise keep its room all along), and so are the futures that run once or
-/// rarely (`disconnect`, error reports): the state is the loop's locals and the event handler.
+/// up, and would otherwise keep its room all along), and so are the handlers that run once or
+/// rarely (`receive`, `missed`, `disconnect`); reporting an error only queues a frame, and is a
+/// plain function. What is left is the loop's locals and the event handler's future.
 pub(crate) fn run<C, T>(
     mut consumer: C,
     mut conn: Connection,
@@ -421,7 +422,7 @@ where
                 is_backlogged(&o, &config)
             };
             if conn.tasks.as_ref().is_some_and(|t| !t.ended.is_empty())
-                && let Some(end) = Box::pin(tasks_ended(&mut conn)).await
+                && let Some(end) = tasks_ended(&mut conn)
             {
                 break end;
             }
@@ -726,7 +727,7 @@ where
                     if let Some(t) = conn.tasks.as_mut() {
                         t.ended.push(ended);
                     }
-                    if let Some(end) = Box::pin(tasks_ended(&mut conn)).await {
+                    if let Some(end) = tasks_ended(&mut conn) {
                         break end;
                     }
                 }
@@ -974,7 +975,7 @@ fn report(conn: &mut Connection, e: &Error, what: &str) {
 
 /// Reports how spawned tasks ended (those the runtime saw end, and those `spawn` reaped while it
 /// waited for room); returns how the connection ends if one panicked.
-async fn tasks_ended(conn: &mut Connection) -> Option<Ending> {
+fn tasks_ended(conn: &mut Connection) -> Option<Ending> {
     let mut end = None;
     let ended = conn
         .tasks
