@@ -122,6 +122,9 @@ fn repeated_group_send(pubsub: bool) {
         let receiving = s.spawn(|| on_new_runtime("receive", layer.receive(&mine)));
         main.block_on(async {
             wait_listening(&redis.url(), pubsub).await;
+            if pubsub {
+                wait_group_subscribers(&redis.url(), "room", 2).await;
+            }
             other.group_send("room", msg("to.both", 9)).await.unwrap();
         });
         receiving.join().unwrap()
@@ -130,8 +133,8 @@ fn repeated_group_send(pubsub: bool) {
 }
 
 /// For the pub/sub layer, waits (up to 5 s) until both processes' subscriptions listen again:
-/// each subscribes one pattern, and the layer whose runtime ended subscribes again on the
-/// receive's runtime.
+/// each subscribes one pattern (after its groups: the pattern there means the rest is too),
+/// and the layer whose runtime ended subscribes again on the receive's runtime.
 async fn wait_listening(url: &str, pubsub: bool) {
     if pubsub {
         wait_patterns(url, 2).await;
@@ -153,6 +156,33 @@ async fn wait_patterns(url: &str, n: i64) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     panic!("{n} pattern subscriptions were not there within 5 s");
+}
+
+/// Waits (up to 5 s) until the Redis channel of the pub/sub layer's `group` has at least `n`
+/// subscribers: a group send published before then reaches fewer processes.
+async fn wait_group_subscribers(url: &str, group: &str, n: i64) {
+    let mut c = raw(url).await;
+    for _ in 0..500 {
+        let names: Vec<String> = redis::cmd("PUBSUB")
+            .arg("CHANNELS")
+            .arg(format!("*{group}"))
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        if let [name] = names.as_slice() {
+            let (_, subscribers): (String, i64) = redis::cmd("PUBSUB")
+                .arg("NUMSUB")
+                .arg(name)
+                .query_async(&mut c)
+                .await
+                .unwrap();
+            if subscribers >= n {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the channel of group {group} did not have {n} subscribers within 5 s");
 }
 
 /// Closes every client connection of the server but the one asking (`SKIPME yes`): the

@@ -499,11 +499,13 @@ async fn subscription_loop(
                 .filter(|c| inner.host_index(c) == h)
                 .collect();
             names.extend(sub.channels.lock().iter().cloned());
+            // The groups and named channels first, this process's pattern last: once the
+            // pattern is on the server (`PUBSUB NUMPAT`), so is everything else.
             let r = async {
-                sink.psubscribe(inner.pattern()).await?;
                 if !names.is_empty() {
                     sink.subscribe(&names).await?;
                 }
+                sink.psubscribe(inner.pattern()).await?;
                 Ok::<_, redis::RedisError>(())
             };
             match timed(inner.cfg.command_timeout, r).await {
