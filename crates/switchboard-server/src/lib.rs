@@ -28,6 +28,8 @@ pub mod axum;
 pub mod config;
 pub mod connection;
 pub mod consumer;
+#[cfg(any(feature = "axum", feature = "standalone"))]
+mod direct;
 pub mod endpoint;
 pub mod error;
 #[cfg(feature = "axum")]

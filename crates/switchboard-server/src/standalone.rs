@@ -33,6 +33,8 @@ use futures_util::future::BoxFuture;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
+
+use crate::direct::RequestBody;
 use tokio::net::TcpListener;
 
 use crate::consumer::IntoConsumer;
@@ -43,7 +45,7 @@ use crate::shutdown::Shutdown;
 
 type Handler = Arc<
     dyn Fn(
-            Request<Incoming>,
+            Request<RequestBody>,
             Vec<(String, String)>,
             Option<SocketAddr>,
         ) -> BoxFuture<'static, Response<Full<Bytes>>>
@@ -146,7 +148,7 @@ impl Server {
         };
         accept_loop(listener, self.limits, shutdown, move |peer: SocketAddr| {
             let router = router.clone();
-            move |req: Request<Incoming>| {
+            move |req: Request<RequestBody>| {
                 let router = router.clone();
                 async move { dispatch(&router, req, peer).await }
             }
@@ -180,6 +182,7 @@ impl Routes {
         let router = self.0.clone();
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
             let router = router.clone();
+            let req = req.map(RequestBody::Hyper);
             async move { Ok::<_, std::convert::Infallible>(dispatch(&router, req, peer).await) }
         });
         let conn = hyper::server::conn::http1::Builder::new()
@@ -202,7 +205,7 @@ impl Server {
 
 async fn dispatch(
     router: &matchit::Router<Handler>,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     peer: SocketAddr,
 ) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_owned();

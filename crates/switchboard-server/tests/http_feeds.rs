@@ -104,9 +104,19 @@ impl Server {
             .unwrap();
     }
 
-    /// Opens an event stream; reads the `: ok` comment.
+    /// Opens an event stream as a browser's `EventSource` does (`Accept: text/event-stream`:
+    /// `serve` answers it outside hyper); reads the `: ok` comment.
     async fn stream(&self, room: &str, last_event_id: Option<&str>) -> Body {
+        self.open(room, last_event_id, true).await
+    }
+
+    /// Opens an event stream, with `Accept: text/event-stream` or without (then hyper serves
+    /// it); reads the `: ok` comment.
+    async fn open(&self, room: &str, last_event_id: Option<&str>, accept: bool) -> Body {
         let mut req = client().get(self.url(&format!("/events/{room}")));
+        if accept {
+            req = req.header("Accept", "text/event-stream");
+        }
         if let Some(id) = last_event_id {
             req = req.header("Last-Event-ID", id);
         }
@@ -735,12 +745,19 @@ async fn sse_resumes_on_another_process_redis_pubsub() {
 }
 
 /// A client that goes away leaves nothing behind: its stream's and its poll's subscriptions
-/// leave the group.
+/// leave the group — the stream answered outside hyper (`Accept: text/event-stream`) and by
+/// hyper.
 #[tokio::test]
 async fn a_client_that_goes_away_leaves_the_group() {
+    for accept in [true, false] {
+        client_goes_away(accept).await;
+    }
+}
+
+async fn client_goes_away(accept: bool) {
     let s = mem_server().await;
     let members = || async { s.layer.group_channels("room.gone").await.unwrap().len() };
-    let mut body = s.stream("gone", None).await;
+    let mut body = s.open("gone", None, accept).await;
     body.next_event().await;
     let (_, first) = s.poll("gone", None).await;
     let pos = first["position"].as_str().unwrap().to_owned();
@@ -918,10 +935,11 @@ async fn untyped_events_and_capped_answers() {
 
 /// A client that reads nothing at all: with `HttpLimits::write_timeout` the server closes its
 /// connection once writes have made no progress for that long, and the stream's subscription
-/// leaves the group; without it the stream stays (the control).
+/// leaves the group; without it the stream stays (the control). Both for a stream answered
+/// outside hyper (`Accept: text/event-stream`) and one hyper serves.
 #[tokio::test]
 async fn write_timeout_closes_a_stream_whose_client_reads_nothing() {
-    async fn members_after_stall(write_timeout: Option<Duration>) -> usize {
+    async fn members_after_stall(write_timeout: Option<Duration>, accept: bool) -> usize {
         let cfg = LayerConfig::default()
             // Room for everything sent: no drop, no gap — only the stall can end the stream.
             .capacity(1000)
@@ -946,12 +964,14 @@ async fn write_timeout_closes_a_stream_whose_client_reads_nothing() {
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
         socket.set_recv_buffer_size(4096).unwrap();
         let mut stream = socket.connect(addr).await.unwrap();
-        tokio::io::AsyncWriteExt::write_all(
-            &mut stream,
-            b"GET /events/stall HTTP/1.1\r\nHost: localhost\r\n\r\n",
-        )
-        .await
-        .unwrap();
+        let request = if accept {
+            "GET /events/stall HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n\r\n"
+        } else {
+            "GET /events/stall HTTP/1.1\r\nHost: localhost\r\n\r\n"
+        };
+        tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes())
+            .await
+            .unwrap();
         let members = || async { layer.group_channels("room.stall").await.unwrap().len() };
         let deadline = Instant::now() + Duration::from_secs(5);
         while members().await == 0 {
@@ -974,16 +994,18 @@ async fn write_timeout_closes_a_stream_whose_client_reads_nothing() {
         drop(stream);
         left
     }
-    assert_eq!(
-        members_after_stall(Some(Duration::from_millis(500))).await,
-        0,
-        "the stalled stream was closed and left the group"
-    );
-    assert_eq!(
-        members_after_stall(None).await,
-        1,
-        "without a write timeout the stalled stream stays"
-    );
+    for accept in [true, false] {
+        assert_eq!(
+            members_after_stall(Some(Duration::from_millis(500)), accept).await,
+            0,
+            "the stalled stream was closed and left the group (accept: {accept})"
+        );
+        assert_eq!(
+            members_after_stall(None, accept).await,
+            1,
+            "without a write timeout the stalled stream stays (accept: {accept})"
+        );
+    }
 }
 
 /// `EventStream::subscribed`: the handler joins its own groups (two here), hands over what it
@@ -1119,4 +1141,129 @@ async fn a_stream_of_the_handlers_own_subscription_renders_its_own_events() {
         "max_duration"
     );
     assert!(started.elapsed() >= Duration::from_millis(300));
+}
+
+/// Reads from `stream` into `got` until `until` is in it (or the peer closes: then `false`).
+async fn read_until(stream: &mut tokio::net::TcpStream, got: &mut String, until: &str) -> bool {
+    while !got.contains(until) {
+        if !read_more(stream, got).await {
+            return false;
+        }
+    }
+    true
+}
+
+/// One read from `stream` into `got` (within 5 s); `false` when the peer closed.
+async fn read_more(stream: &mut tokio::net::TcpStream, got: &mut String) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+        .await
+        .expect("the server answered within 5 s")
+        .unwrap();
+    got.push_str(std::str::from_utf8(&buf[..n]).unwrap());
+    n > 0
+}
+
+/// On the wire: an `EventSource` request (`Accept: text/event-stream`) is answered outside
+/// hyper — an HTTP/1.1 head with the handler's headers, a `date`, chunked framing and
+/// `connection: close`, the events as chunks — and the connection closes when the stream
+/// ends; any other response to such a request (a 404) is framed by its length and closes too.
+/// A request without the header, and one pipelined behind an event-stream request, are
+/// hyper's: keep-alive, two answers on one connection.
+#[tokio::test]
+async fn event_stream_requests_on_the_wire() {
+    use tokio::io::AsyncWriteExt;
+    let s = mem_server().await;
+    let eventsource = "GET /events/wire HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\n\r\n";
+
+    let mut c = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    c.write_all(eventsource.as_bytes()).await.unwrap();
+    let mut seen = String::new();
+    read_until(&mut c, &mut seen, "\r\n\r\n").await;
+    let head = seen.split("\r\n\r\n").next().unwrap().to_owned() + "\r\n";
+    let lower = head.to_ascii_lowercase();
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    for line in [
+        "content-type: text/event-stream\r\n",
+        "cache-control: no-store\r\n",
+        "transfer-encoding: chunked\r\n",
+        "connection: close\r\n",
+        "date: ",
+    ] {
+        assert!(lower.contains(line), "{line:?} not in {head}");
+    }
+    read_until(&mut c, &mut seen, "event: recovery").await;
+    s.send("wire", 7).await;
+    read_until(&mut c, &mut seen, "\"n\":7").await;
+    while !seen[seen.find("\"n\":7").unwrap()..].contains("\n\n\r\n") {
+        assert!(read_more(&mut c, &mut seen).await, "{seen}");
+    }
+    // Each event is a chunk: its size in hex, CRLF, the event, CRLF.
+    let event = seen
+        .split("\r\n")
+        .find(|part| part.contains("\"n\":7"))
+        .unwrap();
+    assert!(
+        event.starts_with("id: ") && event.ends_with("\n\n"),
+        "{event:?}"
+    );
+    let size_line = seen
+        .split("\r\n")
+        .collect::<Vec<_>>()
+        .windows(2)
+        .find(|w| w[1] == event)
+        .map(|w| w[0].to_owned())
+        .unwrap();
+    assert_eq!(
+        usize::from_str_radix(&size_line, 16).unwrap(),
+        event.len(),
+        "chunk size of {event:?}"
+    );
+    // The drain ends the stream: the last chunk, then the server closes.
+    s.shutdown.drain(DrainConfig::default()).await;
+    assert!(!read_until(&mut c, &mut seen, "\u{0}never").await);
+    assert!(seen.ends_with("0\r\n\r\n"), "the stream ended: {seen:?}");
+
+    // Another answer to an event-stream request: framed by its length, then closed.
+    let mut c = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    c.write_all(b"GET /nowhere HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    assert!(!read_until(&mut c, &mut answer, "\u{0}never").await);
+    assert!(answer.starts_with("HTTP/1.1 404 Not Found\r\n"), "{answer}");
+    assert!(answer.contains("content-length: 0\r\n"), "{answer}");
+    assert!(
+        answer.ends_with("\r\n\r\n"),
+        "closed after the head: {answer}"
+    );
+
+    // Without the header, or with a request behind it: hyper's, one connection for both (on a
+    // server that is not draining).
+    let s = mem_server().await;
+    for first in [
+        "GET /poll/wire HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        "GET /poll/wire HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n\r\nGET /poll/wire HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    ] {
+        let mut c = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+        c.write_all(first.as_bytes()).await.unwrap();
+        let mut both = String::new();
+        read_until(&mut c, &mut both, "HTTP/1.1 200 OK").await;
+        if first.matches("GET").count() == 1 {
+            c.write_all(b"GET /poll/wire HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                .await
+                .unwrap();
+        }
+        while both.matches("HTTP/1.1 200 OK").count() < 2 {
+            assert!(
+                read_more(&mut c, &mut both).await,
+                "closed after one: {both}"
+            );
+        }
+        assert!(
+            !both.to_ascii_lowercase().contains("connection: close"),
+            "{both}"
+        );
+    }
 }

@@ -35,8 +35,14 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Transport {
+    /// WebSocket subscribers.
     Ws,
+    /// EventSource subscribers (`Accept: text/event-stream`, as a browser sends: the library's
+    /// `serve` answers them outside hyper).
     Sse,
+    /// The same event stream asked for without `Accept: text/event-stream` (as curl does):
+    /// hyper serves it. For comparison with `sse`.
+    SsePlain,
 }
 
 /// Flags.
@@ -83,6 +89,8 @@ struct Shared {
     reached: Notify,
     ready: AtomicU32,
     per_client: Vec<AtomicU32>,
+    /// EventSource clients send `Accept: text/event-stream`.
+    accept_header: bool,
 }
 
 impl Shared {
@@ -145,8 +153,12 @@ async fn sse_client(
 ) -> Result<(), Error> {
     let mut permit = permit;
     let mut stream = connect_from(i, server).await?;
-    let request =
-        format!("GET /ev/bench HTTP/1.1\r\nHost: {server}\r\nAccept: text/event-stream\r\n\r\n");
+    let accept = if shared.accept_header {
+        "Accept: text/event-stream\r\n"
+    } else {
+        ""
+    };
+    let request = format!("GET /ev/bench HTTP/1.1\r\nHost: {server}\r\n{accept}\r\n");
     stream.write_all(request.as_bytes()).await?;
     let needle = b"\ndata: ";
     let mut buf = vec![0u8; 4096];
@@ -353,6 +365,7 @@ async fn main() -> Result<(), Error> {
         reached: Notify::new(),
         ready: AtomicU32::new(0),
         per_client: (0..n).map(|_| AtomicU32::new(0)).collect(),
+        accept_header: args.transport == Transport::Sse,
     });
 
     // Warm up (allocator arenas, runtime threads) with a few subscribers, then measure.
@@ -364,6 +377,7 @@ async fn main() -> Result<(), Error> {
             reached: Notify::new(),
             ready: AtomicU32::new(0),
             per_client: (0..200).map(|_| AtomicU32::new(0)).collect(),
+            accept_header: args.transport == Transport::Sse,
         });
         let mut tasks = Vec::new();
         for i in 0..200 {
@@ -372,7 +386,7 @@ async fn main() -> Result<(), Error> {
             tasks.push(tokio::spawn(async move {
                 let _ = match transport {
                     Transport::Ws => ws_client(i, server, w, None).await,
-                    Transport::Sse => sse_client(i, server, w, None).await,
+                    Transport::Sse | Transport::SsePlain => sse_client(i, server, w, None).await,
                 };
             }));
         }
@@ -411,7 +425,7 @@ async fn main() -> Result<(), Error> {
             let permit = permits.acquire_owned().await.ok();
             let result = match transport {
                 Transport::Ws => ws_client(i, server, shared, permit).await,
-                Transport::Sse => sse_client(i, server, shared, permit).await,
+                Transport::Sse | Transport::SsePlain => sse_client(i, server, shared, permit).await,
             };
             if let Err(e) = result
                 && failures.fetch_add(1, Ordering::Relaxed) < 3
@@ -495,6 +509,7 @@ async fn main() -> Result<(), Error> {
     let transport = match args.transport {
         Transport::Ws => "WebSocket",
         Transport::Sse => "EventSource",
+        Transport::SsePlain => "EventSource without Accept (hyper)",
     };
     println!("push gateway fan-out, {transport}, {n} subscribers on 127.0.0.1 (gateway pid {pid})");
     println!("  subscribe {n}: {:.2} s", connect_time.as_secs_f64());
