@@ -1,6 +1,7 @@
 //! The HTTP upgrade path: the fuzzer's bytes are what a client sends to a real standalone
-//! server (its router, `Endpoint::upgrade`, hyper, and after a `101` the WebSocket
-//! connection), over an in-memory pipe, on one runtime kept for the whole run.
+//! server (its first-head reader and event-stream path, its router, `Endpoint::upgrade`,
+//! hyper, and after a `101` the WebSocket connection), over an in-memory pipe, on one runtime
+//! kept for the whole run.
 
 use std::cell::RefCell;
 use std::net::SocketAddr;

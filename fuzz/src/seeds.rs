@@ -136,6 +136,12 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
                 ),
                 upgrade("/nowhere", ""),
                 b("GET /ws/echo/lobby/ HTTP/1.1\r\nHost: x\r\n\r\n"),
+                // Event-stream requests: answered outside hyper (`serve_connection`'s
+                // `direct` path).
+                b("GET /ws/echo/lobby/ HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n"),
+                b(
+                    "GET /nowhere?x=1 HTTP/1.1\r\nAccept: text/event-stream, */*\r\nLast-Event-ID: 1\r\n\r\n",
+                ),
                 b("POST /ws/echo/lobby/ HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"),
                 b("GET /ws/echo/lobby/ HTTP/1.0\r\n\r\nGET / HTTP/1.1\r\n\r\n"),
             ]

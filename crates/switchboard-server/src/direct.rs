@@ -30,8 +30,7 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// A request head this long without its end goes to hyper (which takes heads up to its own,
 /// larger limit, or refuses them).
@@ -97,7 +96,7 @@ pub(crate) enum Head {
 
 /// Reads from `stream` until a request head is whole (or [`HEAD_LIMIT`] is reached) and says
 /// who answers it. Not timed: the accept loop's header timeout covers it.
-pub(crate) async fn read_head(stream: &mut TcpStream) -> Head {
+pub(crate) async fn read_head<I: AsyncRead + Unpin>(stream: &mut I) -> Head {
     let mut buf: Vec<u8> = Vec::with_capacity(1024);
     loop {
         if buf.len() >= HEAD_LIMIT {
@@ -176,11 +175,12 @@ fn stream_request(req: &httparse::Request<'_, '_>) -> Option<Request<RequestBody
 /// Writes `response` to `stream` as an HTTP/1.1 response and closes the connection: when the
 /// body ends, when it fails, when the client goes away, or when a write makes no progress for
 /// `write_timeout`.
-pub(crate) async fn answer<B>(
-    mut stream: TcpStream,
+pub(crate) async fn answer<I, B>(
+    mut stream: I,
     response: Response<B>,
     write_timeout: Option<Duration>,
 ) where
+    I: AsyncRead + AsyncWrite + Unpin,
     B: Body + Unpin,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
@@ -190,7 +190,6 @@ pub(crate) async fn answer<B>(
         || parts.status == StatusCode::NOT_MODIFIED;
     let mut out = Vec::with_capacity(KEPT_BUFFER);
     let chunked = write_head(&mut out, &parts, &body, no_body);
-    let (mut rd, mut wr) = stream.split();
     let mut done = no_body;
     let mut probe = [0u8; 32];
     loop {
@@ -206,7 +205,7 @@ pub(crate) async fn answer<B>(
             }
         }
         if !out.is_empty() {
-            if let Err(e) = write_all(&mut wr, &out, write_timeout).await {
+            if let Err(e) = write_all(&mut stream, &out, write_timeout).await {
                 tracing::debug!(error = %e, "event stream write failed; closing");
                 return;
             }
@@ -216,7 +215,7 @@ pub(crate) async fn answer<B>(
             }
         }
         if done {
-            let _ = wr.shutdown().await;
+            let _ = stream.shutdown().await;
             return;
         }
         tokio::select! {
@@ -225,7 +224,7 @@ pub(crate) async fn answer<B>(
                 Step::Done => done = true,
                 Step::Failed => return,
             },
-            read = rd.read(&mut probe) => match read {
+            read = stream.read(&mut probe) => match read {
                 // Gone: the body (and what it holds, a subscription) is dropped.
                 Ok(0) | Err(_) => return,
                 // Bytes after the request (it asked for none): ignored.
@@ -340,8 +339,8 @@ fn encode<D: Buf, E: Into<Box<dyn std::error::Error + Send + Sync>>>(
 }
 
 /// Writes all of `buf`, failing when the socket takes nothing for `timeout`.
-async fn write_all(
-    wr: &mut tokio::net::tcp::WriteHalf<'_>,
+async fn write_all<W: AsyncWrite + Unpin>(
+    wr: &mut W,
     mut buf: &[u8],
     timeout: Option<Duration>,
 ) -> std::io::Result<()> {

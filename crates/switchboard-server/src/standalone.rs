@@ -174,11 +174,24 @@ impl fmt::Debug for Routes {
 #[cfg(feature = "fuzzing")]
 impl Routes {
     /// Serves one connection as [`Server::serve`] serves each accepted one (without the
-    /// accept loop's [`HttpLimits`] watchdog: the fuzz targets' input is all there).
+    /// accept loop's [`HttpLimits`] watchdog: the fuzz targets' input is all there): its first
+    /// request head read here, an event-stream request answered outside hyper, the rest by
+    /// hyper.
     pub async fn serve_connection<I>(&self, io: I, peer: SocketAddr)
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
+        use crate::direct::{self, Head, Prefixed};
+        let mut io = io;
+        let prefix = match direct::read_head(&mut io).await {
+            Head::Closed => return,
+            Head::Stream(req) => {
+                let response = dispatch(&self.0, *req, peer).await;
+                direct::answer(io, response, None).await;
+                return;
+            }
+            Head::Other(prefix) => prefix,
+        };
         let router = self.0.clone();
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
             let router = router.clone();
@@ -186,7 +199,10 @@ impl Routes {
             async move { Ok::<_, std::convert::Infallible>(dispatch(&router, req, peer).await) }
         });
         let conn = hyper::server::conn::http1::Builder::new()
-            .serve_connection(hyper_util::rt::TokioIo::new(io), service)
+            .serve_connection(
+                Prefixed::new(prefix, hyper_util::rt::TokioIo::new(io)),
+                service,
+            )
             .with_upgrades();
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, %peer, "http connection error");

@@ -315,16 +315,34 @@ async fn authentication_hook_sets_the_user_or_refuses() {
 async fn plain_http_and_unknown_paths_get_clear_errors() {
     let layer = Layer::new(InMemoryLayer::default());
     let [axum_addr, standalone_addr] = both(&layer, |e| e.allow_missing_origin(true)).await;
+    // Plain (hyper's), and as an event-stream request (answered outside hyper): the same
+    // refusal, framed by its length, and the connection closed.
+    let requests: [&[u8]; 2] = [
+        b"GET /ws/a/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"GET /ws/a/ HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n",
+    ];
     for addr in [axum_addr, standalone_addr] {
-        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        s.write_all(b"GET /ws/a/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .await
-            .unwrap();
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await.unwrap();
-        let text = String::from_utf8_lossy(&buf);
-        assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+        let mut bodies = Vec::new();
+        for request in requests {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            s.write_all(request).await.unwrap();
+            let mut buf = Vec::new();
+            tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
+                .await
+                .expect("the connection closed after the answer")
+                .unwrap();
+            let text = String::from_utf8_lossy(&buf).into_owned();
+            assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+            assert!(
+                text.to_ascii_lowercase()
+                    .contains("\r\nconnection: close\r\n"),
+                "{text}"
+            );
+            bodies.push(text.split_once("\r\n\r\n").unwrap().1.to_owned());
+        }
+        assert_eq!(bodies[0], bodies[1], "the same refusal either way");
+        assert!(!bodies[0].is_empty());
     }
     assert_eq!(
         connect(standalone_addr, "/nope/", None, &[]).await.err(),
