@@ -24,7 +24,6 @@
 //!   upgraded WebSocket connections too; their runtime has limits of its own that usually
 //!   act first.)
 //!
-//!
 //! An event-stream request as a browser's `EventSource` sends it (`GET`, HTTP/1.1,
 //! `Accept: text/event-stream`, no body, no `Upgrade`) is answered outside hyper, for memory:
 //! an idle [`sse`](crate::sse) stream then holds no HTTP buffers (5.7 KiB per subscriber in

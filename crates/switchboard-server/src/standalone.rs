@@ -33,11 +33,10 @@ use futures_util::future::BoxFuture;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-
-use crate::direct::RequestBody;
 use tokio::net::TcpListener;
 
 use crate::consumer::IntoConsumer;
+use crate::direct::RequestBody;
 use crate::endpoint::{Authenticate, Endpoint, plain};
 use crate::scope::Scope;
 use crate::serve::{HttpLimits, accept_loop};
