@@ -72,7 +72,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
 
-use crate::direct::{self, Head, Prefixed, RequestBody};
+use crate::direct::{self, Head, RequestBody};
 
 /// Limits on the HTTP connections a server accepts (see the [module](self) docs).
 #[derive(Clone, Debug)]
@@ -119,18 +119,24 @@ impl HttpLimits {
     }
 }
 
-/// A connection's I/O that fails a write the socket has taken nothing of for `timeout` (see
-/// [`HttpLimits::write_timeout`]). The timer exists only while a write is waiting.
-struct StallLimit<T> {
+/// A connection's I/O: the bytes already read from it (the first request head, read by
+/// [`direct::read_head`]) come first, and a write the socket has taken nothing of for
+/// `timeout` fails (see [`HttpLimits::write_timeout`]). The timer exists only while a write is
+/// waiting.
+pub(crate) struct ConnIo<T> {
     io: T,
+    prefix: Vec<u8>,
+    at: usize,
     timeout: Option<Duration>,
     stalled: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
-impl<T> StallLimit<T> {
-    fn new(io: T, timeout: Option<Duration>) -> StallLimit<T> {
-        StallLimit {
+impl<T> ConnIo<T> {
+    pub(crate) fn new(io: T, prefix: Vec<u8>, timeout: Option<Duration>) -> ConnIo<T> {
+        ConnIo {
             io,
+            prefix,
+            at: 0,
             timeout,
             stalled: None,
         }
@@ -177,17 +183,29 @@ fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(365 * 86_400)
 }
 
-impl<T: hyper::rt::Read + Unpin> hyper::rt::Read for StallLimit<T> {
+impl<T: hyper::rt::Read + Unpin> hyper::rt::Read for ConnIo<T> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-        buf: hyper::rt::ReadBufCursor<'_>,
+        mut buf: hyper::rt::ReadBufCursor<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
+        let this = &mut *self;
+        if this.at < this.prefix.len() {
+            let n = buf.remaining().min(this.prefix.len() - this.at);
+            buf.put_slice(&this.prefix[this.at..this.at + n]);
+            this.at += n;
+            if this.at == this.prefix.len() {
+                // Given back: an upgraded connection keeps this I/O for its life.
+                this.prefix = Vec::new();
+                this.at = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.io).poll_read(cx, buf)
     }
 }
 
-impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for StallLimit<T> {
+impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for ConnIo<T> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -362,7 +380,8 @@ where
                 Head::Stream(req) => {
                     let busy = activity.begin();
                     let response = handler(*req).await;
-                    direct::answer(stream, response, write_timeout).await;
+                    let io = ConnIo::new(TokioIo::new(stream), Vec::new(), write_timeout);
+                    direct::answer(TokioIo::new(io), response).await;
                     drop(busy);
                     return;
                 }
@@ -377,9 +396,9 @@ where
                     Ok::<_, Infallible>(response.map(|body| Tracked { body, _busy: busy }))
                 }
             });
-            let io = StallLimit::new(TokioIo::new(stream), write_timeout);
+            let io = ConnIo::new(TokioIo::new(stream), prefix, write_timeout);
             let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(Prefixed::new(prefix, io), service)
+                .serve_connection(io, service)
                 .with_upgrades();
             let mut conn = std::pin::pin!(conn);
             let result = tokio::select! {

@@ -180,13 +180,19 @@ impl Routes {
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        use crate::direct::{self, Head, Prefixed};
+        use crate::direct::{self, Head};
+        use crate::serve::ConnIo;
+        use hyper_util::rt::TokioIo;
         let mut io = io;
         let prefix = match direct::read_head(&mut io).await {
             Head::Closed => return,
             Head::Stream(req) => {
                 let response = dispatch(&self.0, *req, peer).await;
-                direct::answer(io, response, None).await;
+                direct::answer(
+                    TokioIo::new(ConnIo::new(TokioIo::new(io), Vec::new(), None)),
+                    response,
+                )
+                .await;
                 return;
             }
             Head::Other(prefix) => prefix,
@@ -198,10 +204,7 @@ impl Routes {
             async move { Ok::<_, std::convert::Infallible>(dispatch(&router, req, peer).await) }
         });
         let conn = hyper::server::conn::http1::Builder::new()
-            .serve_connection(
-                Prefixed::new(prefix, hyper_util::rt::TokioIo::new(io)),
-                service,
-            )
+            .serve_connection(ConnIo::new(TokioIo::new(io), prefix, None), service)
             .with_upgrades();
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, %peer, "http connection error");
