@@ -53,6 +53,11 @@ pub(crate) struct Report {
     server_cpu_s: Option<f64>,
     /// `server_cpu_s` per message received, in µs.
     server_cpu_us_per_delivery: Option<f64>,
+    /// The load generator's own CPU time (its worker processes', user + system) over the same
+    /// span: on a machine it shares with the server, it bounds the deliveries/s of a blast.
+    client_cpu_s: Option<f64>,
+    /// `client_cpu_s` per message received, in µs.
+    client_cpu_us_per_delivery: Option<f64>,
 }
 
 /// A process's CPU time so far (user + system, `/proc/PID/stat`), in seconds.
@@ -352,7 +357,9 @@ pub(crate) async fn run(args: Args) -> Result<(), Error> {
     }
 
     // Phase 2: send and receive.
+    let worker_pids: Vec<u32> = workers.iter().filter_map(|w| w.child.id()).collect();
     let cpu_before = total_cpu_s(&args.server_pids);
+    let client_cpu_before = total_cpu_s(&worker_pids);
     tell(&mut workers, "go").await;
     let mut done: Vec<Option<Done>> = vec![None; n_workers];
     while done.iter().any(Option::is_none) {
@@ -376,6 +383,7 @@ pub(crate) async fn run(args: Args) -> Result<(), Error> {
         }
     }
     let cpu_after = total_cpu_s(&args.server_pids);
+    let client_cpu_after = total_cpu_s(&worker_pids);
     eprintln!();
 
     let mut hist = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)?;
@@ -404,11 +412,14 @@ pub(crate) async fn run(args: Args) -> Result<(), Error> {
     report.expected +=
         args.clients.saturating_sub(report.connected) as u64 * args.senders as u64 * args.messages;
     report.lost = report.expected.saturating_sub(report.received);
+    let per_delivery = |cpu: f64| (report.received > 0).then(|| cpu * 1e6 / report.received as f64);
     if let (Some(a), Some(b)) = (cpu_before, cpu_after) {
         report.server_cpu_s = Some(b - a);
-        if report.received > 0 {
-            report.server_cpu_us_per_delivery = Some((b - a) * 1e6 / report.received as f64);
-        }
+        report.server_cpu_us_per_delivery = per_delivery(b - a);
+    }
+    if let (Some(a), Some(b)) = (client_cpu_before, client_cpu_after) {
+        report.client_cpu_s = Some(b - a);
+        report.client_cpu_us_per_delivery = per_delivery(b - a);
     }
     if first_send != u64::MAX && last_recv > first_send {
         report.elapsed_s = (last_recv - first_send) as f64 / 1e9;
@@ -473,7 +484,7 @@ fn print_report(r: &Report) {
     println!(
         "{} | C={} S={}x{} {} | {:.0} deliveries/s | p50 {:.2} ms p90 {:.2} ms p99 {:.2} ms max {:.2} ms | \
          {}/{} received, {} lost, {} out of order | connect {:.2} s ({} failed) | {} KB/conn | \
-         server CPU {} s, {} µs/delivery | members after close: {}",
+         server CPU {} s, {} µs/delivery | load generator CPU {} µs/delivery | members after close: {}",
         if r.label.is_empty() { "run" } else { &r.label },
         r.clients,
         r.senders,
@@ -497,6 +508,8 @@ fn print_report(r: &Report) {
         opt(r.kb_per_conn),
         r.server_cpu_s.map_or("-".to_owned(), |v| format!("{v:.2}")),
         r.server_cpu_us_per_delivery
+            .map_or("-".to_owned(), |v| format!("{v:.3}")),
+        r.client_cpu_us_per_delivery
             .map_or("-".to_owned(), |v| format!("{v:.3}")),
         r.members_after_close
             .map_or("-".to_owned(), |m| m.to_string()),
