@@ -7,11 +7,12 @@ import json
 import re
 import sys
 
-SYSTEMS = ["switchboard", "broadcast", "socketioxide"]
+SYSTEMS = ["switchboard", "broadcast", "socketioxide", "floor"]
 NAMES = {
     "switchboard": "switchboard chat (memory)",
     "broadcast": "peer-broadcast (axum + broadcast)",
     "socketioxide": "peer-socketio (socketioxide)",
+    "floor": "peer-floor (1 write/member, no queue)",
 }
 
 
@@ -57,9 +58,9 @@ def main():
     by = {r["label"]: r for r in rows}
     print(
         "| server | case | deliveries/s | p50 ms | p99 ms | lost | out of order "
-        "| server CPU s | CPU µs/delivery | idle KB/conn | members left |"
+        "| server CPU s | CPU µs/delivery | load gen. CPU µs/delivery | idle KB/conn | members left |"
     )
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for case in cases(rows):
         for s in SYSTEMS:
             r = by.get(f"{s}/{case}")
@@ -70,6 +71,7 @@ def main():
                 f"| {r['lat_ms_p99']:.2f} | {r['lost']:,} | {r['misordered']:,} "
                 f"| {fmt(r.get('server_cpu_s'), '.2f')} "
                 f"| {fmt(r.get('server_cpu_us_per_delivery'), '.2f')} "
+                f"| {fmt(r.get('client_cpu_us_per_delivery'), '.2f')} "
                 f"| {fmt(r.get('kb_per_conn'), '.1f')} "
                 f"| {fmt(r.get('members_after_close'), 'd')} |"
             )
@@ -77,7 +79,7 @@ def main():
         for c, dps, p50, p99 in floor_rows(sys.argv[2]):
             print(
                 f"| loopback-floor (TCP only, 1 write/socket/round) | C{c}/one round "
-                f"| {dps:,.0f} | {p50:.2f} | {p99:.2f} | - | - | - | - | - | - |"
+                f"| {dps:,.0f} | {p50:.2f} | {p99:.2f} | - | - | - | - | - | - | - |"
             )
 
     def cpu(s):
@@ -90,11 +92,16 @@ def main():
         )
         return v[len(v) // 2] if v else None
 
-    sb, hw, sio = cpu("switchboard"), cpu("broadcast"), cpu("socketioxide")
-    ratio = lambda peer: "-" if not (peer and sb) else f"{peer / sb:.2f}"
+    sb, hw, sio, fl = (cpu(s) for s in SYSTEMS)
+    ratio = lambda peer, own=sb: "-" if not (peer and own) else f"{peer / own:.2f}"
     print()
     for s in SYSTEMS:
         print(f"{NAMES[s]}: sustained server CPU per delivery, median {fmt(cpu(s), '.2f')} µs")
+    # The same ratios for peer-floor: the most any server reaches under this load on this machine.
+    print(
+        f"floor: floor/hand-written {ratio(hw, fl)}, floor/socketioxide {ratio(sio, fl)} "
+        "(the highest ratios any server reaches here)"
+    )
     print(
         f"peers: switchboard/hand-written {ratio(hw)}, switchboard/socketioxide {ratio(sio)} "
         "(C=1000 sustained, server CPU per delivery)"

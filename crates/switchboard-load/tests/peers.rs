@@ -1,4 +1,4 @@
-//! The load tool against the two Rust peers of `bench/peers/` (each mounted in-process on
+//! The load tool against the Rust peers of `bench/peers/` (each mounted in-process on
 //! loopback): a tiny bounded run per protocol must deliver every message to every client and
 //! leave the room empty.
 
@@ -112,4 +112,20 @@ async fn socketio_peer_gets_every_message() {
     // messages of one sender may be broadcast in either order.
     assert_everything_arrived(&report);
     assert_eq!(peer_socketio::dropped(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn floor_peer_gets_every_message_in_order() {
+    let rooms = std::sync::Arc::new(peer_floor::Rooms::new(4096));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind a loopback port");
+    let port = listener.local_addr().expect("local address").port();
+    tokio::spawn(peer_floor::serve(listener, rooms.clone()));
+    let url = format!("ws://127.0.0.1:{port}/ws/chat/bench/");
+    let members = format!("http://127.0.0.1:{port}/chat/rooms/bench/");
+    let report = load("floor", &["--url", &url, "--members-url", &members]).await;
+    assert_everything_arrived(&report);
+    assert_eq!(report["misordered"], 0, "{report}");
+    assert_eq!(rooms.stalls(), 0);
 }
