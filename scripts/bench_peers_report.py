@@ -1,6 +1,10 @@
-"""The table and the summary line of scripts/bench-peers.
+"""The table, the summary line and the plots of scripts/bench-peers.
 
-    python3 scripts/bench_peers_report.py RESULTS.jsonl FLOOR.txt
+    python3 scripts/bench_peers_report.py RESULTS.jsonl FLOOR.txt [PLOT_DIR]
+
+With PLOT_DIR (and matplotlib), writes peers-blast.svg (blast deliveries/s against C),
+peers-cpu.svg (server CPU per delivery against C, blast and paced) and
+peers-latency-cdf-c1000.svg (the first sustained run's latency CDFs) there.
 """
 
 import json
@@ -102,10 +106,84 @@ def main():
         f"floor: floor/hand-written {ratio(hw, fl)}, floor/socketioxide {ratio(sio, fl)} "
         "(the highest ratios any server reaches here)"
     )
+    if len(sys.argv) > 3:
+        plots(rows, sys.argv[3])
     print(
         f"peers: switchboard/hand-written {ratio(hw)}, switchboard/socketioxide {ratio(sio)} "
         "(C=1000 sustained, server CPU per delivery)"
     )
+
+
+def plots(rows, outdir):
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("(matplotlib missing: no plots)")
+        return
+    import os
+
+    def points(system, mode, key):
+        pts = {}
+        for r in rows:
+            s, case = r["label"].split("/", 1)
+            c, m = case.split("/")
+            if s == system and m.split("#")[0] == mode and r.get(key) is not None:
+                # The first of repeated runs, as in the table's first row of the case.
+                pts.setdefault(int(c[1:]), r[key])
+        return sorted(pts.items())
+
+    style = {"switchboard": "-o", "broadcast": "--s", "socketioxide": ":^", "floor": "-.x"}
+    written = []
+
+    def save(fig, ax, name, title, ylabel):
+        ax.set_xscale("log")
+        ax.set_xlabel("clients in the room")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = os.path.join(outdir, name)
+        fig.savefig(path)
+        written.append(path)
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for s in SYSTEMS:
+        pts = points(s, "blast", "deliveries_per_s")
+        if pts:
+            ax.plot(*zip(*pts), style[s], label=NAMES[s])
+    save(fig, ax, "peers-blast.svg", "Blast against the Rust peers, 2 cores shared with the load",
+         "deliveries/s (blast)")
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for s in SYSTEMS:
+        for mode, alpha in (("paced", 1.0), ("blast", 0.5)):
+            pts = points(s, mode, "server_cpu_us_per_delivery")
+            if pts:
+                ax.plot(*zip(*pts), style[s], alpha=alpha, label=f"{NAMES[s]}, {mode}")
+    ax.set_yscale("log")
+    save(fig, ax, "peers-cpu.svg", "Server CPU per delivery", "µs of server CPU per delivery")
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for s in SYSTEMS:
+        r = next((r for r in rows if r["label"].split("#")[0] == f"{s}/C1000/paced"), None)
+        if r and r.get("lat_ms_cdf"):
+            qs, ms = zip(*r["lat_ms_cdf"])
+            ax.plot([max(m, 0.01) for m in ms], qs, style[s][:-1] or "-", label=NAMES[s])
+    ax.set_xscale("log")
+    ax.set_xlabel("latency, send → receipt (ms)")
+    ax.set_ylabel("fraction of deliveries")
+    ax.set_title("Latency CDF, 1,000 clients, 100,000 deliveries/s")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = os.path.join(outdir, "peers-latency-cdf-c1000.svg")
+    fig.savefig(path)
+    written.append(path)
+    print("plots: " + ", ".join(written))
 
 
 main()
