@@ -76,6 +76,15 @@ async fn hand_written_peer_gets_every_message_in_order() {
     assert_everything_arrived(&report);
     assert_eq!(report["misordered"], 0, "{report}");
     assert!(report["server_cpu_s"].as_f64().is_some(), "{report}");
+    // The load generator's own CPU over the same span: its workers received 50 frames.
+    assert!(
+        report["client_cpu_s"].as_f64().is_some_and(|s| s >= 0.0),
+        "{report}"
+    );
+    assert!(
+        report["client_cpu_us_per_delivery"].as_f64().is_some(),
+        "{report}"
+    );
     assert_eq!(rooms.lagged(), 0);
 }
 
