@@ -138,9 +138,9 @@ def plots(rows, outdir):
     style = {"switchboard": "-o", "broadcast": "--s", "socketioxide": ":^", "floor": "-.x"}
     written = []
 
-    def save(fig, ax, name, title, ylabel):
+    def save(fig, ax, name, title, ylabel, xlabel="clients in the room"):
         ax.set_xscale("log")
-        ax.set_xlabel("clients in the room")
+        ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.set_title(title)
         ax.grid(True, which="both", alpha=0.3)
@@ -172,17 +172,9 @@ def plots(rows, outdir):
         r = next((r for r in rows if r["label"].split("#")[0] == f"{s}/C1000/paced"), None)
         if r and r.get("lat_ms_cdf"):
             qs, ms = zip(*r["lat_ms_cdf"])
-            ax.plot([max(m, 0.01) for m in ms], qs, style[s][:-1] or "-", label=NAMES[s])
-    ax.set_xscale("log")
-    ax.set_xlabel("latency, send → receipt (ms)")
-    ax.set_ylabel("fraction of deliveries")
-    ax.set_title("Latency CDF, 1,000 clients, 100,000 deliveries/s")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = os.path.join(outdir, "peers-latency-cdf-c1000.svg")
-    fig.savefig(path)
-    written.append(path)
+            ax.plot([max(m, 0.01) for m in ms], qs, style[s][:-1], label=NAMES[s])
+    save(fig, ax, "peers-latency-cdf-c1000.svg", "Latency CDF, 1,000 clients, 100,000 deliveries/s",
+         "fraction of deliveries", xlabel="latency, send → receipt (ms)")
     print("plots: " + ", ".join(written))
 
 

@@ -51,3 +51,15 @@ wait_port() {
   echo "nothing listens on 127.0.0.1:$1" >&2
   return 1
 }
+
+# plot_python DIR: prints a Python that has matplotlib, for the benchmark reports' plots: the
+# virtual environment DIR/venv (made, with matplotlib, on first use), or plain python3 if that
+# cannot be made (the reports then say they have no plots).
+plot_python() {
+  local venv=$1/venv
+  if [ ! -x "$venv/bin/python" ]; then
+    { python3 -m venv "$venv" && "$venv/bin/pip" install -q matplotlib; } >&2 \
+      || echo "(no matplotlib: the report comes without plots)" >&2
+  fi
+  if [ -x "$venv/bin/python" ]; then echo "$venv/bin/python"; else echo python3; fi
+}

@@ -5,12 +5,18 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Serves `app` on an ephemeral loopback port; returns the port.
-async fn serve(app: axum::Router) -> u16 {
+/// A listener on an ephemeral loopback port, and the port.
+async fn listener() -> (tokio::net::TcpListener, u16) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind a loopback port");
     let port = listener.local_addr().expect("local address").port();
+    (listener, port)
+}
+
+/// Serves `app` on an ephemeral loopback port; returns the port.
+async fn serve(app: axum::Router) -> u16 {
+    let (listener, port) = listener().await;
     tokio::spawn(async move { axum::serve(listener, app).await });
     port
 }
@@ -126,10 +132,7 @@ async fn socketio_peer_gets_every_message() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn floor_peer_gets_every_message_in_order() {
     let rooms = std::sync::Arc::new(peer_floor::Rooms::new(4096));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind a loopback port");
-    let port = listener.local_addr().expect("local address").port();
+    let (listener, port) = listener().await;
     tokio::spawn(peer_floor::serve(listener, rooms.clone()));
     let url = format!("ws://127.0.0.1:{port}/ws/chat/bench/");
     let members = format!("http://127.0.0.1:{port}/chat/rooms/bench/");

@@ -42,10 +42,10 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use tokio_tungstenite::tungstenite::{Bytes, Message};
 
 /// The rooms, and what the server counts.
 #[derive(Debug)]
@@ -133,7 +133,7 @@ impl Room {
     /// Writes `frame` to every member: the members split into one share per worker thread,
     /// each share written in turn (one `write` per member) by a task of its own, the last by
     /// the caller's.
-    async fn broadcast(&self, frame: Arc<[u8]>, shares: usize, stalls: &Arc<AtomicU64>) {
+    async fn broadcast(&self, frame: Bytes, shares: usize, stalls: &Arc<AtomicU64>) {
         let _one_at_a_time = self.sending.lock().await;
         let members = lock(&self.members).clone();
         let share = members.len().div_ceil(shares.max(1)).max(1);
@@ -341,8 +341,9 @@ async fn connection(stream: TcpStream, rooms: Arc<Rooms>) -> io::Result<()> {
         Frame::message(json, OpCode::Data(Data::Text), true)
             .format(&mut frame)
             .map_err(io::Error::other)?;
+        // `Bytes` takes the buffer as it is: the frame is not copied again for the shares.
         joined
-            .broadcast(frame.into(), rooms.shares, &rooms.stalls)
+            .broadcast(Bytes::from(frame), rooms.shares, &rooms.stalls)
             .await;
     }
     rooms.leave(&room, &socket);
