@@ -123,13 +123,37 @@ impl Drop for TempDir {
     }
 }
 
-/// A free loopback port.
+/// A free loopback port for a server the test starts (a redis-server, a program under test).
+///
+/// It is taken from below the kernel's ephemeral range (`ip_local_port_range`), not by binding
+/// port 0: a port 0 bind draws from the ephemeral range, which every outbound connection draws
+/// from too, so between this check and the server's own bind a client of a test running
+/// alongside could take the port, and the server would fail to start (seen in CI: a
+/// redis-server that never listened). Below that range only a listener can take it, and the
+/// ports are handed out in turn within a process, from a start that differs between processes.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap() // ok: test harness, a panic fails the calling test
-        .local_addr()
-        .unwrap() // ok: test harness, a panic fails the calling test
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOWEST: u32 = 10_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let top = ephemeral_start().max(LOWEST + 1_000);
+    let span = top - LOWEST;
+    let start = std::process::id().wrapping_mul(7_919) % span;
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = u16::try_from(LOWEST + (start + n) % span).unwrap();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {LOWEST}..{top}");
+}
+
+/// The first port of the kernel's ephemeral range (32768 when it cannot be read).
+fn ephemeral_start() -> u32 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
 }
 
 /// Waits until something accepts TCP connections on `addr`.

@@ -25,8 +25,8 @@ impl Program {
     /// Starts the program at `binary` with `--addr 127.0.0.1:<free port>` and `args`, and waits
     /// (up to 20 s) until it says it listens there (its start-up line) and accepts connections. Panics with the program's output if it exits
     /// first — unless it exited because another process took the port between `free_port` and
-    /// its bind (the kernel hands the same ephemeral ports to outgoing connections, and tests
-    /// run in parallel): then it starts again on another port, up to five times.
+    /// its bind (a server of another test binary running alongside, which drew the same port):
+    /// then it starts again on another port, up to five times.
     pub async fn start(binary: &str, args: &[&str]) -> Program {
         Program::start_with_env(binary, args, &[]).await
     }
@@ -118,8 +118,8 @@ impl Program {
         };
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         // An example logs `… on http://ADDR` once it is bound. A connection alone is no proof:
-        // until then another test may hold the port for a moment (`free_port`'s own listener,
-        // a server of its own that the kernel gave the port), and the probe reaches that one —
+        // until then another test may hold the port for a moment (`free_port`'s own check
+        // listener, a server of another process that drew the same port), and the probe reaches that one —
         // the test then found the port refusing, or reset, right after "it listens".
         let announced = format!("on http://{addr}");
         loop {

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use super::{ChildGuard, executable, free_port, wait_for_port};
+use super::{ChildGuard, executable, free_port};
 
 /// The Redis the tests share (`scripts/test` starts one and sets `SWITCHBOARD_REDIS_URL`);
 /// `None`, and the test says it is skipped, when it is not set.
@@ -84,6 +84,13 @@ impl OwnRedis {
             child: None,
             extra: extra.iter().map(|a| (*a).to_owned()).collect(),
         };
+        // A server that exits at once could not bind: another process drew the same port.
+        for _ in 0..4 {
+            if r.launch().await {
+                return Some(r);
+            }
+            r.port = free_port();
+        }
         r.restart().await;
         Some(r)
     }
@@ -116,6 +123,15 @@ impl OwnRedis {
 
     /// Starts it (again) on the same port, empty.
     pub async fn restart(&mut self) {
+        assert!(
+            self.launch().await,
+            "redis-server exited at start on port {}",
+            self.port
+        );
+    }
+
+    /// Starts the server on its port and waits until it listens: `false` if it exited first.
+    async fn launch(&mut self) -> bool {
         let port = self.port.to_string();
         let dir = std::env::temp_dir();
         let child = std::process::Command::new(binary())
@@ -141,9 +157,23 @@ impl OwnRedis {
                     binary()
                 )
             });
-        self.child = Some(ChildGuard(child));
+        let mut child = ChildGuard(child);
         let addr: SocketAddr = ([127, 0, 0, 1], self.port).into();
-        wait_for_port(addr, Duration::from_secs(5)).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Ok(Some(_)) = child.0.try_wait() {
+                return false;
+            }
+            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                self.child = Some(child);
+                return true;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "redis-server does not listen on {addr} after 5 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 

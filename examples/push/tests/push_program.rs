@@ -206,29 +206,12 @@ async fn two_gateway_processes_on_the_pubsub_layer() {
 /// as for the channel layer.
 #[tokio::test]
 async fn the_start_up_log_hides_the_redis_password() {
-    let redis_bin =
-        std::env::var("SWITCHBOARD_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
-    if !test_support::executable(&redis_bin) {
-        let _: Option<()> = test_support::skip(&format!("a redis-server binary: {redis_bin}"));
+    let Some(redis) =
+        test_support::redis::OwnRedis::start_with(&["--requirepass", "hunter2-secret"]).await
+    else {
         return;
-    }
-    let redis_port = test_support::free_port();
-    let _redis = test_support::spawn(
-        &redis_bin,
-        &[
-            "--port",
-            &redis_port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--requirepass",
-            "hunter2-secret",
-        ],
-    );
-    test_support::wait_for_port(([127, 0, 0, 1], redis_port).into(), Duration::from_secs(10)).await;
+    };
+    let redis_port = redis.port;
     let dir = test_support::TempDir::new("push-redact");
     let log_path = dir.path().join("output.log");
     let log = std::fs::File::create(&log_path).unwrap();
