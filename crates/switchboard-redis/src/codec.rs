@@ -4,7 +4,10 @@
 //! `str`, byte strings as `bin`, integers in their most compact form, floats as float 64, `None`
 //! as `nil`. The core layer routes process-local messages with an extra key,
 //! `__asgi_channel__`: the full channel name (a string) for `send`, the list of member channels
-//! sharing one process queue for `group_send`.
+//! sharing one process queue for `group_send`. Between two switchboard processes a
+//! `group_send` names the group instead, with how many of the receiver's channels were members
+//! and their digest: a map `{"group": <name>, "members": <count>, "digest": <u64>}` (see
+//! `layer/fanout.rs`). No channels_redis process reads such a queue.
 //!
 //! With `symmetric_encryption_keys` the msgpack bytes are replaced by a Fernet token made with
 //! the first key (`base64url(sha256(key))` as the Fernet key, as channels_redis derives it);
@@ -37,7 +40,23 @@ pub(crate) enum Route {
     One(String),
     /// `group_send` to these channels of one process.
     Many(Vec<String>),
+    /// `group_send` to the members of `group` of this (switchboard) process, which were
+    /// `members` channels with this digest of their names when it was sent
+    /// ([`switchboard_core::engine::member_digest`]).
+    Group {
+        /// The group.
+        group: String,
+        /// How many of the receiving process's channels were members.
+        members: u64,
+        /// The XOR of their names' digests.
+        digest: u64,
+    },
 }
+
+/// The keys of a [`Route::Group`] map.
+const GROUP: &str = "group";
+const MEMBERS: &str = "members";
+const DIGEST: &str = "digest";
 
 /// A message's fields, msgpack-encoded once and reused for every process queue of a group send.
 #[derive(Debug)]
@@ -126,6 +145,7 @@ impl Codec {
             RouteRef::Unrouted => 0,
             RouteRef::One(c) => c.len() + 24,
             RouteRef::Many(cs) => cs.iter().map(|c| c.len() + 2).sum::<usize>() + 24,
+            RouteRef::Group { group, .. } => group.len() + 64,
         };
         let mut packed =
             Vec::with_capacity(self.random_prefix + 6 + fields.bytes.len() + route_len);
@@ -152,6 +172,20 @@ impl Codec {
                 for c in *channels {
                     rmp::encode::write_str(&mut packed, c).map_err(write_error)?;
                 }
+            }
+            RouteRef::Group {
+                group,
+                members,
+                digest,
+            } => {
+                rmp::encode::write_str(&mut packed, RESERVED_KEY).map_err(write_error)?;
+                rmp::encode::write_map_len(&mut packed, 3).map_err(write_error)?;
+                rmp::encode::write_str(&mut packed, GROUP).map_err(write_error)?;
+                rmp::encode::write_str(&mut packed, group).map_err(write_error)?;
+                rmp::encode::write_str(&mut packed, MEMBERS).map_err(write_error)?;
+                rmp::encode::write_uint(&mut packed, *members).map_err(write_error)?;
+                rmp::encode::write_str(&mut packed, DIGEST).map_err(write_error)?;
+                rmp::encode::write_uint(&mut packed, *digest).map_err(write_error)?;
             }
         }
         let Some(first) = self.fernets.first() else {
@@ -228,9 +262,31 @@ impl Codec {
                     })
                     .collect::<Result<_, _>>()?,
             ),
+            Some(Value::Map(m)) => {
+                let number = |key: &str| match m.get(key) {
+                    Some(Value::UInt(n)) => Ok(*n),
+                    Some(Value::Int(n)) => u64::try_from(*n)
+                        .map_err(|_| CodecError(format!("__asgi_channel__.{key} is negative"))),
+                    _ => Err(CodecError(format!(
+                        "__asgi_channel__.{key} must be an unsigned integer"
+                    ))),
+                };
+                match m.get(GROUP) {
+                    Some(Value::String(group)) => Route::Group {
+                        group: group.clone(),
+                        members: number(MEMBERS)?,
+                        digest: number(DIGEST)?,
+                    },
+                    _ => {
+                        return Err(CodecError(
+                            "__asgi_channel__.group must be a group name".into(),
+                        ));
+                    }
+                }
+            }
             Some(_) => {
                 return Err(CodecError(
-                    "__asgi_channel__ must be a channel name or a list of them".into(),
+                    "__asgi_channel__ must be a channel name, a list of them or a group".into(),
                 ));
             }
         };
@@ -278,6 +334,15 @@ pub(crate) enum RouteRef<'a> {
     One(&'a str),
     /// `__asgi_channel__: ["<channel>", ...]`.
     Many(&'a [&'a str]),
+    /// `__asgi_channel__: {"group": "<group>", "members": n, "digest": d}`.
+    Group {
+        /// The group.
+        group: &'a str,
+        /// How many of the receiving process's channels are members.
+        members: u64,
+        /// The XOR of their names' digests.
+        digest: u64,
+    },
 }
 
 fn write_error(e: impl std::fmt::Display) -> CodecError {
@@ -375,6 +440,51 @@ mod tests {
             codec.decode(&many)?.1,
             Route::Many(vec!["specific.a!b".into(), "specific.a!c".into()])
         );
+        let group = RouteRef::Group {
+            group: "room",
+            members: 1000,
+            digest: u64::MAX,
+        };
+        let group = codec.encode(&fields, &group)?;
+        assert_eq!(
+            codec.decode(&group)?,
+            (
+                all_types()?,
+                Route::Group {
+                    group: "room".into(),
+                    members: 1000,
+                    digest: u64::MAX
+                }
+            )
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn a_bad_group_route_is_an_error() -> TestResult {
+        let codec = Codec::core(&[], 60);
+        for (route, why) in [
+            (serde_json::json!({"members": 1, "digest": 2}), "group"),
+            (
+                serde_json::json!({"group": 7, "members": 1, "digest": 2}),
+                "group",
+            ),
+            (serde_json::json!({"group": "g", "digest": 2}), "members"),
+            (
+                serde_json::json!({"group": "g", "members": -1, "digest": 2}),
+                "members",
+            ),
+            (
+                serde_json::json!({"group": "g", "members": 1, "digest": "x"}),
+                "digest",
+            ),
+        ] {
+            let mut bytes = vec![0; 12];
+            let body = serde_json::json!({"type": "m", "__asgi_channel__": route});
+            rmp_serde::encode::write_named(&mut bytes, &body)?;
+            let err = codec.decode(&bytes).err().ok_or("decoded")?;
+            assert!(err.0.contains(why), "{route}: {err}");
+        }
         Ok(())
     }
 

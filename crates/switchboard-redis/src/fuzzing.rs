@@ -14,6 +14,16 @@ pub enum Route {
     One(String),
     /// The channels of one process that a group send reaches.
     Many(Vec<String>),
+    /// A group send between switchboard processes: the group, and how many of the receiver's
+    /// channels were members, with their digest.
+    Group {
+        /// The group.
+        group: String,
+        /// How many members.
+        members: u64,
+        /// Their digest.
+        digest: u64,
+    },
 }
 
 /// The codec of a Redis layer.
@@ -38,6 +48,15 @@ impl Codec {
             codec::Route::Unrouted => Route::Unrouted,
             codec::Route::One(c) => Route::One(c),
             codec::Route::Many(cs) => Route::Many(cs),
+            codec::Route::Group {
+                group,
+                members,
+                digest,
+            } => Route::Group {
+                group,
+                members,
+                digest,
+            },
         };
         Ok((message, route))
     }
@@ -53,6 +72,15 @@ impl Codec {
                 many = cs.iter().map(String::as_str).collect();
                 RouteRef::Many(&many)
             }
+            Route::Group {
+                group,
+                members,
+                digest,
+            } => RouteRef::Group {
+                group,
+                members: *members,
+                digest: *digest,
+            },
         };
         self.0.encode(&fields, &route).map_err(|e| e.0)
     }

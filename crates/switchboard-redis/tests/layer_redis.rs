@@ -32,7 +32,10 @@ async fn stores_what_channels_redis_stores() {
     let b = Layer::new(b);
     let ch = b.new_channel().await.unwrap();
     assert!(ch.as_str().starts_with(&format!("specific.{client}!")));
-    assert_eq!(ch.as_str().len(), 74);
+    // channels_redis's 74 (`specific.`, 32 hex digits, `!`, 32 more), and `sb-` before the
+    // client id, which tells other switchboard processes what this one is.
+    assert!(client.starts_with("sb-"), "{client}");
+    assert_eq!(ch.as_str().len(), 77);
     b.group_add("room", &ch).await.unwrap();
     // Nobody receives on b yet, so what a sends stays in Redis to look at.
     a.send(&ch, msg("direct", 1)).await.unwrap();
@@ -56,10 +59,16 @@ async fn stores_what_channels_redis_stores() {
     }
     let direct = rmp_serde_value(&stored[0].0[12..]);
     assert_eq!(direct["__asgi_channel__"], serde_json::json!(ch.as_str()));
+    // Between two switchboard processes a group message names the group (a channels_redis
+    // process's copy lists its channels: `redis_group_route.rs`, `interop_django.rs`).
     let grouped = rmp_serde_value(&stored[1].0[12..]);
     assert_eq!(
         grouped["__asgi_channel__"],
-        serde_json::json!([ch.as_str()])
+        serde_json::json!({
+            "group": "room",
+            "members": 1,
+            "digest": switchboard_core::engine::member_digest(ch.as_str()),
+        })
     );
     let ttl: i64 = r.ttl(&key).await.unwrap();
     assert!(ttl > 60 && ttl <= 120, "queue TTL {ttl}");

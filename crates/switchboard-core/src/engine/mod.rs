@@ -52,6 +52,13 @@ pub type Hasher = foldhash::fast::RandomState;
 
 type DashMap<K, V> = dashmap::DashMap<K, V, Hasher>;
 
+/// A channel name's share of a group's digest ([`Engine::group_digest`]): its XXH3 64-bit hash
+/// (seed 0), the same in every process and every version. A set's digest is the XOR of its
+/// members' shares, so it does not depend on their order.
+pub fn member_digest(channel: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(channel.as_bytes())
+}
+
 /// The local delivery engine of one layer instance. Cheap to clone: clones share everything.
 #[derive(Clone)]
 pub struct Engine(Arc<Shared>);
@@ -81,6 +88,8 @@ struct Counters {
 #[derive(Default)]
 struct Members {
     map: HashMap<ChannelName, Member, Hasher>,
+    /// The XOR of [`member_digest`] over the names in `map`, kept as members come and go.
+    digest: u64,
     /// Set by a fan-out that left members lagging, cleared by the next look that finds none:
     /// lets a sender whose fan-out runs elsewhere (pub/sub) skip the look when nobody lags.
     lagging: AtomicBool,
@@ -439,6 +448,9 @@ impl Engine {
                 queue: queue.clone(),
             },
         );
+        if previous.is_none() {
+            members.digest ^= member_digest(queue.name.as_str());
+        }
         // Lock order: group shard, then queue state (as in a fan-out).
         {
             let mut st = queue.state.lock();
@@ -482,6 +494,9 @@ impl Engine {
                 .is_some_and(|m| queue.is_none_or(|q| Arc::ptr_eq(&m.queue, q)));
             if matches {
                 removed = members.map.remove(channel).map(|m| m.queue);
+                if removed.is_some() {
+                    members.digest ^= member_digest(channel.as_str());
+                }
             }
             now_empty = members.map.is_empty();
         }
@@ -496,7 +511,12 @@ impl Engine {
     /// ([`LayerStats::group_full_drops`]). Returns the members left lagging, for
     /// [`backpressure`](Engine::backpressure).
     pub fn group_send(&self, group: &str, message: &Message) -> Lagging {
-        let at = self.arrival(Duration::ZERO);
+        self.group_deliver(group, message, &self.arrival(Duration::ZERO))
+    }
+
+    /// [`group_send`](Engine::group_send) of a message that arrived `at` (from another
+    /// process: its expiry counts from when it was sent).
+    pub fn group_deliver(&self, group: &str, message: &Message, at: &Arrival) -> Lagging {
         let group_expiry = self.0.config.group_expiry;
         let waits = self.waits();
         let mut full = 0u64;
@@ -708,6 +728,17 @@ impl Engine {
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// How many members `group` has here, and the XOR of their names' [`member_digest`]s
+    /// (`(0, 0)` for a group without members). Two processes that agree on both hold the
+    /// same member set, but for a 64-bit hash collision: a backend uses it to tell whether a
+    /// group message can be served from this index, as the sender saw the group.
+    pub fn group_digest(&self, group: &str) -> (usize, u64) {
+        self.0
+            .groups
+            .get(group)
+            .map_or((0, 0), |m| (m.map.len(), m.digest))
     }
 
     /// Whether `group` has any member here.
@@ -930,6 +961,38 @@ mod tests {
         );
         drop(b);
         assert_eq!(demand.waiting(), 0, "a dropped receiver stops waiting");
+    }
+
+    #[test]
+    fn a_groups_digest_follows_its_members_in_any_order() {
+        let engine = Engine::new(LayerConfig::default());
+        let room = group("room");
+        let (a, b, c) = (
+            engine.queue(&name("a")),
+            engine.queue(&name("b")),
+            engine.queue(&name("c")),
+        );
+        assert_eq!(engine.group_digest("room"), (0, 0));
+        for q in [&a, &b, &c, &b] {
+            engine.group_add(&room, q); // b twice: a refresh, not a second member
+        }
+        let all = member_digest("a") ^ member_digest("b") ^ member_digest("c");
+        assert_eq!(engine.group_digest("room"), (3, all));
+        assert_ne!(all, 0);
+        assert!(engine.group_discard(&room, &name("b")));
+        assert!(!engine.group_discard(&room, &name("b")));
+        assert_eq!(
+            engine.group_digest("room"),
+            (2, member_digest("c") ^ member_digest("a"))
+        );
+        // A discarded channel leaves every group; the digest drops it too.
+        engine.discard(&name("a"));
+        assert_eq!(engine.group_digest("room"), (1, member_digest("c")));
+        engine.discard(&name("c"));
+        assert_eq!(engine.group_digest("room"), (0, 0));
+        // The share is fixed (XXH3-64 with seed 0), whatever the process: other processes
+        // compare digests with this one.
+        assert_eq!(member_digest(""), 0x2d06_8005_38d3_94c2);
     }
 
     #[test]

@@ -62,9 +62,38 @@ pub(super) async fn send_remote(
     }
 }
 
+/// One process queue a group send reaches, and the members it holds.
+struct ProcessQueue<'a> {
+    /// Its Redis key.
+    key: String,
+    /// Its host's index.
+    host: usize,
+    /// The capacity of its (first) member channel.
+    capacity: usize,
+    /// The member channels it holds.
+    channels: Vec<&'a str>,
+    /// A switchboard process's queue: the message names the group, the count of `channels`
+    /// and `digest`, instead of the channels (see [`group_send`]).
+    by_group: bool,
+    /// The XOR of `channels`' member digests (when `by_group`).
+    digest: u64,
+}
+
 /// `group_send`: this process's members get the message at once; the others are grouped by the
-/// process queue they share, and each queue gets one copy naming its channels. Returns the
-/// local members left lagging, for back-pressure.
+/// process queue they share, and each queue gets one copy. Returns the local members left
+/// lagging, for back-pressure.
+///
+/// The copy for a channels_redis process (or any queue not known as a switchboard process's)
+/// names its member channels in `__asgi_channel__`, as channels_redis does. The copy for
+/// another switchboard process (its client id says so, [`crate::process::is_switchboard_queue`])
+/// names the group instead, with how many of that process's channels are members and the
+/// digest of their names: 60 bytes of routing where 1,000 members take 76 KB, and no names for
+/// the receiver to parse and look up. The receiver serves it from its own index of the group
+/// when its count and digest agree, which is the same member set; when they differ (a member
+/// joined or left while the message was on its way, or another process added one of the
+/// receiver's channels, which the receiver's index does not hold), it reads the group's
+/// members from Redis when the message arrives and serves its own channels among them
+/// (`receive.rs`).
 pub(super) async fn group_send(
     inner: &Arc<Inner>,
     group: &GroupName,
@@ -125,7 +154,7 @@ pub(super) async fn group_send(
 
     let at = inner.engine.arrival(std::time::Duration::ZERO);
     let mut gone: Vec<&str> = Vec::new();
-    let mut queues: Vec<(String, usize, usize, Vec<&str>)> = Vec::new(); // key, host, capacity, channels
+    let mut queues: Vec<ProcessQueue<'_>> = Vec::new();
     let mut index: HashMap<&str, usize, Hasher> = HashMap::default();
     for (name, joined) in members.iter() {
         if *joined <= group_cutoff {
@@ -150,17 +179,25 @@ pub(super) async fn group_send(
             Some(i) => &name[..=i],
             None => name,
         };
-        match index.get(non_local) {
-            Some(&i) => queues[i].3.push(name),
+        let i = match index.get(non_local) {
+            Some(&i) => i,
             None => {
                 index.insert(non_local, queues.len());
-                queues.push((
-                    format!("{}{non_local}", inner.cfg.prefix),
-                    inner.host_index(non_local),
-                    inner.cfg.layer.capacity_for(name),
-                    vec![name],
-                ));
+                queues.push(ProcessQueue {
+                    key: format!("{}{non_local}", inner.cfg.prefix),
+                    host: inner.host_index(non_local),
+                    capacity: inner.cfg.layer.capacity_for(name),
+                    channels: Vec::new(),
+                    by_group: crate::process::is_switchboard_queue(non_local),
+                    digest: 0,
+                });
+                queues.len() - 1
             }
+        };
+        let q = &mut queues[i];
+        q.channels.push(name);
+        if q.by_group {
+            q.digest ^= switchboard_core::engine::member_digest(name);
         }
     }
 
@@ -170,18 +207,24 @@ pub(super) async fn group_send(
         let ttl = inner.queue_ttl();
         let mut per_host: HashMap<usize, Vec<usize>, Hasher> = HashMap::default();
         for (i, q) in queues.iter().enumerate() {
-            per_host.entry(q.1).or_default().push(i);
+            per_host.entry(q.host).or_default().push(i);
         }
         let mut calls = Vec::with_capacity(per_host.len());
         for (h, idxs) in per_host {
             let mut inv = GROUP_SEND.prepare_invoke();
             for &i in &idxs {
-                inv.key(&queues[i].0);
+                inv.key(&queues[i].key);
             }
             for &i in &idxs {
-                let channels = &queues[i].3;
-                let route = if queues[i].0.ends_with('!') {
-                    RouteRef::Many(channels)
+                let q = &queues[i];
+                let route = if q.by_group {
+                    RouteRef::Group {
+                        group: group.as_str(),
+                        members: q.channels.len() as u64,
+                        digest: q.digest,
+                    }
+                } else if q.key.ends_with('!') {
+                    RouteRef::Many(&q.channels)
                 } else {
                     RouteRef::Unrouted
                 };
@@ -192,7 +235,7 @@ pub(super) async fn group_send(
                 inv.arg(payload);
             }
             for &i in &idxs {
-                inv.arg(queues[i].2);
+                inv.arg(queues[i].capacity);
             }
             inv.arg(score)
                 .arg(cutoff)
@@ -217,13 +260,13 @@ pub(super) async fn group_send(
             };
             for i in indexes(parts.first()) {
                 if let Some(&q) = idxs.get(i) {
-                    full_channels += queues[q].3.len() as u64;
+                    full_channels += queues[q].channels.len() as u64;
                 }
             }
             for i in indexes(parts.get(1)) {
                 if let Some(&q) = idxs.get(i) {
-                    tracing::info!(group = %group, queue = %queues[q].0, "group member's queue holds expired messages; its channels leave the group");
-                    gone.extend(queues[q].3.iter().copied());
+                    tracing::info!(group = %group, queue = %queues[q].key, "group member's queue holds expired messages; its channels leave the group");
+                    gone.extend(queues[q].channels.iter().copied());
                 }
             }
         }

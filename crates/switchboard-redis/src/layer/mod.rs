@@ -7,7 +7,8 @@
 //!   per process, keyed by the part up to the `!`: `asgispecific.<client>!`. Members are 12 random
 //!   bytes followed by the msgpack message; a process-local message carries
 //!   `__asgi_channel__` naming its channel (or, from a group send, the list of the group's
-//!   channels in that process).
+//!   channels in that process). This layer's client ids are `sb-` and channels_redis's 32 hex
+//!   digits.
 //! - A group is the sorted set `PREFIX:group:NAME` of channel names scored by join time.
 //! - With several hosts, a process queue lives on host `crc32(non-local name) & 0xFFF / (4096/n)`,
 //!   a group on the host of its name.
@@ -34,6 +35,18 @@
 //!   process queue, skipping full queues, as channels_redis's script does).
 //!
 //! # Better than channels_redis, same wire
+//!
+//! - **A group send to another switchboard process names the group**, not its channels: the
+//!   copy for a queue whose client id starts with `sb-` carries `__asgi_channel__:
+//!   {"group": NAME, "members": N, "digest": D}` — how many of that process's channels were
+//!   members and an order-free digest of their names
+//!   ([`member_digest`](switchboard_core::engine::member_digest)). The receiver serves it from
+//!   its own index of the group when count and digest match (the same member set); otherwise (a
+//!   member joined or left while it travelled, or another process added one of its channels)
+//!   it reads the group's members when the message arrives and serves its channels among them.
+//!   1,000 members cost 60 bytes of routing instead of 76 KB, and no names to parse and look
+//!   up. No channels_redis process reads such a queue; the copies for its queues list their
+//!   channels as before.
 //!
 //! - Messages older than `expiry` are dropped on receive (channels_redis delivers them).
 //! - A group send that finds expired messages in a member's queue — its process stopped reading
@@ -233,7 +246,7 @@ impl RedisLayer {
             hosts,
             codec,
             engine,
-            client: ClientId::new(),
+            client: ClientId::marked(),
             clock: ScoreClock(AtomicU64::new(0)),
             loops: Mutex::new(HashMap::default()),
             named: DashMap::default(),
@@ -257,7 +270,9 @@ impl RedisLayer {
         &self.inner.cfg
     }
 
-    /// This process's client prefix: the 32 hex digits in every channel name it hands out.
+    /// This process's client prefix, in every channel name it hands out: `sb-` and 32 hex
+    /// digits (channels_redis's are the 32 hex digits alone). The `sb-` tells other
+    /// switchboard processes that this one takes group messages that name the group.
     pub fn client_id(&self) -> &str {
         self.inner.client.as_str()
     }

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use redis::Value as RValue;
 use redis::aio::MultiplexedConnection;
-use switchboard_core::ChannelName;
-use switchboard_core::engine::{Demand, Pushed, Queue};
+use switchboard_core::engine::{Arrival, Demand, Pushed, Queue};
+use switchboard_core::{ChannelName, Message};
 use tokio::sync::watch;
 
 use super::Inner;
@@ -47,22 +47,20 @@ pub(super) async fn named_loop(
     .await;
 }
 
-/// Hands a popped message to the local channel(s) it names, or to `named`, the named channel it
-/// was popped from (queued only while more receivers wait than the channel holds: returns
-/// `false` if it was not, and it belongs back in Redis).
-fn deliver(
-    inner: &Arc<Inner>,
+/// Decodes a popped message; `None` when it does not decode or is older than `expiry` (counted
+/// and logged: it is dropped).
+fn decode_fresh(
+    inner: &Inner,
     queue_key: &str,
     member: &[u8],
     score: f64,
-    named: Option<(&Arc<Queue>, &Demand)>,
-) -> bool {
+) -> Option<(Message, Route, Arrival)> {
     let (message, route) = match inner.codec.decode(member) {
         Ok(d) => d,
         Err(e) => {
             inner.engine.count_undecodable();
             tracing::warn!(key = queue_key, error = %e, "skipping a message that does not decode");
-            return true;
+            return None;
         }
     };
     let age = conn::age(score, unix_now());
@@ -73,12 +71,36 @@ fn deliver(
             ?age,
             "dropping a message older than expiry"
         );
-        return true;
+        return None;
     }
-    let at = inner.engine.arrival(age);
-    if let Some((queue, demand)) = named {
-        return inner.engine.deliver_wanted(queue, message, &at, demand) != Pushed::Unwanted;
+    Some((message, route, inner.engine.arrival(age)))
+}
+
+/// Hands a message popped from `queue`, a named channel's local queue, to it — queued only
+/// while more receivers wait than the channel holds: returns `false` if it was not, and it
+/// belongs back in Redis.
+fn deliver_named(
+    inner: &Inner,
+    queue_key: &str,
+    member: &[u8],
+    score: f64,
+    queue: &Arc<Queue>,
+    demand: &Demand,
+) -> bool {
+    match decode_fresh(inner, queue_key, member, score) {
+        Some((message, _, at)) => {
+            inner.engine.deliver_wanted(queue, message, &at, demand) != Pushed::Unwanted
+        }
+        None => true,
     }
+}
+
+/// Hands a message popped from this process's queue to the local channel(s) it names, or, for
+/// a group message from another switchboard process, to the group's members here.
+async fn deliver(inner: &Arc<Inner>, queue_key: &str, member: &[u8], score: f64) {
+    let Some((message, route, at)) = decode_fresh(inner, queue_key, member, score) else {
+        return;
+    };
     // A process queue's message names channels of this process; a name that is not one (a
     // named channel this process also receives on) must not be fed from here.
     match route {
@@ -90,7 +112,7 @@ fn deliver(
                     Ok(name) => inner.own_queue(&name),
                     Err(e) => {
                         tracing::debug!(error = %e, "process-queue message for a bad channel name skipped");
-                        return true;
+                        return;
                     }
                 },
             };
@@ -111,6 +133,20 @@ fn deliver(
                 }
             }
         }
+        Route::Group {
+            group,
+            members,
+            digest,
+        } => {
+            let (here, here_digest) = inner.engine.group_digest(&group);
+            if here as u64 == members && here_digest == digest {
+                crate::metrics::group_route(true);
+                inner.engine.group_deliver(&group, &message, &at);
+            } else {
+                crate::metrics::group_route(false);
+                deliver_to_members_in_redis(inner, &group, &message, &at).await;
+            }
+        }
         Route::Unrouted => {
             tracing::debug!(
                 key = queue_key,
@@ -118,7 +154,57 @@ fn deliver(
             );
         }
     }
-    true
+}
+
+/// A group message whose member count or digest differ from this process's index of the
+/// group (a member joined or left while it was on its way, or another process added one of
+/// this process's channels to the group): delivered to this process's channels among the
+/// group's members in Redis now. If Redis cannot say, to the members in the index.
+async fn deliver_to_members_in_redis(
+    inner: &Arc<Inner>,
+    group: &str,
+    message: &Message,
+    at: &Arrival,
+) {
+    let key = inner.group_key(group);
+    let h = inner.host_index(group);
+    let host = &inner.hosts[h];
+    let cutoff = unix_now() - inner.cfg.layer.group_expiry.as_secs_f64();
+    let timeout = inner.cfg.command_timeout;
+    let names: Vec<Box<str>> = match inner.members.get(h, host, &key, timeout).await {
+        Some(read) => read
+            .iter()
+            .filter(|(_, joined)| *joined > cutoff)
+            .map(|(name, _)| name.clone())
+            .collect(),
+        None => {
+            let mut c = host.conn();
+            let mut read = redis::cmd("ZRANGEBYSCORE");
+            read.arg(&key).arg(format!("({cutoff}")).arg("+inf");
+            let names = conn::timed(timeout, read.query_async::<Vec<String>>(&mut c))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| e.to_string()));
+            match names {
+                Ok(names) => names.into_iter().map(String::into_boxed_str).collect(),
+                Err(e) => {
+                    tracing::warn!(group, host = %host.name, error = %e, "could not read a group's members for a group message; it goes to the members this process knows of");
+                    inner.engine.group_deliver(group, message, at);
+                    return;
+                }
+            }
+        }
+    };
+    let mut lagging = Default::default();
+    for name in &names {
+        if inner.client.owns(name)
+            && let Some(q) = inner.engine.get(name)
+        {
+            inner
+                .engine
+                .deliver_to_member(&q, message.clone(), at, &mut lagging);
+        }
+    }
 }
 
 /// Connects to `host` and pops from `key` (with [`pop_forever`]) until shutdown, reconnecting
@@ -291,9 +377,7 @@ async fn pop_forever(
             };
             let unwanted: Vec<(&[u8], f64)> = pairs
                 .into_iter()
-                .filter(|&(member, score)| {
-                    !deliver(inner, key, member, score, Some((queue, demand)))
-                })
+                .filter(|&(member, score)| !deliver_named(inner, key, member, score, queue, demand))
                 .collect();
             give_back(inner, key, conn, queue, &unwanted).await?;
             continue;
@@ -305,7 +389,7 @@ async fn pop_forever(
                         && let [member, score] = &pair[..]
                         && let Some((member, score)) = popped_pair(member, score)
                     {
-                        deliver(inner, key, member, score, None);
+                        deliver(inner, key, member, score).await;
                     }
                 }
             }
@@ -314,7 +398,7 @@ async fn pop_forever(
         if let [_, member, score] = &items[..]
             && let Some((member, score)) = popped_pair(member, score)
         {
-            deliver(inner, key, member, score, None);
+            deliver(inner, key, member, score).await;
         }
         // Drain a burst without blocking.
         loop {
@@ -328,7 +412,7 @@ async fn pop_forever(
             let n = items.len() / 2;
             for pair in items.chunks_exact(2) {
                 if let Some((member, score)) = popped_pair(&pair[0], &pair[1]) {
-                    deliver(inner, key, member, score, None);
+                    deliver(inner, key, member, score).await;
                 }
             }
             if n < DRAIN_BATCH {
