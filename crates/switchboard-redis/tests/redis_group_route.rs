@@ -1,7 +1,8 @@
 //! A core layer group message between switchboard processes names the group, not its channels
 //! (`layer/fanout.rs`): the receiver serves it from its own index of the group when it holds
 //! the member set the sender saw, and from the group's members in Redis when it does not (a
-//! member another process added, one that left) — nobody missed, nobody extra. A copy for a
+//! member another process added, one that left) — nobody missed, nobody extra; so does the
+//! sender for its own members. A copy for a
 //! channels_redis process still lists its channels. On the real redis-server at
 //! `SWITCHBOARD_REDIS_URL`, with the routes counted through the metrics facade.
 #![allow(clippy::unwrap_used)]
@@ -115,4 +116,23 @@ async fn group_messages_between_switchboard_processes_name_the_group() {
     for ch in [&members[0], &members[2], &added] {
         assert_eq!(recv(&b, ch).await, msg("wire", 0));
     }
+
+    // The sender's own members: served from its index while that holds them all, one by one
+    // when another process added one of its channels (which its index does not hold).
+    let own = a.new_channel().await.unwrap();
+    a.group_add("lobby", &own).await.unwrap();
+    a.group_send("lobby", msg("own", 0)).await.unwrap();
+    assert_eq!(recv(&a, &own).await, msg("own", 0));
+    let added_by_b = a.new_channel().await.unwrap();
+    b.group_add("lobby", &added_by_b).await.unwrap();
+    for i in 1..3 {
+        a.group_send("lobby", msg("own", i)).await.unwrap();
+        for ch in [&own, &added_by_b] {
+            assert_eq!(recv(&a, ch).await, msg("own", i));
+        }
+    }
+    a.group_discard("lobby", &own).await.unwrap();
+    a.group_send("lobby", msg("own", 3)).await.unwrap();
+    assert_eq!(recv(&a, &added_by_b).await, msg("own", 3));
+    assert!(nothing(&a, &own).await, "a member that left got it");
 }

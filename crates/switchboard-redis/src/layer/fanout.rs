@@ -62,21 +62,89 @@ pub(super) async fn send_remote(
     }
 }
 
+/// A group send's fan-out, worked out from a read of the group's members: this process's own
+/// members, and the other processes' queues with theirs. Kept with a cached read
+/// ([`Group::plan`](super::members::Group)), so sends to a group whose members did not change
+/// do not go through the member names again.
+#[derive(Debug)]
+pub(super) struct Plan {
+    /// The earliest score (join time) among the members planned for: the plan holds while it
+    /// is later than the group expiry cutoff.
+    earliest: f64,
+    /// This process's own member channels (indexes into the read).
+    own: Vec<usize>,
+    /// Their count and digest, to compare with this process's index of the group.
+    own_digest: (usize, u64),
+    /// The other processes' queues.
+    queues: Vec<ProcessQueue>,
+}
+
 /// One process queue a group send reaches, and the members it holds.
-struct ProcessQueue<'a> {
+#[derive(Debug)]
+struct ProcessQueue {
     /// Its Redis key.
     key: String,
     /// Its host's index.
     host: usize,
     /// The capacity of its (first) member channel.
     capacity: usize,
-    /// The member channels it holds.
-    channels: Vec<&'a str>,
+    /// The member channels it holds (indexes into the read).
+    channels: Vec<usize>,
     /// A switchboard process's queue: the message names the group, the count of `channels`
     /// and `digest`, instead of the channels (see [`group_send`]).
     by_group: bool,
     /// The XOR of `channels`' member digests (when `by_group`).
     digest: u64,
+}
+
+impl Plan {
+    /// The fan-out to the members joined after `cutoff`.
+    fn new(inner: &Inner, members: &[(Box<str>, f64)], cutoff: f64) -> Plan {
+        let mut plan = Plan {
+            earliest: f64::INFINITY,
+            own: Vec::new(),
+            own_digest: (0, 0),
+            queues: Vec::new(),
+        };
+        let mut index: HashMap<&str, usize, Hasher> = HashMap::default();
+        for (at, (name, joined)) in members.iter().enumerate() {
+            if *joined <= cutoff {
+                continue; // expired
+            }
+            plan.earliest = plan.earliest.min(*joined);
+            let name: &str = name;
+            // Only this process's own channels skip Redis. A named channel (`worker.jobs`) this
+            // process receives on has a local queue too, but other processes read it as well:
+            // its message goes to its Redis queue.
+            if inner.client.owns(name) {
+                plan.own.push(at);
+                plan.own_digest.0 += 1;
+                plan.own_digest.1 ^= switchboard_core::engine::member_digest(name);
+                continue;
+            }
+            let non_local = match name.find('!') {
+                Some(i) => &name[..=i],
+                None => name,
+            };
+            let i = *index.entry(non_local).or_insert_with(|| {
+                plan.queues.push(ProcessQueue {
+                    key: format!("{}{non_local}", inner.cfg.prefix),
+                    host: inner.host_index(non_local),
+                    capacity: inner.cfg.layer.capacity_for(name),
+                    channels: Vec::new(),
+                    by_group: crate::process::is_switchboard_queue(non_local),
+                    digest: 0,
+                });
+                plan.queues.len() - 1
+            });
+            let q = &mut plan.queues[i];
+            q.channels.push(at);
+            if q.by_group {
+                q.digest ^= switchboard_core::engine::member_digest(name);
+            }
+        }
+        plan
+    }
 }
 
 /// `group_send`: this process's members get the message at once; the others are grouped by the
@@ -93,7 +161,8 @@ struct ProcessQueue<'a> {
 /// joined or left while the message was on its way, or another process added one of the
 /// receiver's channels, which the receiver's index does not hold), it reads the group's
 /// members from Redis when the message arrives and serves its own channels among them
-/// (`receive.rs`).
+/// (`receive.rs`). This process's own members are served the same way: from the engine's
+/// index of the group when it holds the members read, else one by one.
 pub(super) async fn group_send(
     inner: &Arc<Inner>,
     group: &GroupName,
@@ -105,7 +174,7 @@ pub(super) async fn group_send(
     let score = inner.clock.next();
     let group_cutoff = score - inner.cfg.layer.group_expiry.as_secs_f64();
     let mut c = ghost.conn();
-    let members = match inner
+    let read = match inner
         .members
         .get(gh, ghost, &gkey, inner.cfg.command_timeout)
         .await
@@ -113,7 +182,7 @@ pub(super) async fn group_send(
         Some(read) => {
             // Expired members are skipped below, and taken out of Redis here (which tells
             // the cache), where channels_redis trims before every read.
-            if read.iter().any(|(_, s)| *s <= group_cutoff) {
+            if read.members.iter().any(|(_, s)| *s <= group_cutoff) {
                 let _: () = redis::cmd("ZREMRANGEBYSCORE")
                     .arg(&gkey)
                     .arg("-inf")
@@ -138,7 +207,7 @@ pub(super) async fn group_send(
                 .query_async(&mut c)
                 .await
                 .map_err(|e| ghost.error(e))?;
-            Arc::new(
+            super::members::Group::new(
                 names
                     .iter()
                     .filter_map(|n| std::str::from_utf8(n).ok())
@@ -148,58 +217,47 @@ pub(super) async fn group_send(
         }
     };
     let mut lagging = Lagging::default();
-    if members.is_empty() {
+    if read.members.is_empty() {
         return Ok(lagging);
     }
+    let members = &read.members;
+    // The plan kept with the read holds while none of its members expired; else one for now.
+    let fresh;
+    let plan = match read.plan.get() {
+        Some(plan) if plan.earliest > group_cutoff => plan,
+        _ => {
+            let plan = Plan::new(inner, members, group_cutoff);
+            if plan.own.len() + plan.queues.iter().map(|q| q.channels.len()).sum::<usize>()
+                == members.len()
+            {
+                read.plan.get_or_init(|| plan)
+            } else {
+                fresh = plan;
+                &fresh
+            }
+        }
+    };
 
-    let at = inner.engine.arrival(std::time::Duration::ZERO);
     let mut gone: Vec<&str> = Vec::new();
-    let mut queues: Vec<ProcessQueue<'_>> = Vec::new();
-    let mut index: HashMap<&str, usize, Hasher> = HashMap::default();
-    for (name, joined) in members.iter() {
-        if *joined <= group_cutoff {
-            continue; // expired: taken out above
-        }
-        let name: &str = name;
-        // Only this process's own channels skip Redis. A named channel (`worker.jobs`) this
-        // process receives on has a local queue too, but other processes read it as well: its
-        // message goes to its Redis queue.
-        if inner.client.owns(name) {
-            match inner.engine.get(name) {
-                Some(q) => {
-                    inner
-                        .engine
-                        .deliver_to_member(&q, message.clone(), &at, &mut lagging);
+    if !plan.own.is_empty() {
+        let at = inner.engine.arrival(std::time::Duration::ZERO);
+        if inner.engine.group_digest(group.as_str()) == plan.own_digest {
+            lagging = inner.engine.group_deliver(group.as_str(), &message, &at);
+        } else {
+            for &i in &plan.own {
+                let name: &str = &members[i].0;
+                match inner.engine.get(name) {
+                    Some(q) => {
+                        inner
+                            .engine
+                            .deliver_to_member(&q, message.clone(), &at, &mut lagging);
+                    }
+                    None => gone.push(name),
                 }
-                None => gone.push(name),
             }
-            continue;
-        }
-        let non_local = match name.find('!') {
-            Some(i) => &name[..=i],
-            None => name,
-        };
-        let i = match index.get(non_local) {
-            Some(&i) => i,
-            None => {
-                index.insert(non_local, queues.len());
-                queues.push(ProcessQueue {
-                    key: format!("{}{non_local}", inner.cfg.prefix),
-                    host: inner.host_index(non_local),
-                    capacity: inner.cfg.layer.capacity_for(name),
-                    channels: Vec::new(),
-                    by_group: crate::process::is_switchboard_queue(non_local),
-                    digest: 0,
-                });
-                queues.len() - 1
-            }
-        };
-        let q = &mut queues[i];
-        q.channels.push(name);
-        if q.by_group {
-            q.digest ^= switchboard_core::engine::member_digest(name);
         }
     }
+    let queues = &plan.queues;
 
     if !queues.is_empty() {
         let fields = Codec::fields(&message).map_err(|e| MessageError::Serialize(e.0))?;
@@ -217,6 +275,7 @@ pub(super) async fn group_send(
             }
             for &i in &idxs {
                 let q = &queues[i];
+                let names: Vec<&str>;
                 let route = if q.by_group {
                     RouteRef::Group {
                         group: group.as_str(),
@@ -224,7 +283,8 @@ pub(super) async fn group_send(
                         digest: q.digest,
                     }
                 } else if q.key.ends_with('!') {
-                    RouteRef::Many(&q.channels)
+                    names = q.channels.iter().map(|&c| &*members[c].0).collect();
+                    RouteRef::Many(&names)
                 } else {
                     RouteRef::Unrouted
                 };
@@ -266,7 +326,7 @@ pub(super) async fn group_send(
             for i in indexes(parts.get(1)) {
                 if let Some(&q) = idxs.get(i) {
                     tracing::info!(group = %group, queue = %queues[q].key, "group member's queue holds expired messages; its channels leave the group");
-                    gone.extend(queues[q].channels.iter().copied());
+                    gone.extend(queues[q].channels.iter().map(|&c| &*members[c].0));
                 }
             }
         }

@@ -39,9 +39,26 @@ use parking_lot::Mutex;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, PushInfo, PushKind, Value as RValue};
 
+/// A group's members as read, shared by the sends that use it until Redis says it changed.
+pub(super) type Read = Arc<Group>;
+
 /// A group's members as read: channel names and their scores (when each joined or last
-/// refreshed its membership, Redis time in seconds).
-pub(super) type Read = Arc<Vec<(Box<str>, f64)>>;
+/// refreshed its membership, Redis time in seconds), and the fan-out worked out from them
+/// once, for every send while the read stays valid.
+#[derive(Debug)]
+pub(super) struct Group {
+    pub(super) members: Vec<(Box<str>, f64)>,
+    pub(super) plan: std::sync::OnceLock<super::fanout::Plan>,
+}
+
+impl Group {
+    pub(super) fn new(members: Vec<(Box<str>, f64)>) -> Read {
+        Arc::new(Group {
+            members,
+            plan: std::sync::OnceLock::new(),
+        })
+    }
+}
 
 /// How long to wait before trying to make a tracking connection again.
 const RETRY: Duration = Duration::from_secs(5);
@@ -173,7 +190,7 @@ impl Members {
                 return None;
             }
         };
-        let read: Read = Arc::new(parse(value));
+        let read: Read = Group::new(parse(value));
         let mut st = hc.cache.state.lock();
         if st.tracking && st.generation == generation {
             st.groups.insert(key.to_owned(), read.clone());
@@ -341,8 +358,8 @@ mod tests {
         {
             let mut st = cache.state.lock();
             st.tracking = true;
-            st.groups.insert("g:a".into(), Arc::new(Vec::new()));
-            st.groups.insert("g:b".into(), Arc::new(Vec::new()));
+            st.groups.insert("g:a".into(), Group::new(Vec::new()));
+            st.groups.insert("g:b".into(), Group::new(Vec::new()));
         }
         cache.invalidated(PushInfo {
             kind: PushKind::Invalidate,

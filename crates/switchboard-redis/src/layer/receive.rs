@@ -173,6 +173,7 @@ async fn deliver_to_members_in_redis(
     let timeout = inner.cfg.command_timeout;
     let names: Vec<Box<str>> = match inner.members.get(h, host, &key, timeout).await {
         Some(read) => read
+            .members
             .iter()
             .filter(|(_, joined)| *joined > cutoff)
             .map(|(name, _)| name.clone())
