@@ -8,7 +8,8 @@
 //! - `group_send_1000/same_process`: 1,000 members in the sender's process, as the consumers of
 //!   one server (Django's `layer_bench.py` fan-out with `--instances 1`).
 //! - `group_send_1000/other_process`: 1,000 members in another process: every group message
-//!   crosses Redis once, naming the 1,000 channels.
+//!   crosses Redis once; on the core layer it names the group, and the receiving process serves
+//!   it from its own index of the group.
 //! - `redis_layer/group_send_1000/{same,other}_process_uncached`: the same on `RedisLayer` with
 //!   its group members cache off (`RedisConfig::cache_groups(false)`): the members read for
 //!   every send, as channels_redis reads them — beside the cached runs, for the ratio.
