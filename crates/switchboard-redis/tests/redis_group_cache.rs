@@ -6,18 +6,11 @@
 
 use switchboard_core::Layer;
 use switchboard_redis::{RedisConfig, RedisLayer};
-use test_support::layers::{msg, recv};
+use test_support::layers::{msg, nothing, recv};
 use test_support::metrics::Recorded;
 use test_support::redis::{fresh_prefix, url};
 
 const GROUP_CACHE: &str = "switchboard_redis_group_cache_total";
-
-/// Nothing is received on `ch` within 100 ms.
-async fn nothing(layer: &Layer, ch: &switchboard_core::ChannelName) -> bool {
-    tokio::time::timeout(std::time::Duration::from_millis(100), layer.receive(ch))
-        .await
-        .is_err()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn group_members_are_cached_and_no_change_is_missed() {

@@ -7,34 +7,18 @@
 //! `SWITCHBOARD_REDIS_URL`, with the routes counted through the metrics facade.
 #![allow(clippy::unwrap_used)]
 
-use std::time::Duration;
-
+use redis::AsyncCommands;
 use switchboard_core::{ChannelName, Layer};
 use switchboard_redis::{RedisConfig, RedisLayer};
-use test_support::layers::{msg, recv};
+use test_support::layers::{msg, nothing, raw, recv};
 use test_support::metrics::Recorded;
 use test_support::redis::{fresh_prefix, url};
 
 const ROUTES: &str = "switchboard_redis_group_routes_total";
 
-/// Nothing is received on `ch` within 100 ms.
-async fn nothing(layer: &Layer, ch: &ChannelName) -> bool {
-    tokio::time::timeout(Duration::from_millis(100), layer.receive(ch))
-        .await
-        .is_err()
-}
-
 /// What the queue at `key` holds, as stored.
 async fn stored(server: &str, key: &str) -> Vec<Vec<u8>> {
-    let client = redis::Client::open(server).unwrap();
-    let mut c = client.get_multiplexed_async_connection().await.unwrap();
-    redis::cmd("ZRANGE")
-        .arg(key)
-        .arg(0)
-        .arg(-1)
-        .query_async(&mut c)
-        .await
-        .unwrap()
+    raw(server).await.zrange(key, 0, -1).await.unwrap()
 }
 
 fn contains(haystack: &[u8], needle: &str) -> bool {

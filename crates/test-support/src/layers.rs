@@ -60,6 +60,13 @@ pub async fn recv(layer: &Layer, ch: &switchboard_core::ChannelName) -> switchbo
         .unwrap() // ok: test harness, a panic fails the calling test
 }
 
+/// Whether nothing is received on `ch` within 100 ms.
+pub async fn nothing(layer: &Layer, ch: &switchboard_core::ChannelName) -> bool {
+    tokio::time::timeout(std::time::Duration::from_millis(100), layer.receive(ch))
+        .await
+        .is_err()
+}
+
 pub use switchboard_core::layer::conformance::{all_value_types, msg};
 
 /// How many members the sorted set `key` holds on the Redis at `url` (a core-layer channel's
