@@ -140,6 +140,7 @@ pub fn free_port() -> u16 {
     let start = std::process::id().wrapping_mul(7_919) % span;
     for _ in 0..span {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        // ok: below `top`, which is at most u16::MAX (`ephemeral_start` reads a u16)
         let port = u16::try_from(LOWEST + (start + n) % span).unwrap();
         if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
@@ -152,8 +153,8 @@ pub fn free_port() -> u16 {
 fn ephemeral_start() -> u32 {
     std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse().ok())
-        .unwrap_or(32_768)
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .map_or(32_768, u32::from)
 }
 
 /// Waits until something accepts TCP connections on `addr`.

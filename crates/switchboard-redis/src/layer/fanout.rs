@@ -11,6 +11,7 @@ use switchboard_core::message::MessageError;
 use switchboard_core::{ChannelName, GroupName, LayerError, Message, Result};
 
 use super::Inner;
+use super::members::Read;
 use super::scripts::{GROUP_SEND, SEND};
 use crate::codec::{Codec, RouteRef};
 
@@ -147,6 +148,57 @@ impl Plan {
     }
 }
 
+/// The members of `group`: from the members cache when it vouches for them, else read as
+/// channels_redis reads them (with no scores: `INFINITY`). Members that joined at or before
+/// `cutoff` have expired: they are taken out of Redis (which tells the cache), where
+/// channels_redis trims before every read, and the caller skips them.
+pub(super) async fn read_members(inner: &Inner, group: &str, cutoff: f64) -> Result<Read> {
+    let gkey = inner.group_key(group);
+    let gh = inner.host_index(group);
+    let ghost = &inner.hosts[gh];
+    let mut c = ghost.conn();
+    match inner
+        .members
+        .get(gh, ghost, &gkey, inner.cfg.command_timeout)
+        .await
+    {
+        Some(read) => {
+            if read.members.iter().any(|(_, s)| *s <= cutoff) {
+                let _: () = redis::cmd("ZREMRANGEBYSCORE")
+                    .arg(&gkey)
+                    .arg("-inf")
+                    .arg(cutoff)
+                    .query_async(&mut c)
+                    .await
+                    .map_err(|e| ghost.error(e))?;
+            }
+            Ok(read)
+        }
+        None => {
+            let (names,): (Vec<Vec<u8>>,) = redis::pipe()
+                .cmd("ZREMRANGEBYSCORE")
+                .arg(&gkey)
+                .arg("-inf")
+                .arg(cutoff)
+                .ignore()
+                .cmd("ZRANGE")
+                .arg(&gkey)
+                .arg(0)
+                .arg(-1)
+                .query_async(&mut c)
+                .await
+                .map_err(|e| ghost.error(e))?;
+            Ok(super::members::Group::new(
+                names
+                    .iter()
+                    .filter_map(|n| std::str::from_utf8(n).ok())
+                    .map(|n| (Box::<str>::from(n), f64::INFINITY))
+                    .collect(),
+            ))
+        }
+    }
+}
+
 /// `group_send`: this process's members get the message at once; the others are grouped by the
 /// process queue they share, and each queue gets one copy. Returns the local members left
 /// lagging, for back-pressure.
@@ -168,54 +220,9 @@ pub(super) async fn group_send(
     group: &GroupName,
     message: Message,
 ) -> Result<Lagging> {
-    let gkey = inner.group_key(group.as_str());
-    let gh = inner.host_index(group.as_str());
-    let ghost = &inner.hosts[gh];
     let score = inner.clock.next();
     let group_cutoff = score - inner.cfg.layer.group_expiry.as_secs_f64();
-    let mut c = ghost.conn();
-    let read = match inner
-        .members
-        .get(gh, ghost, &gkey, inner.cfg.command_timeout)
-        .await
-    {
-        Some(read) => {
-            // Expired members are skipped below, and taken out of Redis here (which tells
-            // the cache), where channels_redis trims before every read.
-            if read.members.iter().any(|(_, s)| *s <= group_cutoff) {
-                let _: () = redis::cmd("ZREMRANGEBYSCORE")
-                    .arg(&gkey)
-                    .arg("-inf")
-                    .arg(group_cutoff)
-                    .query_async(&mut c)
-                    .await
-                    .map_err(|e| ghost.error(e))?;
-            }
-            read
-        }
-        None => {
-            let (names,): (Vec<Vec<u8>>,) = redis::pipe()
-                .cmd("ZREMRANGEBYSCORE")
-                .arg(&gkey)
-                .arg("-inf")
-                .arg(group_cutoff)
-                .ignore()
-                .cmd("ZRANGE")
-                .arg(&gkey)
-                .arg(0)
-                .arg(-1)
-                .query_async(&mut c)
-                .await
-                .map_err(|e| ghost.error(e))?;
-            super::members::Group::new(
-                names
-                    .iter()
-                    .filter_map(|n| std::str::from_utf8(n).ok())
-                    .map(|n| (Box::<str>::from(n), f64::INFINITY))
-                    .collect(),
-            )
-        }
-    };
+    let read = read_members(inner, group.as_str(), group_cutoff).await?;
     let mut lagging = Lagging::default();
     if read.members.is_empty() {
         return Ok(lagging);
@@ -337,10 +344,11 @@ pub(super) async fn group_send(
     }
 
     if !gone.is_empty() {
+        let ghost = inner.host_for(group.as_str());
         let _: () = redis::cmd("ZREM")
-            .arg(&gkey)
+            .arg(inner.group_key(group.as_str()))
             .arg(&gone)
-            .query_async(&mut c)
+            .query_async(&mut ghost.conn())
             .await
             .map_err(|e| ghost.error(e))?;
     }

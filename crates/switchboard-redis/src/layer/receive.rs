@@ -166,39 +166,20 @@ async fn deliver_to_members_in_redis(
     message: &Message,
     at: &Arrival,
 ) {
-    let key = inner.group_key(group);
-    let h = inner.host_index(group);
-    let host = &inner.hosts[h];
     let cutoff = unix_now() - inner.cfg.layer.group_expiry.as_secs_f64();
-    let timeout = inner.cfg.command_timeout;
-    let names: Vec<Box<str>> = match inner.members.get(h, host, &key, timeout).await {
-        Some(read) => read
-            .members
-            .iter()
-            .filter(|(_, joined)| *joined > cutoff)
-            .map(|(name, _)| name.clone())
-            .collect(),
-        None => {
-            let mut c = host.conn();
-            let mut read = redis::cmd("ZRANGEBYSCORE");
-            read.arg(&key).arg(format!("({cutoff}")).arg("+inf");
-            let names = conn::timed(timeout, read.query_async::<Vec<String>>(&mut c))
-                .await
-                .map_err(|e| e.to_string())
-                .and_then(|r| r.map_err(|e| e.to_string()));
-            match names {
-                Ok(names) => names.into_iter().map(String::into_boxed_str).collect(),
-                Err(e) => {
-                    tracing::warn!(group, host = %host.name, error = %e, "could not read a group's members for a group message; it goes to the members this process knows of");
-                    inner.engine.group_deliver(group, message, at);
-                    return;
-                }
-            }
+    let read = super::fanout::read_members(inner, group, cutoff);
+    let read = match conn::timed(inner.cfg.command_timeout, read).await {
+        Ok(Ok(read)) => read,
+        Ok(Err(e)) | Err(e) => {
+            tracing::warn!(group, error = %e, "could not read a group's members for a group message; it goes to the members this process knows of");
+            inner.engine.group_deliver(group, message, at);
+            return;
         }
     };
     let mut lagging = Default::default();
-    for name in &names {
-        if inner.client.owns(name)
+    for (name, joined) in &read.members {
+        if *joined > cutoff
+            && inner.client.owns(name)
             && let Some(q) = inner.engine.get(name)
         {
             inner
