@@ -480,7 +480,7 @@ where
             req.uri().path().to_owned(),
             req.uri().query().unwrap_or("").to_owned(),
             params,
-            detach_headers(req.headers()),
+            req.headers(),
             peer,
         );
         if let Err(refusal) = self.auth.authenticate(&mut scope).await {
@@ -643,20 +643,6 @@ fn refuse(
 /// Copies headers into fresh allocations. hyper parses header values as slices of its read
 /// buffer; a scope holding them for the life of a connection would pin that whole buffer
 /// (8–16 KiB per connection, measured with massif) instead of the few hundred bytes it needs.
-fn detach_headers(headers: &http::HeaderMap) -> http::HeaderMap {
-    let mut out = http::HeaderMap::with_capacity(headers.len());
-    for (name, value) in headers {
-        let name = header::HeaderName::from_bytes(name.as_str().as_bytes())
-            .unwrap_or_else(|_| name.clone());
-        let mut copy = HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
-        copy.set_sensitive(
-            value.is_sensitive() || matches!(name, header::AUTHORIZATION | header::COOKIE),
-        );
-        out.append(name, copy);
-    }
-    out
-}
-
 fn header_has_token(headers: &http::HeaderMap, name: header::HeaderName, token: &str) -> bool {
     headers
         .get_all(name)

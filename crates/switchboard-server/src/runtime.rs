@@ -285,20 +285,21 @@ fn to_websocket(item: Out) -> WsMessage {
 /// Runs `fut` (a handler) to completion while writing what it queues. It takes the handler
 /// pinned where the caller made it, so that the handler's future is kept once in the
 /// connection's task (moved in here, it would be kept twice: as the argument and as the pinned
-/// local).
-async fn drive<F, T>(
-    fut: Pin<&mut F>,
-    ws: &mut T,
-    out: &Mutex<Outbound>,
-    writer: &mut Writer,
-    broken: &mut bool,
-) -> std::thread::Result<F::Output>
+/// local). A plain function returning a `poll_fn`, not an `async fn`, for the same reason: its
+/// state is the closure's captures, kept once.
+fn drive<'a, F, T>(
+    fut: Pin<&'a mut F>,
+    ws: &'a mut T,
+    out: &'a Mutex<Outbound>,
+    writer: &'a mut Writer,
+    broken: &'a mut bool,
+) -> impl Future<Output = std::thread::Result<F::Output>> + 'a
 where
     F: Future,
     T: Sink<WsMessage, Error = WsError> + Unpin,
 {
     let mut fut = AssertUnwindSafe(fut).catch_unwind();
-    std::future::poll_fn(|cx| {
+    std::future::poll_fn(move |cx| {
         if let Poll::Ready(r) = Pin::new(&mut fut).poll(cx) {
             return Poll::Ready(r);
         }
@@ -308,12 +309,18 @@ where
         }
         Poll::Pending
     })
-    .await
 }
 
-/// Queued frames past which the runtime writes before taking more input (see also the byte
-/// threshold in `run`).
+/// Queued frames past which the runtime writes before taking more input (see also
+/// [`batch_bytes`]).
 const WRITE_BATCH: usize = 32;
+
+/// Queued bytes past which the runtime writes even if more input is ready (well under the
+/// queue's limit). Worked out where it is needed, not kept: the task holds every local for the
+/// connection's life.
+fn batch_bytes(config: &ConnectionConfig) -> usize {
+    (config.outbound_bytes / 4).clamp(1, 64 * 1024)
+}
 
 /// Why the connection loop ended, and the code `disconnect` is given.
 struct Ending {
@@ -377,14 +384,12 @@ where
             return;
         };
         let out = conn.out.clone();
-        let channel = conn.channel_name().clone();
         if !config.refresh_groups {
             conn.subscription().set_refresh(None);
         }
         let mut writer = Writer::new();
-        let stats = metrics::handles();
-        stats.total.increment(1);
-        stats.open.increment(1.0);
+        metrics::handles().total.increment(1);
+        metrics::handles().open.increment(1.0);
         tracing::debug!("connection accepted");
         let mut broken = false;
         let mut last_heard = Instant::now();
@@ -392,8 +397,6 @@ where
         let timer = tokio::time::sleep_until(next_deadline(&config, last_heard, last_ping));
         let mut timer = std::pin::pin!(timer);
         let mut socket_first = true;
-        // Write once this much is queued even if more input is ready (well under the queue's limit).
-        let batch_bytes = (config.outbound_bytes / 4).clamp(1, 64 * 1024);
         let mut dropped_seen = conn.subscription().dropped();
         // A client over its rates is not read for a while (see `Rates`).
         let mut rates = Rates::new(&config);
@@ -403,7 +406,7 @@ where
                 let o = out.lock();
                 if o.overflow {
                     drop(o);
-                    tracing::info!(%channel, "client is not reading; closing with 1008");
+                    tracing::info!(channel = %conn.channel_name(), "client is not reading; closing with 1008");
                     break Ending {
                         code: CloseCode::POLICY,
                         why: "slow_client",
@@ -439,7 +442,7 @@ where
                 // with its group, and would only see what it missed after the backlog. Cut it off.
                 let dropped = conn.subscription().dropped();
                 if dropped > dropped_seen {
-                    tracing::info!(%channel, missed = dropped - dropped_seen, "client fell behind its group; closing with 1008");
+                    tracing::info!(channel = %conn.channel_name(), missed = dropped - dropped_seen, "client fell behind its group; closing with 1008");
                     break Ending {
                         code: CloseCode::POLICY,
                         why: "slow_client",
@@ -457,7 +460,7 @@ where
                 if !broken
                     && {
                         let o = out.lock();
-                        o.frames.len() >= WRITE_BATCH || o.bytes >= batch_bytes
+                        o.frames.len() >= WRITE_BATCH || o.bytes >= batch_bytes(&config)
                     }
                     && let Poll::Ready(Err(e)) = writer.poll_write(tcx, &mut ws, &out)
                 {
@@ -548,8 +551,8 @@ where
                         }
                         other => match data_frame(other) {
                             Some(Ok(f)) => {
-                                stats.frames_in.increment(1);
-                                stats.bytes_in.increment(f.len() as u64);
+                                metrics::handles().frames_in.increment(1);
+                                metrics::handles().bytes_in.increment(f.len() as u64);
                                 if let Some(r) = rates.as_mut()
                                     && let Some(until) = r.take(f.len())
                                 {
@@ -622,7 +625,7 @@ where
                 Input::Missed => {
                     // Where the groups keep history, what was missed is read again (boxed: rare).
                     let missed = Box::pin(conn.subscription().take_missed_and_recover()).await;
-                    tracing::info!(%channel, dropped = missed.dropped, interrupted = missed.interrupted, recovered = missed.recovered, "messages for this connection were lost");
+                    tracing::info!(channel = %conn.channel_name(), dropped = missed.dropped, interrupted = missed.interrupted, recovered = missed.recovered, "messages for this connection were lost");
                     metrics::missed(missed);
                     // Boxed: rare, as `receive`'s future is.
                     let result = drive(
@@ -649,7 +652,7 @@ where
                 Input::Event(Err(e)) => {
                     // The layer closed (the server is shutting down), or the subscription did.
                     if !matches!(e, LayerError::Closed) {
-                        tracing::warn!(%channel, error = %e, "receiving from the channel layer failed");
+                        tracing::warn!(channel = %conn.channel_name(), error = %e, "receiving from the channel layer failed");
                     }
                     break Ending {
                         code: CloseCode::GOING_AWAY,
@@ -662,7 +665,7 @@ where
                     use tokio_tungstenite::tungstenite::error::{CapacityError, ProtocolError};
                     let (code, reason) = match e {
                         WsError::Capacity(CapacityError::MessageTooLong { size, max_size }) => {
-                            tracing::info!(%channel, size, max_size, "client message too big");
+                            tracing::info!(channel = %conn.channel_name(), size, max_size, "client message too big");
                             (
                                 CloseCode::TOO_BIG,
                                 format!(
@@ -688,7 +691,7 @@ where
                         }
                         WsError::Protocol(p) => (CloseCode::PROTOCOL, p.to_string()),
                         other => {
-                            tracing::debug!(%channel, error = %other, "websocket error");
+                            tracing::debug!(channel = %conn.channel_name(), error = %other, "websocket error");
                             break Ending {
                                 code: CloseCode::ABNORMAL,
                                 why: "client",
@@ -718,7 +721,7 @@ where
                     };
                 }
                 Input::WriteError(e) => {
-                    tracing::debug!(%channel, error = %e, "write to the client failed");
+                    tracing::debug!(channel = %conn.channel_name(), error = %e, "write to the client failed");
                     break Ending {
                         code: CloseCode::ABNORMAL,
                         why: "client",
@@ -751,7 +754,7 @@ where
                         r.paused_until
                     });
                     if now.duration_since(last_heard) >= config.idle_timeout {
-                        tracing::debug!(%channel, "idle timeout");
+                        tracing::debug!(channel = %conn.channel_name(), "idle timeout");
                         break Ending {
                             code: CloseCode::GOING_AWAY,
                             why: "idle",
@@ -777,7 +780,12 @@ where
         // then are cancelled; `disconnect` comes after them.
         if let Some(tasks) = conn.tasks.take() {
             // Boxed: rare, and its timer would otherwise take room in every connection's task.
-            Box::pin(finish_tasks(*tasks, &channel, config.close_timeout)).await;
+            Box::pin(finish_tasks(
+                *tasks,
+                conn.channel_name(),
+                config.close_timeout,
+            ))
+            .await;
         }
         // The connection is over for the consumer: no more sends, then disconnect and cleanup.
         {
@@ -820,7 +828,7 @@ where
             let _ = tokio::time::timeout(config.close_timeout, finish).await;
         }
         writer.report();
-        stats.open.decrement(1.0);
+        metrics::handles().open.decrement(1.0);
         metrics::closed(ending.why);
         tracing::debug!(
             code = ending.code.0,

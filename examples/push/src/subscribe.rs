@@ -649,7 +649,8 @@ impl Authenticate for WsAdmission {
         let tail = scope.param("channels").unwrap_or("").to_owned();
         let query = scope.query_string().to_owned();
         let query = (!query.is_empty()).then_some(query);
-        match self.0.admit(&tail, scope.headers(), query.as_deref()).await {
+        let headers = scope.to_header_map();
+        match self.0.admit(&tail, &headers, query.as_deref()).await {
             Ok(admitted) => {
                 scope
                     .extensions_mut()
