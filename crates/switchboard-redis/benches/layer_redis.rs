@@ -18,7 +18,11 @@
 //!   fan-out to 1,000 members in the sender's process, with the group's history off and on,
 //!   side by side. Pub/sub: each message numbered, kept in a Stream and published by one
 //!   script. Core: one script numbers, keeps and queues it for every member's process — this
-//!   one's too, so with history the local members are served through Redis, not directly.
+//!   one's too, so with history the local members are served through Redis, not directly; a
+//!   switchboard process's copy names the group (its digest from the members cache, which the
+//!   sender reads first).
+//! - `redis_history/redis_layer/group_send_1/history_{off,on}`: the same for a group of one, where
+//!   the fixed cost of a send shows: its round trips.
 //! - `redis_presence/{count,list}/10000` on both layers: a group's presence holding 10,000
 //!   entries, counted (`ZCOUNT`) and listed (expired entries dropped first, then `HVALS`).
 //!
@@ -105,11 +109,13 @@ fn redis_history(c: &mut Criterion) {
         .warm_up_time(Duration::from_secs(2))
         .measurement_time(Duration::from_secs(8))
         .throughput(Throughput::Elements(MEMBERS as u64));
-    for (kind, on) in [
-        (Kind::PubSub, false),
-        (Kind::PubSub, true),
-        (Kind::Core, false),
-        (Kind::Core, true),
+    for (kind, on, n) in [
+        (Kind::PubSub, false, MEMBERS),
+        (Kind::PubSub, true, MEMBERS),
+        (Kind::Core, false, MEMBERS),
+        (Kind::Core, true, MEMBERS),
+        (Kind::Core, false, 1),
+        (Kind::Core, true, 1),
     ] {
         let config = if on {
             LayerConfig::default()
@@ -118,13 +124,14 @@ fn redis_history(c: &mut Criterion) {
         } else {
             LayerConfig::default()
         };
-        let room = rt.block_on(room_with(kind, MEMBERS, true, config));
+        let room = rt.block_on(room_with(kind, n, true, config));
+        g.throughput(Throughput::Elements(n as u64));
         let layer = match kind {
             Kind::Core | Kind::CoreUncached => "redis_layer",
             Kind::PubSub => "redis_pubsub_layer",
         };
         let id = format!(
-            "{layer}/group_send_1000/history_{}",
+            "{layer}/group_send_{n}/history_{}",
             if on { "on" } else { "off" }
         );
         g.bench_function(id, |bench| {

@@ -179,13 +179,7 @@ impl Codec {
                 digest,
             } => {
                 rmp::encode::write_str(&mut packed, RESERVED_KEY).map_err(write_error)?;
-                rmp::encode::write_map_len(&mut packed, 3).map_err(write_error)?;
-                rmp::encode::write_str(&mut packed, GROUP).map_err(write_error)?;
-                rmp::encode::write_str(&mut packed, group).map_err(write_error)?;
-                rmp::encode::write_str(&mut packed, MEMBERS).map_err(write_error)?;
-                rmp::encode::write_uint(&mut packed, *members).map_err(write_error)?;
-                rmp::encode::write_str(&mut packed, DIGEST).map_err(write_error)?;
-                rmp::encode::write_uint(&mut packed, *digest).map_err(write_error)?;
+                write_group_route(&mut packed, group, *members, *digest)?;
             }
         }
         let Some(first) = self.fernets.first() else {
@@ -195,6 +189,18 @@ impl Codec {
         let mut out = vec![0; self.random_prefix];
         rand::rng().fill_bytes(&mut out);
         out.extend_from_slice(token.as_bytes());
+        Ok(out)
+    }
+
+    /// The value of `__asgi_channel__` that names `group` (see [`RouteRef::Group`]), for the
+    /// history script to put in a copy it writes.
+    pub(crate) fn group_route(
+        group: &str,
+        members: u64,
+        digest: u64,
+    ) -> Result<Vec<u8>, CodecError> {
+        let mut out = Vec::with_capacity(group.len() + 40);
+        write_group_route(&mut out, group, members, digest)?;
         Ok(out)
     }
 
@@ -343,6 +349,23 @@ pub(crate) enum RouteRef<'a> {
         /// The XOR of their names' digests.
         digest: u64,
     },
+}
+
+/// `{"group": group, "members": members, "digest": digest}`.
+fn write_group_route(
+    out: &mut Vec<u8>,
+    group: &str,
+    members: u64,
+    digest: u64,
+) -> Result<(), CodecError> {
+    rmp::encode::write_map_len(out, 3).map_err(write_error)?;
+    rmp::encode::write_str(out, GROUP).map_err(write_error)?;
+    rmp::encode::write_str(out, group).map_err(write_error)?;
+    rmp::encode::write_str(out, MEMBERS).map_err(write_error)?;
+    rmp::encode::write_uint(out, members).map_err(write_error)?;
+    rmp::encode::write_str(out, DIGEST).map_err(write_error)?;
+    rmp::encode::write_uint(out, digest).map_err(write_error)?;
+    Ok(())
 }
 
 fn write_error(e: impl std::fmt::Display) -> CodecError {

@@ -126,11 +126,20 @@ return out
 /// the messages of one group in offset order (each is scored after the queue's last message).
 /// Lua writes the msgpack around the encoded fields: map, string and array headers.
 ///
+/// The copy for a switchboard process's queue names the group instead of listing its channels
+/// (see `layer/fanout.rs`), when the sender's read of the members gave that queue as many
+/// channels as the script finds in it now: the sender passes, per queue, its channel count and
+/// the encoded route (the group, the count, the digest of the names, which Lua cannot compute).
+/// The receiver checks the digest against its own index of the group, as for any group route.
+/// Otherwise, and for every other queue, the copy lists the channels.
+///
 /// KEYS: meta, log, era, group. ARGV: candidate epoch, candidate era, key prefix, random
 /// prefix bytes, field count, field bytes, size, ttl (ms), capacity, expiry (s), queue TTL
-/// (s), group expiry (s), '1' to drop stalled members. Returns {position, era, channels
-/// skipped because full, channels dropped as stalled}. It touches queue keys it computes from
-/// the members (a single Redis, never a cluster).
+/// (s), group expiry (s), '1' to drop stalled members, the number of routes, then for each
+/// the queue's name part (up to and with its `!`), its channel count and the encoded route.
+/// Returns {position, era, channels skipped because full, channels dropped as stalled,
+/// members}. It touches queue keys it computes from the members (a single Redis,
+/// never a cluster).
 static CORE_GROUP_SEND: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "{HISTORY}{NUMBER}{}",
@@ -146,8 +155,9 @@ end
 redis.call('PEXPIRE', KEYS[1], ARGV[8])
 
 redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', string.format('%.6f', now - tonumber(ARGV[12])))
-local queues, order = {}, {}
+local queues, order, total = {}, {}, 0
 for _, m in ipairs(redis.call('ZRANGE', KEYS[4], 0, -1)) do
+    total = total + 1
     local bang = string.find(m, '!', 1, true)
     local q = bang and string.sub(m, 1, bang) or m
     if not queues[q] then
@@ -155,6 +165,11 @@ for _, m in ipairs(redis.call('ZRANGE', KEYS[4], 0, -1)) do
         order[#order + 1] = q
     end
     table.insert(queues[q].channels, m)
+end
+local routes = {}
+for i = 0, tonumber(ARGV[14]) - 1 do
+    local at = 15 + 3 * i
+    routes[ARGV[at]] = { tonumber(ARGV[at + 1]), ARGV[at + 2] }
 end
 local cut = string.format('%.6f', now - tonumber(ARGV[10]))
 local capacity, check = tonumber(ARGV[9]), ARGV[13] == '1'
@@ -166,7 +181,10 @@ for _, q in ipairs(order) do
         for _, c in ipairs(e.channels) do stalled[#stalled + 1] = c end
     elseif redis.call('ZCARD', key) - expired < capacity then
         local body
-        if e.routed then
+        local route = routes[q]
+        if e.routed and route and route[1] == #e.channels then
+            body = map(nf + 2) .. ARGV[6] .. mpstr('__asgi_channel__') .. route[2] .. tail
+        elseif e.routed then
             local names = {}
             for i, c in ipairs(e.channels) do names[i] = mpstr(c) end
             body = map(nf + 2) .. ARGV[6] .. mpstr('__asgi_channel__') .. array(#e.channels)
@@ -189,7 +207,7 @@ end
 for i = 1, #stalled, 1000 do
     redis.call('ZREM', KEYS[4], unpack(stalled, i, math.min(i + 999, #stalled)))
 end
-return {position, era, full, #stalled}
+return {position, era, full, #stalled, total}
 "
     ))
 });
@@ -204,6 +222,29 @@ pub(crate) struct CoreSend<'a> {
     pub(crate) queue_ttl: u64,
     pub(crate) group_expiry_secs: f64,
     pub(crate) drop_stalled: bool,
+    /// The switchboard processes' queues whose copy may name the group.
+    pub(crate) routes: &'a [QueueRoute],
+}
+
+/// What [`Histories::core_group_send`] did.
+pub(crate) struct CoreSent {
+    pub(crate) position: Position,
+    /// Channels skipped because their queue was full.
+    pub(crate) full: u64,
+    /// Channels taken out of the group as stalled.
+    pub(crate) stalled: u64,
+    /// The group's members when the script ran.
+    pub(crate) members: u64,
+}
+
+/// A switchboard process's queue as the sender's read of the group's members saw it.
+pub(crate) struct QueueRoute {
+    /// The queue's channel-name part, up to and with its `!`.
+    pub(crate) queue: String,
+    /// How many of the group's members it holds.
+    pub(crate) channels: usize,
+    /// `__asgi_channel__`'s value naming the group ([`Codec::group_route`]).
+    pub(crate) route: Vec<u8>,
 }
 
 /// Replaces a host's era if it is still the one this process knew. KEYS: era. ARGV: old, new.
@@ -318,10 +359,11 @@ impl Histories {
         group: &str,
         fields: &EncodedFields,
         cfg: HistoryConfig,
-    ) -> Result<(Position, u64, u64)> {
+    ) -> Result<CoreSent> {
         let [meta, log, era] = self.keys(group);
         let mut c = send.host.conn();
-        let r: Vec<RValue> = CORE_GROUP_SEND
+        let mut invocation = CORE_GROUP_SEND.prepare_invoke();
+        invocation
             .key(meta)
             .key(log)
             .key(era)
@@ -339,6 +381,11 @@ impl Histories {
             .arg(send.queue_ttl)
             .arg(send.group_expiry_secs)
             .arg(if send.drop_stalled { "1" } else { "0" })
+            .arg(send.routes.len());
+        for r in send.routes {
+            invocation.arg(&r.queue).arg(r.channels).arg(&r.route);
+        }
+        let r: Vec<RValue> = invocation
             .invoke_async(&mut c)
             .await
             .map_err(|e| send.host.error(e))?;
@@ -351,7 +398,12 @@ impl Histories {
             .and_then(|p| p.parse::<Position>().ok())
             .ok_or_else(|| LayerError::backend_msg("the history script answered no position"))?;
         let count = |i: usize| r.get(i).and_then(int).unwrap_or(0);
-        Ok((position, count(2), count(3)))
+        Ok(CoreSent {
+            position,
+            full: count(2),
+            stalled: count(3),
+            members: count(4),
+        })
     }
 
     /// What `group`'s history holds after `since` (see [`Recovery`]); makes the history if there

@@ -7,25 +7,13 @@
 //! `SWITCHBOARD_REDIS_URL`, with the routes counted through the metrics facade.
 #![allow(clippy::unwrap_used)]
 
-use redis::AsyncCommands;
 use switchboard_core::{ChannelName, Layer};
 use switchboard_redis::{RedisConfig, RedisLayer};
-use test_support::layers::{msg, nothing, raw, recv};
+use test_support::layers::{contains, msg, nothing, recv, stored};
 use test_support::metrics::Recorded;
 use test_support::redis::{fresh_prefix, url};
 
 const ROUTES: &str = "switchboard_redis_group_routes_total";
-
-/// What the queue at `key` holds, as stored.
-async fn stored(server: &str, key: &str) -> Vec<Vec<u8>> {
-    raw(server).await.zrange(key, 0, -1).await.unwrap()
-}
-
-fn contains(haystack: &[u8], needle: &str) -> bool {
-    haystack
-        .windows(needle.len())
-        .any(|w| w == needle.as_bytes())
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn group_messages_between_switchboard_processes_name_the_group() {

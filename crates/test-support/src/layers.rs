@@ -38,6 +38,20 @@ pub async fn raw(url: &str) -> redis::aio::MultiplexedConnection {
         .unwrap() // ok: test harness, a panic fails the calling test
 }
 
+/// What the sorted set `key` (a core-layer queue) holds on the Redis at `url`, as stored.
+pub async fn stored(url: &str, key: &str) -> Vec<Vec<u8>> {
+    redis::AsyncCommands::zrange(&mut raw(url).await, key, 0, -1)
+        .await
+        .unwrap() // ok: test harness, a panic fails the calling test
+}
+
+/// Whether `needle` occurs in the stored bytes `haystack`.
+pub fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
+}
+
 /// Clients connected to the Redis at `url`.
 pub async fn connected_clients(url: &str) -> usize {
     let mut c = raw(url).await;

@@ -199,6 +199,30 @@ pub(super) async fn read_members(inner: &Inner, group: &str, cutoff: f64) -> Res
     }
 }
 
+/// The fan-out of `read`: the plan kept with it, which holds while none of its members
+/// expired; else one made for now, in `fresh` (and kept with the read when it covers every
+/// member).
+fn plan_of<'r>(
+    inner: &Inner,
+    read: &'r super::members::Group,
+    cutoff: f64,
+    fresh: &'r mut Option<Plan>,
+) -> &'r Plan {
+    match read.plan.get() {
+        Some(plan) if plan.earliest > cutoff => plan,
+        _ => {
+            let plan = Plan::new(inner, &read.members, cutoff);
+            if plan.own.len() + plan.queues.iter().map(|q| q.channels.len()).sum::<usize>()
+                == read.members.len()
+            {
+                read.plan.get_or_init(|| plan)
+            } else {
+                fresh.insert(plan)
+            }
+        }
+    }
+}
+
 /// `group_send`: this process's members get the message at once; the others are grouped by the
 /// process queue they share, and each queue gets one copy. Returns the local members left
 /// lagging, for back-pressure.
@@ -228,22 +252,8 @@ pub(super) async fn group_send(
         return Ok(lagging);
     }
     let members = &read.members;
-    // The plan kept with the read holds while none of its members expired; else one for now.
-    let fresh;
-    let plan = match read.plan.get() {
-        Some(plan) if plan.earliest > group_cutoff => plan,
-        _ => {
-            let plan = Plan::new(inner, members, group_cutoff);
-            if plan.own.len() + plan.queues.iter().map(|q| q.channels.len()).sum::<usize>()
-                == members.len()
-            {
-                read.plan.get_or_init(|| plan)
-            } else {
-                fresh = plan;
-                &fresh
-            }
-        }
-    };
+    let mut fresh = None;
+    let plan = plan_of(inner, &read, group_cutoff, &mut fresh);
 
     let mut gone: Vec<&str> = Vec::new();
     if !plan.own.is_empty() {
@@ -355,10 +365,26 @@ pub(super) async fn group_send(
     Ok(lagging)
 }
 
+/// The members from which a group send with history names the group in the copies for
+/// switchboard processes (see [`group_send_history`]).
+const NAMED_FROM: usize = 32;
+
+/// The groups whose size [`group_send_history`] remembers.
+pub(super) const HISTORY_SIZES: usize = 4096;
+
 /// `group_send` to a group with history: one script numbers the message, keeps it and queues
 /// it for every member's process (this one's too, through its receive loop), so members get a
 /// group's messages in offset order whichever process sends them. This process's members are
 /// not served without Redis, nor waited for (back-pressure).
+///
+/// The script reads the members itself (a member that joined before it ran gets the message
+/// live), but cannot compute the digests that let a copy name the group: those come from the
+/// members cache (as [`group_send`] reads it: a `PING`, then the cached read), per switchboard
+/// process queue, and the script uses one where it finds that queue holding as many channels as
+/// the read said — else it lists the channels. A receiver whose index disagrees with the digest
+/// reads the members from Redis (`receive.rs`). Only for a group that had [`NAMED_FROM`]
+/// members or more at its last send from this process (the script says how many): for a
+/// smaller one the read's round trip costs more than the names.
 pub(super) async fn group_send_history(
     inner: &Arc<Inner>,
     group: &GroupName,
@@ -366,6 +392,32 @@ pub(super) async fn group_send_history(
     history: switchboard_core::HistoryConfig,
 ) -> Result<switchboard_core::Position> {
     let fields = Codec::fields(&message).map_err(|e| MessageError::Serialize(e.0))?;
+    // Routes for a group that had at least `NAMED_FROM` members at its last send from here:
+    // for a small one, the read (a `PING` on the members cache's connection) costs more than
+    // listing its few channels. Only from the members cache: without it (off, or no tracking
+    // connection) a read would carry every member's name for routes the script can do without.
+    let large = inner
+        .history_sizes
+        .lock()
+        .get(group.as_str())
+        .is_some_and(|&n| n >= NAMED_FROM);
+    let gh = inner.host_index(group.as_str());
+    let cached = match large {
+        true => {
+            let key = inner.group_key(group.as_str());
+            let timeout = inner.cfg.command_timeout;
+            inner.members.get(gh, &inner.hosts[gh], &key, timeout).await
+        }
+        false => None,
+    };
+    let routes = match cached {
+        Some(read) => {
+            let cutoff = crate::conn::unix_now() - inner.cfg.layer.group_expiry.as_secs_f64();
+            let mut fresh = None;
+            queue_routes(group, &read, plan_of(inner, &read, cutoff, &mut fresh))
+        }
+        None => Vec::new(),
+    };
     let send = crate::history::CoreSend {
         host: inner.host_for(group.as_str()),
         group_key: &inner.group_key(group.as_str()),
@@ -375,11 +427,30 @@ pub(super) async fn group_send_history(
         queue_ttl: inner.queue_ttl(),
         group_expiry_secs: inner.cfg.layer.group_expiry.as_secs_f64(),
         drop_stalled: inner.cfg.drop_stalled_members,
+        routes: &routes,
     };
-    let (position, full, stalled) = inner
+    let crate::history::CoreSent {
+        position,
+        full,
+        stalled,
+        members,
+    } = inner
         .histories
         .core_group_send(send, &inner.codec, group.as_str(), &fields, history)
         .await?;
+    {
+        let members = usize::try_from(members).unwrap_or(usize::MAX);
+        let mut sizes = inner.history_sizes.lock();
+        match sizes.get_mut(group.as_str()) {
+            Some(n) => *n = members,
+            None => {
+                if sizes.len() >= HISTORY_SIZES {
+                    sizes.clear();
+                }
+                sizes.insert(group.as_str().to_owned(), members);
+            }
+        }
+    }
     if full > 0 {
         inner.engine.count_group_full_drops(full);
         tracing::debug!(group = %group, skipped = full, "group_send skipped full channels");
@@ -388,6 +459,38 @@ pub(super) async fn group_send_history(
         tracing::info!(group = %group, stalled, "group members whose queues hold expired messages left the group");
     }
     Ok(position)
+}
+
+/// The routes naming `group` for the switchboard process queues of `plan` (this process's own
+/// too): each queue's name part, its channel count and the encoded route.
+fn queue_routes(
+    group: &GroupName,
+    read: &super::members::Group,
+    plan: &Plan,
+) -> Vec<crate::history::QueueRoute> {
+    let route = |queue: &str, (channels, digest): (usize, u64)| {
+        let route = Codec::group_route(group.as_str(), channels as u64, digest).ok()?;
+        Some(crate::history::QueueRoute {
+            queue: queue.to_owned(),
+            channels,
+            route,
+        })
+    };
+    let name_part = |i: usize| {
+        let name: &str = &read.members[i].0;
+        name.find('!').map(|bang| &name[..=bang])
+    };
+    let own = plan
+        .own
+        .first()
+        .and_then(|&i| name_part(i))
+        .filter(|q| crate::process::is_switchboard_queue(q))
+        .and_then(|q| route(q, plan.own_digest));
+    let others = plan.queues.iter().filter(|q| q.by_group).filter_map(|q| {
+        let queue = q.channels.first().and_then(|&i| name_part(i))?;
+        route(queue, (q.channels.len(), q.digest))
+    });
+    own.into_iter().chain(others).collect()
 }
 
 fn indexes(value: Option<&RValue>) -> Vec<usize> {

@@ -146,6 +146,9 @@ struct Inner {
     era_watch: Vec<Task>,
     /// Group members, cached per host and kept true by client tracking.
     members: members::Members,
+    /// How many members each group with history had at its last send from here (see
+    /// `fanout::group_send_history`); at most `fanout::HISTORY_SIZES` groups, emptied when full.
+    history_sizes: Mutex<HashMap<String, usize, Hasher>>,
 }
 
 /// A receive loop: the receivers it feeds, and whether its task runs.
@@ -257,6 +260,7 @@ impl RedisLayer {
             histories,
             era_watch,
             members,
+            history_sizes: Mutex::new(HashMap::default()),
         });
         inner.ensure_tasks();
         Ok(RedisLayer {
