@@ -138,7 +138,7 @@ impl Scope {
 
     /// The request headers, as an `http::HeaderMap`.
     ///
-    /// The scope keeps the headers in one compact block (about a fifth of a `HeaderMap`'s
+    /// The scope keeps the headers in one compact block (about a quarter of a `HeaderMap`'s
     /// size); the map is made the first time it is asked for, and then kept, beside the block,
     /// as long as the connection. [`header`](Scope::header), [`header_all`](Scope::header_all)
     /// and [`cookie`](Scope::cookie) read the block and make no map; so does
@@ -286,8 +286,8 @@ impl Headers {
         map.into_iter().flatten().chain(block.into_iter().flatten())
     }
 
-    /// The block as a map; `Authorization` and `Cookie` values are marked sensitive (kept out
-    /// of `Debug` output).
+    /// The block as a map; `Authorization`, `Proxy-Authorization` and `Cookie` values are marked
+    /// sensitive (kept out of `Debug` output).
     fn decode(&self) -> HeaderMap {
         let pairs = Pairs(&self.block);
         let mut map = HeaderMap::with_capacity(pairs.clone().count());

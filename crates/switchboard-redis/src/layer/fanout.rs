@@ -402,13 +402,12 @@ pub(super) async fn group_send_history(
         .get(group.as_str())
         .is_some_and(|&n| n >= NAMED_FROM);
     let gh = inner.host_index(group.as_str());
-    let cached = match large {
-        true => {
-            let key = inner.group_key(group.as_str());
-            let timeout = inner.cfg.command_timeout;
-            inner.members.get(gh, &inner.hosts[gh], &key, timeout).await
-        }
-        false => None,
+    let cached = if large {
+        let key = inner.group_key(group.as_str());
+        let timeout = inner.cfg.command_timeout;
+        inner.members.get(gh, &inner.hosts[gh], &key, timeout).await
+    } else {
+        None
     };
     let routes = match cached {
         Some(read) => {
