@@ -67,7 +67,9 @@
 //!   is one script that numbers the message, keeps it (`PREFIX:history:NAME`, a hash, and
 //!   `…:log`, a Stream) and writes channels_redis's entry, plus the key
 //!   `__switchboard_position__`, into each member process's queue — this process's too, so
-//!   every member gets a group's messages in offset order (`crate::history`).
+//!   every member gets a group's messages in offset order (`crate::history`). In a switchboard
+//!   process's queue the entry names the group, as above, once the group has 32 members or
+//!   more.
 //! - **Presence**: `PREFIX:presence:NAME` and `…:exp` (`crate::presence`).
 
 use std::collections::HashMap;
