@@ -238,6 +238,7 @@ pub(crate) struct CoreSent {
 }
 
 /// A switchboard process's queue as the sender's read of the group's members saw it.
+#[derive(Debug)]
 pub(crate) struct QueueRoute {
     /// The queue's channel-name part, up to and with its `!`.
     pub(crate) queue: String,

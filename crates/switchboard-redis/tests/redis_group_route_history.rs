@@ -30,6 +30,17 @@ async fn all_get(layer: &Layer, members: &[&ChannelName], n: i64) {
     }
 }
 
+/// `n` new channels of `layer`, each added to `group`.
+async fn join(layer: &Layer, group: &str, n: usize) -> Vec<ChannelName> {
+    let mut channels = Vec::with_capacity(n);
+    for _ in 0..n {
+        let ch = layer.new_channel().await.unwrap();
+        layer.group_add(group, &ch).await.unwrap();
+        channels.push(ch);
+    }
+    channels
+}
+
 /// Members a group needs (at its last send) for its copies to name it.
 const LARGE: usize = 32;
 
@@ -77,12 +88,7 @@ async fn group_messages_with_history_name_the_group_too() {
     raw_clear(&server, &absent_queue).await;
 
     // A large group: the first send learns its size (and lists), the next ones name it.
-    let mut members = Vec::new();
-    for _ in 0..LARGE {
-        let ch = b.new_channel().await.unwrap();
-        b.group_add("long_room", &ch).await.unwrap();
-        members.push(ch);
-    }
+    let members = join(&b, "long_room", LARGE).await;
     let all: Vec<&ChannelName> = members.iter().collect();
     a.group_send("long_room", msg("first", 1)).await.unwrap();
     all_get(&b, &all, 1).await;
@@ -135,12 +141,7 @@ async fn group_messages_with_history_name_the_group_too() {
 
     // The sender's own members go through its own queue, in the same order, and are served
     // from its index once the group is known to be large.
-    let mut own = Vec::new();
-    for _ in 0..LARGE {
-        let ch = a.new_channel().await.unwrap();
-        a.group_add("long_lobby", &ch).await.unwrap();
-        own.push(ch);
-    }
+    let own = join(&a, "long_lobby", LARGE).await;
     let own: Vec<&ChannelName> = own.iter().collect();
     let before = index(&mut m);
     for n in 1..=4 {

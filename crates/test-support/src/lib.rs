@@ -140,8 +140,7 @@ pub fn free_port() -> u16 {
     let start = std::process::id().wrapping_mul(7_919) % span;
     for _ in 0..span {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        // ok: below `top`, which is at most u16::MAX (`ephemeral_start` reads a u16)
-        let port = u16::try_from(LOWEST + (start + n) % span).unwrap();
+        let port = u16::try_from(LOWEST + (start + n) % span).unwrap(); // ok: below `top`, at most u16::MAX (`ephemeral_start` reads a u16)
         if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }

@@ -78,6 +78,9 @@ pub(super) struct Plan {
     own_digest: (usize, u64),
     /// The other processes' queues.
     queues: Vec<ProcessQueue>,
+    /// The routes naming the group for a send with history ([`Plan::history_routes`]), made
+    /// at its first such send.
+    history_routes: std::sync::OnceLock<Vec<crate::history::QueueRoute>>,
 }
 
 /// One process queue a group send reaches, and the members it holds.
@@ -106,6 +109,7 @@ impl Plan {
             own: Vec::new(),
             own_digest: (0, 0),
             queues: Vec::new(),
+            history_routes: std::sync::OnceLock::new(),
         };
         let mut index: HashMap<&str, usize, Hasher> = HashMap::default();
         for (at, (name, joined)) in members.iter().enumerate() {
@@ -145,6 +149,41 @@ impl Plan {
             }
         }
         plan
+    }
+
+    /// The routes naming `group` for the switchboard process queues of this plan (this
+    /// process's own too), made once per plan: each queue's name part, its channel count and
+    /// the encoded route. `read` is the member read the plan was made from.
+    fn history_routes(
+        &self,
+        group: &GroupName,
+        read: &super::members::Group,
+    ) -> &[crate::history::QueueRoute] {
+        self.history_routes.get_or_init(|| {
+            let route = |queue: &str, (channels, digest): (usize, u64)| {
+                let route = Codec::group_route(group.as_str(), channels as u64, digest).ok()?;
+                Some(crate::history::QueueRoute {
+                    queue: queue.to_owned(),
+                    channels,
+                    route,
+                })
+            };
+            let name_part = |i: usize| {
+                let name: &str = &read.members[i].0;
+                name.find('!').map(|bang| &name[..=bang])
+            };
+            let own = self
+                .own
+                .first()
+                .and_then(|&i| name_part(i))
+                .filter(|q| crate::process::is_switchboard_queue(q))
+                .and_then(|q| route(q, self.own_digest));
+            let others = self.queues.iter().filter(|q| q.by_group).filter_map(|q| {
+                let queue = q.channels.first().and_then(|&i| name_part(i))?;
+                route(queue, (q.channels.len(), q.digest))
+            });
+            own.into_iter().chain(others).collect()
+        })
     }
 }
 
@@ -409,13 +448,11 @@ pub(super) async fn group_send_history(
     } else {
         None
     };
-    let routes = match cached {
-        Some(read) => {
-            let cutoff = crate::conn::unix_now() - inner.cfg.layer.group_expiry.as_secs_f64();
-            let mut fresh = None;
-            queue_routes(group, &read, plan_of(inner, &read, cutoff, &mut fresh))
-        }
-        None => Vec::new(),
+    let cutoff = crate::conn::unix_now() - inner.cfg.layer.group_expiry.as_secs_f64();
+    let mut fresh = None;
+    let routes = match &cached {
+        Some(read) => plan_of(inner, read, cutoff, &mut fresh).history_routes(group, read),
+        None => &[],
     };
     let send = crate::history::CoreSend {
         host: inner.host_for(group.as_str()),
@@ -426,7 +463,7 @@ pub(super) async fn group_send_history(
         queue_ttl: inner.queue_ttl(),
         group_expiry_secs: inner.cfg.layer.group_expiry.as_secs_f64(),
         drop_stalled: inner.cfg.drop_stalled_members,
-        routes: &routes,
+        routes,
     };
     let crate::history::CoreSent {
         position,
@@ -458,38 +495,6 @@ pub(super) async fn group_send_history(
         tracing::info!(group = %group, stalled, "group members whose queues hold expired messages left the group");
     }
     Ok(position)
-}
-
-/// The routes naming `group` for the switchboard process queues of `plan` (this process's own
-/// too): each queue's name part, its channel count and the encoded route.
-fn queue_routes(
-    group: &GroupName,
-    read: &super::members::Group,
-    plan: &Plan,
-) -> Vec<crate::history::QueueRoute> {
-    let route = |queue: &str, (channels, digest): (usize, u64)| {
-        let route = Codec::group_route(group.as_str(), channels as u64, digest).ok()?;
-        Some(crate::history::QueueRoute {
-            queue: queue.to_owned(),
-            channels,
-            route,
-        })
-    };
-    let name_part = |i: usize| {
-        let name: &str = &read.members[i].0;
-        name.find('!').map(|bang| &name[..=bang])
-    };
-    let own = plan
-        .own
-        .first()
-        .and_then(|&i| name_part(i))
-        .filter(|q| crate::process::is_switchboard_queue(q))
-        .and_then(|q| route(q, plan.own_digest));
-    let others = plan.queues.iter().filter(|q| q.by_group).filter_map(|q| {
-        let queue = q.channels.first().and_then(|&i| name_part(i))?;
-        route(queue, (q.channels.len(), q.digest))
-    });
-    own.into_iter().chain(others).collect()
 }
 
 fn indexes(value: Option<&RValue>) -> Vec<usize> {
